@@ -1,0 +1,5 @@
+//! Capture: frames with timestamps from pcap/pcapng files, stdin or live interfaces.
+
+mod time;
+
+pub use time::Timestamp;

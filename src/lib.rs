@@ -1,0 +1,19 @@
+//! shieldtap: a passive shield for the APIs behind mobile apps.
+//!
+//! ```text
+//! capture ─► decode ─► reassembly ─► http ─► token ─► actor ─► detect ─► output
+//!  pcap/live   L2-L4     TCP streams   txns    verdicts  who     findings  alerts, webhooks,
+//!  files       + tunnels per flow                         is it            metrics, txn log
+//! ```
+//!
+//! Modules are declared in flow order; only [`runtime`] wires stages together.
+#![forbid(unsafe_code)]
+
+pub mod capture;
+pub mod config;
+pub mod decode;
+pub mod http;
+pub mod output;
+pub mod reassembly;
+pub mod runtime;
+pub mod telemetry;

@@ -1,0 +1,1298 @@
+//! Reassembly: TCP segments to ordered byte streams per connection.
+//!
+//! Input: decoded [`TcpSegment`]s with packet timestamps, for the flows one worker owns
+//! (the runtime shards by a symmetric flow hash, so both directions of a connection arrive
+//! here). Output: calls on a [`StreamHandler`]: `open`, in-order `data` per direction, `gap`
+//! when bytes are known lost, and `close`. Owns the worker's flow table; each flow carries the
+//! handler's per-connection state (the HTTP parser), so the per-packet path takes no lock.
+//!
+//! Per direction: ordered delivery with a bounded out-of-order buffer; retransmissions are
+//! dropped; overlaps keep the first data seen (a conflicting overlap is counted as an
+//! anomaly); a connection seen mid-stream is picked up at the first data segment; an ACK seen
+//! before the data it acknowledges does not lose the data (mirrors reorder): a hole is
+//! declared a gap only once the peer has acknowledged past it and the reorder window has
+//! passed, after `gap_timeout` of packet time, under buffer pressure, or at close.
+//! FIN/RST close, idle flows time out on packet time. Caps: flows per worker (least recently
+//! active flows evicted in batches), out-of-order bytes and segments per direction, buffered
+//! bytes per worker; every cap hit is counted. There is no per-flow depth limit: a long
+//! keep-alive connection is followed to its end.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::capture::Timestamp;
+use crate::decode::{TcpFlags, TcpSegment, TunnelId};
+
+/// Reassembly limits (config section `[reassembly]`).
+#[derive(Clone, Debug)]
+pub struct ReassemblyConfig {
+    /// Connections tracked by one worker; past it the least recently active are evicted.
+    pub max_flows: usize,
+    /// Out-of-order bytes buffered per direction of a connection.
+    pub max_ooo_bytes_per_direction: usize,
+    /// Out-of-order segments buffered per direction of a connection.
+    pub max_ooo_segments_per_direction: usize,
+    /// Out-of-order bytes buffered by one worker across all its connections.
+    pub max_buffered_bytes: usize,
+    /// A connection with no packet for this long (packet time) is closed.
+    pub idle_timeout: Duration,
+    /// A connection whose both sides sent FIN, or that was reset, lingers this long for
+    /// late (mirror-reordered) segments before it is closed.
+    pub close_linger: Duration,
+    /// A hole the peer has acknowledged is declared a gap after this much packet time.
+    pub reorder_window: Duration,
+    /// Any hole is declared a gap after this much packet time.
+    pub gap_timeout: Duration,
+}
+
+impl Default for ReassemblyConfig {
+    fn default() -> Self {
+        ReassemblyConfig {
+            max_flows: 500_000,
+            max_ooo_bytes_per_direction: 1 << 20,
+            max_ooo_segments_per_direction: 512,
+            max_buffered_bytes: 256 << 20,
+            idle_timeout: Duration::from_secs(120),
+            close_linger: Duration::from_millis(500),
+            reorder_window: Duration::from_millis(100),
+            gap_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The direction of bytes on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+impl Direction {
+    fn index(self) -> usize {
+        match self {
+            Direction::ClientToServer => 0,
+            Direction::ServerToClient => 1,
+        }
+    }
+}
+
+/// A connection as the reassembler sees it. Client and server are a guess for connections
+/// picked up mid-stream (the HTTP layer may find them inverted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Per-worker sequence number of the connection.
+    pub id: u64,
+    pub tunnel: TunnelId,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// Packet time of the first segment seen.
+    pub start: Timestamp,
+    /// The handshake was seen (client and server are known, not guessed).
+    pub saw_syn: bool,
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Fin,
+    Rst,
+    IdleTimeout,
+    Evicted,
+    EndOfCapture,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Fin => "fin",
+            CloseReason::Rst => "rst",
+            CloseReason::IdleTimeout => "idle-timeout",
+            CloseReason::Evicted => "evicted",
+            CloseReason::EndOfCapture => "end-of-capture",
+        }
+    }
+}
+
+/// Consumer of reassembled streams; owns nothing of the flow table but its per-connection
+/// state, which the table stores beside each flow.
+pub trait StreamHandler {
+    type State;
+    fn open(&mut self, conn: &ConnInfo) -> Self::State;
+    fn data(
+        &mut self,
+        state: &mut Self::State,
+        conn: &ConnInfo,
+        dir: Direction,
+        bytes: &[u8],
+        ts: Timestamp,
+    );
+    fn gap(
+        &mut self,
+        state: &mut Self::State,
+        conn: &ConnInfo,
+        dir: Direction,
+        len: u64,
+        ts: Timestamp,
+    );
+    fn close(&mut self, state: Self::State, conn: &ConnInfo, reason: CloseReason, ts: Timestamp);
+}
+
+/// Reassembly counters, per worker, merged for the summary and metrics.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReassemblyStats {
+    pub segments: u64,
+    pub flows_created: u64,
+    pub flows_midstream: u64,
+    pub flows_closed: std::collections::BTreeMap<&'static str, u64>,
+    pub active_flows: u64,
+    pub bytes_delivered: u64,
+    pub retransmissions: u64,
+    pub ooo_segments: u64,
+    pub overlaps: u64,
+    pub overlap_conflicts: u64,
+    pub gaps: u64,
+    pub gap_bytes: u64,
+    pub cap_hits: std::collections::BTreeMap<&'static str, u64>,
+    pub buffered_bytes_peak: u64,
+}
+
+impl ReassemblyStats {
+    pub fn merge(&mut self, o: &ReassemblyStats) {
+        self.segments += o.segments;
+        self.flows_created += o.flows_created;
+        self.flows_midstream += o.flows_midstream;
+        for (k, v) in &o.flows_closed {
+            *self.flows_closed.entry(k).or_default() += v;
+        }
+        self.active_flows += o.active_flows;
+        self.bytes_delivered += o.bytes_delivered;
+        self.retransmissions += o.retransmissions;
+        self.ooo_segments += o.ooo_segments;
+        self.overlaps += o.overlaps;
+        self.overlap_conflicts += o.overlap_conflicts;
+        self.gaps += o.gaps;
+        self.gap_bytes += o.gap_bytes;
+        for (k, v) in &o.cap_hits {
+            *self.cap_hits.entry(k).or_default() += v;
+        }
+        self.buffered_bytes_peak = self.buffered_bytes_peak.max(o.buffered_bytes_peak);
+    }
+
+    fn cap_hit(&mut self, cap: &'static str) {
+        *self.cap_hits.entry(cap).or_default() += 1;
+    }
+}
+
+/// Both directions of a connection: the tunnel and the two endpoints in canonical order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub tunnel: TunnelId,
+    pub lo: SocketAddr,
+    pub hi: SocketAddr,
+}
+
+impl FlowKey {
+    pub fn new(tunnel: TunnelId, a: SocketAddr, b: SocketAddr) -> Self {
+        if a <= b {
+            FlowKey {
+                tunnel,
+                lo: a,
+                hi: b,
+            }
+        } else {
+            FlowKey {
+                tunnel,
+                lo: b,
+                hi: a,
+            }
+        }
+    }
+}
+
+/// `a` comes before `b` in sequence space (RFC 1982 serial arithmetic).
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// A buffered out-of-order piece: `len` bytes of sequence space starting at stream offset
+/// `off`, of which the first `data.len()` were captured (snaplen may cut the rest).
+struct Piece {
+    off: u64,
+    len: u64,
+    data: Vec<u8>,
+}
+
+impl Piece {
+    fn end(&self) -> u64 {
+        self.off + self.len
+    }
+}
+
+enum Ev<'a> {
+    Data(&'a [u8]),
+    Gap(u64),
+}
+
+/// One direction of a connection.
+#[derive(Default)]
+struct Half {
+    /// Sequence tracking has started (SYN seen or first data picked up).
+    started: bool,
+    /// Sequence number of stream offset `next_off`.
+    next_seq: u32,
+    /// Stream offset of the next byte to deliver.
+    next_off: u64,
+    /// Out-of-order pieces sorted by `off`, non-overlapping.
+    ooo: Vec<Piece>,
+    ooo_bytes: usize,
+    /// Packet time when the current hole (the first out-of-order piece) appeared.
+    hole_since: Option<Timestamp>,
+    /// Stream offset of the FIN, when seen.
+    fin_off: Option<u64>,
+    finished: bool,
+    /// Highest acknowledgement the peer sent for this direction's bytes.
+    peer_ack: Option<u32>,
+}
+
+impl Half {
+    /// Stream offset of sequence number `seq` relative to the delivery point.
+    fn offset_of(&self, seq: u32) -> i128 {
+        self.next_off as i128 + seq.wrapping_sub(self.next_seq) as i32 as i128
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.next_off += n;
+        self.next_seq = self.next_seq.wrapping_add(n as u32);
+    }
+
+    fn peer_acked_hole(&self) -> bool {
+        self.peer_ack.is_some_and(|a| seq_lt(self.next_seq, a))
+    }
+
+    /// Delivers contiguous buffered pieces that now start at or before `next_off`.
+    fn drain(&mut self, ts: Timestamp, buffered: &mut usize, emit: &mut dyn FnMut(Ev<'_>)) {
+        while let Some(first) = self.ooo.first() {
+            if first.off > self.next_off {
+                break;
+            }
+            let p = self.ooo.remove(0);
+            self.ooo_bytes -= p.data.len();
+            *buffered -= p.data.len();
+            if p.end() <= self.next_off {
+                continue;
+            }
+            let skip = self.next_off - p.off;
+            let captured = p.data.len() as u64;
+            if skip < captured {
+                emit(Ev::Data(&p.data[skip as usize..]));
+            }
+            let missing = p.len - captured.max(skip);
+            if missing > 0 {
+                emit(Ev::Gap(missing));
+            }
+            self.advance(p.len - skip);
+        }
+        self.hole_since = if self.ooo.is_empty() {
+            None
+        } else {
+            self.hole_since.or(Some(ts))
+        };
+        if self.fin_off.is_some_and(|f| self.next_off >= f) && self.ooo.is_empty() {
+            self.finished = true;
+        }
+    }
+
+    /// Declares the hole before the first buffered piece lost, then delivers what follows.
+    fn skip_hole(&mut self, ts: Timestamp, buffered: &mut usize, emit: &mut dyn FnMut(Ev<'_>)) {
+        if let Some(first) = self.ooo.first() {
+            let hole = first.off.saturating_sub(self.next_off);
+            if hole > 0 {
+                emit(Ev::Gap(hole));
+                self.advance(hole);
+            }
+            self.hole_since = None;
+            self.drain(ts, buffered, emit);
+        }
+    }
+
+    /// Everything still buffered, holes reported as gaps (close, eviction, end of capture).
+    fn flush(&mut self, ts: Timestamp, buffered: &mut usize, emit: &mut dyn FnMut(Ev<'_>)) {
+        while !self.ooo.is_empty() {
+            self.skip_hole(ts, buffered, emit);
+        }
+        if let Some(fin) = self.fin_off
+            && fin > self.next_off
+        {
+            emit(Ev::Gap(fin - self.next_off));
+            self.advance(fin - self.next_off);
+        }
+    }
+}
+
+struct Flow<S> {
+    info: ConnInfo,
+    halves: [Half; 2],
+    last_ts: Timestamp,
+    /// Packet time after which a finished or reset connection is closed.
+    closing_at: Option<(Timestamp, CloseReason)>,
+    state: S,
+}
+
+/// The flow table of one worker.
+pub struct FlowTable<H: StreamHandler> {
+    cfg: ReassemblyConfig,
+    flows: HashMap<FlowKey, Flow<H::State>, foldhash::fast::RandomState>,
+    stats: ReassemblyStats,
+    buffered: usize,
+    next_id: u64,
+    now: Timestamp,
+    next_sweep: Timestamp,
+}
+
+/// Well-known service ports: the side holding one is the server when no SYN was seen.
+fn looks_like_server_port(p: u16) -> bool {
+    matches!(
+        p,
+        80 | 443 | 8000 | 8008 | 8080 | 8443 | 8888 | 3000 | 5000 | 9000
+    ) || p < 1024
+}
+
+impl<H: StreamHandler> FlowTable<H> {
+    pub fn new(cfg: ReassemblyConfig) -> Self {
+        FlowTable {
+            cfg,
+            flows: HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            stats: ReassemblyStats::default(),
+            buffered: 0,
+            next_id: 0,
+            now: Timestamp::ZERO,
+            next_sweep: Timestamp::ZERO,
+        }
+    }
+
+    pub fn stats(&self) -> ReassemblyStats {
+        let mut s = self.stats.clone();
+        s.active_flows = self.flows.len() as u64;
+        s
+    }
+
+    pub fn active_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Bytes currently held in out-of-order buffers.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// Feeds one segment at packet time `ts`.
+    pub fn process(&mut self, seg: &TcpSegment<'_>, ts: Timestamp, handler: &mut H) {
+        self.stats.segments += 1;
+        if ts > self.now {
+            self.now = ts;
+        }
+        if self.now >= self.next_sweep {
+            self.sweep(handler);
+        }
+        let key = FlowKey::new(seg.tunnel, seg.src, seg.dst);
+        if !self.flows.contains_key(&key) {
+            if seg.flags.has(TcpFlags::RST) {
+                // A reset for a connection we do not track carries nothing to reassemble.
+                return;
+            }
+            if self.flows.len() >= self.cfg.max_flows {
+                self.stats.cap_hit("flows");
+                self.evict_least_recent(handler);
+            }
+            let info = self.new_conn(seg, ts);
+            let state = handler.open(&info);
+            self.flows.insert(
+                key,
+                Flow {
+                    info,
+                    halves: [Half::default(), Half::default()],
+                    last_ts: ts,
+                    closing_at: None,
+                    state,
+                },
+            );
+        }
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return;
+        };
+        flow.last_ts = ts;
+        let dir = if seg.src == flow.info.client {
+            Direction::ClientToServer
+        } else {
+            Direction::ServerToClient
+        };
+        let outcome = process_segment(
+            &self.cfg,
+            &mut self.stats,
+            &mut self.buffered,
+            flow,
+            dir,
+            seg,
+            ts,
+            handler,
+        );
+        self.stats.buffered_bytes_peak = self.stats.buffered_bytes_peak.max(self.buffered as u64);
+        if let Some(reason) = outcome {
+            flow.closing_at
+                .get_or_insert((ts.saturating_add(self.cfg.close_linger), reason));
+        }
+    }
+
+    fn new_conn(&mut self, seg: &TcpSegment<'_>, ts: Timestamp) -> ConnInfo {
+        self.stats.flows_created += 1;
+        self.next_id += 1;
+        let syn = seg.flags.has(TcpFlags::SYN);
+        let ack = seg.flags.has(TcpFlags::ACK);
+        let (client, server, saw_syn) = if syn && !ack {
+            (seg.src, seg.dst, true)
+        } else if syn && ack {
+            (seg.dst, seg.src, true)
+        } else {
+            self.stats.flows_midstream += 1;
+            let (s, d) = (seg.src.port(), seg.dst.port());
+            if looks_like_server_port(s) && !looks_like_server_port(d) {
+                (seg.dst, seg.src, false)
+            } else {
+                (seg.src, seg.dst, false)
+            }
+        };
+        ConnInfo {
+            id: self.next_id,
+            tunnel: seg.tunnel,
+            client,
+            server,
+            start: ts,
+            saw_syn,
+        }
+    }
+
+    /// Closes connections idle past the timeout or finished past their linger.
+    fn sweep(&mut self, handler: &mut H) {
+        let now = self.now;
+        let idle = self.cfg.idle_timeout;
+        let mut expired: Vec<(Timestamp, u64, FlowKey, CloseReason)> = self
+            .flows
+            .iter()
+            .filter_map(|(k, f)| match f.closing_at {
+                Some((at, reason)) if at <= now => Some((f.last_ts, f.info.id, *k, reason)),
+                _ if f.last_ts.saturating_add(idle) <= now => {
+                    Some((f.last_ts, f.info.id, *k, CloseReason::IdleTimeout))
+                }
+                _ => None,
+            })
+            .collect();
+        // Close in a deterministic order whatever the hash map's iteration order.
+        expired.sort_unstable_by_key(|e| (e.0, e.1));
+        for (_, _, key, reason) in expired {
+            self.close_flow(&key, reason, handler);
+        }
+        let step = (self.cfg.close_linger).max(Duration::from_millis(100));
+        self.next_sweep = now.saturating_add(step);
+    }
+
+    /// Evicts the least recently active sixteenth of the table (at least one flow), so a
+    /// flood of new connections costs O(1) amortised and never evicts busy connections first.
+    fn evict_least_recent(&mut self, handler: &mut H) {
+        let mut by_age: Vec<(Timestamp, u64, FlowKey)> = self
+            .flows
+            .iter()
+            .map(|(k, f)| (f.last_ts, f.info.id, *k))
+            .collect();
+        let n = (by_age.len() / 16).max(1).min(by_age.len());
+        if n == 0 {
+            return;
+        }
+        by_age.select_nth_unstable_by_key(n - 1, |e| (e.0, e.1));
+        let mut victims: Vec<_> = by_age[..n].to_vec();
+        victims.sort_unstable_by_key(|e| (e.0, e.1));
+        for (_, _, key) in victims {
+            self.close_flow(&key, CloseReason::Evicted, handler);
+        }
+    }
+
+    fn close_flow(&mut self, key: &FlowKey, reason: CloseReason, handler: &mut H) {
+        let Some(mut flow) = self.flows.remove(key) else {
+            return;
+        };
+        let ts = flow.last_ts.max(
+            self.now
+                .min(flow.last_ts.saturating_add(self.cfg.idle_timeout)),
+        );
+        for dir in [Direction::ClientToServer, Direction::ServerToClient] {
+            let Flow {
+                info,
+                halves,
+                state,
+                ..
+            } = &mut flow;
+            let half = &mut halves[dir.index()];
+            let stats = &mut self.stats;
+            half.flush(ts, &mut self.buffered, &mut |ev| {
+                emit(handler, state, info, dir, ev, ts, stats)
+            });
+        }
+        *self.stats.flows_closed.entry(reason.as_str()).or_default() += 1;
+        handler.close(flow.state, &flow.info, reason, ts);
+    }
+
+    /// Packet time advanced without a segment for this worker (a heartbeat from the
+    /// capture thread): run timeouts.
+    pub fn advance(&mut self, now: Timestamp, handler: &mut H) {
+        if now > self.now {
+            self.now = now;
+        }
+        if self.now >= self.next_sweep {
+            self.sweep(handler);
+        }
+    }
+
+    /// Closes every connection (end of capture or shutdown), in a deterministic order.
+    pub fn flush_all(&mut self, handler: &mut H) {
+        let mut keys: Vec<(Timestamp, u64, FlowKey)> = self
+            .flows
+            .iter()
+            .map(|(k, f)| (f.last_ts, f.info.id, *k))
+            .collect();
+        keys.sort_unstable_by_key(|e| (e.0, e.1));
+        for (_, _, key) in keys {
+            let reason = match self.flows.get(&key).and_then(|f| f.closing_at) {
+                Some((_, r)) => r,
+                None => CloseReason::EndOfCapture,
+            };
+            self.close_flow(&key, reason, handler);
+        }
+    }
+}
+
+fn emit<H: StreamHandler>(
+    handler: &mut H,
+    state: &mut H::State,
+    info: &ConnInfo,
+    dir: Direction,
+    ev: Ev<'_>,
+    ts: Timestamp,
+    stats: &mut ReassemblyStats,
+) {
+    match ev {
+        Ev::Data(b) => {
+            stats.bytes_delivered += b.len() as u64;
+            handler.data(state, info, dir, b, ts);
+        }
+        Ev::Gap(n) => {
+            stats.gaps += 1;
+            stats.gap_bytes += n;
+            handler.gap(state, info, dir, n, ts);
+        }
+    }
+}
+
+/// Applies one segment to its flow; returns a close reason when the connection ended.
+#[allow(clippy::too_many_arguments)]
+fn process_segment<H: StreamHandler>(
+    cfg: &ReassemblyConfig,
+    stats: &mut ReassemblyStats,
+    buffered: &mut usize,
+    flow: &mut Flow<H::State>,
+    dir: Direction,
+    seg: &TcpSegment<'_>,
+    ts: Timestamp,
+    handler: &mut H,
+) -> Option<CloseReason> {
+    let Flow {
+        info,
+        halves,
+        state,
+        ..
+    } = flow;
+    let [c2s, s2c] = halves;
+    let (half, peer) = match dir {
+        Direction::ClientToServer => (c2s, s2c),
+        Direction::ServerToClient => (s2c, c2s),
+    };
+    // The closure borrows `stats` mutably for delivery counters, so the rest of this
+    // function counts into `local`, merged at the end.
+    let mut out = |ev: Ev<'_>| emit(handler, state, info, dir, ev, ts, stats);
+    let mut local = Local::default();
+
+    if seg.flags.has(TcpFlags::ACK) && peer.started {
+        let a = seg.ack;
+        if peer.peer_ack.is_none_or(|p| seq_lt(p, a)) {
+            peer.peer_ack = Some(a);
+        }
+    }
+
+    let syn = seg.flags.has(TcpFlags::SYN);
+    let wire_len = u64::from(seg.wire_payload_len.max(seg.payload.len() as u32));
+    if syn {
+        if !half.started || half.next_off == 0 {
+            half.started = true;
+            half.next_seq = seg.seq.wrapping_add(1);
+            half.next_off = 0;
+        }
+    } else if !half.started {
+        if wire_len == 0 && !seg.flags.has(TcpFlags::FIN) {
+            // A bare ACK tells us nothing about where this side's data starts.
+            drop(out);
+            finish_local(stats, local);
+            return None;
+        }
+        half.started = true;
+        half.next_seq = seg.seq;
+    }
+    let data_seq = if syn {
+        seg.seq.wrapping_add(1)
+    } else {
+        seg.seq
+    };
+
+    if wire_len > 0 && !half.finished {
+        let off = half.offset_of(data_seq);
+        let end = off + wire_len as i128;
+        let next = half.next_off as i128;
+        if end <= next {
+            local.retransmissions += 1;
+        } else if off <= next {
+            // In order (possibly overlapping what we delivered): deliver directly, no copy.
+            let skip = (next - off) as u64;
+            if skip > 0 {
+                local.overlaps += 1;
+            }
+            let captured = seg.payload.len() as u64;
+            if skip < captured {
+                out(Ev::Data(&seg.payload[skip as usize..]));
+            }
+            let missing = wire_len - captured.max(skip);
+            if missing > 0 {
+                out(Ev::Gap(missing));
+            }
+            half.advance(wire_len - skip);
+            half.drain(ts, buffered, &mut out);
+        } else {
+            local.ooo_segments += 1;
+            insert_ooo(
+                cfg,
+                &mut local,
+                buffered,
+                half,
+                off as u64,
+                wire_len,
+                seg.payload,
+                ts,
+                &mut out,
+            );
+        }
+    }
+
+    if seg.flags.has(TcpFlags::FIN) && half.started {
+        let fin = half.offset_of(data_seq) + wire_len as i128;
+        if fin >= half.next_off as i128 && half.fin_off.is_none() {
+            half.fin_off = Some(fin as u64);
+        }
+        if half.fin_off.is_some_and(|f| half.next_off >= f) && half.ooo.is_empty() {
+            half.finished = true;
+        }
+    }
+
+    // Holes: a gap once the peer acknowledged past it and reordering had its chance, or
+    // after the gap timeout whatever the acknowledgements say.
+    if hole_due(cfg, half, ts) {
+        half.skip_hole(ts, buffered, &mut out);
+    }
+    drop(out);
+    if hole_due(cfg, peer, ts) {
+        let back = match dir {
+            Direction::ClientToServer => Direction::ServerToClient,
+            Direction::ServerToClient => Direction::ClientToServer,
+        };
+        peer.skip_hole(ts, buffered, &mut |ev| {
+            emit(handler, state, info, back, ev, ts, stats)
+        });
+    }
+    finish_local(stats, local);
+
+    if seg.flags.has(TcpFlags::RST) {
+        return Some(CloseReason::Rst);
+    }
+    if half.finished && peer.finished {
+        return Some(CloseReason::Fin);
+    }
+    None
+}
+
+#[derive(Default)]
+struct Local {
+    retransmissions: u64,
+    ooo_segments: u64,
+    overlaps: u64,
+    overlap_conflicts: u64,
+    caps: Vec<&'static str>,
+}
+
+fn finish_local(stats: &mut ReassemblyStats, l: Local) {
+    stats.retransmissions += l.retransmissions;
+    stats.ooo_segments += l.ooo_segments;
+    stats.overlaps += l.overlaps;
+    stats.overlap_conflicts += l.overlap_conflicts;
+    for c in l.caps {
+        stats.cap_hit(c);
+    }
+}
+
+fn hole_due(cfg: &ReassemblyConfig, h: &Half, ts: Timestamp) -> bool {
+    h.hole_since.is_some_and(|since| {
+        let age = ts.saturating_since(since);
+        (h.peer_acked_hole() && age >= cfg.reorder_window) || age >= cfg.gap_timeout
+    })
+}
+
+/// Buffers an out-of-order segment, keeping data already buffered where they overlap.
+#[allow(clippy::too_many_arguments)]
+fn insert_ooo(
+    cfg: &ReassemblyConfig,
+    local: &mut Local,
+    buffered: &mut usize,
+    half: &mut Half,
+    off: u64,
+    len: u64,
+    payload: &[u8],
+    ts: Timestamp,
+    out: &mut dyn FnMut(Ev<'_>),
+) {
+    let captured_end = off + payload.len() as u64;
+    // Make room first: per-direction caps, then the worker-wide cap.
+    while !half.ooo.is_empty()
+        && (half.ooo_bytes + payload.len() > cfg.max_ooo_bytes_per_direction
+            || half.ooo.len() >= cfg.max_ooo_segments_per_direction
+            || *buffered + payload.len() > cfg.max_buffered_bytes)
+    {
+        local
+            .caps
+            .push(if *buffered + payload.len() > cfg.max_buffered_bytes {
+                "buffered-bytes"
+            } else {
+                "ooo-per-direction"
+            });
+        half.skip_hole(ts, buffered, out);
+    }
+    // Skipping holes may have brought the delivery point up to (or past) this segment.
+    let next = half.next_off;
+    if off <= next {
+        if off + len <= next {
+            local.retransmissions += 1;
+            return;
+        }
+        let skip = next - off;
+        if skip < payload.len() as u64 {
+            out(Ev::Data(&payload[skip as usize..]));
+        }
+        let missing = len - (payload.len() as u64).max(skip);
+        if missing > 0 {
+            out(Ev::Gap(missing));
+        }
+        half.advance(len - skip);
+        half.drain(ts, buffered, out);
+        return;
+    }
+    if payload.len() > cfg.max_ooo_bytes_per_direction || payload.len() > cfg.max_buffered_bytes {
+        local.caps.push("ooo-per-direction");
+        return;
+    }
+    let end = off + len;
+    let mut cursor = off;
+    let mut new_pieces: Vec<Piece> = Vec::new();
+    for p in half.ooo.iter() {
+        if p.end() <= cursor {
+            continue;
+        }
+        if p.off >= end {
+            break;
+        }
+        if p.off > cursor {
+            new_pieces.push(slice_piece(cursor, p.off, off, payload));
+        }
+        // Overlap [max(cursor, p.off), min(end, p.end())): first data wins; compare.
+        let ov_start = cursor.max(p.off);
+        let ov_end = end.min(p.end());
+        local.overlaps += 1;
+        let a_end = ov_end.min(captured_end).min(p.off + p.data.len() as u64);
+        if a_end > ov_start {
+            let new = &payload[(ov_start - off) as usize..(a_end - off) as usize];
+            let old = &p.data[(ov_start - p.off) as usize..(a_end - p.off) as usize];
+            if new != old {
+                local.overlap_conflicts += 1;
+            }
+        }
+        cursor = cursor.max(p.end());
+    }
+    if cursor < end {
+        new_pieces.push(slice_piece(cursor, end, off, payload));
+    }
+    for piece in new_pieces {
+        if piece.len == 0 {
+            continue;
+        }
+        *buffered += piece.data.len();
+        half.ooo_bytes += piece.data.len();
+        let pos = half.ooo.partition_point(|p| p.off < piece.off);
+        half.ooo.insert(pos, piece);
+    }
+    if half.hole_since.is_none() {
+        half.hole_since = Some(ts);
+    }
+}
+
+/// The part `[from, to)` of a segment starting at `seg_off`, copying its captured bytes.
+fn slice_piece(from: u64, to: u64, seg_off: u64, payload: &[u8]) -> Piece {
+    let cap_end = seg_off + payload.len() as u64;
+    let data = if from < cap_end {
+        payload[(from - seg_off) as usize..(to.min(cap_end) - seg_off) as usize].to_vec()
+    } else {
+        Vec::new()
+    };
+    Piece {
+        off: from,
+        len: to - from,
+        data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        Open(SocketAddr, SocketAddr),
+        Data(Direction, Vec<u8>),
+        Gap(Direction, u64),
+        Close(CloseReason),
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        events: Vec<Event>,
+    }
+
+    impl Recorder {
+        /// Bytes per direction with gaps as `?` markers, merged across data events.
+        fn stream(&self, dir: Direction) -> Vec<u8> {
+            let mut v = Vec::new();
+            for e in &self.events {
+                match e {
+                    Event::Data(d, b) if *d == dir => v.extend_from_slice(b),
+                    Event::Gap(d, n) if *d == dir => {
+                        v.extend(std::iter::repeat_n(b'?', *n as usize))
+                    }
+                    _ => {}
+                }
+            }
+            v
+        }
+        fn closes(&self) -> Vec<CloseReason> {
+            self.events
+                .iter()
+                .filter_map(|e| {
+                    if let Event::Close(r) = e {
+                        Some(*r)
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        }
+    }
+
+    impl StreamHandler for Recorder {
+        type State = ();
+        fn open(&mut self, conn: &ConnInfo) {
+            self.events.push(Event::Open(conn.client, conn.server));
+        }
+        fn data(&mut self, _: &mut (), _: &ConnInfo, dir: Direction, bytes: &[u8], _: Timestamp) {
+            self.events.push(Event::Data(dir, bytes.to_vec()));
+        }
+        fn gap(&mut self, _: &mut (), _: &ConnInfo, dir: Direction, len: u64, _: Timestamp) {
+            self.events.push(Event::Gap(dir, len));
+        }
+        fn close(&mut self, _: (), _: &ConnInfo, reason: CloseReason, _: Timestamp) {
+            self.events.push(Event::Close(reason));
+        }
+    }
+
+    const C: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 40000);
+    const S: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 80);
+
+    fn seg(
+        src: SocketAddr,
+        dst: SocketAddr,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> TcpSegment<'_> {
+        TcpSegment {
+            tunnel: TunnelId(0),
+            src,
+            dst,
+            seq,
+            ack,
+            flags: TcpFlags(flags),
+            window: 1000,
+            payload,
+            wire_payload_len: payload.len() as u32,
+        }
+    }
+
+    const A: u8 = TcpFlags::ACK;
+    const ISN_C: u32 = 1000;
+    const ISN_S: u32 = 5000;
+
+    fn ms(n: u64) -> Timestamp {
+        Timestamp(n * 1_000_000)
+    }
+
+    fn handshake(t: &mut FlowTable<Recorder>, r: &mut Recorder, isn_c: u32, isn_s: u32) {
+        t.process(&seg(C, S, isn_c, 0, TcpFlags::SYN, b""), ms(0), r);
+        t.process(
+            &seg(S, C, isn_s, isn_c.wrapping_add(1), TcpFlags::SYN | A, b""),
+            ms(1),
+            r,
+        );
+        t.process(
+            &seg(C, S, isn_c.wrapping_add(1), isn_s.wrapping_add(1), A, b""),
+            ms(2),
+            r,
+        );
+    }
+
+    #[test]
+    fn in_order_both_directions_then_fin() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.process(
+            &seg(C, S, ISN_C + 1, ISN_S + 1, A, b"GET / HTTP/1.1\r\n\r\n"),
+            ms(3),
+            &mut r,
+        );
+        t.process(
+            &seg(S, C, ISN_S + 1, ISN_C + 19, A, b"HTTP/1.1 200 OK\r\n"),
+            ms(4),
+            &mut r,
+        );
+        t.process(
+            &seg(S, C, ISN_S + 18, ISN_C + 19, A | TcpFlags::FIN, b"\r\n"),
+            ms(5),
+            &mut r,
+        );
+        t.process(
+            &seg(C, S, ISN_C + 19, ISN_S + 21, A | TcpFlags::FIN, b""),
+            ms(6),
+            &mut r,
+        );
+        assert_eq!(r.events[0], Event::Open(C, S));
+        assert_eq!(
+            r.stream(Direction::ClientToServer),
+            b"GET / HTTP/1.1\r\n\r\n"
+        );
+        assert_eq!(
+            r.stream(Direction::ServerToClient),
+            b"HTTP/1.1 200 OK\r\n\r\n"
+        );
+        // Closed after the linger, on packet time.
+        assert!(r.closes().is_empty());
+        t.advance(ms(2000), &mut r);
+        assert_eq!(r.closes(), vec![CloseReason::Fin]);
+        assert_eq!(t.active_flows(), 0);
+    }
+
+    #[test]
+    fn out_of_order_and_retransmission() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.process(&seg(C, S, ISN_C + 6, ISN_S + 1, A, b"world"), ms(3), &mut r);
+        t.process(&seg(C, S, ISN_C + 1, ISN_S + 1, A, b"hello"), ms(4), &mut r);
+        t.process(&seg(C, S, ISN_C + 1, ISN_S + 1, A, b"hello"), ms(5), &mut r);
+        t.process(&seg(C, S, ISN_C + 11, ISN_S + 1, A, b"!"), ms(6), &mut r);
+        assert_eq!(r.stream(Direction::ClientToServer), b"helloworld!");
+        let s = t.stats();
+        assert_eq!(s.retransmissions, 1);
+        assert_eq!(s.ooo_segments, 1);
+        assert_eq!(s.gaps, 0);
+    }
+
+    #[test]
+    fn conflicting_overlap_keeps_first_data_and_counts() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.process(&seg(C, S, ISN_C + 4, ISN_S + 1, A, b"defgh"), ms(3), &mut r);
+        t.process(&seg(C, S, ISN_C + 6, ISN_S + 1, A, b"XYhij"), ms(4), &mut r);
+        t.process(&seg(C, S, ISN_C + 1, ISN_S + 1, A, b"abc"), ms(5), &mut r);
+        assert_eq!(r.stream(Direction::ClientToServer), b"abcdefghij");
+        let s = t.stats();
+        assert_eq!(s.overlap_conflicts, 1);
+        assert!(s.overlaps >= 1);
+    }
+
+    #[test]
+    fn ack_before_data_does_not_lose_data() {
+        // The mirror delivers the server's ACK of the request before the request itself.
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.process(&seg(S, C, ISN_S + 1, ISN_C + 11, A, b""), ms(3), &mut r);
+        t.process(&seg(C, S, ISN_C + 6, ISN_S + 1, A, b"world"), ms(4), &mut r);
+        t.process(&seg(C, S, ISN_C + 1, ISN_S + 1, A, b"hello"), ms(5), &mut r);
+        assert_eq!(r.stream(Direction::ClientToServer), b"helloworld");
+        assert_eq!(t.stats().gaps, 0);
+    }
+
+    #[test]
+    fn acknowledged_hole_becomes_gap_after_reorder_window() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        // "hello" never reaches the mirror; the server acknowledges it anyway.
+        t.process(
+            &seg(C, S, ISN_C + 6, ISN_S + 1, A, b"world"),
+            ms(10),
+            &mut r,
+        );
+        t.process(&seg(S, C, ISN_S + 1, ISN_C + 11, A, b""), ms(20), &mut r);
+        assert_eq!(r.stream(Direction::ClientToServer), b"");
+        t.process(
+            &seg(S, C, ISN_S + 1, ISN_C + 11, A, b"HTTP"),
+            ms(200),
+            &mut r,
+        );
+        assert_eq!(r.stream(Direction::ClientToServer), b"?????world");
+        assert_eq!(r.stream(Direction::ServerToClient), b"HTTP");
+        assert_eq!(t.stats().gaps, 1);
+        assert_eq!(t.stats().gap_bytes, 5);
+    }
+
+    #[test]
+    fn unacknowledged_hole_waits_for_gap_timeout() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.process(
+            &seg(C, S, ISN_C + 6, ISN_S + 1, A, b"world"),
+            ms(10),
+            &mut r,
+        );
+        t.process(&seg(C, S, ISN_C + 11, ISN_S + 1, A, b"!"), ms(1000), &mut r);
+        assert_eq!(r.stream(Direction::ClientToServer), b"");
+        t.process(&seg(C, S, ISN_C + 12, ISN_S + 1, A, b"?"), ms(6000), &mut r);
+        assert_eq!(r.stream(Direction::ClientToServer), b"?????world!?");
+    }
+
+    #[test]
+    fn midstream_pickup_guesses_server_by_port() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        // First packet seen is the server's response.
+        t.process(
+            &seg(S, C, 777, 333, A, b"HTTP/1.1 200 OK\r\n"),
+            ms(1),
+            &mut r,
+        );
+        t.process(&seg(C, S, 333, 794, A, b"GET /next"), ms(2), &mut r);
+        assert_eq!(r.events[0], Event::Open(C, S));
+        assert_eq!(r.stream(Direction::ServerToClient), b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(r.stream(Direction::ClientToServer), b"GET /next");
+        assert_eq!(t.stats().flows_midstream, 1);
+    }
+
+    #[test]
+    fn sequence_wraparound() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        let isn = u32::MAX - 3;
+        handshake(&mut t, &mut r, isn, ISN_S);
+        let s1 = isn.wrapping_add(1);
+        t.process(
+            &seg(C, S, s1.wrapping_add(4), ISN_S + 1, A, b"5678"),
+            ms(3),
+            &mut r,
+        );
+        t.process(&seg(C, S, s1, ISN_S + 1, A, b"1234"), ms(4), &mut r);
+        t.process(
+            &seg(C, S, s1.wrapping_add(8), ISN_S + 1, A, b"9"),
+            ms(5),
+            &mut r,
+        );
+        assert_eq!(r.stream(Direction::ClientToServer), b"123456789");
+    }
+
+    #[test]
+    fn snaplen_cut_segment_reports_gap_for_missing_bytes() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        let mut s = seg(C, S, ISN_C + 1, ISN_S + 1, A, b"abc");
+        s.wire_payload_len = 10;
+        t.process(&s, ms(3), &mut r);
+        t.process(&seg(C, S, ISN_C + 11, ISN_S + 1, A, b"k"), ms(4), &mut r);
+        assert_eq!(r.stream(Direction::ClientToServer), b"abc???????k");
+    }
+
+    #[test]
+    fn rst_closes_and_flushes_buffered_data_with_gap() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.process(&seg(C, S, ISN_C + 3, ISN_S + 1, A, b"cd"), ms(3), &mut r);
+        t.process(
+            &seg(S, C, ISN_S + 1, ISN_C + 1, TcpFlags::RST, b""),
+            ms(4),
+            &mut r,
+        );
+        t.advance(ms(1000), &mut r);
+        assert_eq!(r.closes(), vec![CloseReason::Rst]);
+        assert_eq!(r.stream(Direction::ClientToServer), b"??cd");
+    }
+
+    #[test]
+    fn idle_timeout_on_packet_time() {
+        let cfg = ReassemblyConfig {
+            idle_timeout: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let mut t = FlowTable::new(cfg);
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.advance(ms(9_000), &mut r);
+        assert!(r.closes().is_empty());
+        t.advance(ms(10_100), &mut r);
+        assert_eq!(r.closes(), vec![CloseReason::IdleTimeout]);
+    }
+
+    #[test]
+    fn flow_cap_evicts_least_recently_active() {
+        let cfg = ReassemblyConfig {
+            max_flows: 16,
+            ..Default::default()
+        };
+        let mut t = FlowTable::new(cfg);
+        let mut r = Recorder::default();
+        let ip = |i: u8| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1, 0, i)), 40000);
+        for i in 0..16u8 {
+            t.process(
+                &seg(ip(i), S, 1, 0, TcpFlags::SYN, b""),
+                ms(u64::from(i) + 1),
+                &mut r,
+            );
+        }
+        // Flow 0 stays busy, so flow 1 is the least recently active.
+        t.process(&seg(ip(0), S, 2, 0, A, b"x"), ms(100), &mut r);
+        t.process(&seg(ip(200), S, 1, 0, TcpFlags::SYN, b""), ms(101), &mut r);
+        assert_eq!(t.active_flows(), 16);
+        assert_eq!(r.closes(), vec![CloseReason::Evicted]);
+        assert_eq!(t.stats().cap_hits.get("flows"), Some(&1));
+        assert!(t.flows.contains_key(&FlowKey::new(TunnelId(0), ip(0), S)));
+        assert!(!t.flows.contains_key(&FlowKey::new(TunnelId(0), ip(1), S)));
+    }
+
+    #[test]
+    fn ooo_cap_forces_gap_and_bounds_memory() {
+        let cfg = ReassemblyConfig {
+            max_ooo_bytes_per_direction: 100,
+            ..Default::default()
+        };
+        let mut t = FlowTable::new(cfg);
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        let chunk = [b'x'; 40];
+        // Byte 0 is missing; 40-byte segments pile up behind it.
+        for i in 0..10u32 {
+            t.process(
+                &seg(C, S, ISN_C + 2 + i * 40, ISN_S + 1, A, &chunk),
+                ms(3 + u64::from(i)),
+                &mut r,
+            );
+            assert!(t.buffered_bytes() <= 100);
+        }
+        let s = r.stream(Direction::ClientToServer);
+        assert_eq!(s[0], b'?');
+        assert!(
+            t.stats()
+                .cap_hits
+                .get("ooo-per-direction")
+                .copied()
+                .unwrap_or(0)
+                >= 1
+        );
+        t.flush_all(&mut r);
+        assert_eq!(r.stream(Direction::ClientToServer).len(), 401);
+        assert_eq!(t.buffered_bytes(), 0);
+    }
+
+    proptest::proptest! {
+        /// Any delivery order of a stream's segments (each possibly duplicated) reassembles
+        /// to the original bytes when nothing is lost.
+        #[test]
+        fn reorder_and_duplicates_reassemble(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 1..2000),
+            cuts in proptest::collection::vec(1usize..200, 1..40),
+            order_seed in proptest::num::u64::ANY,
+            isn in proptest::num::u32::ANY,
+        ) {
+            let mut segs = Vec::new();
+            let mut pos = 0;
+            for c in cuts.iter().cycle() {
+                if pos >= data.len() { break; }
+                let end = (pos + c).min(data.len());
+                segs.push((pos, end));
+                pos = end;
+            }
+            // Deterministic shuffle with duplicates.
+            let mut rng = order_seed;
+            let mut order: Vec<(usize, usize)> = segs.clone();
+            for i in (1..order.len()).rev() {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                order.swap(i, (rng >> 33) as usize % (i + 1));
+            }
+            if let Some(d) = segs.first() { order.push(*d); }
+            let mut t = FlowTable::new(ReassemblyConfig::default());
+            let mut r = Recorder::default();
+            handshake(&mut t, &mut r, isn, ISN_S);
+            for (i, (a, b)) in order.iter().enumerate() {
+                let s = seg(C, S, isn.wrapping_add(1).wrapping_add(*a as u32), ISN_S + 1, A, &data[*a..*b]);
+                t.process(&s, ms(3 + i as u64 / 100), &mut r);
+            }
+            t.flush_all(&mut r);
+            proptest::prop_assert_eq!(r.stream(Direction::ClientToServer), data);
+        }
+
+        /// Arbitrary segments never panic and never exceed the buffer cap.
+        #[test]
+        fn arbitrary_segments_are_safe(
+            segs in proptest::collection::vec(
+                (proptest::num::u32::ANY, proptest::num::u32::ANY, proptest::num::u8::ANY,
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..64), proptest::bool::ANY, 0u32..100),
+                1..60),
+        ) {
+            let cfg = ReassemblyConfig { max_buffered_bytes: 512, max_ooo_bytes_per_direction: 256, ..Default::default() };
+            let mut t = FlowTable::new(cfg);
+            let mut r = Recorder::default();
+            for (i, (seq, ack, flags, payload, fwd, extra)) in segs.iter().enumerate() {
+                let (a, b) = if *fwd { (C, S) } else { (S, C) };
+                let mut s = seg(a, b, *seq, *ack, *flags, payload);
+                s.wire_payload_len = payload.len() as u32 + extra;
+                t.process(&s, ms(i as u64 * 50), &mut r);
+                proptest::prop_assert!(t.buffered_bytes() <= 512);
+            }
+            t.flush_all(&mut r);
+            proptest::prop_assert_eq!(t.buffered_bytes(), 0);
+        }
+    }
+}
