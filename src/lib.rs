@@ -13,7 +13,10 @@ pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod http;
+pub mod token;
+
 pub mod output;
 pub mod reassembly;
+
 pub mod runtime;
 pub mod telemetry;

@@ -34,16 +34,42 @@ fn tiny_capture() -> Vec<u8> {
     let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi".as_slice();
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut f = Vec::new();
-    PacketBuilder::ethernet2([0; 6], [0; 6]).ipv4(c, s, 64).tcp(40000, 80, 100, 1000).syn().write(&mut f, &[]).expect("builds");
+    PacketBuilder::ethernet2([0; 6], [0; 6])
+        .ipv4(c, s, 64)
+        .tcp(40000, 80, 100, 1000)
+        .syn()
+        .write(&mut f, &[])
+        .expect("builds");
     frames.push(std::mem::take(&mut f));
-    PacketBuilder::ethernet2([0; 6], [0; 6]).ipv4(s, c, 64).tcp(80, 40000, 500, 1000).syn().ack(101).write(&mut f, &[]).expect("builds");
+    PacketBuilder::ethernet2([0; 6], [0; 6])
+        .ipv4(s, c, 64)
+        .tcp(80, 40000, 500, 1000)
+        .syn()
+        .ack(101)
+        .write(&mut f, &[])
+        .expect("builds");
     frames.push(std::mem::take(&mut f));
-    PacketBuilder::ethernet2([0; 6], [0; 6]).ipv4(c, s, 64).tcp(40000, 80, 101, 1000).ack(501).write(&mut f, req).expect("builds");
+    PacketBuilder::ethernet2([0; 6], [0; 6])
+        .ipv4(c, s, 64)
+        .tcp(40000, 80, 101, 1000)
+        .ack(501)
+        .write(&mut f, req)
+        .expect("builds");
     frames.push(std::mem::take(&mut f));
-    PacketBuilder::ethernet2([0; 6], [0; 6]).ipv4(s, c, 64).tcp(80, 40000, 501, 1000).ack(101 + req.len() as u32).write(&mut f, resp).expect("builds");
+    PacketBuilder::ethernet2([0; 6], [0; 6])
+        .ipv4(s, c, 64)
+        .tcp(80, 40000, 501, 1000)
+        .ack(101 + req.len() as u32)
+        .write(&mut f, resp)
+        .expect("builds");
     frames.push(std::mem::take(&mut f));
     for (i, fr) in frames.iter().enumerate() {
-        for v in [1_795_000_000u32, i as u32 * 1000, fr.len() as u32, fr.len() as u32] {
+        for v in [
+            1_795_000_000u32,
+            i as u32 * 1000,
+            fr.len() as u32,
+            fr.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(fr);
@@ -82,7 +108,8 @@ fn replay_writes_transactions_and_summary() {
     assert_eq!(t["server"]["port"], 80);
     assert_eq!(t["response_body_bytes"], 2);
     assert_eq!(t["ts"], "2026-11-18T11:06:40.002000Z");
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sum).expect("summary")).expect("json");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sum).expect("summary")).expect("json");
     assert_eq!(s["capture"]["frames"], 4);
     assert_eq!(s["http"]["paired"], 1);
     assert_eq!(s["workers"], 2);
@@ -92,7 +119,11 @@ fn replay_writes_transactions_and_summary() {
 fn missing_empty_and_garbage_inputs_exit_1_with_a_clear_error() {
     let o = shieldtap(&["replay", "/nonexistent/capture.pcap"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("/nonexistent/capture.pcap"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/capture.pcap"),
+        "{}",
+        stderr(&o)
+    );
 
     let empty = temp_with(b"");
     let o = shieldtap(&["replay", empty.path().to_str().expect("utf-8")]);
@@ -102,7 +133,11 @@ fn missing_empty_and_garbage_inputs_exit_1_with_a_clear_error() {
     let garbage = temp_with(b"\x00\x01garbage that is no capture file at all, not even close");
     let o = shieldtap(&["replay", garbage.path().to_str().expect("utf-8")]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not a pcap or pcapng"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a pcap or pcapng"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -112,13 +147,22 @@ fn truncated_capture_is_processed_and_counted() {
     let cap = temp_with(&bytes);
     let dir = tempfile::tempdir().expect("temp dir");
     let sum = dir.path().join("summary.json");
-    let o = shieldtap(&["replay", cap.path().to_str().expect("utf-8"), "--summary-json", sum.to_str().expect("utf-8")]);
+    let o = shieldtap(&[
+        "replay",
+        cap.path().to_str().expect("utf-8"),
+        "--summary-json",
+        sum.to_str().expect("utf-8"),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sum).expect("summary")).expect("json");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sum).expect("summary")).expect("json");
     assert_eq!(s["capture"]["truncated_files"], 1);
     assert_eq!(s["capture"]["frames"], 3);
     // The request survives; its response was cut off.
-    assert_eq!(s["http"]["anomalies_by_kind"]["request-without-response"], 1);
+    assert_eq!(
+        s["http"]["anomalies_by_kind"]["request-without-response"],
+        1
+    );
 }
 
 #[test]
@@ -139,7 +183,12 @@ fn stdin_is_a_capture_source() {
 fn config_and_usage_errors_exit_2() {
     let cap = temp_with(&tiny_capture());
     let cfg = temp_with(b"[reassembly]\nidle_timeout = 5\n");
-    let o = shieldtap(&["replay", cap.path().to_str().expect("utf-8"), "--config", cfg.path().to_str().expect("utf-8")]);
+    let o = shieldtap(&[
+        "replay",
+        cap.path().to_str().expect("utf-8"),
+        "--config",
+        cfg.path().to_str().expect("utf-8"),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(e.contains(":2:1:") && e.contains("idle_timeout"), "{e}");

@@ -638,7 +638,6 @@ fn process_segment<H: StreamHandler>(
     } else if !half.started {
         if wire_len == 0 && !seg.flags.has(TcpFlags::FIN) {
             // A bare ACK tells us nothing about where this side's data starts.
-            drop(out);
             finish_local(stats, local);
             return None;
         }
@@ -704,7 +703,6 @@ fn process_segment<H: StreamHandler>(
     if hole_due(cfg, half, ts) {
         half.skip_hole(ts, buffered, &mut out);
     }
-    drop(out);
     if hole_due(cfg, peer, ts) {
         let back = match dir {
             Direction::ClientToServer => Direction::ServerToClient,

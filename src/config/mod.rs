@@ -1,0 +1,398 @@
+//! Config: the TOML file users write, parsed then validated.
+//!
+//! Input: TOML text (or nothing: embedded defaults). Output: a validated [`Config`] whose
+//! fields are the typed settings of each stage (durations, byte sizes). Raw structs reject
+//! unknown keys, so a typo is an error, not a silently ignored setting; errors name the
+//! file, line and column, the key and what was expected.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::capture::LiveConfig;
+use crate::decode::DecodeConfig;
+use crate::http::HttpConfig;
+use crate::reassembly::ReassemblyConfig;
+use crate::token::{RawAttestation, RawIdentity, TokenConfig};
+
+/// Everything the pipeline needs, validated.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    pub capture: LiveConfig,
+    pub decode: DecodeConfig,
+    pub reassembly: ReassemblyConfig,
+    pub http: HttpConfig,
+    pub token: TokenConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// Threads and queues (config section `[runtime]`).
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Worker threads; `None` means one per core.
+    pub workers: Option<usize>,
+    /// Batches in flight per worker queue; a full queue blocks the capture thread
+    /// (replay) or is counted as a queue drop (live).
+    pub queue_batches: usize,
+    /// Connections tracked across all workers (split evenly between them).
+    pub max_flows: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: None,
+            queue_batches: 64,
+            max_flows: 1_000_000,
+        }
+    }
+}
+
+/// A config error: where and what.
+/// Displayed as `file:line:col: message` when the position is known, else `file: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{}{message}", match .position { Some((l, c)) => format!("{l}:{c}: "), None => " ".to_string() })]
+pub struct ConfigError {
+    pub file: String,
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    capture: RawCapture,
+    #[serde(default)]
+    decode: RawDecode,
+    #[serde(default)]
+    reassembly: RawReassembly,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    runtime: RawRuntime,
+    /// `[[attestation]]`: one table per token family (Approov-compatible defaults).
+    #[serde(default)]
+    attestation: Vec<RawAttestation>,
+    /// `[identity]`: the user token and client address attribution.
+    identity: Option<RawIdentity>,
+}
+
+/// `[capture]`: live capture options (`run`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    /// Bytes captured per packet.
+    snaplen_bytes: Option<u32>,
+    /// Kernel ring buffer per interface, in MiB.
+    buffer_size_mib: Option<u32>,
+    promiscuous: Option<bool>,
+    immediate_mode: Option<bool>,
+    /// BPF filter, e.g. `tcp or (vlan and tcp)`.
+    bpf: Option<String>,
+}
+
+/// `[decode]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDecode {
+    vxlan_ports: Option<Vec<u16>>,
+    geneve_ports: Option<Vec<u16>>,
+    max_tunnel_depth: Option<usize>,
+    ip_fragment_max_datagrams: Option<usize>,
+    ip_fragment_max_bytes: Option<usize>,
+    ip_fragment_timeout_secs: Option<f64>,
+    verify_checksums: Option<bool>,
+}
+
+/// `[reassembly]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReassembly {
+    max_ooo_bytes_per_direction: Option<usize>,
+    max_ooo_segments_per_direction: Option<usize>,
+    max_buffered_bytes_per_worker: Option<usize>,
+    idle_timeout_secs: Option<f64>,
+    close_linger_secs: Option<f64>,
+    reorder_window_secs: Option<f64>,
+    gap_timeout_secs: Option<f64>,
+}
+
+/// `[http]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    max_head_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_decoded_body_bytes: Option<usize>,
+    max_decompression_ratio: Option<u32>,
+    max_pending_requests: Option<usize>,
+    decode_bodies: Option<bool>,
+}
+
+/// `[runtime]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    workers: Option<usize>,
+    queue_batches: Option<usize>,
+    max_flows: Option<usize>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            position: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            position: toml_position(text, &e),
+            message: e.message().trim().to_string(),
+        })?;
+        let err = |key: &str, msg: &str| ConfigError {
+            file: file.to_string(),
+            position: None,
+            message: format!("{key}: {msg}"),
+        };
+        let secs = |key: &str,
+                    v: Option<f64>,
+                    default: Duration|
+         -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+                Some(_) => Err(err(key, "expected a positive number of seconds")),
+            }
+        };
+        let positive =
+            |key: &str, v: Option<usize>, default: usize| -> Result<usize, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(0) => Err(err(key, "expected a positive number")),
+                    Some(n) => Ok(n),
+                }
+            };
+        let mut c = Config::default();
+
+        let rc = &raw.capture;
+        if let Some(s) = rc.snaplen_bytes {
+            if !(64..=262_144).contains(&s) {
+                return Err(err("capture.snaplen_bytes", "expected 64 to 262144"));
+            }
+            c.capture.snaplen = s as i32;
+        }
+        if let Some(m) = rc.buffer_size_mib {
+            if !(1..=2048).contains(&m) {
+                return Err(err("capture.buffer_size_mib", "expected 1 to 2048"));
+            }
+            c.capture.buffer_size_bytes = (m as i32) << 20;
+        }
+        c.capture.promiscuous = rc.promiscuous.unwrap_or(c.capture.promiscuous);
+        c.capture.immediate = rc.immediate_mode.unwrap_or(c.capture.immediate);
+        c.capture.bpf = rc.bpf.clone();
+
+        let d = &raw.decode;
+        if let Some(p) = &d.vxlan_ports {
+            c.decode.vxlan_ports = p.clone();
+        }
+        if let Some(p) = &d.geneve_ports {
+            c.decode.geneve_ports = p.clone();
+        }
+        c.decode.max_tunnel_depth = positive(
+            "decode.max_tunnel_depth",
+            d.max_tunnel_depth,
+            c.decode.max_tunnel_depth,
+        )?;
+        c.decode.frag_max_datagrams = positive(
+            "decode.ip_fragment_max_datagrams",
+            d.ip_fragment_max_datagrams,
+            c.decode.frag_max_datagrams,
+        )?;
+        c.decode.frag_max_bytes = positive(
+            "decode.ip_fragment_max_bytes",
+            d.ip_fragment_max_bytes,
+            c.decode.frag_max_bytes,
+        )?;
+        c.decode.frag_timeout = secs(
+            "decode.ip_fragment_timeout_secs",
+            d.ip_fragment_timeout_secs,
+            c.decode.frag_timeout,
+        )?;
+        c.decode.verify_checksums = d.verify_checksums.unwrap_or(c.decode.verify_checksums);
+
+        let r = &raw.reassembly;
+        let ra = &mut c.reassembly;
+        ra.max_ooo_bytes_per_direction = positive(
+            "reassembly.max_ooo_bytes_per_direction",
+            r.max_ooo_bytes_per_direction,
+            ra.max_ooo_bytes_per_direction,
+        )?;
+        ra.max_ooo_segments_per_direction = positive(
+            "reassembly.max_ooo_segments_per_direction",
+            r.max_ooo_segments_per_direction,
+            ra.max_ooo_segments_per_direction,
+        )?;
+        ra.max_buffered_bytes = positive(
+            "reassembly.max_buffered_bytes_per_worker",
+            r.max_buffered_bytes_per_worker,
+            ra.max_buffered_bytes,
+        )?;
+        ra.idle_timeout = secs(
+            "reassembly.idle_timeout_secs",
+            r.idle_timeout_secs,
+            ra.idle_timeout,
+        )?;
+        ra.close_linger = secs(
+            "reassembly.close_linger_secs",
+            r.close_linger_secs,
+            ra.close_linger,
+        )?;
+        ra.reorder_window = secs(
+            "reassembly.reorder_window_secs",
+            r.reorder_window_secs,
+            ra.reorder_window,
+        )?;
+        ra.gap_timeout = secs(
+            "reassembly.gap_timeout_secs",
+            r.gap_timeout_secs,
+            ra.gap_timeout,
+        )?;
+        if ra.reorder_window > ra.gap_timeout {
+            return Err(err(
+                "reassembly.reorder_window_secs",
+                "must not exceed gap_timeout_secs",
+            ));
+        }
+
+        let h = &raw.http;
+        let hc = &mut c.http;
+        hc.max_head_bytes = positive("http.max_head_bytes", h.max_head_bytes, hc.max_head_bytes)?;
+        hc.max_headers = positive("http.max_headers", h.max_headers, hc.max_headers)?;
+        hc.max_body_bytes = h.max_body_bytes.unwrap_or(hc.max_body_bytes);
+        hc.max_decoded_bytes = h.max_decoded_body_bytes.unwrap_or(hc.max_decoded_bytes);
+        hc.max_decompression_ratio = match h.max_decompression_ratio {
+            Some(0) => {
+                return Err(err(
+                    "http.max_decompression_ratio",
+                    "expected a positive number",
+                ));
+            }
+            Some(n) => n,
+            None => hc.max_decompression_ratio,
+        };
+        hc.max_pending_requests = positive(
+            "http.max_pending_requests",
+            h.max_pending_requests,
+            hc.max_pending_requests,
+        )?;
+        hc.decode_bodies = h.decode_bodies.unwrap_or(hc.decode_bodies);
+
+        let rt = &raw.runtime;
+        if let Some(w) = rt.workers {
+            if !(1..=256).contains(&w) {
+                return Err(err("runtime.workers", "expected 1 to 256"));
+            }
+            c.runtime.workers = Some(w);
+        }
+        c.runtime.queue_batches = positive(
+            "runtime.queue_batches",
+            rt.queue_batches,
+            c.runtime.queue_batches,
+        )?;
+        c.runtime.max_flows = positive("runtime.max_flows", rt.max_flows, c.runtime.max_flows)?;
+
+        c.token = TokenConfig::from_raw(&raw.attestation, raw.identity.as_ref()).map_err(|m| {
+            ConfigError {
+                file: file.to_string(),
+                position: None,
+                message: m,
+            }
+        })?;
+        Ok(c)
+    }
+}
+
+/// 1-based line and column of a toml error, so the user can jump to it.
+fn toml_position(text: &str, e: &toml::de::Error) -> Option<(usize, usize)> {
+    let span = e.span()?;
+    let before = text.get(..span.start.min(text.len()))?;
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    Some((line, col))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        let c = Config::parse("", "x.toml").expect("valid");
+        assert_eq!(c.decode.vxlan_ports, vec![4789]);
+        assert_eq!(c.reassembly.idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn values_are_typed() {
+        let c = Config::parse(
+            "[decode]\nvxlan_ports = [4789, 8472]\n[reassembly]\nidle_timeout_secs = 30\n[runtime]\nworkers = 3\n",
+            "x.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.decode.vxlan_ports, vec![4789, 8472]);
+        assert_eq!(c.reassembly.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.runtime.workers, Some(3));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let e = Config::parse("[http]\nmax_head_bytes = 10\nmax_body = 5\n", "cfg.toml")
+            .expect_err("unknown key");
+        let s = e.to_string();
+        assert!(s.starts_with("cfg.toml:3:1: "), "{s}");
+        assert!(s.contains("max_body"), "{s}");
+    }
+
+    #[test]
+    fn attestation_tables_are_validated() {
+        let c = Config::parse(
+            "[[attestation]]\nname = \"approov\"\nheader = \"Approov-Token\"\nsecret_base64 = \"c2VjcmV0\"\n",
+            "a.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.token.families.len(), 1);
+        let e = Config::parse("[[attestation]]\nsecret_base64 = \"***\"\n", "a.toml")
+            .expect_err("bad base64");
+        assert!(e.to_string().contains("secret_base64"), "{e}");
+        let e = Config::parse("[[attestation]]\nheadr = \"x\"\n", "a.toml").expect_err("typo");
+        assert!(e.to_string().contains("a.toml:2:1:"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::parse("[reassembly]\nidle_timeout_secs = -1\n", "c.toml")
+            .expect_err("negative");
+        assert!(
+            e.to_string().contains("reassembly.idle_timeout_secs"),
+            "{e}"
+        );
+        let e = Config::parse("[runtime]\nworkers = 0\n", "c.toml").expect_err("zero");
+        assert!(e.to_string().contains("runtime.workers"), "{e}");
+        let e = Config::parse("[decode]\nvxlan_ports = [70000]\n", "c.toml").expect_err("port");
+        assert!(e.to_string().starts_with("c.toml:2:"), "{e}");
+    }
+}

@@ -1,0 +1,772 @@
+//! The frame walker: link layer, VLANs, tunnels and IP down to a TCP segment, and the IPv4
+//! fragment pool. IP, IPv6 extension headers and TCP are sliced by etherparse (lax, so a
+//! snaplen-cut frame still yields its headers); link headers and tunnel headers (VXLAN
+//! RFC 7348, GENEVE RFC 8926, GRE RFC 2784/2890, ERSPAN II/III) are a few fixed fields each
+//! and are read here with bounds checks on every access.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use etherparse::{LaxIpSlice, LenSource, TcpSlice};
+
+use super::{DecodeConfig, DecodeError, Decoded, Layer, LinkType, TcpFlags, TcpSegment, TunnelId};
+use crate::capture::Timestamp;
+
+/// Decoder counters (summary JSON and metrics).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DecodeStats {
+    pub frames: u64,
+    pub tcp_segments: u64,
+    pub not_tcp: u64,
+    pub errors_by_layer: BTreeMap<&'static str, u64>,
+    pub vlan_tags: u64,
+    pub tunnels_vxlan: u64,
+    pub tunnels_geneve: u64,
+    pub tunnels_gre: u64,
+    pub tunnels_erspan2: u64,
+    pub tunnels_erspan3: u64,
+    pub ipv6_ext_headers: u64,
+    pub ipv4_fragments: u64,
+    pub ipv4_reassembled: u64,
+    pub frag_dropped_cap: u64,
+    pub frag_expired: u64,
+    pub frag_overlaps: u64,
+    /// Fragmented datagrams that complete but carry a tunnel (not followed).
+    pub frag_tunnel_unsupported: u64,
+    pub ipv6_fragments: u64,
+    pub bad_ipv4_checksum: u64,
+    pub bad_tcp_checksum: u64,
+    pub snaplen_cut: u64,
+}
+
+impl DecodeStats {
+    pub fn merge(&mut self, o: &DecodeStats) {
+        self.frames += o.frames;
+        self.tcp_segments += o.tcp_segments;
+        self.not_tcp += o.not_tcp;
+        for (k, v) in &o.errors_by_layer {
+            *self.errors_by_layer.entry(k).or_default() += v;
+        }
+        self.vlan_tags += o.vlan_tags;
+        self.tunnels_vxlan += o.tunnels_vxlan;
+        self.tunnels_geneve += o.tunnels_geneve;
+        self.tunnels_gre += o.tunnels_gre;
+        self.tunnels_erspan2 += o.tunnels_erspan2;
+        self.tunnels_erspan3 += o.tunnels_erspan3;
+        self.ipv6_ext_headers += o.ipv6_ext_headers;
+        self.ipv4_fragments += o.ipv4_fragments;
+        self.ipv4_reassembled += o.ipv4_reassembled;
+        self.frag_dropped_cap += o.frag_dropped_cap;
+        self.frag_expired += o.frag_expired;
+        self.frag_overlaps += o.frag_overlaps;
+        self.frag_tunnel_unsupported += o.frag_tunnel_unsupported;
+        self.ipv6_fragments += o.ipv6_fragments;
+        self.bad_ipv4_checksum += o.bad_ipv4_checksum;
+        self.bad_tcp_checksum += o.bad_tcp_checksum;
+        self.snaplen_cut += o.snaplen_cut;
+    }
+}
+
+const ETH_IPV4: u16 = 0x0800;
+const ETH_IPV6: u16 = 0x86dd;
+const ETH_TEB: u16 = 0x6558;
+const ETH_ERSPAN2: u16 = 0x88be;
+const ETH_ERSPAN3: u16 = 0x22eb;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_GRE: u8 = 47;
+/// More VLAN tags than this is not a real frame.
+const MAX_VLAN_TAGS: usize = 4;
+
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum TunnelKind {
+    Vxlan = 1,
+    Geneve = 2,
+    Gre = 3,
+    Erspan2 = 4,
+    Erspan3 = 5,
+}
+
+fn fold(id: TunnelId, kind: TunnelKind, vni: u32) -> TunnelId {
+    TunnelId(id.0.rotate_left(17) ^ (((kind as u64) << 56) | u64::from(vni)) | 1 << 63)
+}
+
+fn be16(d: &[u8], at: usize, layer: Layer) -> Result<u16, DecodeError> {
+    match d.get(at..at + 2) {
+        Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
+        None => Err(DecodeError::Truncated {
+            layer,
+            offset: at,
+            need: at + 2,
+            have: d.len(),
+        }),
+    }
+}
+
+fn be32(d: &[u8], at: usize, layer: Layer) -> Result<u32, DecodeError> {
+    match d.get(at..at + 4) {
+        Some(b) => Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+        None => Err(DecodeError::Truncated {
+            layer,
+            offset: at,
+            need: at + 4,
+            have: d.len(),
+        }),
+    }
+}
+
+fn tail(d: &[u8], from: usize, layer: Layer) -> Result<&[u8], DecodeError> {
+    d.get(from..).ok_or(DecodeError::Truncated {
+        layer,
+        offset: from,
+        need: from,
+        have: d.len(),
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct FragKey {
+    tunnel: TunnelId,
+    src: [u8; 4],
+    dst: [u8; 4],
+    id: u16,
+    proto: u8,
+}
+
+/// What walking a frame produced: a result borrowing the frame, or a completed IPv4
+/// datagram waiting in the decoder's buffer (kept apart so the walk never borrows `self`
+/// for the frame's lifetime).
+enum Step<'a> {
+    Done(Decoded<'a>),
+    Reassembled {
+        src: IpAddr,
+        dst: IpAddr,
+        tunnel: TunnelId,
+    },
+}
+
+struct Datagram {
+    first_ts: Timestamp,
+    data: Vec<u8>,
+    /// Covered byte ranges, sorted and merged.
+    covered: Vec<(usize, usize)>,
+    total: Option<usize>,
+}
+
+impl Datagram {
+    fn complete(&self) -> bool {
+        matches!((self.total, self.covered.as_slice()), (Some(t), [(0, e)]) if *e == t)
+    }
+}
+
+/// Frame decoder with its IPv4 fragment pool; one per capture thread.
+pub struct Decoder {
+    cfg: DecodeConfig,
+    stats: DecodeStats,
+    frags: HashMap<FragKey, Datagram, foldhash::fast::RandomState>,
+    frag_bytes: usize,
+    last_expiry: Timestamp,
+    reassembled: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new(cfg: DecodeConfig) -> Self {
+        Decoder {
+            cfg,
+            stats: DecodeStats::default(),
+            frags: HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            frag_bytes: 0,
+            last_expiry: Timestamp::ZERO,
+            reassembled: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> &DecodeStats {
+        &self.stats
+    }
+
+    /// Decodes one frame captured on a `link` interface at packet time `ts`.
+    pub fn decode<'a>(
+        &'a mut self,
+        link: LinkType,
+        frame: &'a [u8],
+        ts: Timestamp,
+    ) -> Result<Decoded<'a>, DecodeError> {
+        self.stats.frames += 1;
+        let step = self.link(link, frame, ts);
+        let r = match step {
+            Ok(Step::Done(d)) => Ok(d),
+            Ok(Step::Reassembled { src, dst, tunnel }) => {
+                // The datagram now lives in the decoder's buffer: the last use of `self`.
+                let len = self.reassembled.len();
+                let verify = self.cfg.verify_checksums;
+                let r = tcp_segment(
+                    &mut self.stats,
+                    verify,
+                    &self.reassembled,
+                    Some(len),
+                    src,
+                    dst,
+                    tunnel,
+                );
+                return match r {
+                    Ok(seg) => {
+                        self.stats.tcp_segments += 1;
+                        Ok(seg)
+                    }
+                    Err(e) => {
+                        *self
+                            .stats
+                            .errors_by_layer
+                            .entry(e.layer().as_str())
+                            .or_default() += 1;
+                        Err(e)
+                    }
+                };
+            }
+            Err(e) => Err(e),
+        };
+        match &r {
+            Ok(Decoded::Tcp(_)) => self.stats.tcp_segments += 1,
+            Ok(Decoded::NotTcp) => self.stats.not_tcp += 1,
+            Ok(Decoded::FragmentHeld) => {}
+            Err(e) => {
+                *self
+                    .stats
+                    .errors_by_layer
+                    .entry(e.layer().as_str())
+                    .or_default() += 1
+            }
+        }
+        r
+    }
+
+    fn link<'a>(
+        &mut self,
+        link: LinkType,
+        d: &'a [u8],
+        ts: Timestamp,
+    ) -> Result<Step<'a>, DecodeError> {
+        let t = TunnelId(0);
+        match link {
+            LinkType::Ethernet => self.ethernet(d, t, 0, ts),
+            LinkType::LinuxSll => {
+                let proto = be16(d, 14, Layer::Link)?;
+                self.ethertype(proto, tail(d, 16, Layer::Link)?, t, 0, ts)
+            }
+            LinkType::LinuxSll2 => {
+                let proto = be16(d, 0, Layer::Link)?;
+                if d.len() < 20 {
+                    return Err(DecodeError::Truncated {
+                        layer: Layer::Link,
+                        offset: 0,
+                        need: 20,
+                        have: d.len(),
+                    });
+                }
+                self.ethertype(proto, tail(d, 20, Layer::Link)?, t, 0, ts)
+            }
+            LinkType::RawIp => self.ip(d, t, 0, ts),
+            LinkType::Null | LinkType::Loop => {
+                let b = d.get(..4).ok_or(DecodeError::Truncated {
+                    layer: Layer::Link,
+                    offset: 0,
+                    need: 4,
+                    have: d.len(),
+                })?;
+                let be = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                let le = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                // AF_INET is 2 everywhere; AF_INET6 is 24 (NetBSD/OpenBSD), 28 (FreeBSD),
+                // 30 (macOS). Null uses the capturing host's byte order, so accept both.
+                let fam = if link == LinkType::Loop {
+                    be
+                } else if matches!(le, 2 | 24 | 28 | 30) {
+                    le
+                } else {
+                    be
+                };
+                match fam {
+                    2 | 24 | 28 | 30 => self.ip(tail(d, 4, Layer::Link)?, t, 0, ts),
+                    _ => Ok(Step::Done(Decoded::NotTcp)),
+                }
+            }
+        }
+    }
+
+    fn ethernet<'a>(
+        &mut self,
+        d: &'a [u8],
+        t: TunnelId,
+        depth: usize,
+        ts: Timestamp,
+    ) -> Result<Step<'a>, DecodeError> {
+        let et = be16(d, 12, Layer::Link)?;
+        self.ethertype(et, tail(d, 14, Layer::Link)?, t, depth, ts)
+    }
+
+    fn ethertype<'a>(
+        &mut self,
+        mut et: u16,
+        mut d: &'a [u8],
+        t: TunnelId,
+        depth: usize,
+        ts: Timestamp,
+    ) -> Result<Step<'a>, DecodeError> {
+        let mut tags = 0;
+        while matches!(et, 0x8100 | 0x88a8 | 0x9100) {
+            tags += 1;
+            if tags > MAX_VLAN_TAGS {
+                return Err(DecodeError::Malformed {
+                    layer: Layer::Vlan,
+                    reason: "more than 4 VLAN tags",
+                });
+            }
+            self.stats.vlan_tags += 1;
+            et = be16(d, 2, Layer::Vlan)?;
+            d = tail(d, 4, Layer::Vlan)?;
+        }
+        match et {
+            ETH_IPV4 | ETH_IPV6 => self.ip(d, t, depth, ts),
+            _ => Ok(Step::Done(Decoded::NotTcp)),
+        }
+    }
+
+    fn ip<'a>(
+        &mut self,
+        d: &'a [u8],
+        t: TunnelId,
+        depth: usize,
+        ts: Timestamp,
+    ) -> Result<Step<'a>, DecodeError> {
+        let layer = match d.first().map(|b| b >> 4) {
+            Some(6) => Layer::Ipv6,
+            _ => Layer::Ipv4,
+        };
+        let (ip, ext_err) = LaxIpSlice::from_slice(d).map_err(|_| DecodeError::Malformed {
+            layer,
+            reason: "IP header truncated or invalid",
+        })?;
+        if ext_err.is_some() {
+            // Lax slicing stops at a broken extension header; what follows is unknown.
+            return Err(DecodeError::Malformed {
+                layer: Layer::Ipv6,
+                reason: "extension header invalid",
+            });
+        }
+        let src = ip.source_addr();
+        let dst = ip.destination_addr();
+        let pl = ip.payload();
+        let proto = pl.ip_number.0;
+        // The IP payload length on the wire, when the header says it.
+        let wire_ip_payload = match &ip {
+            LaxIpSlice::Ipv4(v4) => {
+                let h = v4.header();
+                if self.cfg.verify_checksums
+                    && h.to_header().calc_header_checksum() != h.header_checksum()
+                {
+                    self.stats.bad_ipv4_checksum += 1;
+                }
+                if v4.is_payload_fragmented() {
+                    self.stats.ipv4_fragments += 1;
+                    let key = FragKey {
+                        tunnel: t,
+                        src: h.source(),
+                        dst: h.destination(),
+                        id: h.identification(),
+                        proto,
+                    };
+                    let offset = usize::from(h.fragments_offset().value()) * 8;
+                    if pl.incomplete {
+                        return Err(DecodeError::Malformed {
+                            layer: Layer::Fragment,
+                            reason: "fragment cut by snaplen",
+                        });
+                    }
+                    return self.fragment(key, offset, h.more_fragments(), pl.payload, ts);
+                }
+                (usize::from(h.total_len())).checked_sub(usize::from(h.ihl()) * 4)
+            }
+            LaxIpSlice::Ipv6(v6) => {
+                let ext = v6.extensions().slice().len();
+                if ext > 0 {
+                    self.stats.ipv6_ext_headers += 1;
+                }
+                if v6.is_payload_fragmented() {
+                    self.stats.ipv6_fragments += 1;
+                    return Ok(Step::Done(Decoded::NotTcp));
+                }
+                match v6.header().payload_length() {
+                    0 => None,
+                    n => usize::from(n).checked_sub(ext),
+                }
+            }
+        };
+        let wire_ip_payload = match pl.len_source {
+            LenSource::Slice if !pl.incomplete => Some(pl.payload.len()),
+            _ => wire_ip_payload,
+        };
+        match proto {
+            IPPROTO_TCP => tcp_segment(
+                &mut self.stats,
+                self.cfg.verify_checksums,
+                pl.payload,
+                wire_ip_payload,
+                src,
+                dst,
+                t,
+            )
+            .map(Step::Done),
+            IPPROTO_UDP => {
+                if pl.incomplete && pl.payload.len() < 8 {
+                    return Err(DecodeError::Truncated {
+                        layer: Layer::Udp,
+                        offset: 0,
+                        need: 8,
+                        have: pl.payload.len(),
+                    });
+                }
+                self.udp(pl.payload, t, depth, ts)
+            }
+            IPPROTO_GRE => self.gre(pl.payload, t, depth, ts),
+            _ => Ok(Step::Done(Decoded::NotTcp)),
+        }
+    }
+}
+
+/// Slices the TCP header and payload out of an IP payload.
+fn tcp_segment<'a>(
+    stats: &mut DecodeStats,
+    verify_checksums: bool,
+    d: &'a [u8],
+    wire_ip_payload: Option<usize>,
+    src: IpAddr,
+    dst: IpAddr,
+    tunnel: TunnelId,
+) -> Result<Decoded<'a>, DecodeError> {
+    let tcp = TcpSlice::from_slice(d).map_err(|_| DecodeError::Malformed {
+        layer: Layer::Tcp,
+        reason: "TCP header truncated or invalid",
+    })?;
+    let hl = usize::from(tcp.data_offset()) * 4;
+    let captured = tcp.payload();
+    let wire = wire_ip_payload.map_or(captured.len(), |w| w.saturating_sub(hl));
+    let payload = &captured[..captured.len().min(wire)];
+    if wire > payload.len() {
+        stats.snaplen_cut += 1;
+    } else if verify_checksums {
+        let sum = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4(s.octets(), d.octets()).ok(),
+            (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6(s.octets(), d.octets()).ok(),
+            _ => None,
+        };
+        if sum.is_some_and(|s| s != tcp.checksum()) {
+            stats.bad_tcp_checksum += 1;
+        }
+    }
+    let mut flags = 0;
+    for (on, bit) in [
+        (tcp.fin(), TcpFlags::FIN),
+        (tcp.syn(), TcpFlags::SYN),
+        (tcp.rst(), TcpFlags::RST),
+        (tcp.psh(), TcpFlags::PSH),
+        (tcp.ack(), TcpFlags::ACK),
+        (tcp.urg(), TcpFlags::URG),
+    ] {
+        if on {
+            flags |= bit;
+        }
+    }
+    Ok(Decoded::Tcp(TcpSegment {
+        tunnel,
+        src: SocketAddr::new(src, tcp.source_port()),
+        dst: SocketAddr::new(dst, tcp.destination_port()),
+        seq: tcp.sequence_number(),
+        ack: tcp.acknowledgment_number(),
+        flags: TcpFlags(flags),
+        window: tcp.window_size(),
+        payload,
+        wire_payload_len: u32::try_from(wire).unwrap_or(u32::MAX),
+    }))
+}
+
+impl Decoder {
+    fn enter(&self, depth: usize) -> Result<usize, DecodeError> {
+        if depth >= self.cfg.max_tunnel_depth {
+            return Err(DecodeError::TunnelTooDeep {
+                max: self.cfg.max_tunnel_depth,
+            });
+        }
+        Ok(depth + 1)
+    }
+
+    fn udp<'a>(
+        &mut self,
+        d: &'a [u8],
+        t: TunnelId,
+        depth: usize,
+        ts: Timestamp,
+    ) -> Result<Step<'a>, DecodeError> {
+        let dport = be16(d, 2, Layer::Udp)?;
+        let body = tail(d, 8, Layer::Udp)?;
+        if self.cfg.vxlan_ports.contains(&dport) {
+            let depth = self.enter(depth)?;
+            let flags = *body.first().ok_or(DecodeError::Truncated {
+                layer: Layer::Tunnel,
+                offset: 0,
+                need: 8,
+                have: 0,
+            })?;
+            if flags & 0x08 == 0 {
+                return Err(DecodeError::Malformed {
+                    layer: Layer::Tunnel,
+                    reason: "VXLAN header without the I flag",
+                });
+            }
+            let vni = be32(body, 4, Layer::Tunnel)? >> 8;
+            self.stats.tunnels_vxlan += 1;
+            return self.ethernet(
+                tail(body, 8, Layer::Tunnel)?,
+                fold(t, TunnelKind::Vxlan, vni),
+                depth,
+                ts,
+            );
+        }
+        if self.cfg.geneve_ports.contains(&dport) {
+            let depth = self.enter(depth)?;
+            let b0 = *body.first().ok_or(DecodeError::Truncated {
+                layer: Layer::Tunnel,
+                offset: 0,
+                need: 8,
+                have: 0,
+            })?;
+            if b0 >> 6 != 0 {
+                return Err(DecodeError::Malformed {
+                    layer: Layer::Tunnel,
+                    reason: "GENEVE version is not 0",
+                });
+            }
+            let opt_len = usize::from(b0 & 0x3f) * 4;
+            let proto = be16(body, 2, Layer::Tunnel)?;
+            let vni = be32(body, 4, Layer::Tunnel)? >> 8;
+            let inner = tail(body, 8 + opt_len, Layer::Tunnel)?;
+            self.stats.tunnels_geneve += 1;
+            let t = fold(t, TunnelKind::Geneve, vni);
+            return match proto {
+                ETH_TEB => self.ethernet(inner, t, depth, ts),
+                ETH_IPV4 | ETH_IPV6 => self.ip(inner, t, depth, ts),
+                _ => Ok(Step::Done(Decoded::NotTcp)),
+            };
+        }
+        Ok(Step::Done(Decoded::NotTcp))
+    }
+
+    fn gre<'a>(
+        &mut self,
+        d: &'a [u8],
+        t: TunnelId,
+        depth: usize,
+        ts: Timestamp,
+    ) -> Result<Step<'a>, DecodeError> {
+        let flags = be16(d, 0, Layer::Tunnel)?;
+        let proto = be16(d, 2, Layer::Tunnel)?;
+        if flags & 0x7 != 0 {
+            // Version 1 is PPTP's enhanced GRE: not a mirror encapsulation.
+            return Ok(Step::Done(Decoded::NotTcp));
+        }
+        let depth = self.enter(depth)?;
+        let (c, k, s) = (
+            flags & 0x8000 != 0,
+            flags & 0x2000 != 0,
+            flags & 0x1000 != 0,
+        );
+        let mut at = 4;
+        if c {
+            at += 4;
+        }
+        let key = if k {
+            let key = be32(d, at, Layer::Tunnel)?;
+            at += 4;
+            key
+        } else {
+            0
+        };
+        if s {
+            at += 4;
+        }
+        let body = tail(d, at, Layer::Tunnel)?;
+        match proto {
+            ETH_ERSPAN2 if s => {
+                let ver = body.first().map(|b| b >> 4);
+                if ver != Some(1) {
+                    return Err(DecodeError::Malformed {
+                        layer: Layer::Tunnel,
+                        reason: "ERSPAN II version is not 1",
+                    });
+                }
+                let session = u32::from(be16(body, 2, Layer::Tunnel)? & 0x3ff);
+                self.stats.tunnels_erspan2 += 1;
+                self.ethernet(
+                    tail(body, 8, Layer::Tunnel)?,
+                    fold(t, TunnelKind::Erspan2, session),
+                    depth,
+                    ts,
+                )
+            }
+            // ERSPAN type I: no sequence number, no ERSPAN header.
+            ETH_ERSPAN2 => {
+                self.stats.tunnels_erspan2 += 1;
+                self.ethernet(body, fold(t, TunnelKind::Erspan2, key), depth, ts)
+            }
+            ETH_ERSPAN3 => {
+                let ver = body.first().map(|b| b >> 4);
+                if ver != Some(2) {
+                    return Err(DecodeError::Malformed {
+                        layer: Layer::Tunnel,
+                        reason: "ERSPAN III version is not 2",
+                    });
+                }
+                let session = u32::from(be16(body, 2, Layer::Tunnel)? & 0x3ff);
+                let o = body.get(11).ok_or(DecodeError::Truncated {
+                    layer: Layer::Tunnel,
+                    offset: 11,
+                    need: 12,
+                    have: body.len(),
+                })? & 1;
+                let hdr = if o == 1 { 20 } else { 12 };
+                self.stats.tunnels_erspan3 += 1;
+                self.ethernet(
+                    tail(body, hdr, Layer::Tunnel)?,
+                    fold(t, TunnelKind::Erspan3, session),
+                    depth,
+                    ts,
+                )
+            }
+            ETH_TEB => {
+                self.stats.tunnels_gre += 1;
+                self.ethernet(body, fold(t, TunnelKind::Gre, key), depth, ts)
+            }
+            ETH_IPV4 | ETH_IPV6 => {
+                self.stats.tunnels_gre += 1;
+                self.ip(body, fold(t, TunnelKind::Gre, key), depth, ts)
+            }
+            _ => Ok(Step::Done(Decoded::NotTcp)),
+        }
+    }
+
+    /// Adds a fragment to the pool; when its datagram completes, decodes the TCP in it.
+    fn fragment<'a>(
+        &mut self,
+        key: FragKey,
+        offset: usize,
+        more: bool,
+        data: &'a [u8],
+        ts: Timestamp,
+    ) -> Result<Step<'a>, DecodeError> {
+        self.expire(ts);
+        let end = offset + data.len();
+        if end > 65_535 {
+            return Err(DecodeError::Malformed {
+                layer: Layer::Fragment,
+                reason: "fragment beyond 65535 bytes",
+            });
+        }
+        if !self.frags.contains_key(&key)
+            && (self.frags.len() >= self.cfg.frag_max_datagrams
+                || self.frag_bytes + data.len() > self.cfg.frag_max_bytes)
+        {
+            self.stats.frag_dropped_cap += 1;
+            return Ok(Step::Done(Decoded::FragmentHeld));
+        }
+        if self.frag_bytes + data.len() > self.cfg.frag_max_bytes {
+            self.stats.frag_dropped_cap += 1;
+            return Ok(Step::Done(Decoded::FragmentHeld));
+        }
+        let dg = self.frags.entry(key).or_insert_with(|| Datagram {
+            first_ts: ts,
+            data: Vec::new(),
+            covered: Vec::new(),
+            total: None,
+        });
+        if !more {
+            dg.total = Some(end);
+        }
+        if dg.data.len() < end {
+            self.frag_bytes += end - dg.data.len();
+            dg.data.resize(end, 0);
+        }
+        // First data wins: copy only into the gaps between covered ranges.
+        let mut cursor = offset;
+        let mut overlapped = false;
+        for &(s, e) in &dg.covered {
+            if e <= cursor || s >= end {
+                continue;
+            }
+            overlapped = true;
+            if s > cursor {
+                dg.data[cursor..s].copy_from_slice(&data[cursor - offset..s - offset]);
+            }
+            cursor = cursor.max(e);
+        }
+        if cursor < end {
+            dg.data[cursor..end].copy_from_slice(&data[cursor - offset..]);
+        }
+        if overlapped {
+            self.stats.frag_overlaps += 1;
+        }
+        dg.covered.push((offset, end));
+        dg.covered.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(dg.covered.len());
+        for &(s, e) in &dg.covered {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        dg.covered = merged;
+        if !dg.complete() {
+            return Ok(Step::Done(Decoded::FragmentHeld));
+        }
+        let Some(dg) = self.frags.remove(&key) else {
+            return Ok(Step::Done(Decoded::FragmentHeld));
+        };
+        self.frag_bytes = self.frag_bytes.saturating_sub(dg.data.len());
+        self.stats.ipv4_reassembled += 1;
+        self.reassembled = dg.data;
+        let (src, dst) = (IpAddr::from(key.src), IpAddr::from(key.dst));
+        match key.proto {
+            IPPROTO_TCP => Ok(Step::Reassembled {
+                src,
+                dst,
+                tunnel: key.tunnel,
+            }),
+            IPPROTO_UDP | IPPROTO_GRE => {
+                self.stats.frag_tunnel_unsupported += 1;
+                Ok(Step::Done(Decoded::NotTcp))
+            }
+            _ => Ok(Step::Done(Decoded::NotTcp)),
+        }
+    }
+
+    /// Drops datagrams whose fragments did not all arrive in time (packet time).
+    fn expire(&mut self, now: Timestamp) {
+        if self.frags.is_empty()
+            || now.saturating_since(self.last_expiry) < std::time::Duration::from_secs(1)
+        {
+            return;
+        }
+        self.last_expiry = now;
+        let timeout = self.cfg.frag_timeout;
+        let before = self.frags.len();
+        let mut freed = 0;
+        self.frags.retain(|_, d| {
+            let keep = now.saturating_since(d.first_ts) < timeout;
+            if !keep {
+                freed += d.data.len();
+            }
+            keep
+        });
+        self.frag_bytes = self.frag_bytes.saturating_sub(freed);
+        self.stats.frag_expired += (before - self.frags.len()) as u64;
+    }
+}

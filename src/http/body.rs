@@ -1,0 +1,521 @@
+//! Message bodies: framing headers, chunk-size lines and content decoding.
+//!
+//! Input: the header fields of a parsed head, chunk-size lines as they arrive, and a
+//! complete (or cut) body as kept by the parser. Output: the framing the head asks for
+//! (Content-Length, Transfer-Encoding), the content codings to undo, and decoded bytes.
+//! Owns nothing between calls. Limits: at most [`MAX_CODINGS`] stacked codings are undone;
+//! decoding stops at the smallest of `max_body_bytes`, `max_decoded_bytes` and
+//! `max_decompression_ratio` × input length, whichever the body reaches first, so a
+//! decompression bomb costs at most that much memory and work. Failure modes: malformed
+//! lengths and chunk lines are reported to the caller (which flags and resyncs); a body
+//! that does not decode is reported as failed and the caller keeps the raw bytes.
+
+use std::borrow::Cow;
+use std::io::Read;
+
+use super::{Header, HttpConfig};
+
+/// Most content codings undone on one body (`gzip, br` is two). Deeper stacks are only
+/// seen from attackers multiplying decode work, so they count as unknown.
+pub(crate) const MAX_CODINGS: usize = 4;
+
+/// Most significant hex digits in a chunk size (u64).
+const MAX_CHUNK_DIGITS: usize = 16;
+
+/// Input buffer of the brotli reader (its window buffer is sized by the stream itself).
+const BROTLI_BUFFER: usize = 4096;
+
+/// A content (or non-chunked transfer) coding this module can undo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Coding {
+    Gzip,
+    Deflate,
+    Br,
+}
+
+/// The codings applied to a body, in the order they were applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Codings {
+    list: [Option<Coding>; MAX_CODINGS],
+    len: usize,
+    /// A coding we cannot undo (or too many) was listed: the body stays as sent.
+    pub unknown: bool,
+}
+
+impl Codings {
+    fn push(&mut self, c: Coding) {
+        match self.list.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(c);
+                self.len += 1;
+            }
+            None => self.unknown = true,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0 && !self.unknown
+    }
+
+    /// Codings in application order (undo from the back).
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Coding> + '_ {
+        self.list.iter().take(self.len).flatten().copied()
+    }
+
+    /// Adds a comma-separated coding list (`gzip, br`); `identity` is a no-op.
+    fn add_list(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() || token.eq_ignore_ascii_case(b"identity") {
+                continue;
+            }
+            if token.eq_ignore_ascii_case(b"gzip") || token.eq_ignore_ascii_case(b"x-gzip") {
+                self.push(Coding::Gzip);
+            } else if token.eq_ignore_ascii_case(b"deflate") {
+                self.push(Coding::Deflate);
+            } else if token.eq_ignore_ascii_case(b"br") {
+                self.push(Coding::Br);
+            } else {
+                self.unknown = true;
+            }
+        }
+    }
+}
+
+/// What the Content-Length fields of a head say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ContentLength {
+    Absent,
+    Valid(u64),
+    /// Several values that disagree; the first one is kept.
+    Differing(u64),
+    /// Not a decimal number that fits in u64.
+    Invalid,
+}
+
+/// What the Transfer-Encoding fields of a head say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TransferEncoding {
+    Absent,
+    /// `chunked` is the final coding.
+    Chunked,
+    /// Present, but `chunked` is not the final coding: the length is unknown.
+    NotChunked,
+}
+
+/// Framing-relevant header fields of one head.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FramingHeaders {
+    pub content_length: ContentLength,
+    pub transfer_encoding: TransferEncoding,
+    /// Content-Encoding codings, then non-chunked transfer codings.
+    pub codings: Codings,
+}
+
+/// Reads Content-Length, Transfer-Encoding and Content-Encoding from `headers`.
+pub(crate) fn framing_headers(headers: &[Header]) -> FramingHeaders {
+    let mut cl = ContentLength::Absent;
+    let mut content = Codings::default();
+    let mut transfer = Codings::default();
+    let mut te_seen = false;
+    let mut te_last_chunked = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            for part in h.value.split(|&b| b == b',') {
+                cl = merge_length(cl, parse_decimal(part.trim_ascii()));
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty() {
+                    continue;
+                }
+                if te_seen && te_last_chunked {
+                    // Something after `chunked`: chunked was applied and then more, or twice.
+                    transfer.unknown = true;
+                }
+                te_seen = true;
+                te_last_chunked = token.eq_ignore_ascii_case(b"chunked");
+                if !te_last_chunked {
+                    transfer.add_list(token);
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("content-encoding") {
+            content.add_list(&h.value);
+        }
+    }
+    for c in transfer.iter() {
+        content.push(c);
+    }
+    content.unknown |= transfer.unknown;
+    let transfer_encoding = match (te_seen, te_last_chunked) {
+        (false, _) => TransferEncoding::Absent,
+        (true, true) => TransferEncoding::Chunked,
+        (true, false) => TransferEncoding::NotChunked,
+    };
+    FramingHeaders {
+        content_length: cl,
+        transfer_encoding,
+        codings: content,
+    }
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+fn merge_length(so_far: ContentLength, next: Option<u64>) -> ContentLength {
+    match (so_far, next) {
+        (ContentLength::Invalid, _) | (_, None) => ContentLength::Invalid,
+        (ContentLength::Absent, Some(n)) => ContentLength::Valid(n),
+        (ContentLength::Valid(a), Some(b)) if a == b => ContentLength::Valid(a),
+        (ContentLength::Valid(a) | ContentLength::Differing(a), Some(_)) => {
+            ContentLength::Differing(a)
+        }
+    }
+}
+
+/// Size from a chunk-size line (without its `\n`; a trailing `\r` is allowed): hex digits,
+/// optional spaces or tabs, then nothing or `;` and extensions. `None` when malformed.
+pub(crate) fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let (hex, rest) = line.split_at_checked(digits)?;
+    // Leading zeros are legal; only significant digits can overflow.
+    let significant = hex.iter().skip_while(|&&b| b == b'0').count();
+    if hex.is_empty() || significant > MAX_CHUNK_DIGITS {
+        return None;
+    }
+    let size = hex.iter().try_fold(0u64, |acc, &b| {
+        let v = char::from(b).to_digit(16)?;
+        acc.checked_mul(16)?.checked_add(u64::from(v))
+    })?;
+    let rest = rest.trim_ascii_start();
+    match rest.first() {
+        None | Some(b';') => Some(size),
+        Some(_) => None,
+    }
+}
+
+/// Which limit stopped decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DecodeLimit {
+    /// `max_body_bytes`: kept data is full.
+    Body,
+    /// `max_decoded_bytes`.
+    Decoded,
+    /// `max_decompression_ratio` × input length.
+    Ratio,
+}
+
+impl DecodeLimit {
+    /// Name in `HttpStats::cap_hits`.
+    pub fn cap_name(self) -> &'static str {
+        match self {
+            DecodeLimit::Body => "body",
+            DecodeLimit::Decoded => "decoded",
+            DecodeLimit::Ratio => "ratio",
+        }
+    }
+}
+
+/// A decoded body, possibly cut short by a limit.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub data: Vec<u8>,
+    pub limit: Option<DecodeLimit>,
+}
+
+/// The body did not decode (corrupt, or wrong coding named).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct DecodeFailed;
+
+/// Undoes `codings` (listed in application order) on `input`. `input_cut` says the body
+/// is known to be incomplete, so running out of input mid-stream is expected: the bytes
+/// decoded up to there are kept.
+pub(crate) fn decode(
+    input: &[u8],
+    codings: &Codings,
+    cfg: &HttpConfig,
+    input_cut: bool,
+) -> Result<Decoded, DecodeFailed> {
+    let ratio_budget = u64::try_from(input.len())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(u64::from(cfg.max_decompression_ratio));
+    let limits = [
+        (ratio_budget, DecodeLimit::Ratio),
+        (
+            u64::try_from(cfg.max_decoded_bytes).unwrap_or(u64::MAX),
+            DecodeLimit::Decoded,
+        ),
+        (
+            u64::try_from(cfg.max_body_bytes).unwrap_or(u64::MAX),
+            DecodeLimit::Body,
+        ),
+    ];
+    let (limit, limit_kind) = limits
+        .into_iter()
+        .min_by_key(|(n, _)| *n)
+        .unwrap_or((0, DecodeLimit::Body));
+    let mut current: Cow<'_, [u8]> = Cow::Borrowed(input);
+    let mut cut = input_cut;
+    let mut hit = None;
+    for coding in codings.iter().rev() {
+        let (mut out, result) = run(coding, &current, limit);
+        if u64::try_from(out.len()).unwrap_or(u64::MAX) > limit {
+            out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            hit = Some(limit_kind);
+            cut = true;
+        } else if result.is_err() && (!cut || out.is_empty()) {
+            // A cut body may end mid-stream; anything else must decode cleanly.
+            return Err(DecodeFailed);
+        }
+        current = Cow::Owned(out);
+    }
+    Ok(Decoded {
+        data: current.into_owned(),
+        limit: hit,
+    })
+}
+
+/// One decoding stage, reading at most `limit + 1` bytes so the caller can tell the
+/// limit was reached. Bytes decoded before an error are returned with it.
+fn run(coding: Coding, input: &[u8], limit: u64) -> (Vec<u8>, std::io::Result<usize>) {
+    let cap = limit.saturating_add(1);
+    let mut out = Vec::with_capacity(
+        input
+            .len()
+            .saturating_mul(4)
+            .min(usize::try_from(cap).unwrap_or(usize::MAX)),
+    );
+    let result = match coding {
+        Coding::Gzip => flate2::bufread::MultiGzDecoder::new(input)
+            .take(cap)
+            .read_to_end(&mut out),
+        Coding::Deflate => {
+            // "deflate" should be zlib-wrapped (RFC 9110), but servers also send raw
+            // deflate; try zlib when the header checks out and fall back to raw.
+            let zlib = zlib_header(input).then(|| {
+                flate2::bufread::ZlibDecoder::new(input)
+                    .take(cap)
+                    .read_to_end(&mut out)
+            });
+            match zlib {
+                Some(Ok(n)) => Ok(n),
+                Some(Err(e)) if !out.is_empty() => Err(e),
+                _ => {
+                    out.clear();
+                    flate2::bufread::DeflateDecoder::new(input)
+                        .take(cap)
+                        .read_to_end(&mut out)
+                }
+            }
+        }
+        Coding::Br => brotli_decompressor::Decompressor::new(input, BROTLI_BUFFER)
+            .take(cap)
+            .read_to_end(&mut out),
+    };
+    (out, result)
+}
+
+/// A zlib header: deflate method, window ≤ 32 KiB, and the check bits (RFC 1950).
+fn zlib_header(b: &[u8]) -> bool {
+    match b {
+        [cmf, flg, ..] => {
+            cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn header(name: &str, value: &str) -> Header {
+        Header {
+            name: name.to_string(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    fn codings(list: &[Coding]) -> Codings {
+        let mut c = Codings::default();
+        for &x in list {
+            c.push(x);
+        }
+        c
+    }
+
+    pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    const JSON: &[u8] = br#"{"id":42,"name":"alice","roles":["admin","dev"],"active":true}"#;
+
+    #[test]
+    fn chunk_size_lines() {
+        assert_eq!(chunk_size(b"1a\r"), Some(26));
+        assert_eq!(chunk_size(b"1A"), Some(26));
+        assert_eq!(chunk_size(b"0\r"), Some(0));
+        assert_eq!(chunk_size(b"10;name=value;x\r"), Some(16));
+        assert_eq!(chunk_size(b"10 ;ext\r"), Some(16));
+        assert_eq!(chunk_size(b"0000000000000000000ff\r"), Some(255));
+        assert_eq!(chunk_size(b"ffffffffffffffff\r"), Some(u64::MAX));
+        assert_eq!(chunk_size(b"10000000000000000\r"), None);
+        assert_eq!(chunk_size(b"\r"), None);
+        assert_eq!(chunk_size(b"zz\r"), None);
+        assert_eq!(chunk_size(b"12 34\r"), None);
+        assert_eq!(chunk_size(b"GET / HTTP/1.1\r"), None);
+        assert_eq!(chunk_size(b"-1\r"), None);
+    }
+
+    #[test]
+    fn content_length_forms() {
+        let f = |vals: &[&str]| {
+            let hs: Vec<Header> = vals.iter().map(|v| header("Content-Length", v)).collect();
+            framing_headers(&hs).content_length
+        };
+        assert_eq!(f(&[]), ContentLength::Absent);
+        assert_eq!(f(&["42"]), ContentLength::Valid(42));
+        assert_eq!(f(&["42", "42"]), ContentLength::Valid(42));
+        assert_eq!(f(&["42, 42"]), ContentLength::Valid(42));
+        assert_eq!(f(&["42", "43"]), ContentLength::Differing(42));
+        assert_eq!(f(&["+42"]), ContentLength::Invalid);
+        assert_eq!(f(&["4 2"]), ContentLength::Invalid);
+        assert_eq!(f(&[""]), ContentLength::Invalid);
+        assert_eq!(f(&["99999999999999999999999"]), ContentLength::Invalid);
+        assert_eq!(f(&["42", "x"]), ContentLength::Invalid);
+    }
+
+    #[test]
+    fn transfer_and_content_codings() {
+        let fh = framing_headers(&[header("Transfer-Encoding", "chunked")]);
+        assert_eq!(fh.transfer_encoding, TransferEncoding::Chunked);
+        assert!(fh.codings.is_empty());
+
+        let fh = framing_headers(&[header("transfer-encoding", "gzip, Chunked")]);
+        assert_eq!(fh.transfer_encoding, TransferEncoding::Chunked);
+        assert_eq!(fh.codings.iter().collect::<Vec<_>>(), vec![Coding::Gzip]);
+
+        let fh = framing_headers(&[header("Transfer-Encoding", "chunked, gzip")]);
+        assert_eq!(fh.transfer_encoding, TransferEncoding::NotChunked);
+        assert!(fh.codings.unknown);
+
+        let fh = framing_headers(&[
+            header("Content-Encoding", "gzip, br"),
+            header("Content-Encoding", "identity"),
+        ]);
+        assert_eq!(fh.transfer_encoding, TransferEncoding::Absent);
+        assert_eq!(
+            fh.codings.iter().collect::<Vec<_>>(),
+            vec![Coding::Gzip, Coding::Br]
+        );
+        assert!(!fh.codings.unknown);
+
+        let fh = framing_headers(&[header("Content-Encoding", "zstd")]);
+        assert!(fh.codings.unknown);
+        let fh = framing_headers(&[header("Content-Encoding", "gzip,gzip,gzip,gzip,gzip")]);
+        assert!(fh.codings.unknown, "more than MAX_CODINGS stacked");
+    }
+
+    #[test]
+    fn gzip_deflate_raw_deflate_decode() {
+        let cfg = HttpConfig::default();
+        let d = decode(&gzip(JSON), &codings(&[Coding::Gzip]), &cfg, false).unwrap();
+        assert_eq!(d.data, JSON);
+        assert_eq!(d.limit, None);
+
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(JSON).unwrap();
+        let d = decode(
+            &z.finish().unwrap(),
+            &codings(&[Coding::Deflate]),
+            &cfg,
+            false,
+        )
+        .unwrap();
+        assert_eq!(d.data, JSON);
+
+        let mut r = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        r.write_all(JSON).unwrap();
+        let d = decode(
+            &r.finish().unwrap(),
+            &codings(&[Coding::Deflate]),
+            &cfg,
+            false,
+        )
+        .unwrap();
+        assert_eq!(d.data, JSON);
+    }
+
+    #[test]
+    fn corrupt_and_cut_input() {
+        let cfg = HttpConfig::default();
+        assert_eq!(
+            decode(b"not gzip at all", &codings(&[Coding::Gzip]), &cfg, false).unwrap_err(),
+            DecodeFailed
+        );
+        let big: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| i.to_string().into_bytes())
+            .collect();
+        let z = gzip(&big);
+        let half = &z[..z.len() / 2];
+        assert!(decode(half, &codings(&[Coding::Gzip]), &cfg, false).is_err());
+        let d = decode(half, &codings(&[Coding::Gzip]), &cfg, true).unwrap();
+        assert!(!d.data.is_empty() && big.starts_with(&d.data));
+    }
+
+    #[test]
+    fn limits_pick_the_smallest() {
+        let zeros = vec![0u8; 200_000];
+        let z = gzip(&zeros);
+        let cfg = HttpConfig {
+            max_decompression_ratio: 10,
+            ..Default::default()
+        };
+        let d = decode(&z, &codings(&[Coding::Gzip]), &cfg, false).unwrap();
+        assert_eq!(d.limit, Some(DecodeLimit::Ratio));
+        assert_eq!(d.data.len(), z.len() * 10);
+
+        let cfg = HttpConfig {
+            max_decompression_ratio: 10_000,
+            max_decoded_bytes: 1000,
+            ..Default::default()
+        };
+        let d = decode(&z, &codings(&[Coding::Gzip]), &cfg, false).unwrap();
+        assert_eq!(d.limit, Some(DecodeLimit::Decoded));
+        assert_eq!(d.data.len(), 1000);
+
+        let cfg = HttpConfig {
+            max_decompression_ratio: 10_000,
+            max_body_bytes: 500,
+            ..Default::default()
+        };
+        let d = decode(&z, &codings(&[Coding::Gzip]), &cfg, false).unwrap();
+        assert_eq!(d.limit, Some(DecodeLimit::Body));
+        assert_eq!(d.data.len(), 500);
+    }
+
+    #[test]
+    fn zlib_header_check() {
+        assert!(zlib_header(&[0x78, 0x9c]));
+        assert!(zlib_header(&[0x78, 0x01]));
+        assert!(!zlib_header(&[0x78, 0x9d]));
+        assert!(!zlib_header(&[0x1f, 0x8b]));
+        assert!(!zlib_header(&[0x78]));
+    }
+}

@@ -1,0 +1,194 @@
+//! HTTP/1.x: reassembled byte streams to transactions.
+//!
+//! Input: ordered bytes per direction of one TCP connection, gaps and close from
+//! [`crate::reassembly`]. Output: [`Transaction`]s (request paired with response) pushed to
+//! a caller's vector. Owns one [`HttpConn`] per connection: partial message state, the queue
+//! of requests awaiting responses (pipelining), and bounded body buffers. Heads are parsed by
+//! `httparse`; bodies by Content-Length, chunked (with trailers) or read-until-close; bodies
+//! are kept up to `max_body_bytes` and decoded (gzip, deflate, br) under a decoded-size and
+//! ratio cap. Caps on head size and header count. Malformed or hostile input becomes an
+//! [`Anomaly`] on the transaction and a counter, and the parser resyncs on the next message
+//! head (also after a gap); it never panics and never buffers beyond its caps.
+
+mod body;
+mod parser;
+
+pub use parser::{HttpConn, HttpStats};
+
+use crate::capture::Timestamp;
+
+/// Which way bytes travel on the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dir {
+    ToServer,
+    ToClient,
+}
+
+impl Dir {
+    pub fn flip(self) -> Dir {
+        match self {
+            Dir::ToServer => Dir::ToClient,
+            Dir::ToClient => Dir::ToServer,
+        }
+    }
+}
+
+/// HTTP parser limits (config section `[http]`).
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Largest request or response head (start line + headers) buffered while incomplete.
+    pub max_head_bytes: usize,
+    /// Most header fields parsed in one head.
+    pub max_headers: usize,
+    /// Body bytes kept per message for detectors (after decoding); the rest is counted.
+    pub max_body_bytes: usize,
+    /// Most bytes a compressed body may decode to.
+    pub max_decoded_bytes: usize,
+    /// Most decoded/encoded ratio before decoding stops (decompression bombs).
+    pub max_decompression_ratio: u32,
+    /// Requests waiting for responses per connection (pipelining depth).
+    pub max_pending_requests: usize,
+    /// Decode gzip / deflate / br bodies.
+    pub decode_bodies: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_head_bytes: 64 * 1024,
+            max_headers: 128,
+            max_body_bytes: 256 * 1024,
+            max_decoded_bytes: 1024 * 1024,
+            max_decompression_ratio: 100,
+            max_pending_requests: 64,
+            decode_bodies: true,
+        }
+    }
+}
+
+/// One header field as received. Names keep their case; compare case-insensitively.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+/// A message body as kept for detectors.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Body {
+    /// Body bytes after transfer decoding and (if enabled) content decoding, up to the cap.
+    pub data: Vec<u8>,
+    /// Bytes of body on the wire (after de-chunking, before content decoding).
+    pub wire_len: u64,
+    /// `data` holds the content-decoded form.
+    pub decoded: bool,
+    /// `data` stops short of the full body (a cap was hit or the body was cut).
+    pub truncated: bool,
+    /// Trailer fields after a chunked body. Kept apart from the head's fields: a trailer
+    /// must not be able to override a header a detector trusts (RFC 9110 §6.5.1).
+    pub trailers: Vec<Header>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// Request target exactly as sent (path and query).
+    pub target: String,
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub headers: Vec<Header>,
+    pub body: Body,
+    /// Packet time of the first byte of the request.
+    pub ts: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub version: u8,
+    pub headers: Vec<Header>,
+    pub body: Body,
+    /// Packet time of the first byte of the response head.
+    pub ts: Timestamp,
+}
+
+/// A request and its response; either may be missing (anomaly says why).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    pub request: Option<Request>,
+    pub response: Option<Response>,
+    pub anomalies: AnomalySet,
+}
+
+impl Transaction {
+    pub fn paired(&self) -> bool {
+        self.request.is_some() && self.response.is_some()
+    }
+}
+
+/// Request/response header lookup helpers.
+pub fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_slice())
+}
+
+macro_rules! anomalies {
+    ($($variant:ident = $bit:expr, $name:literal;)*) => {
+        /// Something wrong or notable about a transaction (a bounded metric label).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum Anomaly { $($variant = $bit,)* }
+
+        impl Anomaly {
+            pub const ALL: &'static [Anomaly] = &[$(Anomaly::$variant,)*];
+            pub fn as_str(self) -> &'static str {
+                match self { $(Anomaly::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+anomalies! {
+    ClAndTe = 0, "content-length-and-transfer-encoding";
+    DuplicateContentLength = 1, "duplicate-content-length";
+    InvalidContentLength = 2, "invalid-content-length";
+    BadChunk = 3, "bad-chunk";
+    TruncatedBody = 4, "truncated-body";
+    ResponseWithoutRequest = 5, "response-without-request";
+    RequestWithoutResponse = 6, "request-without-response";
+    Gap = 7, "gap";
+    HeadTooLarge = 8, "head-too-large";
+    TooManyHeaders = 9, "too-many-headers";
+    BadHead = 10, "bad-head";
+    DecodeFailed = 11, "content-decoding-failed";
+    DecodeCap = 12, "content-decoding-cap";
+    BodyCap = 13, "body-cap";
+    Upgrade = 14, "upgrade";
+    Connect = 15, "connect";
+    PendingCap = 16, "pending-requests-cap";
+    UnknownEncoding = 17, "unknown-content-encoding";
+}
+
+/// A set of [`Anomaly`] values, as bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AnomalySet(pub u32);
+
+impl AnomalySet {
+    pub fn insert(&mut self, a: Anomaly) {
+        self.0 |= 1 << (a as u8);
+    }
+    pub fn contains(self, a: Anomaly) -> bool {
+        self.0 & (1 << (a as u8)) != 0
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn iter(self) -> impl Iterator<Item = Anomaly> {
+        Anomaly::ALL
+            .iter()
+            .copied()
+            .filter(move |a| self.contains(*a))
+    }
+}

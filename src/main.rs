@@ -1,0 +1,295 @@
+//! The `shieldtap` command line: parses flags, loads config, hands over to the runtime.
+#![forbid(unsafe_code)]
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use shieldtap::capture::Progress;
+use shieldtap::config::Config;
+use shieldtap::output::Summary;
+use shieldtap::runtime::{self, Outputs, RunError};
+use shieldtap::telemetry::{self, LogFormat};
+
+/// Passive shield for the APIs behind mobile apps: reassembles mirrored HTTP traffic,
+/// verifies app attestation tokens and flags abuse.
+#[derive(Parser)]
+#[command(name = "shieldtap", version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay pcap or pcapng files (`-` for stdin) through the pipeline.
+    Replay {
+        /// Capture files, processed in order.
+        #[arg(required = true)]
+        captures: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+        /// Never show the progress bar, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Capture live on one or more interfaces (a mirror/SPAN port) until SIGINT/SIGTERM.
+    Run {
+        /// Interface to capture on; repeat for several.
+        #[arg(long = "interface", short = 'i', required = true)]
+        interfaces: Vec<String>,
+        /// BPF filter (overrides `capture.bpf`), e.g. "tcp or (vlan and tcp)".
+        #[arg(long)]
+        bpf: Option<String>,
+        /// Bytes captured per packet (overrides `capture.snaplen_bytes`).
+        #[arg(long)]
+        snaplen: Option<u32>,
+        /// Kernel buffer per interface in MiB (overrides `capture.buffer_size_mib`).
+        #[arg(long)]
+        buffer_size_mib: Option<u32>,
+        /// Do not put the interface in promiscuous mode.
+        #[arg(long)]
+        no_promiscuous: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Token tools.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Verify one token as the pipeline would and print {family, verdict, claims} as JSON.
+    /// Exit 0 when valid, 1 for any other verdict, 2 for a usage or config error.
+    Verify {
+        /// TOML config with the `[[attestation]]` families (default: Approov-compatible, no key).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The token as it appears in the header (without prefix).
+        #[arg(long)]
+        token: String,
+        /// Another request header, "Name: value" (e.g. the Authorization header the token binds).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Judge expiry at this Unix time instead of now.
+        #[arg(long)]
+        now: Option<f64>,
+    },
+}
+
+/// A usage error found after argument parsing (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+#[derive(Args)]
+struct Common {
+    /// TOML config file; without it the embedded defaults apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// One JSON line per HTTP transaction (`-` is stdout).
+    #[arg(long)]
+    transactions_out: Option<PathBuf>,
+    /// End-of-run summary as one JSON object.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+/// Exit status per INTERFACE.md: 0 success, 2 usage or config error, 1 other failure.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format, &cli.log_level);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shieldtap: error: {e:#}");
+            if e.downcast_ref::<shieldtap::config::ConfigError>().is_some()
+                || e.downcast_ref::<UsageError>().is_some()
+                || matches!(e.downcast_ref::<RunError>(), Some(RunError::Token(_)))
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn open_out(path: &PathBuf) -> anyhow::Result<Box<dyn Write + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(BufWriter::with_capacity(
+            1 << 16,
+            std::io::stdout(),
+        )));
+    }
+    let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    Ok(Box::new(BufWriter::with_capacity(1 << 16, f)))
+}
+
+fn load_config(common: &Common) -> anyhow::Result<Config> {
+    Ok(match &common.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+fn outputs(common: &Common) -> anyhow::Result<Outputs> {
+    let transactions = common.transactions_out.as_ref().map(open_out).transpose()?;
+    Ok(Outputs { transactions })
+}
+
+fn write_summary(common: &Common, summary: &Summary) -> anyhow::Result<()> {
+    if let Some(p) = &common.summary_json {
+        let mut w = open_out(p)?;
+        summary
+            .write_json(&mut w)
+            .with_context(|| format!("writing {}", p.display()))?;
+        w.flush()?;
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Token {
+            command:
+                TokenCommand::Verify {
+                    config,
+                    token,
+                    headers,
+                    now,
+                },
+        } => {
+            let cfg = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::default(),
+            };
+            let mut pairs = Vec::new();
+            for h in headers {
+                let Some((name, value)) = h.split_once(':') else {
+                    return Err(
+                        UsageError(format!("--header {h:?}: expected \"Name: value\"")).into(),
+                    );
+                };
+                pairs.push((name.trim().to_string(), value.trim_start().to_string()));
+            }
+            let (json, code) = shieldtap::token::verify_command(cfg.token, &token, &pairs, now);
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
+        Command::Replay {
+            captures,
+            common,
+            no_progress,
+        } => {
+            let cfg = load_config(&common)?;
+            let workers = runtime::worker_count(&cfg, common.workers);
+            let progress = Progress::default();
+            let total: u64 = captures
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            let bar = (!no_progress && std::io::stderr().is_terminal())
+                .then(|| spawn_progress(&progress, total));
+            let result = runtime::replay(&cfg, &captures, workers, outputs(&common)?, &progress);
+            if let Some((stop, h)) = bar {
+                stop.store(true, Ordering::Relaxed);
+                let _ = h.join();
+            }
+            let summary = match result {
+                Ok(s) => s,
+                Err(RunError::Capture(e)) => anyhow::bail!("{e}"),
+                Err(e) => return Err(e.into()),
+            };
+            eprint!("{}", summary.human());
+            write_summary(&common, &summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            interfaces,
+            bpf,
+            snaplen,
+            buffer_size_mib,
+            no_promiscuous,
+            common,
+        } => {
+            let mut cfg = load_config(&common)?;
+            if let Some(b) = bpf {
+                cfg.capture.bpf = Some(b);
+            }
+            if let Some(s) = snaplen {
+                cfg.capture.snaplen = i32::try_from(s).context("--snaplen too large")?;
+            }
+            if let Some(m) = buffer_size_mib {
+                cfg.capture.buffer_size_bytes =
+                    i32::try_from(u64::from(m) << 20).context("--buffer-size-mib too large")?;
+            }
+            if no_promiscuous {
+                cfg.capture.promiscuous = false;
+            }
+            let workers = runtime::worker_count(&cfg, common.workers);
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handlers")?;
+            }
+            tracing::info!(interfaces = ?interfaces, workers, "capturing");
+            let summary = runtime::run_live(&cfg, &interfaces, workers, outputs(&common)?, stop)?;
+            eprint!("{}", summary.human());
+            write_summary(&common, &summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A progress bar on stderr (bytes and packets, with rates) until the flag is set.
+fn spawn_progress(
+    progress: &Progress,
+    total: u64,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let p = progress.clone();
+    let s = stop.clone();
+    let h = std::thread::spawn(move || {
+        let bar = if total > 0 {
+            indicatif::ProgressBar::new(total)
+        } else {
+            indicatif::ProgressBar::new_spinner()
+        };
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        let started = std::time::Instant::now();
+        while !s.load(Ordering::Relaxed) {
+            bar.set_position(p.bytes.load(Ordering::Relaxed));
+            let frames = p.frames.load(Ordering::Relaxed);
+            let rate = frames as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!("{frames} packets ({rate:.0}/s)"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bar.finish_and_clear();
+    });
+    (stop, h)
+}

@@ -1,0 +1,301 @@
+//! Output: transaction records (JSON lines) and the end-of-run summary.
+//!
+//! Input: transactions with their connection, from the workers; stage counters at the end.
+//! Output: one JSON object per transaction (fields in INTERFACE.md) written by a single
+//! writer thread from line buffers the workers fill, and the [`Summary`] as JSON or as a
+//! human report. The transaction record never carries header values, bodies or the query
+//! string (tokens travel there); only the path, method, status, sizes and anomalies.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::capture::{CaptureStats, Timestamp};
+use crate::decode::DecodeStats;
+use crate::http::{HttpStats, Transaction, header};
+use crate::reassembly::{ConnInfo, ReassemblyStats};
+use crate::token::{Attestation, TokenStats, UserId, Verdict};
+
+#[derive(Serialize)]
+struct Endpoint {
+    ip: String,
+    port: u16,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        Endpoint {
+            ip: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TxRecord<'a> {
+    ts: String,
+    client: Endpoint,
+    server: Endpoint,
+    method: Option<&'a str>,
+    host: Option<String>,
+    path: Option<&'a str>,
+    route: Option<String>,
+    status: Option<u16>,
+    request_body_bytes: Option<u64>,
+    response_body_bytes: Option<u64>,
+    attestation: Option<&'a Attestation>,
+    /// The user id, when the identity token can be believed (`valid` or `unverified`).
+    user: Option<&'a str>,
+    /// Verdict on the identity token, when there was one.
+    user_verdict: Option<&'static str>,
+    anomalies: Vec<&'static str>,
+    /// Packet time of the response head, when there is one.
+    response_ts: Option<String>,
+    /// Folded tunnel id (VNI etc.), 0 when not tunnelled.
+    tunnel: u64,
+    /// Connection id within its worker (stable per replay and worker count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+}
+
+/// The path part of a request target, without the query string or fragment.
+pub fn path_of(target: &str) -> &str {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    &target[..end]
+}
+
+/// Route template of a path: numeric, UUID, long hex and long base64-ish segments become
+/// `{id}` (a placeholder until route learning lands).
+pub fn route_of(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if is_id_segment(seg) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+fn is_id_segment(s: &str) -> bool {
+    if s.is_empty() {
+        return false;
+    }
+    let b = s.as_bytes();
+    if b.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    let is_uuid = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    let is_hex = b.len() >= 16 && b.iter().all(u8::is_ascii_hexdigit);
+    let is_b64 = b.len() >= 20
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+        && b.iter().any(u8::is_ascii_digit);
+    is_uuid || is_hex || is_b64
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+/// Appends one transaction record line to `out`.
+pub fn write_transaction(
+    out: &mut Vec<u8>,
+    conn: &ConnInfo,
+    swapped: bool,
+    tx: &Transaction,
+    attestation: Option<&Attestation>,
+    user: Option<&UserId>,
+) {
+    let (client, server) = if swapped {
+        (conn.server, conn.client)
+    } else {
+        (conn.client, conn.server)
+    };
+    let req = tx.request.as_ref();
+    let resp = tx.response.as_ref();
+    let ts: Timestamp = req
+        .map(|r| r.ts)
+        .or(resp.map(|r| r.ts))
+        .unwrap_or(conn.start);
+    let path = req.map(|r| path_of(&r.target));
+    let rec = TxRecord {
+        ts: ts.rfc3339(),
+        client: client.into(),
+        server: server.into(),
+        method: req.map(|r| r.method.as_str()),
+        host: req.and_then(|r| header(&r.headers, "host")).map(text),
+        path,
+        route: path.map(route_of),
+        status: resp.map(|r| r.status),
+        request_body_bytes: req.map(|r| r.body.wire_len),
+        response_body_bytes: resp.map(|r| r.body.wire_len),
+        attestation,
+        user: user
+            .filter(|u| matches!(u.verdict, Verdict::Valid | Verdict::Unverified))
+            .map(|u| &*u.id),
+        user_verdict: user.map(|u| u.verdict.as_str()),
+        anomalies: tx.anomalies.iter().map(|a| a.as_str()).collect(),
+        response_ts: resp.map(|r| r.ts.rfc3339()),
+        tunnel: conn.tunnel.0,
+        content_type: resp
+            .and_then(|r| header(&r.headers, "content-type"))
+            .map(text),
+    };
+    // Serialising plain owned data into a Vec cannot fail.
+    if serde_json::to_writer(&mut *out, &rec).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// Pipeline totals at the end of a run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub workers: usize,
+    /// Wall-clock seconds the run took (informational; results depend on packet time only).
+    pub elapsed_secs: f64,
+    pub first_packet: Option<String>,
+    pub last_packet: Option<String>,
+    pub capture: CaptureStats,
+    pub decode: DecodeStats,
+    pub reassembly: ReassemblyStats,
+    pub http: HttpStats,
+    pub token: TokenStats,
+    pub queue: QueueStats,
+    pub transactions_written: u64,
+}
+
+/// Hand-off between the capture thread and the workers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct QueueStats {
+    pub batches: u64,
+    /// Times the capture thread found a worker queue full and waited (replay).
+    pub full_waits: u64,
+    /// Batches dropped because a worker queue was full (live capture never blocks).
+    pub dropped_batches: u64,
+    pub dropped_segments: u64,
+}
+
+impl Summary {
+    /// A short human report for stderr.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let c = &self.capture;
+        let h = &self.http;
+        let r = &self.reassembly;
+        let rate = |n: u64| {
+            if self.elapsed_secs > 0.0 {
+                n as f64 / self.elapsed_secs
+            } else {
+                0.0
+            }
+        };
+        s.push_str(&format!(
+            "shieldtap: {} frames ({:.1} MB) in {:.2}s ({:.0} packets/s), {} workers\n",
+            c.frames,
+            c.bytes as f64 / 1e6,
+            self.elapsed_secs,
+            rate(c.frames),
+            self.workers
+        ));
+        s.push_str(&format!(
+            "  flows {} (mid-stream {}), gaps {} ({} bytes), out-of-order {}, retransmissions {}\n",
+            r.flows_created,
+            r.flows_midstream,
+            r.gaps,
+            r.gap_bytes,
+            r.ooo_segments,
+            r.retransmissions
+        ));
+        s.push_str(&format!(
+            "  transactions {} ({} paired, {:.0}/s), requests {}, responses {}\n",
+            h.transactions,
+            h.paired,
+            rate(h.transactions),
+            h.requests,
+            h.responses
+        ));
+        let anomalies: u64 = h.anomalies_by_kind.values().sum();
+        if anomalies > 0 {
+            let kinds: Vec<String> = h
+                .anomalies_by_kind
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            s.push_str(&format!("  http anomalies: {}\n", kinds.join(" ")));
+        }
+        let errs: u64 = self.decode.errors_by_layer.values().sum();
+        if errs > 0 {
+            let kinds: Vec<String> = self
+                .decode
+                .errors_by_layer
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            s.push_str(&format!("  decode errors: {}\n", kinds.join(" ")));
+        }
+        if c.truncated_files + c.corrupt_files > 0 {
+            s.push_str(&format!(
+                "  capture files truncated {}, corrupt {}\n",
+                c.truncated_files, c.corrupt_files
+            ));
+        }
+        if c.kernel_received > 0 || c.kernel_dropped > 0 {
+            s.push_str(&format!(
+                "  kernel received {}, dropped {}, interface dropped {}\n",
+                c.kernel_received, c.kernel_dropped, c.interface_dropped
+            ));
+        }
+        if !r.cap_hits.is_empty() || !h.cap_hits.is_empty() || self.queue.dropped_batches > 0 {
+            s.push_str(&format!(
+                "  caps hit: reassembly {:?}, http {:?}; queue drops {} batches\n",
+                r.cap_hits, h.cap_hits, self.queue.dropped_batches
+            ));
+        }
+        s
+    }
+
+    pub fn write_json(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *w, self)?;
+        w.write_all(b"\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_drops_query_and_fragment() {
+        assert_eq!(path_of("/a/b?token=secret"), "/a/b");
+        assert_eq!(path_of("/a#frag"), "/a");
+        assert_eq!(path_of("/plain"), "/plain");
+    }
+
+    #[test]
+    fn route_templates_ids() {
+        assert_eq!(
+            route_of("/api/v1/users/123/orders"),
+            "/api/v1/users/{id}/orders"
+        );
+        assert_eq!(
+            route_of("/o/3f2b8c1e-9d4a-4b5e-8f6a-1c2d3e4f5a6b"),
+            "/o/{id}"
+        );
+        assert_eq!(route_of("/h/deadbeefdeadbeef00"), "/h/{id}");
+        assert_eq!(route_of("/api/v1/catalogue"), "/api/v1/catalogue");
+        assert_eq!(route_of("/"), "/");
+    }
+}

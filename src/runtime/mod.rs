@@ -1,0 +1,615 @@
+//! Runtime: threads, sharding, bounded queues, packet clock, shutdown.
+//!
+//! The only module that wires stages together. A capture thread per input (the files in
+//! order, or one per live interface) reads frames and decodes them, then shards TCP segments
+//! over the workers by a symmetric flow hash (both directions of a connection, and all its
+//! IPv4 fragments once reassembled, land on one worker), copying each payload once into a
+//! batch. Workers own their flow table and HTTP state and run reassembly → http inline,
+//! filling line buffers that one writer thread writes. Every queue is bounded: in replay a
+//! full queue makes the capture thread wait (nothing is lost); in live capture the batch is
+//! dropped and counted, so a slow worker never stalls the kernel ring. Time is packet time:
+//! batches carry the capture clock so idle workers still expire flows.
+
+use std::hash::BuildHasher;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread;
+use std::time::Instant;
+
+use crate::capture::{self, CaptureError, CaptureStats, FileEnd, Frame, Progress, Timestamp};
+use crate::config::Config;
+use crate::decode::{Decoded, Decoder, LinkType, TcpFlags, TcpSegment, TunnelId};
+use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction};
+use crate::output::{QueueStats, Summary, write_transaction};
+use crate::reassembly::{
+    CloseReason, ConnInfo, Direction, FlowKey, FlowTable, ReassemblyStats, StreamHandler,
+};
+use crate::token::Verifier;
+
+/// Segments per batch handed to a worker.
+const BATCH_SEGMENTS: usize = 512;
+/// Payload bytes per batch before it is sent early.
+const BATCH_BYTES: usize = 512 * 1024;
+/// Packet time between clock heartbeats to idle workers.
+const HEARTBEAT_NANOS: u64 = 1_000_000_000;
+/// Transaction line buffer size at which a worker hands it to the writer.
+const LINES_FLUSH_BYTES: usize = 256 * 1024;
+
+/// Where results go.
+#[derive(Default)]
+pub struct Outputs {
+    pub transactions: Option<Box<dyn Write + Send>>,
+}
+
+/// A segment's header fields; its payload lives in the batch arena.
+#[derive(Clone, Copy)]
+struct SegMeta {
+    ts: Timestamp,
+    tunnel: TunnelId,
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flags: TcpFlags,
+    window: u16,
+    wire_payload_len: u32,
+    start: u32,
+    len: u32,
+}
+
+#[derive(Default)]
+struct Batch {
+    segs: Vec<SegMeta>,
+    arena: Vec<u8>,
+    /// Capture clock when the batch was sent.
+    now: Timestamp,
+}
+
+/// Fatal run errors (config or inputs); traffic problems are counted, never errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("token verifier: {0}")]
+    Token(#[from] crate::token::TokenError),
+    #[error("a worker thread failed: {0}")]
+    Worker(String),
+}
+
+/// What the capture side did.
+#[derive(Default)]
+struct CaptureSide {
+    capture: CaptureStats,
+    decode: crate::decode::DecodeStats,
+    queue: QueueStats,
+    first: Option<Timestamp>,
+    last: Option<Timestamp>,
+}
+
+/// Shards segments over workers; one per capture thread.
+struct Dispatcher {
+    decoder: Decoder,
+    hasher: foldhash::fast::FixedState,
+    batches: Vec<Batch>,
+    senders: Vec<SyncSender<Batch>>,
+    /// Live capture drops a batch instead of blocking.
+    lossy: bool,
+    now: Timestamp,
+    last_heartbeat: Timestamp,
+    side: CaptureSide,
+}
+
+impl Dispatcher {
+    fn new(cfg: &Config, senders: Vec<SyncSender<Batch>>, lossy: bool) -> Self {
+        let n = senders.len();
+        Dispatcher {
+            decoder: Decoder::new(cfg.decode.clone()),
+            // A fixed seed keeps worker assignment, and so per-worker connection ids,
+            // identical between runs; flow tables inside workers use random seeds.
+            hasher: foldhash::fast::FixedState::with_seed(SHARD_SEED),
+            batches: (0..n).map(|_| Batch::default()).collect(),
+            senders,
+            lossy,
+            now: Timestamp::ZERO,
+            last_heartbeat: Timestamp::ZERO,
+            side: CaptureSide::default(),
+        }
+    }
+
+    fn frame(&mut self, f: Frame<'_>) {
+        let Some(link) = LinkType::from_linktype(f.linktype) else {
+            self.side.capture.unsupported_linktype_frames += 1;
+            return;
+        };
+        if f.ts > self.now {
+            self.now = f.ts;
+        }
+        self.side.first.get_or_insert(f.ts);
+        self.side.last = Some(self.now);
+        let Dispatcher {
+            decoder,
+            hasher,
+            batches,
+            ..
+        } = self;
+        let full = match decoder.decode(link, f.data, f.ts) {
+            Ok(Decoded::Tcp(seg)) => {
+                let key = FlowKey::new(seg.tunnel, seg.src, seg.dst);
+                let w = (hasher.hash_one(key) % batches.len() as u64) as usize;
+                let b = &mut batches[w];
+                let start = b.arena.len() as u32;
+                b.arena.extend_from_slice(seg.payload);
+                b.segs.push(SegMeta {
+                    start,
+                    len: seg.payload.len() as u32,
+                    ..copy_meta(&seg, f.ts)
+                });
+                (b.segs.len() >= BATCH_SEGMENTS || b.arena.len() >= BATCH_BYTES).then_some(w)
+            }
+            Ok(_) | Err(_) => None,
+        };
+        if let Some(w) = full {
+            self.send(w);
+        }
+        self.maybe_heartbeat();
+    }
+
+    fn maybe_heartbeat(&mut self) {
+        if self.now.0.saturating_sub(self.last_heartbeat.0) >= HEARTBEAT_NANOS {
+            self.last_heartbeat = self.now;
+            for w in 0..self.batches.len() {
+                self.send(w);
+            }
+        }
+    }
+
+    fn send(&mut self, w: usize) {
+        let mut batch = std::mem::take(&mut self.batches[w]);
+        batch.now = self.now;
+        self.batches[w].segs.reserve(BATCH_SEGMENTS);
+        self.side.queue.batches += 1;
+        if self.lossy {
+            match self.senders[w].try_send(batch) {
+                Ok(()) => {}
+                Err(TrySendError::Full(b)) => {
+                    self.side.queue.dropped_batches += 1;
+                    self.side.queue.dropped_segments += b.segs.len() as u64;
+                }
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        } else {
+            match self.senders[w].try_send(batch) {
+                Ok(()) => {}
+                Err(TrySendError::Full(b)) => {
+                    self.side.queue.full_waits += 1;
+                    let _ = self.senders[w].send(b);
+                }
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    fn finish(mut self) -> CaptureSide {
+        for w in 0..self.batches.len() {
+            self.send(w);
+        }
+        self.side.decode = self.decoder.stats().clone();
+        self.side
+    }
+}
+
+/// Seed for shard assignment. Fixed so a replay assigns connections to the same workers
+/// every run; an attacker gains nothing from it (a worker's own table uses a random seed).
+const SHARD_SEED: u64 = 0x5eed_5eed_5eed_5eed;
+
+fn copy_meta(seg: &TcpSegment<'_>, ts: Timestamp) -> SegMeta {
+    SegMeta {
+        ts,
+        tunnel: seg.tunnel,
+        src: seg.src,
+        dst: seg.dst,
+        seq: seg.seq,
+        ack: seg.ack,
+        flags: seg.flags,
+        window: seg.window,
+        wire_payload_len: seg.wire_payload_len,
+        start: 0,
+        len: 0,
+    }
+}
+
+/// The per-worker end of the pipeline: reassembled streams → HTTP → records.
+struct HttpHandler {
+    cfg: HttpConfig,
+    verifier: Arc<Verifier>,
+    txs: Vec<Transaction>,
+    stats: HttpStats,
+    lines: Vec<u8>,
+    written: u64,
+    write_lines: bool,
+}
+
+impl HttpHandler {
+    fn drain(&mut self, conn: &ConnInfo, swapped: bool) {
+        for tx in self.txs.drain(..) {
+            self.written += 1;
+            // Every request is judged by its token, on packet time.
+            let (att, user) = match &tx.request {
+                Some(req) => {
+                    let now = req.ts.as_secs_f64();
+                    (
+                        Some(self.verifier.attest(&req.headers, &req.target, now)),
+                        self.verifier.identify(&req.headers, now),
+                    )
+                }
+                None => (None, None),
+            };
+            if self.write_lines {
+                write_transaction(
+                    &mut self.lines,
+                    conn,
+                    swapped,
+                    &tx,
+                    att.as_ref(),
+                    user.as_ref(),
+                );
+            }
+        }
+    }
+}
+
+fn http_dir(d: Direction) -> Dir {
+    match d {
+        Direction::ClientToServer => Dir::ToServer,
+        Direction::ServerToClient => Dir::ToClient,
+    }
+}
+
+impl StreamHandler for HttpHandler {
+    type State = HttpConn;
+
+    fn open(&mut self, _conn: &ConnInfo) -> HttpConn {
+        HttpConn::new()
+    }
+
+    fn data(
+        &mut self,
+        st: &mut HttpConn,
+        conn: &ConnInfo,
+        dir: Direction,
+        bytes: &[u8],
+        ts: Timestamp,
+    ) {
+        if st.opaque() {
+            return;
+        }
+        st.data(
+            &self.cfg,
+            http_dir(dir),
+            bytes,
+            ts,
+            &mut self.txs,
+            &mut self.stats,
+        );
+        if !self.txs.is_empty() {
+            self.drain(conn, st.swapped());
+        }
+    }
+
+    fn gap(&mut self, st: &mut HttpConn, conn: &ConnInfo, dir: Direction, len: u64, ts: Timestamp) {
+        if st.opaque() {
+            return;
+        }
+        st.gap(
+            &self.cfg,
+            http_dir(dir),
+            len,
+            ts,
+            &mut self.txs,
+            &mut self.stats,
+        );
+        if !self.txs.is_empty() {
+            self.drain(conn, st.swapped());
+        }
+    }
+
+    fn close(&mut self, mut st: HttpConn, conn: &ConnInfo, _reason: CloseReason, ts: Timestamp) {
+        st.close(&self.cfg, ts, &mut self.txs, &mut self.stats);
+        if !self.txs.is_empty() {
+            self.drain(conn, st.swapped());
+        }
+    }
+}
+
+struct WorkerResult {
+    reassembly: ReassemblyStats,
+    http: HttpStats,
+    written: u64,
+}
+
+fn worker(
+    cfg: Config,
+    verifier: Arc<Verifier>,
+    per_worker_flows: usize,
+    rx: Receiver<Batch>,
+    lines_tx: Option<SyncSender<Vec<u8>>>,
+) -> WorkerResult {
+    let mut rcfg = cfg.reassembly.clone();
+    rcfg.max_flows = per_worker_flows;
+    let mut table: FlowTable<HttpHandler> = FlowTable::new(rcfg);
+    let mut handler = HttpHandler {
+        cfg: cfg.http.clone(),
+        verifier,
+        txs: Vec::new(),
+        stats: HttpStats::default(),
+        lines: Vec::with_capacity(LINES_FLUSH_BYTES + 4096),
+        written: 0,
+        write_lines: lines_tx.is_some(),
+    };
+    let flush = |handler: &mut HttpHandler, force: bool| {
+        if let Some(tx) = &lines_tx
+            && (force || handler.lines.len() >= LINES_FLUSH_BYTES)
+            && !handler.lines.is_empty()
+        {
+            let buf = std::mem::replace(
+                &mut handler.lines,
+                Vec::with_capacity(LINES_FLUSH_BYTES + 4096),
+            );
+            let _ = tx.send(buf);
+        }
+    };
+    while let Ok(batch) = rx.recv() {
+        for m in &batch.segs {
+            let start = m.start as usize;
+            let payload = batch
+                .arena
+                .get(start..start + m.len as usize)
+                .unwrap_or(&[]);
+            let seg = TcpSegment {
+                tunnel: m.tunnel,
+                src: m.src,
+                dst: m.dst,
+                seq: m.seq,
+                ack: m.ack,
+                flags: m.flags,
+                window: m.window,
+                payload,
+                wire_payload_len: m.wire_payload_len,
+            };
+            table.process(&seg, m.ts, &mut handler);
+        }
+        table.advance(batch.now, &mut handler);
+        flush(&mut handler, false);
+    }
+    table.flush_all(&mut handler);
+    flush(&mut handler, true);
+    WorkerResult {
+        reassembly: table.stats(),
+        http: handler.stats,
+        written: handler.written,
+    }
+}
+
+/// Worker threads and the writer, started before capture and joined after it.
+struct Pipeline {
+    verifier: Arc<Verifier>,
+    senders: Vec<SyncSender<Batch>>,
+    workers: Vec<thread::JoinHandle<WorkerResult>>,
+    writer: Option<thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Pipeline {
+    fn start(
+        cfg: &Config,
+        verifier: Arc<Verifier>,
+        workers: usize,
+        mut outputs: Outputs,
+    ) -> Pipeline {
+        let (lines_tx, writer) = match outputs.transactions.take() {
+            Some(mut w) => {
+                let (tx, rx) = sync_channel::<Vec<u8>>(64);
+                let h = thread::Builder::new()
+                    .name("shieldtap-writer".into())
+                    .spawn(move || -> std::io::Result<()> {
+                        while let Ok(buf) = rx.recv() {
+                            w.write_all(&buf)?;
+                        }
+                        w.flush()
+                    })
+                    .ok();
+                (Some(tx), h)
+            }
+            None => (None, None),
+        };
+        let per_worker_flows = (cfg.runtime.max_flows / workers).max(1);
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..workers {
+            let (tx, rx) = sync_channel::<Batch>(cfg.runtime.queue_batches);
+            senders.push(tx);
+            let cfg = cfg.clone();
+            let lines_tx = lines_tx.clone();
+            let v = verifier.clone();
+            let h = thread::Builder::new()
+                .name(format!("shieldtap-worker-{i}"))
+                .spawn(move || worker(cfg, v, per_worker_flows, rx, lines_tx));
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => tracing::error!(error = %e, "cannot start worker thread"),
+            }
+        }
+        drop(lines_tx);
+        Pipeline {
+            verifier,
+            senders,
+            workers: handles,
+            writer,
+        }
+    }
+
+    fn join(self, summary: &mut Summary) -> Result<(), RunError> {
+        drop(self.senders);
+        for h in self.workers {
+            let r = h
+                .join()
+                .map_err(|_| RunError::Worker("worker panicked".into()))?;
+            summary.reassembly.merge(&r.reassembly);
+            summary.http.merge(&r.http);
+            summary.transactions_written += r.written;
+        }
+        if let Some(w) = self.writer {
+            w.join()
+                .map_err(|_| RunError::Worker("writer panicked".into()))??;
+        }
+        summary.token = self.verifier.stats();
+        Ok(())
+    }
+}
+
+fn finish_summary(summary: &mut Summary, side: CaptureSide) {
+    summary.capture.merge(&side.capture);
+    summary.decode.merge(&side.decode);
+    summary.queue.batches += side.queue.batches;
+    summary.queue.full_waits += side.queue.full_waits;
+    summary.queue.dropped_batches += side.queue.dropped_batches;
+    summary.queue.dropped_segments += side.queue.dropped_segments;
+    if let Some(f) = side.first {
+        summary.first_packet = Some(f.rfc3339());
+    }
+    if let Some(l) = side.last {
+        summary.last_packet = Some(l.rfc3339());
+    }
+}
+
+/// Resolves the worker count: flag, then config, then the number of cores.
+pub fn worker_count(cfg: &Config, flag: Option<usize>) -> usize {
+    flag.or(cfg.runtime.workers)
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, 256)
+}
+
+/// Replays capture files in order through the pipeline.
+pub fn replay(
+    cfg: &Config,
+    files: &[PathBuf],
+    workers: usize,
+    outputs: Outputs,
+    progress: &Progress,
+) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let verifier = Arc::new(Verifier::new(cfg.token.clone())?);
+    let pipeline = Pipeline::start(cfg, verifier, workers, outputs);
+    let mut dispatcher = Dispatcher::new(cfg, pipeline.senders.clone(), false);
+    let mut first_error = None;
+    for path in files {
+        let mut stats = CaptureStats::default();
+        let r = capture::read_file(path, progress, &mut stats, &mut |f| dispatcher.frame(f));
+        dispatcher.side.capture.merge(&stats);
+        match r {
+            Ok(FileEnd::Complete) => {}
+            Ok(FileEnd::Truncated) => {
+                tracing::warn!(file = %path.display(), "capture ends inside a record (truncated); processed what it holds")
+            }
+            Ok(FileEnd::Corrupt(reason)) => {
+                tracing::warn!(file = %path.display(), %reason, "capture corrupt; stopped reading this file")
+            }
+            Err(e) => {
+                first_error = Some(e);
+                break;
+            }
+        }
+    }
+    let side = dispatcher.finish();
+    let mut summary = Summary {
+        workers,
+        ..Summary::default()
+    };
+    pipeline.join(&mut summary)?;
+    finish_summary(&mut summary, side);
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(summary),
+    }
+}
+
+/// Captures live from interfaces until `stop` is set, then drains and returns the summary.
+pub fn run_live(
+    cfg: &Config,
+    interfaces: &[String],
+    workers: usize,
+    outputs: Outputs,
+    stop: Arc<AtomicBool>,
+) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let verifier = Arc::new(Verifier::new(cfg.token.clone())?);
+    let pipeline = Pipeline::start(cfg, verifier, workers, outputs);
+    let mut captures = Vec::new();
+    for iface in interfaces {
+        let senders = pipeline.senders.clone();
+        let cfg = cfg.clone();
+        let iface = iface.clone();
+        let stop = stop.clone();
+        let h = thread::Builder::new()
+            .name(format!("shieldtap-capture-{iface}"))
+            .spawn(move || -> (CaptureSide, Result<(), CaptureError>) {
+                let mut d = Dispatcher::new(&cfg, senders, true);
+                let mut stats = CaptureStats::default();
+                let r = {
+                    // Both callbacks need the dispatcher; they never run at the same time.
+                    let d = std::cell::RefCell::new(&mut d);
+                    capture::capture_live(
+                        &iface,
+                        &cfg.capture,
+                        &stop,
+                        &mut stats,
+                        &mut |f| d.borrow_mut().frame(f),
+                        &mut || d.borrow_mut().maybe_heartbeat(),
+                    )
+                };
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                d.side.capture.merge(&stats);
+                (d.finish(), r)
+            });
+        match h {
+            Ok(h) => captures.push(h),
+            Err(e) => tracing::error!(error = %e, "cannot start capture thread"),
+        }
+    }
+    let mut summary = Summary {
+        workers,
+        ..Summary::default()
+    };
+    let mut first_error = None;
+    for h in captures {
+        match h.join() {
+            Ok((side, r)) => {
+                finish_summary(&mut summary, side);
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+            }
+            Err(_) => {
+                first_error = first_error.or(Some(CaptureError::Live {
+                    interface: "?".into(),
+                    reason: "capture thread panicked".into(),
+                    permission: false,
+                }))
+            }
+        }
+    }
+    pipeline.join(&mut summary)?;
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(summary),
+    }
+}
