@@ -770,3 +770,414 @@ impl Decoder {
         self.stats.frag_expired += (before - self.frags.len()) as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    const C4: [u8; 4] = [10, 0, 0, 1];
+    const S4: [u8; 4] = [10, 0, 0, 2];
+
+    /// An Ethernet/IPv4/TCP frame built by etherparse (an independent writer).
+    fn eth_tcp(payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4(C4, S4, 64)
+            .tcp(40000, 80, 7, 1000)
+            .ack(9)
+            .write(&mut v, payload)
+            .expect("builds");
+        v
+    }
+
+    fn ipv4_tcp(payload: &[u8]) -> Vec<u8> {
+        eth_tcp(payload)[14..].to_vec()
+    }
+
+    fn tcp_of(
+        d: &mut Decoder,
+        link: LinkType,
+        f: &[u8],
+    ) -> (TunnelId, SocketAddr, SocketAddr, Vec<u8>, u32) {
+        match d.decode(link, f, Timestamp(1)) {
+            Ok(Decoded::Tcp(s)) => (
+                s.tunnel,
+                s.src,
+                s.dst,
+                s.payload.to_vec(),
+                s.wire_payload_len,
+            ),
+            other => panic!("expected a TCP segment, got {other:?}"),
+        }
+    }
+
+    fn dec() -> Decoder {
+        Decoder::new(DecodeConfig::default())
+    }
+
+    #[test]
+    fn ethernet_ipv4_tcp() {
+        let mut d = dec();
+        let (t, src, dst, p, wire) =
+            tcp_of(&mut d, LinkType::Ethernet, &eth_tcp(b"GET / HTTP/1.1\r\n"));
+        assert_eq!(t, TunnelId(0));
+        assert_eq!(src, "10.0.0.1:40000".parse().expect("addr"));
+        assert_eq!(dst, "10.0.0.2:80".parse().expect("addr"));
+        assert_eq!(p, b"GET / HTTP/1.1\r\n");
+        assert_eq!(wire, 16);
+        assert_eq!(d.stats().tcp_segments, 1);
+        assert_eq!(d.stats().bad_tcp_checksum, 0);
+        assert_eq!(d.stats().bad_ipv4_checksum, 0);
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_payload() {
+        let mut f = eth_tcp(b"");
+        f.extend_from_slice(&[0u8; 6]);
+        let (_, _, _, p, wire) = tcp_of(&mut dec(), LinkType::Ethernet, &f);
+        assert!(p.is_empty());
+        assert_eq!(wire, 0);
+    }
+
+    #[test]
+    fn ipv6_with_hop_by_hop_extension() {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv6([0xfd; 16], [0xfe; 16], 64)
+            .tcp(1234, 443, 1, 1000)
+            .write(&mut v, b"abc")
+            .expect("builds");
+        // Splice a hop-by-hop header (8 bytes: next header TCP, len 0, PadN) after IPv6.
+        let ip = 14;
+        let mut f = v[..ip + 40].to_vec();
+        f[ip + 6] = 0; // next header: hop-by-hop
+        let plen = u16::from_be_bytes([f[ip + 4], f[ip + 5]]) + 8;
+        f[ip + 4..ip + 6].copy_from_slice(&plen.to_be_bytes());
+        f.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        f.extend_from_slice(&v[ip + 40..]);
+        let mut d = dec();
+        let (_, src, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &f);
+        assert_eq!(src.port(), 1234);
+        assert_eq!(p, b"abc");
+        assert_eq!(d.stats().ipv6_ext_headers, 1);
+    }
+
+    #[test]
+    fn vlan_and_qinq() {
+        let base = eth_tcp(b"x");
+        for tags in [vec![0x8100u16], vec![0x88a8, 0x8100]] {
+            let mut f = base[..12].to_vec();
+            for tpid in &tags {
+                f.extend_from_slice(&tpid.to_be_bytes());
+                f.extend_from_slice(&[0x00, 0x64]);
+            }
+            f.extend_from_slice(&base[12..]);
+            let mut d = dec();
+            let (_, _, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &f);
+            assert_eq!(p, b"x");
+            assert_eq!(d.stats().vlan_tags, tags.len() as u64);
+        }
+    }
+
+    #[test]
+    fn linux_cooked_v1_and_v2_raw_ip_and_loopback() {
+        let ip = ipv4_tcp(b"sll");
+        let mut sll = vec![0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0x08, 0x00];
+        sll.extend_from_slice(&ip);
+        let mut sll2 = vec![
+            0x08, 0x00, 0, 0, 0, 0, 0, 1, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0,
+        ];
+        sll2.extend_from_slice(&ip);
+        let mut null_le = 2u32.to_le_bytes().to_vec();
+        null_le.extend_from_slice(&ip);
+        let mut null_be = 2u32.to_be_bytes().to_vec();
+        null_be.extend_from_slice(&ip);
+        let mut lo = 2u32.to_be_bytes().to_vec();
+        lo.extend_from_slice(&ip);
+        for (link, f) in [
+            (LinkType::LinuxSll, sll),
+            (LinkType::LinuxSll2, sll2),
+            (LinkType::RawIp, ip.clone()),
+            (LinkType::Null, null_le),
+            (LinkType::Null, null_be),
+            (LinkType::Loop, lo),
+        ] {
+            let (_, _, _, p, _) = tcp_of(&mut dec(), link, &f);
+            assert_eq!(p, b"sll", "{link:?}");
+        }
+    }
+
+    fn udp(dport: u16, body: &[u8], outer_src: [u8; 4]) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([9; 6], [8; 6])
+            .ipv4(outer_src, [192, 168, 0, 9], 64)
+            .udp(55555, dport)
+            .write(&mut v, body)
+            .expect("builds");
+        v
+    }
+
+    fn vxlan(vni: u32, inner: &[u8]) -> Vec<u8> {
+        let mut b = vec![0x08, 0, 0, 0];
+        b.extend_from_slice(&(vni << 8).to_be_bytes());
+        b.extend_from_slice(inner);
+        b
+    }
+
+    #[test]
+    fn vxlan_vni_separates_identical_inner_flows() {
+        let inner = eth_tcp(b"hello");
+        let mut d = dec();
+        let (t1, s1, _, p, _) = tcp_of(
+            &mut d,
+            LinkType::Ethernet,
+            &udp(4789, &vxlan(100, &inner), [1, 1, 1, 1]),
+        );
+        let (t2, s2, _, _, _) = tcp_of(
+            &mut d,
+            LinkType::Ethernet,
+            &udp(4789, &vxlan(200, &inner), [1, 1, 1, 1]),
+        );
+        // Same VNI from another outer address (the other direction's mirror source).
+        let (t3, _, _, _, _) = tcp_of(
+            &mut d,
+            LinkType::Ethernet,
+            &udp(4789, &vxlan(100, &inner), [2, 2, 2, 2]),
+        );
+        assert_eq!(p, b"hello");
+        assert_eq!(s1, s2);
+        assert_ne!(t1, t2);
+        assert_ne!(t1, TunnelId(0));
+        assert_eq!(t1, t3);
+        assert_eq!(d.stats().tunnels_vxlan, 3);
+        // Without the I flag it is malformed, counted at the tunnel layer.
+        let mut bad = vxlan(100, &inner);
+        bad[0] = 0;
+        assert!(
+            d.decode(
+                LinkType::Ethernet,
+                &udp(4789, &bad, [1, 1, 1, 1]),
+                Timestamp(1)
+            )
+            .is_err()
+        );
+        assert_eq!(d.stats().errors_by_layer.get("tunnel"), Some(&1));
+        // Other UDP ports are not tunnels.
+        assert!(matches!(
+            d.decode(
+                LinkType::Ethernet,
+                &udp(53, b"dns", [1, 1, 1, 1]),
+                Timestamp(1)
+            ),
+            Ok(Decoded::NotTcp)
+        ));
+    }
+
+    #[test]
+    fn geneve_with_options() {
+        let inner = eth_tcp(b"gnv");
+        // Version 0, 8 bytes of options (opt len 2 words), protocol TEB, VNI 7.
+        let mut b = vec![0x02, 0x00, 0x65, 0x58, 0, 0, 7, 0];
+        b.extend_from_slice(&[0x01, 0x02, 0x03, 0x01, 0xaa, 0xbb, 0xcc, 0xdd]);
+        b.extend_from_slice(&inner);
+        let mut d = dec();
+        let (t, _, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &udp(6081, &b, [1, 1, 1, 1]));
+        assert_eq!(p, b"gnv");
+        assert_ne!(t, TunnelId(0));
+        assert_eq!(d.stats().tunnels_geneve, 1);
+    }
+
+    fn gre_frame(gre: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([9; 6], [8; 6])
+            .ipv4([1, 1, 1, 1], [2, 2, 2, 2], 64)
+            .write(&mut v, etherparse::IpNumber(47), gre)
+            .expect("builds");
+        v
+    }
+
+    #[test]
+    fn gre_keyed_and_plain() {
+        let inner = eth_tcp(b"gre");
+        let mut keyed = vec![0x20, 0x00, 0x65, 0x58, 0, 0, 0, 42];
+        keyed.extend_from_slice(&inner);
+        let mut keyed2 = vec![0x20, 0x00, 0x65, 0x58, 0, 0, 0, 43];
+        keyed2.extend_from_slice(&inner);
+        let mut ip_in_gre = vec![0x00, 0x00, 0x08, 0x00];
+        ip_in_gre.extend_from_slice(&ipv4_tcp(b"gre"));
+        let mut d = dec();
+        let (t1, _, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &gre_frame(&keyed));
+        let (t2, _, _, _, _) = tcp_of(&mut d, LinkType::Ethernet, &gre_frame(&keyed2));
+        let (_, _, _, p3, _) = tcp_of(&mut d, LinkType::Ethernet, &gre_frame(&ip_in_gre));
+        assert_eq!(p, b"gre");
+        assert_eq!(p3, b"gre");
+        assert_ne!(t1, t2);
+        assert_eq!(d.stats().tunnels_gre, 3);
+    }
+
+    #[test]
+    fn erspan_ii_and_iii() {
+        let inner = eth_tcp(b"span");
+        // GRE with sequence number, protocol ERSPAN II; ERSPAN header version 1, session 5.
+        let mut e2 = vec![0x10, 0x00, 0x88, 0xbe, 0, 0, 0, 1];
+        e2.extend_from_slice(&[0x10, 0x00, 0x00, 0x05, 0, 0, 0, 0]);
+        e2.extend_from_slice(&inner);
+        // ERSPAN III: version 2, session 6, O flag set so an 8-byte subheader follows.
+        let mut e3 = vec![0x10, 0x00, 0x22, 0xeb, 0, 0, 0, 1];
+        e3.extend_from_slice(&[0x20, 0x00, 0x00, 0x06, 0, 0, 0, 0, 0, 0, 0, 0x01]);
+        e3.extend_from_slice(&[0u8; 8]);
+        e3.extend_from_slice(&inner);
+        let mut d = dec();
+        let (t2, _, _, p2, _) = tcp_of(&mut d, LinkType::Ethernet, &gre_frame(&e2));
+        let (t3, _, _, p3, _) = tcp_of(&mut d, LinkType::Ethernet, &gre_frame(&e3));
+        assert_eq!(p2, b"span");
+        assert_eq!(p3, b"span");
+        assert_ne!(t2, t3);
+        assert_eq!(d.stats().tunnels_erspan2, 1);
+        assert_eq!(d.stats().tunnels_erspan3, 1);
+    }
+
+    #[test]
+    fn nested_tunnels_and_depth_cap() {
+        let mut frame = eth_tcp(b"deep");
+        for _ in 0..2 {
+            let mut g = vec![0x20, 0x00, 0x65, 0x58, 0, 0, 0, 1];
+            g.extend_from_slice(&udp(4789, &vxlan(9, &frame), [3, 3, 3, 3]));
+            frame = gre_frame(&g);
+        }
+        let mut d = dec();
+        let (_, _, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &frame);
+        assert_eq!(p, b"deep");
+        let mut shallow = Decoder::new(DecodeConfig {
+            max_tunnel_depth: 3,
+            ..Default::default()
+        });
+        let r = shallow.decode(LinkType::Ethernet, &frame, Timestamp(1));
+        assert!(
+            matches!(r, Err(DecodeError::TunnelTooDeep { max: 3 })),
+            "{r:?}"
+        );
+    }
+
+    /// IPv4 fragments of a TCP segment, built from an etherparse IPv4 packet.
+    fn fragments(payload: &[u8], id: u16, cut: &[usize]) -> Vec<Vec<u8>> {
+        let whole = ipv4_tcp(payload);
+        let transport = &whole[20..];
+        let mut out = Vec::new();
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cut);
+        bounds.push(transport.len());
+        for w in bounds.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let more = b < transport.len();
+            let mut h =
+                etherparse::Ipv4Header::new((b - a) as u16, 64, etherparse::IpNumber(6), C4, S4)
+                    .expect("header");
+            h.identification = id;
+            h.more_fragments = more;
+            h.fragment_offset = etherparse::IpFragOffset::try_new((a / 8) as u16).expect("offset");
+            h.header_checksum = h.calc_header_checksum();
+            let mut f = Vec::new();
+            h.write(&mut f).expect("write");
+            f.extend_from_slice(&transport[a..b]);
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn ipv4_fragments_in_order_out_of_order_and_overlapping() {
+        let payload: Vec<u8> = (0..100u8).collect();
+        let frags = fragments(&payload, 1, &[24, 64]);
+        for order in [[0usize, 1, 2], [2, 0, 1], [1, 2, 0]] {
+            let mut d = dec();
+            for (n, i) in order.iter().enumerate() {
+                let r = d.decode(LinkType::RawIp, &frags[*i], Timestamp(1));
+                if n < 2 {
+                    assert!(matches!(r, Ok(Decoded::FragmentHeld)), "{r:?}");
+                } else {
+                    match r {
+                        Ok(Decoded::Tcp(s)) => assert_eq!(s.payload, payload.as_slice()),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+            assert_eq!(d.stats().ipv4_reassembled, 1);
+        }
+        // A duplicate (overlapping) fragment is counted; the datagram still completes.
+        let mut d = dec();
+        for i in [0usize, 0, 1, 2] {
+            let _ = d.decode(LinkType::RawIp, &frags[i], Timestamp(1));
+        }
+        assert_eq!(d.stats().frag_overlaps, 1);
+        assert_eq!(d.stats().ipv4_reassembled, 1);
+    }
+
+    #[test]
+    fn fragment_pool_cap_and_expiry() {
+        let payload = [7u8; 64];
+        let cfg = DecodeConfig {
+            frag_max_datagrams: 2,
+            ..Default::default()
+        };
+        let mut d = Decoder::new(cfg);
+        for id in 0..3u16 {
+            let f = fragments(&payload, id, &[32]);
+            let _ = d.decode(LinkType::RawIp, &f[0], Timestamp(1));
+        }
+        assert_eq!(d.stats().frag_dropped_cap, 1);
+        // Thirty seconds of packet time later the held datagrams expire.
+        let late = fragments(&payload, 9, &[32]);
+        let _ = d.decode(LinkType::RawIp, &late[0], Timestamp(40_000_000_000));
+        assert_eq!(d.stats().frag_expired, 2);
+    }
+
+    #[test]
+    fn snaplen_cut_frame_reports_wire_length() {
+        let f = eth_tcp(&[b'a'; 200]);
+        let cut = &f[..f.len() - 150];
+        let mut d = dec();
+        let (_, _, _, p, wire) = tcp_of(&mut d, LinkType::Ethernet, cut);
+        assert_eq!(p.len(), 50);
+        assert_eq!(wire, 200);
+        assert_eq!(d.stats().snaplen_cut, 1);
+    }
+
+    #[test]
+    fn bad_checksums_are_counted_not_dropped() {
+        let mut f = eth_tcp(b"offload");
+        let tcp_checksum_at = 14 + 20 + 16;
+        f[tcp_checksum_at] ^= 0xff;
+        f[14 + 10] ^= 0xff;
+        let mut d = dec();
+        let (_, _, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &f);
+        assert_eq!(p, b"offload");
+        assert_eq!(d.stats().bad_tcp_checksum, 1);
+        assert_eq!(d.stats().bad_ipv4_checksum, 1);
+    }
+
+    proptest::proptest! {
+        /// Random bytes and random truncations or corruptions of valid frames never panic.
+        #[test]
+        fn never_panics(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            cut in 0usize..200,
+            flip in 0usize..200,
+        ) {
+            let mut d = dec();
+            let mut g = gre_frame(&[0x20, 0x00, 0x65, 0x58, 0, 0, 0, 1]);
+            g.extend_from_slice(&udp(4789, &vxlan(1, &eth_tcp(&bytes)), [1, 1, 1, 1]));
+            for link in [LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::RawIp, LinkType::Null, LinkType::Loop] {
+                let _ = d.decode(link, &bytes, Timestamp(1));
+                for base in [eth_tcp(&bytes), g.clone(), udp(6081, &bytes, [1, 1, 1, 1])] {
+                    let mut f = base[..base.len().saturating_sub(cut)].to_vec();
+                    if let Some(b) = f.get_mut(flip) {
+                        *b ^= 0x5a;
+                    }
+                    let _ = d.decode(link, &f, Timestamp(1));
+                }
+            }
+        }
+    }
+}
