@@ -9,14 +9,21 @@
 //! Modules are declared in flow order; only [`runtime`] wires stages together.
 #![forbid(unsafe_code)]
 
-pub mod capture;
+// Flow order (blank lines keep rustfmt from sorting them).
 pub mod config;
+
+pub mod capture;
+
 pub mod decode;
+
+pub mod reassembly;
+
 pub mod http;
+
 pub mod token;
 
 pub mod output;
-pub mod reassembly;
+
+pub mod telemetry;
 
 pub mod runtime;
-pub mod telemetry;

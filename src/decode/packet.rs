@@ -33,6 +33,10 @@ pub struct DecodeStats {
     pub frag_overlaps: u64,
     /// Fragmented datagrams that complete but carry a tunnel (not followed).
     pub frag_tunnel_unsupported: u64,
+    /// Fragments of protocols other than TCP (not held).
+    pub frag_not_tcp: u64,
+    /// Fragments held in the pool awaiting the rest of their datagram.
+    pub fragments_held: u64,
     pub ipv6_fragments: u64,
     pub bad_ipv4_checksum: u64,
     pub bad_tcp_checksum: u64,
@@ -60,6 +64,8 @@ impl DecodeStats {
         self.frag_expired += o.frag_expired;
         self.frag_overlaps += o.frag_overlaps;
         self.frag_tunnel_unsupported += o.frag_tunnel_unsupported;
+        self.frag_not_tcp += o.frag_not_tcp;
+        self.fragments_held += o.fragments_held;
         self.ipv6_fragments += o.ipv6_fragments;
         self.bad_ipv4_checksum += o.bad_ipv4_checksum;
         self.bad_tcp_checksum += o.bad_tcp_checksum;
@@ -230,7 +236,7 @@ impl Decoder {
         match &r {
             Ok(Decoded::Tcp(_)) => self.stats.tcp_segments += 1,
             Ok(Decoded::NotTcp) => self.stats.not_tcp += 1,
-            Ok(Decoded::FragmentHeld) => {}
+            Ok(Decoded::FragmentHeld) => self.stats.fragments_held += 1,
             Err(e) => {
                 *self
                     .stats
@@ -343,9 +349,17 @@ impl Decoder {
             Some(6) => Layer::Ipv6,
             _ => Layer::Ipv4,
         };
-        let (ip, ext_err) = LaxIpSlice::from_slice(d).map_err(|_| DecodeError::Malformed {
-            layer,
-            reason: "IP header truncated or invalid",
+        let (ip, ext_err) = LaxIpSlice::from_slice(d).map_err(|e| match e {
+            etherparse::err::ip::LaxHeaderSliceError::Len(l) => DecodeError::Truncated {
+                layer,
+                offset: 0,
+                need: l.required_len,
+                have: l.len,
+            },
+            etherparse::err::ip::LaxHeaderSliceError::Content(_) => DecodeError::Malformed {
+                layer,
+                reason: "IP header invalid",
+            },
         })?;
         if ext_err.is_some() {
             // Lax slicing stops at a broken extension header; what follows is unknown.
@@ -369,6 +383,17 @@ impl Decoder {
                 }
                 if v4.is_payload_fragmented() {
                     self.stats.ipv4_fragments += 1;
+                    if proto != IPPROTO_TCP {
+                        // Only TCP is followed through fragments: holding others would
+                        // let unrelated fragments crowd TCP out of the pool.
+                        self.stats.frag_not_tcp += 1;
+                        if matches!(proto, IPPROTO_UDP | IPPROTO_GRE) {
+                            // A fragmented tunnel carrier (VXLAN/GRE over a small MTU) is
+                            // not followed yet: counted so operators can raise the MTU.
+                            self.stats.frag_tunnel_unsupported += 1;
+                        }
+                        return Ok(Step::Done(Decoded::NotTcp));
+                    }
                     let key = FragKey {
                         tunnel: t,
                         src: h.source(),
@@ -444,9 +469,17 @@ fn tcp_segment<'a>(
     dst: IpAddr,
     tunnel: TunnelId,
 ) -> Result<Decoded<'a>, DecodeError> {
-    let tcp = TcpSlice::from_slice(d).map_err(|_| DecodeError::Malformed {
-        layer: Layer::Tcp,
-        reason: "TCP header truncated or invalid",
+    let tcp = TcpSlice::from_slice(d).map_err(|e| match e {
+        etherparse::err::tcp::HeaderSliceError::Len(l) => DecodeError::Truncated {
+            layer: Layer::Tcp,
+            offset: 0,
+            need: l.required_len,
+            have: l.len,
+        },
+        etherparse::err::tcp::HeaderSliceError::Content(_) => DecodeError::Malformed {
+            layer: Layer::Tcp,
+            reason: "TCP header invalid",
+        },
     })?;
     let hl = usize::from(tcp.data_offset()) * 4;
     let captured = tcp.payload();
@@ -671,16 +704,16 @@ impl Decoder {
                 reason: "fragment beyond 65535 bytes",
             });
         }
-        if !self.frags.contains_key(&key)
-            && (self.frags.len() >= self.cfg.frag_max_datagrams
-                || self.frag_bytes + data.len() > self.cfg.frag_max_bytes)
-        {
+        // The buffer grows to the fragment's end, so that growth is what the cap must admit.
+        let grows = end.saturating_sub(self.frags.get(&key).map_or(0, |d| d.data.len()));
+        let pool_full =
+            !self.frags.contains_key(&key) && self.frags.len() >= self.cfg.frag_max_datagrams;
+        if pool_full || self.frag_bytes + grows > self.cfg.frag_max_bytes {
             self.stats.frag_dropped_cap += 1;
-            return Ok(Step::Done(Decoded::FragmentHeld));
-        }
-        if self.frag_bytes + data.len() > self.cfg.frag_max_bytes {
-            self.stats.frag_dropped_cap += 1;
-            return Ok(Step::Done(Decoded::FragmentHeld));
+            return Err(DecodeError::Malformed {
+                layer: Layer::Fragment,
+                reason: "fragment pool full (ip_fragment_max_datagrams or ip_fragment_max_bytes)",
+            });
         }
         let dg = self.frags.entry(key).or_insert_with(|| Datagram {
             first_ts: ts,
@@ -740,10 +773,6 @@ impl Decoder {
                 dst,
                 tunnel: key.tunnel,
             }),
-            IPPROTO_UDP | IPPROTO_GRE => {
-                self.stats.frag_tunnel_unsupported += 1;
-                Ok(Step::Done(Decoded::NotTcp))
-            }
             _ => Ok(Step::Done(Decoded::NotTcp)),
         }
     }
@@ -1127,10 +1156,72 @@ mod tests {
             let _ = d.decode(LinkType::RawIp, &f[0], Timestamp(1));
         }
         assert_eq!(d.stats().frag_dropped_cap, 1);
+        assert_eq!(d.stats().errors_by_layer.get("fragment"), Some(&1));
+        assert_eq!(d.stats().fragments_held, 2);
         // Thirty seconds of packet time later the held datagrams expire.
         let late = fragments(&payload, 9, &[32]);
         let _ = d.decode(LinkType::RawIp, &late[0], Timestamp(40_000_000_000));
         assert_eq!(d.stats().frag_expired, 2);
+    }
+
+    #[test]
+    fn non_tcp_fragments_do_not_occupy_the_pool() {
+        let cfg = DecodeConfig {
+            frag_max_datagrams: 1,
+            ..Default::default()
+        };
+        let mut d = Decoder::new(cfg);
+        let mut h =
+            etherparse::Ipv4Header::new(16, 64, etherparse::IpNumber(1), C4, S4).expect("header");
+        h.more_fragments = true;
+        h.header_checksum = h.calc_header_checksum();
+        let mut icmp = Vec::new();
+        h.write(&mut icmp).expect("write");
+        icmp.extend_from_slice(&[0u8; 16]);
+        for _ in 0..3 {
+            assert!(matches!(
+                d.decode(LinkType::RawIp, &icmp, Timestamp(1)),
+                Ok(Decoded::NotTcp)
+            ));
+        }
+        let f = fragments(&[1u8; 40], 5, &[24]);
+        assert!(matches!(
+            d.decode(LinkType::RawIp, &f[0], Timestamp(1)),
+            Ok(Decoded::FragmentHeld)
+        ));
+        assert!(matches!(
+            d.decode(LinkType::RawIp, &f[1], Timestamp(1)),
+            Ok(Decoded::Tcp(_))
+        ));
+        assert_eq!(d.stats().frag_not_tcp, 3);
+    }
+
+    #[test]
+    fn truncated_headers_are_truncated_errors() {
+        let f = eth_tcp(b"");
+        let mut d = dec();
+        let r = d.decode(LinkType::Ethernet, &f[..14 + 10], Timestamp(1));
+        assert!(
+            matches!(
+                r,
+                Err(DecodeError::Truncated {
+                    layer: Layer::Ipv4,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let r = d.decode(LinkType::Ethernet, &f[..14 + 20 + 10], Timestamp(1));
+        assert!(
+            matches!(
+                r,
+                Err(DecodeError::Truncated {
+                    layer: Layer::Tcp,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
     }
 
     #[test]
