@@ -338,7 +338,43 @@ pub fn capture_live(
     }
     let linktype = cap.get_datalink().0 as u32;
     let progress = Progress::default();
-    let result = loop {
+    // libpcap on Linux (TPACKET_V3) may keep polling past its timeout while no packet
+    // arrives, so a watcher wakes the blocked read with pcap_breakloop once `stop` is set.
+    let breaker = cap.breakloop_handle();
+    let done = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) && !done.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            breaker.breakloop();
+        });
+        let r = read_live(
+            &mut cap, stop, stats, &progress, linktype, on_frame, on_idle, &live_err,
+        );
+        done.store(true, Ordering::Relaxed);
+        r
+    });
+    if let Ok(s) = cap.stats() {
+        stats.kernel_received += u64::from(s.received);
+        stats.kernel_dropped += u64::from(s.dropped);
+        stats.interface_dropped += u64::from(s.if_dropped);
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_live(
+    cap: &mut pcap::Capture<pcap::Active>,
+    stop: &AtomicBool,
+    stats: &mut CaptureStats,
+    progress: &Progress,
+    linktype: u32,
+    on_frame: &mut dyn FnMut(Frame<'_>),
+    on_idle: &mut dyn FnMut(),
+    live_err: &dyn Fn(pcap::Error) -> CaptureError,
+) -> Result<(), CaptureError> {
+    loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
         }
@@ -351,7 +387,7 @@ pub fn capture_live(
                 );
                 emit(
                     stats,
-                    &progress,
+                    progress,
                     on_frame,
                     ts,
                     linktype,
@@ -360,15 +396,11 @@ pub fn capture_live(
                 );
             }
             Err(pcap::Error::TimeoutExpired) => on_idle(),
+            // pcap_breakloop: shutdown was asked for.
+            Err(pcap::Error::NoMorePackets) => break Ok(()),
             Err(e) => break Err(live_err(e)),
         }
-    };
-    if let Ok(s) = cap.stats() {
-        stats.kernel_received += u64::from(s.received);
-        stats.kernel_dropped += u64::from(s.dropped);
-        stats.interface_dropped += u64::from(s.if_dropped);
     }
-    result
 }
 
 #[cfg(test)]

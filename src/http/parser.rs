@@ -5,13 +5,15 @@
 //! Output: transactions pushed to the caller's vector, counters in [`HttpStats`]. Each
 //! direction is a small state machine (head → body → head; or resync after damage) and
 //! requests wait in a FIFO for the responses that answer them (keep-alive, pipelining).
-//! Limits: a head (or chunk trailer section) is buffered up to `max_head_bytes`, a body is
-//! kept up to `max_body_bytes`, at most `max_pending_requests` requests wait for answers;
-//! nothing else grows with traffic. Failure modes: malformed framing, lost bytes and
-//! mid-stream pickup become anomalies plus a resync at the next line that starts like a
-//! message head; after lost request bytes a response is never paired with a request that
-//! arrived after it, and after lost response bytes the requests that may have been
-//! answered in the hole are given up rather than paired with the wrong responses.
+//! Limits: each direction buffers at most `max_head_bytes` (a head, chunk-size line,
+//! trailer section or resync line) and keeps a body up to `max_body_bytes`; at most
+//! `max_pending_requests` requests wait for answers; nothing else grows with traffic, and
+//! every step is linear in the bytes fed, whatever they are. Failure modes: malformed
+//! framing, lost bytes and mid-stream pickup become anomalies plus a resync at the next
+//! start line (a known method or `HTTP/1.`, anywhere in a line, that parses); after lost
+//! request bytes a response is never paired with a request that arrived after it began,
+//! and after lost response bytes the requests that may have been answered in the hole are
+//! given up rather than paired with the wrong responses.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::mem::MaybeUninit;
@@ -437,7 +439,8 @@ struct Side {
     /// Resync: packet time and event of the first byte in `buf`.
     line_ts: Timestamp,
     line_event: u64,
-    msg: Option<InFlight>,
+    /// Boxed: most connections sit idle between messages, and flow tables hold many.
+    msg: Option<Box<InFlight>>,
 }
 
 impl Side {
@@ -894,7 +897,7 @@ impl Side {
                     m.body_mut().data.reserve(hint);
                 }
                 m.framing = f;
-                self.msg = Some(m);
+                self.msg = Some(Box::new(m));
                 self.phase = Phase::Body;
                 self.clear_buf();
             }
@@ -909,7 +912,7 @@ impl Side {
     /// Takes the message in flight to completion and expects the next head.
     fn complete(&mut self, sh: &mut Shared, cx: &mut Ctx<'_>) {
         if let Some(m) = self.msg.take() {
-            finish(sh, cx, m);
+            finish(sh, cx, *m);
         }
         self.start_head();
     }
@@ -955,7 +958,7 @@ impl Side {
             m.cut(Anomaly::BadChunk);
         }
         if let Some(m) = self.msg.take() {
-            finish(sh, cx, m);
+            finish(sh, cx, *m);
         }
         let replay = std::mem::take(&mut self.buf);
         self.enter_resync(cx.stats);
@@ -1065,7 +1068,7 @@ impl Side {
                         m.anomalies.insert(Anomaly::HeadTooLarge);
                     }
                     if let Some(m) = self.msg.take() {
-                        finish(sh, cx, m);
+                        finish(sh, cx, *m);
                     }
                     self.enter_resync(cx.stats);
                     return Step::Consumed(take);
@@ -1110,7 +1113,7 @@ impl Side {
                     _ => {
                         m.cut(Anomaly::Gap);
                         if let Some(m) = self.msg.take() {
-                            finish(sh, cx, m);
+                            finish(sh, cx, *m);
                         }
                     }
                 }
@@ -1133,7 +1136,7 @@ impl Side {
                     m.cut(Anomaly::TruncatedBody);
                 }
                 if let Some(m) = self.msg.take() {
-                    finish(sh, cx, m);
+                    finish(sh, cx, *m);
                 }
             }
             Phase::Head | Phase::Resync => cx.stats.bytes_skipped += self.buf.len() as u64,
@@ -2963,6 +2966,12 @@ mod tests {
             .filter(|a| !seen.contains(*a))
             .collect();
         assert!(missing.is_empty(), "no scenario produces {missing:?}");
+    }
+
+    #[test]
+    fn idle_connection_state_is_small() {
+        // Flow tables hold one HttpConn per connection; messages in flight are boxed.
+        assert!(size_of::<HttpConn>() <= 320, "{}", size_of::<HttpConn>());
     }
 
     #[test]
