@@ -198,3 +198,57 @@ fn config_and_usage_errors_exit_2() {
     let o = shieldtap(&["replay", "--workers", "many", "x.pcap"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A real capture cut to a 96-byte snaplen (by editcap, Wireshark's tool): heads are lost,
+/// so shieldtap must finish, count the cut frames and gaps, and flag the damage.
+#[test]
+fn snaplen_cut_capture_is_counted_not_fatal() {
+    if Command::new("editcap").arg("-h").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs tshark (editcap)"
+        );
+        eprintln!("note: editcap missing, test skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cut = dir.path().join("cut.pcap");
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/samples/curl-keepalive/capture.pcap"
+    );
+    let st = Command::new("editcap")
+        .args(["-s", "96", sample, cut.to_str().expect("utf-8")])
+        .status()
+        .expect("editcap");
+    assert!(st.success());
+    let sum = dir.path().join("summary.json");
+    let tx = dir.path().join("tx.jsonl");
+    let o = shieldtap(&[
+        "replay",
+        cut.to_str().expect("utf-8"),
+        "--summary-json",
+        sum.to_str().expect("utf-8"),
+        "--transactions-out",
+        tx.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sum).expect("summary")).expect("json");
+    assert!(
+        s["capture"]["snaplen_cut_frames"].as_u64().unwrap_or(0) > 0,
+        "{s}"
+    );
+    assert!(
+        s["reassembly"]["gap_bytes"].as_u64().unwrap_or(0) > 0,
+        "{s}"
+    );
+    // Every transaction that survives is flagged with what was lost.
+    for line in std::fs::read_to_string(&tx).expect("tx").lines() {
+        let t: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert!(
+            !t["anomalies"].as_array().expect("list").is_empty(),
+            "{line}"
+        );
+    }
+}
