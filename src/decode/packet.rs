@@ -32,7 +32,8 @@ pub struct DecodeStats {
     pub frag_expired: u64,
     pub frag_overlaps: u64,
     /// Fragmented datagrams that complete but carry a tunnel (not followed).
-    pub frag_tunnel_unsupported: u64,
+    /// Fragmented datagrams found inside a reassembled fragmented carrier (not followed).
+    pub frag_nested_unsupported: u64,
     /// Fragments of protocols other than TCP (not held).
     pub frag_not_tcp: u64,
     /// Fragments held in the pool awaiting the rest of their datagram.
@@ -63,7 +64,7 @@ impl DecodeStats {
         self.frag_dropped_cap += o.frag_dropped_cap;
         self.frag_expired += o.frag_expired;
         self.frag_overlaps += o.frag_overlaps;
-        self.frag_tunnel_unsupported += o.frag_tunnel_unsupported;
+        self.frag_nested_unsupported += o.frag_nested_unsupported;
         self.frag_not_tcp += o.frag_not_tcp;
         self.fragments_held += o.fragments_held;
         self.ipv6_fragments += o.ipv6_fragments;
@@ -141,14 +142,16 @@ struct FragKey {
 }
 
 /// What walking a frame produced: a result borrowing the frame, or a completed IPv4
-/// datagram waiting in the decoder's buffer (kept apart so the walk never borrows `self`
-/// for the frame's lifetime).
+/// datagram waiting in the walker's `done` buffer (kept apart so the walk never borrows
+/// the decoder for the frame's lifetime).
 enum Step<'a> {
     Done(Decoded<'a>),
     Reassembled {
         src: IpAddr,
         dst: IpAddr,
         tunnel: TunnelId,
+        proto: u8,
+        depth: usize,
     },
 }
 
@@ -168,28 +171,41 @@ impl Datagram {
 
 /// Frame decoder with its IPv4 fragment pool; one per capture thread.
 pub struct Decoder {
+    walker: Walker,
+    /// The last reassembled datagram, which a returned segment may borrow.
+    reassembled: Vec<u8>,
+}
+
+/// Everything the walk over one frame needs besides the frame: settings, counters and the
+/// fragment pool. Separate from [`Decoder::reassembled`] so a reassembled datagram can be
+/// walked (tunnel carriers) while the walker stays mutable.
+struct Walker {
     cfg: DecodeConfig,
     stats: DecodeStats,
     frags: HashMap<FragKey, Datagram, foldhash::fast::RandomState>,
     frag_bytes: usize,
     last_expiry: Timestamp,
-    reassembled: Vec<u8>,
+    /// A datagram completed by the last fragment, handed to the decoder.
+    done: Vec<u8>,
 }
 
 impl Decoder {
     pub fn new(cfg: DecodeConfig) -> Self {
         Decoder {
-            cfg,
-            stats: DecodeStats::default(),
-            frags: HashMap::with_hasher(foldhash::fast::RandomState::default()),
-            frag_bytes: 0,
-            last_expiry: Timestamp::ZERO,
+            walker: Walker {
+                cfg,
+                stats: DecodeStats::default(),
+                frags: HashMap::with_hasher(foldhash::fast::RandomState::default()),
+                frag_bytes: 0,
+                last_expiry: Timestamp::ZERO,
+                done: Vec::new(),
+            },
             reassembled: Vec::new(),
         }
     }
 
     pub fn stats(&self) -> &DecodeStats {
-        &self.stats
+        &self.walker.stats
     }
 
     /// Decodes one frame captured on a `link` interface at packet time `ts`.
@@ -199,55 +215,57 @@ impl Decoder {
         frame: &'a [u8],
         ts: Timestamp,
     ) -> Result<Decoded<'a>, DecodeError> {
-        self.stats.frames += 1;
-        let step = self.link(link, frame, ts);
+        let Decoder {
+            walker,
+            reassembled,
+        } = self;
+        walker.stats.frames += 1;
+        let step = match walker.link(link, frame, ts) {
+            Ok(Step::Reassembled {
+                src,
+                dst,
+                tunnel,
+                proto,
+                depth,
+            }) => {
+                std::mem::swap(reassembled, &mut walker.done);
+                let data: &'a Vec<u8> = reassembled;
+                match proto {
+                    IPPROTO_TCP => {
+                        let verify = walker.cfg.verify_checksums;
+                        let stats = &mut walker.stats;
+                        tcp_segment(stats, verify, data, Some(data.len()), src, dst, tunnel)
+                            .map(Step::Done)
+                    }
+                    IPPROTO_UDP => walker.udp(data, tunnel, depth, ts),
+                    IPPROTO_GRE => walker.gre(data, tunnel, depth, ts),
+                    _ => Ok(Step::Done(Decoded::NotTcp)),
+                }
+            }
+            other => other,
+        };
         let r = match step {
             Ok(Step::Done(d)) => Ok(d),
-            Ok(Step::Reassembled { src, dst, tunnel }) => {
-                // The datagram now lives in the decoder's buffer: the last use of `self`.
-                let len = self.reassembled.len();
-                let verify = self.cfg.verify_checksums;
-                let r = tcp_segment(
-                    &mut self.stats,
-                    verify,
-                    &self.reassembled,
-                    Some(len),
-                    src,
-                    dst,
-                    tunnel,
-                );
-                return match r {
-                    Ok(seg) => {
-                        self.stats.tcp_segments += 1;
-                        Ok(seg)
-                    }
-                    Err(e) => {
-                        *self
-                            .stats
-                            .errors_by_layer
-                            .entry(e.layer().as_str())
-                            .or_default() += 1;
-                        Err(e)
-                    }
-                };
+            // A fragmented datagram inside a reassembled fragmented carrier: one level of
+            // reassembly is followed, a second is counted and dropped.
+            Ok(Step::Reassembled { .. }) => {
+                walker.stats.frag_nested_unsupported += 1;
+                Ok(Decoded::NotTcp)
             }
             Err(e) => Err(e),
         };
+        let stats = &mut walker.stats;
         match &r {
-            Ok(Decoded::Tcp(_)) => self.stats.tcp_segments += 1,
-            Ok(Decoded::NotTcp) => self.stats.not_tcp += 1,
-            Ok(Decoded::FragmentHeld) => self.stats.fragments_held += 1,
-            Err(e) => {
-                *self
-                    .stats
-                    .errors_by_layer
-                    .entry(e.layer().as_str())
-                    .or_default() += 1
-            }
+            Ok(Decoded::Tcp(_)) => stats.tcp_segments += 1,
+            Ok(Decoded::NotTcp) => stats.not_tcp += 1,
+            Ok(Decoded::FragmentHeld) => stats.fragments_held += 1,
+            Err(e) => *stats.errors_by_layer.entry(e.layer().as_str()).or_default() += 1,
         }
         r
     }
+}
 
+impl Walker {
     fn link<'a>(
         &mut self,
         link: LinkType,
@@ -383,15 +401,11 @@ impl Decoder {
                 }
                 if v4.is_payload_fragmented() {
                     self.stats.ipv4_fragments += 1;
-                    if proto != IPPROTO_TCP {
-                        // Only TCP is followed through fragments: holding others would
-                        // let unrelated fragments crowd TCP out of the pool.
+                    if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_GRE) {
+                        // Only TCP and possible tunnel carriers (VXLAN/GENEVE over UDP,
+                        // GRE/ERSPAN, fragmented when the mirror's MTU is too small) are
+                        // followed: holding others would crowd them out of the pool.
                         self.stats.frag_not_tcp += 1;
-                        if matches!(proto, IPPROTO_UDP | IPPROTO_GRE) {
-                            // A fragmented tunnel carrier (VXLAN/GRE over a small MTU) is
-                            // not followed yet: counted so operators can raise the MTU.
-                            self.stats.frag_tunnel_unsupported += 1;
-                        }
                         return Ok(Step::Done(Decoded::NotTcp));
                     }
                     let key = FragKey {
@@ -408,7 +422,7 @@ impl Decoder {
                             reason: "fragment cut by snaplen",
                         });
                     }
-                    return self.fragment(key, offset, h.more_fragments(), pl.payload, ts);
+                    return self.fragment(key, offset, h.more_fragments(), pl.payload, depth, ts);
                 }
                 (usize::from(h.total_len())).checked_sub(usize::from(h.ihl()) * 4)
             }
@@ -523,7 +537,7 @@ fn tcp_segment<'a>(
     }))
 }
 
-impl Decoder {
+impl Walker {
     fn enter(&self, depth: usize) -> Result<usize, DecodeError> {
         if depth >= self.cfg.max_tunnel_depth {
             return Err(DecodeError::TunnelTooDeep {
@@ -694,6 +708,7 @@ impl Decoder {
         offset: usize,
         more: bool,
         data: &'a [u8],
+        depth: usize,
         ts: Timestamp,
     ) -> Result<Step<'a>, DecodeError> {
         self.expire(ts);
@@ -765,16 +780,14 @@ impl Decoder {
         };
         self.frag_bytes = self.frag_bytes.saturating_sub(dg.data.len());
         self.stats.ipv4_reassembled += 1;
-        self.reassembled = dg.data;
-        let (src, dst) = (IpAddr::from(key.src), IpAddr::from(key.dst));
-        match key.proto {
-            IPPROTO_TCP => Ok(Step::Reassembled {
-                src,
-                dst,
-                tunnel: key.tunnel,
-            }),
-            _ => Ok(Step::Done(Decoded::NotTcp)),
-        }
+        self.done = dg.data;
+        Ok(Step::Reassembled {
+            src: IpAddr::from(key.src),
+            dst: IpAddr::from(key.dst),
+            tunnel: key.tunnel,
+            proto: key.proto,
+            depth,
+        })
     }
 
     /// Drops datagrams whose fragments did not all arrive in time (packet time).
@@ -1194,6 +1207,44 @@ mod tests {
             Ok(Decoded::Tcp(_))
         ));
         assert_eq!(d.stats().frag_not_tcp, 3);
+    }
+
+    #[test]
+    fn fragmented_vxlan_carrier_is_reassembled_and_followed() {
+        // A 400-byte inner request in VXLAN, the outer UDP datagram cut in two fragments.
+        let inner = eth_tcp(&[b'q'; 400]);
+        let outer = udp(4789, &vxlan(77, &inner), [1, 1, 1, 1]);
+        let ip = &outer[14..];
+        let transport = &ip[20..];
+        let mut frames = Vec::new();
+        for (a, b) in [(0usize, 256usize), (256, transport.len())] {
+            let mut h = etherparse::Ipv4Header::new(
+                (b - a) as u16,
+                64,
+                etherparse::IpNumber(17),
+                [1, 1, 1, 1],
+                [192, 168, 0, 9],
+            )
+            .expect("header");
+            h.identification = 4242;
+            h.more_fragments = b < transport.len();
+            h.fragment_offset = etherparse::IpFragOffset::try_new((a / 8) as u16).expect("offset");
+            h.header_checksum = h.calc_header_checksum();
+            let mut f = outer[..14].to_vec();
+            h.write(&mut f).expect("write");
+            f.extend_from_slice(&transport[a..b]);
+            frames.push(f);
+        }
+        let mut d = dec();
+        assert!(matches!(
+            d.decode(LinkType::Ethernet, &frames[1], Timestamp(1)),
+            Ok(Decoded::FragmentHeld)
+        ));
+        let (t, _, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &frames[0]);
+        assert_eq!(p, vec![b'q'; 400]);
+        assert_ne!(t, TunnelId(0));
+        assert_eq!(d.stats().tunnels_vxlan, 1);
+        assert_eq!(d.stats().ipv4_reassembled, 1);
     }
 
     #[test]
