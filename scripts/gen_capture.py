@@ -69,6 +69,7 @@ from record_samples import (  # noqa: E402  (the helpers live beside this script
     Tcpdump,
     build_request,
     chunk_encode,
+    nginx_conf_head,
     nginx_version,
     pick_port,
     port_is_free,
@@ -133,23 +134,7 @@ def write_docroot(www: Path) -> dict[str, str]:
 
 
 def nginx_conf(work: Path, port: int, workers: int) -> str:
-    return f"""daemon off;
-master_process on;
-worker_processes {workers};
-user root;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/tmp/body;
-    proxy_temp_path {work}/tmp/proxy;
-    fastcgi_temp_path {work}/tmp/fastcgi;
-    uwsgi_temp_path {work}/tmp/uwsgi;
-    scgi_temp_path {work}/tmp/scgi;
-    types {{ application/json json; text/html html; }}
-    default_type application/json;
-    keepalive_timeout 120s;
+    return nginx_conf_head(work, workers, 4096) + f"""    keepalive_timeout 120s;
     keepalive_requests 1000000;
     gzip on;
     gzip_types application/json;

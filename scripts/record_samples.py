@@ -1074,15 +1074,17 @@ de-chunks and does not decode gzip), bytes it sent as body, and the local port o
 # Sample 3: nginx-pipelined
 
 
-def nginx_sample_conf(work: Path, port: int) -> str:
-    return f"""# nginx config for the nginx-pipelined sample (scripts/record_samples.py)
-daemon off;
+def nginx_conf_head(work: Path, workers: int, connections: int) -> str:
+    """The part of an nginx config every recording shares: a foreground server that keeps
+    all its files under `work`, opening the `http {` block (callers add settings, servers
+    and the closing brace)."""
+    return f"""daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 user root;
 pid {work}/nginx.pid;
 error_log {work}/error.log warn;
-events {{ worker_connections 256; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {work}/tmp/body;
@@ -1092,7 +1094,13 @@ http {{
     scgi_temp_path {work}/tmp/scgi;
     types {{ application/json json; text/html html; }}
     default_type application/json;
-    server_tokens on;
+"""
+
+
+def nginx_sample_conf(work: Path, port: int) -> str:
+    return "# nginx config for the nginx-pipelined sample (scripts/record_samples.py)\n" + nginx_conf_head(
+        work, 1, 256
+    ) + f"""    server_tokens on;
     keepalive_timeout 30s;
     keepalive_requests 1000;
     gzip on;

@@ -2,10 +2,9 @@
 //! `Verifier::attest`, `Verifier::identify` and `token::verify_command`.
 
 use serde::Deserialize;
+use shieldtap::config::Config;
 use shieldtap::http::Header;
-use shieldtap::token::{
-    RawAttestation, RawIdentity, TokenConfig, TokenHash, Verdict, Verifier, verify_command,
-};
+use shieldtap::token::{TokenConfig, TokenHash, Verdict, Verifier, verify_command};
 
 #[derive(Deserialize)]
 struct Fixtures {
@@ -47,14 +46,6 @@ struct ExpectVerify {
     verdict: String,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Doc {
-    #[serde(default)]
-    attestation: Vec<RawAttestation>,
-    identity: Option<RawIdentity>,
-}
-
 fn load() -> Fixtures {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -64,11 +55,11 @@ fn load() -> Fixtures {
         .expect("fixtures parse")
 }
 
+/// The case's config through the same parser `--config` uses.
 fn config(case: &Case) -> TokenConfig {
-    let doc: Doc =
-        toml::from_str(&case.config).unwrap_or_else(|e| panic!("{}: config: {e}", case.name));
-    TokenConfig::from_raw(&doc.attestation, doc.identity.as_ref())
+    Config::parse(&case.config, &case.name)
         .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+        .token
 }
 
 fn headers(pairs: &[(String, String)]) -> Vec<Header> {
