@@ -17,7 +17,7 @@
 //! bytes per worker; every cap hit is counted. There is no per-flow depth limit: a long
 //! keep-alive connection is followed to its end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -244,7 +244,7 @@ struct Half {
     /// Stream offset of the next byte to deliver.
     next_off: u64,
     /// Out-of-order pieces sorted by `off`, non-overlapping.
-    ooo: Vec<Piece>,
+    ooo: VecDeque<Piece>,
     ooo_bytes: usize,
     /// Packet time when the current hole (the first out-of-order piece) appeared.
     hole_since: Option<Timestamp>,
@@ -272,11 +272,13 @@ impl Half {
 
     /// Delivers contiguous buffered pieces that now start at or before `next_off`.
     fn drain(&mut self, ts: Timestamp, buffered: &mut usize, emit: &mut dyn FnMut(Ev<'_>)) {
-        while let Some(first) = self.ooo.first() {
+        while let Some(first) = self.ooo.front() {
             if first.off > self.next_off {
                 break;
             }
-            let p = self.ooo.remove(0);
+            let Some(p) = self.ooo.pop_front() else {
+                break;
+            };
             self.ooo_bytes -= p.data.len();
             *buffered -= p.data.len();
             if p.end() <= self.next_off {
@@ -305,7 +307,7 @@ impl Half {
 
     /// Declares the hole before the first buffered piece lost, then delivers what follows.
     fn skip_hole(&mut self, ts: Timestamp, buffered: &mut usize, emit: &mut dyn FnMut(Ev<'_>)) {
-        if let Some(first) = self.ooo.first() {
+        if let Some(first) = self.ooo.front() {
             let hole = first.off.saturating_sub(self.next_off);
             if hole > 0 {
                 emit(Ev::Gap(hole));
