@@ -94,8 +94,11 @@ fn bench(c: &mut Criterion) {
     let path = file.path().to_path_buf();
     let cfg = Config::default();
 
+    // The built-in rule pack runs, as in `shieldtap replay` without `--rules`.
+    let rules = shieldtap::rules::builtin().expect("built-in rules");
     let summary = runtime::replay(
         &cfg,
+        rules.clone(),
         std::slice::from_ref(&path),
         1,
         Outputs::default(),
@@ -124,6 +127,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             runtime::replay(
                 &cfg,
+                rules.clone(),
                 std::slice::from_ref(&path),
                 1,
                 Outputs::default(),

@@ -22,6 +22,12 @@ pub mod http;
 
 pub mod token;
 
+pub mod actor;
+
+pub mod rules;
+
+pub mod detect;
+
 pub mod output;
 
 pub mod telemetry;

@@ -15,7 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use shieldtap::capture::Progress;
 use shieldtap::config::Config;
 use shieldtap::output::Summary;
-use shieldtap::runtime::{self, Outputs, RunError};
+use shieldtap::rules::{self, RuleErrors, RuleSet};
+use shieldtap::runtime::{self, AlertSink, Outputs, ReloadSources, RunError};
 use shieldtap::telemetry::{self, LogFormat};
 
 /// Passive shield for the APIs behind mobile apps: reassembles mirrored HTTP traffic,
@@ -71,6 +72,22 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Rule tools.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Validate a rules folder (default: the built-in pack) and run the test cases its
+    /// files carry. Prints `file:line:col: message` per problem. Exit 0 when everything is
+    /// valid and every test passes, 2 when a rule file is invalid, 1 when a test fails.
+    Check {
+        /// Rules folder; without it the built-in pack is checked.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +120,12 @@ struct Common {
     /// TOML config file; without it the embedded defaults apply.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Rules folder replacing the built-in pack (every *.yaml file in it).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Alerts as JSON lines (`-` is stdout).
+    #[arg(long, default_value = "-")]
+    alerts_out: PathBuf,
     /// One JSON line per HTTP transaction (`-` is stdout).
     #[arg(long)]
     transactions_out: Option<PathBuf>,
@@ -124,6 +147,7 @@ fn main() -> ExitCode {
             eprintln!("shieldtap: error: {e:#}");
             if e.downcast_ref::<shieldtap::config::ConfigError>().is_some()
                 || e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<RuleErrors>().is_some()
                 || matches!(e.downcast_ref::<RunError>(), Some(RunError::Token(_)))
             {
                 ExitCode::from(2)
@@ -154,7 +178,57 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
 
 fn outputs(common: &Common) -> anyhow::Result<Outputs> {
     let transactions = common.transactions_out.as_ref().map(open_out).transpose()?;
-    Ok(Outputs { transactions })
+    let alerts = AlertSink::Writer(open_out(&common.alerts_out)?);
+    Ok(Outputs {
+        transactions,
+        alerts,
+    })
+}
+
+fn load_rules(dir: Option<&PathBuf>) -> Result<RuleSet, RuleErrors> {
+    match dir {
+        Some(d) => rules::load_dir(d),
+        None => rules::builtin(),
+    }
+}
+
+/// `rules check`: problems, then test results; the exit status says which kind failed.
+fn rules_check(dir: Option<&PathBuf>) -> ExitCode {
+    let set = match load_rules(dir) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors.0 {
+                println!("{e}");
+            }
+            eprintln!("shieldtap: {} problem(s) in the rules", errors.0.len());
+            return ExitCode::from(2);
+        }
+    };
+    let report = runtime::check_rules(&set);
+    for t in &report.passed {
+        println!("ok    {t}");
+    }
+    for (t, why) in &report.skipped {
+        println!("skip  {t}: {why}");
+    }
+    for (t, why) in &report.failed {
+        println!("FAIL  {t}:{why}");
+    }
+    println!(
+        "{}: {} rules ({} disabled) in {} files; tests: {} passed, {} failed, {} skipped",
+        set.source,
+        set.rules.len(),
+        set.disabled.len(),
+        set.files,
+        report.passed.len(),
+        report.failed.len(),
+        report.skipped.len()
+    );
+    if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn write_summary(common: &Common, summary: &Summary) -> anyhow::Result<()> {
@@ -196,12 +270,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
+        Command::Rules {
+            command: RulesCommand::Check { dir },
+        } => Ok(rules_check(dir.as_ref())),
         Command::Replay {
             captures,
             common,
             no_progress,
         } => {
             let cfg = load_config(&common)?;
+            let rules = load_rules(common.rules.as_ref())?;
             let workers = runtime::worker_count(&cfg, common.workers);
             let progress = Progress::default();
             let total: u64 = captures
@@ -211,7 +289,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .sum();
             let bar = (!no_progress && std::io::stderr().is_terminal())
                 .then(|| spawn_progress(&progress, total));
-            let result = runtime::replay(&cfg, &captures, workers, outputs(&common)?, &progress);
+            let result = runtime::replay(
+                &cfg,
+                rules,
+                &captures,
+                workers,
+                outputs(&common)?,
+                &progress,
+            );
             if let Some((stop, h)) = bar {
                 stop.store(true, Ordering::Relaxed);
                 let _ = h.join();
@@ -234,6 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             common,
         } => {
             let mut cfg = load_config(&common)?;
+            let rules = load_rules(common.rules.as_ref())?;
             if let Some(b) = bpf {
                 cfg.capture.bpf = Some(b);
             }
@@ -254,7 +340,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .context("installing signal handlers")?;
             }
             tracing::info!(interfaces = ?interfaces, workers, "capturing");
-            let summary = runtime::run_live(&cfg, &interfaces, workers, outputs(&common)?, stop)?;
+            let reload = ReloadSources {
+                config: common.config.clone(),
+                rules: common.rules.clone(),
+            };
+            tracing::info!(source = %rules.source, rules = rules.rules.len(), "rules loaded");
+            let summary = runtime::run_live(
+                &cfg,
+                rules,
+                &interfaces,
+                workers,
+                outputs(&common)?,
+                stop,
+                reload,
+            )?;
             eprint!("{}", summary.human());
             write_summary(&common, &summary)?;
             Ok(ExitCode::SUCCESS)

@@ -22,6 +22,8 @@ fn replay(workers: &str) -> Vec<Value> {
             &format!("{SAMPLE}/shieldtap.toml"),
             "--transactions-out",
             "-",
+            "--alerts-out",
+            "/dev/null",
             "--workers",
             workers,
         ])

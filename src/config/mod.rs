@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::capture::LiveConfig;
 use crate::decode::DecodeConfig;
+use crate::detect::DetectConfig;
 use crate::http::HttpConfig;
 use crate::reassembly::ReassemblyConfig;
 use crate::token::{RawAttestation, RawIdentity, TokenConfig};
@@ -25,6 +26,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub token: TokenConfig,
     pub runtime: RuntimeConfig,
+    pub detect: DetectConfig,
 }
 
 /// Threads and queues (config section `[runtime]`).
@@ -77,6 +79,17 @@ struct RawConfig {
     attestation: Vec<RawAttestation>,
     /// `[identity]`: the user token and client address attribution.
     identity: Option<RawIdentity>,
+    #[serde(default)]
+    detect: RawDetect,
+}
+
+/// `[detect]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDetect {
+    /// Keys (actors, devices, tokens) tracked per rule; at the cap new keys are counted,
+    /// not tracked, until idle ones are swept.
+    max_keys_per_rule: Option<usize>,
 }
 
 /// `[capture]`: live capture options (`run`).
@@ -162,7 +175,7 @@ impl Config {
         })?;
         let err = |key: &str, msg: &str| ConfigError {
             file: file.to_string(),
-            position: None,
+            position: key_position(text, key),
             message: format!("{key}: {msg}"),
         };
         let secs = |key: &str,
@@ -313,14 +326,71 @@ impl Config {
         c.runtime.max_flows = positive("runtime.max_flows", rt.max_flows, c.runtime.max_flows)?;
 
         c.token = TokenConfig::from_raw(&raw.attestation, raw.identity.as_ref()).map_err(|m| {
+            // Token messages start with the key path (`attestation[0].secret_base64: ...`).
+            let key = m.split(": ").next().unwrap_or_default();
             ConfigError {
                 file: file.to_string(),
-                position: None,
+                position: key_position(text, key),
                 message: m,
             }
         })?;
+
+        if let Some(n) = raw.detect.max_keys_per_rule {
+            if !(1..=10_000_000).contains(&n) {
+                return Err(err("detect.max_keys_per_rule", "expected 1 to 10000000"));
+            }
+            c.detect.max_keys_per_rule = n;
+        }
         Ok(c)
     }
+}
+
+/// 1-based line and column of the value of a dotted key path (`reassembly.idle_timeout_secs`,
+/// `attestation[1].secret_base64`, `decode.vxlan_ports[0]`), or of the deepest part of the
+/// path that exists, so a validation error points where the user must edit.
+fn key_position(text: &str, path: &str) -> Option<(usize, usize)> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table: &DeTable<'_> = root.get_ref();
+    let mut found: Option<std::ops::Range<usize>> = None;
+    let mut value: Option<&DeValue<'_>> = None;
+    for seg in path.split('.') {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        if let Some(v) = value {
+            match v {
+                DeValue::Table(t) => table = t,
+                _ => break,
+            }
+        }
+        let Some((_, v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name) else {
+            break;
+        };
+        found = Some(v.span());
+        value = Some(v.get_ref());
+        if let Some(i) = index {
+            let Some(DeValue::Array(items)) = value else {
+                break;
+            };
+            let Some(item) = items.get(i) else { break };
+            found = Some(item.span());
+            value = Some(item.get_ref());
+        }
+    }
+    let span = found?;
+    Some(line_col(text, span.start))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
 }
 
 /// 1-based line and column of a toml error, so the user can jump to it.
@@ -394,5 +464,32 @@ mod tests {
         assert!(e.to_string().contains("runtime.workers"), "{e}");
         let e = Config::parse("[decode]\nvxlan_ports = [70000]\n", "c.toml").expect_err("port");
         assert!(e.to_string().starts_with("c.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_point_at_the_value() {
+        let e = Config::parse("[reassembly]\n\nidle_timeout_secs = -1\n", "c.toml")
+            .expect_err("negative");
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:3:21: reassembly.idle_timeout_secs: "),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[[attestation]]\nname = \"a\"\n[[attestation]]\nname = \"b\"\nsecret_base64 = \"***\"\n",
+            "c.toml",
+        )
+        .expect_err("bad base64");
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:5:17: attestation[1].secret_base64"),
+            "{e}"
+        );
+        let e = Config::parse("[detect]\nmax_keys_per_rule = 0\n", "c.toml").expect_err("zero");
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:2:21: detect.max_keys_per_rule"),
+            "{e}"
+        );
     }
 }

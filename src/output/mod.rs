@@ -1,10 +1,12 @@
-//! Output: transaction records (JSON lines) and the end-of-run summary.
+//! Output: transaction records (JSON lines), redaction, and the end-of-run summary.
 //!
 //! Input: transactions with their connection, from the workers; stage counters at the end.
 //! Output: one JSON object per transaction (fields in INTERFACE.md) written by a single
 //! writer thread from line buffers the workers fill, and the [`Summary`] as JSON or as a
 //! human report. The transaction record never carries header values, bodies or the query
 //! string (tokens travel there); only the path, method, status, sizes and anomalies.
+
+pub mod redact;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use serde::Serialize;
 
 use crate::capture::{CaptureStats, Timestamp};
 use crate::decode::DecodeStats;
+use crate::detect::DetectStats;
 use crate::http::{HttpStats, Transaction, header};
 use crate::reassembly::{ConnInfo, ReassemblyStats};
 use crate::token::{Attestation, TokenStats, UserId, Verdict};
@@ -175,6 +178,22 @@ pub struct Summary {
     pub token: TokenStats,
     pub queue: QueueStats,
     pub transactions_written: u64,
+    pub detect: DetectStats,
+    /// Alerts written (after aggregation).
+    pub alerts_written: u64,
+    /// Where the rules came from (`built-in` or the folder) and how many are enabled.
+    pub rules_source: String,
+    pub rules_enabled: usize,
+    pub reloads: ReloadStats,
+}
+
+/// Reloads of config and rules (`run`: SIGHUP or a change in the rules folder).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReloadStats {
+    pub rules_ok: u64,
+    pub rules_failed: u64,
+    pub config_ok: u64,
+    pub config_failed: u64,
 }
 
 /// Hand-off between the capture thread and the workers.
@@ -245,6 +264,23 @@ impl Summary {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             s.push_str(&format!("  decode errors: {}\n", kinds.join(" ")));
+        }
+        let d = &self.detect;
+        s.push_str(&format!(
+            "  rules {} ({}), alerts {} ({} follow-ups, {} requests aggregated)\n",
+            self.rules_enabled,
+            self.rules_source,
+            self.alerts_written,
+            d.follow_up_alerts,
+            d.aggregated_events
+        ));
+        if !d.alerts_by_rule.is_empty() {
+            let by: Vec<String> = d
+                .alerts_by_rule
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            s.push_str(&format!("  alerts by rule: {}\n", by.join(" ")));
         }
         if c.truncated_files + c.corrupt_files > 0 {
             s.push_str(&format!(

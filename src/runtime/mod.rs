@@ -10,25 +10,37 @@
 //! dropped and counted, so a slow worker never stalls the kernel ring. Time is packet time:
 //! batches carry the capture clock so idle workers still expire flows.
 
+mod check;
+mod ordering;
+mod reload;
+
+pub use check::{CheckReport, check_rules};
+pub use reload::ReloadSources;
+
 use std::hash::BuildHasher;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
+use crate::actor::{self, Attribution};
 use crate::capture::{self, CaptureError, CaptureStats, FileEnd, Frame, Progress, Timestamp};
 use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LinkType, TcpFlags, TcpSegment, TunnelId};
-use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction};
-use crate::output::{QueueStats, Summary, write_transaction};
+use crate::detect::{Alert, Event};
+use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
+use crate::output::{QueueStats, ReloadStats, Summary, path_of, route_of, write_transaction};
 use crate::reassembly::{
     CloseReason, ConnInfo, Direction, FlowKey, FlowTable, ReassemblyStats, StreamHandler,
 };
-use crate::token::Verifier;
+use crate::rules::RuleSet;
+use crate::token::{Attestation, UserId, Verdict, Verifier};
 
 /// Segments per batch handed to a worker.
 const BATCH_SEGMENTS: usize = 512;
@@ -43,6 +55,60 @@ const LINES_FLUSH_BYTES: usize = 256 * 1024;
 #[derive(Default)]
 pub struct Outputs {
     pub transactions: Option<Box<dyn Write + Send>>,
+    pub alerts: AlertSink,
+}
+
+/// Where alerts go.
+#[derive(Default)]
+pub enum AlertSink {
+    /// Not written (detection still runs and is counted).
+    #[default]
+    Discard,
+    /// JSON lines.
+    Writer(Box<dyn Write + Send>),
+    /// Kept in memory (rule tests).
+    Collect(Arc<Mutex<Vec<Alert>>>),
+}
+
+/// What judges each request; swapped whole when the config is reloaded.
+pub struct Judges {
+    pub verifier: Verifier,
+    pub attribution: Attribution,
+}
+
+impl Judges {
+    pub fn new(cfg: &Config) -> Result<Judges, RunError> {
+        let attribution = cfg
+            .token
+            .identity
+            .as_ref()
+            .map(|id| Attribution {
+                client_ip_headers: id.client_ip_headers.clone(),
+                trusted_proxies: id.trusted_proxies.clone(),
+            })
+            .unwrap_or_default();
+        Ok(Judges {
+            verifier: Verifier::new(cfg.token.clone())?,
+            attribution,
+        })
+    }
+}
+
+/// State shared by every thread of a run and replaced by reloads.
+pub struct Shared {
+    pub judges: ArcSwap<Judges>,
+    pub rules: ArcSwap<RuleSet>,
+    pub reloads: Mutex<ReloadStats>,
+}
+
+impl Shared {
+    pub fn new(cfg: &Config, rules: RuleSet) -> Result<Arc<Shared>, RunError> {
+        Ok(Arc::new(Shared {
+            judges: ArcSwap::from_pointee(Judges::new(cfg)?),
+            rules: ArcSwap::from_pointee(rules),
+            reloads: Mutex::new(ReloadStats::default()),
+        }))
+    }
 }
 
 /// A segment's header fields; its payload lives in the batch arena.
@@ -224,32 +290,65 @@ fn copy_meta(seg: &TcpSegment<'_>, ts: Timestamp) -> SegMeta {
     }
 }
 
-/// The per-worker end of the pipeline: reassembled streams → HTTP → records.
+/// Per-connection state: the HTTP parser and how many transactions it has produced (the
+/// per-connection sequence number orders events of pipelined requests).
+struct ConnState {
+    http: HttpConn,
+    seq: u64,
+}
+
+/// The per-worker end of the pipeline: reassembled streams → HTTP → token → records and
+/// detection events.
 struct HttpHandler {
     cfg: HttpConfig,
-    verifier: Arc<Verifier>,
+    shared: Arc<Shared>,
     txs: Vec<Transaction>,
     stats: HttpStats,
     lines: Vec<u8>,
     written: u64,
     write_lines: bool,
+    events: Vec<ordering::Ordered>,
 }
 
 impl HttpHandler {
-    fn drain(&mut self, conn: &ConnInfo, swapped: bool) {
+    fn drain(&mut self, st: &mut ConnState, conn: &ConnInfo, at: Timestamp) {
+        let swapped = st.http.swapped();
+        let judges = self.shared.judges.load();
         for tx in self.txs.drain(..) {
             self.written += 1;
+            st.seq += 1;
             // Every request is judged by its token, on packet time.
             let (att, user) = match &tx.request {
                 Some(req) => {
                     let now = req.ts.as_secs_f64();
                     (
-                        Some(self.verifier.attest(&req.headers, &req.target, now)),
-                        self.verifier.identify(&req.headers, now),
+                        Some(judges.verifier.attest(&req.headers, &req.target, now)),
+                        judges.verifier.identify(&req.headers, now),
                     )
                 }
                 None => (None, None),
             };
+            let (client, server) = if swapped {
+                (conn.server, conn.client)
+            } else {
+                (conn.client, conn.server)
+            };
+            if let Some(ev) = event(
+                &judges.attribution,
+                client,
+                &tx,
+                att.as_ref(),
+                user.as_ref(),
+            ) {
+                self.events.push(ordering::Ordered {
+                    at,
+                    ts: ev.ts,
+                    client,
+                    server,
+                    seq: st.seq,
+                    event: ev,
+                });
+            }
             if self.write_lines {
                 write_transaction(
                     &mut self.lines,
@@ -271,25 +370,83 @@ fn http_dir(d: Direction) -> Dir {
     }
 }
 
-impl StreamHandler for HttpHandler {
-    type State = HttpConn;
+/// What detection sees of a transaction that has a request.
+fn event(
+    attribution: &Attribution,
+    client: SocketAddr,
+    tx: &Transaction,
+    att: Option<&Attestation>,
+    user: Option<&UserId>,
+) -> Option<Event> {
+    let req = tx.request.as_ref()?;
+    let route = route_of(path_of(&req.target));
+    let host = header(&req.headers, "host").map(host_name);
+    let now = req.ts.as_secs_f64();
+    Some(Event {
+        ts: req.ts,
+        actor: actor::actor(attribution, client.ip(), &req.headers, att, user),
+        method: Some(method_name(&req.method)),
+        host,
+        route: Some(route.into()),
+        status: tx.response.as_ref().map(|r| r.status),
+        family: att.map(|a| a.family.clone()),
+        verdict: att.map_or(Verdict::Missing, |a| a.verdict),
+        token: att.and_then(|a| a.token_hash),
+        expired_for: att
+            .filter(|a| a.verdict == Verdict::Expired)
+            .and_then(|a| a.exp)
+            .map(|exp| (now - exp).max(0.0)),
+    })
+}
 
-    fn open(&mut self, _conn: &ConnInfo) -> HttpConn {
-        HttpConn::new()
+/// A Host header as rules match it: lower case, without port or IPv6 brackets.
+fn host_name(raw: &[u8]) -> Arc<str> {
+    let h = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
+    let name = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else if h.matches(':').count() == 1 {
+        h.split(':').next().unwrap_or_default()
+    } else {
+        &h
+    };
+    Arc::from(name)
+}
+
+/// Methods as shared strings: the common ones are allocated once per thread.
+fn method_name(m: &str) -> Arc<str> {
+    thread_local! {
+        static COMMON: Vec<Arc<str>> = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+    }
+    COMMON
+        .with(|c| c.iter().find(|x| ***x == *m).cloned())
+        .unwrap_or_else(|| Arc::from(m))
+}
+
+impl StreamHandler for HttpHandler {
+    type State = ConnState;
+
+    fn open(&mut self, _conn: &ConnInfo) -> ConnState {
+        ConnState {
+            http: HttpConn::new(),
+            seq: 0,
+        }
     }
 
     fn data(
         &mut self,
-        st: &mut HttpConn,
+        st: &mut ConnState,
         conn: &ConnInfo,
         dir: Direction,
         bytes: &[u8],
         ts: Timestamp,
     ) {
-        if st.opaque() {
+        if st.http.opaque() {
             return;
         }
-        st.data(
+        st.http.data(
             &self.cfg,
             http_dir(dir),
             bytes,
@@ -298,15 +455,22 @@ impl StreamHandler for HttpHandler {
             &mut self.stats,
         );
         if !self.txs.is_empty() {
-            self.drain(conn, st.swapped());
+            self.drain(st, conn, ts);
         }
     }
 
-    fn gap(&mut self, st: &mut HttpConn, conn: &ConnInfo, dir: Direction, len: u64, ts: Timestamp) {
-        if st.opaque() {
+    fn gap(
+        &mut self,
+        st: &mut ConnState,
+        conn: &ConnInfo,
+        dir: Direction,
+        len: u64,
+        ts: Timestamp,
+    ) {
+        if st.http.opaque() {
             return;
         }
-        st.gap(
+        st.http.gap(
             &self.cfg,
             http_dir(dir),
             len,
@@ -315,14 +479,14 @@ impl StreamHandler for HttpHandler {
             &mut self.stats,
         );
         if !self.txs.is_empty() {
-            self.drain(conn, st.swapped());
+            self.drain(st, conn, ts);
         }
     }
 
-    fn close(&mut self, mut st: HttpConn, conn: &ConnInfo, _reason: CloseReason, ts: Timestamp) {
-        st.close(&self.cfg, ts, &mut self.txs, &mut self.stats);
+    fn close(&mut self, mut st: ConnState, conn: &ConnInfo, _reason: CloseReason, ts: Timestamp) {
+        st.http.close(&self.cfg, ts, &mut self.txs, &mut self.stats);
         if !self.txs.is_empty() {
-            self.drain(conn, st.swapped());
+            self.drain(&mut st, conn, ts);
         }
     }
 }
@@ -333,24 +497,33 @@ struct WorkerResult {
     written: u64,
 }
 
-fn worker(
-    cfg: Config,
-    verifier: Arc<Verifier>,
-    per_worker_flows: usize,
+/// A worker's ends of the run.
+struct WorkerIo {
+    index: usize,
     rx: Receiver<Batch>,
     lines_tx: Option<SyncSender<Vec<u8>>>,
-) -> WorkerResult {
+    events_tx: SyncSender<ordering::EventBatch>,
+}
+
+fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerIo) -> WorkerResult {
+    let WorkerIo {
+        index,
+        rx,
+        lines_tx,
+        events_tx,
+    } = io;
     let mut rcfg = cfg.reassembly.clone();
     rcfg.max_flows = per_worker_flows;
     let mut table: FlowTable<HttpHandler> = FlowTable::new(rcfg);
     let mut handler = HttpHandler {
         cfg: cfg.http.clone(),
-        verifier,
+        shared,
         txs: Vec::new(),
         stats: HttpStats::default(),
         lines: Vec::with_capacity(LINES_FLUSH_BYTES + 4096),
         written: 0,
         write_lines: lines_tx.is_some(),
+        events: Vec::new(),
     };
     let flush = |handler: &mut HttpHandler, force: bool| {
         if let Some(tx) = &lines_tx
@@ -386,9 +559,21 @@ fn worker(
         }
         table.advance(batch.now, &mut handler);
         flush(&mut handler, false);
+        // Every event this worker emits from now on is at or after `batch.now` (give or
+        // take the ordering lateness): the detect thread may release events up to it.
+        let _ = events_tx.send(ordering::EventBatch {
+            worker: index,
+            events: std::mem::take(&mut handler.events),
+            watermark: batch.now,
+        });
     }
     table.flush_all(&mut handler);
     flush(&mut handler, true);
+    let _ = events_tx.send(ordering::EventBatch {
+        worker: index,
+        events: std::mem::take(&mut handler.events),
+        watermark: Timestamp(u64::MAX),
+    });
     WorkerResult {
         reassembly: table.stats(),
         http: handler.stats,
@@ -396,20 +581,23 @@ fn worker(
     }
 }
 
-/// Worker threads and the writer, started before capture and joined after it.
+/// Worker threads, the detect thread and the writer, started before capture and joined
+/// after it.
 struct Pipeline {
-    verifier: Arc<Verifier>,
+    shared: Arc<Shared>,
     senders: Vec<SyncSender<Batch>>,
     workers: Vec<thread::JoinHandle<WorkerResult>>,
+    detect: Option<thread::JoinHandle<std::io::Result<ordering::DetectResult>>>,
     writer: Option<thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Pipeline {
     fn start(
         cfg: &Config,
-        verifier: Arc<Verifier>,
+        shared: Arc<Shared>,
         workers: usize,
         mut outputs: Outputs,
+        live: bool,
     ) -> Pipeline {
         let (lines_tx, writer) = match outputs.transactions.take() {
             Some(mut w) => {
@@ -427,6 +615,17 @@ impl Pipeline {
             }
             None => (None, None),
         };
+        let (events_tx, events_rx) = sync_channel::<ordering::EventBatch>(workers * 16);
+        let detect = {
+            let shared = shared.clone();
+            let cfg = cfg.detect.clone();
+            let sink = std::mem::take(&mut outputs.alerts);
+            thread::Builder::new()
+                .name("shieldtap-detect".into())
+                .spawn(move || ordering::run(cfg, shared, workers, events_rx, sink, live))
+                .map_err(|e| tracing::error!(error = %e, "cannot start detect thread"))
+                .ok()
+        };
         let per_worker_flows = (cfg.runtime.max_flows / workers).max(1);
         let mut senders = Vec::new();
         let mut handles = Vec::new();
@@ -434,21 +633,28 @@ impl Pipeline {
             let (tx, rx) = sync_channel::<Batch>(cfg.runtime.queue_batches);
             senders.push(tx);
             let cfg = cfg.clone();
-            let lines_tx = lines_tx.clone();
-            let v = verifier.clone();
+            let io = WorkerIo {
+                index: i,
+                rx,
+                lines_tx: lines_tx.clone(),
+                events_tx: events_tx.clone(),
+            };
+            let shared = shared.clone();
             let h = thread::Builder::new()
                 .name(format!("shieldtap-worker-{i}"))
-                .spawn(move || worker(cfg, v, per_worker_flows, rx, lines_tx));
+                .spawn(move || worker(cfg, shared, per_worker_flows, io));
             match h {
                 Ok(h) => handles.push(h),
                 Err(e) => tracing::error!(error = %e, "cannot start worker thread"),
             }
         }
         drop(lines_tx);
+        drop(events_tx);
         Pipeline {
-            verifier,
+            shared,
             senders,
             workers: handles,
+            detect,
             writer,
         }
     }
@@ -463,11 +669,24 @@ impl Pipeline {
             summary.http.merge(&r.http);
             summary.transactions_written += r.written;
         }
+        if let Some(d) = self.detect {
+            let r = d
+                .join()
+                .map_err(|_| RunError::Worker("detect thread panicked".into()))??;
+            summary.detect = r.stats;
+            summary.alerts_written = r.written;
+        }
         if let Some(w) = self.writer {
             w.join()
                 .map_err(|_| RunError::Worker("writer panicked".into()))??;
         }
-        summary.token = self.verifier.stats();
+        summary.token = self.shared.judges.load().verifier.stats();
+        let rules = self.shared.rules.load();
+        summary.rules_source = rules.source.clone();
+        summary.rules_enabled = rules.rules.len();
+        if let Ok(r) = self.shared.reloads.lock() {
+            summary.reloads = r.clone();
+        }
         Ok(())
     }
 }
@@ -497,14 +716,15 @@ pub fn worker_count(cfg: &Config, flag: Option<usize>) -> usize {
 /// Replays capture files in order through the pipeline.
 pub fn replay(
     cfg: &Config,
+    rules: RuleSet,
     files: &[PathBuf],
     workers: usize,
     outputs: Outputs,
     progress: &Progress,
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let verifier = Arc::new(Verifier::new(cfg.token.clone())?);
-    let pipeline = Pipeline::start(cfg, verifier, workers, outputs);
+    let shared = Shared::new(cfg, rules)?;
+    let pipeline = Pipeline::start(cfg, shared, workers, outputs, false);
     let mut dispatcher = Dispatcher::new(cfg, pipeline.senders.clone(), false);
     let mut first_error = None;
     for path in files {
@@ -540,16 +760,20 @@ pub fn replay(
 }
 
 /// Captures live from interfaces until `stop` is set, then drains and returns the summary.
+/// Config and rules are reloaded from `reload` on SIGHUP and when the rules folder changes.
 pub fn run_live(
     cfg: &Config,
+    rules: RuleSet,
     interfaces: &[String],
     workers: usize,
     outputs: Outputs,
     stop: Arc<AtomicBool>,
+    reload: ReloadSources,
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let verifier = Arc::new(Verifier::new(cfg.token.clone())?);
-    let pipeline = Pipeline::start(cfg, verifier, workers, outputs);
+    let shared = Shared::new(cfg, rules)?;
+    let reloader = reload::start(reload, shared.clone(), stop.clone());
+    let pipeline = Pipeline::start(cfg, shared, workers, outputs, true);
     let mut captures = Vec::new();
     for iface in interfaces {
         let senders = pipeline.senders.clone();
@@ -605,6 +829,9 @@ pub fn run_live(
                 }))
             }
         }
+    }
+    if let Some(r) = reloader {
+        r.stop();
     }
     pipeline.join(&mut summary)?;
     summary.elapsed_secs = started.elapsed().as_secs_f64();

@@ -150,7 +150,7 @@ impl Serialize for BindingState {
 
 /// The first 48 bits of a token's SHA-256, shown as 12 hex digits: enough to correlate
 /// requests, useless for replaying the token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenHash([u8; 6]);
 
 impl TokenHash {
@@ -194,6 +194,9 @@ pub struct Attestation {
     /// The token's `ip` claim (the address the attester saw), under the same condition as
     /// `device`.
     pub ip: Option<Arc<str>>,
+    /// The token's `exp` (Unix seconds), under the same condition as `device`: detectors
+    /// measure how long after expiry a token is still used.
+    pub exp: Option<f64>,
 }
 
 impl Serialize for Attestation {
@@ -486,6 +489,7 @@ impl Family {
             token_hash: j.token_hash,
             status_value: j.status_value.clone(),
             ip: believed.and_then(|f| f.ip.clone()),
+            exp: believed.map(|f| f.exp).filter(|e| e.is_finite()),
         }
     }
 }

@@ -1,0 +1,154 @@
+//! Actor: who made a request.
+//!
+//! Input: a transaction's connection, request headers and token judgements. Output: an
+//! [`Actor`]: the client address (the connection's, or the original client's from a
+//! forwarding header when the connection comes from a trusted proxy), the attested device
+//! id, and the user id when the identity token can be believed. Only believed values are
+//! used: a forged token names no device, an unverifiable user token no user. Attribution
+//! never depends on seeing every flow of an actor: each request carries its own.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::http::Header;
+use crate::token::{Attestation, Cidr, UserId, Verdict};
+
+/// Most addresses read from one forwarding header: an attacker controls its length.
+const MAX_FORWARDED_HOPS: usize = 32;
+
+/// The client as attributed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Actor {
+    pub ip: IpAddr,
+    pub device: Option<Arc<str>>,
+    pub user: Option<Arc<str>>,
+}
+
+/// How client addresses are attributed (from `[identity]`).
+#[derive(Clone, Debug, Default)]
+pub struct Attribution {
+    /// Headers carrying the original client (`X-Forwarded-For`), lower-case.
+    pub client_ip_headers: Vec<String>,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Attribution {
+    /// The client address: the connection's peer, unless it is a trusted proxy, in which
+    /// case the right-most address of the first forwarding header that is not itself a
+    /// trusted proxy (the left part of the header is client-controlled and ignored).
+    pub fn client_ip(&self, peer: IpAddr, headers: &[Header]) -> IpAddr {
+        if self.trusted_proxies.is_empty() || !self.is_trusted(peer) {
+            return peer;
+        }
+        for name in &self.client_ip_headers {
+            let Some(h) = headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)) else {
+                continue;
+            };
+            let Ok(text) = std::str::from_utf8(&h.value) else {
+                return peer;
+            };
+            let hops: Vec<&str> = text.rsplit(',').take(MAX_FORWARDED_HOPS).collect();
+            for hop in hops {
+                let Some(ip) = parse_hop(hop.trim()) else {
+                    // A malformed entry ends the trusted chain: what lies left of it is
+                    // not believable.
+                    return peer;
+                };
+                if !self.is_trusted(ip) {
+                    return ip;
+                }
+            }
+            return peer;
+        }
+        peer
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// An address as forwarding headers write it: `1.2.3.4`, `1.2.3.4:5678`, `[::1]:80`, `::1`.
+fn parse_hop(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse().ok())
+}
+
+/// Builds the actor of one request.
+pub fn actor(
+    attribution: &Attribution,
+    peer: IpAddr,
+    headers: &[Header],
+    attestation: Option<&Attestation>,
+    user: Option<&UserId>,
+) -> Actor {
+    Actor {
+        ip: attribution.client_ip(peer, headers),
+        device: attestation.and_then(|a| a.device.clone()),
+        user: user
+            .filter(|u| matches!(u.verdict, Verdict::Valid | Verdict::Unverified))
+            .map(|u| u.id.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    fn attribution(proxies: &[&str]) -> Attribution {
+        Attribution {
+            client_ip_headers: vec!["x-forwarded-for".into()],
+            trusted_proxies: proxies.iter().map(|p| p.parse().unwrap()).collect(),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peers_are_the_client_whatever_they_claim() {
+        let a = attribution(&["10.0.0.0/8"]);
+        let h = [hdr("X-Forwarded-For", "1.1.1.1")];
+        assert_eq!(a.client_ip(ip("192.0.2.7"), &h), ip("192.0.2.7"));
+        // No proxies configured: headers are never read.
+        assert_eq!(
+            attribution(&[]).client_ip(ip("10.0.0.1"), &h),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn trusted_proxy_chain_is_walked_from_the_right() {
+        let a = attribution(&["10.0.0.0/8"]);
+        // The client forged the left-most entry; the proxies appended the rest.
+        let h = [hdr("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.1.1")];
+        assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("203.0.113.9"));
+        let h = [hdr("X-Forwarded-For", "[2001:db8::1]:443")];
+        assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn malformed_or_missing_headers_fall_back_to_the_peer() {
+        let a = attribution(&["10.0.0.0/8"]);
+        let h = [hdr("X-Forwarded-For", "203.0.113.9, not-an-ip")];
+        assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("10.2.2.2"));
+        assert_eq!(a.client_ip(ip("10.2.2.2"), &[]), ip("10.2.2.2"));
+        let h = [hdr("X-Forwarded-For", "10.3.3.3")];
+        assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("10.2.2.2"));
+    }
+}

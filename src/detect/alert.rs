@@ -1,0 +1,257 @@
+//! The alert record (INTERFACE.md): built from a rule and the episode it fired on, with
+//! every traffic-derived value passed through the redaction utility.
+
+use std::io::Write;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::window::Episode;
+use super::{KeyValue, secs_text};
+use crate::capture::Timestamp;
+use crate::output::redact;
+use crate::rules::{
+    Category, Detector, EvidenceField, KeyField, Piece, Placeholder, Rule, RuleId, Severity,
+};
+use crate::token::Verdict;
+
+/// Who an alert is about. Fields are set when every request of the alert agrees on them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AlertActor {
+    pub ip: Option<String>,
+    pub device: Option<String>,
+    /// Redacted when the id is itself personal data.
+    pub user: Option<String>,
+}
+
+/// One alert.
+#[derive(Clone, Debug)]
+pub struct Alert {
+    /// Packet time of the last request the alert aggregates.
+    pub ts: Timestamp,
+    pub rule: RuleId,
+    pub category: Category,
+    pub severity: Severity,
+    pub actor: AlertActor,
+    pub endpoint: Option<String>,
+    pub summary: String,
+    pub evidence: Map<String, Value>,
+    pub count: u64,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    /// Aggregates requests that came while the (rule, key) was suppressed.
+    pub follow_up: bool,
+}
+
+impl Serialize for Alert {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Alert", 12)?;
+        st.serialize_field("ts", &self.ts.rfc3339())?;
+        st.serialize_field("rule", self.rule.as_str())?;
+        st.serialize_field("category", self.category.as_str())?;
+        st.serialize_field("severity", self.severity.as_str())?;
+        st.serialize_field("actor", &self.actor)?;
+        st.serialize_field("endpoint", &self.endpoint)?;
+        st.serialize_field("summary", &self.summary)?;
+        st.serialize_field("evidence", &self.evidence)?;
+        st.serialize_field("count", &self.count)?;
+        st.serialize_field("first_seen", &self.first_seen.rfc3339())?;
+        st.serialize_field("last_seen", &self.last_seen.rfc3339())?;
+        st.serialize_field("follow_up", &self.follow_up)?;
+        st.end()
+    }
+}
+
+/// Writes one alert as a JSON line.
+pub fn write_alert(out: &mut impl Write, a: &Alert) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, a)?;
+    out.write_all(b"\n")
+}
+
+fn endpoint_text(e: &(std::sync::Arc<str>, std::sync::Arc<str>)) -> String {
+    format!("{} {}", e.0, e.1)
+}
+
+pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -> Alert {
+    let group = rule.detector.group_by();
+    let mut actor = AlertActor {
+        ip: ep.ip.one().map(ToString::to_string),
+        device: ep.device.one().cloned().flatten().map(|d| d.to_string()),
+        user: ep
+            .user
+            .one()
+            .cloned()
+            .flatten()
+            .map(|u| redact::identifier(&u)),
+    };
+    match (group, key) {
+        (KeyField::Ip, k) => actor.ip = Some(k.shown(group)),
+        (KeyField::Device, k) => actor.device = Some(k.shown(group)),
+        (KeyField::User, k) => actor.user = Some(k.shown(group)),
+        _ => {}
+    }
+    let endpoint = ep
+        .endpoint
+        .one()
+        .cloned()
+        .flatten()
+        .map(|e| endpoint_text(&e));
+
+    let verdicts: Vec<(&'static str, u32)> = Verdict::ALL
+        .iter()
+        .zip(ep.verdicts.iter())
+        .filter(|(_, n)| **n > 0)
+        .map(|(v, n)| (v.as_str(), *n))
+        .collect();
+    let verdicts_text = verdicts
+        .iter()
+        .map(|(v, n)| format!("{v} x{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+
+    let mut evidence = Map::new();
+    evidence.insert("key".into(), json!({ group.as_str(): key.shown(group) }));
+    evidence.insert(
+        "window_secs".into(),
+        json!(rule.detector.window().as_secs_f64()),
+    );
+    evidence.insert("threshold".into(), json!(rule.detector.threshold()));
+    if let (Detector::Distinct { distinct, .. }, Some(n)) = (&rule.detector, ep.distinct) {
+        evidence.insert(format!("distinct_{}", distinct.as_str()), json!(n));
+    }
+    for f in &rule.evidence {
+        let (name, value) = match f {
+            EvidenceField::Verdicts => (
+                "verdicts",
+                Value::Object(
+                    verdicts
+                        .iter()
+                        .map(|(v, n)| ((*v).to_string(), json!(n)))
+                        .collect(),
+                ),
+            ),
+            EvidenceField::Endpoints => {
+                let mut eps = ep.endpoints.clone();
+                eps.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let mut m: Map<String, Value> = eps
+                    .iter()
+                    .map(|(e, n)| (endpoint_text(e), json!(n)))
+                    .collect();
+                if ep.endpoints_other > 0 {
+                    m.insert("other".into(), json!(ep.endpoints_other));
+                }
+                ("endpoints", Value::Object(m))
+            }
+            EvidenceField::Addresses => {
+                let mut v: Vec<String> = ep.addresses.iter().map(ToString::to_string).collect();
+                v.sort();
+                ("addresses", json!(v))
+            }
+            EvidenceField::Devices => {
+                let mut v: Vec<String> = ep.devices.iter().map(|d| d.to_string()).collect();
+                v.sort();
+                ("devices", json!(v))
+            }
+            EvidenceField::Users => {
+                let mut v: Vec<String> = ep.users.iter().map(|u| redact::identifier(u)).collect();
+                v.sort();
+                ("users", json!(v))
+            }
+            EvidenceField::Tokens => {
+                let mut v: Vec<String> = ep.tokens.iter().map(ToString::to_string).collect();
+                v.sort();
+                ("tokens", json!(v))
+            }
+            EvidenceField::Families => (
+                "families",
+                Value::Object(
+                    ep.families
+                        .iter()
+                        .map(|(f, n)| (f.to_string(), json!(n)))
+                        .collect(),
+                ),
+            ),
+            EvidenceField::Statuses => (
+                "statuses",
+                Value::Object(
+                    ep.statuses
+                        .iter()
+                        .map(|(s, n)| (s.to_string(), json!(n)))
+                        .collect(),
+                ),
+            ),
+            EvidenceField::ExpiredForSecs => (
+                "expired_for_secs",
+                json!(ep.expired_for_max.map(|e| (e * 1000.0).round() / 1000.0)),
+            ),
+        };
+        evidence.insert(name.into(), value);
+    }
+    if ep.truncated {
+        evidence.insert("lists_truncated".into(), json!(true));
+    }
+
+    let summary = if follow_up {
+        // The rule's template describes the detection; a follow-up only says it goes on.
+        format!(
+            "Still going: {} more request(s) matching {} from {} {} since its last alert",
+            ep.count,
+            rule.id,
+            group.as_str(),
+            key.shown(group)
+        )
+    } else {
+        render(rule, key, &ep, &actor, endpoint.as_deref(), &verdicts_text)
+    };
+    Alert {
+        ts: ep.last,
+        rule: rule.id.clone(),
+        category: rule.category,
+        severity: rule.severity,
+        actor,
+        endpoint,
+        summary,
+        evidence,
+        count: ep.count,
+        first_seen: ep.first,
+        last_seen: ep.last,
+        follow_up,
+    }
+}
+
+fn render(
+    rule: &Rule,
+    key: &KeyValue,
+    ep: &Episode,
+    actor: &AlertActor,
+    endpoint: Option<&str>,
+    verdicts: &str,
+) -> String {
+    let group = rule.detector.group_by();
+    let mut summary = String::new();
+    for p in &rule.summary {
+        match p {
+            Piece::Text(t) => summary.push_str(t),
+            Piece::Field(f) => summary.push_str(&match f {
+                Placeholder::Count => ep.count.to_string(),
+                Placeholder::Distinct => ep.distinct.map_or(ep.count as usize, |d| d).to_string(),
+                Placeholder::Threshold => rule.detector.threshold().to_string(),
+                Placeholder::Window => secs_text(rule.detector.window()),
+                Placeholder::Key => key.shown(group),
+                Placeholder::Ip => actor
+                    .ip
+                    .clone()
+                    .unwrap_or_else(|| "several addresses".into()),
+                Placeholder::Device => actor.device.clone().unwrap_or_else(|| "-".into()),
+                Placeholder::User => actor.user.clone().unwrap_or_else(|| "-".into()),
+                Placeholder::Endpoint => endpoint.unwrap_or("several endpoints").to_string(),
+                Placeholder::Verdicts => verdicts.to_string(),
+                Placeholder::ExpiredFor => ep
+                    .expired_for_max
+                    .map_or_else(|| "-".into(), |e| format!("{}s", e.round() as u64)),
+            }),
+        }
+    }
+    summary
+}

@@ -1,0 +1,227 @@
+use std::path::Path;
+
+use super::*;
+use crate::rules;
+
+const SEC: u64 = 1_000_000_000;
+
+fn set(yaml: &str) -> RuleSet {
+    rules::compile(
+        &[("t.yaml".to_string(), yaml.to_string())],
+        Path::new("."),
+        "test",
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn rule(kind: &str, extra: &str, threshold: u32, window: u32, suppress: u32) -> String {
+    format!(
+        "rules:\n  - id: r\n    description: d\n    category: bot\n    severity: low\n    detector:\n      kind: {kind}\n      group_by: ip\n{extra}      threshold: {threshold}\n      window_secs: {window}\n    suppress_secs: {suppress}\n    summary: \"{{ip}} x{{count}}\"\n    evidence: [users, addresses]\n"
+    )
+}
+
+fn ev(secs: f64, ip: &str) -> Event {
+    Event {
+        ts: Timestamp((secs * 1e9) as u64 + 1_000 * SEC),
+        actor: Actor {
+            ip: ip.parse().unwrap(),
+            device: Some("dev".into()),
+            user: Some("u".into()),
+        },
+        method: Some("GET".into()),
+        host: None,
+        route: Some("/x".into()),
+        status: Some(200),
+        family: Some("approov".into()),
+        verdict: Verdict::Valid,
+        token: None,
+        expired_for: None,
+    }
+}
+
+fn run(engine: &mut Engine, events: &[Event]) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for e in events {
+        engine.observe(e, &mut out);
+    }
+    out
+}
+
+#[test]
+fn threshold_fires_only_within_the_window() {
+    let s = set(&rule("threshold", "", 3, 10, 0));
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    // Three events spread over 25 s never fit a 10 s window.
+    let a = run(
+        &mut e,
+        &[
+            ev(0.0, "10.0.0.1"),
+            ev(12.0, "10.0.0.1"),
+            ev(24.0, "10.0.0.1"),
+        ],
+    );
+    assert!(a.is_empty(), "{a:?}");
+    // Three within 10 s do.
+    let a = run(
+        &mut e,
+        &[
+            ev(30.0, "10.0.0.1"),
+            ev(31.0, "10.0.0.1"),
+            ev(32.0, "10.0.0.1"),
+        ],
+    );
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].count, 3);
+    assert_eq!(a[0].actor.ip.as_deref(), Some("10.0.0.1"));
+    assert_eq!(a[0].summary, "10.0.0.1 x3");
+    assert!(!a[0].follow_up);
+    // Another actor is counted on its own.
+    let a = run(&mut e, &[ev(33.0, "10.0.0.2"), ev(33.5, "10.0.0.2")]);
+    assert!(a.is_empty());
+}
+
+#[test]
+fn suppression_aggregates_into_follow_ups() {
+    let s = set(&rule("threshold", "", 1, 60, 100));
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    let mut a = run(
+        &mut e,
+        &[
+            ev(0.0, "10.0.0.1"),
+            ev(10.0, "10.0.0.1"),
+            ev(20.0, "10.0.0.1"),
+        ],
+    );
+    assert_eq!(a.len(), 1, "one alert, the rest aggregated");
+    // The suppression window ends at 100 s: the next event emits the aggregate of the two
+    // suppressed ones, and itself opens a new aggregate (activity goes on).
+    a.extend(run(&mut e, &[ev(150.0, "10.0.0.1")]));
+    assert_eq!(a.len(), 2);
+    assert!(a[1].follow_up);
+    assert_eq!(a[1].count, 2);
+    assert_eq!(a[1].first_seen, ev(10.0, "10.0.0.1").ts);
+    assert_eq!(a[1].last_seen, ev(20.0, "10.0.0.1").ts);
+    // End of input flushes what is pending.
+    let mut rest = Vec::new();
+    e.finish(&mut rest);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].count, 1);
+    let st = e.stats();
+    assert_eq!(st.alerts, 3);
+    assert_eq!(st.follow_up_alerts, 2);
+    assert_eq!(st.aggregated_events, 3);
+    assert_eq!(st.alerts_by_rule.get("r"), Some(&3));
+}
+
+#[test]
+fn quiet_after_suppression_returns_to_detection() {
+    let s = set(&rule("threshold", "", 2, 10, 30));
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    let a = run(&mut e, &[ev(0.0, "10.0.0.1"), ev(1.0, "10.0.0.1")]);
+    assert_eq!(a.len(), 1);
+    // Nothing during suppression; after it a single event is below threshold again.
+    let a = run(&mut e, &[ev(100.0, "10.0.0.1")]);
+    assert!(a.is_empty(), "{a:?}");
+    let a = run(&mut e, &[ev(101.0, "10.0.0.1")]);
+    assert_eq!(a.len(), 1);
+    assert!(!a[0].follow_up);
+}
+
+#[test]
+fn distinct_counts_values_not_events() {
+    let s = set(&rule("distinct", "      distinct: user\n", 3, 60, 0));
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    let mut events = Vec::new();
+    for (i, user) in ["a", "a", "b", "b", "c"].iter().enumerate() {
+        let mut x = ev(i as f64, "10.0.0.9");
+        x.actor.user = Some((*user).into());
+        events.push(x);
+    }
+    // An event with no user has nothing to count and is ignored.
+    let mut none = ev(2.5, "10.0.0.9");
+    none.actor.user = None;
+    events.insert(3, none);
+    let a = run(&mut e, &events);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(
+        a[0].evidence.get("distinct_user"),
+        Some(&serde_json::json!(3))
+    );
+    assert_eq!(a[0].count, 5);
+    assert_eq!(
+        a[0].evidence.get("users"),
+        Some(&serde_json::json!(["a", "b", "c"]))
+    );
+}
+
+#[test]
+fn personal_user_ids_are_masked_in_alerts() {
+    let s = set(&rule("threshold", "", 1, 60, 0));
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    let mut x = ev(0.0, "10.0.0.1");
+    x.actor.user = Some("jane.doe@example.com".into());
+    let a = run(&mut e, &[x]);
+    assert_eq!(a[0].actor.user.as_deref(), Some("j***@example.com"));
+    let line = serde_json::to_string(&a[0]).unwrap();
+    assert!(!line.contains("jane.doe"), "{line}");
+}
+
+#[test]
+fn key_cap_is_enforced_and_idle_keys_are_swept() {
+    let s = set(&rule("threshold", "", 5, 10, 0));
+    let mut e = Engine::new(
+        DetectConfig {
+            max_keys_per_rule: 2,
+        },
+        &s,
+    );
+    run(
+        &mut e,
+        &[
+            ev(0.0, "10.0.0.1"),
+            ev(0.1, "10.0.0.2"),
+            ev(0.2, "10.0.0.3"),
+        ],
+    );
+    assert_eq!(e.stats().keys_over_cap, 1);
+    // Once the first two are idle past their window they are swept and new keys fit.
+    run(&mut e, &[ev(30.0, "10.0.0.4")]);
+    let st = e.stats();
+    assert_eq!(st.keys_over_cap, 1);
+    assert_eq!(st.keys_evicted, 2);
+}
+
+#[test]
+fn reload_keeps_state_of_unchanged_rules_only() {
+    let s = set(&rule("threshold", "", 2, 60, 0));
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    run(&mut e, &[ev(0.0, "10.0.0.1")]);
+    // Same rule again: the first event still counts.
+    e.replace_rules(&set(&rule("threshold", "", 2, 60, 0)));
+    assert_eq!(run(&mut e, &[ev(1.0, "10.0.0.1")]).len(), 1);
+    run(&mut e, &[ev(2.0, "10.0.0.1")]);
+    // Changed threshold: state starts over, so one more event is not enough.
+    e.replace_rules(&set(&rule("threshold", "", 3, 60, 0)));
+    assert!(run(&mut e, &[ev(3.0, "10.0.0.1")]).is_empty());
+}
+
+#[test]
+fn matchers_filter_by_verdict_route_status_and_expiry() {
+    let yaml = "rules:\n  - id: m\n    description: d\n    category: token-replay\n    severity: low\n    match:\n      verdicts: [expired]\n      expired_beyond_secs: 30\n      routes: [\"/api/**\"]\n      status: [2xx]\n      methods: [get]\n    detector: {kind: threshold, group_by: ip, threshold: 1, window_secs: 10}\n    suppress_secs: 0\n    summary: s\n";
+    let s = set(yaml);
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    let base = |f: &dyn Fn(&mut Event)| {
+        let mut x = ev(0.0, "10.0.0.1");
+        x.verdict = Verdict::Expired;
+        x.expired_for = Some(31.0);
+        x.route = Some("/api/v1/a".into());
+        f(&mut x);
+        x
+    };
+    assert_eq!(run(&mut e, &[base(&|_| {})]).len(), 1);
+    assert!(run(&mut e, &[base(&|x| x.expired_for = Some(29.0))]).is_empty());
+    assert!(run(&mut e, &[base(&|x| x.verdict = Verdict::Valid)]).is_empty());
+    assert!(run(&mut e, &[base(&|x| x.route = Some("/health".into()))]).is_empty());
+    assert!(run(&mut e, &[base(&|x| x.status = Some(404))]).is_empty());
+    assert!(run(&mut e, &[base(&|x| x.method = Some("POST".into()))]).is_empty());
+}

@@ -1,0 +1,173 @@
+//! Redaction: the one place that decides how a secret or a personal value may be shown.
+//!
+//! Every output (alerts, webhooks, logs, transaction records) goes through these functions
+//! before a value that came from traffic leaves the process: tokens become short hashes,
+//! personal data is masked so an analyst can still tell two values apart or recognise one
+//! they already know (`j***@example.com`, a card's last four), and field names are kept.
+
+use crate::token::TokenHash;
+
+/// A token (attestation, bearer, API key) as it may be shown: the short hash of its text.
+/// The same token always gives the same hash, so it can be followed across alerts.
+pub fn token(text: &str) -> String {
+    TokenHash::of(text).to_string()
+}
+
+/// What kind of personal value a string looks like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Email,
+    Card,
+    Phone,
+    Other,
+}
+
+/// Classifies a value by shape alone (no dictionary): an e-mail address, a payment card
+/// number (13 to 19 digits passing the Luhn check), a phone number (7 to 15 digits, with
+/// the usual `+`, spaces, dashes, dots and parentheses), or anything else.
+pub fn kind(value: &str) -> Kind {
+    let v = value.trim();
+    if is_email(v) {
+        return Kind::Email;
+    }
+    let mut digits = 0usize;
+    let mut other = false;
+    for c in v.chars() {
+        match c {
+            '0'..='9' => digits += 1,
+            ' ' | '-' | '.' | '(' | ')' | '+' => {}
+            _ => other = true,
+        }
+    }
+    if other || digits == 0 {
+        return Kind::Other;
+    }
+    if (13..=19).contains(&digits) && luhn(v) && !v.starts_with('+') {
+        return Kind::Card;
+    }
+    if (7..=15).contains(&digits) {
+        return Kind::Phone;
+    }
+    Kind::Other
+}
+
+/// Masks a personal value for display: `j***@example.com`, `****1234` for a card,
+/// `***89` for a phone number, and the first character then `***` for anything else
+/// (the length is hidden too, since it can identify short values).
+pub fn mask(value: &str) -> String {
+    let v = value.trim();
+    match kind(v) {
+        Kind::Email => {
+            let (local, domain) = v.rsplit_once('@').unwrap_or((v, ""));
+            let first = local.chars().next().unwrap_or('*');
+            format!("{first}***@{domain}")
+        }
+        Kind::Card => format!("****{}", last_digits(v, 4)),
+        Kind::Phone => format!("***{}", last_digits(v, 2)),
+        Kind::Other => match v.chars().next() {
+            Some(c) => format!("{c}***"),
+            None => String::new(),
+        },
+    }
+}
+
+/// An identifier (a user id from a token claim) as it may be shown: opaque ids
+/// (`user-123`, a UUID, a numeric account id) are kept so the analyst can act on them;
+/// ids that are themselves personal data (an e-mail address, an international phone
+/// number, a card number used as the subject) are masked.
+pub fn identifier(id: &str) -> String {
+    match kind(id) {
+        Kind::Email | Kind::Card => mask(id),
+        Kind::Phone if id.trim_start().starts_with('+') => mask(id),
+        _ => id.to_string(),
+    }
+}
+
+fn is_email(v: &str) -> bool {
+    let Some((local, domain)) = v.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !v.contains(char::is_whitespace)
+}
+
+fn last_digits(v: &str, n: usize) -> String {
+    let digits: Vec<char> = v.chars().filter(char::is_ascii_digit).collect();
+    digits[digits.len().saturating_sub(n)..].iter().collect()
+}
+
+fn luhn(v: &str) -> bool {
+    let mut sum = 0u32;
+    let mut double = false;
+    for c in v.chars().rev() {
+        let Some(d) = c.to_digit(10) else { continue };
+        let d = if double {
+            let x = d * 2;
+            if x > 9 { x - 9 } else { x }
+        } else {
+            d
+        };
+        sum += d;
+        double = !double;
+    }
+    sum.is_multiple_of(10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_keep_first_letter_and_domain() {
+        assert_eq!(mask("john.smith@example.com"), "j***@example.com");
+        assert_eq!(mask(" a@b.co "), "a***@b.co");
+        assert_eq!(kind("not an@email.com"), Kind::Other);
+        assert_eq!(kind("user@localhost"), Kind::Other);
+    }
+
+    #[test]
+    fn cards_keep_last_four_only_when_luhn_valid() {
+        assert_eq!(mask("4111 1111 1111 1111"), "****1111");
+        assert_eq!(mask("5500-0000-0000-0004"), "****0004");
+        // 16 digits failing Luhn: a phone-length check does not apply, so it is "other".
+        assert_eq!(kind("4111111111111112"), Kind::Other);
+    }
+
+    #[test]
+    fn phones_keep_last_two() {
+        assert_eq!(kind("+44 20 7946 0958"), Kind::Phone);
+        assert_eq!(mask("+44 20 7946 0958"), "***58");
+        assert_eq!(mask("(555) 010-9999"), "***99");
+    }
+
+    #[test]
+    fn other_values_hide_length() {
+        assert_eq!(mask("Alice Liddell"), "A***");
+        assert_eq!(mask("Al"), "A***");
+        assert_eq!(mask(""), "");
+    }
+
+    #[test]
+    fn identifiers_masked_only_when_personal() {
+        assert_eq!(identifier("user-123"), "user-123");
+        assert_eq!(
+            identifier("5f0c8a5e-2b8e-4c35-9a4e-0d7c1f9e6b21"),
+            "5f0c8a5e-2b8e-4c35-9a4e-0d7c1f9e6b21"
+        );
+        assert_eq!(identifier("bob@example.org"), "b***@example.org");
+        assert_eq!(identifier("+15550109999"), "***99");
+        assert_eq!(identifier("12345678"), "12345678");
+    }
+
+    #[test]
+    fn tokens_become_stable_short_hashes() {
+        let t = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjF9.c2ln";
+        assert_eq!(token(t), token(t));
+        assert_eq!(token(t).len(), 12);
+        assert!(!token(t).contains("eyJ"));
+        assert_ne!(token(t), token("other"));
+    }
+}

@@ -1,0 +1,773 @@
+//! Rules: the declarative detections operators read, tune and add without rebuilding.
+//!
+//! Input: a folder of YAML files (or the built-in pack embedded from `rules/`), each holding
+//! `rules:` and optional `tests:` (schema in `rules/README.md`). Output: a compiled
+//! [`RuleSet`] (matchers with compiled regexes, detector parameters as typed values,
+//! summary templates) that `detect` runs, plus the test cases `shieldtap rules check` runs.
+//! Every problem is reported as `file:line:col: message`, all of them at once, never a
+//! panic; a set with any problem is rejected whole, so a reload keeps the old rules.
+//! Limits: files are capped in size and count, thresholds and windows in range, so a rule
+//! cannot ask for unbounded state.
+
+mod schema;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::RegexSet;
+use serde_saphyr::Spanned;
+
+use crate::token::Verdict;
+
+pub use schema::{ExpectedActor, ExpectedAlert, TestTransaction};
+
+/// The built-in pack: every YAML file of `rules/`, embedded at build time.
+/// A unit test checks this list against the folder so no file is forgotten.
+const BUILTIN: &[(&str, &str)] = &[(
+    "token-abuse.yaml",
+    include_str!("../../rules/token-abuse.yaml"),
+)];
+
+/// Where the built-in pack's test captures are looked up (`rules/` of the source tree);
+/// tests that need a capture are skipped with a notice when the binary runs elsewhere.
+pub const BUILTIN_SOURCE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/rules");
+
+/// Largest rule file read; a rules folder is configuration, not data.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Most rule files read from one folder.
+const MAX_FILES: usize = 256;
+/// Largest count or distinct threshold: detector state per key is bounded by it.
+pub const MAX_THRESHOLD: u32 = 10_000;
+/// Longest detection window and suppression window.
+const MAX_WINDOW_SECS: f64 = 7.0 * 86_400.0;
+
+/// A rule id, e.g. `token.forged`: lowercase words joined by `.`, `-` or `_`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(Arc<str>);
+
+impl RuleId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Alert categories (INTERFACE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Category {
+    Bot,
+    Scraping,
+    TokenForgery,
+    TokenReplay,
+    TokenBinding,
+    CredentialStuffing,
+    Bola,
+    DataExposure,
+    ProtocolAnomaly,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Bot => "bot",
+            Category::Scraping => "scraping",
+            Category::TokenForgery => "token-forgery",
+            Category::TokenReplay => "token-replay",
+            Category::TokenBinding => "token-binding",
+            Category::CredentialStuffing => "credential-stuffing",
+            Category::Bola => "bola",
+            Category::DataExposure => "data-exposure",
+            Category::ProtocolAnomaly => "protocol-anomaly",
+        }
+    }
+}
+
+/// Alert severities, in increasing order (INTERFACE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// A property of a request that rules group by or count distinct values of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyField {
+    /// The client address (after trusted-proxy attribution).
+    Ip,
+    /// The attested device id.
+    Device,
+    /// The user id from the identity token.
+    User,
+    /// The attestation token, by hash.
+    Token,
+    /// `METHOD /route/{template}`.
+    Endpoint,
+}
+
+impl KeyField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyField::Ip => "ip",
+            KeyField::Device => "device",
+            KeyField::User => "user",
+            KeyField::Token => "token",
+            KeyField::Endpoint => "endpoint",
+        }
+    }
+}
+
+/// What an alert's evidence may carry (each bounded, redacted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceField {
+    /// Counts by token verdict.
+    Verdicts,
+    /// Counts by endpoint (`METHOD /route`), the busiest first.
+    Endpoints,
+    /// Distinct client addresses.
+    Addresses,
+    /// Distinct device ids.
+    Devices,
+    /// Distinct users (masked when the id is personal data).
+    Users,
+    /// Distinct tokens, as short hashes.
+    Tokens,
+    /// Counts by token family.
+    Families,
+    /// Counts by response status.
+    Statuses,
+    /// The longest time past a token's `exp` seen.
+    ExpiredForSecs,
+}
+
+/// Response status condition: an exact code or a class (`4xx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusMatch {
+    Code(u16),
+    Class(u16),
+}
+
+impl StatusMatch {
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Code(c) => c == status,
+            StatusMatch::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+/// What a rule looks at. Absent conditions match everything.
+#[derive(Clone, Debug, Default)]
+pub struct Matcher {
+    /// Upper-case methods.
+    pub methods: Option<Vec<String>>,
+    /// Route globs and regexes, compiled together (a route matching any matches).
+    pub routes: Option<RegexSet>,
+    /// Host globs (lower-case, port stripped).
+    pub hosts: Option<RegexSet>,
+    pub status: Option<Vec<StatusMatch>>,
+    /// Bit `1 << verdict as usize` set for each allowed verdict.
+    pub verdicts: Option<u32>,
+    pub families: Option<Vec<String>>,
+    /// Only tokens used this long after their `exp` (needs verdict `expired`).
+    pub expired_beyond_secs: Option<f64>,
+}
+
+impl Matcher {
+    pub fn verdict_allowed(&self, v: Verdict) -> bool {
+        self.verdicts.is_none_or(|bits| bits & verdict_bit(v) != 0)
+    }
+}
+
+pub fn verdict_bit(v: Verdict) -> u32 {
+    1 << (v as u32)
+}
+
+/// How matching requests become a finding.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Detector {
+    /// `threshold` matching requests by one `group_by` key within `window`.
+    Threshold {
+        group_by: KeyField,
+        threshold: u32,
+        window: Duration,
+    },
+    /// `threshold` distinct values of `distinct` by one `group_by` key within `window`.
+    Distinct {
+        group_by: KeyField,
+        distinct: KeyField,
+        threshold: u32,
+        window: Duration,
+    },
+}
+
+impl Detector {
+    pub fn group_by(&self) -> KeyField {
+        match self {
+            Detector::Threshold { group_by, .. } | Detector::Distinct { group_by, .. } => *group_by,
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        match self {
+            Detector::Threshold { window, .. } | Detector::Distinct { window, .. } => *window,
+        }
+    }
+
+    pub fn threshold(&self) -> u32 {
+        match self {
+            Detector::Threshold { threshold, .. } | Detector::Distinct { threshold, .. } => {
+                *threshold
+            }
+        }
+    }
+}
+
+/// A piece of a summary template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Field(Placeholder),
+}
+
+/// Values a summary can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placeholder {
+    /// Events this alert aggregates.
+    Count,
+    /// Distinct values counted (distinct detectors), else the count.
+    Distinct,
+    Threshold,
+    /// The window, e.g. `300s`.
+    Window,
+    /// The group key's value, redacted as outputs show it.
+    Key,
+    Ip,
+    Device,
+    User,
+    Endpoint,
+    /// `bad-signature x3, malformed x1`.
+    Verdicts,
+    /// Seconds past `exp` (the longest seen).
+    ExpiredFor,
+}
+
+const PLACEHOLDERS: &[(&str, Placeholder)] = &[
+    ("count", Placeholder::Count),
+    ("distinct", Placeholder::Distinct),
+    ("threshold", Placeholder::Threshold),
+    ("window", Placeholder::Window),
+    ("key", Placeholder::Key),
+    ("ip", Placeholder::Ip),
+    ("device", Placeholder::Device),
+    ("user", Placeholder::User),
+    ("endpoint", Placeholder::Endpoint),
+    ("verdicts", Placeholder::Verdicts),
+    ("expired_for", Placeholder::ExpiredFor),
+];
+
+/// A compiled rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub id: RuleId,
+    pub description: String,
+    pub category: Category,
+    pub severity: Severity,
+    pub matcher: Matcher,
+    pub detector: Detector,
+    /// After an alert, further matching requests of the same key are aggregated into one
+    /// follow-up alert per this window instead of alerting again.
+    pub suppress: Duration,
+    pub summary: Vec<Piece>,
+    pub evidence: Vec<EvidenceField>,
+    /// `file:line` where the rule is defined.
+    pub origin: String,
+    /// Changes when anything that affects detection changes; a reload keeps detector
+    /// state of rules whose fingerprint is unchanged.
+    pub fingerprint: String,
+}
+
+/// One test case of a rule file.
+#[derive(Clone, Debug)]
+pub struct RuleTest {
+    pub name: String,
+    /// `file:line` of the test.
+    pub origin: String,
+    pub input: TestInput,
+    pub expect: Vec<ExpectedAlert>,
+    /// The rules of the file the test belongs to; alerts of other rules are not judged.
+    pub rules: Vec<RuleId>,
+}
+
+#[derive(Clone, Debug)]
+pub enum TestInput {
+    /// Requests fed straight to the detectors.
+    Transactions(Vec<TestTransaction>),
+    /// A capture replayed through the whole pipeline, with an optional config file.
+    Capture {
+        capture: PathBuf,
+        config: Option<PathBuf>,
+    },
+}
+
+/// A validated, compiled set of rules (only enabled rules) and the tests that go with it.
+#[derive(Clone, Debug, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Arc<Rule>>,
+    pub disabled: Vec<RuleId>,
+    pub tests: Vec<RuleTest>,
+    /// Where the set came from: `built-in` or the folder.
+    pub source: String,
+    pub files: usize,
+}
+
+/// One problem in a rule file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        } else {
+            write!(f, "{}: {}", self.file, self.message)
+        }
+    }
+}
+
+/// All problems found in a rules folder.
+#[derive(Debug)]
+pub struct RuleErrors(pub Vec<RuleError>);
+
+impl fmt::Display for RuleErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RuleErrors {}
+
+/// The built-in pack.
+pub fn builtin() -> Result<RuleSet, RuleErrors> {
+    let files: Vec<(String, String)> = BUILTIN
+        .iter()
+        .map(|(name, text)| (format!("rules/{name}"), (*text).to_string()))
+        .collect();
+    compile(&files, Path::new(BUILTIN_SOURCE_DIR), "built-in")
+}
+
+/// Loads every `*.yaml` / `*.yml` file of `dir` (not recursive), in name order.
+pub fn load_dir(dir: &Path) -> Result<RuleSet, RuleErrors> {
+    let shown = dir.display().to_string();
+    let one = |message: String| {
+        RuleErrors(vec![RuleError {
+            file: shown.clone(),
+            line: 0,
+            column: 0,
+            message,
+        }])
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| one(format!("cannot read folder: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension().is_some_and(|x| {
+                    x.eq_ignore_ascii_case("yaml") || x.eq_ignore_ascii_case("yml")
+                })
+        })
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(one("no rule files (*.yaml) in the folder".into()));
+    }
+    if paths.len() > MAX_FILES {
+        return Err(one(format!(
+            "{} rule files; at most {MAX_FILES} are read",
+            paths.len()
+        )));
+    }
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        let name = p.display().to_string();
+        match std::fs::metadata(&p) {
+            Ok(m) if m.len() > MAX_FILE_BYTES => errors.push(RuleError {
+                file: name,
+                line: 0,
+                column: 0,
+                message: format!(
+                    "{} bytes; a rule file may hold at most {MAX_FILE_BYTES}",
+                    m.len()
+                ),
+            }),
+            _ => match std::fs::read_to_string(&p) {
+                Ok(text) => files.push((name, text)),
+                Err(e) => errors.push(RuleError {
+                    file: name,
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read: {e}"),
+                }),
+            },
+        }
+    }
+    if !errors.is_empty() {
+        return Err(RuleErrors(errors));
+    }
+    compile(&files, dir, &shown)
+}
+
+/// Validates and compiles rule files given as (name, text); `base` resolves test paths.
+pub fn compile(
+    files: &[(String, String)],
+    base: &Path,
+    source: &str,
+) -> Result<RuleSet, RuleErrors> {
+    let mut errors = Vec::new();
+    let mut set = RuleSet {
+        source: source.to_string(),
+        files: files.len(),
+        ..RuleSet::default()
+    };
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (file, text) in files {
+        let raw = match schema::parse_file(text) {
+            Ok(raw) => raw,
+            Err((line, column, message)) => {
+                errors.push(RuleError {
+                    file: file.clone(),
+                    line,
+                    column,
+                    message,
+                });
+                continue;
+            }
+        };
+        let mut ctx = schema::Ctx {
+            file,
+            errors: &mut errors,
+        };
+        let mut file_rules = Vec::new();
+        for r in raw.rules {
+            let id_pos = r.id.referenced;
+            let Some((rule, enabled)) = schema::compile_rule(&mut ctx, r) else {
+                continue;
+            };
+            let here = format!("{file}:{}", id_pos.line());
+            if let Some(first) = seen.get(rule.id.as_str()) {
+                ctx.error(
+                    id_pos,
+                    format!("duplicate rule id `{}` (first defined at {first})", rule.id),
+                );
+                continue;
+            }
+            seen.insert(rule.id.as_str().to_string(), here);
+            file_rules.push(rule.id.clone());
+            if enabled {
+                set.rules.push(Arc::new(rule));
+            } else {
+                set.disabled.push(rule.id);
+            }
+        }
+        let dir = Path::new(file)
+            .parent()
+            .filter(|_| source != "built-in")
+            .unwrap_or(base);
+        for t in raw.tests {
+            if let Some(test) = schema::compile_test(&mut ctx, t, dir, &file_rules) {
+                set.tests.push(test);
+            }
+        }
+    }
+    // Expectations may only name rules that exist somewhere in the set.
+    for t in &set.tests {
+        for e in &t.expect {
+            if !seen.contains_key(e.rule.value.as_str()) {
+                let (file, line) = t.origin.rsplit_once(':').unwrap_or((&t.origin, "0"));
+                errors.push(RuleError {
+                    file: file.to_string(),
+                    line: e.rule.referenced.line(),
+                    column: e.rule.referenced.column(),
+                    message: format!(
+                        "test expects an alert of unknown rule `{}` (test at line {line})",
+                        e.rule.value
+                    ),
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        errors.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        Err(RuleErrors(errors))
+    }
+}
+
+/// Compiles a route glob: `*` matches one path segment, `**` any number of segments,
+/// `{id}` matches itself (routes are templated before matching).
+fn glob_to_regex(glob: &str, segment_sep: char) -> String {
+    let mut re = String::from("^");
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '*' {
+            if chars.peek() == Some(&'*') {
+                chars.next();
+                re.push_str(".*");
+            } else {
+                re.push_str(&format!("[^{}]*", regex::escape(&segment_sep.to_string())));
+            }
+        } else {
+            re.push_str(&regex::escape(&c.to_string()));
+        }
+    }
+    re.push('$');
+    re
+}
+
+fn lookup_placeholder(name: &str) -> Option<Placeholder> {
+    PLACEHOLDERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| *p)
+}
+
+fn placeholder_names() -> String {
+    PLACEHOLDERS
+        .iter()
+        .map(|(n, _)| format!("{{{n}}}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses a summary template; `Err` names the problem.
+fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            out.push(Piece::Text(rest[..open].to_string()));
+        }
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err("summary: `{` without a closing `}`".into());
+        };
+        let name = &after[..close];
+        match lookup_placeholder(name) {
+            Some(p) => out.push(Piece::Field(p)),
+            None => {
+                return Err(format!(
+                    "summary: unknown placeholder `{{{name}}}`; expected one of {}",
+                    placeholder_names()
+                ));
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest.to_string()));
+    }
+    Ok(out)
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v)
+}
+
+/// Shared by the schema: a position-carrying value.
+type S<T> = Spanned<T>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(yaml: &str) -> Result<RuleSet, RuleErrors> {
+        compile(
+            &[("t.yaml".to_string(), yaml.to_string())],
+            Path::new("."),
+            "test",
+        )
+    }
+
+    const GOOD: &str = r#"rules:
+  - id: token.forged
+    description: Forged attestation tokens.
+    category: token-forgery
+    severity: high
+    match:
+      verdicts: [bad-signature, malformed]
+      routes: ["/api/**"]
+    detector:
+      kind: threshold
+      group_by: ip
+      threshold: 2
+      window_secs: 60
+    suppress_secs: 300
+    summary: "{ip} sent {count} forged tokens ({verdicts})"
+    evidence: [verdicts, endpoints]
+"#;
+
+    #[test]
+    fn builtin_pack_compiles_and_lists_every_file() {
+        let set = builtin().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!set.rules.is_empty());
+        let mut on_disk: Vec<String> = std::fs::read_dir(BUILTIN_SOURCE_DIR)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = BUILTIN.iter().map(|(n, _)| n.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded, "rules/ and the BUILTIN list differ");
+    }
+
+    #[test]
+    fn good_rule_compiles_to_typed_values() {
+        let set = one(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        let r = &set.rules[0];
+        assert_eq!(r.id.as_str(), "token.forged");
+        assert_eq!(r.category, Category::TokenForgery);
+        assert_eq!(r.severity, Severity::High);
+        assert_eq!(
+            r.detector,
+            Detector::Threshold {
+                group_by: KeyField::Ip,
+                threshold: 2,
+                window: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(r.suppress, Duration::from_secs(300));
+        assert!(r.matcher.verdict_allowed(Verdict::Malformed));
+        assert!(!r.matcher.verdict_allowed(Verdict::Valid));
+        let routes = r.matcher.routes.as_ref().unwrap();
+        assert!(routes.is_match("/api/v1/users/{id}"));
+        assert!(!routes.is_match("/health"));
+        assert_eq!(r.origin, "t.yaml:2");
+    }
+
+    fn first_error(yaml: &str) -> String {
+        match one(yaml) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.0[0].to_string(),
+        }
+    }
+
+    #[test]
+    fn errors_carry_file_line_and_column() {
+        let e = first_error(&GOOD.replace("kind: threshold", "kind: thresold"));
+        assert!(e.starts_with("t.yaml:10:13: "), "{e}");
+        assert!(e.contains("unknown detector `thresold`"), "{e}");
+
+        let e = first_error(&GOOD.replace("window_secs: 60", "window_secs: 0"));
+        assert!(e.starts_with("t.yaml:13:20: "), "{e}");
+
+        let e = first_error(&GOOD.replace("\"/api/**\"", "\"re:/api/(\""));
+        assert!(e.starts_with("t.yaml:8:16: "), "{e}");
+        assert!(e.contains("regex"), "{e}");
+
+        let e = first_error(&GOOD.replace("severity: high", "severity: urgent"));
+        assert!(e.starts_with("t.yaml:5:15: "), "{e}");
+
+        let e = first_error(&GOOD.replace("{count}", "{cnt}"));
+        assert!(e.contains("unknown placeholder `{cnt}`"), "{e}");
+        assert!(e.starts_with("t.yaml:15:14: "), "{e}");
+    }
+
+    #[test]
+    fn duplicate_ids_across_files_are_reported_at_the_second() {
+        let files = vec![
+            ("a.yaml".to_string(), GOOD.to_string()),
+            ("b.yaml".to_string(), GOOD.to_string()),
+        ];
+        let e = compile(&files, Path::new("."), "test").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(
+            e.0[0].to_string(),
+            "b.yaml:2:9: duplicate rule id `token.forged` (first defined at a.yaml:2)"
+        );
+    }
+
+    #[test]
+    fn all_problems_of_a_file_are_reported() {
+        let bad = GOOD.replace("threshold: 2", "threshold: 0").replace(
+            "category: token-forgery",
+            "category: token-forgery\n    severity2: x",
+        );
+        let e = one(&bad).unwrap_err();
+        // Unknown keys stop parsing of the file (schema error), so one error here...
+        assert_eq!(e.0.len(), 1, "{e}");
+        // ...but semantic problems are all collected.
+        let bad = GOOD
+            .replace("threshold: 2", "threshold: 0")
+            .replace("window_secs: 60", "window_secs: -1");
+        let e = one(&bad).unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+    }
+
+    #[test]
+    fn globs_match_segments() {
+        let re = regex::Regex::new(&glob_to_regex("/api/*/users/{id}", '/')).unwrap();
+        assert!(re.is_match("/api/v1/users/{id}"));
+        assert!(!re.is_match("/api/v1/x/users/{id}"));
+        let re = regex::Regex::new(&glob_to_regex("*.example.com", '.')).unwrap();
+        assert!(re.is_match("api.example.com"));
+        assert!(!re.is_match("a.b.example.com"));
+    }
+
+    #[test]
+    fn templates_parse() {
+        assert_eq!(
+            parse_template("{count} from {ip}").unwrap(),
+            vec![
+                Piece::Field(Placeholder::Count),
+                Piece::Text(" from ".into()),
+                Piece::Field(Placeholder::Ip)
+            ]
+        );
+        assert!(parse_template("{count").is_err());
+    }
+}

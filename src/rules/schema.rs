@@ -1,0 +1,536 @@
+//! The rule file schema as YAML sees it (raw, position-carrying, unknown keys rejected) and
+//! its validation into compiled rules and tests. The doc comments here are the schema's
+//! reference; `rules/README.md` explains it for operators.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use regex::RegexSet;
+use serde::Deserialize;
+use serde_saphyr::Location;
+
+use super::{
+    Category, Detector, EvidenceField, KeyField, MAX_THRESHOLD, MAX_WINDOW_SECS, Matcher, Rule,
+    RuleError, RuleId, RuleTest, S, Severity, StatusMatch, TestInput, glob_to_regex,
+    parse_template, secs,
+};
+use crate::token::Verdict;
+
+/// A rule file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub tests: Vec<RawTest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    pub id: S<String>,
+    description: S<String>,
+    category: Category,
+    severity: Severity,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default, rename = "match")]
+    matcher: RawMatch,
+    detector: RawDetector,
+    /// Seconds; default: the detector window.
+    suppress_secs: Option<S<f64>>,
+    summary: S<String>,
+    #[serde(default)]
+    evidence: Vec<EvidenceField>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    methods: Option<Vec<S<String>>>,
+    /// Route globs over the templated route (`/api/*/users/{id}`, `/api/**`), or regexes
+    /// prefixed `re:`.
+    routes: Option<Vec<S<String>>>,
+    /// Host globs (`*.example.com`), or regexes prefixed `re:`.
+    hosts: Option<Vec<S<String>>>,
+    /// Status codes (`401`) or classes (`4xx`).
+    status: Option<Vec<S<String>>>,
+    /// Token verdicts (INTERFACE.md names).
+    verdicts: Option<Vec<S<String>>>,
+    /// Token family names (`[[attestation]] name`).
+    families: Option<Vec<String>>,
+    /// Only tokens used more than this many seconds after their `exp`.
+    expired_beyond_secs: Option<S<f64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDetector {
+    /// `threshold` or `distinct`.
+    kind: S<String>,
+    group_by: S<KeyField>,
+    /// For `distinct`: what to count distinct values of.
+    distinct: Option<S<KeyField>>,
+    threshold: S<i64>,
+    window_secs: S<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTest {
+    name: S<String>,
+    /// Requests fed straight to the detectors, in order.
+    transactions: Option<Vec<super::TestTransaction>>,
+    /// A capture (relative to the rule file) replayed through the whole pipeline.
+    capture: Option<S<String>>,
+    /// A config file for the capture (relative to the rule file): token keys etc.
+    config: Option<String>,
+    #[serde(default)]
+    expect: Vec<ExpectedAlert>,
+}
+
+/// A request in a test case: what the detectors see of a transaction.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestTransaction {
+    /// Seconds after the test's start (2026-01-01T00:00:00Z).
+    pub at: f64,
+    pub ip: IpAddr,
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default = "slash")]
+    pub path: String,
+    pub host: Option<String>,
+    pub status: Option<u16>,
+    /// Token verdict; default `missing`.
+    pub verdict: Option<String>,
+    #[serde(default = "approov")]
+    pub family: String,
+    pub device: Option<String>,
+    /// A label standing for the token; equal labels are the same token.
+    pub token: Option<String>,
+    pub user: Option<String>,
+    /// For expired tokens: seconds past `exp`.
+    pub expired_for_secs: Option<f64>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+fn slash() -> String {
+    "/".into()
+}
+fn approov() -> String {
+    "approov".into()
+}
+
+/// An alert a test expects; fields left out are not compared.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedAlert {
+    pub rule: S<String>,
+    pub actor: Option<ExpectedActor>,
+    pub count: Option<u64>,
+    pub severity: Option<Severity>,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedActor {
+    pub ip: Option<String>,
+    pub device: Option<String>,
+    pub user: Option<String>,
+}
+
+/// Parses a file's YAML; `Err((line, column, message))`.
+pub(super) fn parse_file(text: &str) -> Result<RawFile, (u64, u64, String)> {
+    serde_saphyr::from_str::<RawFile>(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        (
+            line,
+            column,
+            strip_location(&e.without_snippet().to_string()),
+        )
+    })
+}
+
+/// serde-saphyr appends " at line N, column M"; the position is printed in front instead.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+pub(super) struct Ctx<'a> {
+    pub file: &'a str,
+    pub errors: &'a mut Vec<RuleError>,
+}
+
+impl Ctx<'_> {
+    pub fn error(&mut self, at: Location, message: String) {
+        self.errors.push(RuleError {
+            file: self.file.to_string(),
+            line: at.line(),
+            column: at.column(),
+            message,
+        });
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+}
+
+/// Validates one rule, recording every problem; `Some((rule, enabled))` when it has none.
+pub(super) fn compile_rule(ctx: &mut Ctx<'_>, r: RawRule) -> Option<(Rule, bool)> {
+    let before = ctx.errors.len();
+    if !valid_id(&r.id.value) {
+        ctx.error(
+            r.id.referenced,
+            format!(
+                "id `{}`: expected 1 to 64 lower-case letters, digits, `.`, `-` or `_`, starting with a letter",
+                r.id.value
+            ),
+        );
+    }
+    if r.description.value.trim().is_empty() {
+        ctx.error(
+            r.description.referenced,
+            "description: must say what the rule finds".into(),
+        );
+    }
+    let matcher = compile_match(ctx, &r.matcher);
+    let detector = compile_detector(ctx, &r.detector);
+    let suppress = match &r.suppress_secs {
+        None => detector.as_ref().map(Detector::window).unwrap_or_default(),
+        Some(s) if s.value.is_finite() && (0.0..=MAX_WINDOW_SECS).contains(&s.value) => {
+            secs(s.value)
+        }
+        Some(s) => {
+            ctx.error(
+                s.referenced,
+                format!(
+                    "suppress_secs: expected 0 to {MAX_WINDOW_SECS} seconds, got {}",
+                    s.value
+                ),
+            );
+            Default::default()
+        }
+    };
+    let summary = match parse_template(&r.summary.value) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.error(r.summary.referenced, e);
+            Vec::new()
+        }
+    };
+    if ctx.errors.len() > before {
+        return None;
+    }
+    let detector = detector?;
+    let fingerprint = format!(
+        "{:?}|{:?}|{:?}",
+        matcher_fingerprint(&r.matcher),
+        detector,
+        suppress
+    );
+    Some((
+        Rule {
+            id: RuleId(r.id.value.as_str().into()),
+            description: r.description.value.trim().to_string(),
+            category: r.category,
+            severity: r.severity,
+            matcher,
+            detector,
+            suppress,
+            summary,
+            evidence: r.evidence,
+            origin: format!("{}:{}", ctx.file, r.id.referenced.line()),
+            fingerprint,
+        },
+        r.enabled,
+    ))
+}
+
+fn matcher_fingerprint(m: &RawMatch) -> String {
+    let strs = |v: &Option<Vec<S<String>>>| {
+        v.as_ref()
+            .map(|v| v.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
+    };
+    format!(
+        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+        strs(&m.methods),
+        strs(&m.routes),
+        strs(&m.hosts),
+        strs(&m.status),
+        strs(&m.verdicts),
+        m.families,
+        m.expired_beyond_secs.as_ref().map(|s| s.value)
+    )
+}
+
+fn compile_patterns(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    pats: &[S<String>],
+    sep: char,
+    lower: bool,
+) -> Option<RegexSet> {
+    let mut res = Vec::new();
+    for p in pats {
+        let re = match p.value.strip_prefix("re:") {
+            Some(re) => re.to_string(),
+            None => {
+                let g = if lower {
+                    p.value.to_ascii_lowercase()
+                } else {
+                    p.value.clone()
+                };
+                glob_to_regex(&g, sep)
+            }
+        };
+        match regex::Regex::new(&re) {
+            Ok(_) => res.push(re),
+            Err(e) => ctx.error(
+                p.referenced,
+                format!(
+                    "{key}: bad regex `{}`: {}",
+                    p.value,
+                    first_line(&e.to_string())
+                ),
+            ),
+        }
+    }
+    if pats.is_empty() {
+        ctx.error(
+            Location::UNKNOWN,
+            format!("{key}: empty list matches nothing"),
+        );
+    }
+    RegexSet::new(&res).ok()
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .to_string()
+}
+
+fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
+    let mut out = Matcher::default();
+    if let Some(ms) = &m.methods {
+        let mut v = Vec::new();
+        for s in ms {
+            let up = s.value.to_ascii_uppercase();
+            if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
+                ctx.error(
+                    s.referenced,
+                    format!("methods: `{}` is not an HTTP method", s.value),
+                );
+            }
+            v.push(up);
+        }
+        out.methods = Some(v);
+    }
+    if let Some(rs) = &m.routes {
+        out.routes = compile_patterns(ctx, "routes", rs, '/', false);
+    }
+    if let Some(hs) = &m.hosts {
+        out.hosts = compile_patterns(ctx, "hosts", hs, '.', true);
+    }
+    if let Some(ss) = &m.status {
+        let mut v = Vec::new();
+        for s in ss {
+            let t = s.value.trim().to_ascii_lowercase();
+            let parsed = if let Some(c) = t.strip_suffix("xx") {
+                c.parse::<u16>()
+                    .ok()
+                    .filter(|c| (1..=5).contains(c))
+                    .map(StatusMatch::Class)
+            } else {
+                t.parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .map(StatusMatch::Code)
+            };
+            match parsed {
+                Some(p) => v.push(p),
+                None => ctx.error(
+                    s.referenced,
+                    format!(
+                        "status: `{}`: expected a code 100-599 or a class 1xx-5xx",
+                        s.value
+                    ),
+                ),
+            }
+        }
+        out.status = Some(v);
+    }
+    if let Some(vs) = &m.verdicts {
+        let mut bits = 0u32;
+        for s in vs {
+            match Verdict::from_name(&s.value) {
+                Some(v) => bits |= super::verdict_bit(v),
+                None => ctx.error(
+                    s.referenced,
+                    format!(
+                        "verdicts: unknown verdict `{}`; expected one of {}",
+                        s.value,
+                        Verdict::ALL.map(Verdict::as_str).join(", ")
+                    ),
+                ),
+            }
+        }
+        out.verdicts = Some(bits);
+    }
+    out.families = m.families.clone();
+    if let Some(e) = &m.expired_beyond_secs {
+        if !(e.value.is_finite() && (0.0..=MAX_WINDOW_SECS).contains(&e.value)) {
+            ctx.error(
+                e.referenced,
+                format!("expired_beyond_secs: expected 0 to {MAX_WINDOW_SECS} seconds"),
+            );
+        } else if !out.verdict_allowed(Verdict::Expired) {
+            ctx.error(
+                e.referenced,
+                "expired_beyond_secs: can never match, `verdicts` does not include `expired`"
+                    .into(),
+            );
+        }
+        out.expired_beyond_secs = Some(e.value);
+    }
+    out
+}
+
+fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
+    let before = ctx.errors.len();
+    let window = d.window_secs.value;
+    if !(window.is_finite() && window > 0.0 && window <= MAX_WINDOW_SECS) {
+        ctx.error(
+            d.window_secs.referenced,
+            format!("window_secs: expected more than 0 and at most {MAX_WINDOW_SECS} seconds, got {window}"),
+        );
+    }
+    let threshold = d.threshold.value;
+    let min = if d.kind.value == "distinct" { 2 } else { 1 };
+    if !(min..=i64::from(MAX_THRESHOLD)).contains(&threshold) {
+        ctx.error(
+            d.threshold.referenced,
+            format!("threshold: expected {min} to {MAX_THRESHOLD}, got {threshold}"),
+        );
+    }
+    let group_by = d.group_by.value;
+    let det = match d.kind.value.as_str() {
+        "threshold" => {
+            if let Some(x) = &d.distinct {
+                ctx.error(x.referenced, "distinct: only for `kind: distinct`".into());
+            }
+            Detector::Threshold {
+                group_by,
+                threshold: threshold.clamp(0, i64::from(MAX_THRESHOLD)) as u32,
+                window: secs(window.clamp(0.0, MAX_WINDOW_SECS)),
+            }
+        }
+        "distinct" => {
+            let Some(distinct) = &d.distinct else {
+                ctx.error(
+                    d.kind.referenced,
+                    "detector: `kind: distinct` needs `distinct:` (ip, device, user, token or endpoint)"
+                        .into(),
+                );
+                return None;
+            };
+            if distinct.value == group_by {
+                ctx.error(
+                    distinct.referenced,
+                    format!(
+                        "distinct: counting distinct `{}` per `{}` is always 1",
+                        distinct.value.as_str(),
+                        group_by.as_str()
+                    ),
+                );
+            }
+            Detector::Distinct {
+                group_by,
+                distinct: distinct.value,
+                threshold: threshold.clamp(0, i64::from(MAX_THRESHOLD)) as u32,
+                window: secs(window.clamp(0.0, MAX_WINDOW_SECS)),
+            }
+        }
+        other => {
+            ctx.error(
+                d.kind.referenced,
+                format!("unknown detector `{other}`; expected one of threshold, distinct"),
+            );
+            return None;
+        }
+    };
+    (ctx.errors.len() == before).then_some(det)
+}
+
+pub(super) fn compile_test(
+    ctx: &mut Ctx<'_>,
+    t: RawTest,
+    dir: &Path,
+    rules: &[RuleId],
+) -> Option<RuleTest> {
+    let origin = format!("{}:{}", ctx.file, t.name.referenced.line());
+    let input = match (t.transactions, t.capture) {
+        (Some(txs), None) => {
+            for tx in &txs {
+                if let Some(v) = &tx.verdict
+                    && Verdict::from_name(v).is_none()
+                {
+                    ctx.error(
+                        t.name.referenced,
+                        format!("test `{}`: unknown verdict `{v}`", t.name.value),
+                    );
+                    return None;
+                }
+                if !(tx.at.is_finite() && (0.0..1e9).contains(&tx.at)) {
+                    ctx.error(
+                        t.name.referenced,
+                        format!("test `{}`: `at` must be 0 or more seconds", t.name.value),
+                    );
+                    return None;
+                }
+            }
+            TestInput::Transactions(txs)
+        }
+        (None, Some(cap)) => TestInput::Capture {
+            capture: dir.join(&cap.value),
+            config: t.config.map(|c| dir.join(c)),
+        },
+        _ => {
+            ctx.error(
+                t.name.referenced,
+                format!(
+                    "test `{}`: give exactly one of `transactions` or `capture`",
+                    t.name.value
+                ),
+            );
+            return None;
+        }
+    };
+    Some(RuleTest {
+        name: t.name.value,
+        origin,
+        input,
+        expect: t.expect,
+        rules: rules.to_vec(),
+    })
+}

@@ -1,0 +1,177 @@
+//! The detect thread: merges the workers' events into one packet-time order, runs the
+//! rules, writes alerts.
+//!
+//! Workers emit events in their own order; how connections are spread over workers must not
+//! change the alerts, so events are held in a heap and released in (emission time, request
+//! time, client, server, per-connection sequence) order once every worker has reported a
+//! clock ([`EventBatch::watermark`]) past them by the ordering lateness. The heap is capped;
+//! beyond it the oldest events are released early and counted as late.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use super::{AlertSink, Shared};
+use crate::capture::Timestamp;
+use crate::detect::{Alert, DetectConfig, DetectStats, Engine, Event, write_alert};
+
+/// Packet time an event may trail its worker's clock: transactions closed by timeouts are
+/// stamped with their deadline, which can be up to a heartbeat (1 s) behind.
+const LATENESS_NANOS: u64 = 3_000_000_000;
+/// Events held for ordering at most (about 3 s of a very busy port).
+const MAX_HELD: usize = 1_000_000;
+
+/// One event with its ordering key.
+pub(super) struct Ordered {
+    /// Packet time at which the transaction was complete (the segment or timeout that ended it).
+    pub at: Timestamp,
+    pub ts: Timestamp,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub seq: u64,
+    pub event: Event,
+}
+
+impl Ordered {
+    fn key(&self) -> (Timestamp, Timestamp, SocketAddr, SocketAddr, u64) {
+        (self.at, self.ts, self.client, self.server, self.seq)
+    }
+}
+
+impl PartialEq for Ordered {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+impl Eq for Ordered {}
+impl PartialOrd for Ordered {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ordered {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.key().cmp(&o.key())
+    }
+}
+
+/// What a worker sends after each batch it processed.
+pub(super) struct EventBatch {
+    pub worker: usize,
+    pub events: Vec<Ordered>,
+    /// The worker's packet clock; `u64::MAX` when it has finished.
+    pub watermark: Timestamp,
+}
+
+pub(super) struct DetectResult {
+    pub stats: DetectStats,
+    pub written: u64,
+}
+
+struct Writer {
+    sink: AlertSink,
+    written: u64,
+}
+
+impl Writer {
+    fn write(&mut self, alerts: &mut Vec<Alert>) -> std::io::Result<()> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        self.written += alerts.len() as u64;
+        match &mut self.sink {
+            AlertSink::Discard => alerts.clear(),
+            AlertSink::Writer(w) => {
+                for a in alerts.drain(..) {
+                    write_alert(w, &a)?;
+                }
+                w.flush()?;
+            }
+            AlertSink::Collect(v) => {
+                if let Ok(mut v) = v.lock() {
+                    v.append(alerts);
+                }
+                alerts.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn run(
+    cfg: DetectConfig,
+    shared: Arc<Shared>,
+    workers: usize,
+    rx: Receiver<EventBatch>,
+    sink: AlertSink,
+    live: bool,
+) -> std::io::Result<DetectResult> {
+    let mut rules = shared.rules.load_full();
+    let mut engine = Engine::new(cfg, &rules);
+    let mut heap: BinaryHeap<Reverse<Ordered>> = BinaryHeap::new();
+    let mut marks = vec![Timestamp::ZERO; workers];
+    let mut last: Option<(Timestamp, Timestamp, SocketAddr, SocketAddr, u64)> = None;
+    let mut alerts = Vec::new();
+    let mut out = Writer { sink, written: 0 };
+    let mut failed: Option<std::io::Error> = None;
+    let release =
+        |o: Ordered, engine: &mut Engine, last: &mut Option<_>, alerts: &mut Vec<Alert>| {
+            let k = o.key();
+            if last.as_ref().is_some_and(|l| k < *l) {
+                engine.note_late(1);
+            } else {
+                *last = Some(k);
+            }
+            engine.observe(&o.event, alerts);
+        };
+    while let Ok(batch) = rx.recv() {
+        let current = shared.rules.load_full();
+        if !Arc::ptr_eq(&current, &rules) {
+            engine.replace_rules(&current);
+            rules = current;
+        }
+        if let Some(m) = marks.get_mut(batch.worker) {
+            *m = (*m).max(batch.watermark);
+        }
+        heap.extend(batch.events.into_iter().map(Reverse));
+        let low = marks.iter().copied().min().unwrap_or_default();
+        let ready = Timestamp(low.0.saturating_sub(LATENESS_NANOS));
+        while let Some(Reverse(top)) = heap.peek() {
+            if top.at > ready && heap.len() <= MAX_HELD {
+                break;
+            }
+            let Some(Reverse(o)) = heap.pop() else { break };
+            release(o, &mut engine, &mut last, &mut alerts);
+        }
+        // Live: follow-up alerts fall due with the clock even when an actor falls silent.
+        // Replay sweeps only on event time, so the result never depends on batching.
+        if live && low.0 != u64::MAX {
+            engine.sweep(ready, &mut alerts);
+        }
+        if failed.is_none()
+            && let Err(e) = out.write(&mut alerts)
+        {
+            failed = Some(e);
+        }
+        alerts.clear();
+    }
+    while let Some(Reverse(o)) = heap.pop() {
+        release(o, &mut engine, &mut last, &mut alerts);
+    }
+    engine.finish(&mut alerts);
+    if failed.is_none()
+        && let Err(e) = out.write(&mut alerts)
+    {
+        failed = Some(e);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(DetectResult {
+            stats: engine.stats(),
+            written: out.written,
+        }),
+    }
+}
