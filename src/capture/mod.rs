@@ -332,7 +332,12 @@ pub fn capture_live(
         .immediate_mode(cfg.immediate)
         .timeout(cfg.poll_timeout_ms)
         .precision(pcap::Precision::Nano);
-    let mut cap = inactive.open().map_err(live_err)?;
+    // Non-blocking: libpcap on Linux (TPACKET_V3) may keep polling past its timeout while
+    // no packet arrives, and an idle port must still advance packet time (`on_idle`).
+    let mut cap = inactive
+        .open()
+        .and_then(|c| c.setnonblock())
+        .map_err(live_err)?;
     if let Some(bpf) = &cfg.bpf {
         cap.filter(bpf, true).map_err(live_err)?;
     }
@@ -362,6 +367,9 @@ pub fn capture_live(
     }
     result
 }
+
+/// Pause between polls of an idle interface.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 #[allow(clippy::too_many_arguments)]
 fn read_live(
@@ -395,7 +403,11 @@ fn read_live(
                     p.header.len,
                 );
             }
-            Err(pcap::Error::TimeoutExpired) => on_idle(),
+            Err(pcap::Error::TimeoutExpired) => {
+                // Nothing buffered: the kernel ring holds what arrives meanwhile.
+                on_idle();
+                std::thread::sleep(IDLE_POLL);
+            }
             // pcap_breakloop: shutdown was asked for.
             Err(pcap::Error::NoMorePackets) => break Ok(()),
             Err(e) => break Err(live_err(e)),

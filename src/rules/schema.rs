@@ -323,11 +323,12 @@ fn compile_patterns(
 }
 
 fn first_line(s: &str) -> String {
-    s.lines()
+    let line = s
+        .lines()
         .rfind(|l| !l.trim().is_empty())
         .unwrap_or(s)
-        .trim()
-        .to_string()
+        .trim();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
 }
 
 fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {

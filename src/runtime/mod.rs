@@ -168,6 +168,9 @@ struct Dispatcher {
     lossy: bool,
     now: Timestamp,
     last_heartbeat: Timestamp,
+    /// Live capture: the wall-clock instant the last packet arrived, so an idle port's
+    /// clock still moves (held events and follow-up alerts fall due); replay never uses it.
+    last_arrival: Option<(Timestamp, Instant)>,
     side: CaptureSide,
 }
 
@@ -184,6 +187,7 @@ impl Dispatcher {
             lossy,
             now: Timestamp::ZERO,
             last_heartbeat: Timestamp::ZERO,
+            last_arrival: None,
             side: CaptureSide::default(),
         }
     }
@@ -195,6 +199,9 @@ impl Dispatcher {
         };
         if f.ts > self.now {
             self.now = f.ts;
+        }
+        if self.lossy {
+            self.last_arrival = Some((self.now, Instant::now()));
         }
         self.side.first.get_or_insert(f.ts);
         self.side.last = Some(self.now);
@@ -222,6 +229,18 @@ impl Dispatcher {
         };
         if let Some(w) = full {
             self.send(w);
+        }
+        self.maybe_heartbeat();
+    }
+
+    /// Live capture with no packets: packet time follows the wall clock from the last
+    /// kernel timestamp, so idle workers expire flows and held events are released.
+    fn idle(&mut self) {
+        if let Some((ts, at)) = self.last_arrival {
+            let moved = ts.saturating_add(at.elapsed());
+            if moved > self.now {
+                self.now = moved;
+            }
         }
         self.maybe_heartbeat();
     }
@@ -794,7 +813,7 @@ pub fn run_live(
                         &stop,
                         &mut stats,
                         &mut |f| d.borrow_mut().frame(f),
-                        &mut || d.borrow_mut().maybe_heartbeat(),
+                        &mut || d.borrow_mut().idle(),
                     )
                 };
                 if r.is_err() {

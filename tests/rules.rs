@@ -1,0 +1,225 @@
+//! Rules end to end through the command line: `rules check` on the built-in pack and on
+//! broken fixtures, a failing rule test, `--rules` replacing the pack, and the token-abuse
+//! sample (real clients) giving exactly its expected alerts whatever the worker count.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn shieldtap(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shieldtap"))
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .expect("runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn builtin_pack_checks_clean_and_runs_its_capture_test() {
+    let o = shieldtap(&["rules", "check"]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with("built-in: "), "{last}");
+    assert!(last.ends_with(" 0 failed, 0 skipped"), "{last}");
+    assert!(
+        out.contains("token-abuse sample capture"),
+        "the capture test ran: {out}"
+    );
+    // The folder form on the same files agrees.
+    let o = shieldtap(&["rules", "check", "rules"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+}
+
+#[test]
+fn broken_rule_files_are_reported_with_exact_positions() {
+    let o = shieldtap(&["rules", "check", "tests/fixtures/rules-broken"]);
+    assert_eq!(o.status.code(), Some(2));
+    let want = std::fs::read_to_string(
+        Path::new(ROOT).join("tests/fixtures/rules-broken/expected-errors.txt"),
+    )
+    .expect("expected-errors.txt");
+    assert_eq!(text(&o.stdout), want);
+    // One line per kind of mistake kept in the folder.
+    for needle in [
+        "bad-regex.yaml:7:27: routes: bad regex",
+        "duplicate-id.yaml:2:9: duplicate rule id `forged.tokens`",
+        "impossible-window.yaml:14:20: window_secs",
+        "unknown-detector.yaml:7:13: unknown detector `thresold`",
+        "unknown-key.yaml:10:7: unknown field `window_sec`",
+        "unknown-verdict.yaml:7:33: verdicts: unknown verdict `forged`",
+        "bad-yaml.yaml:3:18: ",
+    ] {
+        assert!(want.contains(needle), "fixture lacks {needle}");
+    }
+}
+
+fn write_rules(dir: &Path, name: &str, yaml: &str) {
+    std::fs::write(dir.join(name), yaml).expect("write rule file");
+}
+
+const VALID_ONLY: &str = r#"rules:
+  - id: test.valid-tokens
+    description: Every request with a valid token (a rule no real pack would have).
+    category: bot
+    severity: info
+    match:
+      verdicts: [valid]
+    detector: {kind: threshold, group_by: device, threshold: 1, window_secs: 60}
+    suppress_secs: 0
+    summary: "{device} sent a valid token"
+tests:
+  - name: fires per request
+    transactions:
+      - {at: 0, ip: 192.0.2.1, verdict: valid, device: d}
+      - {at: 1, ip: 192.0.2.1, verdict: valid, device: d}
+    expect:
+      - {rule: test.valid-tokens, actor: {device: d}, count: 1}
+      - {rule: test.valid-tokens, actor: {device: d}, count: 1}
+"#;
+
+#[test]
+fn a_failing_rule_test_exits_1_and_says_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_rules(
+        dir.path(),
+        "r.yaml",
+        &VALID_ONLY.replace(
+            "      - {rule: test.valid-tokens, actor: {device: d}, count: 1}\n      - ",
+            "      - ",
+        ),
+    );
+    let o = shieldtap(&["rules", "check", dir.path().to_str().expect("utf-8")]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL  "), "{out}");
+    assert!(out.contains("raised, not expected: {"), "{out}");
+    // The good version passes.
+    write_rules(dir.path(), "r.yaml", VALID_ONLY);
+    let o = shieldtap(&["rules", "check", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+}
+
+fn replay_alerts(extra: &[&str], workers: &str) -> Vec<Value> {
+    let mut args = vec![
+        "replay",
+        "samples/token-abuse/capture.pcap",
+        "--config",
+        "samples/token-abuse/shieldtap.toml",
+        "--workers",
+        workers,
+    ];
+    args.extend_from_slice(extra);
+    let o = shieldtap(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(!out.contains("eyJ"), "a token leaked into alerts: {out}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("alert is JSON"))
+        .collect()
+}
+
+#[test]
+fn token_abuse_sample_gives_exactly_its_alerts_with_any_worker_count() {
+    let golden: Vec<Value> =
+        std::fs::read_to_string(Path::new(ROOT).join("samples/token-abuse/alerts.jsonl"))
+            .expect("alerts.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+    assert_eq!(golden.len(), 12);
+    for workers in ["1", "2", "4"] {
+        let got = replay_alerts(&[], workers);
+        assert_eq!(got, golden, "with {workers} workers");
+    }
+    // Attribution: the abusive actors of the sample's README, and none of the genuine ones.
+    let flagged: BTreeSet<(String, String)> = golden
+        .iter()
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap_or_default().to_string(),
+                a["actor"]["ip"]
+                    .as_str()
+                    .or(a["actor"]["device"].as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("token.forged", "127.0.0.20"),
+        ("token.expired-replay", "127.0.0.50"),
+        ("token.shared-across-addresses", "device-r"),
+        ("device.shared-across-addresses", "device-r"),
+        ("device.shared-across-addresses", "127.0.0.34"),
+        ("device.shared-across-addresses", "device-s"),
+        ("device.shared-across-addresses", "127.0.0.44"),
+        ("token.binding-mismatch", "127.0.0.60"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(flagged, want);
+    for a in &golden {
+        let actor = a["actor"].to_string();
+        for genuine in [
+            "127.0.0.10",
+            "127.0.0.11",
+            "127.0.0.12",
+            "127.0.0.13",
+            "device-a",
+            "device-b",
+            "device-c",
+        ] {
+            assert!(!actor.contains(genuine), "genuine client flagged: {a}");
+        }
+        assert!(a["summary"].as_str().is_some_and(|s| s.len() > 20));
+        assert!(a["count"].as_u64().is_some_and(|c| c >= 1));
+        assert!(a["first_seen"].as_str() <= a["last_seen"].as_str());
+    }
+}
+
+#[test]
+fn rules_flag_replaces_the_builtin_pack() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_rules(dir.path(), "only.yaml", VALID_ONLY);
+    let alerts = replay_alerts(&["--rules", dir.path().to_str().expect("utf-8")], "2");
+    assert!(!alerts.is_empty());
+    assert!(
+        alerts.iter().all(|a| a["rule"] == "test.valid-tokens"),
+        "only the folder's rule runs"
+    );
+    // One alert per request with a valid token (suppression off): 24 in the sample's
+    // expected.jsonl.
+    assert_eq!(alerts.len(), 24);
+}
+
+#[test]
+fn a_broken_rules_folder_stops_replay_with_exit_2() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_rules(
+        dir.path(),
+        "bad.yaml",
+        &VALID_ONLY.replace("kind: threshold", "kind: thresold"),
+    );
+    let o = shieldtap(&[
+        "replay",
+        "samples/token-abuse/capture.pcap",
+        "--rules",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("bad.yaml:8:22: unknown detector `thresold`"),
+        "{err}"
+    );
+}
