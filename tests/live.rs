@@ -205,6 +205,8 @@ fn rules_reload_keeps_old_rules_on_error_and_applies_fixed_ones() {
     std::fs::write(www.join("hello.json"), b"{\"hello\":\"world\"}").expect("write file");
     let rule_path = rules.join("test.yaml");
     std::fs::write(&rule_path, rule_file("reload.v1", "threshold")).expect("rule");
+    let config = dir.path().join("shieldtap.toml");
+    std::fs::write(&config, "[runtime]\nworkers = 2\n").expect("config");
     let mut server = Command::new("python3")
         .args([
             "-m",
@@ -233,6 +235,8 @@ fn rules_reload_keeps_old_rules_on_error_and_applies_fixed_ones() {
         ])
         .arg("--rules")
         .arg(&rules)
+        .arg("--config")
+        .arg(&config)
         .arg("--alerts-out")
         .arg(&alerts)
         .arg("--transactions-out")
@@ -257,14 +261,17 @@ fn rules_reload_keeps_old_rules_on_error_and_applies_fixed_ones() {
     curl_hello(port, 2);
     std::thread::sleep(settle);
     let pid = st.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
-    std::thread::sleep(Duration::from_millis(1000));
+    let hup = || {
+        let sent = Command::new("kill").args(["-HUP", &pid]).status();
+        assert!(sent.expect("kill").success());
+        std::thread::sleep(Duration::from_millis(1000));
+    };
+    // SIGHUP with a broken config: the running config stays, the rules reload again.
+    std::fs::write(&config, "[runtime]\nworkers = 0\n").expect("broken config");
+    hup();
+    // And with the config fixed.
+    std::fs::write(&config, "[runtime]\nworkers = 2\n").expect("config");
+    hup();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -314,7 +321,14 @@ fn rules_reload_keeps_old_rules_on_error_and_applies_fixed_ones() {
         serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
     assert_eq!(s["transactions_written"], 6);
     assert!(s["reloads"]["rules_failed"].as_u64() >= Some(1), "{s}");
-    // The fixed file and the SIGHUP.
-    assert!(s["reloads"]["rules_ok"].as_u64() >= Some(2), "{s}");
+    // The fixed file and the two SIGHUPs.
+    assert!(s["reloads"]["rules_ok"].as_u64() >= Some(3), "{s}");
+    assert_eq!(s["reloads"]["config_failed"], 1, "{s}");
+    assert_eq!(s["reloads"]["config_ok"], 1, "{s}");
+    assert!(
+        log.contains("shieldtap.toml:2:11: runtime.workers: expected 1 to 256")
+            && log.contains("keeping the running config"),
+        "{log}"
+    );
     assert_eq!(s["rules_enabled"], 1);
 }

@@ -163,13 +163,14 @@ impl Engine {
             next_sweep: Timestamp::ZERO,
             now: Timestamp::ZERO,
         };
-        e.replace_rules(set);
+        e.replace_rules(set, &mut Vec::new());
         e
     }
 
     /// Swaps in a new rule set. Rules whose definition is unchanged keep their windows and
-    /// open aggregates; new or changed rules start empty; removed rules are dropped.
-    pub fn replace_rules(&mut self, set: &RuleSet) {
+    /// open aggregates; new or changed rules start empty; removed or changed rules first
+    /// emit their open aggregates (follow-ups), so no folded request goes unreported.
+    pub fn replace_rules(&mut self, set: &RuleSet, out: &mut Vec<Alert>) {
         let mut old: HashMap<RuleId, RuleState> = self
             .rules
             .drain(..)
@@ -181,11 +182,23 @@ impl Engine {
                     st.rule = r.clone();
                     self.rules.push(st);
                 }
-                _ => self.rules.push(RuleState {
+                Some(mut st) => {
+                    flush_rule(&mut st, &mut self.stats, out);
+                    self.rules.push(RuleState {
+                        rule: r.clone(),
+                        keys: HashMap::default(),
+                    });
+                }
+                None => self.rules.push(RuleState {
                     rule: r.clone(),
                     keys: HashMap::default(),
                 }),
             }
+        }
+        let mut removed: Vec<RuleState> = old.into_values().collect();
+        removed.sort_by(|a, b| a.rule.id.cmp(&b.rule.id));
+        for mut st in removed {
+            flush_rule(&mut st, &mut self.stats, out);
         }
     }
 
@@ -263,18 +276,23 @@ impl Engine {
     /// End of input: every open aggregate is emitted.
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
         for st in &mut self.rules {
-            let mut due: Vec<(KeyValue, Episode)> = st
-                .keys
-                .iter_mut()
-                .filter_map(|(k, ks)| ks.take_pending().map(|e| (k.clone(), e)))
-                .collect();
-            due.sort_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
-            for (k, e) in due {
-                emit(&st.rule, &k, e, true, &mut self.stats, out);
-            }
-            st.keys.clear();
+            flush_rule(st, &mut self.stats, out);
         }
     }
+}
+
+/// Emits every open aggregate of a rule (in a fixed order) and forgets its keys.
+fn flush_rule(st: &mut RuleState, stats: &mut DetectStats, out: &mut Vec<Alert>) {
+    let mut due: Vec<(KeyValue, Episode)> = st
+        .keys
+        .iter_mut()
+        .filter_map(|(k, ks)| ks.take_pending().map(|e| (k.clone(), e)))
+        .collect();
+    due.sort_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
+    for (k, e) in due {
+        emit(&st.rule, &k, e, true, stats, out);
+    }
+    st.keys.clear();
 }
 
 fn sweep_rule(st: &mut RuleState, now: Timestamp, stats: &mut DetectStats, out: &mut Vec<Alert>) {

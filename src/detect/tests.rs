@@ -197,11 +197,11 @@ fn reload_keeps_state_of_unchanged_rules_only() {
     let mut e = Engine::new(DetectConfig::default(), &s);
     run(&mut e, &[ev(0.0, "10.0.0.1")]);
     // Same rule again: the first event still counts.
-    e.replace_rules(&set(&rule("threshold", "", 2, 60, 0)));
+    e.replace_rules(&set(&rule("threshold", "", 2, 60, 0)), &mut Vec::new());
     assert_eq!(run(&mut e, &[ev(1.0, "10.0.0.1")]).len(), 1);
     run(&mut e, &[ev(2.0, "10.0.0.1")]);
     // Changed threshold: state starts over, so one more event is not enough.
-    e.replace_rules(&set(&rule("threshold", "", 3, 60, 0)));
+    e.replace_rules(&set(&rule("threshold", "", 3, 60, 0)), &mut Vec::new());
     assert!(run(&mut e, &[ev(3.0, "10.0.0.1")]).is_empty());
 }
 
@@ -224,4 +224,24 @@ fn matchers_filter_by_verdict_route_status_and_expiry() {
     assert!(run(&mut e, &[base(&|x| x.route = Some("/health".into()))]).is_empty());
     assert!(run(&mut e, &[base(&|x| x.status = Some(404))]).is_empty());
     assert!(run(&mut e, &[base(&|x| x.method = Some("POST".into()))]).is_empty());
+}
+
+#[test]
+fn reload_reports_what_a_changed_rule_had_aggregated() {
+    let s = set(&rule("threshold", "", 1, 60, 600));
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    let a = run(
+        &mut e,
+        &[
+            ev(0.0, "10.0.0.1"),
+            ev(1.0, "10.0.0.1"),
+            ev(2.0, "10.0.0.1"),
+        ],
+    );
+    assert_eq!(a.len(), 1);
+    let mut out = Vec::new();
+    e.replace_rules(&set(&rule("threshold", "", 2, 60, 600)), &mut out);
+    assert_eq!(out.len(), 1, "the two folded requests are reported");
+    assert!(out[0].follow_up);
+    assert_eq!(out[0].count, 2);
 }

@@ -144,11 +144,15 @@ impl Episode {
         if let Some(tok) = ev.token {
             push_distinct(&mut self.tokens, tok, t);
         }
-        if let Some(f) = &ev.family {
-            bump(&mut self.families, f.clone(), 4);
+        if let Some(f) = &ev.family
+            && !bump(&mut self.families, f.clone(), 4)
+        {
+            self.truncated = true;
         }
-        if let Some(s) = ev.status {
-            bump(&mut self.statuses, s, MAX_LISTED);
+        if let Some(s) = ev.status
+            && !bump(&mut self.statuses, s, MAX_LISTED)
+        {
+            self.truncated = true;
         }
         if let Some(e) = ev.expired_for {
             self.expired_for_max = Some(self.expired_for_max.map_or(e, |m| m.max(e)));

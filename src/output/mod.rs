@@ -42,14 +42,14 @@ struct TxRecord<'a> {
     server: Endpoint,
     method: Option<&'a str>,
     host: Option<String>,
-    path: Option<&'a str>,
+    path: Option<std::borrow::Cow<'a, str>>,
     route: Option<String>,
     status: Option<u16>,
     request_body_bytes: Option<u64>,
     response_body_bytes: Option<u64>,
     attestation: Option<&'a Attestation>,
     /// The user id, when the identity token can be believed (`valid` or `unverified`).
-    user: Option<&'a str>,
+    user: Option<String>,
     /// Verdict on the identity token, when there was one.
     user_verdict: Option<&'static str>,
     anomalies: Vec<&'static str>,
@@ -88,6 +88,11 @@ pub fn route_of(path: &str) -> String {
 fn is_id_segment(s: &str) -> bool {
     if s.is_empty() {
         return false;
+    }
+    // Personal values used as ids (`/users/jane@example.com`) are ids, and must not reach
+    // routes, which alerts and metrics show.
+    if matches!(redact::kind(s), redact::Kind::Email | redact::Kind::Card) {
+        return true;
     }
     let b = s.as_bytes();
     if b.iter().all(u8::is_ascii_digit) {
@@ -140,7 +145,7 @@ pub fn write_transaction(
         server: server.into(),
         method: req.map(|r| r.method.as_str()),
         host: req.and_then(|r| header(&r.headers, "host")).map(text),
-        path,
+        path: path.map(redact::path),
         route: path.map(route_of),
         status: resp.map(|r| r.status),
         request_body_bytes: req.map(|r| r.body.wire_len),
@@ -148,7 +153,7 @@ pub fn write_transaction(
         attestation,
         user: user
             .filter(|u| matches!(u.verdict, Verdict::Valid | Verdict::Unverified))
-            .map(|u| &*u.id),
+            .map(|u| redact::identifier(&u.id)),
         user_verdict: user.map(|u| u.verdict.as_str()),
         anomalies: tx.anomalies.iter().map(|a| a.as_str()).collect(),
         response_ts: resp.map(|r| r.ts.rfc3339()),
@@ -333,5 +338,9 @@ mod tests {
         assert_eq!(route_of("/h/deadbeefdeadbeef00"), "/h/{id}");
         assert_eq!(route_of("/api/v1/catalogue"), "/api/v1/catalogue");
         assert_eq!(route_of("/"), "/");
+        assert_eq!(
+            route_of("/users/jane@example.com/cards/4111111111111111"),
+            "/users/{id}/cards/{id}"
+        );
     }
 }

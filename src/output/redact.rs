@@ -83,6 +83,27 @@ pub fn identifier(id: &str) -> String {
     }
 }
 
+/// A URL path as it may be shown: segments that are e-mail addresses or card numbers are
+/// masked (`/users/j***@example.com/orders`); everything else, ids included, is kept.
+/// Borrowed unchanged in the common case.
+pub fn path(p: &str) -> std::borrow::Cow<'_, str> {
+    let personal = |seg: &str| matches!(kind(seg), Kind::Email | Kind::Card);
+    if !p.split('/').any(personal) {
+        return std::borrow::Cow::Borrowed(p);
+    }
+    let masked: Vec<String> = p
+        .split('/')
+        .map(|seg| {
+            if personal(seg) {
+                mask(seg)
+            } else {
+                seg.to_string()
+            }
+        })
+        .collect();
+    std::borrow::Cow::Owned(masked.join("/"))
+}
+
 fn is_email(v: &str) -> bool {
     let Some((local, domain)) = v.rsplit_once('@') else {
         return false;
@@ -160,6 +181,17 @@ mod tests {
         assert_eq!(identifier("bob@example.org"), "b***@example.org");
         assert_eq!(identifier("+15550109999"), "***99");
         assert_eq!(identifier("12345678"), "12345678");
+    }
+
+    #[test]
+    fn paths_mask_personal_segments_only() {
+        assert_eq!(path("/api/v1/users/123/orders"), "/api/v1/users/123/orders");
+        assert_eq!(
+            path("/users/jane.doe@example.com/orders"),
+            "/users/j***@example.com/orders"
+        );
+        assert_eq!(path("/cards/4111111111111111"), "/cards/****1111");
+        assert!(matches!(path("/a/b"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

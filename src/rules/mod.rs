@@ -490,13 +490,14 @@ pub fn compile(
             errors: &mut errors,
         };
         let mut file_rules = Vec::new();
+        // Every id the file defines, compiled or not: tests may expect only these (a rule
+        // that failed to compile is already reported; its tests add no derived error).
+        let mut file_ids: Vec<String> = Vec::new();
         for r in raw.rules {
             let id_pos = r.id.referenced;
             let id_text = r.id.value.clone();
+            file_ids.push(id_text);
             let Some((rule, enabled)) = schema::compile_rule(&mut ctx, r) else {
-                // Known by name, so tests expecting it report no second, derived error.
-                seen.entry(id_text)
-                    .or_insert_with(|| format!("{file}:{}", id_pos.line()));
                 continue;
             };
             let here = format!("{file}:{}", id_pos.line());
@@ -521,24 +522,19 @@ pub fn compile(
             .unwrap_or(base);
         for t in raw.tests {
             if let Some(test) = schema::compile_test(&mut ctx, t, dir, &file_rules) {
+                // A test judges only its own file's rules, so it may expect only those.
+                for e in &test.expect {
+                    if !file_ids.contains(&e.rule.value) {
+                        ctx.error(
+                            e.rule.referenced,
+                            format!(
+                                "test `{}` expects an alert of rule `{}`, which this file does not define (a test judges its own file's rules)",
+                                test.name, e.rule.value
+                            ),
+                        );
+                    }
+                }
                 set.tests.push(test);
-            }
-        }
-    }
-    // Expectations may only name rules that exist somewhere in the set.
-    for t in &set.tests {
-        for e in &t.expect {
-            if !seen.contains_key(e.rule.value.as_str()) {
-                let (file, line) = t.origin.rsplit_once(':').unwrap_or((&t.origin, "0"));
-                errors.push(RuleError {
-                    file: file.to_string(),
-                    line: e.rule.referenced.line(),
-                    column: e.rule.referenced.column(),
-                    message: format!(
-                        "test expects an alert of unknown rule `{}` (test at line {line})",
-                        e.rule.value
-                    ),
-                });
             }
         }
     }
@@ -750,6 +746,28 @@ mod tests {
             .replace("window_secs: 60", "window_secs: -1");
         let e = one(&bad).unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
+    }
+
+    #[test]
+    fn alias_bombs_and_garbage_are_errors_not_hangs() {
+        // "Billion laughs": 9 levels of 9 aliases would expand to 387 million strings.
+        let mut bomb =
+            String::from("a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n");
+        for (prev, cur) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            bomb.push_str(&format!(
+                "{cur}: &{cur} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+            ));
+        }
+        bomb.push_str("rules: *i\n");
+        let started = std::time::Instant::now();
+        assert!(one(&bomb).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        for junk in ["", "rules: 3", "- - -", "rules:\n  - id: [", "\u{0}\u{1}"] {
+            let _ = one(junk);
+        }
     }
 
     #[test]

@@ -52,18 +52,18 @@ fn yes() -> bool {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
-    methods: Option<Vec<S<String>>>,
+    methods: Option<S<Vec<S<String>>>>,
     /// Route globs over the templated route (`/api/*/users/{id}`, `/api/**`), or regexes
     /// prefixed `re:`.
-    routes: Option<Vec<S<String>>>,
+    routes: Option<S<Vec<S<String>>>>,
     /// Host globs (`*.example.com`), or regexes prefixed `re:`.
-    hosts: Option<Vec<S<String>>>,
+    hosts: Option<S<Vec<S<String>>>>,
     /// Status codes (`401`) or classes (`4xx`).
-    status: Option<Vec<S<String>>>,
+    status: Option<S<Vec<S<String>>>>,
     /// Token verdicts (INTERFACE.md names).
-    verdicts: Option<Vec<S<String>>>,
+    verdicts: Option<S<Vec<S<String>>>>,
     /// Token family names (`[[attestation]] name`).
-    families: Option<Vec<String>>,
+    families: Option<S<Vec<String>>>,
     /// Only tokens used more than this many seconds after their `exp`.
     expired_beyond_secs: Option<S<f64>>,
 }
@@ -265,9 +265,9 @@ pub(super) fn compile_rule(ctx: &mut Ctx<'_>, r: RawRule) -> Option<(Rule, bool)
 }
 
 fn matcher_fingerprint(m: &RawMatch) -> String {
-    let strs = |v: &Option<Vec<S<String>>>| {
+    let strs = |v: &Option<S<Vec<S<String>>>>| {
         v.as_ref()
-            .map(|v| v.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
+            .map(|v| v.value.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
     };
     format!(
         "{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
@@ -276,7 +276,7 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
         strs(&m.hosts),
         strs(&m.status),
         strs(&m.verdicts),
-        m.families,
+        m.families.as_ref().map(|f| &f.value),
         m.expired_beyond_secs.as_ref().map(|s| s.value)
     )
 }
@@ -333,9 +333,32 @@ fn first_line(s: &str) -> String {
 
 fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     let mut out = Matcher::default();
+    let mut not_empty = |key: &str, at: Option<(Location, bool)>| {
+        if let Some((at, true)) = at {
+            ctx.error(
+                at,
+                format!(
+                    "{key}: an empty list matches nothing; leave the key out to match everything"
+                ),
+            );
+        }
+    };
+    let empty =
+        |v: &Option<S<Vec<S<String>>>>| v.as_ref().map(|v| (v.referenced, v.value.is_empty()));
+    not_empty("methods", empty(&m.methods));
+    not_empty("routes", empty(&m.routes));
+    not_empty("hosts", empty(&m.hosts));
+    not_empty("status", empty(&m.status));
+    not_empty("verdicts", empty(&m.verdicts));
+    not_empty(
+        "families",
+        m.families
+            .as_ref()
+            .map(|v| (v.referenced, v.value.is_empty())),
+    );
     if let Some(ms) = &m.methods {
         let mut v = Vec::new();
-        for s in ms {
+        for s in &ms.value {
             let up = s.value.to_ascii_uppercase();
             if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
                 ctx.error(
@@ -348,14 +371,14 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
         out.methods = Some(v);
     }
     if let Some(rs) = &m.routes {
-        out.routes = compile_patterns(ctx, "routes", rs, '/', false);
+        out.routes = compile_patterns(ctx, "routes", &rs.value, '/', false);
     }
     if let Some(hs) = &m.hosts {
-        out.hosts = compile_patterns(ctx, "hosts", hs, '.', true);
+        out.hosts = compile_patterns(ctx, "hosts", &hs.value, '.', true);
     }
     if let Some(ss) = &m.status {
         let mut v = Vec::new();
-        for s in ss {
+        for s in &ss.value {
             let t = s.value.trim().to_ascii_lowercase();
             let parsed = if let Some(c) = t.strip_suffix("xx") {
                 c.parse::<u16>()
@@ -383,7 +406,7 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     }
     if let Some(vs) = &m.verdicts {
         let mut bits = 0u32;
-        for s in vs {
+        for s in &vs.value {
             match Verdict::from_name(&s.value) {
                 Some(v) => bits |= super::verdict_bit(v),
                 None => ctx.error(
@@ -398,7 +421,7 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
         }
         out.verdicts = Some(bits);
     }
-    out.families = m.families.clone();
+    out.families = m.families.as_ref().map(|f| f.value.clone());
     if let Some(e) = &m.expired_beyond_secs {
         if !(e.value.is_finite() && (0.0..=MAX_WINDOW_SECS).contains(&e.value)) {
             ctx.error(

@@ -130,7 +130,7 @@ pub(super) fn run(
     while let Ok(batch) = rx.recv() {
         let current = shared.rules.load_full();
         if !Arc::ptr_eq(&current, &rules) {
-            engine.replace_rules(&current);
+            engine.replace_rules(&current, &mut alerts);
             rules = current;
         }
         if let Some(m) = marks.get_mut(batch.worker) {

@@ -1,0 +1,44 @@
+//! Arbitrary text as a rule file: validation must never panic or hang, and a set that
+//! compiles must run over a few events without panicking (templates, matchers, windows).
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use shieldtap::actor::Actor;
+use shieldtap::capture::Timestamp;
+use shieldtap::detect::{DetectConfig, Engine, Event};
+use shieldtap::rules;
+use shieldtap::token::{TokenHash, Verdict};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let files = [("f.yaml".to_string(), text.to_string())];
+    let Ok(set) = rules::compile(&files, Path::new("."), "fuzz") else {
+        return;
+    };
+    let mut engine = Engine::new(DetectConfig { max_keys_per_rule: 4 }, &set);
+    let mut out = Vec::new();
+    for (i, verdict) in Verdict::ALL.iter().enumerate() {
+        let ev = Event {
+            ts: Timestamp(1_000_000_000 * i as u64),
+            actor: Actor {
+                ip: std::net::IpAddr::from([10, 0, 0, (i % 3) as u8]),
+                device: Some("d".into()),
+                user: Some("jane@example.com".into()),
+            },
+            method: Some("GET".into()),
+            host: Some("api.example.com".into()),
+            route: Some("/api/v1/users/{id}".into()),
+            status: Some(200),
+            family: Some("approov".into()),
+            verdict: *verdict,
+            token: Some(TokenHash::of("t")),
+            expired_for: Some(i as f64 * 30.0),
+        };
+        engine.observe(&ev, &mut out);
+    }
+    engine.finish(&mut out);
+});
