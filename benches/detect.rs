@@ -48,6 +48,10 @@ fn events() -> Vec<Event> {
                 verdict,
                 token: Some(TokenHash::of(&format!("token-{actor}-{}", i / 20_000))),
                 expired_for: (verdict == Verdict::Expired).then_some(120.0),
+                object: Some(Arc::from(format!("/api/v1/users/{}", i % 300))),
+                number: Some((i % 300) as u64),
+                username: None,
+                login: false,
             }
         })
         .collect()

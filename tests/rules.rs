@@ -223,3 +223,123 @@ fn a_broken_rules_folder_stops_replay_with_exit_2() {
         "{err}"
     );
 }
+
+fn replay_sample(name: &str, workers: &str, summary: Option<&Path>) -> Vec<Value> {
+    let capture = format!("samples/{name}/capture.pcap");
+    let config = format!("samples/{name}/shieldtap.toml");
+    let mut args = vec![
+        "replay",
+        capture.as_str(),
+        "--config",
+        config.as_str(),
+        "--workers",
+        workers,
+    ];
+    let summary_arg;
+    if let Some(s) = summary {
+        summary_arg = s.to_str().expect("utf-8").to_string();
+        args.extend_from_slice(&["--summary-json", summary_arg.as_str()]);
+    }
+    let o = shieldtap(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(!out.contains("eyJ"), "a token leaked into alerts");
+    for secret in ["victim01@example.com", "alice@example.com", "Winter2026"] {
+        assert!(!out.contains(secret), "personal data in clear: {secret}");
+    }
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("alert is JSON"))
+        .collect()
+}
+
+/// samples/bots-and-stuffing: genuine apps with human think times, a scraper with a stolen
+/// login and no attestation, a credential stuffer, a distributed stuffer over ten
+/// addresses, and a cadence bot with an expired token; all recorded from real clients.
+#[test]
+fn bots_and_stuffing_sample_flags_every_attacker_and_no_genuine_device() {
+    let golden: Vec<Value> =
+        std::fs::read_to_string(Path::new(ROOT).join("samples/bots-and-stuffing/alerts.jsonl"))
+            .expect("alerts.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let summary = dir.path().join("summary.json");
+    for workers in ["1", "2", "4"] {
+        let got = replay_sample("bots-and-stuffing", workers, Some(&summary));
+        assert_eq!(got, golden, "with {workers} workers");
+    }
+    // Categories per attacker (by address, or by the account or endpoint keyed on).
+    let categories = |pick: &dyn Fn(&Value) -> bool| -> BTreeSet<String> {
+        golden
+            .iter()
+            .filter(|a| pick(a))
+            .map(|a| a["category"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let set = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| s.to_string()).collect() };
+    let ip_is = |ip: &'static str| move |a: &Value| a["actor"]["ip"] == ip;
+    assert_eq!(categories(&ip_is("127.0.0.30")), set(&["bot", "scraping"]));
+    assert_eq!(
+        categories(&ip_is("127.0.0.40")),
+        set(&["bot", "credential-stuffing"])
+    );
+    assert_eq!(
+        categories(&ip_is("127.0.0.60")),
+        set(&["bot", "token-replay"])
+    );
+    // The stolen account, and the login endpoint sprayed from ten addresses.
+    assert!(golden.iter().any(|a| a["rule"] == "bot.credential-misuse"
+        && a["actor"]["user"] == "a***@example.com"
+        && a["actor"]["ip"].is_null()));
+    let distributed: Vec<&Value> = golden
+        .iter()
+        .filter(|a| a["rule"] == "stuffing.distributed" && a["follow_up"] == false)
+        .collect();
+    assert_eq!(distributed.len(), 1);
+    assert_eq!(distributed[0]["endpoint"], "POST /api/v1/login");
+    assert!(
+        distributed[0]["evidence"]["addresses"]
+            .as_array()
+            .is_some_and(|v| v.len() >= 8)
+    );
+    // No genuine device, address or login is named at medium or above (here: at all).
+    for a in &golden {
+        let actor = a["actor"].to_string();
+        for genuine in [
+            "127.0.0.10",
+            "127.0.0.11",
+            "127.0.0.12",
+            "device-a",
+            "device-b",
+            "device-c",
+        ] {
+            assert!(!actor.contains(genuine), "genuine client flagged: {a}");
+        }
+        assert_ne!(a["actor"]["user"], "b***@example.com");
+        assert_ne!(a["actor"]["user"], "c***@example.com");
+    }
+    // The risk summary ranks attackers, names no genuine device, and masks users.
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
+    let top = s["actors"]["top"].as_array().expect("top actors");
+    assert!(!top.is_empty());
+    assert!(top.iter().all(|a| a["risk"].as_u64() > Some(0)));
+    let ids: Vec<&str> = top.iter().filter_map(|a| a["id"].as_str()).collect();
+    assert!(
+        ids.contains(&"127.0.0.40") && ids.contains(&"127.0.0.30"),
+        "{ids:?}"
+    );
+    assert!(ids.contains(&"a***@example.com"), "{ids:?}");
+    for genuine in [
+        "127.0.0.10",
+        "127.0.0.11",
+        "127.0.0.12",
+        "device-a",
+        "device-b",
+    ] {
+        assert!(!ids.contains(&genuine), "{ids:?}");
+    }
+    assert_eq!(s["actors"]["addresses"], 16);
+    assert_eq!(s["actors"]["evicted"], 0);
+}

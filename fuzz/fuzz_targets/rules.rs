@@ -37,6 +37,10 @@ fuzz_target!(|data: &[u8]| {
             verdict: *verdict,
             token: Some(TokenHash::of("t")),
             expired_for: Some(i as f64 * 30.0),
+            object: Some("/api/v1/users/7".into()),
+            number: Some(i as u64),
+            username: Some("jane@example.com".into()),
+            login: i % 2 == 0,
         };
         engine.observe(&ev, &mut out);
     }

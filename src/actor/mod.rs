@@ -7,6 +7,8 @@
 //! used: a forged token names no device, an unverifiable user token no user. Attribution
 //! never depends on seeing every flow of an actor: each request carries its own.
 
+pub mod registry;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -47,9 +49,19 @@ impl Attribution {
             let Ok(text) = std::str::from_utf8(&h.value) else {
                 return peer;
             };
+            let forwarded = name.eq_ignore_ascii_case("forwarded");
             let hops: Vec<&str> = text.rsplit(',').take(MAX_FORWARDED_HOPS).collect();
             for hop in hops {
-                let Some(ip) = parse_hop(hop.trim()) else {
+                let hop = if forwarded {
+                    // RFC 7239: `for=192.0.2.60;proto=https`, `for="[2001:db8::1]:4711"`.
+                    match forwarded_for(hop) {
+                        Some(f) => f,
+                        None => return peer,
+                    }
+                } else {
+                    hop.trim()
+                };
+                let Some(ip) = parse_hop(hop) else {
                     // A malformed entry ends the trusted chain: what lies left of it is
                     // not believable.
                     return peer;
@@ -66,6 +78,16 @@ impl Attribution {
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
+}
+
+/// The `for=` parameter of one `Forwarded` element, unquoted.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| v.trim().trim_matches('"'))
+    })
 }
 
 /// An address as forwarding headers write it: `1.2.3.4`, `1.2.3.4:5678`, `[::1]:80`, `::1`.
@@ -140,6 +162,24 @@ mod tests {
         assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("203.0.113.9"));
         let h = [hdr("X-Forwarded-For", "[2001:db8::1]:443")];
         assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("2001:db8::1"));
+    }
+
+    #[test]
+    fn forwarded_and_x_real_ip_are_understood() {
+        let a = Attribution {
+            client_ip_headers: vec!["Forwarded".into(), "X-Real-IP".into()],
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        let h = [hdr(
+            "Forwarded",
+            "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.1.1.1",
+        )];
+        assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("2001:db8::7"));
+        let h = [hdr("X-Real-IP", "198.51.100.4")];
+        assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("198.51.100.4"));
+        // Obfuscated identifiers (`for=_hidden`) are not addresses: the chain ends there.
+        let h = [hdr("Forwarded", "for=_hidden")];
+        assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("10.2.2.2"));
     }
 
     #[test]

@@ -90,6 +90,12 @@ struct RawDetect {
     /// Keys (actors, devices, tokens) tracked per rule; at the cap new keys are counted,
     /// not tracked, until idle ones are swept.
     max_keys_per_rule: Option<usize>,
+    /// Addresses, devices and users profiled (each kind); least recently seen evicted.
+    max_actors: Option<usize>,
+    /// Globs over templated routes of login endpoints (`**/login`, `/oauth/token`).
+    login_routes: Option<Vec<String>>,
+    /// JSON or form fields that carry the username on login routes.
+    username_fields: Option<Vec<String>>,
 }
 
 /// `[capture]`: live capture options (`run`).
@@ -340,6 +346,35 @@ impl Config {
                 return Err(err("detect.max_keys_per_rule", "expected 1 to 10000000"));
             }
             c.detect.max_keys_per_rule = n;
+        }
+        if let Some(n) = raw.detect.max_actors {
+            if !(1..=100_000_000).contains(&n) {
+                return Err(err("detect.max_actors", "expected 1 to 100000000"));
+            }
+            c.detect.max_actors = n;
+        }
+        if let Some(globs) = &raw.detect.login_routes {
+            if globs.is_empty() {
+                return Err(err(
+                    "detect.login_routes",
+                    "expected at least one route glob",
+                ));
+            }
+            let res: Vec<String> = globs
+                .iter()
+                .map(|g| crate::rules::glob_to_regex(g, '/'))
+                .collect();
+            c.detect.login.routes = regex::RegexSet::new(&res)
+                .map_err(|e| err("detect.login_routes", &format!("bad pattern: {e}")))?;
+        }
+        if let Some(f) = &raw.detect.username_fields {
+            if f.is_empty() || f.iter().any(String::is_empty) {
+                return Err(err(
+                    "detect.username_fields",
+                    "expected non-empty field names",
+                ));
+            }
+            c.detect.login.fields = f.clone();
         }
         Ok(c)
     }

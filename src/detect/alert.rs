@@ -11,7 +11,7 @@ use super::{KeyValue, secs_text};
 use crate::capture::Timestamp;
 use crate::output::redact;
 use crate::rules::{
-    Category, Detector, EvidenceField, KeyField, Piece, Placeholder, Rule, RuleId, Severity,
+    Category, DetectorKind, EvidenceField, KeyField, Piece, Placeholder, Rule, RuleId, Severity,
 };
 use crate::token::Verdict;
 
@@ -41,6 +41,16 @@ pub struct Alert {
     pub last_seen: Timestamp,
     /// Aggregates requests that came while the (rule, key) was suppressed.
     pub follow_up: bool,
+    /// The actors named, unredacted, for the risk registry; never serialized.
+    pub(crate) subjects: Subjects,
+}
+
+/// Who an alert names, as the registry keys them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Subjects {
+    pub ip: Option<std::net::IpAddr>,
+    pub device: Option<std::sync::Arc<str>>,
+    pub user: Option<std::sync::Arc<str>>,
 }
 
 impl Serialize for Alert {
@@ -74,7 +84,7 @@ fn endpoint_text(e: &(std::sync::Arc<str>, std::sync::Arc<str>)) -> String {
 }
 
 pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -> Alert {
-    let group = rule.detector.group_by();
+    let fields = &rule.detector.group_by;
     let mut actor = AlertActor {
         ip: ep.ip.one().map(ToString::to_string),
         device: ep.device.one().cloned().flatten().map(|d| d.to_string()),
@@ -85,11 +95,27 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
             .flatten()
             .map(|u| redact::identifier(&u)),
     };
-    match (group, key) {
-        (KeyField::Ip, k) => actor.ip = Some(k.shown(group)),
-        (KeyField::Device, k) => actor.device = Some(k.shown(group)),
-        (KeyField::User, k) => actor.user = Some(k.shown(group)),
-        _ => {}
+    let mut subjects = Subjects {
+        ip: ep.ip.one().copied(),
+        device: ep.device.one().cloned().flatten(),
+        user: ep.user.one().cloned().flatten(),
+    };
+    let parts = key.parts(fields);
+    for (f, v) in &parts {
+        match (f, v) {
+            (KeyField::Ip, KeyValue::Ip(ip)) => subjects.ip = Some(*ip),
+            (KeyField::Device, KeyValue::Str(d)) => subjects.device = Some(d.clone()),
+            (KeyField::User, KeyValue::Str(u)) => subjects.user = Some(u.clone()),
+            _ => {}
+        }
+    }
+    for (f, v) in &parts {
+        match f {
+            KeyField::Ip => actor.ip = Some(v.shown(*f)),
+            KeyField::Device => actor.device = Some(v.shown(*f)),
+            KeyField::User => actor.user = Some(v.shown(*f)),
+            _ => {}
+        }
     }
     let endpoint = ep
         .endpoint
@@ -111,14 +137,39 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
         .join(", ");
 
     let mut evidence = Map::new();
-    evidence.insert("key".into(), json!({ group.as_str(): key.shown(group) }));
+    let key_map: Map<String, Value> = parts
+        .iter()
+        .map(|(f, v)| (f.as_str().to_string(), json!(v.shown(*f))))
+        .collect();
+    evidence.insert("key".into(), Value::Object(key_map));
+    evidence.insert("detector".into(), json!(rule.detector.kind.name()));
     evidence.insert(
         "window_secs".into(),
-        json!(rule.detector.window().as_secs_f64()),
+        json!(rule.detector.window.as_secs_f64()),
     );
-    evidence.insert("threshold".into(), json!(rule.detector.threshold()));
-    if let (Detector::Distinct { distinct, .. }, Some(n)) = (&rule.detector, ep.distinct) {
+    evidence.insert("threshold".into(), json!(rule.detector.threshold));
+    if let (DetectorKind::Distinct(distinct), Some(n)) = (&rule.detector.kind, ep.distinct) {
         evidence.insert(format!("distinct_{}", distinct.as_str()), json!(n));
+    }
+    if let Some((hits, all)) = ep.share {
+        evidence.insert("requests".into(), json!(all));
+        evidence.insert("matching".into(), json!(hits));
+        evidence.insert("share".into(), json!(round3(share(hits, all))));
+    }
+    if let Some((mean, cv, n)) = ep.cadence {
+        evidence.insert(
+            "cadence".into(),
+            json!({"mean_gap_secs": round3(mean), "cv": round3(cv), "gaps": n}),
+        );
+    }
+    if let Some((a, b)) = ep.run {
+        evidence.insert("walk".into(), json!({"from": a, "to": b}));
+    }
+    if let Some((level, count)) = ep.baseline {
+        evidence.insert(
+            "baseline".into(),
+            json!({"learned": round3(level), "count": count}),
+        );
     }
     for f in &rule.evidence {
         let (name, value) = match f {
@@ -181,6 +232,16 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                         .collect(),
                 ),
             ),
+            EvidenceField::Objects => {
+                let mut v: Vec<String> = ep.objects.iter().map(|o| o.to_string()).collect();
+                v.sort();
+                ("objects", json!(v))
+            }
+            EvidenceField::Usernames => {
+                let mut v: Vec<String> = ep.usernames.iter().map(|u| u.to_string()).collect();
+                v.sort();
+                ("usernames", json!(v))
+            }
             EvidenceField::ExpiredForSecs => (
                 "expired_for_secs",
                 json!(ep.expired_for_max.map(|e| (e * 1000.0).round() / 1000.0)),
@@ -198,8 +259,12 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
             "Still going: {} more request(s) matching {} from {} {} since its last alert",
             ep.count,
             rule.id,
-            group.as_str(),
-            key.shown(group)
+            fields
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            key.shown(fields.first().copied().unwrap_or(KeyField::Ip))
         )
     } else {
         render(rule, key, &ep, &actor, endpoint.as_deref(), &verdicts_text)
@@ -217,6 +282,7 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
         first_seen: ep.first,
         last_seen: ep.last,
         follow_up,
+        subjects,
     }
 }
 
@@ -228,7 +294,7 @@ fn render(
     endpoint: Option<&str>,
     verdicts: &str,
 ) -> String {
-    let group = rule.detector.group_by();
+    let fields = &rule.detector.group_by;
     let mut summary = String::new();
     for p in &rule.summary {
         match p {
@@ -236,9 +302,14 @@ fn render(
             Piece::Field(f) => summary.push_str(&match f {
                 Placeholder::Count => ep.count.to_string(),
                 Placeholder::Distinct => ep.distinct.map_or(ep.count as usize, |d| d).to_string(),
-                Placeholder::Threshold => rule.detector.threshold().to_string(),
-                Placeholder::Window => secs_text(rule.detector.window()),
-                Placeholder::Key => key.shown(group),
+                Placeholder::Threshold => rule.detector.threshold.to_string(),
+                Placeholder::Window => secs_text(rule.detector.window),
+                Placeholder::Key => key
+                    .parts(fields)
+                    .iter()
+                    .map(|(f, v)| v.shown(*f))
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 Placeholder::Ip => actor
                     .ip
                     .clone()
@@ -247,6 +318,22 @@ fn render(
                 Placeholder::User => actor.user.clone().unwrap_or_else(|| "-".into()),
                 Placeholder::Endpoint => endpoint.unwrap_or("several endpoints").to_string(),
                 Placeholder::Verdicts => verdicts.to_string(),
+                Placeholder::Share => ep.share.map_or_else(
+                    || "-".into(),
+                    |(h, a)| format!("{:.0}%", share(h, a) * 100.0),
+                ),
+                Placeholder::MeanGap => ep
+                    .cadence
+                    .map_or_else(|| "-".into(), |(m, _, _)| format!("{m:.3}s")),
+                Placeholder::Cv => ep
+                    .cadence
+                    .map_or_else(|| "-".into(), |(_, cv, _)| format!("{cv:.2}")),
+                Placeholder::Run => ep
+                    .run
+                    .map_or_else(|| "-".into(), |(a, b)| format!("{a} to {b}")),
+                Placeholder::Baseline => ep
+                    .baseline
+                    .map_or_else(|| "-".into(), |(l, _)| format!("{l:.0}")),
                 Placeholder::ExpiredFor => ep
                     .expired_for_max
                     .map_or_else(|| "-".into(), |e| format!("{}s", e.round() as u64)),
@@ -254,4 +341,16 @@ fn render(
         }
     }
     summary
+}
+
+fn share(hits: u64, all: u64) -> f64 {
+    if all == 0 {
+        0.0
+    } else {
+        hits as f64 / all as f64
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }

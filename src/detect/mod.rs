@@ -12,6 +12,7 @@
 //! seed but nothing is emitted in hash order.
 
 mod alert;
+mod extract;
 mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,12 +21,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::actor::Actor;
+use crate::actor::registry::{ActorSummary, Registry};
 use crate::capture::Timestamp;
-use crate::rules::{Detector, KeyField, Rule, RuleId, RuleSet};
+use crate::rules::{DetectorKind, KeyField, Matcher, Rule, RuleId, RuleSet};
 use crate::token::{TokenHash, Verdict};
 
 pub use alert::{Alert, AlertActor, write_alert};
-use window::{Episode, KeyState};
+pub use extract::{LoginConfig, login_username, object_number};
+use hdrhistogram::Histogram;
+use window::{Episode, KeyState, Observed, Sample};
 
 /// How often (packet time) idle keys are swept and due follow-up alerts emitted.
 const SWEEP_NANOS: u64 = 1_000_000_000;
@@ -48,6 +52,16 @@ pub struct Event {
     pub token: Option<TokenHash>,
     /// Seconds the token was past its `exp` at `ts` (expired tokens with believable claims).
     pub expired_for: Option<f64>,
+    /// The concrete path (redacted): the object the request fetched.
+    pub object: Option<Arc<str>>,
+    /// The object's number: the last numeric path segment, else a numeric `page`, `offset`
+    /// or `id` query parameter.
+    pub number: Option<u64>,
+    /// Login routes: the username tried (from the JSON or form body). Windows keep it only
+    /// as a keyed hash; outputs show it masked.
+    pub username: Option<Arc<str>>,
+    /// The route is a login route (`[detect] login_routes`).
+    pub login: bool,
 }
 
 impl Event {
@@ -66,8 +80,33 @@ impl Event {
             KeyField::User => self.actor.user.clone().map(KeyValue::Str),
             KeyField::Token => self.token.map(KeyValue::Token),
             KeyField::Endpoint => self.endpoint().map(|e| KeyValue::Str(e.into())),
+            KeyField::Object => self.object.clone().map(KeyValue::Str),
+            KeyField::Username => self
+                .username
+                .as_deref()
+                .map(|u| KeyValue::Hash(secret_hash(u))),
         }
     }
+
+    /// The key of a rule: one field, or a tuple of several (all must be present).
+    fn group_key(&self, fields: &[KeyField]) -> Option<KeyValue> {
+        match fields {
+            [one] => self.key(*one),
+            many => many
+                .iter()
+                .map(|f| self.key(*f))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| KeyValue::Tuple(v.into())),
+        }
+    }
+}
+
+/// A keyed hash for values that must be told apart but not kept (usernames). The key is
+/// random per process; only equality matters, so results do not depend on it.
+fn secret_hash(v: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static STATE: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(Default::default).hash_one(v)
 }
 
 /// A value rules group by or count.
@@ -76,6 +115,10 @@ pub enum KeyValue {
     Ip(IpAddr),
     Str(Arc<str>),
     Token(TokenHash),
+    /// A value kept only as a keyed hash (a username).
+    Hash(u64),
+    /// Several fields (`group_by: [ip, endpoint]`), in the rule's order.
+    Tuple(Arc<[KeyValue]>),
 }
 
 impl KeyValue {
@@ -86,6 +129,20 @@ impl KeyValue {
             KeyValue::Token(t) => t.to_string(),
             KeyValue::Str(s) if field == KeyField::User => crate::output::redact::identifier(s),
             KeyValue::Str(s) => s.to_string(),
+            KeyValue::Hash(h) => format!("{:012x}", h >> 16),
+            KeyValue::Tuple(v) => v
+                .iter()
+                .map(|x| x.shown(field))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+
+    /// The parts of a key with the fields they stand for.
+    pub(crate) fn parts<'a>(&'a self, fields: &'a [KeyField]) -> Vec<(KeyField, &'a KeyValue)> {
+        match self {
+            KeyValue::Tuple(v) => fields.iter().copied().zip(v.iter()).collect(),
+            one => fields.first().map(|f| vec![(*f, one)]).unwrap_or_default(),
         }
     }
 }
@@ -102,8 +159,13 @@ pub struct DetectStats {
     /// Matching requests folded into an open aggregate instead of alerting.
     pub aggregated_events: u64,
     pub keys_evicted: u64,
-    /// New keys not tracked because a rule was at `max_keys_per_rule`.
+    /// Times a rule reached `max_keys_per_rule` and its least recently seen tenth of keys
+    /// was evicted to make room (counted in `keys_evicted`).
     pub keys_over_cap: u64,
+    /// Baseline detectors: closed windows learned from.
+    pub baseline_samples: u64,
+    /// Baseline detectors: endpoints not learned because a rule had `MAX_BASELINES`.
+    pub baselines_over_cap: u64,
     /// Events that reached detection after later events (ordering lateness exceeded).
     pub late_events: u64,
     pub alerts_by_rule: BTreeMap<String, u64>,
@@ -118,6 +180,8 @@ impl DetectStats {
         self.aggregated_events += o.aggregated_events;
         self.keys_evicted += o.keys_evicted;
         self.keys_over_cap += o.keys_over_cap;
+        self.baseline_samples += o.baseline_samples;
+        self.baselines_over_cap += o.baselines_over_cap;
         self.late_events += o.late_events;
         for (k, v) in &o.alerts_by_rule {
             *self.alerts_by_rule.entry(k.clone()).or_default() += v;
@@ -130,12 +194,18 @@ impl DetectStats {
 pub struct DetectConfig {
     /// Keys (actors, devices, tokens...) tracked per rule.
     pub max_keys_per_rule: usize,
+    /// Login endpoints and username fields (credential stuffing).
+    pub login: LoginConfig,
+    /// Actors (addresses, devices, users) profiled.
+    pub max_actors: usize,
 }
 
 impl Default for DetectConfig {
     fn default() -> Self {
         DetectConfig {
             max_keys_per_rule: 100_000,
+            login: LoginConfig::default(),
+            max_actors: 100_000,
         }
     }
 }
@@ -143,11 +213,49 @@ impl Default for DetectConfig {
 struct RuleState {
     rule: Arc<Rule>,
     keys: HashMap<KeyValue, KeyState, foldhash::fast::RandomState>,
+    /// Baseline detectors: per endpoint, the per-key request counts of closed windows.
+    baselines: Baselines,
+}
+
+type Baselines = HashMap<KeyValue, Histogram<u64>, foldhash::fast::RandomState>;
+
+impl RuleState {
+    fn new(rule: Arc<Rule>) -> RuleState {
+        RuleState {
+            rule,
+            keys: HashMap::default(),
+            baselines: HashMap::default(),
+        }
+    }
+}
+
+/// Endpoints a baseline rule learns at most (routes are templated, so real APIs have far
+/// fewer; the cap holds against route-explosion traffic).
+const MAX_BASELINES: usize = 4096;
+
+fn learn(baselines: &mut Baselines, s: Sample, stats: &mut DetectStats) {
+    if !baselines.contains_key(&s.endpoint) && baselines.len() >= MAX_BASELINES {
+        stats.baselines_over_cap += 1;
+        return;
+    }
+    let h = match baselines.entry(s.endpoint) {
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            // Counts up to a million per window at 2 significant digits: a few KiB.
+            match Histogram::new_with_bounds(1, 1_000_000, 2) {
+                Ok(h) => v.insert(h),
+                Err(_) => return,
+            }
+        }
+    };
+    h.saturating_record(u64::from(s.count));
+    stats.baseline_samples += 1;
 }
 
 /// Runs a rule set over events.
 pub struct Engine {
     cfg: DetectConfig,
+    registry: Registry,
     rules: Vec<RuleState>,
     stats: DetectStats,
     next_sweep: Timestamp,
@@ -157,6 +265,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(cfg: DetectConfig, set: &RuleSet) -> Engine {
         let mut e = Engine {
+            registry: Registry::new(cfg.max_actors),
             cfg,
             rules: Vec::new(),
             stats: DetectStats::default(),
@@ -184,15 +293,9 @@ impl Engine {
                 }
                 Some(mut st) => {
                     flush_rule(&mut st, &mut self.stats, out);
-                    self.rules.push(RuleState {
-                        rule: r.clone(),
-                        keys: HashMap::default(),
-                    });
+                    self.rules.push(RuleState::new(r.clone()));
                 }
-                None => self.rules.push(RuleState {
-                    rule: r.clone(),
-                    keys: HashMap::default(),
-                }),
+                None => self.rules.push(RuleState::new(r.clone())),
             }
         }
         let mut removed: Vec<RuleState> = old.into_values().collect();
@@ -212,49 +315,118 @@ impl Engine {
 
     /// Runs every rule over one event; alerts are appended to `out`.
     pub fn observe(&mut self, ev: &Event, out: &mut Vec<Alert>) {
+        let start = out.len();
+        self.registry.observe(
+            ev.ts,
+            ev.actor.ip,
+            ev.actor.device.as_ref(),
+            ev.actor.user.as_ref(),
+            ev.verdict == Verdict::Valid,
+        );
+        self.rules_over(ev, out);
+        self.note_risk(&out[start..]);
+    }
+
+    /// The actors' risk summary: the `n` riskiest, and the registry's counters.
+    pub fn actors(&self, n: usize) -> ActorSummary {
+        self.registry.summary(n)
+    }
+
+    /// Keys held across rules, and the most any one rule holds.
+    pub fn tracked_keys(&self) -> (usize, usize) {
+        let sizes = self.rules.iter().map(|r| r.keys.len());
+        (sizes.clone().sum(), sizes.max().unwrap_or(0))
+    }
+
+    fn note_risk(&mut self, alerts: &[Alert]) {
+        for a in alerts {
+            let s = &a.subjects;
+            self.registry.note_alert(
+                s.ip,
+                s.device.as_ref(),
+                s.user.as_ref(),
+                a.category,
+                a.severity,
+            );
+        }
+    }
+
+    fn rules_over(&mut self, ev: &Event, out: &mut Vec<Alert>) {
         if ev.ts > self.now {
             self.now = ev.ts;
         }
         if self.now >= self.next_sweep {
-            self.sweep(self.now, out);
+            self.sweep_all(self.now, out);
         }
         self.stats.events += 1;
         let mut matched = false;
         let cap = self.cfg.max_keys_per_rule;
         for st in &mut self.rules {
-            if !matches(&st.rule, ev) {
+            if !matcher_matches(&st.rule.matcher, ev) {
                 continue;
             }
             matched = true;
             let rule = st.rule.clone();
             let det = &rule.detector;
-            let Some(key) = ev.key(det.group_by()) else {
+            let Some(key) = ev.group_key(&det.group_by) else {
                 continue;
             };
-            let distinct = match det {
-                Detector::Distinct { distinct, .. } => match ev.key(*distinct) {
-                    Some(v) => Some(v),
+            let mut o = Observed {
+                ev,
+                distinct: None,
+                when: false,
+                level: None,
+            };
+            match &det.kind {
+                DetectorKind::Distinct(field) => match ev.key(*field) {
+                    Some(v) => o.distinct = Some(v),
                     // Nothing to count distinct values of.
                     None => continue,
                 },
-                Detector::Threshold { .. } => None,
-            };
+                DetectorKind::Ratio { when, .. } | DetectorKind::Mixed { when } => {
+                    o.when = matcher_matches(when, ev);
+                }
+                DetectorKind::Sequence if ev.number.is_none() => continue,
+                DetectorKind::Baseline {
+                    quantile,
+                    learn_min,
+                    ..
+                } => {
+                    o.level = ev
+                        .key(KeyField::Endpoint)
+                        .and_then(|e| st.baselines.get(&e))
+                        .filter(|h| h.len() >= u64::from(*learn_min))
+                        .map(|h| h.value_at_quantile(*quantile) as f64);
+                }
+                _ => {}
+            }
             if !st.keys.contains_key(&key) && st.keys.len() >= cap {
                 sweep_rule(st, self.now, &mut self.stats, out);
                 if st.keys.len() >= cap {
                     self.stats.keys_over_cap += 1;
-                    continue;
+                    evict_oldest(st, &mut self.stats, out);
                 }
             }
-            let ks = st
-                .keys
-                .entry(key.clone())
-                .or_insert_with(|| KeyState::new(det));
-            if let Some(episode) = ks.due_follow_up(ev.ts, &st.rule) {
-                emit(&st.rule, &key, episode, true, &mut self.stats, out);
+            let RuleState {
+                keys, baselines, ..
+            } = st;
+            let ks = keys.entry(key.clone()).or_insert_with(|| {
+                let endpoint = matches!(det.kind, DetectorKind::Baseline { .. })
+                    .then(|| ev.key(KeyField::Endpoint))
+                    .flatten();
+                KeyState::new(det, endpoint)
+            });
+            if let Some(episode) = ks.due_follow_up(ev.ts, &rule) {
+                emit(&rule, &key, episode, true, &mut self.stats, out);
             }
-            if let Some(episode) = ks.observe(&st.rule, ev, distinct, &mut self.stats) {
-                emit(&st.rule, &key, episode, false, &mut self.stats, out);
+            let stats = &mut self.stats;
+            let mut samples = Vec::new();
+            let fired = ks.observe(&rule, o, stats, &mut |s| samples.push(s));
+            for s in samples {
+                learn(baselines, s, stats);
+            }
+            if let Some(episode) = fired {
+                emit(&rule, &key, episode, false, stats, out);
             }
         }
         if matched {
@@ -264,6 +436,12 @@ impl Engine {
 
     /// Emits follow-ups that are due and evicts idle keys, at packet time `now`.
     pub fn sweep(&mut self, now: Timestamp, out: &mut Vec<Alert>) {
+        let start = out.len();
+        self.sweep_all(now, out);
+        self.note_risk(&out[start..]);
+    }
+
+    fn sweep_all(&mut self, now: Timestamp, out: &mut Vec<Alert>) {
         if now > self.now {
             self.now = now;
         }
@@ -275,9 +453,11 @@ impl Engine {
 
     /// End of input: every open aggregate is emitted.
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
+        let start = out.len();
         for st in &mut self.rules {
             flush_rule(st, &mut self.stats, out);
         }
+        self.note_risk(&out[start..]);
     }
 }
 
@@ -296,12 +476,16 @@ fn flush_rule(st: &mut RuleState, stats: &mut DetectStats, out: &mut Vec<Alert>)
 }
 
 fn sweep_rule(st: &mut RuleState, now: Timestamp, stats: &mut DetectStats, out: &mut Vec<Alert>) {
-    let window = st.rule.detector.window();
+    let window = st.rule.detector.window;
     let rule = &st.rule;
     let mut due: Vec<(KeyValue, Episode)> = Vec::new();
+    let mut samples = Vec::new();
     st.keys.retain(|k, ks| {
         if let Some(e) = ks.due_follow_up(now, rule) {
             due.push((k.clone(), e));
+        }
+        if let Some(s) = ks.closed_sample(now) {
+            samples.push((k.clone(), s));
         }
         let keep = !ks.idle(now, window);
         if !keep {
@@ -309,9 +493,40 @@ fn sweep_rule(st: &mut RuleState, now: Timestamp, stats: &mut DetectStats, out: 
         }
         keep
     });
+    // Learned in key order, so nothing depends on hash order.
+    samples.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, s) in samples {
+        learn(&mut st.baselines, s, stats);
+    }
     due.sort_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
     for (k, e) in due {
         emit(&st.rule, &k, e, true, stats, out);
+    }
+}
+
+/// At the key cap with nothing idle: the least recently seen tenth of the keys goes (their
+/// open aggregates are emitted first), so new actors are always tracked and a flood of
+/// spoofed ones only ages out the quietest state.
+fn evict_oldest(st: &mut RuleState, stats: &mut DetectStats, out: &mut Vec<Alert>) {
+    let mut ages: Vec<(Timestamp, KeyValue)> = st
+        .keys
+        .iter()
+        .map(|(k, ks)| (ks.last_seen(), k.clone()))
+        .collect();
+    if ages.is_empty() {
+        return;
+    }
+    let n = (ages.len() / 10).max(1);
+    ages.select_nth_unstable(n - 1);
+    let mut victims: Vec<(Timestamp, KeyValue)> = ages.into_iter().take(n).collect();
+    victims.sort();
+    for (_, k) in victims {
+        if let Some(mut ks) = st.keys.remove(&k) {
+            stats.keys_evicted += 1;
+            if let Some(e) = ks.take_pending() {
+                emit(&st.rule, &k, e, true, stats, out);
+            }
+        }
     }
 }
 
@@ -334,8 +549,10 @@ fn emit(
     out.push(alert::build(rule, key, episode, follow_up));
 }
 
-fn matches(rule: &Rule, ev: &Event) -> bool {
-    let m = &rule.matcher;
+fn matcher_matches(m: &Matcher, ev: &Event) -> bool {
+    if m.login.is_some_and(|l| l != ev.login) {
+        return false;
+    }
     if !m.verdict_allowed(ev.verdict) {
         return false;
     }

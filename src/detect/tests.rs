@@ -36,6 +36,10 @@ fn ev(secs: f64, ip: &str) -> Event {
         verdict: Verdict::Valid,
         token: None,
         expired_for: None,
+        object: Some("/x".into()),
+        number: None,
+        username: None,
+        login: false,
     }
 }
 
@@ -167,11 +171,12 @@ fn personal_user_ids_are_masked_in_alerts() {
 }
 
 #[test]
-fn key_cap_is_enforced_and_idle_keys_are_swept() {
+fn key_cap_evicts_the_quietest_and_idle_keys_are_swept() {
     let s = set(&rule("threshold", "", 5, 10, 0));
     let mut e = Engine::new(
         DetectConfig {
             max_keys_per_rule: 2,
+            ..DetectConfig::default()
         },
         &s,
     );
@@ -183,12 +188,46 @@ fn key_cap_is_enforced_and_idle_keys_are_swept() {
             ev(0.2, "10.0.0.3"),
         ],
     );
-    assert_eq!(e.stats().keys_over_cap, 1);
-    // Once the first two are idle past their window they are swept and new keys fit.
-    run(&mut e, &[ev(30.0, "10.0.0.4")]);
+    // At the cap the least recently seen key made room for the new one.
     let st = e.stats();
-    assert_eq!(st.keys_over_cap, 1);
-    assert_eq!(st.keys_evicted, 2);
+    assert_eq!((st.keys_over_cap, st.keys_evicted), (1, 1));
+    assert_eq!(e.tracked_keys(), (2, 2));
+    // Once idle past their window the rest are swept.
+    run(&mut e, &[ev(30.0, "10.0.0.4")]);
+    assert_eq!(e.stats().keys_evicted, 3);
+    assert_eq!(e.tracked_keys(), (1, 1));
+}
+
+#[test]
+fn a_spoofed_address_flood_stays_within_the_caps() {
+    let s = rules::builtin().unwrap();
+    let cfg = DetectConfig {
+        max_keys_per_rule: 1_000,
+        max_actors: 2_000,
+        ..DetectConfig::default()
+    };
+    let mut e = Engine::new(cfg, &s);
+    let mut out = Vec::new();
+    for i in 0..100_000u32 {
+        let mut x = ev(f64::from(i) * 0.001, "10.0.0.1");
+        x.actor.ip = std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+        x.actor.device = Some(format!("spoofed-{i}").into());
+        x.verdict = if i % 2 == 0 {
+            Verdict::Missing
+        } else {
+            Verdict::BadSignature
+        };
+        x.token = Some(TokenHash::of(&i.to_string()));
+        e.observe(&x, &mut out);
+    }
+    let (_, most) = e.tracked_keys();
+    assert!(most <= 1_000, "a rule holds {most} keys");
+    let st = e.stats();
+    assert!(st.keys_evicted > 90_000, "{st:?}");
+    let a = e.actors(5).stats;
+    assert!(a.addresses <= 2_000 && a.devices <= 2_000, "{a:?}");
+    assert!(a.evicted > 190_000, "{a:?}");
+    assert!(a.approx_bytes < 4_000 * 1024, "{a:?}");
 }
 
 #[test]

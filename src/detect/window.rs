@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{DetectStats, Event, KeyValue};
 use crate::capture::Timestamp;
-use crate::rules::{Detector, Rule};
+use crate::rules::{Detector, DetectorKind, Rule};
 use crate::token::{TokenHash, Verdict};
 
 /// Buckets per window: counts are exact to 1/128 of the window.
@@ -71,6 +71,16 @@ pub(super) struct Episode {
     pub device: Same<Option<Arc<str>>>,
     pub user: Same<Option<Arc<str>>>,
     pub endpoint: Same<Option<EndpointKey>>,
+    pub objects: Vec<Arc<str>>,
+    pub usernames: Vec<Arc<str>>,
+    /// Ratio and mixed detectors: requests meeting `when`, and all requests, in the window.
+    pub share: Option<(u64, u64)>,
+    /// Cadence detectors: mean gap (seconds) and coefficient of variation over `n` gaps.
+    pub cadence: Option<(f64, f64, usize)>,
+    /// Sequence detectors: the first and last object numbers of the walk.
+    pub run: Option<(u64, u64)>,
+    /// Baseline detectors: the learned level and the key's count in its window.
+    pub baseline: Option<(f64, u32)>,
 }
 
 fn push_distinct<T: PartialEq>(v: &mut Vec<T>, x: T, truncated: &mut bool) {
@@ -117,6 +127,12 @@ impl Episode {
             device: Same::Unset,
             user: Same::Unset,
             endpoint: Same::Unset,
+            objects: Vec::new(),
+            usernames: Vec::new(),
+            share: None,
+            cadence: None,
+            run: None,
+            baseline: None,
         }
     }
 
@@ -144,6 +160,16 @@ impl Episode {
         if let Some(tok) = ev.token {
             push_distinct(&mut self.tokens, tok, t);
         }
+        if let Some(o) = &ev.object {
+            push_distinct(&mut self.objects, o.clone(), t);
+        }
+        if let Some(u) = &ev.username {
+            push_distinct(
+                &mut self.usernames,
+                Arc::from(crate::output::redact::mask(u)),
+                t,
+            );
+        }
         if let Some(f) = &ev.family
             && !bump(&mut self.families, f.clone(), 4)
         {
@@ -164,26 +190,118 @@ impl Episode {
     }
 }
 
+/// What a key's detector keeps, by kind; each bounded (see the module doc).
+enum Track {
+    /// (bucket index, requests), oldest first: threshold detectors.
+    Count(VecDeque<(u64, u32)>),
+    /// All requests and those meeting `when`, as buckets: ratio and mixed detectors.
+    Two(VecDeque<(u64, u32)>, VecDeque<(u64, u32)>),
+    /// Value → last bucket index: distinct detectors (at most `threshold` entries).
+    Distinct(HashMap<KeyValue, u64, foldhash::fast::RandomState>),
+    /// The last `threshold` gaps (seconds) and the last request time.
+    Cadence {
+        gaps: VecDeque<f64>,
+        last: Option<Timestamp>,
+    },
+    /// The walk so far: last number and time, its length, its first number and direction.
+    Sequence {
+        last: Option<(u64, Timestamp)>,
+        run: u32,
+        start: u64,
+        up: bool,
+    },
+    /// Requests in the current tumbling window, and whether it already fired.
+    Tumble { index: u64, count: u32, fired: bool },
+}
+
+/// A closed baseline window: `count` requests of a key whose endpoint is `endpoint`.
+pub(super) struct Sample {
+    pub endpoint: KeyValue,
+    pub count: u32,
+}
+
 /// State of one key under one rule.
 pub(super) struct KeyState {
     bucket_ns: u64,
-    /// (bucket index, events) for count detectors, oldest first.
-    buckets: VecDeque<(u64, u32)>,
-    /// Value → last bucket index seen, for distinct detectors.
-    distinct: HashMap<KeyValue, u64, foldhash::fast::RandomState>,
+    window_ns: u64,
+    track: Track,
+    /// Baseline detectors: the endpoint part of the key, to learn per endpoint.
+    endpoint: Option<KeyValue>,
     episode: Option<Episode>,
     suppressed_until: Option<Timestamp>,
     pending: Option<Episode>,
     last_seen: Timestamp,
 }
 
+fn prune(b: &mut VecDeque<(u64, u32)>, horizon: u64) {
+    while b.front().is_some_and(|(i, _)| *i < horizon) {
+        b.pop_front();
+    }
+}
+
+fn add(b: &mut VecDeque<(u64, u32)>, cur: u64) {
+    match b.back_mut() {
+        // Events older than the newest bucket (out of order) count in it.
+        Some((i, n)) if *i >= cur => *n += 1,
+        _ => b.push_back((cur, 1)),
+    }
+}
+
+fn total(b: &VecDeque<(u64, u32)>) -> u64 {
+    b.iter().map(|(_, n)| u64::from(*n)).sum()
+}
+
+/// Detector figures an episode records for its alert.
+enum Extra {
+    Nothing,
+    Share(u64, u64),
+    Distinct(usize),
+    Cadence(f64, f64, usize),
+    Run(u64, u64),
+    Baseline(f64, u32),
+}
+
+/// Inputs to one observation that the engine works out.
+pub(super) struct Observed<'a> {
+    pub ev: &'a Event,
+    /// Distinct detectors: the counted value.
+    pub distinct: Option<KeyValue>,
+    /// Ratio and mixed detectors: whether the event meets `when`.
+    pub when: bool,
+    /// Baseline detectors: the learned level of the event's endpoint, once learned.
+    pub level: Option<f64>,
+}
+
 impl KeyState {
-    pub fn new(det: &Detector) -> KeyState {
-        let window_ns = u64::try_from(det.window().as_nanos()).unwrap_or(u64::MAX);
+    pub fn new(det: &Detector, endpoint: Option<KeyValue>) -> KeyState {
+        let window_ns = u64::try_from(det.window.as_nanos()).unwrap_or(u64::MAX);
+        let track = match &det.kind {
+            DetectorKind::Threshold => Track::Count(VecDeque::new()),
+            DetectorKind::Ratio { .. } | DetectorKind::Mixed { .. } => {
+                Track::Two(VecDeque::new(), VecDeque::new())
+            }
+            DetectorKind::Distinct(_) => Track::Distinct(HashMap::default()),
+            DetectorKind::Cadence { .. } => Track::Cadence {
+                gaps: VecDeque::new(),
+                last: None,
+            },
+            DetectorKind::Sequence => Track::Sequence {
+                last: None,
+                run: 0,
+                start: 0,
+                up: true,
+            },
+            DetectorKind::Baseline { .. } => Track::Tumble {
+                index: 0,
+                count: 0,
+                fired: false,
+            },
+        };
         KeyState {
             bucket_ns: (window_ns / BUCKETS).max(1),
-            buckets: VecDeque::new(),
-            distinct: HashMap::default(),
+            window_ns: window_ns.max(1),
+            track,
+            endpoint,
             episode: None,
             suppressed_until: None,
             pending: None,
@@ -197,73 +315,262 @@ impl KeyState {
     }
 
     /// Takes one matching event; `Some` when the detector fires (the episode to alert on).
+    /// A baseline window that closed is handed to `learn`.
     pub fn observe(
         &mut self,
         rule: &Rule,
-        ev: &Event,
-        distinct: Option<KeyValue>,
+        o: Observed<'_>,
         stats: &mut DetectStats,
+        learn: &mut dyn FnMut(Sample),
     ) -> Option<Episode> {
+        let ev = o.ev;
         self.last_seen = self.last_seen.max(ev.ts);
+        // A baseline window closes whatever the suppression state.
+        if let Track::Tumble {
+            index,
+            count,
+            fired,
+        } = &mut self.track
+        {
+            let cur = ev.ts.0 / self.window_ns;
+            if cur != *index {
+                if *count > 0
+                    && !*fired
+                    && let Some(e) = &self.endpoint
+                {
+                    learn(Sample {
+                        endpoint: e.clone(),
+                        count: *count,
+                    });
+                }
+                *index = cur;
+                *count = 0;
+                *fired = false;
+                self.episode = None;
+            }
+        }
         if let Some(until) = self.suppressed_until
             && ev.ts < until
         {
+            if let Track::Tumble { count, fired, .. } = &mut self.track {
+                *count += 1;
+                *fired = true;
+            }
             self.pending
                 .get_or_insert_with(|| Episode::new(ev.ts))
                 .add(ev);
             stats.aggregated_events += 1;
             return None;
         }
+        let det = &rule.detector;
+        let threshold = det.threshold;
         let cur = ev.ts.0 / self.bucket_ns;
         let horizon = Self::horizon(cur);
-        let fired = match (&rule.detector, distinct) {
-            (Detector::Threshold { threshold, .. }, _) => {
-                while self.buckets.front().is_some_and(|(i, _)| *i < horizon) {
-                    self.buckets.pop_front();
-                }
-                if self.buckets.is_empty() {
+        let mut fired = false;
+        let mut extra = Extra::Nothing;
+        match (&det.kind, &mut self.track) {
+            (DetectorKind::Threshold, Track::Count(b)) => {
+                prune(b, horizon);
+                if b.is_empty() {
                     self.episode = None;
                 }
-                match self.buckets.back_mut() {
-                    Some((i, n)) if *i == cur => *n += 1,
-                    // Out-of-order events older than the newest bucket count in it.
-                    Some((i, n)) if *i > cur => *n += 1,
-                    _ => self.buckets.push_back((cur, 1)),
-                }
-                let total: u64 = self.buckets.iter().map(|(_, n)| u64::from(*n)).sum();
-                total >= u64::from(*threshold)
+                add(b, cur);
+                fired = total(b) >= u64::from(threshold);
             }
-            (Detector::Distinct { threshold, .. }, Some(value)) => {
-                let fresh = !self.distinct.contains_key(&value);
-                if fresh && self.distinct.len() + 1 >= *threshold as usize {
-                    self.distinct.retain(|_, i| *i >= horizon);
-                }
-                if self.distinct.is_empty() {
+            (DetectorKind::Ratio { ratio, .. }, Track::Two(all, hits)) => {
+                prune(all, horizon);
+                prune(hits, horizon);
+                if all.is_empty() {
                     self.episode = None;
                 }
-                let slot = self.distinct.entry(value).or_insert(cur);
+                add(all, cur);
+                if o.when {
+                    add(hits, cur);
+                }
+                let (n, h) = (total(all), total(hits));
+                fired = n >= u64::from(threshold) && h as f64 >= ratio * n as f64;
+                extra = Extra::Share(h, n);
+            }
+            (DetectorKind::Mixed { .. }, Track::Two(all, hits)) => {
+                prune(all, horizon);
+                prune(hits, horizon);
+                if all.is_empty() {
+                    self.episode = None;
+                }
+                add(all, cur);
+                if o.when {
+                    add(hits, cur);
+                }
+                let (n, h) = (total(all), total(hits));
+                let t = u64::from(threshold);
+                fired = h >= t && n - h >= t;
+                extra = Extra::Share(h, n);
+            }
+            (DetectorKind::Distinct(_), Track::Distinct(map)) => {
+                // The engine skips distinct rules for events without the counted value.
+                let value = o.distinct?;
+                let fresh = !map.contains_key(&value);
+                if fresh && map.len() + 1 >= threshold as usize {
+                    map.retain(|_, i| *i >= horizon);
+                }
+                if map.is_empty() {
+                    self.episode = None;
+                }
+                let slot = map.entry(value).or_insert(cur);
                 *slot = (*slot).max(cur);
-                self.distinct.len() >= *threshold as usize
+                fired = map.len() >= threshold as usize;
+                extra = Extra::Distinct(map.len());
             }
-            // The engine skips distinct rules for events without the counted value.
-            (Detector::Distinct { .. }, None) => false,
-        };
-        self.episode
-            .get_or_insert_with(|| Episode::new(ev.ts))
-            .add(ev);
+            (
+                DetectorKind::Cadence {
+                    max_cv,
+                    min_mean_gap,
+                },
+                Track::Cadence { gaps, last },
+            ) => {
+                if let Some(prev) = *last {
+                    let gap = ev.ts.0.saturating_sub(prev.0);
+                    if gap > self.window_ns {
+                        // A pause longer than the window starts a new session.
+                        gaps.clear();
+                        self.episode = None;
+                    } else {
+                        gaps.push_back(gap as f64 / 1e9);
+                        while gaps.len() > threshold as usize {
+                            gaps.pop_front();
+                        }
+                    }
+                } else {
+                    self.episode = None;
+                }
+                *last = Some(last.map_or(ev.ts, |l| l.max(ev.ts)));
+                if gaps.len() >= threshold as usize {
+                    let n = gaps.len() as f64;
+                    let mean = gaps.iter().sum::<f64>() / n;
+                    let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n;
+                    let cv = if mean > 0.0 { var.sqrt() / mean } else { 0.0 };
+                    let regular = max_cv.is_some_and(|m| cv < m);
+                    let fast = min_mean_gap.is_some_and(|m| mean < m.as_secs_f64());
+                    fired = regular || fast;
+                    extra = Extra::Cadence(mean, cv, gaps.len());
+                    if fired {
+                        gaps.clear();
+                    }
+                }
+            }
+            (
+                DetectorKind::Sequence,
+                Track::Sequence {
+                    last,
+                    run,
+                    start,
+                    up,
+                },
+            ) => {
+                let n = ev.number?;
+                match *last {
+                    Some((prev, at))
+                        if ev.ts.0.saturating_sub(at.0) <= self.window_ns
+                            && (n == prev + 1 || n + 1 == prev) =>
+                    {
+                        let dir = n > prev;
+                        if *run >= 2 && dir != *up {
+                            *run = 1;
+                            *start = prev;
+                            self.episode = None;
+                        }
+                        *up = dir;
+                        *run += 1;
+                    }
+                    // The same object again: neither extends nor breaks the walk.
+                    Some((prev, at))
+                        if n == prev && ev.ts.0.saturating_sub(at.0) <= self.window_ns => {}
+                    _ => {
+                        *run = 1;
+                        *start = n;
+                        self.episode = None;
+                    }
+                }
+                *last = Some((n, ev.ts));
+                fired = *run >= threshold;
+                extra = Extra::Run(*start, n);
+                if fired {
+                    *run = 0;
+                    *last = None;
+                }
+            }
+            (
+                DetectorKind::Baseline { factor, .. },
+                Track::Tumble {
+                    count, fired: f, ..
+                },
+            ) => {
+                *count += 1;
+                if !*f
+                    && *count >= threshold
+                    && let Some(level) = o.level
+                    && f64::from(*count) > factor * level
+                {
+                    *f = true;
+                    fired = true;
+                    extra = Extra::Baseline(level, *count);
+                }
+            }
+            // Kinds and tracks are built together; a mismatch cannot happen.
+            _ => return None,
+        }
+        let episode = self.episode.get_or_insert_with(|| Episode::new(ev.ts));
+        episode.add(ev);
+        match extra {
+            Extra::Nothing => {}
+            Extra::Share(h, n) => episode.share = Some((h, n)),
+            Extra::Distinct(n) => episode.distinct = Some(n),
+            Extra::Cadence(m, cv, k) => episode.cadence = Some((m, cv, k)),
+            Extra::Run(a, b) => episode.run = Some((a, b)),
+            Extra::Baseline(l, c) => episode.baseline = Some((l, c)),
+        }
         if !fired {
             return None;
         }
-        let mut episode = self.episode.take()?;
-        if matches!(rule.detector, Detector::Distinct { .. }) {
-            episode.distinct = Some(self.distinct.len());
+        let episode = self.episode.take()?;
+        match &mut self.track {
+            Track::Count(b) => b.clear(),
+            Track::Two(a, b) => {
+                a.clear();
+                b.clear();
+            }
+            Track::Distinct(m) => m.clear(),
+            _ => {}
         }
-        self.buckets.clear();
-        self.distinct.clear();
         self.pending = None;
         self.suppressed_until =
             (!rule.suppress.is_zero()).then(|| ev.ts.saturating_add(rule.suppress));
         Some(episode)
+    }
+
+    /// A baseline window that has ended by `now` with no event since: its sample.
+    pub fn closed_sample(&mut self, now: Timestamp) -> Option<Sample> {
+        let Track::Tumble {
+            index,
+            count,
+            fired,
+        } = &mut self.track
+        else {
+            return None;
+        };
+        if now.0 / self.window_ns == *index || *count == 0 {
+            return None;
+        }
+        let sample = match (&self.endpoint, *fired) {
+            (Some(e), false) => Some(Sample {
+                endpoint: e.clone(),
+                count: *count,
+            }),
+            _ => None,
+        };
+        *count = 0;
+        *fired = false;
+        sample
     }
 
     /// At packet time `now`: when the suppression window has ended, the aggregate of what
@@ -284,6 +591,10 @@ impl KeyState {
                 None
             }
         }
+    }
+
+    pub fn last_seen(&self) -> Timestamp {
+        self.last_seen
     }
 
     /// The open aggregate, at the end of input.

@@ -184,6 +184,8 @@ pub struct Summary {
     pub queue: QueueStats,
     pub transactions_written: u64,
     pub detect: DetectStats,
+    /// The actors registry and the riskiest actors (address, device, user).
+    pub actors: crate::actor::registry::ActorSummary,
     /// Alerts written (after aggregation).
     pub alerts_written: u64,
     /// Where the rules came from (`built-in` or the folder) and how many are enabled.
@@ -279,6 +281,23 @@ impl Summary {
             d.follow_up_alerts,
             d.aggregated_events
         ));
+        let a = &self.actors;
+        s.push_str(&format!(
+            "  actors: {} addresses, {} devices, {} users ({} evicted)\n",
+            a.stats.addresses, a.stats.devices, a.stats.users, a.stats.evicted
+        ));
+        for r in a.top.iter().take(5) {
+            let cats: Vec<String> = r.alerts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            s.push_str(&format!(
+                "    risk {:>4}  {} {}  {} requests, {:.0}% attested  {}\n",
+                r.risk,
+                r.kind,
+                r.id,
+                r.requests,
+                r.attested_share * 100.0,
+                cats.join(" ")
+            ));
+        }
         if !d.alerts_by_rule.is_empty() {
             let by: Vec<String> = d
                 .alerts_by_rule

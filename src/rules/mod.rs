@@ -26,10 +26,18 @@ pub use schema::{ExpectedActor, ExpectedAlert, TestTransaction};
 
 /// The built-in pack: every YAML file of `rules/`, embedded at build time.
 /// A unit test checks this list against the folder so no file is forgotten.
-const BUILTIN: &[(&str, &str)] = &[(
-    "token-abuse.yaml",
-    include_str!("../../rules/token-abuse.yaml"),
-)];
+const BUILTIN: &[(&str, &str)] = &[
+    ("bots.yaml", include_str!("../../rules/bots.yaml")),
+    (
+        "credential-stuffing.yaml",
+        include_str!("../../rules/credential-stuffing.yaml"),
+    ),
+    ("scraping.yaml", include_str!("../../rules/scraping.yaml")),
+    (
+        "token-abuse.yaml",
+        include_str!("../../rules/token-abuse.yaml"),
+    ),
+];
 
 /// Where the built-in pack's test captures are looked up (`rules/` of the source tree);
 /// tests that need a capture are skipped with a notice when the binary runs elsewhere.
@@ -128,6 +136,10 @@ pub enum KeyField {
     Token,
     /// `METHOD /route/{template}`.
     Endpoint,
+    /// The concrete path (the object fetched), e.g. `/api/v1/users/42`.
+    Object,
+    /// The username tried on a login route (from a JSON or form body).
+    Username,
 }
 
 impl KeyField {
@@ -138,6 +150,8 @@ impl KeyField {
             KeyField::User => "user",
             KeyField::Token => "token",
             KeyField::Endpoint => "endpoint",
+            KeyField::Object => "object",
+            KeyField::Username => "username",
         }
     }
 }
@@ -164,6 +178,10 @@ pub enum EvidenceField {
     Statuses,
     /// The longest time past a token's `exp` seen.
     ExpiredForSecs,
+    /// Distinct objects (concrete paths), redacted.
+    Objects,
+    /// Distinct usernames tried, masked.
+    Usernames,
 }
 
 /// Response status condition: an exact code or a class (`4xx`).
@@ -197,6 +215,8 @@ pub struct Matcher {
     pub families: Option<Vec<String>>,
     /// Only tokens used this long after their `exp` (needs verdict `expired`).
     pub expired_beyond_secs: Option<f64>,
+    /// Only requests to (or not to) login routes (`[detect] login_routes`).
+    pub login: Option<bool>,
 }
 
 impl Matcher {
@@ -209,45 +229,64 @@ pub fn verdict_bit(v: Verdict) -> u32 {
     1 << (v as u32)
 }
 
-/// How matching requests become a finding.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Detector {
-    /// `threshold` matching requests by one `group_by` key within `window`.
-    Threshold {
-        group_by: KeyField,
-        threshold: u32,
-        window: Duration,
+/// How matching requests become a finding: a kind, the key it groups by (one field or
+/// several, e.g. `[ip, endpoint]`), a threshold and a window on packet time.
+#[derive(Clone, Debug)]
+pub struct Detector {
+    pub kind: DetectorKind,
+    pub group_by: Vec<KeyField>,
+    pub threshold: u32,
+    pub window: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub enum DetectorKind {
+    /// `threshold` matching requests per key within the window.
+    Threshold,
+    /// `threshold` distinct values of a field per key within the window.
+    Distinct(KeyField),
+    /// At least `threshold` requests per key in the window, of which at least `ratio`
+    /// also meet `when` (e.g. the share without a valid attestation).
+    Ratio { ratio: f64, when: Matcher },
+    /// At least `threshold` requests meeting `when` and `threshold` not meeting it from the
+    /// same key within the window (e.g. one user both with and without attestation).
+    Mixed { when: Matcher },
+    /// Over the last `threshold` gaps between a key's requests: a coefficient of variation
+    /// below `max_cv` (too regular) or a mean gap below `min_mean_gap` (too fast).
+    Cadence {
+        max_cv: Option<f64>,
+        min_mean_gap: Option<Duration>,
     },
-    /// `threshold` distinct values of `distinct` by one `group_by` key within `window`.
-    Distinct {
-        group_by: KeyField,
-        distinct: KeyField,
-        threshold: u32,
-        window: Duration,
+    /// `threshold` consecutive requests whose object number (last numeric path segment, or
+    /// `page`/`offset`/`id` query parameter) steps by one, each within the window of the
+    /// previous.
+    Sequence,
+    /// Requests per key per (tumbling) window above `factor` times the `quantile` of what
+    /// keys of the same endpoint did in past windows, once `learn_min` windows were learned;
+    /// and at least `threshold`.
+    Baseline {
+        factor: f64,
+        quantile: f64,
+        learn_min: u32,
     },
 }
 
-impl Detector {
-    pub fn group_by(&self) -> KeyField {
+impl DetectorKind {
+    pub fn name(&self) -> &'static str {
         match self {
-            Detector::Threshold { group_by, .. } | Detector::Distinct { group_by, .. } => *group_by,
-        }
-    }
-
-    pub fn window(&self) -> Duration {
-        match self {
-            Detector::Threshold { window, .. } | Detector::Distinct { window, .. } => *window,
-        }
-    }
-
-    pub fn threshold(&self) -> u32 {
-        match self {
-            Detector::Threshold { threshold, .. } | Detector::Distinct { threshold, .. } => {
-                *threshold
-            }
+            DetectorKind::Threshold => "threshold",
+            DetectorKind::Distinct(_) => "distinct",
+            DetectorKind::Ratio { .. } => "ratio",
+            DetectorKind::Mixed { .. } => "mixed",
+            DetectorKind::Cadence { .. } => "cadence",
+            DetectorKind::Sequence => "sequence",
+            DetectorKind::Baseline { .. } => "baseline",
         }
     }
 }
+
+/// Detector kinds, for messages.
+pub const DETECTOR_KINDS: &str = "threshold, distinct, ratio, mixed, cadence, sequence, baseline";
 
 /// A piece of a summary template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,6 +315,16 @@ pub enum Placeholder {
     Verdicts,
     /// Seconds past `exp` (the longest seen).
     ExpiredFor,
+    /// Ratio detectors: the share of requests meeting `when`, as a percentage.
+    Share,
+    /// Cadence detectors: the mean gap between requests.
+    MeanGap,
+    /// Cadence detectors: the coefficient of variation of the gaps.
+    Cv,
+    /// Sequence detectors: the first and last object numbers of the walk.
+    Run,
+    /// Baseline detectors: the learned level the key exceeded.
+    Baseline,
 }
 
 const PLACEHOLDERS: &[(&str, Placeholder)] = &[
@@ -290,6 +339,11 @@ const PLACEHOLDERS: &[(&str, Placeholder)] = &[
     ("endpoint", Placeholder::Endpoint),
     ("verdicts", Placeholder::Verdicts),
     ("expired_for", Placeholder::ExpiredFor),
+    ("share", Placeholder::Share),
+    ("mean_gap", Placeholder::MeanGap),
+    ("cv", Placeholder::Cv),
+    ("run", Placeholder::Run),
+    ("baseline", Placeholder::Baseline),
 ];
 
 /// A compiled rule.
@@ -548,7 +602,7 @@ pub fn compile(
 
 /// Compiles a route glob: `*` matches one path segment, `**` any number of segments,
 /// `{id}` matches itself (routes are templated before matching).
-fn glob_to_regex(glob: &str, segment_sep: char) -> String {
+pub fn glob_to_regex(glob: &str, segment_sep: char) -> String {
     let mut re = String::from("^");
     let mut chars = glob.chars().peekable();
     while let Some(c) = chars.next() {
@@ -672,14 +726,10 @@ mod tests {
         assert_eq!(r.id.as_str(), "token.forged");
         assert_eq!(r.category, Category::TokenForgery);
         assert_eq!(r.severity, Severity::High);
-        assert_eq!(
-            r.detector,
-            Detector::Threshold {
-                group_by: KeyField::Ip,
-                threshold: 2,
-                window: Duration::from_secs(60)
-            }
-        );
+        assert!(matches!(r.detector.kind, DetectorKind::Threshold));
+        assert_eq!(r.detector.group_by, vec![KeyField::Ip]);
+        assert_eq!(r.detector.threshold, 2);
+        assert_eq!(r.detector.window, Duration::from_secs(60));
         assert_eq!(r.suppress, Duration::from_secs(300));
         assert!(r.matcher.verdict_allowed(Verdict::Malformed));
         assert!(!r.matcher.verdict_allowed(Verdict::Valid));

@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_saphyr::Location;
 
 use super::{
-    Category, Detector, EvidenceField, KeyField, MAX_THRESHOLD, MAX_WINDOW_SECS, Matcher, Rule,
-    RuleError, RuleId, RuleTest, S, Severity, StatusMatch, TestInput, glob_to_regex,
-    parse_template, secs,
+    Category, DETECTOR_KINDS, Detector, DetectorKind, EvidenceField, KeyField, MAX_THRESHOLD,
+    MAX_WINDOW_SECS, Matcher, Rule, RuleError, RuleId, RuleTest, S, Severity, StatusMatch,
+    TestInput, glob_to_regex, parse_template, secs,
 };
 use crate::token::Verdict;
 
@@ -66,18 +66,56 @@ struct RawMatch {
     families: Option<S<Vec<String>>>,
     /// Only tokens used more than this many seconds after their `exp`.
     expired_beyond_secs: Option<S<f64>>,
+    /// Only requests to (true) or not to (false) login routes (`[detect] login_routes`).
+    login: Option<bool>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDetector {
-    /// `threshold` or `distinct`.
+    /// threshold, distinct, ratio, mixed, cadence, sequence or baseline.
     kind: S<String>,
-    group_by: S<KeyField>,
-    /// For `distinct`: what to count distinct values of.
+    /// One field or a list (`[ip, endpoint]`): the key windows are kept per.
+    group_by: S<GroupBy>,
+    /// `distinct`: what to count distinct values of.
     distinct: Option<S<KeyField>>,
     threshold: S<i64>,
     window_secs: S<f64>,
+    /// `ratio`: the least share (0 to 1) of requests meeting `when`.
+    ratio: Option<S<f64>>,
+    /// `ratio`, `mixed`: which requests are the ones of interest.
+    when: Option<S<RawMatch>>,
+    /// `cadence`: fire when the gaps' coefficient of variation is below this.
+    max_cv: Option<S<f64>>,
+    /// `cadence`: fire when the mean gap is below this many seconds.
+    min_mean_gap_secs: Option<S<f64>>,
+    /// `baseline`: how many times the learned level a key must exceed (default 3).
+    factor: Option<S<f64>>,
+    /// `baseline`: which quantile of past per-key counts is the learned level (default 0.99).
+    quantile: Option<S<f64>>,
+    /// `baseline`: windows to learn from before judging (default 50).
+    learn_min_windows: Option<S<i64>>,
+}
+
+/// `group_by: ip` or `group_by: [ip, endpoint]`.
+struct GroupBy(Vec<KeyField>);
+
+impl<'de> Deserialize<'de> for GroupBy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(KeyField),
+            Many(Vec<KeyField>),
+        }
+        match OneOrMany::deserialize(d) {
+            Ok(OneOrMany::One(k)) => Ok(GroupBy(vec![k])),
+            Ok(OneOrMany::Many(v)) => Ok(GroupBy(v)),
+            Err(_) => Err(serde::de::Error::custom(
+                "group_by: expected one of ip, device, user, token, endpoint, object, username, or a list of them",
+            )),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -117,6 +155,10 @@ pub struct TestTransaction {
     pub user: Option<String>,
     /// For expired tokens: seconds past `exp`.
     pub expired_for_secs: Option<f64>,
+    /// On login routes: the username tried.
+    pub username: Option<String>,
+    /// The route is a login route; default: as the default `[detect] login_routes` say.
+    pub login: Option<bool>,
 }
 
 fn get() -> String {
@@ -214,7 +256,7 @@ pub(super) fn compile_rule(ctx: &mut Ctx<'_>, r: RawRule) -> Option<(Rule, bool)
     let matcher = compile_match(ctx, &r.matcher);
     let detector = compile_detector(ctx, &r.detector);
     let suppress = match &r.suppress_secs {
-        None => detector.as_ref().map(Detector::window).unwrap_or_default(),
+        None => detector.as_ref().map(|d| d.window).unwrap_or_default(),
         Some(s) if s.value.is_finite() && (0.0..=MAX_WINDOW_SECS).contains(&s.value) => {
             secs(s.value)
         }
@@ -270,14 +312,15 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
             .map(|v| v.value.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
     };
     format!(
-        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
         strs(&m.methods),
         strs(&m.routes),
         strs(&m.hosts),
         strs(&m.status),
         strs(&m.verdicts),
         m.families.as_ref().map(|f| &f.value),
-        m.expired_beyond_secs.as_ref().map(|s| s.value)
+        m.expired_beyond_secs.as_ref().map(|s| s.value),
+        m.login
     )
 }
 
@@ -422,6 +465,7 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
         out.verdicts = Some(bits);
     }
     out.families = m.families.as_ref().map(|f| f.value.clone());
+    out.login = m.login;
     if let Some(e) = &m.expired_beyond_secs {
         if !(e.value.is_finite() && (0.0..=MAX_WINDOW_SECS).contains(&e.value)) {
             ctx.error(
@@ -449,61 +493,196 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
             format!("window_secs: expected more than 0 and at most {MAX_WINDOW_SECS} seconds, got {window}"),
         );
     }
+    let kind_name = d.kind.value.as_str();
     let threshold = d.threshold.value;
-    let min = if d.kind.value == "distinct" { 2 } else { 1 };
-    if !(min..=i64::from(MAX_THRESHOLD)).contains(&threshold) {
+    let (min, max) = match kind_name {
+        "distinct" | "cadence" | "sequence" | "mixed" => (2, i64::from(MAX_THRESHOLD)),
+        _ => (1, i64::from(MAX_THRESHOLD)),
+    };
+    let max = if kind_name == "cadence" { 1024 } else { max };
+    if !(min..=max).contains(&threshold) {
         ctx.error(
             d.threshold.referenced,
-            format!("threshold: expected {min} to {MAX_THRESHOLD}, got {threshold}"),
+            format!("threshold: expected {min} to {max} for `{kind_name}`, got {threshold}"),
         );
     }
-    let group_by = d.group_by.value;
-    let det = match d.kind.value.as_str() {
-        "threshold" => {
-            if let Some(x) = &d.distinct {
-                ctx.error(x.referenced, "distinct: only for `kind: distinct`".into());
-            }
-            Detector::Threshold {
-                group_by,
-                threshold: threshold.clamp(0, i64::from(MAX_THRESHOLD)) as u32,
-                window: secs(window.clamp(0.0, MAX_WINDOW_SECS)),
+    let group_by = d.group_by.value.0.clone();
+    if group_by.is_empty() || group_by.len() > 3 {
+        ctx.error(
+            d.group_by.referenced,
+            "group_by: expected 1 to 3 fields".into(),
+        );
+    }
+    for (i, k) in group_by.iter().enumerate() {
+        if group_by[..i].contains(k) {
+            ctx.error(
+                d.group_by.referenced,
+                format!("group_by: `{}` listed twice", k.as_str()),
+            );
+        }
+    }
+    // Parameters of other kinds are mistakes, not silently ignored settings.
+    let mut only_for = |present: Option<Location>, key: &str, kinds: &[&str]| {
+        if let Some(at) = present
+            && !kinds.contains(&kind_name)
+        {
+            ctx.error(
+                at,
+                format!("{key}: only for `kind: {}`", kinds.join("` or `kind: ")),
+            );
+        }
+    };
+    only_for(
+        d.distinct.as_ref().map(|x| x.referenced),
+        "distinct",
+        &["distinct"],
+    );
+    only_for(d.ratio.as_ref().map(|x| x.referenced), "ratio", &["ratio"]);
+    only_for(
+        d.when.as_ref().map(|x| x.referenced),
+        "when",
+        &["ratio", "mixed"],
+    );
+    only_for(
+        d.max_cv.as_ref().map(|x| x.referenced),
+        "max_cv",
+        &["cadence"],
+    );
+    only_for(
+        d.min_mean_gap_secs.as_ref().map(|x| x.referenced),
+        "min_mean_gap_secs",
+        &["cadence"],
+    );
+    only_for(
+        d.factor.as_ref().map(|x| x.referenced),
+        "factor",
+        &["baseline"],
+    );
+    only_for(
+        d.quantile.as_ref().map(|x| x.referenced),
+        "quantile",
+        &["baseline"],
+    );
+    only_for(
+        d.learn_min_windows.as_ref().map(|x| x.referenced),
+        "learn_min_windows",
+        &["baseline"],
+    );
+    let when = |ctx: &mut Ctx<'_>| -> Option<Matcher> {
+        match &d.when {
+            Some(w) => Some(compile_match(ctx, &w.value)),
+            None => {
+                ctx.error(
+                    d.kind.referenced,
+                    format!("detector: `kind: {kind_name}` needs `when:` (which requests count)"),
+                );
+                None
             }
         }
+    };
+    let in_range = |ctx: &mut Ctx<'_>, v: &Option<S<f64>>, key: &str, lo: f64, hi: f64| {
+        if let Some(x) = v
+            && !(x.value.is_finite() && x.value > lo && x.value <= hi)
+        {
+            ctx.error(
+                x.referenced,
+                format!(
+                    "{key}: expected more than {lo} and at most {hi}, got {}",
+                    x.value
+                ),
+            );
+        }
+        v.as_ref().map(|x| x.value)
+    };
+    let kind = match kind_name {
+        "threshold" => DetectorKind::Threshold,
         "distinct" => {
             let Some(distinct) = &d.distinct else {
                 ctx.error(
                     d.kind.referenced,
-                    "detector: `kind: distinct` needs `distinct:` (ip, device, user, token or endpoint)"
+                    "detector: `kind: distinct` needs `distinct:` (ip, device, user, token, endpoint, object or username)"
                         .into(),
                 );
                 return None;
             };
-            if distinct.value == group_by {
+            if group_by.contains(&distinct.value) {
                 ctx.error(
                     distinct.referenced,
                     format!(
-                        "distinct: counting distinct `{}` per `{}` is always 1",
-                        distinct.value.as_str(),
-                        group_by.as_str()
+                        "distinct: counting distinct `{}` per key that contains it is always 1",
+                        distinct.value.as_str()
                     ),
                 );
             }
-            Detector::Distinct {
-                group_by,
-                distinct: distinct.value,
-                threshold: threshold.clamp(0, i64::from(MAX_THRESHOLD)) as u32,
-                window: secs(window.clamp(0.0, MAX_WINDOW_SECS)),
+            DetectorKind::Distinct(distinct.value)
+        }
+        "ratio" => {
+            let Some(ratio) = in_range(ctx, &d.ratio, "ratio", 0.0, 1.0) else {
+                ctx.error(
+                    d.kind.referenced,
+                    "detector: `kind: ratio` needs `ratio:` (0 to 1)".into(),
+                );
+                return None;
+            };
+            DetectorKind::Ratio {
+                ratio,
+                when: when(ctx)?,
+            }
+        }
+        "mixed" => DetectorKind::Mixed { when: when(ctx)? },
+        "cadence" => {
+            let max_cv = in_range(ctx, &d.max_cv, "max_cv", 0.0, 10.0);
+            let gap = in_range(ctx, &d.min_mean_gap_secs, "min_mean_gap_secs", 0.0, 3600.0);
+            if max_cv.is_none() && gap.is_none() {
+                ctx.error(
+                    d.kind.referenced,
+                    "detector: `kind: cadence` needs `max_cv:`, `min_mean_gap_secs:` or both"
+                        .into(),
+                );
+            }
+            DetectorKind::Cadence {
+                max_cv,
+                min_mean_gap: gap.map(secs),
+            }
+        }
+        "sequence" => DetectorKind::Sequence,
+        "baseline" => {
+            let learn_min = d.learn_min_windows.as_ref().map_or(50, |x| x.value);
+            if !(1..=1_000_000).contains(&learn_min)
+                && let Some(x) = &d.learn_min_windows
+            {
+                ctx.error(
+                    x.referenced,
+                    format!("learn_min_windows: expected 1 to 1000000, got {learn_min}"),
+                );
+            }
+            if !group_by.contains(&KeyField::Endpoint) {
+                ctx.error(
+                    d.group_by.referenced,
+                    "group_by: `kind: baseline` learns per endpoint, so the key must include `endpoint`"
+                        .into(),
+                );
+            }
+            DetectorKind::Baseline {
+                factor: in_range(ctx, &d.factor, "factor", 0.0, 1000.0).unwrap_or(3.0),
+                quantile: in_range(ctx, &d.quantile, "quantile", 0.0, 1.0).unwrap_or(0.99),
+                learn_min: learn_min.clamp(1, 1_000_000) as u32,
             }
         }
         other => {
             ctx.error(
                 d.kind.referenced,
-                format!("unknown detector `{other}`; expected one of threshold, distinct"),
+                format!("unknown detector `{other}`; expected one of {DETECTOR_KINDS}"),
             );
             return None;
         }
     };
-    (ctx.errors.len() == before).then_some(det)
+    (ctx.errors.len() == before).then(|| Detector {
+        kind,
+        group_by,
+        threshold: threshold.clamp(0, i64::from(MAX_THRESHOLD)) as u32,
+        window: secs(window.clamp(0.0, MAX_WINDOW_SECS)),
+    })
 }
 
 pub(super) fn compile_test(

@@ -84,6 +84,16 @@ fn test_event(tx: &TestTransaction) -> Event {
         verdict,
         token: tx.token.as_deref().map(TokenHash::of),
         expired_for: tx.expired_for_secs,
+        object: Some(Arc::from(&*crate::output::redact::path(
+            crate::output::path_of(&tx.path),
+        ))),
+        number: crate::detect::object_number(&tx.path),
+        username: tx.username.as_deref().map(Arc::from),
+        login: tx.login.unwrap_or_else(|| {
+            crate::detect::LoginConfig::default()
+                .routes
+                .is_match(&crate::output::route_of(crate::output::path_of(&tx.path)))
+        }),
     }
 }
 

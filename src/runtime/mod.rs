@@ -33,7 +33,7 @@ use crate::actor::{self, Attribution};
 use crate::capture::{self, CaptureError, CaptureStats, FileEnd, Frame, Progress, Timestamp};
 use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LinkType, TcpFlags, TcpSegment, TunnelId};
-use crate::detect::{Alert, Event};
+use crate::detect::{Alert, Event, LoginConfig, login_username, object_number};
 use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
 use crate::output::{QueueStats, ReloadStats, Summary, path_of, route_of, write_transaction};
 use crate::reassembly::{
@@ -327,6 +327,7 @@ struct HttpHandler {
     written: u64,
     write_lines: bool,
     events: Vec<ordering::Ordered>,
+    login: LoginConfig,
 }
 
 impl HttpHandler {
@@ -354,6 +355,7 @@ impl HttpHandler {
             };
             if let Some(ev) = event(
                 &judges.attribution,
+                &self.login,
                 client,
                 &tx,
                 att.as_ref(),
@@ -392,13 +394,15 @@ fn http_dir(d: Direction) -> Dir {
 /// What detection sees of a transaction that has a request.
 fn event(
     attribution: &Attribution,
+    login: &LoginConfig,
     client: SocketAddr,
     tx: &Transaction,
     att: Option<&Attestation>,
     user: Option<&UserId>,
 ) -> Option<Event> {
     let req = tx.request.as_ref()?;
-    let route = route_of(path_of(&req.target));
+    let path = path_of(&req.target);
+    let route = route_of(path);
     let host = header(&req.headers, "host").map(host_name);
     let now = req.ts.as_secs_f64();
     Some(Event {
@@ -406,7 +410,6 @@ fn event(
         actor: actor::actor(attribution, client.ip(), &req.headers, att, user),
         method: Some(method_name(&req.method)),
         host,
-        route: Some(route.into()),
         status: tx.response.as_ref().map(|r| r.status),
         family: att.map(|a| a.family.clone()),
         verdict: att.map_or(Verdict::Missing, |a| a.verdict),
@@ -415,11 +418,16 @@ fn event(
             .filter(|a| a.verdict == Verdict::Expired)
             .and_then(|a| a.exp)
             .map(|exp| (now - exp).max(0.0)),
+        object: Some(Arc::from(&*crate::output::redact::path(path))),
+        number: object_number(&req.target),
+        username: login_username(login, &route, &req.headers, &req.body.data),
+        login: login.routes.is_match(&route),
+        route: Some(route.into()),
     })
 }
 
 /// A Host header as rules match it: lower case, without port or IPv6 brackets.
-fn host_name(raw: &[u8]) -> Arc<str> {
+pub(crate) fn host_name(raw: &[u8]) -> Arc<str> {
     let h = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
     let name = if let Some(rest) = h.strip_prefix('[') {
         rest.split(']').next().unwrap_or_default()
@@ -543,6 +551,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         written: 0,
         write_lines: lines_tx.is_some(),
         events: Vec::new(),
+        login: cfg.detect.login.clone(),
     };
     let flush = |handler: &mut HttpHandler, force: bool| {
         if let Some(tx) = &lines_tx
@@ -694,6 +703,7 @@ impl Pipeline {
                 .map_err(|_| RunError::Worker("detect thread panicked".into()))??;
             summary.detect = r.stats;
             summary.alerts_written = r.written;
+            summary.actors = r.actors;
         }
         if let Some(w) = self.writer {
             w.join()

@@ -69,7 +69,11 @@ pub(super) struct EventBatch {
 pub(super) struct DetectResult {
     pub stats: DetectStats,
     pub written: u64,
+    pub actors: crate::actor::registry::ActorSummary,
 }
+
+/// Actors listed in the summary's risk table.
+const TOP_ACTORS: usize = 20;
 
 struct Writer {
     sink: AlertSink,
@@ -172,6 +176,7 @@ pub(super) fn run(
         None => Ok(DetectResult {
             stats: engine.stats(),
             written: out.written,
+            actors: engine.actors(TOP_ACTORS),
         }),
     }
 }

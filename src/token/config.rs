@@ -473,7 +473,12 @@ impl TokenConfig {
                 .collect::<Result<Vec<_>, _>>()?;
             Some(IdentityConfig {
                 user,
-                client_ip_headers: id.client_ip_headers.clone().unwrap_or_default(),
+                // Read only when the peer is a trusted proxy, so the defaults are safe.
+                client_ip_headers: id.client_ip_headers.clone().unwrap_or_else(|| {
+                    ["X-Forwarded-For", "Forwarded", "X-Real-IP"]
+                        .map(String::from)
+                        .to_vec()
+                }),
                 trusted_proxies,
             })
         };

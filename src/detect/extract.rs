@@ -1,0 +1,145 @@
+//! What detectors need from a request beyond its head: the object number a walk steps
+//! through, and the username a login attempt tries. Bounded work: only login routes'
+//! bodies are parsed, only up to the body cap the HTTP stage already applied.
+
+use std::sync::Arc;
+
+use regex::RegexSet;
+
+use crate::http::{Header, header};
+
+/// Query parameters that number a page or an object.
+const NUMBER_PARAMS: &[&str] = &["page", "offset", "id", "start", "p"];
+/// Longest username kept (attackers choose its length).
+const MAX_USERNAME: usize = 256;
+
+/// The object number of a request target: the last all-digit path segment, else the first
+/// numeric `page`/`offset`/`id`/`start`/`p` query parameter.
+pub fn object_number(target: &str) -> Option<u64> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let from_path = path
+        .split('/')
+        .rev()
+        .find(|s| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok());
+    from_path.or_else(|| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, v)| NUMBER_PARAMS.contains(&k.as_ref()) && v.len() <= 19)
+            .and_then(|(_, v)| v.parse().ok())
+    })
+}
+
+/// Where usernames are looked for (config `[detect] login_routes`, `username_fields`).
+#[derive(Clone, Debug)]
+pub struct LoginConfig {
+    /// Templated routes of login endpoints.
+    pub routes: RegexSet,
+    /// JSON or form fields that carry the username, in order of preference.
+    pub fields: Vec<String>,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig {
+            // `**/login` and friends; compiled from fixed globs, so it cannot fail.
+            routes: RegexSet::new([
+                r"^.*/(login|signin|sign-in|sign_in|authenticate|sessions?)$",
+                r"^.*/oauth2?/token$",
+            ])
+            .unwrap_or_else(|_| RegexSet::empty()),
+            fields: ["username", "email", "login", "user", "user_name", "phone"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+/// The username a login request tries, from a JSON object or a form body.
+pub fn login_username(
+    cfg: &LoginConfig,
+    route: &str,
+    headers: &[Header],
+    body: &[u8],
+) -> Option<Arc<str>> {
+    if body.is_empty() || !cfg.routes.is_match(route) {
+        return None;
+    }
+    let ctype = header(headers, "content-type")
+        .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
+        .unwrap_or_default();
+    let found = if ctype.contains("json") || body.first() == Some(&b'{') {
+        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+        cfg.fields
+            .iter()
+            .find_map(|f| v.get(f).and_then(|x| x.as_str()).map(str::to_string))
+    } else if ctype.contains("x-www-form-urlencoded") {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        cfg.fields
+            .iter()
+            .find_map(|f| pairs.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone()))
+    } else {
+        None
+    }?;
+    let trimmed = found.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    let end = trimmed
+        .char_indices()
+        .nth(MAX_USERNAME)
+        .map_or(trimmed.len(), |(i, _)| i);
+    Some(Arc::from(&trimmed[..end]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(n: &str, v: &str) -> Header {
+        Header {
+            name: n.into(),
+            value: v.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn numbers_from_paths_and_queries() {
+        assert_eq!(object_number("/api/v1/users/42"), Some(42));
+        assert_eq!(object_number("/api/v1/users/42/orders"), Some(42));
+        assert_eq!(object_number("/api/v1/orders?page=7&size=20"), Some(7));
+        assert_eq!(object_number("/api/v1/orders?sort=asc"), None);
+        assert_eq!(object_number("/api/v2/catalog"), None);
+        assert_eq!(object_number("/x/99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn usernames_from_json_and_form_logins_only() {
+        let cfg = LoginConfig::default();
+        let json = [hdr("Content-Type", "application/json")];
+        let body = br#"{"username":"victim01@example.com","password":"x"}"#;
+        assert_eq!(
+            login_username(&cfg, "/api/v1/login", &json, body).as_deref(),
+            Some("victim01@example.com")
+        );
+        // Not a login route: bodies are not read.
+        assert_eq!(login_username(&cfg, "/api/v1/orders", &json, body), None);
+        let form = [hdr("Content-Type", "application/x-www-form-urlencoded")];
+        assert_eq!(
+            login_username(
+                &cfg,
+                "/oauth/token",
+                &form,
+                b"grant_type=password&username=a%40b.co&password=p"
+            )
+            .as_deref(),
+            Some("a@b.co")
+        );
+        assert_eq!(login_username(&cfg, "/login", &json, b"{not json"), None);
+        assert_eq!(
+            login_username(&cfg, "/login", &json, br#"{"password":"x"}"#),
+            None
+        );
+    }
+}
