@@ -502,6 +502,25 @@ mod tests {
     }
 
     #[test]
+    fn detect_section_sets_login_routes_and_caps() {
+        let c = Config::parse(
+            "[detect]\nmax_actors = 500\nlogin_routes = [\"/v2/auth/*\"]\nusername_fields = [\"msisdn\"]\n",
+            "d.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.detect.max_actors, 500);
+        assert!(c.detect.login.routes.is_match("/v2/auth/password"));
+        assert!(!c.detect.login.routes.is_match("/api/v1/login"));
+        assert_eq!(c.detect.login.fields, vec!["msisdn".to_string()]);
+        let e = Config::parse("[detect]\nlogin_routes = []\n", "d.toml").expect_err("empty");
+        assert!(
+            e.to_string()
+                .starts_with("d.toml:2:16: detect.login_routes"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn validation_errors_point_at_the_value() {
         let e = Config::parse("[reassembly]\n\nidle_timeout_secs = -1\n", "c.toml")
             .expect_err("negative");

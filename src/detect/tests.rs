@@ -284,3 +284,58 @@ fn reload_reports_what_a_changed_rule_had_aggregated() {
     assert!(out[0].follow_up);
     assert_eq!(out[0].count, 2);
 }
+
+#[test]
+fn baseline_learns_per_endpoint_then_flags_only_far_above_it() {
+    let s = rules::builtin().unwrap();
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    let mut out = Vec::new();
+    let req = |secs: f64, ip: String| {
+        let mut x = ev(secs, "10.0.0.1");
+        x.actor.ip = ip.parse().unwrap();
+        x.actor.device = Some(format!("dev-{ip}").into());
+        x.route = Some("/api/v1/orders".into());
+        x
+    };
+    // Before anything is learned, even a heavy attested client is not judged.
+    for i in 0..100 {
+        e.observe(&req(f64::from(i) * 0.5, "10.9.9.9".into()), &mut out);
+    }
+    // An hour of 20 attested clients making 2 to 6 requests a minute each.
+    for minute in 1..62u32 {
+        for c in 0..20u32 {
+            let n = 2 + (minute + c) % 5;
+            for k in 0..n {
+                let t = f64::from(minute) * 60.0 + f64::from(c) + f64::from(k) * 0.7;
+                e.observe(&req(t, format!("10.0.1.{c}")), &mut out);
+            }
+        }
+    }
+    let baseline = |out: &[Alert]| -> Vec<Alert> {
+        out.iter()
+            .filter(|a| a.rule.as_str() == "scraping.volume-above-baseline")
+            .cloned()
+            .collect()
+    };
+    assert!(baseline(&out).is_empty(), "{:?}", baseline(&out));
+    // Minute 62: one client a bit above its peers (fine), one attested device far above.
+    for k in 0..9 {
+        e.observe(
+            &req(62.0 * 60.0 + f64::from(k), "10.0.1.3".into()),
+            &mut out,
+        );
+    }
+    for k in 0..40 {
+        e.observe(
+            &req(62.0 * 60.0 + f64::from(k) * 0.5, "10.0.2.1".into()),
+            &mut out,
+        );
+    }
+    let hits = baseline(&out);
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].actor.ip.as_deref(), Some("10.0.2.1"));
+    let learned = hits[0].evidence["baseline"]["learned"].as_f64().unwrap();
+    assert!((5.0..=7.0).contains(&learned), "learned {learned}");
+    assert_eq!(hits[0].evidence["baseline"]["count"], 31);
+    assert!(e.stats().baseline_samples > 1000);
+}
