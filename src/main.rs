@@ -17,6 +17,8 @@ use shieldtap::config::Config;
 use shieldtap::output::Summary;
 use shieldtap::rules::{self, RuleErrors, RuleSet};
 use shieldtap::runtime::{self, AlertSink, Outputs, ReloadSources, RunError};
+use shieldtap::telemetry::metrics::Hub;
+use shieldtap::telemetry::server::MetricsServer;
 use shieldtap::telemetry::{self, LogFormat};
 
 /// Passive shield for the APIs behind mobile apps: reassembles mirrored HTTP traffic,
@@ -46,6 +48,10 @@ enum Command {
         /// Never show the progress bar, even on a terminal.
         #[arg(long)]
         no_progress: bool,
+        /// After the replay, keep serving `--metrics-listen` until SIGINT or SIGTERM (to
+        /// look at a replay in Prometheus and Grafana).
+        #[arg(long, requires = "metrics_listen")]
+        hold_metrics: bool,
     },
     /// Capture live on one or more interfaces (a mirror/SPAN port) until SIGINT/SIGTERM.
     Run {
@@ -135,6 +141,10 @@ struct Common {
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`run` default: 127.0.0.1:9477;
+    /// `off` disables).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 /// Exit status per INTERFACE.md: 0 success, 2 usage or config error, 1 other failure.
@@ -182,7 +192,40 @@ fn outputs(common: &Common) -> anyhow::Result<Outputs> {
     Ok(Outputs {
         transactions,
         alerts,
+        metrics: Arc::new(Hub::default()),
     })
+}
+
+/// Starts the metrics endpoint when asked (or by default for `run`).
+fn metrics_server(
+    common: &Common,
+    default: Option<&str>,
+    hub: &Arc<Hub>,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let Some(addr) = common.metrics_listen.as_deref().or(default) else {
+        return Ok(None);
+    };
+    if addr == "off" {
+        return Ok(None);
+    }
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| UsageError(format!("--metrics-listen {addr:?}: {e}")))?;
+    let server = MetricsServer::start(addr, hub.clone())
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    Ok(Some(server))
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_stop() -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 fn load_rules(dir: Option<&PathBuf>) -> Result<RuleSet, RuleErrors> {
@@ -277,6 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             captures,
             common,
             no_progress,
+            hold_metrics,
         } => {
             let cfg = load_config(&common)?;
             let rules = load_rules(common.rules.as_ref())?;
@@ -289,14 +333,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .sum();
             let bar = (!no_progress && std::io::stderr().is_terminal())
                 .then(|| spawn_progress(&progress, total));
-            let result = runtime::replay(
-                &cfg,
-                rules,
-                &captures,
-                workers,
-                outputs(&common)?,
-                &progress,
-            );
+            let outputs = outputs(&common)?;
+            let server = metrics_server(&common, None, &outputs.metrics)?;
+            let result = runtime::replay(&cfg, rules, &captures, workers, outputs, &progress);
             if let Some((stop, h)) = bar {
                 stop.store(true, Ordering::Relaxed);
                 let _ = h.join();
@@ -308,6 +347,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             eprint!("{}", summary.human());
             write_summary(&common, &summary)?;
+            if let Some(server) = server {
+                if hold_metrics {
+                    tracing::info!(addr = %server.addr, "replay done; serving metrics until SIGINT or SIGTERM");
+                    wait_for_stop()?;
+                }
+                server.stop();
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {
@@ -345,15 +391,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rules: common.rules.clone(),
             };
             tracing::info!(source = %rules.source, rules = rules.rules.len(), "rules loaded");
-            let summary = runtime::run_live(
-                &cfg,
-                rules,
-                &interfaces,
-                workers,
-                outputs(&common)?,
-                stop,
-                reload,
-            )?;
+            let outputs = outputs(&common)?;
+            let server = metrics_server(&common, Some("127.0.0.1:9477"), &outputs.metrics)?;
+            let summary =
+                runtime::run_live(&cfg, rules, &interfaces, workers, outputs, stop, reload)?;
+            if let Some(server) = server {
+                server.stop();
+            }
             eprint!("{}", summary.human());
             write_summary(&common, &summary)?;
             Ok(ExitCode::SUCCESS)

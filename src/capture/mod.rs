@@ -100,11 +100,16 @@ pub enum FileEnd {
     Corrupt(String),
 }
 
-/// Bytes read so far, shared with a progress display.
+/// Progress so far, shared with a progress display and the metrics: file bytes read,
+/// frames and their bytes, and (live) the kernel's counters, refreshed about once a second.
 #[derive(Clone, Default)]
 pub struct Progress {
     pub bytes: Arc<AtomicU64>,
     pub frames: Arc<AtomicU64>,
+    pub frame_bytes: Arc<AtomicU64>,
+    pub kernel_received: Arc<AtomicU64>,
+    pub kernel_dropped: Arc<AtomicU64>,
+    pub interface_dropped: Arc<AtomicU64>,
 }
 
 struct CountingReader<R> {
@@ -262,6 +267,9 @@ fn emit(
         stats.snaplen_cut_frames += 1;
     }
     progress.frames.fetch_add(1, Ordering::Relaxed);
+    progress
+        .frame_bytes
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
     on_frame(Frame {
         ts,
         linktype,
@@ -311,6 +319,7 @@ pub fn capture_live(
     cfg: &LiveConfig,
     stop: &AtomicBool,
     stats: &mut CaptureStats,
+    progress: &Progress,
     on_frame: &mut dyn FnMut(Frame<'_>),
     on_idle: &mut dyn FnMut(),
 ) -> Result<(), CaptureError> {
@@ -342,7 +351,6 @@ pub fn capture_live(
         cap.filter(bpf, true).map_err(live_err)?;
     }
     let linktype = cap.get_datalink().0 as u32;
-    let progress = Progress::default();
     // libpcap on Linux (TPACKET_V3) may keep polling past its timeout while no packet
     // arrives, so a watcher wakes the blocked read with pcap_breakloop once `stop` is set.
     let breaker = cap.breakloop_handle();
@@ -355,7 +363,7 @@ pub fn capture_live(
             breaker.breakloop();
         });
         let r = read_live(
-            &mut cap, stop, stats, &progress, linktype, on_frame, on_idle, &live_err,
+            &mut cap, stop, stats, progress, linktype, on_frame, on_idle, &live_err,
         );
         done.store(true, Ordering::Relaxed);
         r
@@ -366,6 +374,23 @@ pub fn capture_live(
         stats.interface_dropped += u64::from(s.if_dropped);
     }
     result
+}
+
+/// How often the kernel's packet counters are copied to [`Progress`].
+const KERNEL_STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn kernel_stats(cap: &mut pcap::Capture<pcap::Active>, progress: &Progress) {
+    if let Ok(s) = cap.stats() {
+        progress
+            .kernel_received
+            .store(u64::from(s.received), Ordering::Relaxed);
+        progress
+            .kernel_dropped
+            .store(u64::from(s.dropped), Ordering::Relaxed);
+        progress
+            .interface_dropped
+            .store(u64::from(s.if_dropped), Ordering::Relaxed);
+    }
 }
 
 /// Pause between polls of an idle interface.
@@ -382,9 +407,19 @@ fn read_live(
     on_idle: &mut dyn FnMut(),
     live_err: &dyn Fn(pcap::Error) -> CaptureError,
 ) -> Result<(), CaptureError> {
+    let mut last_stats = std::time::Instant::now();
+    let mut since_check = 0u32;
     loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
+        }
+        since_check += 1;
+        if since_check >= 256 {
+            since_check = 0;
+            if last_stats.elapsed() >= KERNEL_STATS_EVERY {
+                last_stats = std::time::Instant::now();
+                kernel_stats(cap, progress);
+            }
         }
         match cap.next_packet() {
             Ok(p) => {
@@ -405,6 +440,7 @@ fn read_live(
             }
             Err(pcap::Error::TimeoutExpired) => {
                 // Nothing buffered: the kernel ring holds what arrives meanwhile.
+                since_check = 256;
                 on_idle();
                 std::thread::sleep(IDLE_POLL);
             }

@@ -332,6 +332,11 @@ impl Engine {
         self.registry.summary(n)
     }
 
+    /// The actor registry's counters.
+    pub fn actor_stats(&self) -> crate::actor::registry::RegistryStats {
+        self.registry.stats()
+    }
+
     /// Keys held across rules, and the most any one rule holds.
     pub fn tracked_keys(&self) -> (usize, usize) {
         let sizes = self.rules.iter().map(|r| r.keys.len());

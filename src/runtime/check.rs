@@ -124,6 +124,7 @@ fn run_capture(
         let outputs = Outputs {
             transactions: None,
             alerts: AlertSink::Collect(sink.clone()),
+            metrics: Default::default(),
         };
         replay(
             &cfg,

@@ -21,13 +21,14 @@ use std::hash::BuildHasher;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use hdrhistogram::Histogram;
 
 use crate::actor::{self, Attribution};
 use crate::capture::{self, CaptureError, CaptureStats, FileEnd, Frame, Progress, Timestamp};
@@ -40,6 +41,7 @@ use crate::reassembly::{
     CloseReason, ConnInfo, Direction, FlowKey, FlowTable, ReassemblyStats, StreamHandler,
 };
 use crate::rules::RuleSet;
+use crate::telemetry::metrics::{CaptureSnapshot, Hub, PUBLISH_EVERY, WorkerSnapshot};
 use crate::token::{Attestation, UserId, Verdict, Verifier};
 
 /// Segments per batch handed to a worker.
@@ -56,6 +58,8 @@ const LINES_FLUSH_BYTES: usize = 256 * 1024;
 pub struct Outputs {
     pub transactions: Option<Box<dyn Write + Send>>,
     pub alerts: AlertSink,
+    /// Where threads publish their counters for `/metrics`.
+    pub metrics: Arc<Hub>,
 }
 
 /// Where alerts go.
@@ -99,15 +103,31 @@ pub struct Shared {
     pub judges: ArcSwap<Judges>,
     pub rules: ArcSwap<RuleSet>,
     pub reloads: Mutex<ReloadStats>,
+    pub hub: Arc<Hub>,
 }
 
 impl Shared {
-    pub fn new(cfg: &Config, rules: RuleSet) -> Result<Arc<Shared>, RunError> {
-        Ok(Arc::new(Shared {
+    pub fn new(cfg: &Config, rules: RuleSet, hub: Arc<Hub>) -> Result<Arc<Shared>, RunError> {
+        let shared = Arc::new(Shared {
             judges: ArcSwap::from_pointee(Judges::new(cfg)?),
             rules: ArcSwap::from_pointee(rules),
             reloads: Mutex::new(ReloadStats::default()),
-        }))
+            hub,
+        });
+        // Weak: the hub outlives a run (`replay --hold-metrics`) without keeping it alive.
+        let weak = Arc::downgrade(&shared);
+        shared.hub.set_token_source(Box::new(move || {
+            weak.upgrade()
+                .map(|s| s.judges.load().verifier.stats())
+                .unwrap_or_default()
+        }));
+        let weak = Arc::downgrade(&shared);
+        shared.hub.set_reload_source(Box::new(move || {
+            weak.upgrade()
+                .and_then(|s| s.reloads.lock().ok().map(|r| r.clone()))
+                .unwrap_or_default()
+        }));
+        Ok(shared)
     }
 }
 
@@ -133,6 +153,8 @@ struct Batch {
     arena: Vec<u8>,
     /// Capture clock when the batch was sent.
     now: Timestamp,
+    /// Wall clock when its first segment arrived: the start of processing latency.
+    created: Option<Instant>,
 }
 
 /// Fatal run errors (config or inputs); traffic problems are counted, never errors.
@@ -166,6 +188,12 @@ struct Dispatcher {
     senders: Vec<SyncSender<Batch>>,
     /// Live capture drops a batch instead of blocking.
     lossy: bool,
+    /// Which capture thread this is, for metrics.
+    index: usize,
+    hub: Arc<Hub>,
+    progress: Progress,
+    last_publish: Instant,
+    frames_since_check: u32,
     now: Timestamp,
     last_heartbeat: Timestamp,
     /// Live capture: the wall-clock instant the last packet arrived, so an idle port's
@@ -175,7 +203,14 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn new(cfg: &Config, senders: Vec<SyncSender<Batch>>, lossy: bool) -> Self {
+    fn new(
+        cfg: &Config,
+        senders: Vec<SyncSender<Batch>>,
+        lossy: bool,
+        index: usize,
+        hub: Arc<Hub>,
+        progress: Progress,
+    ) -> Self {
         let n = senders.len();
         Dispatcher {
             decoder: Decoder::new(cfg.decode.clone()),
@@ -185,6 +220,11 @@ impl Dispatcher {
             batches: (0..n).map(|_| Batch::default()).collect(),
             senders,
             lossy,
+            index,
+            hub,
+            progress,
+            last_publish: Instant::now(),
+            frames_since_check: 0,
             now: Timestamp::ZERO,
             last_heartbeat: Timestamp::ZERO,
             last_arrival: None,
@@ -216,6 +256,9 @@ impl Dispatcher {
                 let key = FlowKey::new(seg.tunnel, seg.src, seg.dst);
                 let w = (hasher.hash_one(key) % batches.len() as u64) as usize;
                 let b = &mut batches[w];
+                if b.segs.is_empty() {
+                    b.created = Some(Instant::now());
+                }
                 let start = b.arena.len() as u32;
                 b.arena.extend_from_slice(seg.payload);
                 b.segs.push(SegMeta {
@@ -231,6 +274,7 @@ impl Dispatcher {
             self.send(w);
         }
         self.maybe_heartbeat();
+        self.maybe_publish(false);
     }
 
     /// Live capture with no packets: packet time follows the wall clock from the last
@@ -243,6 +287,36 @@ impl Dispatcher {
             }
         }
         self.maybe_heartbeat();
+    }
+
+    /// Copies this thread's counters to the metrics hub, at most every `PUBLISH_EVERY`.
+    fn maybe_publish(&mut self, force: bool) {
+        self.frames_since_check += 1;
+        if !force && self.frames_since_check < 1024 {
+            return;
+        }
+        self.frames_since_check = 0;
+        if force || self.last_publish.elapsed() >= PUBLISH_EVERY {
+            self.last_publish = Instant::now();
+            // Files and interfaces merge their counters when they end; until then the
+            // shared progress counters are the live figures.
+            let mut capture = self.side.capture.clone();
+            let p = &self.progress;
+            let live = |a: &AtomicU64, merged: u64| a.load(Ordering::Relaxed).max(merged);
+            capture.frames = live(&p.frames, capture.frames);
+            capture.bytes = live(&p.frame_bytes, capture.bytes);
+            capture.kernel_received = live(&p.kernel_received, capture.kernel_received);
+            capture.kernel_dropped = live(&p.kernel_dropped, capture.kernel_dropped);
+            capture.interface_dropped = live(&p.interface_dropped, capture.interface_dropped);
+            self.hub.publish_capture(
+                self.index,
+                &CaptureSnapshot {
+                    capture,
+                    decode: self.decoder.stats().clone(),
+                    queue: self.side.queue.clone(),
+                },
+            );
+        }
     }
 
     fn maybe_heartbeat(&mut self) {
@@ -284,6 +358,7 @@ impl Dispatcher {
         for w in 0..self.batches.len() {
             self.send(w);
         }
+        self.maybe_publish(true);
         self.side.decode = self.decoder.stats().clone();
         self.side
     }
@@ -328,15 +403,23 @@ struct HttpHandler {
     write_lines: bool,
     events: Vec<ordering::Ordered>,
     login: LoginConfig,
+    /// When the batch being processed started its way through the pipeline.
+    batch_created: Option<Instant>,
+    /// Packet-to-transaction latency, microseconds.
+    latency_us: Option<Histogram<u64>>,
 }
 
 impl HttpHandler {
     fn drain(&mut self, st: &mut ConnState, conn: &ConnInfo, at: Timestamp) {
         let swapped = st.http.swapped();
         let judges = self.shared.judges.load();
+        let latency = self.batch_created.map(|c| c.elapsed().as_micros() as u64);
         for tx in self.txs.drain(..) {
             self.written += 1;
             st.seq += 1;
+            if let (Some(us), Some(h)) = (latency, self.latency_us.as_mut()) {
+                h.saturating_record(us.max(1));
+            }
             // Every request is judged by its token, on packet time.
             let (att, user) = match &tx.request {
                 Some(req) => {
@@ -552,6 +635,22 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         write_lines: lines_tx.is_some(),
         events: Vec::new(),
         login: cfg.detect.login.clone(),
+        batch_created: None,
+        // 1 µs to 60 s at 2 significant digits.
+        latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
+    };
+    let hub = handler.shared.hub.clone();
+    let mut last_publish = Instant::now();
+    let publish = |handler: &HttpHandler, table: &FlowTable<HttpHandler>| {
+        hub.publish_worker(
+            index,
+            &WorkerSnapshot {
+                reassembly: table.stats(),
+                http: handler.stats.clone(),
+                active_flows: table.active_flows() as u64,
+                latency_us: handler.latency_us.clone(),
+            },
+        );
     };
     let flush = |handler: &mut HttpHandler, force: bool| {
         if let Some(tx) = &lines_tx
@@ -566,6 +665,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         }
     };
     while let Ok(batch) = rx.recv() {
+        handler.batch_created = batch.created;
         for m in &batch.segs {
             let start = m.start as usize;
             let payload = batch
@@ -594,8 +694,14 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
             events: std::mem::take(&mut handler.events),
             watermark: batch.now,
         });
+        if last_publish.elapsed() >= PUBLISH_EVERY {
+            last_publish = Instant::now();
+            publish(&handler, &table);
+        }
     }
+    handler.batch_created = None;
     table.flush_all(&mut handler);
+    publish(&handler, &table);
     flush(&mut handler, true);
     let _ = events_tx.send(ordering::EventBatch {
         worker: index,
@@ -752,9 +858,17 @@ pub fn replay(
     progress: &Progress,
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let shared = Shared::new(cfg, rules)?;
+    let shared = Shared::new(cfg, rules, outputs.metrics.clone())?;
+    let hub = outputs.metrics.clone();
     let pipeline = Pipeline::start(cfg, shared, workers, outputs, false);
-    let mut dispatcher = Dispatcher::new(cfg, pipeline.senders.clone(), false);
+    let mut dispatcher = Dispatcher::new(
+        cfg,
+        pipeline.senders.clone(),
+        false,
+        0,
+        hub,
+        progress.clone(),
+    );
     let mut first_error = None;
     for path in files {
         let mut stats = CaptureStats::default();
@@ -800,19 +914,22 @@ pub fn run_live(
     reload: ReloadSources,
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let shared = Shared::new(cfg, rules)?;
+    let shared = Shared::new(cfg, rules, outputs.metrics.clone())?;
+    let hub = outputs.metrics.clone();
     let reloader = reload::start(reload, shared.clone(), stop.clone());
     let pipeline = Pipeline::start(cfg, shared, workers, outputs, true);
     let mut captures = Vec::new();
-    for iface in interfaces {
+    for (index, iface) in interfaces.iter().enumerate() {
         let senders = pipeline.senders.clone();
+        let hub = hub.clone();
         let cfg = cfg.clone();
         let iface = iface.clone();
         let stop = stop.clone();
         let h = thread::Builder::new()
             .name(format!("shieldtap-capture-{iface}"))
             .spawn(move || -> (CaptureSide, Result<(), CaptureError>) {
-                let mut d = Dispatcher::new(&cfg, senders, true);
+                let progress = Progress::default();
+                let mut d = Dispatcher::new(&cfg, senders, true, index, hub, progress.clone());
                 let mut stats = CaptureStats::default();
                 let r = {
                     // Both callbacks need the dispatcher; they never run at the same time.
@@ -822,6 +939,7 @@ pub fn run_live(
                         &cfg.capture,
                         &stop,
                         &mut stats,
+                        &progress,
                         &mut |f| d.borrow_mut().frame(f),
                         &mut || d.borrow_mut().idle(),
                     )

@@ -17,6 +17,8 @@ use std::sync::mpsc::Receiver;
 use super::{AlertSink, Shared};
 use crate::capture::Timestamp;
 use crate::detect::{Alert, DetectConfig, DetectStats, Engine, Event, write_alert};
+use crate::rules::RuleSet;
+use crate::telemetry::metrics::{DetectSnapshot, PUBLISH_EVERY};
 
 /// Packet time an event may trail its worker's clock: transactions closed by timeouts are
 /// stamped with their deadline, which can be up to a heartbeat (1 s) behind.
@@ -121,6 +123,25 @@ pub(super) fn run(
     let mut alerts = Vec::new();
     let mut out = Writer { sink, written: 0 };
     let mut failed: Option<std::io::Error> = None;
+    let mut last_publish = std::time::Instant::now();
+    let publish = |engine: &Engine, rules: &RuleSet| {
+        shared.hub.publish_detect(DetectSnapshot {
+            stats: engine.stats(),
+            actors: engine.actor_stats(),
+            rules: rules
+                .rules
+                .iter()
+                .map(|r| {
+                    (
+                        r.id.as_str().to_string(),
+                        r.category.as_str(),
+                        r.severity.as_str(),
+                    )
+                })
+                .collect(),
+        });
+    };
+    publish(&engine, &rules);
     let release =
         |o: Ordered, engine: &mut Engine, last: &mut Option<_>, alerts: &mut Vec<Alert>| {
             let k = o.key();
@@ -161,11 +182,16 @@ pub(super) fn run(
             failed = Some(e);
         }
         alerts.clear();
+        if last_publish.elapsed() >= PUBLISH_EVERY {
+            last_publish = std::time::Instant::now();
+            publish(&engine, &rules);
+        }
     }
     while let Some(Reverse(o)) = heap.pop() {
         release(o, &mut engine, &mut last, &mut alerts);
     }
     engine.finish(&mut alerts);
+    publish(&engine, &rules);
     if failed.is_none()
         && let Err(e) = out.write(&mut alerts)
     {

@@ -1,7 +1,10 @@
-//! Telemetry: logging setup (metric names join here as the metrics endpoint lands).
+//! Telemetry: logging setup, metric names and the metrics hub, the `/metrics` endpoint.
 //!
 //! Logs go to stderr through `tracing`, as text or JSON lines, filtered by level
 //! (`RUST_LOG` overrides). Per-packet events are never logged at info or above.
+
+pub mod metrics;
+pub mod server;
 
 use tracing_subscriber::EnvFilter;
 

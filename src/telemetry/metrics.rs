@@ -1,0 +1,691 @@
+//! Metrics: every stage's counters in the Prometheus text format.
+//!
+//! The packet path never touches a shared counter: each capture thread, worker and the
+//! detect thread keep their own plain counters (the stage `*Stats` structs) and publish a
+//! copy here a few times a second ([`PUBLISH_EVERY`]). A scrape sums the latest copies and
+//! encodes them with `prometheus-client` (a [`Collector`] run per scrape). Every name is in
+//! [`NAMES`], starts with `shieldtap_`, and carries only bounded labels: stage, layer, kind,
+//! reason, cap, verdict, token family, rule id, category, severity, receiver, result; never
+//! an address, path, user or token.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::actor::registry::RegistryStats;
+use crate::capture::CaptureStats;
+use crate::decode::DecodeStats;
+use crate::detect::DetectStats;
+use crate::http::HttpStats;
+use crate::output::{QueueStats, ReloadStats};
+use crate::reassembly::ReassemblyStats;
+use crate::token::TokenStats;
+
+/// How often a thread copies its counters here.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// Every metric name (without the `shieldtap_` prefix and the counters' `_total` suffix
+/// that the encoder adds), for the dashboards test and the README.
+pub const NAMES: &[&str] = &[
+    "build_info",
+    "capture_packets",
+    "capture_bytes",
+    "capture_drops",
+    "capture_file_problems",
+    "queue_batches",
+    "decode_errors",
+    "decode_tunnels",
+    "decode_ip_fragments",
+    "flows_active",
+    "flows",
+    "reassembly_gaps",
+    "reassembly_gap_bytes",
+    "reassembly_anomalies",
+    "cap_hits",
+    "http_requests",
+    "http_responses",
+    "http_transactions",
+    "http_anomalies",
+    "token_verdicts",
+    "identity_verdicts",
+    "token_cache_lookups",
+    "actors_tracked",
+    "actors_evicted",
+    "detect_events",
+    "detect_late_events",
+    "detect_keys_evicted",
+    "alerts",
+    "alerts_aggregated_requests",
+    "webhook_deliveries",
+    "webhook_spool_depth",
+    "reloads",
+    "processing_latency_seconds",
+];
+
+/// Latency histogram bucket bounds, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// A worker's counters.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerSnapshot {
+    pub reassembly: ReassemblyStats,
+    pub http: HttpStats,
+    pub active_flows: u64,
+    /// Packet-to-transaction processing latency, microseconds.
+    pub latency_us: Option<Histogram<u64>>,
+}
+
+/// A capture thread's counters.
+#[derive(Clone, Debug, Default)]
+pub struct CaptureSnapshot {
+    pub capture: CaptureStats,
+    pub decode: DecodeStats,
+    pub queue: QueueStats,
+}
+
+/// The detect thread's counters.
+#[derive(Clone, Debug, Default)]
+pub struct DetectSnapshot {
+    pub stats: DetectStats,
+    pub actors: RegistryStats,
+    /// Rule id → (category, severity), for the alert labels.
+    pub rules: Vec<(String, &'static str, &'static str)>,
+}
+
+/// One webhook receiver's counters.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookSnapshot {
+    pub receiver: String,
+    pub queued: u64,
+    pub delivered: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub spool_depth: u64,
+}
+
+type Source<T> = Box<dyn Fn() -> T + Send + Sync>;
+
+/// Where every thread publishes and every scrape reads.
+#[derive(Default)]
+pub struct Hub {
+    workers: Mutex<Vec<WorkerSnapshot>>,
+    captures: Mutex<Vec<CaptureSnapshot>>,
+    detect: Mutex<DetectSnapshot>,
+    token: Mutex<Option<Source<TokenStats>>>,
+    reloads: Mutex<Option<Source<ReloadStats>>>,
+    webhooks: Mutex<Option<Source<Vec<WebhookSnapshot>>>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hub")
+    }
+}
+
+fn put<T: Clone + Default>(slots: &Mutex<Vec<T>>, i: usize, v: &T) {
+    if let Ok(mut s) = slots.lock() {
+        if s.len() <= i {
+            s.resize(i + 1, T::default());
+        }
+        s[i] = v.clone();
+    }
+}
+
+impl Hub {
+    pub fn publish_worker(&self, i: usize, s: &WorkerSnapshot) {
+        put(&self.workers, i, s);
+    }
+
+    pub fn publish_capture(&self, i: usize, s: &CaptureSnapshot) {
+        put(&self.captures, i, s);
+    }
+
+    pub fn publish_detect(&self, s: DetectSnapshot) {
+        if let Ok(mut d) = self.detect.lock() {
+            *d = s;
+        }
+    }
+
+    pub fn set_token_source(&self, f: Source<TokenStats>) {
+        if let Ok(mut t) = self.token.lock() {
+            *t = Some(f);
+        }
+    }
+
+    pub fn set_reload_source(&self, f: Source<ReloadStats>) {
+        if let Ok(mut t) = self.reloads.lock() {
+            *t = Some(f);
+        }
+    }
+
+    pub fn set_webhook_source(&self, f: Source<Vec<WebhookSnapshot>>) {
+        if let Ok(mut t) = self.webhooks.lock() {
+            *t = Some(f);
+        }
+    }
+
+    /// The exposition text of one scrape.
+    pub fn render(self: &std::sync::Arc<Self>) -> String {
+        let mut registry = Registry::with_prefix("shieldtap");
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// Encodes one family with labels.
+struct Enc<'a, 'b> {
+    e: &'a mut DescriptorEncoder<'b>,
+}
+
+impl Enc<'_, '_> {
+    fn counter(&mut self, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+        let c = ConstCounter::new(v);
+        let m = self
+            .e
+            .encode_descriptor(name, help, None, c.metric_type())?;
+        c.encode(m)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+        let g = ConstGauge::new(v);
+        let m = self
+            .e
+            .encode_descriptor(name, help, None, g.metric_type())?;
+        g.encode(m)
+    }
+
+    fn labelled<'l>(
+        &mut self,
+        name: &str,
+        help: &str,
+        ty: MetricType,
+        rows: impl IntoIterator<Item = (Vec<(&'l str, String)>, u64)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut m = self.e.encode_descriptor(name, help, None, ty)?;
+        for (labels, v) in rows {
+            let fam = m.encode_family(&labels)?;
+            match ty {
+                MetricType::Gauge => ConstGauge::new(v as i64).encode(fam)?,
+                _ => ConstCounter::new(v).encode(fam)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn one<'l>(k: &'l str, v: &str) -> Vec<(&'l str, String)> {
+    vec![(k, v.to_string())]
+}
+
+impl Collector for Hub {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut w = WorkerSnapshot::default();
+        let mut latency: Option<Histogram<u64>> = None;
+        if let Ok(ws) = self.workers.lock() {
+            for s in ws.iter() {
+                w.reassembly.merge(&s.reassembly);
+                w.http.merge(&s.http);
+                w.active_flows += s.active_flows;
+                if let Some(h) = &s.latency_us {
+                    match &mut latency {
+                        Some(l) => {
+                            let _ = l.add(h);
+                        }
+                        None => latency = Some(h.clone()),
+                    }
+                }
+            }
+        }
+        let mut c = CaptureSnapshot::default();
+        if let Ok(cs) = self.captures.lock() {
+            for s in cs.iter() {
+                c.capture.merge(&s.capture);
+                c.decode.merge(&s.decode);
+                c.queue.batches += s.queue.batches;
+                c.queue.full_waits += s.queue.full_waits;
+                c.queue.dropped_batches += s.queue.dropped_batches;
+                c.queue.dropped_segments += s.queue.dropped_segments;
+            }
+        }
+        let d = self.detect.lock().map(|d| d.clone()).unwrap_or_default();
+        let token = self
+            .token
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|f| f()))
+            .unwrap_or_default();
+        let reloads = self
+            .reloads
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|f| f()))
+            .unwrap_or_default();
+        let hooks = self
+            .webhooks
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|f| f()))
+            .unwrap_or_default();
+
+        let mut e = Enc { e: &mut encoder };
+        {
+            let m = e.e.encode_descriptor(
+                "build_info",
+                "Build information; the value is always 1.",
+                None,
+                MetricType::Gauge,
+            )?;
+            let mut m = m;
+            let labels = one("version", env!("CARGO_PKG_VERSION"));
+            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+        }
+        let cap = &c.capture;
+        e.counter(
+            "capture_packets",
+            "Frames read from captures and interfaces.",
+            cap.frames,
+        )?;
+        e.counter("capture_bytes", "Bytes of frames read.", cap.bytes)?;
+        e.labelled(
+            "capture_drops",
+            "Packets or segments lost before processing, by reason.",
+            MetricType::Counter,
+            [
+                (one("reason", "kernel"), cap.kernel_dropped),
+                (one("reason", "interface"), cap.interface_dropped),
+                (one("reason", "queue"), c.queue.dropped_segments),
+            ],
+        )?;
+        e.labelled(
+            "capture_file_problems",
+            "Capture files that ended early, by kind.",
+            MetricType::Counter,
+            [
+                (one("kind", "truncated"), cap.truncated_files),
+                (one("kind", "corrupt"), cap.corrupt_files),
+                (
+                    one("kind", "unsupported-linktype"),
+                    cap.unsupported_linktype_frames,
+                ),
+            ],
+        )?;
+        e.labelled(
+            "queue_batches",
+            "Batches handed from capture to workers, and how each went.",
+            MetricType::Counter,
+            [
+                (one("result", "sent"), c.queue.batches),
+                (one("result", "waited"), c.queue.full_waits),
+                (one("result", "dropped"), c.queue.dropped_batches),
+            ],
+        )?;
+        let dec = &c.decode;
+        e.labelled(
+            "decode_errors",
+            "Frames that could not be decoded, by layer.",
+            MetricType::Counter,
+            dec.errors_by_layer
+                .iter()
+                .map(|(k, v)| (one("layer", k), *v)),
+        )?;
+        e.labelled(
+            "decode_tunnels",
+            "Tunnel headers decoded, by kind.",
+            MetricType::Counter,
+            [
+                (one("kind", "vlan"), dec.vlan_tags),
+                (one("kind", "vxlan"), dec.tunnels_vxlan),
+                (one("kind", "geneve"), dec.tunnels_geneve),
+                (one("kind", "gre"), dec.tunnels_gre),
+                (one("kind", "erspan2"), dec.tunnels_erspan2),
+                (one("kind", "erspan3"), dec.tunnels_erspan3),
+            ],
+        )?;
+        e.labelled(
+            "decode_ip_fragments",
+            "IP fragments, by outcome.",
+            MetricType::Counter,
+            [
+                (one("result", "ipv4-seen"), dec.ipv4_fragments),
+                (one("result", "ipv4-reassembled"), dec.ipv4_reassembled),
+                (one("result", "expired"), dec.frag_expired),
+                (one("result", "overlap"), dec.frag_overlaps),
+                (one("result", "ipv6-seen"), dec.ipv6_fragments),
+            ],
+        )?;
+        let r = &w.reassembly;
+        e.gauge(
+            "flows_active",
+            "TCP connections tracked now.",
+            w.active_flows as i64,
+        )?;
+        e.counter(
+            "flows",
+            "TCP connections tracked since start.",
+            r.flows_created,
+        )?;
+        e.counter(
+            "reassembly_gaps",
+            "Holes in TCP streams declared lost.",
+            r.gaps,
+        )?;
+        e.counter(
+            "reassembly_gap_bytes",
+            "Bytes lost in those holes.",
+            r.gap_bytes,
+        )?;
+        e.labelled(
+            "reassembly_anomalies",
+            "Out-of-order, retransmitted and overlapping segments.",
+            MetricType::Counter,
+            [
+                (one("kind", "out-of-order"), r.ooo_segments),
+                (one("kind", "retransmission"), r.retransmissions),
+                (one("kind", "overlap"), r.overlaps),
+                (one("kind", "overlap-conflict"), r.overlap_conflicts),
+            ],
+        )?;
+        let caps = r
+            .cap_hits
+            .iter()
+            .map(|(k, v)| {
+                (
+                    vec![("stage", "reassembly".to_string()), ("cap", k.to_string())],
+                    *v,
+                )
+            })
+            .chain(w.http.cap_hits.iter().map(|(k, v)| {
+                (
+                    vec![("stage", "http".to_string()), ("cap", k.to_string())],
+                    *v,
+                )
+            }))
+            .chain([
+                (
+                    vec![
+                        ("stage", "decode".to_string()),
+                        ("cap", "ip-fragments".to_string()),
+                    ],
+                    dec.frag_dropped_cap,
+                ),
+                (
+                    vec![
+                        ("stage", "detect".to_string()),
+                        ("cap", "keys-per-rule".to_string()),
+                    ],
+                    d.stats.keys_over_cap,
+                ),
+                (
+                    vec![
+                        ("stage", "detect".to_string()),
+                        ("cap", "baselines".to_string()),
+                    ],
+                    d.stats.baselines_over_cap,
+                ),
+            ]);
+        e.labelled(
+            "cap_hits",
+            "Times a named limit was reached, by stage and cap.",
+            MetricType::Counter,
+            caps,
+        )?;
+        let h = &w.http;
+        e.labelled(
+            "http_requests",
+            "HTTP requests parsed, by method class.",
+            MetricType::Counter,
+            h.by_method_class
+                .iter()
+                .map(|(k, v)| (one("method", k), *v)),
+        )?;
+        e.labelled(
+            "http_responses",
+            "HTTP responses parsed, by status class.",
+            MetricType::Counter,
+            h.by_status_class
+                .iter()
+                .map(|(k, v)| (one("status_class", k), *v)),
+        )?;
+        e.counter(
+            "http_transactions",
+            "HTTP transactions (request and response) completed.",
+            h.transactions,
+        )?;
+        e.labelled(
+            "http_anomalies",
+            "HTTP protocol anomalies, by kind.",
+            MetricType::Counter,
+            h.anomalies_by_kind
+                .iter()
+                .map(|(k, v)| (one("kind", k), *v)),
+        )?;
+        e.labelled(
+            "token_verdicts",
+            "Attestation token verdicts, by family and verdict.",
+            MetricType::Counter,
+            token.verdicts.iter().flat_map(|(fam, vs)| {
+                vs.iter().map(move |(v, n)| {
+                    (
+                        vec![("family", fam.clone()), ("verdict", v.to_string())],
+                        *n,
+                    )
+                })
+            }),
+        )?;
+        e.labelled(
+            "identity_verdicts",
+            "User (identity) token verdicts.",
+            MetricType::Counter,
+            token
+                .identity_verdicts
+                .iter()
+                .map(|(k, v)| (one("verdict", k), *v)),
+        )?;
+        e.labelled(
+            "token_cache_lookups",
+            "Verified-token cache lookups, by result.",
+            MetricType::Counter,
+            [
+                (one("result", "hit"), token.cache_hits),
+                (one("result", "miss"), token.cache_misses),
+            ],
+        )?;
+        e.labelled(
+            "actors_tracked",
+            "Actors profiled now, by kind.",
+            MetricType::Gauge,
+            [
+                (one("kind", "address"), d.actors.addresses as u64),
+                (one("kind", "device"), d.actors.devices as u64),
+                (one("kind", "user"), d.actors.users as u64),
+            ],
+        )?;
+        e.counter(
+            "actors_evicted",
+            "Actor profiles evicted at the cap.",
+            d.actors.evicted,
+        )?;
+        e.counter(
+            "detect_events",
+            "Transactions the rules ran over.",
+            d.stats.events,
+        )?;
+        e.counter(
+            "detect_late_events",
+            "Transactions that reached detection after later ones.",
+            d.stats.late_events,
+        )?;
+        e.counter(
+            "detect_keys_evicted",
+            "Detector keys evicted (idle, or at the per-rule cap).",
+            d.stats.keys_evicted,
+        )?;
+        let alert_rows = d.rules.iter().map(|(id, cat, sev)| {
+            (
+                vec![
+                    ("rule", id.clone()),
+                    ("category", cat.to_string()),
+                    ("severity", sev.to_string()),
+                ],
+                d.stats.alerts_by_rule.get(id).copied().unwrap_or(0),
+            )
+        });
+        e.labelled(
+            "alerts",
+            "Alerts raised (after aggregation), by rule, category and severity.",
+            MetricType::Counter,
+            alert_rows,
+        )?;
+        e.counter(
+            "alerts_aggregated_requests",
+            "Matching requests folded into follow-up alerts.",
+            d.stats.aggregated_events,
+        )?;
+        e.labelled(
+            "webhook_deliveries",
+            "Alerts handed to webhook receivers, by receiver and result.",
+            MetricType::Counter,
+            hooks.iter().flat_map(|x| {
+                [
+                    ("queued", x.queued),
+                    ("delivered", x.delivered),
+                    ("retried", x.retried),
+                    ("failed", x.failed),
+                ]
+                .map(|(r, n)| {
+                    (
+                        vec![("receiver", x.receiver.clone()), ("result", r.to_string())],
+                        n,
+                    )
+                })
+            }),
+        )?;
+        e.labelled(
+            "webhook_spool_depth",
+            "Alerts waiting in a receiver's spool.",
+            MetricType::Gauge,
+            hooks
+                .iter()
+                .map(|x| (one("receiver", &x.receiver), x.spool_depth)),
+        )?;
+        e.labelled(
+            "reloads",
+            "Reloads of rules and config, by kind and result.",
+            MetricType::Counter,
+            [
+                (
+                    vec![("kind", "rules".into()), ("result", "ok".into())],
+                    reloads.rules_ok,
+                ),
+                (
+                    vec![("kind", "rules".into()), ("result", "error".into())],
+                    reloads.rules_failed,
+                ),
+                (
+                    vec![("kind", "config".into()), ("result", "ok".into())],
+                    reloads.config_ok,
+                ),
+                (
+                    vec![("kind", "config".into()), ("result", "error".into())],
+                    reloads.config_failed,
+                ),
+            ],
+        )?;
+        // Packet to transaction: from a segment's arrival at the capture thread to the
+        // transaction it completed leaving the worker (wall clock).
+        let (sum, count, buckets) = match &latency {
+            Some(l) => {
+                // The encoder accumulates: each bucket gets the values above the previous
+                // bound; values above the last bound count only towards `+Inf`.
+                let mut buckets: Vec<(f64, u64)> =
+                    LATENCY_BUCKETS.iter().map(|b| (*b, 0)).collect();
+                for v in l.iter_recorded() {
+                    let secs = v.value_iterated_to() as f64 / 1e6;
+                    if let Some(b) = buckets.iter_mut().find(|(bound, _)| secs <= *bound) {
+                        b.1 += v.count_at_value();
+                    }
+                }
+                let sum: f64 = l
+                    .iter_recorded()
+                    .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64 / 1e6)
+                    .sum();
+                (sum, l.len(), buckets)
+            }
+            None => (0.0, 0, LATENCY_BUCKETS.iter().map(|b| (*b, 0)).collect()),
+        };
+        let m = e.e.encode_descriptor(
+            "processing_latency_seconds",
+            "Wall time from a segment reaching the capture thread to its transaction leaving the worker.",
+            None,
+            MetricType::Histogram,
+        )?;
+        let mut m = m;
+        m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn every_name_is_rendered_with_bounded_labels() {
+        let hub = Arc::new(Hub::default());
+        let mut w = WorkerSnapshot::default();
+        w.http.transactions = 7;
+        let mut h = Histogram::new_with_bounds(1, 60_000_000, 2).unwrap();
+        h.record(300).unwrap();
+        h.record(3_000).unwrap();
+        w.latency_us = Some(h);
+        hub.publish_worker(1, &w);
+        hub.publish_worker(0, &w);
+        hub.publish_detect(DetectSnapshot {
+            rules: vec![("token.forged".into(), "token-forgery", "high")],
+            ..Default::default()
+        });
+        let text = hub.render();
+        for name in NAMES {
+            let full = format!("shieldtap_{name}");
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("# TYPE ") && l.contains(&full)),
+                "{full} missing:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("shieldtap_http_transactions_total 14"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shieldtap_processing_latency_seconds_count 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shieldtap_processing_latency_seconds_bucket{le=\"10.0\"} 4")
+                || text.contains("shieldtap_processing_latency_seconds_bucket{le=\"10\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shieldtap_processing_latency_seconds_bucket{le=\"0.0005\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "shieldtap_alerts_total{rule=\"token.forged\",category=\"token-forgery\",severity=\"high\"} 0"
+        ));
+    }
+}
