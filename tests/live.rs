@@ -73,6 +73,8 @@ fn live_capture_on_loopback_then_sigterm() {
             &format!("tcp port {port}"),
             "--workers",
             "2",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ])
         .arg("--transactions-out")
         .arg(&tx)
@@ -232,6 +234,8 @@ fn rules_reload_keeps_old_rules_on_error_and_applies_fixed_ones() {
             "lo",
             "--bpf",
             &format!("tcp port {port}"),
+            "--metrics-listen",
+            "off",
         ])
         .arg("--rules")
         .arg(&rules)
