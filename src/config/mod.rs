@@ -87,8 +87,8 @@ struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDetect {
-    /// Keys (actors, devices, tokens) tracked per rule; at the cap new keys are counted,
-    /// not tracked, until idle ones are swept.
+    /// Keys (actors, devices, tokens) tracked per rule; at the cap the least recently seen
+    /// tenth is evicted (counted).
     max_keys_per_rule: Option<usize>,
     /// Addresses, devices and users profiled (each kind); least recently seen evicted.
     max_actors: Option<usize>,

@@ -183,16 +183,17 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                 ),
             ),
             EvidenceField::Endpoints => {
+                // A list, busiest first (a JSON object's keys would be sorted by name).
                 let mut eps = ep.endpoints.clone();
                 eps.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                let mut m: Map<String, Value> = eps
+                let mut v: Vec<Value> = eps
                     .iter()
-                    .map(|(e, n)| (endpoint_text(e), json!(n)))
+                    .map(|(e, n)| json!({"endpoint": endpoint_text(e), "count": n}))
                     .collect();
                 if ep.endpoints_other > 0 {
-                    m.insert("other".into(), json!(ep.endpoints_other));
+                    v.push(json!({"endpoint": "other", "count": ep.endpoints_other}));
                 }
-                ("endpoints", Value::Object(m))
+                ("endpoints", Value::Array(v))
             }
             EvidenceField::Addresses => {
                 let mut v: Vec<String> = ep.addresses.iter().map(ToString::to_string).collect();
@@ -238,8 +239,10 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                 ("objects", json!(v))
             }
             EvidenceField::Usernames => {
-                let mut v: Vec<String> = ep.usernames.iter().map(|u| u.to_string()).collect();
+                // Masks collide (`v***@example.com`); the distinct count says how many.
+                let mut v: Vec<String> = ep.usernames.iter().map(|u| redact::mask(u)).collect();
                 v.sort();
+                v.dedup();
                 ("usernames", json!(v))
             }
             EvidenceField::ExpiredForSecs => (
@@ -256,15 +259,14 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
     let summary = if follow_up {
         // The rule's template describes the detection; a follow-up only says it goes on.
         format!(
-            "Still going: {} more request(s) matching {} from {} {} since its last alert",
+            "Still going: {} more request(s) matching {} from {} since its last alert",
             ep.count,
             rule.id,
-            fields
+            parts
                 .iter()
-                .map(|f| f.as_str())
+                .map(|(f, v)| format!("{} {}", f.as_str(), v.shown(*f)))
                 .collect::<Vec<_>>()
-                .join("+"),
-            key.shown(fields.first().copied().unwrap_or(KeyField::Ip))
+                .join(", ")
         )
     } else {
         render(rule, key, &ep, &actor, endpoint.as_deref(), &verdicts_text)

@@ -24,8 +24,8 @@ pub fn object_number(target: &str) -> Option<u64> {
         .and_then(|s| s.parse().ok());
     from_path.or_else(|| {
         form_urlencoded::parse(query.as_bytes())
-            .find(|(k, v)| NUMBER_PARAMS.contains(&k.as_ref()) && v.len() <= 19)
-            .and_then(|(_, v)| v.parse().ok())
+            .filter(|(k, v)| NUMBER_PARAMS.contains(&k.as_ref()) && v.len() <= 19)
+            .find_map(|(_, v)| v.parse().ok())
     })
 }
 
@@ -110,6 +110,7 @@ mod tests {
         assert_eq!(object_number("/api/v1/users/42/orders"), Some(42));
         assert_eq!(object_number("/api/v1/orders?page=7&size=20"), Some(7));
         assert_eq!(object_number("/api/v1/orders?sort=asc"), None);
+        assert_eq!(object_number("/api/v1/orders?id=abc&page=7"), Some(7));
         assert_eq!(object_number("/api/v2/catalog"), None);
         assert_eq!(object_number("/x/99999999999999999999999"), None);
     }

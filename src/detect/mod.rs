@@ -6,8 +6,9 @@
 //! into one follow-up alert per suppression window instead of alerting again.
 //! Owns per-rule, per-key windows. Limits: windows are kept as 128 buckets (so a count is
 //! exact to 1/128 of the window), distinct sets hold at most the threshold, keys per rule
-//! are capped (`[detect] max_keys_per_rule`), idle keys are swept and counted; at the cap a
-//! new key is not tracked and is counted, so spoofed actors cannot exhaust memory.
+//! are capped (`[detect] max_keys_per_rule`), idle keys are swept and counted; at the cap
+//! the least recently seen tenth is evicted (counted), so spoofed actors cannot exhaust
+//! memory and new actors are always tracked.
 //! Determinism: given the same event order, the same alerts; keys are hashed with a random
 //! seed but nothing is emitted in hash order.
 
@@ -54,11 +55,11 @@ pub struct Event {
     pub expired_for: Option<f64>,
     /// The concrete path (redacted): the object the request fetched.
     pub object: Option<Arc<str>>,
-    /// The object's number: the last numeric path segment, else a numeric `page`, `offset`
-    /// or `id` query parameter.
+    /// The object's number: the last numeric path segment, else the first numeric `page`,
+    /// `offset`, `id`, `start` or `p` query parameter.
     pub number: Option<u64>,
-    /// Login routes: the username tried (from the JSON or form body). Windows keep it only
-    /// as a keyed hash; outputs show it masked.
+    /// Login routes: the username tried (from the JSON or form body); outputs show it
+    /// masked.
     pub username: Option<Arc<str>>,
     /// The route is a login route (`[detect] login_routes`).
     pub login: bool,
@@ -81,10 +82,7 @@ impl Event {
             KeyField::Token => self.token.map(KeyValue::Token),
             KeyField::Endpoint => self.endpoint().map(|e| KeyValue::Str(e.into())),
             KeyField::Object => self.object.clone().map(KeyValue::Str),
-            KeyField::Username => self
-                .username
-                .as_deref()
-                .map(|u| KeyValue::Hash(secret_hash(u))),
+            KeyField::Username => self.username.clone().map(KeyValue::Username),
         }
     }
 
@@ -101,22 +99,15 @@ impl Event {
     }
 }
 
-/// A keyed hash for values that must be told apart but not kept (usernames). The key is
-/// random per process; only equality matters, so results do not depend on it.
-fn secret_hash(v: &str) -> u64 {
-    use std::hash::BuildHasher;
-    static STATE: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
-    STATE.get_or_init(Default::default).hash_one(v)
-}
-
 /// A value rules group by or count.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyValue {
     Ip(IpAddr),
     Str(Arc<str>),
     Token(TokenHash),
-    /// A value kept only as a keyed hash (a username).
-    Hash(u64),
+    /// A username tried on a login route: kept in memory to tell usernames apart, always
+    /// shown masked.
+    Username(Arc<str>),
     /// Several fields (`group_by: [ip, endpoint]`), in the rule's order.
     Tuple(Arc<[KeyValue]>),
 }
@@ -128,11 +119,16 @@ impl KeyValue {
             KeyValue::Ip(ip) => ip.to_string(),
             KeyValue::Token(t) => t.to_string(),
             KeyValue::Str(s) if field == KeyField::User => crate::output::redact::identifier(s),
+            KeyValue::Str(s) if field == KeyField::Object => {
+                crate::output::redact::path(s).into_owned()
+            }
             KeyValue::Str(s) => s.to_string(),
-            KeyValue::Hash(h) => format!("{:012x}", h >> 16),
+            KeyValue::Username(u) => crate::output::redact::mask(u),
+            // Callers show tuples part by part (`parts`), each with its own field; this
+            // fallback redacts every part as the strictest field would.
             KeyValue::Tuple(v) => v
                 .iter()
-                .map(|x| x.shown(field))
+                .map(|x| x.shown(KeyField::User))
                 .collect::<Vec<_>>()
                 .join(" "),
         }

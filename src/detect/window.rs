@@ -164,11 +164,7 @@ impl Episode {
             push_distinct(&mut self.objects, o.clone(), t);
         }
         if let Some(u) = &ev.username {
-            push_distinct(
-                &mut self.usernames,
-                Arc::from(crate::output::redact::mask(u)),
-                t,
-            );
+            push_distinct(&mut self.usernames, u.clone(), t);
         }
         if let Some(f) = &ev.family
             && !bump(&mut self.families, f.clone(), 4)

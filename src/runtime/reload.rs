@@ -168,7 +168,7 @@ fn reload_now(src: &ReloadSources, shared: &Shared, signal: bool) {
                 bump(shared, |r| r.config_ok += 1);
                 tracing::info!(
                     file = %path.display(),
-                    "config reloaded: token keys and identity apply now; capture, decode, reassembly, http and runtime settings at restart"
+                    "config reloaded: token keys and identity apply now; capture, decode, reassembly, http, runtime and detect settings at restart"
                 );
             }
             Err(e) => {
