@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use shieldtap::capture::Progress;
 use shieldtap::config::Config;
 use shieldtap::output::Summary;
+use shieldtap::output::webhook::{WebhookError, Webhooks};
 use shieldtap::rules::{self, RuleErrors, RuleSet};
 use shieldtap::runtime::{self, AlertSink, Outputs, ReloadSources, RunError};
 use shieldtap::telemetry::metrics::Hub;
@@ -158,6 +159,7 @@ fn main() -> ExitCode {
             if e.downcast_ref::<shieldtap::config::ConfigError>().is_some()
                 || e.downcast_ref::<UsageError>().is_some()
                 || e.downcast_ref::<RuleErrors>().is_some()
+                || e.downcast_ref::<WebhookError>().is_some()
                 || matches!(e.downcast_ref::<RunError>(), Some(RunError::Token(_)))
             {
                 ExitCode::from(2)
@@ -186,13 +188,25 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
     })
 }
 
-fn outputs(common: &Common) -> anyhow::Result<Outputs> {
+fn outputs(common: &Common, cfg: &Config) -> anyhow::Result<Outputs> {
     let transactions = common.transactions_out.as_ref().map(open_out).transpose()?;
     let alerts = AlertSink::Writer(open_out(&common.alerts_out)?);
+    let metrics = Arc::new(Hub::default());
+    let webhooks = if cfg.webhooks.is_empty() {
+        None
+    } else {
+        let w = Arc::new(Webhooks::start(&cfg.webhooks)?);
+        let weak = Arc::downgrade(&w);
+        metrics.set_webhook_source(Box::new(move || {
+            weak.upgrade().map(|w| w.snapshots()).unwrap_or_default()
+        }));
+        Some(w)
+    };
     Ok(Outputs {
         transactions,
         alerts,
-        metrics: Arc::new(Hub::default()),
+        metrics,
+        webhooks,
     })
 }
 
@@ -333,18 +347,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .sum();
             let bar = (!no_progress && std::io::stderr().is_terminal())
                 .then(|| spawn_progress(&progress, total));
-            let outputs = outputs(&common)?;
+            let outputs = outputs(&common, &cfg)?;
             let server = metrics_server(&common, None, &outputs.metrics)?;
+            let hooks = outputs.webhooks.clone();
             let result = runtime::replay(&cfg, rules, &captures, workers, outputs, &progress);
+            let delivered = hooks.map(|h| h.finish());
             if let Some((stop, h)) = bar {
                 stop.store(true, Ordering::Relaxed);
                 let _ = h.join();
             }
-            let summary = match result {
+            let mut summary = match result {
                 Ok(s) => s,
                 Err(RunError::Capture(e)) => anyhow::bail!("{e}"),
                 Err(e) => return Err(e.into()),
             };
+            summary.webhooks = delivered.unwrap_or_default();
             eprint!("{}", summary.human());
             write_summary(&common, &summary)?;
             if let Some(server) = server {
@@ -391,10 +408,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rules: common.rules.clone(),
             };
             tracing::info!(source = %rules.source, rules = rules.rules.len(), "rules loaded");
-            let outputs = outputs(&common)?;
+            let outputs = outputs(&common, &cfg)?;
             let server = metrics_server(&common, Some("127.0.0.1:9477"), &outputs.metrics)?;
-            let summary =
-                runtime::run_live(&cfg, rules, &interfaces, workers, outputs, stop, reload)?;
+            let hooks = outputs.webhooks.clone();
+            let result =
+                runtime::run_live(&cfg, rules, &interfaces, workers, outputs, stop, reload);
+            let delivered = hooks.map(|h| h.finish());
+            let mut summary = result?;
+            summary.webhooks = delivered.unwrap_or_default();
             if let Some(server) = server {
                 server.stop();
             }

@@ -14,7 +14,9 @@ use crate::capture::LiveConfig;
 use crate::decode::DecodeConfig;
 use crate::detect::DetectConfig;
 use crate::http::HttpConfig;
+use crate::output::webhook::{Format, WebhookConfig};
 use crate::reassembly::ReassemblyConfig;
+use crate::rules::Severity;
 use crate::token::{RawAttestation, RawIdentity, TokenConfig};
 
 /// Everything the pipeline needs, validated.
@@ -27,6 +29,7 @@ pub struct Config {
     pub token: TokenConfig,
     pub runtime: RuntimeConfig,
     pub detect: DetectConfig,
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// Threads and queues (config section `[runtime]`).
@@ -81,6 +84,39 @@ struct RawConfig {
     identity: Option<RawIdentity>,
     #[serde(default)]
     detect: RawDetect,
+    /// `[[webhook]]`: alert receivers.
+    #[serde(default)]
+    webhook: Vec<RawWebhook>,
+}
+
+/// `[[webhook]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    /// Receiver name: metric label and spool folder (default `webhook-N`).
+    name: Option<String>,
+    url: String,
+    /// `json` (default), `slack` or `alertmanager`.
+    format: Option<String>,
+    /// HMAC-SHA256 key for `X-Shieldtap-Signature`: inline, from a file, or from a variable.
+    secret: Option<String>,
+    secret_file: Option<String>,
+    secret_env: Option<String>,
+    /// Least severity sent (default `info`: everything).
+    min_severity: Option<String>,
+    /// Rule id globs (`token.*`); default: every rule.
+    rules: Option<Vec<String>>,
+    /// PEM trust anchors besides the system roots.
+    ca_file: Option<String>,
+    /// Spool folder (default `shieldtap-spool`); the receiver's files go in `<spool_dir>/<name>`.
+    spool_dir: Option<String>,
+    spool_max_mib: Option<u64>,
+    batch_max: Option<usize>,
+    timeout_secs: Option<f64>,
+    /// How long shutdown waits for the spool to empty (default 10).
+    drain_secs: Option<f64>,
+    /// Alertmanager: `endsAt` this long after delivery (default 3600).
+    resolve_after_secs: Option<f64>,
 }
 
 /// `[detect]`
@@ -375,6 +411,113 @@ impl Config {
                 ));
             }
             c.detect.login.fields = f.clone();
+        }
+
+        for (i, w) in raw.webhook.iter().enumerate() {
+            let key = |k: &str| format!("webhook[{i}].{k}");
+            let e = |k: &str, m: &str| err(&key(k), m);
+            let name = w.name.clone().unwrap_or_else(|| format!("webhook-{i}"));
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+            {
+                return Err(e("name", "expected letters, digits, `-`, `_` or `.`"));
+            }
+            if c.webhooks.iter().any(|x: &WebhookConfig| x.name == name) {
+                return Err(e("name", &format!("`{name}` is used twice")));
+            }
+            let url = w.url.trim().to_string();
+            let lower = url.to_ascii_lowercase();
+            if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+                return Err(e("url", "expected an http:// or https:// URL"));
+            }
+            let format = match w.format.as_deref().unwrap_or("json") {
+                "json" => Format::Json,
+                "slack" => Format::Slack,
+                "alertmanager" => Format::Alertmanager,
+                _ => return Err(e("format", "expected json, slack or alertmanager")),
+            };
+            let secret = match (&w.secret, &w.secret_file, &w.secret_env) {
+                (None, None, None) => None,
+                (Some(s), None, None) => Some(s.as_bytes().to_vec()),
+                (None, Some(f), None) => Some(
+                    std::fs::read(f)
+                        .map_err(|er| e("secret_file", &format!("cannot read {f}: {er}")))?
+                        .trim_ascii()
+                        .to_vec(),
+                ),
+                (None, None, Some(v)) => Some(
+                    std::env::var(v)
+                        .map_err(|_| e("secret_env", &format!("variable {v} is not set")))?
+                        .into_bytes(),
+                ),
+                _ => return Err(e("secret", "give one of secret, secret_file, secret_env")),
+            };
+            if secret.as_ref().is_some_and(|s| s.len() < 16) {
+                return Err(e("secret", "expected at least 16 bytes"));
+            }
+            let min_severity = match w.min_severity.as_deref().unwrap_or("info") {
+                "info" => Severity::Info,
+                "low" => Severity::Low,
+                "medium" => Severity::Medium,
+                "high" => Severity::High,
+                "critical" => Severity::Critical,
+                _ => {
+                    return Err(e(
+                        "min_severity",
+                        "expected info, low, medium, high or critical",
+                    ));
+                }
+            };
+            let rules = match &w.rules {
+                None => None,
+                Some(globs) if globs.is_empty() => {
+                    return Err(e(
+                        "rules",
+                        "an empty list sends nothing; leave it out for all rules",
+                    ));
+                }
+                Some(globs) => Some(
+                    regex::RegexSet::new(globs.iter().map(|g| crate::rules::glob_to_regex(g, '.')))
+                        .map_err(|er| e("rules", &format!("bad pattern: {er}")))?,
+                ),
+            };
+            let spool_max_mib = w.spool_max_mib.unwrap_or(256);
+            if !(1..=1_048_576).contains(&spool_max_mib) {
+                return Err(e("spool_max_mib", "expected 1 to 1048576"));
+            }
+            let batch_max = positive(&key("batch_max"), w.batch_max, 100)?;
+            let batch_max = if format == Format::Slack {
+                batch_max.min(20)
+            } else {
+                batch_max
+            };
+            c.webhooks.push(WebhookConfig {
+                name,
+                url,
+                format,
+                secret,
+                min_severity,
+                rules,
+                ca_file: w.ca_file.as_ref().map(std::path::PathBuf::from),
+                spool_dir: std::path::PathBuf::from(
+                    w.spool_dir.as_deref().unwrap_or("shieldtap-spool"),
+                ),
+                spool_max_bytes: spool_max_mib << 20,
+                batch_max,
+                timeout: secs(
+                    &key("timeout_secs"),
+                    w.timeout_secs,
+                    Duration::from_secs(10),
+                )?,
+                drain: secs(&key("drain_secs"), w.drain_secs, Duration::from_secs(10))?,
+                resolve_after: secs(
+                    &key("resolve_after_secs"),
+                    w.resolve_after_secs,
+                    Duration::from_secs(3600),
+                )?,
+            });
         }
         Ok(c)
     }

@@ -7,6 +7,7 @@
 //! string (tokens travel there); only the path, method, status, sizes and anomalies.
 
 pub mod redact;
+pub mod webhook;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -192,6 +193,8 @@ pub struct Summary {
     pub rules_source: String,
     pub rules_enabled: usize,
     pub reloads: ReloadStats,
+    /// Webhook receivers: queued, delivered, retried, failed, still spooled.
+    pub webhooks: Vec<crate::telemetry::metrics::WebhookSnapshot>,
 }
 
 /// Reloads of config and rules (`run`: SIGHUP or a change in the rules folder).

@@ -125,6 +125,7 @@ fn run_capture(
             transactions: None,
             alerts: AlertSink::Collect(sink.clone()),
             metrics: Default::default(),
+            webhooks: None,
         };
         replay(
             &cfg,

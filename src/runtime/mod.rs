@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LinkType, TcpFlags, TcpSegment, TunnelId};
 use crate::detect::{Alert, Event, LoginConfig, login_username, object_number};
 use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
+use crate::output::webhook::Webhooks;
 use crate::output::{QueueStats, ReloadStats, Summary, path_of, route_of, write_transaction};
 use crate::reassembly::{
     CloseReason, ConnInfo, Direction, FlowKey, FlowTable, ReassemblyStats, StreamHandler,
@@ -60,6 +61,8 @@ pub struct Outputs {
     pub alerts: AlertSink,
     /// Where threads publish their counters for `/metrics`.
     pub metrics: Arc<Hub>,
+    /// Alert receivers (`[[webhook]]`); started and finished by the caller.
+    pub webhooks: Option<Arc<Webhooks>>,
 }
 
 /// Where alerts go.
@@ -754,9 +757,10 @@ impl Pipeline {
             let shared = shared.clone();
             let cfg = cfg.detect.clone();
             let sink = std::mem::take(&mut outputs.alerts);
+            let hooks = outputs.webhooks.clone();
             thread::Builder::new()
                 .name("shieldtap-detect".into())
-                .spawn(move || ordering::run(cfg, shared, workers, events_rx, sink, live))
+                .spawn(move || ordering::run(cfg, shared, workers, events_rx, sink, hooks, live))
                 .map_err(|e| tracing::error!(error = %e, "cannot start detect thread"))
                 .ok()
         };

@@ -17,6 +17,7 @@ use std::sync::mpsc::Receiver;
 use super::{AlertSink, Shared};
 use crate::capture::Timestamp;
 use crate::detect::{Alert, DetectConfig, DetectStats, Engine, Event, write_alert};
+use crate::output::webhook::Webhooks;
 use crate::rules::RuleSet;
 use crate::telemetry::metrics::{DetectSnapshot, PUBLISH_EVERY};
 
@@ -113,6 +114,7 @@ pub(super) fn run(
     workers: usize,
     rx: Receiver<EventBatch>,
     sink: AlertSink,
+    hooks: Option<Arc<Webhooks>>,
     live: bool,
 ) -> std::io::Result<DetectResult> {
     let mut rules = shared.rules.load_full();
@@ -176,6 +178,9 @@ pub(super) fn run(
         if live && low.0 != u64::MAX {
             engine.sweep(ready, &mut alerts);
         }
+        if let Some(h) = &hooks {
+            h.submit(&alerts);
+        }
         if failed.is_none()
             && let Err(e) = out.write(&mut alerts)
         {
@@ -192,6 +197,9 @@ pub(super) fn run(
     }
     engine.finish(&mut alerts);
     publish(&engine, &rules);
+    if let Some(h) = &hooks {
+        h.submit(&alerts);
+    }
     if failed.is_none()
         && let Err(e) = out.write(&mut alerts)
     {

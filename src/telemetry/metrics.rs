@@ -103,7 +103,7 @@ pub struct DetectSnapshot {
 }
 
 /// One webhook receiver's counters.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct WebhookSnapshot {
     pub receiver: String,
     pub queued: u64,
