@@ -37,15 +37,13 @@ const VARIABLES: &[(&str, &str)] = &[
 /// scrape (a warning is printed); as soon as the binary exports series for it, the query is
 /// held to the same rule as every other.
 const KNOWN_EMPTY: &[(&str, &str)] = &[
-    (
-        "shieldtap_token_verdicts_total",
-        "the hub reads token counters through a Weak to the run's Shared, which is gone once the replay ends",
-    ),
-    (
-        "shieldtap_identity_verdicts_total",
-        "the hub reads token counters through a Weak to the run's Shared, which is gone once the replay ends",
-    ),
+    ("shieldtap_token_verdicts_total", WEAK_TOKEN_SOURCE),
+    ("shieldtap_identity_verdicts_total", WEAK_TOKEN_SOURCE),
 ];
+
+/// Why the token families are empty after a replay (`Shared::new` in src/runtime/mod.rs).
+const WEAK_TOKEN_SOURCE: &str = "the hub reads token counters through a Weak to the run's \
+    Shared, gone once the replay ends, so `--hold-metrics` serves no token series";
 
 /// A child process that is always stopped: `signal` first (via `kill`), SIGKILL after 10 s.
 struct Guard {

@@ -731,6 +731,66 @@ mod tests {
         );
     }
 
+    fn cfg(format: Format) -> WebhookConfig {
+        WebhookConfig {
+            name: "t".into(),
+            url: "https://x/".into(),
+            format,
+            secret: None,
+            min_severity: Severity::Info,
+            rules: None,
+            ca_file: None,
+            spool_dir: PathBuf::from("."),
+            spool_max_bytes: 1 << 20,
+            batch_max: 10,
+            timeout: Duration::from_secs(1),
+            drain: Duration::from_secs(1),
+            resolve_after: Duration::from_secs(60),
+        }
+    }
+
+    fn record() -> String {
+        json!({"id": "abc", "alert": {
+            "ts": "2026-11-30T03:44:48.456Z", "rule": "token.forged", "category": "token-forgery",
+            "severity": "high", "actor": {"ip": "192.0.2.1", "device": null, "user": "u***@example.com"},
+            "endpoint": "GET /api/v1/users/{id}", "summary": "192.0.2.1 sent 3 forged tokens",
+            "evidence": {"verdicts": {"bad-signature": 3}}, "count": 3,
+            "first_seen": "2026-11-30T03:44:40Z", "last_seen": "2026-11-30T03:44:48Z", "follow_up": false}})
+        .to_string()
+    }
+
+    #[test]
+    fn json_body_is_the_records_with_ids() {
+        let v: Value = serde_json::from_slice(&body(&cfg(Format::Json), &[record()])).unwrap();
+        assert_eq!(v[0]["id"], "abc");
+        assert_eq!(v[0]["rule"], "token.forged");
+        assert_eq!(v[0]["count"], 3);
+    }
+
+    #[test]
+    fn slack_body_is_an_incoming_webhook_message() {
+        let v: Value = serde_json::from_slice(&body(&cfg(Format::Slack), &[record()])).unwrap();
+        let text = v["text"].as_str().unwrap();
+        assert!(text.starts_with("*[HIGH] token.forged* (token-forgery): 192.0.2.1 sent"), "{text}");
+        assert_eq!(v["blocks"][0]["type"], "section");
+        assert_eq!(v["blocks"][0]["text"]["type"], "mrkdwn");
+    }
+
+    #[test]
+    fn alertmanager_body_has_labels_annotations_and_times() {
+        let v: Value =
+            serde_json::from_slice(&body(&cfg(Format::Alertmanager), &[record()])).unwrap();
+        let a = &v[0];
+        assert_eq!(a["labels"]["alertname"], "token.forged");
+        assert_eq!(a["labels"]["severity"], "high");
+        assert_eq!(a["labels"]["actor_ip"], "192.0.2.1");
+        assert_eq!(a["labels"]["actor_user"], "u***@example.com");
+        assert!(a["labels"].get("actor_device").is_none());
+        assert_eq!(a["startsAt"], "2026-11-30T03:44:40Z");
+        assert!(a["endsAt"].as_str().unwrap() > "2026-11-30T04");
+        assert_eq!(a["annotations"]["id"], "abc");
+    }
+
     #[test]
     fn spool_cap_drops_and_counts() {
         let dir = tempfile::tempdir().unwrap();
