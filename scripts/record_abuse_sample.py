@@ -64,7 +64,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import jwt  # PyJWT
+try:
+    import jwt  # PyJWT: an implementation independent of shieldtap, used for recording
+except ImportError:  # the netns test runs the clients where PyJWT may be missing
+    import hmac as _hmac
+
+    class jwt:  # noqa: N801 (stands in for the module)
+        """HS256 JWTs from the standard library (`encode` only)."""
+
+        @staticmethod
+        def encode(claims: dict, key: bytes, alg: str) -> str:
+            assert alg == "HS256"
+            b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
+            head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+            body = b64(json.dumps(claims, separators=(",", ":")).encode())
+            sig = _hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+            return f"{head}.{body}.{b64(sig)}"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import record_samples as rs  # noqa: E402  (shared capture helpers)
@@ -76,6 +91,8 @@ UA = "okhttp/4.12.0"
 PASSWORD = "correct-horse"
 ACCOUNTS = ("alice@example.com", "bob@example.com", "carol@example.com")
 ATTEMPTS = 3  # recordings tried when tcpdump drops packets
+SERVER_HOST = "127.0.0.1"  # `clients` mode changes these two
+SRC_PREFIX = "127.0.0."
 
 
 def pay(auth: str) -> str:
@@ -178,7 +195,9 @@ class Recorder:
         self.alice_ready = threading.Event()
 
     def connect(self, actor: str, src: str) -> http.client.HTTPConnection:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10, source_address=(src, 0))
+        # `clients` mode (the netns test) maps 127.0.0.N to SRC_PREFIX + N.
+        src = SRC_PREFIX + src.rsplit(".", 1)[1]
+        conn = http.client.HTTPConnection(SERVER_HOST, self.port, timeout=10, source_address=(src, 0))
         conn.connect()
         with self.lock:
             self.conns[actor] += 1
@@ -577,5 +596,31 @@ def record(work: Path) -> None:
     )
 
 
+def serve(host: str, port: int) -> None:
+    """`serve HOST PORT`: only the API server, until killed (the netns test)."""
+    server = ThreadingHTTPServer((host, port), AbuseApiHandler)
+    rs.log(f"serving on {host}:{port}")
+    server.serve_forever()
+
+
+def clients(host: str, port: int, prefix: str) -> None:
+    """`clients HOST PORT SRC_PREFIX`: only the actors, from SRC_PREFIX.N addresses."""
+    global SERVER_HOST, SRC_PREFIX
+    SERVER_HOST, SRC_PREFIX = host, prefix
+    r = Recorder(port, now())
+    run_actors(r)
+    sent = sum(len(v) for v in r.lines.values())
+    rs.log(f"clients done: {sent} requests")
+    print(json.dumps({"requests": sent}))
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 4 and sys.argv[1] == "serve":
+        serve(sys.argv[2], int(sys.argv[3]))
+    elif len(sys.argv) == 5 and sys.argv[1] == "clients":
+        clients(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif len(sys.argv) == 1:
+        main()
+    else:
+        print(__doc__.split("\n\n")[0] + "\nusage: record_abuse_sample.py [serve HOST PORT | clients HOST PORT SRC_PREFIX]", file=sys.stderr)
+        sys.exit(2)

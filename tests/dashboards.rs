@@ -32,19 +32,6 @@ const VARIABLES: &[(&str, &str)] = &[
     ("__range", "5m"),
 ];
 
-/// Metrics that `replay --hold-metrics` currently serves without a single series, and why.
-/// A query over one of them may come back empty while its family has no samples in the
-/// scrape (a warning is printed); as soon as the binary exports series for it, the query is
-/// held to the same rule as every other.
-const KNOWN_EMPTY: &[(&str, &str)] = &[
-    ("shieldtap_token_verdicts_total", WEAK_TOKEN_SOURCE),
-    ("shieldtap_identity_verdicts_total", WEAK_TOKEN_SOURCE),
-];
-
-/// Why the token families are empty after a replay (`Shared::new` in src/runtime/mod.rs).
-const WEAK_TOKEN_SOURCE: &str = "the hub reads token counters through a Weak to the run's \
-    Shared, gone once the replay ends, so `--hold-metrics` serves no token series";
-
 /// A child process that is always stopped: `signal` first (via `kill`), SIGKILL after 10 s.
 struct Guard {
     name: &'static str,
@@ -517,7 +504,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let ready = began.elapsed();
 
     // Names: every one a query uses is exported; every exported one is used.
-    let (declared, sampled) = exposition(&metrics);
+    let (declared, _sampled) = exposition(&metrics);
     let mut used = BTreeSet::new();
     for q in &queries {
         for name in metric_names(&q.expr) {
@@ -547,7 +534,6 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
 
     // Every query, through Prometheus.
     let mut per_board: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut known_gaps = Vec::new();
     for q in &queries {
         *per_board.entry(q.dashboard.as_str()).or_default() += 1;
         let expr = substitute(&q.expr);
@@ -561,24 +547,10 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         match query(prom_port, &expr) {
             Err(e) => problems.push(format!("{} / {}: {expr}\n    {e}", q.dashboard, q.panel)),
             Ok(data) if has_data(&data) => {}
-            Ok(data) => {
-                let gap = metric_names(&expr).into_iter().find_map(|n| {
-                    KNOWN_EMPTY
-                        .iter()
-                        .find(|(k, _)| *k == n && !sampled.contains(*k))
-                        .copied()
-                });
-                match gap {
-                    Some((name, why)) => known_gaps.push(format!(
-                        "{} / {}: {expr}\n    empty: {name} has no series ({why})",
-                        q.dashboard, q.panel
-                    )),
-                    None => problems.push(format!(
-                        "{} / {}: {expr}\n    no data: {data}",
-                        q.dashboard, q.panel
-                    )),
-                }
-            }
+            Ok(data) => problems.push(format!(
+                "{} / {}: {expr}\n    no data: {data}",
+                q.dashboard, q.panel
+            )),
         }
     }
 
@@ -601,9 +573,6 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         ready.as_secs_f64(),
         began.elapsed().as_secs_f64()
     );
-    for g in &known_gaps {
-        eprintln!("warning: known gap (a shieldtap bug, not the dashboard): {g}");
-    }
     drop(prom);
     drop(st);
     assert!(

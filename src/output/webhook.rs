@@ -771,7 +771,10 @@ mod tests {
     fn slack_body_is_an_incoming_webhook_message() {
         let v: Value = serde_json::from_slice(&body(&cfg(Format::Slack), &[record()])).unwrap();
         let text = v["text"].as_str().unwrap();
-        assert!(text.starts_with("*[HIGH] token.forged* (token-forgery): 192.0.2.1 sent"), "{text}");
+        assert!(
+            text.starts_with("*[HIGH] token.forged* (token-forgery): 192.0.2.1 sent"),
+            "{text}"
+        );
         assert_eq!(v["blocks"][0]["type"], "section");
         assert_eq!(v["blocks"][0]["text"]["type"], "mrkdwn");
     }

@@ -826,6 +826,15 @@ impl Pipeline {
         if let Ok(r) = self.shared.reloads.lock() {
             summary.reloads = r.clone();
         }
+        // The run's state goes away with it; `/metrics` (kept by `--hold-metrics`) keeps
+        // showing its final token and reload counters.
+        let (token, reloads) = (summary.token.clone(), summary.reloads.clone());
+        self.shared
+            .hub
+            .set_token_source(Box::new(move || token.clone()));
+        self.shared
+            .hub
+            .set_reload_source(Box::new(move || reloads.clone()));
         Ok(())
     }
 }
