@@ -171,13 +171,27 @@ fn main() -> ExitCode {
 }
 
 fn open_out(path: &PathBuf) -> anyhow::Result<Box<dyn Write + Send>> {
+    open_output(path, false)
+}
+
+/// `-` is stdout; a file is created, or with `append` (the daemon's alert and transaction
+/// logs, so a restart never wipes what was written) appended to.
+fn open_output(path: &PathBuf, append: bool) -> anyhow::Result<Box<dyn Write + Send>> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(BufWriter::with_capacity(
             1 << 16,
             std::io::stdout(),
         )));
     }
-    let f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let f = if append {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    } else {
+        File::create(path)
+    }
+    .with_context(|| format!("cannot create {}", path.display()))?;
     Ok(Box::new(BufWriter::with_capacity(1 << 16, f)))
 }
 
@@ -188,9 +202,13 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
     })
 }
 
-fn outputs(common: &Common, cfg: &Config) -> anyhow::Result<Outputs> {
-    let transactions = common.transactions_out.as_ref().map(open_out).transpose()?;
-    let alerts = AlertSink::Writer(open_out(&common.alerts_out)?);
+fn outputs(common: &Common, cfg: &Config, append: bool) -> anyhow::Result<Outputs> {
+    let transactions = common
+        .transactions_out
+        .as_ref()
+        .map(|p| open_output(p, append))
+        .transpose()?;
+    let alerts = AlertSink::Writer(open_output(&common.alerts_out, append)?);
     let metrics = Arc::new(Hub::default());
     let webhooks = if cfg.webhooks.is_empty() {
         None
@@ -347,7 +365,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .sum();
             let bar = (!no_progress && std::io::stderr().is_terminal())
                 .then(|| spawn_progress(&progress, total));
-            let outputs = outputs(&common, &cfg)?;
+            let outputs = outputs(&common, &cfg, false)?;
             let server = metrics_server(&common, None, &outputs.metrics)?;
             let hooks = outputs.webhooks.clone();
             let result = runtime::replay(&cfg, rules, &captures, workers, outputs, &progress);
@@ -408,7 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rules: common.rules.clone(),
             };
             tracing::info!(source = %rules.source, rules = rules.rules.len(), "rules loaded");
-            let outputs = outputs(&common, &cfg)?;
+            let outputs = outputs(&common, &cfg, true)?;
             let server = metrics_server(&common, Some("127.0.0.1:9477"), &outputs.metrics)?;
             let hooks = outputs.webhooks.clone();
             let result =

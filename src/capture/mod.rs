@@ -350,6 +350,7 @@ pub fn capture_live(
     if let Some(bpf) = &cfg.bpf {
         cap.filter(bpf, true).map_err(live_err)?;
     }
+    tracing::info!(interface, "capture started");
     let linktype = cap.get_datalink().0 as u32;
     // libpcap on Linux (TPACKET_V3) may keep polling past its timeout while no packet
     // arrives, so a watcher wakes the blocked read with pcap_breakloop once `stop` is set.

@@ -248,8 +248,9 @@ impl Config {
             c.capture.snaplen = s as i32;
         }
         if let Some(m) = rc.buffer_size_mib {
-            if !(1..=2048).contains(&m) {
-                return Err(err("capture.buffer_size_mib", "expected 1 to 2048"));
+            // libpcap takes the size as an i32 of bytes: 2048 MiB would overflow it.
+            if !(1..=2047).contains(&m) {
+                return Err(err("capture.buffer_size_mib", "expected 1 to 2047"));
             }
             c.capture.buffer_size_bytes = (m as i32) << 20;
         }
