@@ -52,6 +52,10 @@ fn events() -> Vec<Event> {
                 number: Some((i % 300) as u64),
                 username: None,
                 login: false,
+                objects: Vec::new(),
+                returned: Vec::new(),
+                ownership: None,
+                cross_user: false,
             }
         })
         .collect()

@@ -279,7 +279,11 @@ fn bots_and_stuffing_sample_flags_every_attacker_and_no_genuine_device() {
     };
     let set = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| s.to_string()).collect() };
     let ip_is = |ip: &'static str| move |a: &Value| a["actor"]["ip"] == ip;
-    assert_eq!(categories(&ip_is("127.0.0.30")), set(&["bot", "scraping"]));
+    // The scraper walks other users' records with alice's stolen login: bola too.
+    assert_eq!(
+        categories(&ip_is("127.0.0.30")),
+        set(&["bola", "bot", "scraping"])
+    );
     assert_eq!(
         categories(&ip_is("127.0.0.40")),
         set(&["bot", "credential-stuffing"])
@@ -342,4 +346,61 @@ fn bots_and_stuffing_sample_flags_every_attacker_and_no_genuine_device() {
     }
     assert_eq!(s["actors"]["addresses"], 16);
     assert_eq!(s["actors"]["evicted"], 0);
+}
+
+/// samples/bola: a vulnerable API (no object-level checks); genuine users read their own
+/// profile and orders, orders they created, /me and shared catalogue items; mallory, with a
+/// valid attestation, walks other users' profiles and orders.
+#[test]
+fn bola_sample_flags_the_prober_with_evidence_and_no_genuine_user() {
+    let golden: Vec<Value> =
+        std::fs::read_to_string(Path::new(ROOT).join("samples/bola/alerts.jsonl"))
+            .expect("alerts.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+    for workers in ["1", "3"] {
+        assert_eq!(
+            replay_sample("bola", workers, None),
+            golden,
+            "with {workers} workers"
+        );
+    }
+    assert!(!golden.is_empty());
+    for a in &golden {
+        assert_eq!(a["category"], "bola", "{a}");
+        assert_eq!(a["actor"]["user"], "1004", "only mallory: {a}");
+        assert_eq!(a["actor"]["device"], "device-mallory");
+        // Sample objects appear as hashes (a sequence alert states the walk's bounds).
+        let text = a["evidence"]["foreign_objects"].to_string();
+        for id in ["1001", "5001"] {
+            assert!(!text.contains(id), "object ids appear only hashed: {text}");
+        }
+        assert!(!a.to_string().contains("@example.com"), "{a}");
+    }
+    let first = |rule: &str| {
+        golden
+            .iter()
+            .find(|a| a["rule"] == rule && a["follow_up"] == false)
+            .unwrap_or_else(|| panic!("no {rule} alert"))
+    };
+    let cross = first("bola.cross-user-access");
+    assert_eq!(cross["severity"], "high");
+    assert_eq!(cross["evidence"]["ownership"]["other"], 1);
+    assert!(
+        cross["evidence"]["foreign_objects"][0]
+            .as_str()
+            .is_some_and(|s| s.starts_with("user:"))
+    );
+    let users = golden
+        .iter()
+        .find(|a| a["rule"] == "bola.enumeration" && a["endpoint"] == "GET /api/v1/users/{id}")
+        .expect("enumeration of users");
+    assert_eq!(users["evidence"]["distinct_object"], 8);
+    assert!(users["evidence"]["statuses"]["404"].as_u64() >= Some(1));
+    assert!(golden.iter().any(|a| a["rule"] == "bola.enumeration"
+        && a["endpoint"] == "GET /api/v1/orders/{id}"
+        && a["evidence"]["ownership"]["other"] == 8));
+    assert!(golden.iter().any(|a| a["rule"] == "bola.not-found-probing"));
+    assert!(golden.iter().any(|a| a["rule"] == "bola.sequential-ids"));
 }

@@ -41,6 +41,10 @@ fuzz_target!(|data: &[u8]| {
             number: Some(i as u64),
             username: Some("jane@example.com".into()),
             login: i % 2 == 0,
+            objects: shieldtap::detect::request_objects("/api/v1/users/7", &[], b""),
+            returned: Vec::new(),
+            ownership: None,
+            cross_user: false,
         };
         engine.observe(&ev, &mut out);
     }

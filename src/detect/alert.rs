@@ -245,6 +245,25 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                 v.dedup();
                 ("usernames", json!(v))
             }
+            EvidenceField::Ownership => (
+                "ownership",
+                json!({
+                    "own": ep.ownership[1],
+                    "public": ep.ownership[2],
+                    "unknown": ep.ownership[3],
+                    "other": ep.ownership[4],
+                    "succeeded": ep.succeeded,
+                }),
+            ),
+            EvidenceField::ForeignObjects => {
+                let mut v: Vec<String> = ep
+                    .foreign_ids
+                    .iter()
+                    .map(|o| format!("{}:{}", o.collection, redact::token(&o.id)))
+                    .collect();
+                v.sort();
+                ("foreign_objects", json!(v))
+            }
             EvidenceField::ExpiredForSecs => (
                 "expired_for_secs",
                 json!(ep.expired_for_max.map(|e| (e * 1000.0).round() / 1000.0)),

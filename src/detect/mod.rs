@@ -14,6 +14,7 @@
 
 mod alert;
 mod extract;
+mod objects;
 mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,10 @@ use crate::token::{TokenHash, Verdict};
 pub use alert::{Alert, AlertActor, write_alert};
 pub use extract::{LoginConfig, login_username, object_number};
 use hdrhistogram::Histogram;
+pub use objects::{
+    ObjectRef, OwnersConfig, Ownership, collection as objects_collection, request_objects,
+    returned_objects,
+};
 use window::{Episode, KeyState, Observed, Sample};
 
 /// How often (packet time) idle keys are swept and due follow-up alerts emitted.
@@ -63,6 +68,25 @@ pub struct Event {
     pub username: Option<Arc<str>>,
     /// The route is a login route (`[detect] login_routes`).
     pub login: bool,
+    /// Objects the request names (path ids, `*_id` parameters and body fields).
+    pub objects: Vec<ObjectRef>,
+    /// Objects its JSON response returned.
+    pub returned: Vec<ObjectRef>,
+    /// Set by the engine: how the objects relate to the principal, and whether a 2xx
+    /// answer carried someone else's.
+    pub ownership: Option<Ownership>,
+    pub cross_user: bool,
+}
+
+impl Event {
+    /// Who acts: the user when known, else the device, else the address.
+    pub fn principal(&self) -> String {
+        match (&self.actor.user, &self.actor.device) {
+            (Some(u), _) => format!("user:{u}"),
+            (None, Some(d)) => format!("device:{d}"),
+            (None, None) => format!("ip:{}", self.actor.ip),
+        }
+    }
 }
 
 impl Event {
@@ -83,6 +107,7 @@ impl Event {
             KeyField::Endpoint => self.endpoint().map(|e| KeyValue::Str(e.into())),
             KeyField::Object => self.object.clone().map(KeyValue::Str),
             KeyField::Username => self.username.clone().map(KeyValue::Username),
+            KeyField::Principal => Some(KeyValue::Str(self.principal().into())),
         }
     }
 
@@ -122,6 +147,10 @@ impl KeyValue {
             KeyValue::Str(s) if field == KeyField::Object => {
                 crate::output::redact::path(s).into_owned()
             }
+            KeyValue::Str(s) if field == KeyField::Principal => match s.split_once(':') {
+                Some(("user", u)) => format!("user:{}", crate::output::redact::identifier(u)),
+                _ => s.to_string(),
+            },
             KeyValue::Str(s) => s.to_string(),
             KeyValue::Username(u) => crate::output::redact::mask(u),
             // Callers show tuples part by part (`parts`), each with its own field; this
@@ -160,6 +189,9 @@ pub struct DetectStats {
     pub keys_over_cap: u64,
     /// Baseline detectors: closed windows learned from.
     pub baseline_samples: u64,
+    /// Objects in the ownership map now, and evicted from it at its cap.
+    pub objects_tracked: u64,
+    pub objects_evicted: u64,
     /// Baseline detectors: endpoints not learned because a rule had `MAX_BASELINES`.
     pub baselines_over_cap: u64,
     /// Events that reached detection after later events (ordering lateness exceeded).
@@ -177,6 +209,8 @@ impl DetectStats {
         self.keys_evicted += o.keys_evicted;
         self.keys_over_cap += o.keys_over_cap;
         self.baseline_samples += o.baseline_samples;
+        self.objects_tracked += o.objects_tracked;
+        self.objects_evicted += o.objects_evicted;
         self.baselines_over_cap += o.baselines_over_cap;
         self.late_events += o.late_events;
         for (k, v) in &o.alerts_by_rule {
@@ -194,6 +228,8 @@ pub struct DetectConfig {
     pub login: LoginConfig,
     /// Actors (addresses, devices, users) profiled.
     pub max_actors: usize,
+    /// The object ownership map (BOLA).
+    pub owners: OwnersConfig,
 }
 
 impl Default for DetectConfig {
@@ -202,6 +238,7 @@ impl Default for DetectConfig {
             max_keys_per_rule: 100_000,
             login: LoginConfig::default(),
             max_actors: 100_000,
+            owners: OwnersConfig::default(),
         }
     }
 }
@@ -252,6 +289,8 @@ fn learn(baselines: &mut Baselines, s: Sample, stats: &mut DetectStats) {
 pub struct Engine {
     cfg: DetectConfig,
     registry: Registry,
+    owners: objects::Owners,
+    routes: Vec<crate::rules::PinnedRoute>,
     rules: Vec<RuleState>,
     stats: DetectStats,
     next_sweep: Timestamp,
@@ -262,6 +301,8 @@ impl Engine {
     pub fn new(cfg: DetectConfig, set: &RuleSet) -> Engine {
         let mut e = Engine {
             registry: Registry::new(cfg.max_actors),
+            owners: objects::Owners::new(cfg.owners.clone()),
+            routes: Vec::new(),
             cfg,
             rules: Vec::new(),
             stats: DetectStats::default(),
@@ -276,6 +317,7 @@ impl Engine {
     /// open aggregates; new or changed rules start empty; removed or changed rules first
     /// emit their open aggregates (follow-ups), so no folded request goes unreported.
     pub fn replace_rules(&mut self, set: &RuleSet, out: &mut Vec<Alert>) {
+        self.routes = set.routes.clone();
         let mut old: HashMap<RuleId, RuleState> = self
             .rules
             .drain(..)
@@ -319,8 +361,48 @@ impl Engine {
             ev.actor.user.as_ref(),
             ev.verdict == Verdict::Valid,
         );
-        self.rules_over(ev, out);
+        let judged = self.judge_objects(ev);
+        self.rules_over(&judged, out);
         self.note_risk(&out[start..]);
+    }
+
+    /// Applies pinned route templates and ownership to a copy of the event.
+    fn judge_objects(&mut self, ev: &Event) -> Event {
+        let mut e = ev.clone();
+        let pinned = e.object.as_deref().and_then(|p| {
+            self.routes
+                .iter()
+                .find_map(|r| r.matches(p).map(|m| (r, m)))
+        });
+        let mut declared_users: Vec<ObjectRef> = Vec::new();
+        let mut public = false;
+        if let Some((r, m)) = pinned {
+            e.route = Some(Arc::from(r.template.as_str()));
+            public = r.public;
+            if let Some(o) = m.owner {
+                declared_users.push(o);
+            }
+        }
+        if e.objects.is_empty() && e.returned.is_empty() {
+            return e;
+        }
+        let principal = e.principal();
+        let j = self.owners.judge(
+            e.ts,
+            &principal,
+            e.actor.user.as_deref(),
+            &e.objects,
+            &e.returned,
+            e.method.as_deref(),
+            e.status,
+            &|_| public,
+            &|o| declared_users.contains(o),
+        );
+        self.stats.objects_evicted = self.owners.evicted;
+        self.stats.objects_tracked = self.owners.len() as u64;
+        e.ownership = j.ownership;
+        e.cross_user = j.cross_user;
+        e
     }
 
     /// The actors' risk summary: the `n` riskiest, and the registry's counters.
@@ -551,6 +633,17 @@ fn emit(
 }
 
 fn matcher_matches(m: &Matcher, ev: &Event) -> bool {
+    if let Some(c) = m.cross_user
+        && c != ev.cross_user
+    {
+        return false;
+    }
+    if let Some(os) = &m.ownership {
+        match ev.ownership {
+            Some(o) if os.contains(&o) => {}
+            _ => return false,
+        }
+    }
     if m.login.is_some_and(|l| l != ev.login) {
         return false;
     }

@@ -40,6 +40,10 @@ fn ev(secs: f64, ip: &str) -> Event {
         number: None,
         username: None,
         login: false,
+        objects: Vec::new(),
+        returned: Vec::new(),
+        ownership: None,
+        cross_user: false,
     }
 }
 
@@ -338,4 +342,79 @@ fn baseline_learns_per_endpoint_then_flags_only_far_above_it() {
     assert!((5.0..=7.0).contains(&learned), "learned {learned}");
     assert_eq!(hits[0].evidence["baseline"]["count"], 31);
     assert!(e.stats().baseline_samples > 1000);
+}
+
+fn bola_event(secs: f64, user: &str, path: &str, status: u16) -> Event {
+    let mut x = ev(secs, "10.0.0.40");
+    x.actor.user = Some(user.into());
+    x.actor.device = None;
+    x.route = Some(crate::output::route_of(path).into());
+    x.object = Some(path.into());
+    x.objects = crate::detect::request_objects(path, &[], b"");
+    x.status = Some(status);
+    x
+}
+
+const CROSS_USER: &str = "rules:\n  - id: x\n    description: d\n    category: bola\n    severity: high\n    match: {cross_user: true}\n    detector: {kind: threshold, group_by: principal, threshold: 1, window_secs: 60}\n    suppress_secs: 0\n    summary: \"{key} {endpoint}\"\n    evidence: [foreign_objects]\n";
+
+#[test]
+fn pinned_routes_name_parameters_and_declare_owners() {
+    let yaml = format!(
+        "{CROSS_USER}routes:\n  - template: /api/v1/wallets/{{wallet_owner}}/cards\n    owner: wallet_owner\n  - template: /api/v1/stores/{{store}}\n    public: true\n"
+    );
+    let s = set(&yaml);
+    assert_eq!(s.routes.len(), 2);
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    // `wallets` is no user collection by name; the rule declares its id is the owner's.
+    let own = run(
+        &mut e,
+        &[bola_event(0.0, "77", "/api/v1/wallets/77/cards", 200)],
+    );
+    assert!(own.is_empty(), "{own:?}");
+    let other = run(
+        &mut e,
+        &[bola_event(1.0, "77", "/api/v1/wallets/78/cards", 200)],
+    );
+    assert_eq!(other.len(), 1);
+    assert_eq!(
+        other[0].endpoint.as_deref(),
+        Some("GET /api/v1/wallets/{wallet_owner}/cards")
+    );
+    assert_eq!(
+        other[0].summary,
+        "user:77 GET /api/v1/wallets/{wallet_owner}/cards"
+    );
+    // A public route's objects are nobody's: reading them is never cross-user, even when
+    // another principal's list returned them.
+    let mut created = bola_event(2.0, "78", "/api/v1/stores", 201);
+    created.method = Some("POST".into());
+    created.returned = vec![crate::detect::ObjectRef {
+        collection: "store".into(),
+        id: "9".into(),
+    }];
+    run(&mut e, &[created]);
+    let public = run(&mut e, &[bola_event(3.0, "77", "/api/v1/stores/9", 200)]);
+    assert!(public.is_empty(), "{public:?}");
+}
+
+#[test]
+fn principals_are_shown_redacted() {
+    let s = set(CROSS_USER);
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    let a = run(
+        &mut e,
+        &[bola_event(
+            0.0,
+            "jane@example.com",
+            "/api/v1/users/1001",
+            200,
+        )],
+    );
+    assert_eq!(a.len(), 1);
+    assert!(
+        a[0].summary.starts_with("user:j***@example.com "),
+        "{}",
+        a[0].summary
+    );
+    assert!(!serde_json::to_string(&a[0]).unwrap().contains("jane@"));
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{DetectStats, Event, KeyValue};
+use super::{DetectStats, Event, KeyValue, ObjectRef};
 use crate::capture::Timestamp;
 use crate::rules::{Detector, DetectorKind, Rule};
 use crate::token::{TokenHash, Verdict};
@@ -73,6 +73,10 @@ pub(super) struct Episode {
     pub endpoint: Same<Option<EndpointKey>>,
     pub objects: Vec<Arc<str>>,
     pub usernames: Vec<Arc<str>>,
+    /// Requests by ownership of their objects, and the other principals' objects touched.
+    pub ownership: [u32; 5],
+    pub foreign_ids: Vec<ObjectRef>,
+    pub succeeded: u32,
     /// Ratio and mixed detectors: requests meeting `when`, and all requests, in the window.
     pub share: Option<(u64, u64)>,
     /// Cadence detectors: mean gap (seconds) and coefficient of variation over `n` gaps.
@@ -129,6 +133,9 @@ impl Episode {
             endpoint: Same::Unset,
             objects: Vec::new(),
             usernames: Vec::new(),
+            ownership: [0; 5],
+            foreign_ids: Vec::new(),
+            succeeded: 0,
             share: None,
             cadence: None,
             run: None,
@@ -165,6 +172,19 @@ impl Episode {
         }
         if let Some(u) = &ev.username {
             push_distinct(&mut self.usernames, u.clone(), t);
+        }
+        if let Some(o) = ev.ownership {
+            if let Some(c) = self.ownership.get_mut(o as usize) {
+                *c += 1;
+            }
+            if o == super::Ownership::Other {
+                for x in &ev.objects {
+                    push_distinct(&mut self.foreign_ids, x.clone(), t);
+                }
+            }
+        }
+        if ev.status.is_some_and(|s| (200..300).contains(&s)) {
+            self.succeeded += 1;
         }
         if let Some(f) = &ev.family
             && !bump(&mut self.families, f.clone(), 4)

@@ -86,7 +86,9 @@ pub fn route_of(path: &str) -> String {
     out
 }
 
-fn is_id_segment(s: &str) -> bool {
+/// A path segment that names an object rather than a resource: numeric, UUID, long hex,
+/// long base64-ish, or personal data (an e-mail address, a card number).
+pub(crate) fn is_id_segment(s: &str) -> bool {
     if s.is_empty() {
         return false;
     }
@@ -127,6 +129,7 @@ pub fn write_transaction(
     tx: &Transaction,
     attestation: Option<&Attestation>,
     user: Option<&UserId>,
+    pinned_route: Option<&str>,
 ) {
     let (client, server) = if swapped {
         (conn.server, conn.client)
@@ -147,7 +150,9 @@ pub fn write_transaction(
         method: req.map(|r| r.method.as_str()),
         host: req.and_then(|r| header(&r.headers, "host")).map(text),
         path: path.map(redact::path),
-        route: path.map(route_of),
+        route: pinned_route
+            .map(str::to_string)
+            .or_else(|| path.map(route_of)),
         status: resp.map(|r| r.status),
         request_body_bytes: req.map(|r| r.body.wire_len),
         response_body_bytes: resp.map(|r| r.body.wire_len),
@@ -363,6 +368,26 @@ mod tests {
         assert_eq!(
             route_of("/users/jane@example.com/cards/4111111111111111"),
             "/users/{id}/cards/{id}"
+        );
+        // Several ids, mid-path, in mixed formats.
+        assert_eq!(
+            route_of(
+                "/api/v2/accounts/3f2b8c1e-9d4a-4b5e-8f6a-1c2d3e4f5a6b/orders/5001/items/deadbeefcafef00d1234"
+            ),
+            "/api/v2/accounts/{id}/orders/{id}/items/{id}"
+        );
+        assert_eq!(
+            route_of("/files/dGhpc2lzYXRva2VuMTIzNDU2/v2/download"),
+            "/files/{id}/v2/download"
+        );
+        // Words, versions and short codes stay literal.
+        assert_eq!(
+            route_of("/api/v1/users/me/settings"),
+            "/api/v1/users/me/settings"
+        );
+        assert_eq!(
+            route_of("/api/v1/regions/eu-west-1"),
+            "/api/v1/regions/eu-west-1"
         );
     }
 }

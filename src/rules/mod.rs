@@ -24,9 +24,26 @@ use crate::token::Verdict;
 
 pub use schema::{ExpectedActor, ExpectedAlert, TestTransaction};
 
+impl PinnedRoute {
+    pub(crate) fn new(
+        template: String,
+        segments: Vec<Option<String>>,
+        owner: Option<(usize, Arc<str>)>,
+        public: bool,
+    ) -> PinnedRoute {
+        PinnedRoute {
+            template,
+            segments,
+            owner,
+            public,
+        }
+    }
+}
+
 /// The built-in pack: every YAML file of `rules/`, embedded at build time.
 /// A unit test checks this list against the folder so no file is forgotten.
 const BUILTIN: &[(&str, &str)] = &[
+    ("bola.yaml", include_str!("../../rules/bola.yaml")),
     ("bots.yaml", include_str!("../../rules/bots.yaml")),
     (
         "credential-stuffing.yaml",
@@ -140,6 +157,8 @@ pub enum KeyField {
     Object,
     /// The username tried on a login route (from a JSON or form body).
     Username,
+    /// Who acts: the user when known, else the device, else the address.
+    Principal,
 }
 
 impl KeyField {
@@ -152,6 +171,7 @@ impl KeyField {
             KeyField::Endpoint => "endpoint",
             KeyField::Object => "object",
             KeyField::Username => "username",
+            KeyField::Principal => "principal",
         }
     }
 }
@@ -182,6 +202,11 @@ pub enum EvidenceField {
     Objects,
     /// Distinct usernames tried, masked.
     Usernames,
+    /// Requests by how their objects relate to the principal (own, public, unknown, other)
+    /// and how many were answered 2xx.
+    Ownership,
+    /// Other principals' objects touched, as `collection` and a short hash of the id.
+    ForeignObjects,
 }
 
 /// Response status condition: an exact code or a class (`4xx`).
@@ -217,6 +242,10 @@ pub struct Matcher {
     pub expired_beyond_secs: Option<f64>,
     /// Only requests to (or not to) login routes (`[detect] login_routes`).
     pub login: Option<bool>,
+    /// Only requests whose objects relate so to the principal (the worst of them).
+    pub ownership: Option<Vec<crate::detect::Ownership>>,
+    /// Only requests whose 2xx answer carried (or did not) someone else's object.
+    pub cross_user: Option<bool>,
 }
 
 impl Matcher {
@@ -390,10 +419,53 @@ pub enum TestInput {
     },
 }
 
+/// A route template a rule file pins: `/api/v1/users/{user_id}/orders`. Matching paths
+/// take it as their route; `owner` names the parameter holding the owning user's id;
+/// `public` marks the route's objects as shared.
+#[derive(Clone, Debug)]
+pub struct PinnedRoute {
+    pub template: String,
+    /// Literal segments, `None` for a parameter.
+    segments: Vec<Option<String>>,
+    /// Index of the owner parameter's segment, and the collection of its object.
+    owner: Option<(usize, Arc<str>)>,
+    pub public: bool,
+}
+
+/// What a pinned route found in a path.
+pub struct PinnedMatch {
+    /// The object the owner parameter names, whose owner is the user with that id.
+    pub owner: Option<crate::detect::ObjectRef>,
+}
+
+impl PinnedRoute {
+    pub fn matches(&self, path: &str) -> Option<PinnedMatch> {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        if segs.len() != self.segments.len() {
+            return None;
+        }
+        for (s, t) in segs.iter().zip(&self.segments) {
+            if let Some(lit) = t
+                && lit != s
+            {
+                return None;
+            }
+        }
+        Some(PinnedMatch {
+            owner: self.owner.as_ref().map(|(i, c)| crate::detect::ObjectRef {
+                collection: c.clone(),
+                id: Arc::from(segs[*i]),
+            }),
+        })
+    }
+}
+
 /// A validated, compiled set of rules (only enabled rules) and the tests that go with it.
 #[derive(Clone, Debug, Default)]
 pub struct RuleSet {
     pub rules: Vec<Arc<Rule>>,
+    /// Route templates pinned by the rule files, in file order.
+    pub routes: Vec<PinnedRoute>,
     pub disabled: Vec<RuleId>,
     pub tests: Vec<RuleTest>,
     /// Where the set came from: `built-in` or the folder.
@@ -568,6 +640,11 @@ pub fn compile(
                 set.rules.push(Arc::new(rule));
             } else {
                 set.disabled.push(rule.id);
+            }
+        }
+        for r in raw.routes {
+            if let Some(p) = schema::compile_route(&mut ctx, r) {
+                set.routes.push(p);
             }
         }
         let dir = Path::new(file)

@@ -24,6 +24,21 @@ pub(super) struct RawFile {
     pub rules: Vec<RawRule>,
     #[serde(default)]
     pub tests: Vec<RawTest>,
+    /// Route templates to pin (`/api/v1/users/{user_id}`), with ownership declarations.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    template: S<String>,
+    /// The parameter holding the owning user's id: the object it names belongs to the
+    /// user with that id.
+    owner: Option<S<String>>,
+    /// The route's objects are shared, never owned.
+    #[serde(default)]
+    public: bool,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +83,11 @@ struct RawMatch {
     expired_beyond_secs: Option<S<f64>>,
     /// Only requests to (true) or not to (false) login routes (`[detect] login_routes`).
     login: Option<bool>,
+    /// Only requests whose objects relate so to the principal: own, public, unknown,
+    /// other, none (the worst of its objects).
+    ownership: Option<S<Vec<S<String>>>>,
+    /// Only requests whose 2xx answer carried someone else's object (true), or not.
+    cross_user: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -159,6 +179,9 @@ pub struct TestTransaction {
     pub username: Option<String>,
     /// The route is a login route; default: as the default `[detect] login_routes` say.
     pub login: Option<bool>,
+    /// Objects its response returned, as `collection:id` (`order:5001`).
+    #[serde(default)]
+    pub returns: Vec<String>,
 }
 
 fn get() -> String {
@@ -312,7 +335,7 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
             .map(|v| v.value.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
     };
     format!(
-        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
         strs(&m.methods),
         strs(&m.routes),
         strs(&m.hosts),
@@ -320,7 +343,9 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
         strs(&m.verdicts),
         m.families.as_ref().map(|f| &f.value),
         m.expired_beyond_secs.as_ref().map(|s| s.value),
-        m.login
+        m.login,
+        strs(&m.ownership),
+        m.cross_user
     )
 }
 
@@ -393,6 +418,7 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     not_empty("hosts", empty(&m.hosts));
     not_empty("status", empty(&m.status));
     not_empty("verdicts", empty(&m.verdicts));
+    not_empty("ownership", empty(&m.ownership));
     not_empty(
         "families",
         m.families
@@ -466,6 +492,23 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     }
     out.families = m.families.as_ref().map(|f| f.value.clone());
     out.login = m.login;
+    out.cross_user = m.cross_user;
+    if let Some(os) = &m.ownership {
+        let mut v = Vec::new();
+        for s in &os.value {
+            match crate::detect::Ownership::from_name(&s.value) {
+                Some(o) => v.push(o),
+                None => ctx.error(
+                    s.referenced,
+                    format!(
+                        "ownership: `{}`: expected own, public, unknown, other or none",
+                        s.value
+                    ),
+                ),
+            }
+        }
+        out.ownership = Some(v);
+    }
     if let Some(e) = &m.expired_beyond_secs {
         if !(e.value.is_finite() && (0.0..=MAX_WINDOW_SECS).contains(&e.value)) {
             ctx.error(
@@ -736,4 +779,70 @@ pub(super) fn compile_test(
         expect: t.expect,
         rules: rules.to_vec(),
     })
+}
+
+pub(super) fn compile_route(ctx: &mut Ctx<'_>, r: RawRoute) -> Option<super::PinnedRoute> {
+    let t = r.template.value.trim();
+    if !t.starts_with('/') {
+        ctx.error(
+            r.template.referenced,
+            "template: expected a path starting with `/`".into(),
+        );
+        return None;
+    }
+    let mut segments = Vec::new();
+    let mut names = Vec::new();
+    for seg in t.split('/').filter(|s| !s.is_empty()) {
+        match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) if !name.is_empty() => {
+                segments.push(None);
+                names.push((segments.len() - 1, name.to_string()));
+            }
+            Some(_) => {
+                ctx.error(
+                    r.template.referenced,
+                    "template: empty `{}` parameter".into(),
+                );
+                return None;
+            }
+            None => segments.push(Some(seg.to_string())),
+        }
+    }
+    let owner = match &r.owner {
+        None => None,
+        Some(o) => match names.iter().find(|(_, n)| *n == o.value) {
+            Some((i, name)) => {
+                // The collection: the literal before the parameter, else its name.
+                let coll = segments[..*i]
+                    .iter()
+                    .rev()
+                    .find_map(|s| s.as_deref())
+                    .map_or_else(
+                        || crate::detect::objects_collection(name),
+                        crate::detect::objects_collection,
+                    );
+                Some((*i, coll))
+            }
+            None => {
+                ctx.error(
+                    o.referenced,
+                    format!("owner: `{}` is not a parameter of `{t}`", o.value),
+                );
+                return None;
+            }
+        },
+    };
+    if r.public && owner.is_some() {
+        ctx.error(
+            r.template.referenced,
+            "a route is either `public` or has an `owner`".into(),
+        );
+        return None;
+    }
+    Some(super::PinnedRoute::new(
+        t.to_string(),
+        segments,
+        owner,
+        r.public,
+    ))
 }

@@ -89,6 +89,18 @@ fn test_event(tx: &TestTransaction) -> Event {
         ))),
         number: crate::detect::object_number(&tx.path),
         username: tx.username.as_deref().map(Arc::from),
+        objects: crate::detect::request_objects(&tx.path, &[], b""),
+        returned: tx
+            .returns
+            .iter()
+            .filter_map(|r| r.split_once(':'))
+            .map(|(c, id)| crate::detect::ObjectRef {
+                collection: crate::detect::objects_collection(c),
+                id: Arc::from(id),
+            })
+            .collect(),
+        ownership: None,
+        cross_user: false,
         login: tx.login.unwrap_or_else(|| {
             crate::detect::LoginConfig::default()
                 .routes

@@ -34,7 +34,9 @@ use crate::actor::{self, Attribution};
 use crate::capture::{self, CaptureError, CaptureStats, FileEnd, Frame, Progress, Timestamp};
 use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LinkType, TcpFlags, TcpSegment, TunnelId};
-use crate::detect::{Alert, Event, LoginConfig, login_username, object_number};
+use crate::detect::{
+    Alert, Event, LoginConfig, login_username, object_number, request_objects, returned_objects,
+};
 use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
 use crate::output::webhook::Webhooks;
 use crate::output::{QueueStats, ReloadStats, Summary, path_of, route_of, write_transaction};
@@ -416,6 +418,7 @@ impl HttpHandler {
     fn drain(&mut self, st: &mut ConnState, conn: &ConnInfo, at: Timestamp) {
         let swapped = st.http.swapped();
         let judges = self.shared.judges.load();
+        let rules = self.shared.rules.load();
         let latency = self.batch_created.map(|c| c.elapsed().as_micros() as u64);
         for tx in self.txs.drain(..) {
             self.written += 1;
@@ -439,7 +442,16 @@ impl HttpHandler {
             } else {
                 (conn.client, conn.server)
             };
-            if let Some(ev) = event(
+            // A route template pinned by the rules names the route and its parameters.
+            let pinned: Option<Arc<str>> = tx.request.as_ref().and_then(|r| {
+                let path = path_of(&r.target);
+                rules
+                    .routes
+                    .iter()
+                    .find(|p| p.matches(path).is_some())
+                    .map(|p| Arc::from(p.template.as_str()))
+            });
+            if let Some(mut ev) = event(
                 &judges.attribution,
                 &self.login,
                 client,
@@ -447,6 +459,9 @@ impl HttpHandler {
                 att.as_ref(),
                 user.as_ref(),
             ) {
+                if let Some(p) = &pinned {
+                    ev.route = Some(p.clone());
+                }
                 self.events.push(ordering::Ordered {
                     at,
                     ts: ev.ts,
@@ -464,6 +479,7 @@ impl HttpHandler {
                     &tx,
                     att.as_ref(),
                     user.as_ref(),
+                    pinned.as_deref(),
                 );
             }
         }
@@ -508,6 +524,14 @@ fn event(
         number: object_number(&req.target),
         username: login_username(login, &route, &req.headers, &req.body.data),
         login: login.routes.is_match(&route),
+        objects: request_objects(&req.target, &req.headers, &req.body.data),
+        returned: tx
+            .response
+            .as_ref()
+            .map(|r| returned_objects(&req.target, &r.headers, &r.body.data))
+            .unwrap_or_default(),
+        ownership: None,
+        cross_user: false,
         route: Some(route.into()),
     })
 }

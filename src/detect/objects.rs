@@ -1,0 +1,673 @@
+//! Objects and who owns them, for broken object level authorization (BOLA).
+//!
+//! Workers extract object references from each transaction ([`request_objects`]: id-shaped
+//! path segments, `id`/`*_id` query parameters and JSON body fields; [`returned_objects`]:
+//! ids in a JSON response). An object is a (collection, id) pair; the collection is the
+//! literal path segment before the id, or the field name, singular and lower-case, so
+//! `/users/1001/orders` listing `{"orders":[{"id":5001}]}` and `/orders/5001` name the same
+//! order. The detect thread keeps the [`Owners`] map: who owns an object (the principal it was
+//! listed to in their own scope, who created it, a user's own user record, or a rule's
+//! declaration) and which objects many principals read (public). Each request is judged
+//! own / public / other / unknown before the rules run. Bounded: at most `max_objects`
+//! objects; at the cap the least recently seen tenth is evicted and counted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::capture::Timestamp;
+use crate::http::{Header, header};
+
+/// Most object references taken from one request or response.
+const MAX_REFS: usize = 64;
+/// Largest JSON body parsed for ids.
+const MAX_JSON_BYTES: usize = 256 * 1024;
+/// Collections that hold user records: their ids are user ids.
+const USER_COLLECTIONS: &[&str] = &["user", "account", "profile", "customer", "member"];
+
+/// An object: its collection and id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub collection: Arc<str>,
+    pub id: Arc<str>,
+}
+
+/// A collection name: lower case, without an `_id` suffix or plural `s`.
+pub fn collection(name: &str) -> Arc<str> {
+    let l = name.to_ascii_lowercase();
+    let l = l
+        .strip_suffix("_id")
+        .or_else(|| l.strip_suffix("id").filter(|s| !s.is_empty()))
+        .unwrap_or(&l)
+        .trim_end_matches(['_', '-']);
+    Arc::from(l.strip_suffix('s').unwrap_or(l))
+}
+
+fn id_text(v: &Value) -> Option<Arc<str>> {
+    match v {
+        Value::Number(n) => Some(Arc::from(n.to_string())),
+        Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(Arc::from(s.as_str())),
+        _ => None,
+    }
+}
+
+fn is_json(headers: &[Header], body: &[u8]) -> bool {
+    header(headers, "content-type").is_some_and(|c| {
+        String::from_utf8_lossy(c)
+            .to_ascii_lowercase()
+            .contains("json")
+    }) || matches!(body.first(), Some(b'{' | b'['))
+}
+
+/// The literal segments of a path and its id-shaped segments, in order.
+fn segments(path: &str) -> Vec<(&str, bool)> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| (s, crate::output::is_id_segment(s)))
+        .collect()
+}
+
+/// Objects a request names: id segments of its path (collection: the literal before),
+/// `id` / `*_id` query parameters, and `id` / `*_id` fields of a JSON body.
+pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<ObjectRef> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let segs = segments(path);
+    let mut out = Vec::new();
+    let mut last_literal: Option<&str> = None;
+    for (s, is_id) in &segs {
+        if *is_id {
+            if let Some(c) = last_literal {
+                out.push(ObjectRef {
+                    collection: collection(c),
+                    id: Arc::from(*s),
+                });
+            }
+        } else {
+            last_literal = Some(s);
+        }
+    }
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let lk = k.to_ascii_lowercase();
+        if (lk == "id" || lk.ends_with("_id")) && !v.is_empty() && v.len() <= 128 {
+            let c = if lk == "id" {
+                last_literal.map_or_else(|| collection("item"), collection)
+            } else {
+                collection(&lk)
+            };
+            out.push(ObjectRef {
+                collection: c,
+                id: Arc::from(v.as_ref()),
+            });
+        }
+    }
+    if !body.is_empty()
+        && body.len() <= MAX_JSON_BYTES
+        && is_json(headers, body)
+        && let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body)
+    {
+        for (k, v) in &o {
+            let lk = k.to_ascii_lowercase();
+            if lk.ends_with("_id")
+                && let Some(id) = id_text(v)
+            {
+                out.push(ObjectRef {
+                    collection: collection(&lk),
+                    id,
+                });
+            }
+        }
+    }
+    out.truncate(MAX_REFS);
+    out
+}
+
+/// Ids a JSON response returns: its own `id`, and the `id`s of objects in its arrays
+/// (collection: the array's field name, or the path's last literal segment).
+pub fn returned_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<ObjectRef> {
+    if body.is_empty() || body.len() > MAX_JSON_BYTES || !is_json(headers, body) {
+        return Vec::new();
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let path = target.split('?').next().unwrap_or(target);
+    let last = segments(path)
+        .into_iter()
+        .rev()
+        .find(|(_, id)| !id)
+        .map(|(s, _)| s)
+        .unwrap_or("item");
+    let mut out = Vec::new();
+    let list = |items: &Vec<Value>, c: &str, out: &mut Vec<ObjectRef>| {
+        for item in items {
+            if let Some(id) = item.get("id").and_then(id_text) {
+                out.push(ObjectRef {
+                    collection: collection(c),
+                    id,
+                });
+            }
+        }
+    };
+    match &v {
+        Value::Array(items) => list(items, last, &mut out),
+        Value::Object(o) => {
+            if let Some(id) = o.get("id").and_then(id_text) {
+                out.push(ObjectRef {
+                    collection: collection(last),
+                    id,
+                });
+            }
+            for (k, x) in o {
+                if let Value::Array(items) = x {
+                    list(items, k, &mut out);
+                }
+            }
+        }
+        _ => {}
+    }
+    out.truncate(MAX_REFS);
+    out
+}
+
+/// How a request's objects relate to the principal making it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ownership {
+    /// No object named.
+    None,
+    /// Theirs.
+    Own,
+    /// Shared (read by many principals, or declared public).
+    Public,
+    /// Nobody's yet, as far as was seen.
+    Unknown,
+    /// Someone else's.
+    Other,
+}
+
+impl Ownership {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ownership::None => "none",
+            Ownership::Own => "own",
+            Ownership::Public => "public",
+            Ownership::Unknown => "unknown",
+            Ownership::Other => "other",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Ownership> {
+        [
+            Ownership::None,
+            Ownership::Own,
+            Ownership::Public,
+            Ownership::Unknown,
+            Ownership::Other,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+struct Entry {
+    owner: Option<Arc<str>>,
+    /// Distinct principals (as hashes) that read it without it being someone else's; at
+    /// `public_readers` it is public.
+    readers: Vec<u64>,
+    public: bool,
+    last: Timestamp,
+}
+
+/// Ownership settings (`[detect]`).
+#[derive(Clone, Debug)]
+pub struct OwnersConfig {
+    pub max_objects: usize,
+    pub public_readers: usize,
+}
+
+impl Default for OwnersConfig {
+    fn default() -> Self {
+        OwnersConfig {
+            max_objects: 1_000_000,
+            public_readers: 3,
+        }
+    }
+}
+
+/// The verdict on one request.
+#[derive(Clone, Debug, Default)]
+pub struct Judged {
+    /// The worst relation among its objects (other > unknown > public > own).
+    pub ownership: Option<Ownership>,
+    /// A 2xx answer carried an object owned by someone else.
+    pub cross_user: bool,
+    /// The objects judged `other`, for evidence.
+    pub foreign: Vec<ObjectRef>,
+}
+
+/// Who owns what.
+pub struct Owners {
+    cfg: OwnersConfig,
+    map: HashMap<ObjectRef, Entry, foldhash::fast::RandomState>,
+    /// User-record collections seen to share the user ids' space: some principal fetched
+    /// its own record there (id equal to its user id). Only in those is a record with a
+    /// different id someone else's; where users are `alice@example.com` and records are
+    /// numbered, nothing can be said.
+    user_id_space: Vec<Arc<str>>,
+    pub evicted: u64,
+}
+
+fn principal_hash(p: &str) -> u64 {
+    use std::hash::BuildHasher;
+    // Fixed seed: equality is all that matters and results must not vary between runs.
+    foldhash::fast::FixedState::with_seed(0x6f77_6e65_7273).hash_one(p)
+}
+
+impl Owners {
+    pub fn new(cfg: OwnersConfig) -> Owners {
+        Owners {
+            cfg,
+            map: HashMap::default(),
+            user_id_space: Vec::new(),
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn room(&mut self) {
+        if self.map.len() < self.cfg.max_objects {
+            return;
+        }
+        let mut ages: Vec<(Timestamp, ObjectRef)> =
+            self.map.iter().map(|(k, e)| (e.last, k.clone())).collect();
+        let n = (ages.len() / 10).max(1);
+        ages.select_nth_unstable(n - 1);
+        for (_, k) in ages.into_iter().take(n) {
+            self.map.remove(&k);
+            self.evicted += 1;
+        }
+    }
+
+    /// Judges a request by `principal` (`user:…`, `device:…` or `ip:…`; `user_id` when the
+    /// user is known), then learns from it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn judge(
+        &mut self,
+        ts: Timestamp,
+        principal: &str,
+        user_id: Option<&str>,
+        objects: &[ObjectRef],
+        returned: &[ObjectRef],
+        method: Option<&str>,
+        status: Option<u16>,
+        declared_public: &dyn Fn(&ObjectRef) -> bool,
+        declared_user_record: &dyn Fn(&ObjectRef) -> bool,
+    ) -> Judged {
+        let ok = status.is_some_and(|s| (200..300).contains(&s));
+        let mut j = Judged::default();
+        let mut classes = Vec::with_capacity(objects.len());
+        for o in objects {
+            let declared = declared_user_record(o);
+            let user_record = USER_COLLECTIONS.contains(&&*o.collection) || declared;
+            let class = if declared_public(o) {
+                Ownership::Public
+            } else if user_record && user_id.is_some_and(|u| u == &*o.id) {
+                if !declared
+                    && !self.user_id_space.contains(&o.collection)
+                    && self.user_id_space.len() < USER_COLLECTIONS.len() * 4
+                {
+                    self.user_id_space.push(o.collection.clone());
+                }
+                Ownership::Own
+            } else {
+                // A user's record belongs to that user, whether or not they were seen, where
+                // records are known to be keyed by user id.
+                let keyed_by_user = declared || self.user_id_space.contains(&o.collection);
+                match self.map.get(o) {
+                    Some(e) if e.public => Ownership::Public,
+                    Some(e) if e.owner.as_deref() == Some(principal) => Ownership::Own,
+                    Some(Entry { owner: Some(_), .. }) => Ownership::Other,
+                    _ if user_record && keyed_by_user && ok && user_id.is_some() => {
+                        Ownership::Other
+                    }
+                    _ => Ownership::Unknown,
+                }
+            };
+            if class == Ownership::Other {
+                j.foreign.push(o.clone());
+            }
+            classes.push(class);
+        }
+        j.ownership = classes.iter().copied().max().or(Some(Ownership::None));
+        j.cross_user = ok && classes.contains(&Ownership::Other);
+        if !ok || j.cross_user {
+            return j;
+        }
+        // Learn, from answers that took nobody else's data.
+        let ph = principal_hash(principal);
+        for (o, class) in objects.iter().zip(&classes) {
+            if *class != Ownership::Unknown {
+                continue;
+            }
+            if !self.map.contains_key(o) {
+                self.room();
+            }
+            let public_readers = self.cfg.public_readers;
+            let e = self.map.entry(o.clone()).or_insert_with(|| Entry {
+                owner: None,
+                readers: Vec::new(),
+                public: false,
+                last: ts,
+            });
+            e.last = e.last.max(ts);
+            if !e.readers.contains(&ph) {
+                e.readers.push(ph);
+            }
+            if e.readers.len() >= public_readers {
+                e.public = true;
+                e.readers.clear();
+            }
+        }
+        // Objects it created (POST), or listed in its own scope (the request named one of
+        // its own objects: `/users/{me}/orders`), are its own.
+        let created = method == Some("POST");
+        let own_scope = classes.contains(&Ownership::Own);
+        if created || own_scope {
+            for o in returned {
+                if objects.contains(o) {
+                    continue;
+                }
+                if !self.map.contains_key(o) {
+                    self.room();
+                }
+                let e = self.map.entry(o.clone()).or_insert_with(|| Entry {
+                    owner: None,
+                    readers: Vec::new(),
+                    public: false,
+                    last: ts,
+                });
+                e.last = e.last.max(ts);
+                if e.owner.is_none() && !e.public {
+                    e.owner = Some(Arc::from(principal));
+                }
+            }
+        }
+        j
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_hdr() -> Vec<Header> {
+        vec![Header {
+            name: "Content-Type".into(),
+            value: b"application/json".to_vec(),
+        }]
+    }
+
+    fn r(c: &str, id: &str) -> ObjectRef {
+        ObjectRef {
+            collection: c.into(),
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn request_objects_from_path_query_and_body() {
+        assert_eq!(
+            request_objects("/api/v1/users/1001/orders/5001?page=2", &[], b""),
+            vec![r("user", "1001"), r("order", "5001")]
+        );
+        assert_eq!(
+            request_objects(
+                "/api/v2/accounts/3f2b8c1e-9d4a-4b5e-8f6a-1c2d3e4f5a6b/cards?card_id=77",
+                &[],
+                b""
+            ),
+            vec![
+                r("account", "3f2b8c1e-9d4a-4b5e-8f6a-1c2d3e4f5a6b"),
+                r("card", "77")
+            ]
+        );
+        assert_eq!(
+            request_objects(
+                "/api/v1/transfers",
+                &json_hdr(),
+                br#"{"from_account_id": 12, "to_account_id": "AC-9", "amount": 5}"#
+            ),
+            vec![r("from_account", "12"), r("to_account", "AC-9")]
+        );
+    }
+
+    #[test]
+    fn returned_ids_from_objects_and_lists() {
+        assert_eq!(
+            returned_objects(
+                "/api/v1/users/1001/orders",
+                &json_hdr(),
+                br#"{"orders":[{"id":5001,"total":1},{"id":5002}]}"#
+            ),
+            vec![r("order", "5001"), r("order", "5002")]
+        );
+        assert_eq!(
+            returned_objects(
+                "/api/v1/orders",
+                &json_hdr(),
+                br#"{"id": 6001, "user_id": 1}"#
+            ),
+            vec![r("order", "6001")]
+        );
+        assert_eq!(
+            returned_objects("/api/v1/items", &json_hdr(), br#"[{"id":"a"},{"id":"b"}]"#),
+            vec![r("item", "a"), r("item", "b")]
+        );
+        assert!(returned_objects("/x", &json_hdr(), b"not json").is_empty());
+    }
+
+    fn judge(
+        o: &mut Owners,
+        who: &str,
+        uid: Option<&str>,
+        objs: &[ObjectRef],
+        ret: &[ObjectRef],
+        method: &str,
+        status: u16,
+    ) -> Judged {
+        o.judge(
+            Timestamp(1),
+            who,
+            uid,
+            objs,
+            ret,
+            Some(method),
+            Some(status),
+            &|_| false,
+            &|_| false,
+        )
+    }
+
+    #[test]
+    fn ownership_is_learned_each_way() {
+        let mut o = Owners::new(OwnersConfig::default());
+        // Their own user record.
+        let j = judge(
+            &mut o,
+            "user:1001",
+            Some("1001"),
+            &[r("user", "1001")],
+            &[],
+            "GET",
+            200,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Own));
+        // Someone else's user record is someone else's even before they are seen, once user
+        // records are known to be keyed by user id (1001 fetched its own above).
+        let j = judge(
+            &mut o,
+            "user:1004",
+            Some("1004"),
+            &[r("user", "1001")],
+            &[],
+            "GET",
+            200,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Other));
+        assert!(j.cross_user);
+        // Listed in their own scope: their orders.
+        judge(
+            &mut o,
+            "user:1001",
+            Some("1001"),
+            &[r("user", "1001")],
+            &[r("order", "5001")],
+            "GET",
+            200,
+        );
+        let j = judge(
+            &mut o,
+            "user:1004",
+            Some("1004"),
+            &[r("order", "5001")],
+            &[],
+            "GET",
+            200,
+        );
+        assert!(j.cross_user, "{j:?}");
+        assert_eq!(j.foreign, vec![r("order", "5001")]);
+        // Lists fetched in someone else's scope teach nothing.
+        judge(
+            &mut o,
+            "user:1004",
+            Some("1004"),
+            &[r("user", "1002")],
+            &[r("order", "5004")],
+            "GET",
+            200,
+        );
+        let j = judge(
+            &mut o,
+            "user:1002",
+            Some("1002"),
+            &[r("order", "5004")],
+            &[],
+            "GET",
+            200,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Unknown));
+        // Created by them.
+        judge(
+            &mut o,
+            "user:1002",
+            Some("1002"),
+            &[],
+            &[r("order", "6001")],
+            "POST",
+            201,
+        );
+        let j = judge(
+            &mut o,
+            "user:1002",
+            Some("1002"),
+            &[r("order", "6001")],
+            &[],
+            "GET",
+            200,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Own));
+        // A failed probe is not an access.
+        let j = judge(
+            &mut o,
+            "user:1004",
+            Some("1004"),
+            &[r("order", "6001")],
+            &[],
+            "GET",
+            404,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Other));
+        assert!(!j.cross_user);
+    }
+
+    #[test]
+    fn user_records_in_another_id_space_are_nobodys() {
+        // Users are e-mail addresses, records are numbered: no record can be called theirs
+        // or someone else's.
+        let mut o = Owners::new(OwnersConfig::default());
+        let j = judge(
+            &mut o,
+            "user:carol@example.com",
+            Some("carol@example.com"),
+            &[r("user", "3")],
+            &[],
+            "GET",
+            200,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Unknown));
+        assert!(!j.cross_user);
+    }
+
+    #[test]
+    fn objects_read_by_many_become_public() {
+        let mut o = Owners::new(OwnersConfig::default());
+        for who in ["user:1", "user:2", "user:3"] {
+            judge(
+                &mut o,
+                who,
+                Some(&who[5..]),
+                &[r("item", "7")],
+                &[],
+                "GET",
+                200,
+            );
+        }
+        let j = judge(
+            &mut o,
+            "user:4",
+            Some("4"),
+            &[r("item", "7")],
+            &[],
+            "GET",
+            200,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Public));
+        // Declared public by a rule.
+        let j = o.judge(
+            Timestamp(2),
+            "user:9",
+            Some("9"),
+            &[r("item", "8")],
+            &[],
+            Some("GET"),
+            Some(200),
+            &|x| &*x.collection == "item",
+            &|_| false,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Public));
+    }
+
+    #[test]
+    fn the_map_is_bounded() {
+        let mut o = Owners::new(OwnersConfig {
+            max_objects: 100,
+            public_readers: 3,
+        });
+        for i in 0..1000 {
+            judge(
+                &mut o,
+                "user:1",
+                Some("1"),
+                &[],
+                &[r("order", &i.to_string())],
+                "POST",
+                201,
+            );
+        }
+        assert!(o.len() <= 100);
+        assert!(o.evicted >= 900);
+    }
+}
