@@ -399,7 +399,9 @@ fn pinned_routes_name_parameters_and_declare_owners() {
 
 #[test]
 fn principals_are_shown_redacted() {
-    let s = set(CROSS_USER);
+    let s = set(&format!(
+        "{CROSS_USER}routes:\n  - template: /api/v1/users/{{user_id}}\n    owner: user_id\n"
+    ));
     let mut e = Engine::new(DetectConfig::default(), &s);
     let a = run(
         &mut e,
