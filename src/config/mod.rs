@@ -132,6 +132,10 @@ struct RawDetect {
     login_routes: Option<Vec<String>>,
     /// JSON or form fields that carry the username on login routes.
     username_fields: Option<Vec<String>>,
+    /// Objects in the ownership map (BOLA); least recently seen evicted.
+    max_objects: Option<usize>,
+    /// Distinct principals reading an object (nobody's) that make it public.
+    public_object_readers: Option<usize>,
 }
 
 /// `[capture]`: live capture options (`run`).
@@ -404,6 +408,18 @@ impl Config {
             c.detect.login.routes = regex::RegexSet::new(&res)
                 .map_err(|e| err("detect.login_routes", &format!("bad pattern: {e}")))?;
         }
+        if let Some(n) = raw.detect.max_objects {
+            if !(1..=100_000_000).contains(&n) {
+                return Err(err("detect.max_objects", "expected 1 to 100000000"));
+            }
+            c.detect.owners.max_objects = n;
+        }
+        if let Some(n) = raw.detect.public_object_readers {
+            if !(2..=1000).contains(&n) {
+                return Err(err("detect.public_object_readers", "expected 2 to 1000"));
+            }
+            c.detect.owners.public_readers = n;
+        }
         if let Some(f) = &raw.detect.username_fields {
             if f.is_empty() || f.iter().any(String::is_empty) {
                 return Err(err(
@@ -653,6 +669,13 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.detect.max_actors, 500);
+        let o = Config::parse(
+            "[detect]\nmax_objects = 10\npublic_object_readers = 5\n",
+            "d.toml",
+        )
+        .expect("valid");
+        assert_eq!(o.detect.owners.max_objects, 10);
+        assert_eq!(o.detect.owners.public_readers, 5);
         assert!(c.detect.login.routes.is_match("/v2/auth/password"));
         assert!(!c.detect.login.routes.is_match("/api/v1/login"));
         assert_eq!(c.detect.login.fields, vec!["msisdn".to_string()]);

@@ -61,6 +61,8 @@ pub const NAMES: &[&str] = &[
     "detect_events",
     "detect_late_events",
     "detect_keys_evicted",
+    "objects_tracked",
+    "objects_evicted",
     "alerts",
     "alerts_aggregated_requests",
     "webhook_deliveries",
@@ -532,6 +534,16 @@ impl Collector for Hub {
             "detect_keys_evicted",
             "Detector keys evicted (idle, or at the per-rule cap).",
             d.stats.keys_evicted,
+        )?;
+        e.gauge(
+            "objects_tracked",
+            "Objects in the ownership map (BOLA).",
+            d.stats.objects_tracked as i64,
+        )?;
+        e.counter(
+            "objects_evicted",
+            "Objects evicted from the ownership map at its cap.",
+            d.stats.objects_evicted,
         )?;
         let alert_rows = d.rules.iter().map(|(id, cat, sev)| {
             (
