@@ -56,6 +56,9 @@ fn events() -> Vec<Event> {
                 returned: Vec::new(),
                 ownership: None,
                 cross_user: false,
+                exposure: None,
+                exposed: Vec::new(),
+                foreign: Vec::new(),
             }
         })
         .collect()

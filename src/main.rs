@@ -142,6 +142,10 @@ struct Common {
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// The field inventory (field paths each route returned, their classes, how often) as
+    /// JSON, written at the end (for `run`: at shutdown). Values never appear in it.
+    #[arg(long)]
+    inventory_out: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (`run` default: 127.0.0.1:9477;
     /// `off` disables).
     #[arg(long, value_name = "ADDR")]
@@ -307,6 +311,13 @@ fn rules_check(dir: Option<&PathBuf>) -> ExitCode {
 }
 
 fn write_summary(common: &Common, summary: &Summary) -> anyhow::Result<()> {
+    if let Some(p) = &common.inventory_out {
+        let mut w = open_out(p)?;
+        serde_json::to_writer_pretty(&mut w, &summary.inventory)
+            .with_context(|| format!("writing {}", p.display()))?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+    }
     if let Some(p) = &common.summary_json {
         let mut w = open_out(p)?;
         summary

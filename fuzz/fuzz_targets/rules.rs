@@ -45,6 +45,9 @@ fuzz_target!(|data: &[u8]| {
             returned: Vec::new(),
             ownership: None,
             cross_user: false,
+            exposure: None,
+            exposed: Vec::new(),
+            foreign: Vec::new(),
         };
         engine.observe(&ev, &mut out);
     }

@@ -100,6 +100,23 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
         device: ep.device.one().cloned().flatten(),
         user: ep.user.one().cloned().flatten(),
     };
+    // A rule keyed by route (or route and field set) is about the API, not a client: the
+    // first client to trigger it is not named as the actor; evidence lists who received it.
+    let about_a_client = fields.iter().any(|f| {
+        matches!(
+            f,
+            KeyField::Ip
+                | KeyField::Device
+                | KeyField::User
+                | KeyField::Principal
+                | KeyField::Token
+                | KeyField::Username
+        )
+    });
+    if !about_a_client {
+        actor = AlertActor::default();
+        subjects = Subjects::default();
+    }
     let parts = key.parts(fields);
     for (f, v) in &parts {
         match (f, v) {
@@ -255,6 +272,14 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                     "succeeded": ep.succeeded,
                 }),
             ),
+            EvidenceField::ExposedFields => {
+                let v: Vec<Value> = ep
+                    .exposed
+                    .iter()
+                    .map(|(p, c, m)| json!({"path": p.as_ref(), "class": c, "sample": m.as_ref()}))
+                    .collect();
+                ("exposed_fields", Value::Array(v))
+            }
             EvidenceField::ForeignObjects => {
                 let mut v: Vec<String> = ep
                     .foreign_ids

@@ -13,7 +13,9 @@
 //! seed but nothing is emitted in hash order.
 
 mod alert;
+pub mod exposure;
 mod extract;
+mod inventory;
 mod objects;
 mod window;
 
@@ -76,6 +78,12 @@ pub struct Event {
     /// answer carried someone else's.
     pub ownership: Option<Ownership>,
     pub cross_user: bool,
+    /// What the response body gave away (sensitive field paths and classes, masked).
+    pub exposure: Option<Arc<exposure::Scan>>,
+    /// Set by the engine: the findings the route's `expose_only` does not allow.
+    pub exposed: Vec<exposure::Finding>,
+    /// Set by the engine: the objects judged someone else's.
+    pub foreign: Vec<ObjectRef>,
 }
 
 impl Event {
@@ -108,6 +116,16 @@ impl Event {
             KeyField::Object => self.object.clone().map(KeyValue::Str),
             KeyField::Username => self.username.clone().map(KeyValue::Username),
             KeyField::Principal => Some(KeyValue::Str(self.principal().into())),
+            KeyField::FieldSet => (!self.exposed.is_empty()).then(|| {
+                let mut v: Vec<String> = self
+                    .exposed
+                    .iter()
+                    .map(|f| format!("{}={}", f.path, f.class.as_str()))
+                    .collect();
+                v.sort();
+                v.dedup();
+                KeyValue::Str(v.join(",").into())
+            }),
         }
     }
 
@@ -291,6 +309,7 @@ pub struct Engine {
     registry: Registry,
     owners: objects::Owners,
     routes: Vec<crate::rules::PinnedRoute>,
+    inventory: inventory::Inventory,
     rules: Vec<RuleState>,
     stats: DetectStats,
     next_sweep: Timestamp,
@@ -303,6 +322,7 @@ impl Engine {
             registry: Registry::new(cfg.max_actors),
             owners: objects::Owners::new(cfg.owners.clone()),
             routes: Vec::new(),
+            inventory: inventory::Inventory::default(),
             cfg,
             rules: Vec::new(),
             stats: DetectStats::default(),
@@ -376,11 +396,27 @@ impl Engine {
         });
         let mut declared_users: Vec<ObjectRef> = Vec::new();
         let mut public = false;
+        let mut allowed: Option<&[String]> = None;
         if let Some((r, m)) = pinned {
             e.route = Some(Arc::from(r.template.as_str()));
             public = r.public;
+            allowed = r.expose_only.as_deref();
             if let Some(o) = m.owner {
                 declared_users.push(o);
+            }
+        }
+        if let Some(scan) = &e.exposure {
+            e.exposed = scan
+                .findings
+                .iter()
+                .filter(|f| {
+                    f.class.always_denied()
+                        || !allowed.is_some_and(|a| a.iter().any(|p| **p == *f.path))
+                })
+                .cloned()
+                .collect();
+            if let (Some(route), Some(m)) = (&e.route, &e.method) {
+                self.inventory.add(m, route, scan);
             }
         }
         if e.objects.is_empty() && e.returned.is_empty() {
@@ -402,12 +438,18 @@ impl Engine {
         self.stats.objects_tracked = self.owners.len() as u64;
         e.ownership = j.ownership;
         e.cross_user = j.cross_user;
+        e.foreign = j.foreign;
         e
     }
 
     /// The actors' risk summary: the `n` riskiest, and the registry's counters.
     pub fn actors(&self, n: usize) -> ActorSummary {
         self.registry.summary(n)
+    }
+
+    /// What each route returned: field paths, their classes, how often.
+    pub fn inventory(&self) -> serde_json::Value {
+        self.inventory.to_json()
     }
 
     /// The actor registry's counters.
@@ -474,6 +516,11 @@ impl Engine {
                     quantile,
                     learn_min,
                     ..
+                }
+                | DetectorKind::Outlier {
+                    quantile,
+                    learn_min,
+                    ..
                 } => {
                     o.level = ev
                         .key(KeyField::Endpoint)
@@ -494,9 +541,12 @@ impl Engine {
                 keys, baselines, ..
             } = st;
             let ks = keys.entry(key.clone()).or_insert_with(|| {
-                let endpoint = matches!(det.kind, DetectorKind::Baseline { .. })
-                    .then(|| ev.key(KeyField::Endpoint))
-                    .flatten();
+                let endpoint = matches!(
+                    det.kind,
+                    DetectorKind::Baseline { .. } | DetectorKind::Outlier { .. }
+                )
+                .then(|| ev.key(KeyField::Endpoint))
+                .flatten();
                 KeyState::new(det, endpoint)
             });
             if let Some(episode) = ks.due_follow_up(ev.ts, &rule) {
@@ -633,6 +683,16 @@ fn emit(
 }
 
 fn matcher_matches(m: &Matcher, ev: &Event) -> bool {
+    if let Some(cs) = &m.exposed_classes
+        && !ev.exposed.iter().any(|f| cs.contains(&f.class))
+    {
+        return false;
+    }
+    if let Some(n) = m.min_records
+        && ev.exposure.as_ref().is_none_or(|s| s.records < n)
+    {
+        return false;
+    }
     if let Some(c) = m.cross_user
         && c != ev.cross_user
     {

@@ -326,6 +326,10 @@ impl Owners {
                 // A user's record belongs to that user, whether or not they were seen, where
                 // records are known to be keyed by user id.
                 let keyed_by_user = declared || self.user_id_space.contains(&o.collection);
+                // Objects in use stay: eviction takes the least recently seen.
+                if let Some(e) = self.map.get_mut(o) {
+                    e.last = e.last.max(ts);
+                }
                 match self.map.get(o) {
                     Some(e) if e.public => Ownership::Public,
                     Some(e) if e.owner.as_deref() == Some(principal) => Ownership::Own,

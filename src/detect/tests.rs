@@ -44,6 +44,9 @@ fn ev(secs: f64, ip: &str) -> Event {
         returned: Vec::new(),
         ownership: None,
         cross_user: false,
+        exposure: None,
+        exposed: Vec::new(),
+        foreign: Vec::new(),
     }
 }
 

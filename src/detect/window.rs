@@ -77,6 +77,9 @@ pub(super) struct Episode {
     pub ownership: [u32; 5],
     pub foreign_ids: Vec<ObjectRef>,
     pub succeeded: u32,
+    /// Sensitive fields exposed: (path, class, a masked sample).
+    pub exposed: Vec<(Arc<str>, &'static str, Arc<str>)>,
+    pub records_max: u32,
     /// Ratio and mixed detectors: requests meeting `when`, and all requests, in the window.
     pub share: Option<(u64, u64)>,
     /// Cadence detectors: mean gap (seconds) and coefficient of variation over `n` gaps.
@@ -136,6 +139,8 @@ impl Episode {
             ownership: [0; 5],
             foreign_ids: Vec::new(),
             succeeded: 0,
+            exposed: Vec::new(),
+            records_max: 0,
             share: None,
             cadence: None,
             run: None,
@@ -177,14 +182,29 @@ impl Episode {
             if let Some(c) = self.ownership.get_mut(o as usize) {
                 *c += 1;
             }
-            if o == super::Ownership::Other {
-                for x in &ev.objects {
-                    push_distinct(&mut self.foreign_ids, x.clone(), t);
-                }
+            for x in &ev.foreign {
+                push_distinct(&mut self.foreign_ids, x.clone(), t);
             }
         }
         if ev.status.is_some_and(|s| (200..300).contains(&s)) {
             self.succeeded += 1;
+        }
+        for f in &ev.exposed {
+            if !self
+                .exposed
+                .iter()
+                .any(|(p, c, _)| *p == f.path && *c == f.class.as_str())
+            {
+                if self.exposed.len() < 64 {
+                    self.exposed
+                        .push((f.path.clone(), f.class.as_str(), f.masked.clone()));
+                } else {
+                    self.truncated = true;
+                }
+            }
+        }
+        if let Some(s) = &ev.exposure {
+            self.records_max = self.records_max.max(s.records);
         }
         if let Some(f) = &ev.family
             && !bump(&mut self.families, f.clone(), 4)
@@ -228,6 +248,8 @@ enum Track {
     },
     /// Requests in the current tumbling window, and whether it already fired.
     Tumble { index: u64, count: u32, fired: bool },
+    /// Nothing per key: each response is judged on its own against the endpoint's level.
+    Outlier,
 }
 
 /// A closed baseline window: `count` requests of a key whose endpoint is `endpoint`.
@@ -307,6 +329,7 @@ impl KeyState {
                 start: 0,
                 up: true,
             },
+            DetectorKind::Outlier { .. } => Track::Outlier,
             DetectorKind::Baseline { .. } => Track::Tumble {
                 index: 0,
                 count: 0,
@@ -530,6 +553,23 @@ impl KeyState {
                     *f = true;
                     fired = true;
                     extra = Extra::Baseline(level, *count);
+                }
+            }
+            (DetectorKind::Outlier { factor, .. }, Track::Outlier) => {
+                let records = ev.exposure.as_ref().map_or(0, |s| s.records);
+                self.episode = None;
+                if records >= threshold
+                    && let Some(level) = o.level
+                    && f64::from(records) > factor * level
+                {
+                    fired = true;
+                    extra = Extra::Baseline(level, records);
+                } else if let Some(e) = &self.endpoint {
+                    // Learned from what did not stand out.
+                    learn(Sample {
+                        endpoint: e.clone(),
+                        count: records,
+                    });
                 }
             }
             // Kinds and tracks are built together; a mismatch cannot happen.

@@ -200,6 +200,9 @@ pub struct Summary {
     pub reloads: ReloadStats,
     /// Webhook receivers: queued, delivered, retried, failed, still spooled.
     pub webhooks: Vec<crate::telemetry::metrics::WebhookSnapshot>,
+    /// The field inventory per route (written with `--inventory-out`, not in the summary).
+    #[serde(skip)]
+    pub inventory: serde_json::Value,
 }
 
 /// Reloads of config and rules (`run`: SIGHUP or a change in the rules folder).

@@ -30,12 +30,14 @@ impl PinnedRoute {
         segments: Vec<Option<String>>,
         owner: Option<(usize, Arc<str>)>,
         public: bool,
+        expose_only: Option<Vec<String>>,
     ) -> PinnedRoute {
         PinnedRoute {
             template,
             segments,
             owner,
             public,
+            expose_only,
         }
     }
 }
@@ -45,6 +47,10 @@ impl PinnedRoute {
 const BUILTIN: &[(&str, &str)] = &[
     ("bola.yaml", include_str!("../../rules/bola.yaml")),
     ("bots.yaml", include_str!("../../rules/bots.yaml")),
+    (
+        "data-exposure.yaml",
+        include_str!("../../rules/data-exposure.yaml"),
+    ),
     (
         "credential-stuffing.yaml",
         include_str!("../../rules/credential-stuffing.yaml"),
@@ -141,7 +147,7 @@ impl Severity {
 
 /// A property of a request that rules group by or count distinct values of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "snake_case")]
 pub enum KeyField {
     /// The client address (after trusted-proxy attribution).
     Ip,
@@ -159,6 +165,8 @@ pub enum KeyField {
     Username,
     /// Who acts: the user when known, else the device, else the address.
     Principal,
+    /// The set of sensitive field paths (and classes) a response exposed.
+    FieldSet,
 }
 
 impl KeyField {
@@ -172,6 +180,7 @@ impl KeyField {
             KeyField::Object => "object",
             KeyField::Username => "username",
             KeyField::Principal => "principal",
+            KeyField::FieldSet => "field_set",
         }
     }
 }
@@ -207,6 +216,8 @@ pub enum EvidenceField {
     Ownership,
     /// Other principals' objects touched, as `collection` and a short hash of the id.
     ForeignObjects,
+    /// Sensitive field paths exposed, with their class and a masked sample.
+    ExposedFields,
 }
 
 /// Response status condition: an exact code or a class (`4xx`).
@@ -246,6 +257,10 @@ pub struct Matcher {
     pub ownership: Option<Vec<crate::detect::Ownership>>,
     /// Only requests whose 2xx answer carried (or did not) someone else's object.
     pub cross_user: Option<bool>,
+    /// Only responses exposing (outside the route's `expose_only`) one of these classes.
+    pub exposed_classes: Option<Vec<crate::detect::exposure::Class>>,
+    /// Only responses carrying at least this many records (the longest JSON array).
+    pub min_records: Option<u32>,
 }
 
 impl Matcher {
@@ -298,6 +313,14 @@ pub enum DetectorKind {
         quantile: f64,
         learn_min: u32,
     },
+    /// Responses carrying more records (the longest JSON array) than `factor` times the
+    /// `quantile` of what the endpoint returned before (once `learn_min` responses were
+    /// seen), and at least `threshold`: bulk exposure (`?limit=10000`).
+    Outlier {
+        factor: f64,
+        quantile: f64,
+        learn_min: u32,
+    },
 }
 
 impl DetectorKind {
@@ -310,12 +333,14 @@ impl DetectorKind {
             DetectorKind::Cadence { .. } => "cadence",
             DetectorKind::Sequence => "sequence",
             DetectorKind::Baseline { .. } => "baseline",
+            DetectorKind::Outlier { .. } => "outlier",
         }
     }
 }
 
 /// Detector kinds, for messages.
-pub const DETECTOR_KINDS: &str = "threshold, distinct, ratio, mixed, cadence, sequence, baseline";
+pub const DETECTOR_KINDS: &str =
+    "threshold, distinct, ratio, mixed, cadence, sequence, baseline, outlier";
 
 /// A piece of a summary template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -430,6 +455,8 @@ pub struct PinnedRoute {
     /// Index of the owner parameter's segment, and the collection of its object.
     owner: Option<(usize, Arc<str>)>,
     pub public: bool,
+    /// The field paths the app uses: sensitive data elsewhere in the body is exposure.
+    pub expose_only: Option<Vec<String>>,
 }
 
 /// What a pinned route found in a path.

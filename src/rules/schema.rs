@@ -39,6 +39,9 @@ pub(super) struct RawRoute {
     /// The route's objects are shared, never owned.
     #[serde(default)]
     public: bool,
+    /// Field paths the app uses (`$.email`); sensitive data elsewhere is exposure.
+    /// Password hashes and secrets are exposure wherever they are.
+    expose_only: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -88,6 +91,10 @@ struct RawMatch {
     ownership: Option<S<Vec<S<String>>>>,
     /// Only requests whose 2xx answer carried someone else's object (true), or not.
     cross_user: Option<bool>,
+    /// Only responses exposing one of these classes outside the route's `expose_only`.
+    exposed_classes: Option<S<Vec<S<String>>>>,
+    /// Only responses carrying at least this many records.
+    min_records: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +122,8 @@ struct RawDetector {
     quantile: Option<S<f64>>,
     /// `baseline`: windows to learn from before judging (default 50).
     learn_min_windows: Option<S<i64>>,
+    /// `outlier`: responses to learn from before judging (default 50).
+    learn_min_samples: Option<S<i64>>,
 }
 
 /// `group_by: ip` or `group_by: [ip, endpoint]`.
@@ -132,7 +141,7 @@ impl<'de> Deserialize<'de> for GroupBy {
             Ok(OneOrMany::One(k)) => Ok(GroupBy(vec![k])),
             Ok(OneOrMany::Many(v)) => Ok(GroupBy(v)),
             Err(_) => Err(serde::de::Error::custom(
-                "group_by: expected one of ip, device, user, token, endpoint, object, username, or a list of them",
+                "group_by: expected one of ip, device, user, token, endpoint, object, username, principal, field_set, or a list of them",
             )),
         }
     }
@@ -182,6 +191,8 @@ pub struct TestTransaction {
     /// Objects its response returned, as `collection:id` (`order:5001`).
     #[serde(default)]
     pub returns: Vec<String>,
+    /// The JSON response body, scanned for sensitive data as a real one would be.
+    pub body: Option<serde_json::Value>,
 }
 
 fn get() -> String {
@@ -335,7 +346,7 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
             .map(|v| v.value.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
     };
     format!(
-        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
         strs(&m.methods),
         strs(&m.routes),
         strs(&m.hosts),
@@ -345,7 +356,9 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
         m.expired_beyond_secs.as_ref().map(|s| s.value),
         m.login,
         strs(&m.ownership),
-        m.cross_user
+        m.cross_user,
+        strs(&m.exposed_classes),
+        m.min_records
     )
 }
 
@@ -419,6 +432,7 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     not_empty("status", empty(&m.status));
     not_empty("verdicts", empty(&m.verdicts));
     not_empty("ownership", empty(&m.ownership));
+    not_empty("exposed_classes", empty(&m.exposed_classes));
     not_empty(
         "families",
         m.families
@@ -493,6 +507,26 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     out.families = m.families.as_ref().map(|f| f.value.clone());
     out.login = m.login;
     out.cross_user = m.cross_user;
+    out.min_records = m.min_records;
+    if let Some(cs) = &m.exposed_classes {
+        let mut v = Vec::new();
+        for s in &cs.value {
+            match crate::detect::exposure::Class::from_name(&s.value) {
+                Some(c) => v.push(c),
+                None => ctx.error(
+                    s.referenced,
+                    format!(
+                        "exposed_classes: unknown class `{}`; expected one of {}",
+                        s.value,
+                        crate::detect::exposure::Class::ALL
+                            .map(|c| c.as_str())
+                            .join(", ")
+                    ),
+                ),
+            }
+        }
+        out.exposed_classes = Some(v);
+    }
     if let Some(os) = &m.ownership {
         let mut v = Vec::new();
         for s in &os.value {
@@ -599,12 +633,17 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
     only_for(
         d.factor.as_ref().map(|x| x.referenced),
         "factor",
-        &["baseline"],
+        &["baseline", "outlier"],
     );
     only_for(
         d.quantile.as_ref().map(|x| x.referenced),
         "quantile",
-        &["baseline"],
+        &["baseline", "outlier"],
+    );
+    only_for(
+        d.learn_min_samples.as_ref().map(|x| x.referenced),
+        "learn_min_samples",
+        &["outlier"],
     );
     only_for(
         d.learn_min_windows.as_ref().map(|x| x.referenced),
@@ -708,6 +747,29 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
             }
             DetectorKind::Baseline {
                 factor: in_range(ctx, &d.factor, "factor", 0.0, 1000.0).unwrap_or(3.0),
+                quantile: in_range(ctx, &d.quantile, "quantile", 0.0, 1.0).unwrap_or(0.99),
+                learn_min: learn_min.clamp(1, 1_000_000) as u32,
+            }
+        }
+        "outlier" => {
+            let learn_min = d.learn_min_samples.as_ref().map_or(50, |x| x.value);
+            if !(1..=1_000_000).contains(&learn_min)
+                && let Some(x) = &d.learn_min_samples
+            {
+                ctx.error(
+                    x.referenced,
+                    format!("learn_min_samples: expected 1 to 1000000, got {learn_min}"),
+                );
+            }
+            if !group_by.contains(&KeyField::Endpoint) {
+                ctx.error(
+                    d.group_by.referenced,
+                    "group_by: `kind: outlier` learns per endpoint, so the key must include `endpoint`"
+                        .into(),
+                );
+            }
+            DetectorKind::Outlier {
+                factor: in_range(ctx, &d.factor, "factor", 0.0, 1000.0).unwrap_or(10.0),
                 quantile: in_range(ctx, &d.quantile, "quantile", 0.0, 1.0).unwrap_or(0.99),
                 learn_min: learn_min.clamp(1, 1_000_000) as u32,
             }
@@ -839,10 +901,20 @@ pub(super) fn compile_route(ctx: &mut Ctx<'_>, r: RawRoute) -> Option<super::Pin
         );
         return None;
     }
+    if let Some(paths) = &r.expose_only
+        && let Some(bad) = paths.iter().find(|p| !p.starts_with('$'))
+    {
+        ctx.error(
+            r.template.referenced,
+            format!("expose_only: `{bad}` is not a field path (`$.name`, `$.items[].id`)"),
+        );
+        return None;
+    }
     Some(super::PinnedRoute::new(
         t.to_string(),
         segments,
         owner,
         r.public,
+        r.expose_only,
     ))
 }

@@ -101,6 +101,18 @@ fn test_event(tx: &TestTransaction) -> Event {
             .collect(),
         ownership: None,
         cross_user: false,
+        exposure: tx.body.as_ref().map(|b| {
+            let hdr = [crate::http::Header {
+                name: "Content-Type".into(),
+                value: b"application/json".to_vec(),
+            }];
+            Arc::new(crate::detect::exposure::scan(
+                &hdr,
+                b.to_string().as_bytes(),
+            ))
+        }),
+        exposed: Vec::new(),
+        foreign: Vec::new(),
         login: tx.login.unwrap_or_else(|| {
             crate::detect::LoginConfig::default()
                 .routes

@@ -532,6 +532,14 @@ fn event(
             .unwrap_or_default(),
         ownership: None,
         cross_user: false,
+        // Every response is scanned: the inventory and exposure rules need it.
+        exposure: tx
+            .response
+            .as_ref()
+            .filter(|r| !r.body.data.is_empty())
+            .map(|r| Arc::new(crate::detect::exposure::scan(&r.headers, &r.body.data))),
+        exposed: Vec::new(),
+        foreign: Vec::new(),
         route: Some(route.into()),
     })
 }
@@ -838,6 +846,7 @@ impl Pipeline {
             summary.detect = r.stats;
             summary.alerts_written = r.written;
             summary.actors = r.actors;
+            summary.inventory = r.inventory;
         }
         if let Some(w) = self.writer {
             w.join()

@@ -73,6 +73,7 @@ pub(super) struct DetectResult {
     pub stats: DetectStats,
     pub written: u64,
     pub actors: crate::actor::registry::ActorSummary,
+    pub inventory: serde_json::Value,
 }
 
 /// Actors listed in the summary's risk table.
@@ -211,6 +212,7 @@ pub(super) fn run(
             stats: engine.stats(),
             written: out.written,
             actors: engine.actors(TOP_ACTORS),
+            inventory: engine.inventory(),
         }),
     }
 }

@@ -1,0 +1,82 @@
+//! The field inventory: which field paths each route returns, their classes, how often.
+//! Bounded (routes and fields per route are capped; what does not fit is counted), and
+//! holding only paths and class names, never values. Written with `--inventory-out`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::exposure::Scan;
+
+/// Routes (`METHOD /template`) inventoried at most.
+const MAX_ROUTES: usize = 2048;
+/// Field paths per route at most.
+const MAX_FIELDS: usize = 512;
+
+#[derive(Default)]
+struct Field {
+    seen: u64,
+    classes: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Default)]
+struct Route {
+    responses: u64,
+    fields: BTreeMap<String, Field>,
+    fields_over_cap: u64,
+}
+
+/// The inventory of every route seen.
+#[derive(Default)]
+pub struct Inventory {
+    routes: BTreeMap<String, Route>,
+    routes_over_cap: u64,
+}
+
+impl Inventory {
+    pub fn add(&mut self, method: &str, route: &str, scan: &Scan) {
+        let key = format!("{method} {route}");
+        if !self.routes.contains_key(&key) && self.routes.len() >= MAX_ROUTES {
+            self.routes_over_cap += 1;
+            return;
+        }
+        let r = self.routes.entry(key).or_default();
+        r.responses += 1;
+        for f in &scan.fields {
+            if !r.fields.contains_key(&**f) && r.fields.len() >= MAX_FIELDS {
+                r.fields_over_cap += 1;
+                continue;
+            }
+            r.fields.entry(f.to_string()).or_default().seen += 1;
+        }
+        for fi in &scan.findings {
+            if let Some(field) = r.fields.get_mut(&*fi.path) {
+                *field.classes.entry(fi.class.as_str()).or_default() += 1;
+            } else if r.fields.len() < MAX_FIELDS {
+                let field = r.fields.entry(fi.path.to_string()).or_default();
+                field.seen += 1;
+                *field.classes.entry(fi.class.as_str()).or_default() += 1;
+            }
+        }
+    }
+
+    /// `{"routes": {"GET /x": {"responses": n, "fields": {"$.a": {"seen": n, "classes": {..}}}}}}`.
+    pub fn to_json(&self) -> Value {
+        let routes: serde_json::Map<String, Value> = self
+            .routes
+            .iter()
+            .map(|(k, r)| {
+                let fields: serde_json::Map<String, Value> = r
+                    .fields
+                    .iter()
+                    .map(|(p, f)| (p.clone(), json!({"seen": f.seen, "classes": f.classes})))
+                    .collect();
+                (
+                    k.clone(),
+                    json!({"responses": r.responses, "fields": fields, "fields_over_cap": r.fields_over_cap}),
+                )
+            })
+            .collect();
+        json!({"routes": routes, "routes_over_cap": self.routes_over_cap})
+    }
+}
