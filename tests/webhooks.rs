@@ -279,9 +279,10 @@ fn https_receiver_gets_every_alert_signed_across_an_outage_and_a_restart() {
     let s = replay("token-abuse", &cfg, &summary);
     let w = &s["webhooks"][0];
     assert_eq!(w["receiver"], "soc");
-    assert_eq!(w["queued"], 12, "{s}");
+    let first_run = golden("token-abuse").len();
+    assert_eq!(w["queued"], first_run, "{s}");
     assert_eq!(w["delivered"], 0);
-    assert_eq!(w["spool_depth"], 12);
+    assert_eq!(w["spool_depth"], first_run);
     assert!(w["retried"].as_u64() >= Some(1));
 
     // Run 2 (a restart): the receiver is up but fails its first three requests; the spooled
@@ -415,7 +416,11 @@ fn alertmanager_receives_and_lists_the_alerts() {
     let cfg = config_with("bots-and-stuffing", dir.path(), &webhook);
     let summary = dir.path().join("summary.json");
     let s = replay("bots-and-stuffing", &cfg, &summary);
-    assert_eq!(s["webhooks"][0]["delivered"], 26, "{s}");
+    assert_eq!(
+        s["webhooks"][0]["delivered"],
+        golden("bots-and-stuffing").len(),
+        "{s}"
+    );
     let listed: Value =
         serde_json::from_str(&http_get(port, "/api/v2/alerts").expect("list alerts"))
             .expect("json");
