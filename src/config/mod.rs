@@ -136,6 +136,8 @@ struct RawDetect {
     max_objects: Option<usize>,
     /// Distinct principals reading an object (nobody's) that make it public.
     public_object_readers: Option<usize>,
+    /// Scan response bodies for sensitive data (default true).
+    scan_responses: Option<bool>,
 }
 
 /// `[capture]`: live capture options (`run`).
@@ -408,6 +410,7 @@ impl Config {
             c.detect.login.routes = regex::RegexSet::new(&res)
                 .map_err(|e| err("detect.login_routes", &format!("bad pattern: {e}")))?;
         }
+        c.detect.scan_responses = raw.detect.scan_responses.unwrap_or(true);
         if let Some(n) = raw.detect.max_objects {
             if !(1..=100_000_000).contains(&n) {
                 return Err(err("detect.max_objects", "expected 1 to 100000000"));

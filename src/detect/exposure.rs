@@ -96,13 +96,20 @@ pub struct Finding {
 pub struct Scan {
     /// Sensitive fields, one per (path, class).
     pub findings: Vec<Finding>,
-    /// Every field path of the JSON body (for the inventory), at most `MAX_FINDINGS * 4`.
-    pub fields: Vec<Arc<str>>,
+    /// Every field path of the JSON body (for the inventory), up to 64 KiB of them.
+    /// One allocation for all of them: paths separated by newlines.
+    pub fields: String,
     /// The longest array: records per response.
     pub records: u32,
     /// A cap cut the walk short.
     pub truncated: bool,
+    /// Object ids the body returns (BOLA): the top-level `id` (field `None`), and the `id`
+    /// of objects in arrays (field: the array's name; `None` for a top-level array).
+    pub ids: Vec<(Option<Arc<str>>, Arc<str>)>,
 }
+
+/// Most returned ids kept per body.
+const MAX_IDS: usize = 64;
 
 fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
     // The patterns are constants of this file; a test compiles every one.
@@ -204,74 +211,89 @@ fn hexlike(v: &str) -> bool {
     matches!(v.len(), 32 | 40 | 56 | 64 | 96 | 128) && v.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The class of one value under a field name (lower case), if it is sensitive.
+/// The class of one value under a field name (lower case), if it is sensitive. Cheap byte
+/// tests come first: this runs on every string and number of every response.
 pub fn classify(name: &str, value: &str) -> Option<Class> {
     let v = value.trim();
-    if v.is_empty() || v.len() > 4096 {
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > 4096 {
         return None;
     }
-    if bcrypt().is_match(v) || crypt().is_match(v) {
+    let first = b[0];
+    if first == b'$' && (bcrypt().is_match(v) || crypt().is_match(v)) {
         return Some(Class::PasswordHash);
     }
-    if name_has(
-        name,
-        &["password", "passwd", "pwd", "pass_hash", "passhash"],
-    ) && hexlike(v)
+    let hex = hexlike(v);
+    if hex
+        && name_has(
+            name,
+            &["password", "passwd", "pwd", "pass_hash", "passhash"],
+        )
     {
         return Some(Class::PasswordHash);
     }
-    if jwt().is_match(v) || cloud_key().is_match(v) || v.contains("PRIVATE KEY-----") {
-        return Some(Class::Secret);
-    }
-    if name_has(
-        name,
-        &[
-            "secret",
-            "api_key",
-            "apikey",
-            "access_key",
-            "private_key",
-            "client_secret",
-            "access_token",
-            "refresh_token",
-        ],
-    ) && v.len() >= 16
-        && v.chars().any(|c| c.is_ascii_digit())
-        && v.chars().any(|c| c.is_ascii_alphabetic())
+    if (b.starts_with(b"eyJ") && jwt().is_match(v))
+        || (matches!(first, b'A' | b's' | b'r' | b'g' | b'x')
+            && b.len() >= 16
+            && cloud_key().is_match(v))
+        || (first == b'-' && v.contains("PRIVATE KEY-----"))
     {
         return Some(Class::Secret);
     }
-    match redact::kind(v) {
-        redact::Kind::Email => return Some(Class::Email),
-        redact::Kind::Card => return Some(Class::PaymentCard),
-        _ => {}
+    if b.len() >= 16
+        && name_has(
+            name,
+            &[
+                "secret",
+                "api_key",
+                "apikey",
+                "access_key",
+                "private_key",
+                "client_secret",
+                "access_token",
+                "refresh_token",
+            ],
+        )
+        && b.iter().any(u8::is_ascii_digit)
+        && b.iter().any(u8::is_ascii_alphabetic)
+    {
+        return Some(Class::Secret);
     }
-    if iban_valid(v) {
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    let at = b.contains(&b'@');
+    if at || digits >= 7 {
+        match redact::kind(v) {
+            redact::Kind::Email => return Some(Class::Email),
+            redact::Kind::Card => return Some(Class::PaymentCard),
+            _ => {}
+        }
+    }
+    if b.len() >= 15 && first.is_ascii_uppercase() && iban_valid(v) {
         return Some(Class::Iban);
     }
-    if ssn_valid(v)
-        || (name_has(name, &["ssn", "social_security"])
-            && v.len() == 9
-            && v.bytes().all(|b| b.is_ascii_digit()))
+    if (b.len() == 11 && b[3] == b'-' && ssn_valid(v))
+        || (b.len() == 9 && digits == 9 && name_has(name, &["ssn", "social_security"]))
     {
         return Some(Class::NationalId);
     }
-    if name_has(name, &["birth", "dob", "birthday"]) && date().is_match(v) {
+    if digits >= 6 && name_has(name, &["birth", "dob", "birthday"]) && date().is_match(v) {
         return Some(Class::DateOfBirth);
     }
-    let phone_name = name_has(name, &["phone", "mobile", "msisdn", "tel", "cell"]);
-    if redact::kind(v) == redact::Kind::Phone && (phone_name || v.starts_with('+')) {
+    if digits >= 7
+        && (first == b'+' || name_has(name, &["phone", "mobile", "msisdn", "tel", "cell"]))
+        && redact::kind(v) == redact::Kind::Phone
+    {
         return Some(Class::Phone);
     }
-    if name_has(name, &["address", "street", "addr_line", "address_line"])
-        && v.contains(' ')
-        && v.chars().any(|c| c.is_ascii_digit())
-        && v.chars().any(|c| c.is_alphabetic())
-        && !v.contains('@')
+    if digits > 0
+        && b.contains(&b' ')
+        && !at
+        && name_has(name, &["address", "street", "addr_line", "address_line"])
+        && v.chars().any(char::is_alphabetic)
     {
         return Some(Class::StreetAddress);
     }
-    if internal_ip(v) {
+    if digits >= 2 && (b.contains(&b'.') || b.contains(&b':')) && b.len() <= 45 && internal_ip(v) {
         return Some(Class::InternalIp);
     }
     None
@@ -291,6 +313,9 @@ fn masked(class: Class, v: &str) -> Arc<str> {
 struct Walker<'a> {
     scan: &'a mut Scan,
     nodes: usize,
+    /// Hashes of the field paths already listed: arrays repeat the same paths, and
+    /// comparing hashes keeps the walk linear in the body.
+    seen: Vec<u64>,
 }
 
 impl Walker<'_> {
@@ -313,82 +338,218 @@ impl Walker<'_> {
         }
     }
 
+    /// An `id` at `path` (`$.id`, `$[].id`, `$.orders[].id`): a returned object.
+    fn returned_id(&mut self, path: &str, id: &str) {
+        let Some(prefix) = path.strip_suffix(".id") else {
+            return;
+        };
+        let field = if prefix == "$" || prefix == "$[]" {
+            None
+        } else if let Some(arr) = prefix.strip_suffix("[]") {
+            let name = arr.rsplit('.').next().unwrap_or(arr).trim_end_matches("[]");
+            Some(Arc::from(name))
+        } else {
+            return;
+        };
+        if self.scan.ids.len() < MAX_IDS {
+            self.scan.ids.push((field, Arc::from(id)));
+        }
+    }
+
     fn field(&mut self, path: &str) {
         let s = &mut *self.scan;
-        if !s.fields.iter().any(|f| &**f == path) {
-            if s.fields.len() < MAX_FINDINGS * 4 {
-                s.fields.push(Arc::from(path));
+        let h = {
+            use std::hash::BuildHasher;
+            foldhash::fast::FixedState::with_seed(7).hash_one(path)
+        };
+        if !self.seen.contains(&h) {
+            self.seen.push(h);
+            if s.fields.len() < 64 * 1024 {
+                if !s.fields.is_empty() {
+                    s.fields.push('\n');
+                }
+                s.fields.push_str(path);
             } else {
                 s.truncated = true;
             }
         }
     }
+}
 
-    fn walk(&mut self, v: &Value, path: &mut String, name: &str, depth: usize) {
-        self.nodes += 1;
-        if depth > MAX_DEPTH || self.nodes > MAX_NODES {
-            self.scan.truncated = true;
-            return;
+/// Walks JSON as it is parsed (no tree is built: keys and strings are borrowed from the
+/// body where they need no unescaping), classifying each value under its field path.
+struct Stream<'w, 'a> {
+    w: &'w mut Walker<'a>,
+    path: &'w mut String,
+    name: &'w str,
+    depth: usize,
+}
+
+const LAT: &[&str] = &["lat", "latitude"];
+const LON: &[&str] = &["lon", "lng", "long", "longitude"];
+
+fn is_any(k: &str, names: &[&str]) -> bool {
+    names.iter().any(|n| k.eq_ignore_ascii_case(n))
+}
+
+/// At least three decimals and within range: a precise coordinate.
+fn precise(f: f64) -> bool {
+    f.abs() <= 180.0
+        && f.fract() != 0.0
+        && format!("{f}")
+            .split('.')
+            .nth(1)
+            .is_some_and(|d| d.len() >= 3)
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Stream<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.w.nodes += 1;
+        if self.depth > MAX_DEPTH || self.w.nodes > MAX_NODES {
+            self.w.scan.truncated = true;
+            serde::de::IgnoredAny::deserialize(d)?;
+            return Ok(());
         }
-        match v {
-            Value::Object(o) => {
-                // A latitude next to a longitude is a location.
-                let coord = |keys: &[&str]| {
-                    o.iter().find(|(k, x)| {
-                        keys.contains(&k.to_ascii_lowercase().as_str())
-                            && x.as_f64().is_some_and(|f| {
-                                let t = x.to_string();
-                                f.abs() <= 180.0
-                                    && t.split('.').nth(1).is_some_and(|d| d.len() >= 3)
-                            })
-                    })
-                };
-                let located = coord(&["lat", "latitude"]).is_some()
-                    && coord(&["lon", "lng", "long", "longitude"]).is_some();
-                for (k, x) in o {
-                    let len = path.len();
-                    path.push('.');
-                    path.push_str(k);
-                    let lk = k.to_ascii_lowercase();
-                    if located
-                        && ["lat", "latitude", "lon", "lng", "long", "longitude"]
-                            .contains(&lk.as_str())
-                    {
-                        self.field(path);
-                        self.add(path, Class::Geolocation, &x.to_string());
-                    } else {
-                        self.walk(x, path, &lk, depth + 1);
-                    }
-                    path.truncate(len);
-                }
+        d.deserialize_any(self)
+    }
+}
+
+use serde::Deserialize as _;
+
+/// A map key, borrowed when the body allows.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
             }
-            Value::Array(items) => {
-                self.scan.records = self
-                    .scan
-                    .records
-                    .max(items.len().min(u32::MAX as usize) as u32);
-                let len = path.len();
-                path.push_str("[]");
-                for x in items {
-                    self.walk(x, path, name, depth + 1);
-                }
-                path.truncate(len);
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
             }
-            Value::String(s) => {
-                self.field(path);
-                if let Some(c) = classify(name, s) {
-                    self.add(path, c, s);
-                }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
             }
-            Value::Number(n) => {
-                self.field(path);
-                let t = n.to_string();
-                if let Some(c) = classify(name, &t) {
-                    self.add(path, c, &t);
-                }
-            }
-            _ => self.field(path),
         }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Stream<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.w.field(self.path);
+        if self.name == "id" && !v.is_empty() && v.len() <= 128 {
+            self.w.returned_id(self.path, v);
+        }
+        if let Some(c) = classify(self.name, v) {
+            self.w.add(self.path, c, v);
+        }
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.w.field(self.path);
+        if self.name == "id" {
+            self.w.returned_id(self.path, &v.to_string());
+        }
+        // Only long integers can be sensitive (cards, national ids, phone numbers).
+        if v >= 1_000_000 {
+            let t = v.to_string();
+            if let Some(c) = classify(self.name, &t) {
+                self.w.add(self.path, c, &t);
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.w.field(self.path);
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.w.field(self.path);
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.w.field(self.path);
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.w.field(self.path);
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let len = self.path.len();
+        self.path.push_str("[]");
+        let mut n: u32 = 0;
+        loop {
+            let next = seq.next_element_seed(Stream {
+                w: &mut *self.w,
+                path: &mut *self.path,
+                name: self.name,
+                depth: self.depth + 1,
+            })?;
+            if next.is_none() {
+                break;
+            }
+            n = n.saturating_add(1);
+        }
+        self.path.truncate(len);
+        self.w.scan.records = self.w.scan.records.max(n);
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Coordinates are only known to be a location once both are seen.
+        let mut lat: Option<(String, f64)> = None;
+        let mut lon: Option<(String, f64)> = None;
+        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+            let len = self.path.len();
+            self.path.push('.');
+            self.path.push_str(&k);
+            let lk: std::borrow::Cow<'_, str> = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(k.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(&k)
+            };
+            if is_any(&lk, LAT) || is_any(&lk, LON) {
+                let v: Value = map.next_value()?;
+                self.w.field(self.path);
+                if let Some(f) = v.as_f64().filter(|f| precise(*f)) {
+                    let slot = if is_any(&lk, LAT) { &mut lat } else { &mut lon };
+                    *slot = Some((self.path.clone(), f));
+                }
+            } else {
+                map.next_value_seed(Stream {
+                    w: &mut *self.w,
+                    path: &mut *self.path,
+                    name: &lk,
+                    depth: self.depth + 1,
+                })?;
+            }
+            self.path.truncate(len);
+        }
+        if let (Some((pa, a)), Some((po, o))) = (lat, lon)
+            && a.abs() <= 90.0
+        {
+            self.w.add(&pa, Class::Geolocation, &a.to_string());
+            self.w.add(&po, Class::Geolocation, &o.to_string());
+        }
+        Ok(())
     }
 }
 
@@ -406,20 +567,36 @@ pub fn scan(headers: &[Header], body: &[u8]) -> Scan {
         .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
         .unwrap_or_default();
     let jsonish = ctype.contains("json") || matches!(body.first(), Some(b'{' | b'['));
-    if jsonish && let Ok(v) = serde_json::from_slice::<Value>(body) {
+    if jsonish {
         let mut w = Walker {
             scan: &mut out,
             nodes: 0,
+            seen: Vec::new(),
         };
         let mut path = String::from("$");
-        w.walk(&v, &mut path, "", 0);
-        return out;
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let walked = serde::de::DeserializeSeed::deserialize(
+            Stream {
+                w: &mut w,
+                path: &mut path,
+                name: "",
+                depth: 0,
+            },
+            &mut de,
+        );
+        if walked.is_ok() {
+            out.findings
+                .sort_by(|a, b| (&a.path, a.class).cmp(&(&b.path, b.class)));
+            return out;
+        }
+        // Not JSON after all: what was found stands; scan it as text below.
     }
     if ctype.starts_with("text/") || ctype.contains("xml") || ctype.is_empty() {
         let text = String::from_utf8_lossy(body);
         let mut w = Walker {
             scan: &mut out,
             nodes: 0,
+            seen: Vec::new(),
         };
         for m in text_patterns().find_iter(&text).take(MAX_FINDINGS) {
             let v = m.as_str();
@@ -541,7 +718,7 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            // Keys in name order (serde_json objects are sorted).
+            // Sorted by path.
             vec![
                 ("$.email".to_string(), "email"),
                 ("$.friends[].email".to_string(), "email"),
@@ -553,7 +730,7 @@ mod tests {
             ]
         );
         assert_eq!(s.records, 2);
-        assert!(s.fields.iter().any(|f| &**f == "$.name"));
+        assert!(s.fields.split('\n').any(|f| f == "$.name"));
         let dump = format!("{s:?}");
         for secret in [
             "alice.liddell",

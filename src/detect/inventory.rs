@@ -42,12 +42,15 @@ impl Inventory {
         }
         let r = self.routes.entry(key).or_default();
         r.responses += 1;
-        for f in &scan.fields {
-            if !r.fields.contains_key(&**f) && r.fields.len() >= MAX_FIELDS {
+        for f in scan.fields.split('\n').filter(|f| !f.is_empty()) {
+            if !r.fields.contains_key(f) && r.fields.len() >= MAX_FIELDS {
                 r.fields_over_cap += 1;
                 continue;
             }
-            r.fields.entry(f.to_string()).or_default().seen += 1;
+            match r.fields.get_mut(f) {
+                Some(x) => x.seen += 1,
+                None => r.fields.entry(f.to_string()).or_default().seen += 1,
+            }
         }
         for fi in &scan.findings {
             if let Some(field) = r.fields.get_mut(&*fi.path) {

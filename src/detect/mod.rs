@@ -35,7 +35,7 @@ pub use extract::{LoginConfig, login_username, object_number};
 use hdrhistogram::Histogram;
 pub use objects::{
     ObjectRef, OwnersConfig, Ownership, collection as objects_collection, request_objects,
-    returned_objects,
+    returned_from_scan, returned_objects,
 };
 use window::{Episode, KeyState, Observed, Sample};
 
@@ -248,6 +248,9 @@ pub struct DetectConfig {
     pub max_actors: usize,
     /// The object ownership map (BOLA).
     pub owners: OwnersConfig,
+    /// Scan response bodies for sensitive data (data exposure, the inventory, returned
+    /// ids). The costliest stage per transaction; off trades those for throughput.
+    pub scan_responses: bool,
 }
 
 impl Default for DetectConfig {
@@ -257,6 +260,7 @@ impl Default for DetectConfig {
             login: LoginConfig::default(),
             max_actors: 100_000,
             owners: OwnersConfig::default(),
+            scan_responses: true,
         }
     }
 }

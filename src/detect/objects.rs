@@ -128,9 +128,11 @@ pub fn returned_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<Ob
     if body.is_empty() || body.len() > MAX_JSON_BYTES || !is_json(headers, body) {
         return Vec::new();
     }
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
+    returned_from_scan(target, &super::exposure::scan(headers, body))
+}
+
+/// The returned objects of a body already scanned (the worker scans each body once).
+pub fn returned_from_scan(target: &str, scan: &super::exposure::Scan) -> Vec<ObjectRef> {
     let path = target.split('?').next().unwrap_or(target);
     let last = segments(path)
         .into_iter()
@@ -138,36 +140,13 @@ pub fn returned_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<Ob
         .find(|(_, id)| !id)
         .map(|(s, _)| s)
         .unwrap_or("item");
-    let mut out = Vec::new();
-    let list = |items: &Vec<Value>, c: &str, out: &mut Vec<ObjectRef>| {
-        for item in items {
-            if let Some(id) = item.get("id").and_then(id_text) {
-                out.push(ObjectRef {
-                    collection: collection(c),
-                    id,
-                });
-            }
-        }
-    };
-    match &v {
-        Value::Array(items) => list(items, last, &mut out),
-        Value::Object(o) => {
-            if let Some(id) = o.get("id").and_then(id_text) {
-                out.push(ObjectRef {
-                    collection: collection(last),
-                    id,
-                });
-            }
-            for (k, x) in o {
-                if let Value::Array(items) = x {
-                    list(items, k, &mut out);
-                }
-            }
-        }
-        _ => {}
-    }
-    out.truncate(MAX_REFS);
-    out
+    scan.ids
+        .iter()
+        .map(|(field, id)| ObjectRef {
+            collection: collection(field.as_deref().unwrap_or(last)),
+            id: id.clone(),
+        })
+        .collect()
 }
 
 /// How a request's objects relate to the principal making it.

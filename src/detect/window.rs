@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{DetectStats, Event, KeyValue, ObjectRef};
 use crate::capture::Timestamp;
-use crate::rules::{Detector, DetectorKind, Rule};
+use crate::rules::{Detector, DetectorKind, EvidenceField, Rule};
 use crate::token::{TokenHash, Verdict};
 
 /// Buckets per window: counts are exact to 1/128 of the window.
@@ -148,7 +148,10 @@ impl Episode {
         }
     }
 
-    fn add(&mut self, ev: &Event) {
+    /// Adds a request; lists the rule's evidence does not show are not kept (this runs for
+    /// every rule a request matches).
+    fn add(&mut self, ev: &Event, evidence: &[EvidenceField]) {
+        let wants = |f: EvidenceField| evidence.contains(&f);
         self.count += 1;
         self.first = self.first.min(ev.ts);
         self.last = self.last.max(ev.ts);
@@ -156,40 +159,59 @@ impl Episode {
             *c += 1;
         }
         let ep = ev.method.clone().zip(ev.route.clone());
-        if let Some(e) = &ep
+        if wants(EvidenceField::Endpoints)
+            && let Some(e) = &ep
             && !bump(&mut self.endpoints, e.clone(), MAX_ENDPOINTS)
         {
             self.endpoints_other += 1;
         }
         let t = &mut self.truncated;
-        push_distinct(&mut self.addresses, ev.actor.ip, t);
-        if let Some(d) = &ev.actor.device {
+        if wants(EvidenceField::Addresses) {
+            push_distinct(&mut self.addresses, ev.actor.ip, t);
+        }
+        if wants(EvidenceField::Devices)
+            && let Some(d) = &ev.actor.device
+        {
             push_distinct(&mut self.devices, d.clone(), t);
         }
-        if let Some(u) = &ev.actor.user {
+        if wants(EvidenceField::Users)
+            && let Some(u) = &ev.actor.user
+        {
             push_distinct(&mut self.users, u.clone(), t);
         }
-        if let Some(tok) = ev.token {
+        if wants(EvidenceField::Tokens)
+            && let Some(tok) = ev.token
+        {
             push_distinct(&mut self.tokens, tok, t);
         }
-        if let Some(o) = &ev.object {
+        if wants(EvidenceField::Objects)
+            && let Some(o) = &ev.object
+        {
             push_distinct(&mut self.objects, o.clone(), t);
         }
-        if let Some(u) = &ev.username {
+        if wants(EvidenceField::Usernames)
+            && let Some(u) = &ev.username
+        {
             push_distinct(&mut self.usernames, u.clone(), t);
         }
         if let Some(o) = ev.ownership {
             if let Some(c) = self.ownership.get_mut(o as usize) {
                 *c += 1;
             }
-            for x in &ev.foreign {
-                push_distinct(&mut self.foreign_ids, x.clone(), t);
+            if wants(EvidenceField::ForeignObjects) {
+                for x in &ev.foreign {
+                    push_distinct(&mut self.foreign_ids, x.clone(), t);
+                }
             }
         }
         if ev.status.is_some_and(|s| (200..300).contains(&s)) {
             self.succeeded += 1;
         }
-        for f in &ev.exposed {
+        for f in ev
+            .exposed
+            .iter()
+            .filter(|_| wants(EvidenceField::ExposedFields))
+        {
             if !self
                 .exposed
                 .iter()
@@ -206,12 +228,14 @@ impl Episode {
         if let Some(s) = &ev.exposure {
             self.records_max = self.records_max.max(s.records);
         }
-        if let Some(f) = &ev.family
+        if wants(EvidenceField::Families)
+            && let Some(f) = &ev.family
             && !bump(&mut self.families, f.clone(), 4)
         {
             self.truncated = true;
         }
-        if let Some(s) = ev.status
+        if wants(EvidenceField::Statuses)
+            && let Some(s) = ev.status
             && !bump(&mut self.statuses, s, MAX_LISTED)
         {
             self.truncated = true;
@@ -397,7 +421,7 @@ impl KeyState {
             }
             self.pending
                 .get_or_insert_with(|| Episode::new(ev.ts))
-                .add(ev);
+                .add(ev, &rule.evidence);
             stats.aggregated_events += 1;
             return None;
         }
@@ -564,19 +588,22 @@ impl KeyState {
                 {
                     fired = true;
                     extra = Extra::Baseline(level, records);
-                } else if let Some(e) = &self.endpoint {
-                    // Learned from what did not stand out.
-                    learn(Sample {
-                        endpoint: e.clone(),
-                        count: records,
-                    });
+                } else {
+                    // Learned from what did not stand out; no episode is kept for it.
+                    if let Some(e) = &self.endpoint {
+                        learn(Sample {
+                            endpoint: e.clone(),
+                            count: records,
+                        });
+                    }
+                    return None;
                 }
             }
             // Kinds and tracks are built together; a mismatch cannot happen.
             _ => return None,
         }
         let episode = self.episode.get_or_insert_with(|| Episode::new(ev.ts));
-        episode.add(ev);
+        episode.add(ev, &rule.evidence);
         match extra {
             Extra::Nothing => {}
             Extra::Share(h, n) => episode.share = Some((h, n)),

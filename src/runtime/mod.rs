@@ -35,7 +35,7 @@ use crate::capture::{self, CaptureError, CaptureStats, FileEnd, Frame, Progress,
 use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LinkType, TcpFlags, TcpSegment, TunnelId};
 use crate::detect::{
-    Alert, Event, LoginConfig, login_username, object_number, request_objects, returned_objects,
+    Alert, Event, LoginConfig, login_username, object_number, request_objects, returned_from_scan,
 };
 use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
 use crate::output::webhook::Webhooks;
@@ -408,6 +408,7 @@ struct HttpHandler {
     write_lines: bool,
     events: Vec<ordering::Ordered>,
     login: LoginConfig,
+    scan_responses: bool,
     /// When the batch being processed started its way through the pipeline.
     batch_created: Option<Instant>,
     /// Packet-to-transaction latency, microseconds.
@@ -454,6 +455,7 @@ impl HttpHandler {
             if let Some(mut ev) = event(
                 &judges.attribution,
                 &self.login,
+                self.scan_responses,
                 client,
                 &tx,
                 att.as_ref(),
@@ -497,6 +499,7 @@ fn http_dir(d: Direction) -> Dir {
 fn event(
     attribution: &Attribution,
     login: &LoginConfig,
+    scan_responses: bool,
     client: SocketAddr,
     tx: &Transaction,
     att: Option<&Attestation>,
@@ -504,6 +507,12 @@ fn event(
 ) -> Option<Event> {
     let req = tx.request.as_ref()?;
     let path = path_of(&req.target);
+    // Every response body is scanned once: for exposure, the inventory, and returned ids.
+    let scan = tx
+        .response
+        .as_ref()
+        .filter(|r| scan_responses && !r.body.data.is_empty())
+        .map(|r| Arc::new(crate::detect::exposure::scan(&r.headers, &r.body.data)));
     let route = route_of(path);
     let host = header(&req.headers, "host").map(host_name);
     let now = req.ts.as_secs_f64();
@@ -525,19 +534,13 @@ fn event(
         username: login_username(login, &route, &req.headers, &req.body.data),
         login: login.routes.is_match(&route),
         objects: request_objects(&req.target, &req.headers, &req.body.data),
-        returned: tx
-            .response
+        returned: scan
             .as_ref()
-            .map(|r| returned_objects(&req.target, &r.headers, &r.body.data))
+            .map(|s| returned_from_scan(&req.target, s))
             .unwrap_or_default(),
         ownership: None,
         cross_user: false,
-        // Every response is scanned: the inventory and exposure rules need it.
-        exposure: tx
-            .response
-            .as_ref()
-            .filter(|r| !r.body.data.is_empty())
-            .map(|r| Arc::new(crate::detect::exposure::scan(&r.headers, &r.body.data))),
+        exposure: scan,
         exposed: Vec::new(),
         foreign: Vec::new(),
         route: Some(route.into()),
@@ -670,6 +673,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         write_lines: lines_tx.is_some(),
         events: Vec::new(),
         login: cfg.detect.login.clone(),
+        scan_responses: cfg.detect.scan_responses,
         batch_created: None,
         // 1 µs to 60 s at 2 significant digits.
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
