@@ -440,21 +440,10 @@ impl KeyState {
                 add(b, cur);
                 fired = total(b) >= u64::from(threshold);
             }
-            (DetectorKind::Ratio { ratio, .. }, Track::Two(all, hits)) => {
-                prune(all, horizon);
-                prune(hits, horizon);
-                if all.is_empty() {
-                    self.episode = None;
-                }
-                add(all, cur);
-                if o.when {
-                    add(hits, cur);
-                }
-                let (n, h) = (total(all), total(hits));
-                fired = n >= u64::from(threshold) && h as f64 >= ratio * n as f64;
-                extra = Extra::Share(h, n);
-            }
-            (DetectorKind::Mixed { .. }, Track::Two(all, hits)) => {
+            (
+                kind @ (DetectorKind::Ratio { .. } | DetectorKind::Mixed { .. }),
+                Track::Two(all, hits),
+            ) => {
                 prune(all, horizon);
                 prune(hits, horizon);
                 if all.is_empty() {
@@ -466,7 +455,11 @@ impl KeyState {
                 }
                 let (n, h) = (total(all), total(hits));
                 let t = u64::from(threshold);
-                fired = h >= t && n - h >= t;
+                fired = match kind {
+                    DetectorKind::Ratio { ratio, .. } => n >= t && h as f64 >= ratio * n as f64,
+                    // Mixed: enough of each population.
+                    _ => h >= t && n - h >= t,
+                };
                 extra = Extra::Share(h, n);
             }
             (DetectorKind::Distinct(_), Track::Distinct(map)) => {
