@@ -377,6 +377,11 @@ impl Engine {
 
     /// Runs every rule over one event; alerts are appended to `out`.
     pub fn observe(&mut self, ev: &Event, out: &mut Vec<Alert>) {
+        self.observe_owned(ev.clone(), out);
+    }
+
+    /// [`Engine::observe`] for an event the caller gives up (no copy is made).
+    pub fn observe_owned(&mut self, ev: Event, out: &mut Vec<Alert>) {
         let start = out.len();
         self.registry.observe(
             ev.ts,
@@ -390,9 +395,8 @@ impl Engine {
         self.note_risk(&out[start..]);
     }
 
-    /// Applies pinned route templates and ownership to a copy of the event.
-    fn judge_objects(&mut self, ev: &Event) -> Event {
-        let mut e = ev.clone();
+    /// Applies pinned route templates and ownership to the event.
+    fn judge_objects(&mut self, mut e: Event) -> Event {
         let pinned = e.object.as_deref().and_then(|p| {
             self.routes
                 .iter()

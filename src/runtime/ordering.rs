@@ -153,7 +153,7 @@ pub(super) fn run(
             } else {
                 *last = Some(k);
             }
-            engine.observe(&o.event, alerts);
+            engine.observe_owned(o.event, alerts);
         };
     while let Ok(batch) = rx.recv() {
         let current = shared.rules.load_full();
