@@ -316,6 +316,8 @@ struct Walker<'a> {
     /// Hashes of the field paths already listed: arrays repeat the same paths, and
     /// comparing hashes keeps the walk linear in the body.
     seen: Vec<u64>,
+    /// Collect returned ids (only BOLA's learning needs them).
+    want_ids: bool,
 }
 
 impl Walker<'_> {
@@ -340,6 +342,9 @@ impl Walker<'_> {
 
     /// An `id` at `path` (`$.id`, `$[].id`, `$.orders[].id`): a returned object.
     fn returned_id(&mut self, path: &str, id: &str) {
+        if !self.want_ids {
+            return;
+        }
         let Some(prefix) = path.strip_suffix(".id") else {
             return;
         };
@@ -555,6 +560,12 @@ impl<'de> serde::de::Visitor<'de> for Stream<'_, '_> {
 
 /// Scans a response body: JSON by field paths, other text by value patterns.
 pub fn scan(headers: &[Header], body: &[u8]) -> Scan {
+    scan_with(headers, body, true)
+}
+
+/// [`scan`], collecting returned ids only when `want_ids` (a POST, or a request naming an
+/// object: the only ones ownership can learn from).
+pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
     let mut out = Scan::default();
     if body.is_empty() {
         return out;
@@ -572,6 +583,7 @@ pub fn scan(headers: &[Header], body: &[u8]) -> Scan {
             scan: &mut out,
             nodes: 0,
             seen: Vec::new(),
+            want_ids,
         };
         let mut path = String::from("$");
         let mut de = serde_json::Deserializer::from_slice(body);
@@ -597,6 +609,7 @@ pub fn scan(headers: &[Header], body: &[u8]) -> Scan {
             scan: &mut out,
             nodes: 0,
             seen: Vec::new(),
+            want_ids,
         };
         for m in text_patterns().find_iter(&text).take(MAX_FINDINGS) {
             let v = m.as_str();

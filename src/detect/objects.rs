@@ -140,11 +140,24 @@ pub fn returned_from_scan(target: &str, scan: &super::exposure::Scan) -> Vec<Obj
         .find(|(_, id)| !id)
         .map(|(s, _)| s)
         .unwrap_or("item");
+    // Lists repeat one field name: its collection is made once.
+    let mut named: Option<(&str, Arc<str>)> = None;
     scan.ids
         .iter()
-        .map(|(field, id)| ObjectRef {
-            collection: collection(field.as_deref().unwrap_or(last)),
-            id: id.clone(),
+        .map(|(field, id)| {
+            let f = field.as_deref().unwrap_or(last);
+            let c = match &named {
+                Some((n, c)) if *n == f => c.clone(),
+                _ => {
+                    let c = collection(f);
+                    named = Some((f, c.clone()));
+                    c
+                }
+            };
+            ObjectRef {
+                collection: c,
+                id: id.clone(),
+            }
         })
         .collect()
 }

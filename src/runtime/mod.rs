@@ -508,11 +508,19 @@ fn event(
     let req = tx.request.as_ref()?;
     let path = path_of(&req.target);
     // Every response body is scanned once: for exposure, the inventory, and returned ids.
+    let objects = request_objects(&req.target, &req.headers, &req.body.data);
+    let want_ids = req.method == "POST" || !objects.is_empty();
     let scan = tx
         .response
         .as_ref()
         .filter(|r| scan_responses && !r.body.data.is_empty())
-        .map(|r| Arc::new(crate::detect::exposure::scan(&r.headers, &r.body.data)));
+        .map(|r| {
+            Arc::new(crate::detect::exposure::scan_with(
+                &r.headers,
+                &r.body.data,
+                want_ids,
+            ))
+        });
     let route = route_of(path);
     let host = header(&req.headers, "host").map(host_name);
     let now = req.ts.as_secs_f64();
@@ -533,7 +541,7 @@ fn event(
         number: object_number(&req.target),
         username: login_username(login, &route, &req.headers, &req.body.data),
         login: login.routes.is_match(&route),
-        objects: request_objects(&req.target, &req.headers, &req.body.data),
+        objects,
         returned: scan
             .as_ref()
             .map(|s| returned_from_scan(&req.target, s))
