@@ -162,13 +162,26 @@ fn make_room<K: Clone + Ord + std::hash::Hash + Eq>(m: &mut Map<K>, max: usize) 
     if m.len() < max {
         return 0;
     }
-    let mut ages: Vec<(Timestamp, K)> = m.iter().map(|(k, p)| (p.last, k.clone())).collect();
+    let victims = oldest_tenth(m.iter().map(|(k, p)| (p.last, k.clone())).collect());
+    for k in &victims {
+        m.remove(k);
+    }
+    victims.len() as u64
+}
+
+/// The least recently seen tenth (at least one) of `(last seen, key)` pairs, oldest first:
+/// what every bounded map of traffic-made keys evicts at its cap (actor profiles, detector
+/// keys, the ownership map). Linear time; ties are broken by key, so the choice does not
+/// depend on hash order.
+pub(crate) fn oldest_tenth<K: Ord>(mut ages: Vec<(Timestamp, K)>) -> Vec<K> {
+    if ages.is_empty() {
+        return Vec::new();
+    }
     let n = (ages.len() / 10).max(1);
     ages.select_nth_unstable(n - 1);
-    for (_, k) in ages.into_iter().take(n) {
-        m.remove(&k);
-    }
-    n as u64
+    ages.truncate(n);
+    ages.sort();
+    ages.into_iter().map(|(_, k)| k).collect()
 }
 
 impl Registry {

@@ -649,19 +649,12 @@ fn sweep_rule(st: &mut RuleState, now: Timestamp, stats: &mut DetectStats, out: 
 /// open aggregates are emitted first), so new actors are always tracked and a flood of
 /// spoofed ones only ages out the quietest state.
 fn evict_oldest(st: &mut RuleState, stats: &mut DetectStats, out: &mut Vec<Alert>) {
-    let mut ages: Vec<(Timestamp, KeyValue)> = st
+    let ages = st
         .keys
         .iter()
         .map(|(k, ks)| (ks.last_seen(), k.clone()))
         .collect();
-    if ages.is_empty() {
-        return;
-    }
-    let n = (ages.len() / 10).max(1);
-    ages.select_nth_unstable(n - 1);
-    let mut victims: Vec<(Timestamp, KeyValue)> = ages.into_iter().take(n).collect();
-    victims.sort();
-    for (_, k) in victims {
+    for k in crate::actor::registry::oldest_tenth(ages) {
         if let Some(mut ks) = st.keys.remove(&k) {
             stats.keys_evicted += 1;
             if let Some(e) = ks.take_pending() {

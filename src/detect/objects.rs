@@ -273,11 +273,8 @@ impl Owners {
         if self.map.len() < self.cfg.max_objects {
             return;
         }
-        let mut ages: Vec<(Timestamp, ObjectRef)> =
-            self.map.iter().map(|(k, e)| (e.last, k.clone())).collect();
-        let n = (ages.len() / 10).max(1);
-        ages.select_nth_unstable(n - 1);
-        for (_, k) in ages.into_iter().take(n) {
+        let ages = self.map.iter().map(|(k, e)| (e.last, k.clone())).collect();
+        for k in crate::actor::registry::oldest_tenth(ages) {
             self.map.remove(&k);
             self.evicted += 1;
         }

@@ -129,7 +129,7 @@ pub fn write_transaction(
     tx: &Transaction,
     attestation: Option<&Attestation>,
     user: Option<&UserId>,
-    pinned_route: Option<&str>,
+    route: Option<&str>,
 ) {
     let (client, server) = if swapped {
         (conn.server, conn.client)
@@ -150,9 +150,7 @@ pub fn write_transaction(
         method: req.map(|r| r.method.as_str()),
         host: req.and_then(|r| header(&r.headers, "host")).map(text),
         path: path.map(redact::path),
-        route: pinned_route
-            .map(str::to_string)
-            .or_else(|| path.map(route_of)),
+        route: route.map(str::to_string),
         status: resp.map(|r| r.status),
         request_body_bytes: req.map(|r| r.body.wire_len),
         response_body_bytes: resp.map(|r| r.body.wire_len),

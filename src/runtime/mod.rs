@@ -443,9 +443,11 @@ impl HttpHandler {
             } else {
                 (conn.client, conn.server)
             };
-            // A route template pinned by the rules names the route and its parameters.
-            let pinned: Option<Arc<str>> = tx.request.as_ref().and_then(|r| {
-                let path = path_of(&r.target);
+            // The route, templated once; a template pinned by the rules names it and its
+            // parameters.
+            let path = tx.request.as_ref().map(|r| path_of(&r.target));
+            let route = path.map(route_of);
+            let pinned: Option<Arc<str>> = path.and_then(|path| {
                 rules
                     .routes
                     .iter()
@@ -458,6 +460,7 @@ impl HttpHandler {
                 self.scan_responses,
                 client,
                 &tx,
+                route.as_deref().unwrap_or_default(),
                 att.as_ref(),
                 user.as_ref(),
             ) {
@@ -481,7 +484,7 @@ impl HttpHandler {
                     &tx,
                     att.as_ref(),
                     user.as_ref(),
-                    pinned.as_deref(),
+                    pinned.as_deref().or(route.as_deref()),
                 );
             }
         }
@@ -496,12 +499,14 @@ fn http_dir(d: Direction) -> Dir {
 }
 
 /// What detection sees of a transaction that has a request.
+#[allow(clippy::too_many_arguments)]
 fn event(
     attribution: &Attribution,
     login: &LoginConfig,
     scan_responses: bool,
     client: SocketAddr,
     tx: &Transaction,
+    route: &str,
     att: Option<&Attestation>,
     user: Option<&UserId>,
 ) -> Option<Event> {
@@ -521,7 +526,6 @@ fn event(
                 want_ids,
             ))
         });
-    let route = route_of(path);
     let host = header(&req.headers, "host").map(host_name);
     let now = req.ts.as_secs_f64();
     Some(Event {
@@ -539,8 +543,8 @@ fn event(
             .map(|exp| (now - exp).max(0.0)),
         object: Some(Arc::from(&*crate::output::redact::path(path))),
         number: object_number(&req.target),
-        username: login_username(login, &route, &req.headers, &req.body.data),
-        login: login.routes.is_match(&route),
+        username: login_username(login, route, &req.headers, &req.body.data),
+        login: login.routes.is_match(route),
         objects,
         returned: scan
             .as_ref()
