@@ -43,6 +43,7 @@ fn events() -> Vec<Event> {
                 method: Some(get.clone()),
                 host: None,
                 route: Some(route.clone()),
+                endpoint: None,
                 status: Some(200),
                 family: Some(family.clone()),
                 verdict,

@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
             method: Some("GET".into()),
             host: Some("api.example.com".into()),
             route: Some("/api/v1/users/{id}".into()),
+            endpoint: None,
             status: Some(200),
             family: Some("approov".into()),
             verdict: *verdict,

@@ -574,10 +574,8 @@ pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
         out.truncated = true;
         return out;
     }
-    let ctype = header(headers, "content-type")
-        .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
-        .unwrap_or_default();
-    let jsonish = ctype.contains("json") || matches!(body.first(), Some(b'{' | b'['));
+    let ctype = header(headers, "content-type").unwrap_or_default();
+    let jsonish = crate::http::mentions_json(ctype) || matches!(body.first(), Some(b'{' | b'['));
     if jsonish {
         let mut w = Walker {
             scan: &mut out,
@@ -603,7 +601,10 @@ pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
         }
         // Not JSON after all: what was found stands; scan it as text below.
     }
-    if ctype.starts_with("text/") || ctype.contains("xml") || ctype.is_empty() {
+    let texty = ctype.len() >= 5 && ctype[..5].eq_ignore_ascii_case(b"text/")
+        || ctype.windows(3).any(|w| w.eq_ignore_ascii_case(b"xml"))
+        || ctype.is_empty();
+    if texty {
         let text = String::from_utf8_lossy(body);
         let mut w = Walker {
             scan: &mut out,

@@ -15,6 +15,7 @@
 mod alert;
 pub mod exposure;
 mod extract;
+pub mod intern;
 mod inventory;
 mod objects;
 mod window;
@@ -54,6 +55,8 @@ pub struct Event {
     pub host: Option<Arc<str>>,
     /// Templated route (`/api/v1/users/{id}`).
     pub route: Option<Arc<str>>,
+    /// Set by the engine: `METHOD /route`, shared across events.
+    pub endpoint: Option<Arc<str>>,
     pub status: Option<u16>,
     pub family: Option<Arc<str>>,
     pub verdict: Verdict,
@@ -112,7 +115,11 @@ impl Event {
             KeyField::Device => self.actor.device.clone().map(KeyValue::Str),
             KeyField::User => self.actor.user.clone().map(KeyValue::Str),
             KeyField::Token => self.token.map(KeyValue::Token),
-            KeyField::Endpoint => self.endpoint().map(|e| KeyValue::Str(e.into())),
+            KeyField::Endpoint => self
+                .endpoint
+                .clone()
+                .or_else(|| self.endpoint().map(Arc::from))
+                .map(KeyValue::Str),
             KeyField::Object => self.object.clone().map(KeyValue::Str),
             KeyField::Username => self.username.clone().map(KeyValue::Username),
             KeyField::Principal => Some(KeyValue::Str(self.principal().into())),
@@ -314,6 +321,8 @@ pub struct Engine {
     owners: objects::Owners,
     routes: Vec<crate::rules::PinnedRoute>,
     inventory: inventory::Inventory,
+    /// Endpoint and route strings shared across events.
+    names: intern::Interner,
     rules: Vec<RuleState>,
     stats: DetectStats,
     next_sweep: Timestamp,
@@ -327,6 +336,7 @@ impl Engine {
             owners: objects::Owners::new(cfg.owners.clone()),
             routes: Vec::new(),
             inventory: inventory::Inventory::default(),
+            names: intern::Interner::default(),
             cfg,
             rules: Vec::new(),
             stats: DetectStats::default(),
@@ -406,12 +416,17 @@ impl Engine {
         let mut public = false;
         let mut allowed: Option<&[String]> = None;
         if let Some((r, m)) = pinned {
-            e.route = Some(Arc::from(r.template.as_str()));
+            if e.route.as_deref() != Some(r.template.as_str()) {
+                e.route = Some(self.names.name(&r.template));
+            }
             public = r.public;
             allowed = r.expose_only.as_deref();
             if let Some(o) = m.owner {
                 declared_users.push(o);
             }
+        }
+        if let (Some(m), Some(r)) = (&e.method, &e.route) {
+            e.endpoint = Some(self.names.endpoint(m, r));
         }
         if let Some(scan) = &e.exposure {
             e.exposed = scan
@@ -538,7 +553,7 @@ impl Engine {
                 }
                 _ => {}
             }
-            if !st.keys.contains_key(&key) && st.keys.len() >= cap {
+            if st.keys.len() >= cap && !st.keys.contains_key(&key) {
                 sweep_rule(st, self.now, &mut self.stats, out);
                 if st.keys.len() >= cap {
                     self.stats.keys_over_cap += 1;

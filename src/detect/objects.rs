@@ -35,13 +35,22 @@ pub struct ObjectRef {
 
 /// A collection name: lower case, without an `_id` suffix or plural `s`.
 pub fn collection(name: &str) -> Arc<str> {
+    // Collections are few (the API's nouns): each thread keeps the ones it has seen, bounded.
+    thread_local! {
+        static SEEN: std::cell::RefCell<crate::detect::intern::Interner> =
+            Default::default();
+    }
+    SEEN.with(|s| s.borrow_mut().mapped(name, collection_name))
+}
+
+fn collection_name(name: &str) -> String {
     let l = name.to_ascii_lowercase();
     let l = l
         .strip_suffix("_id")
         .or_else(|| l.strip_suffix("id").filter(|s| !s.is_empty()))
         .unwrap_or(&l)
         .trim_end_matches(['_', '-']);
-    Arc::from(l.strip_suffix('s').unwrap_or(l))
+    l.strip_suffix('s').unwrap_or(l).to_string()
 }
 
 fn id_text(v: &Value) -> Option<Arc<str>> {
@@ -53,34 +62,29 @@ fn id_text(v: &Value) -> Option<Arc<str>> {
 }
 
 fn is_json(headers: &[Header], body: &[u8]) -> bool {
-    header(headers, "content-type").is_some_and(|c| {
-        String::from_utf8_lossy(c)
-            .to_ascii_lowercase()
-            .contains("json")
-    }) || matches!(body.first(), Some(b'{' | b'['))
+    header(headers, "content-type").is_some_and(crate::http::mentions_json)
+        || matches!(body.first(), Some(b'{' | b'['))
 }
 
 /// The literal segments of a path and its id-shaped segments, in order.
-fn segments(path: &str) -> Vec<(&str, bool)> {
+fn segments(path: &str) -> impl Iterator<Item = (&str, bool)> {
     path.split('/')
         .filter(|s| !s.is_empty())
         .map(|s| (s, crate::output::is_id_segment(s)))
-        .collect()
 }
 
 /// Objects a request names: id segments of its path (collection: the literal before),
 /// `id` / `*_id` query parameters, and `id` / `*_id` fields of a JSON body.
 pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<ObjectRef> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let segs = segments(path);
     let mut out = Vec::new();
     let mut last_literal: Option<&str> = None;
-    for (s, is_id) in &segs {
-        if *is_id {
+    for (s, is_id) in segments(path) {
+        if is_id {
             if let Some(c) = last_literal {
                 out.push(ObjectRef {
                     collection: collection(c),
-                    id: Arc::from(*s),
+                    id: Arc::from(s),
                 });
             }
         } else {
@@ -134,11 +138,9 @@ pub fn returned_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<Ob
 /// The returned objects of a body already scanned (the worker scans each body once).
 pub fn returned_from_scan(target: &str, scan: &super::exposure::Scan) -> Vec<ObjectRef> {
     let path = target.split('?').next().unwrap_or(target);
-    let last = segments(path)
-        .into_iter()
-        .rev()
-        .find(|(_, id)| !id)
-        .map(|(s, _)| s)
+    let last = path
+        .rsplit('/')
+        .find(|s| !s.is_empty() && !crate::output::is_id_segment(s))
         .unwrap_or("item");
     // Lists repeat one field name: its collection is made once.
     let mut named: Option<(&str, Arc<str>)> = None;

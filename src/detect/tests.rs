@@ -31,6 +31,7 @@ fn ev(secs: f64, ip: &str) -> Event {
         method: Some("GET".into()),
         host: None,
         route: Some("/x".into()),
+        endpoint: None,
         status: Some(200),
         family: Some("approov".into()),
         verdict: Verdict::Valid,

@@ -134,6 +134,13 @@ pub fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
         .map(|h| h.value.as_slice())
 }
 
+/// A content type naming JSON (`application/json`, `application/problem+json`), in any case.
+pub fn mentions_json(content_type: &[u8]) -> bool {
+    content_type
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"json"))
+}
+
 macro_rules! anomalies {
     ($($variant:ident = $bit:expr, $name:literal;)*) => {
         /// Something wrong or notable about a transaction (a bounded metric label).

@@ -92,13 +92,13 @@ pub(crate) fn is_id_segment(s: &str) -> bool {
     if s.is_empty() {
         return false;
     }
+    let b = s.as_bytes();
+    if b.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
     // Personal values used as ids (`/users/jane@example.com`) are ids, and must not reach
     // routes, which alerts and metrics show.
     if matches!(redact::kind(s), redact::Kind::Email | redact::Kind::Card) {
-        return true;
-    }
-    let b = s.as_bytes();
-    if b.iter().all(u8::is_ascii_digit) {
         return true;
     }
     let is_uuid = b.len() == 36

@@ -105,9 +105,11 @@ pub fn path(p: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn is_email(v: &str) -> bool {
-    let Some((local, domain)) = v.rsplit_once('@') else {
+    // A byte search: '@' is ASCII, so the split stays on a char boundary.
+    let Some(at) = memchr::memrchr(b'@', v.as_bytes()) else {
         return false;
     };
+    let (local, domain) = (&v[..at], &v[at + 1..]);
     !local.is_empty()
         && domain.contains('.')
         && !domain.starts_with('.')

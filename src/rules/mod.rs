@@ -466,22 +466,30 @@ pub struct PinnedMatch {
 }
 
 impl PinnedRoute {
-    pub fn matches(&self, path: &str) -> Option<PinnedMatch> {
-        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        if segs.len() != self.segments.len() {
-            return None;
-        }
-        for (s, t) in segs.iter().zip(&self.segments) {
-            if let Some(lit) = t
-                && lit != s
-            {
-                return None;
+    /// Whether `path` is this route (no allocation: workers test every request).
+    pub fn is_match(&self, path: &str) -> bool {
+        let mut segs = path.split('/').filter(|s| !s.is_empty());
+        for t in &self.segments {
+            match (segs.next(), t) {
+                (None, _) => return false,
+                (Some(s), Some(lit)) if lit != s => return false,
+                _ => {}
             }
         }
+        segs.next().is_none()
+    }
+
+    pub fn matches(&self, path: &str) -> Option<PinnedMatch> {
+        if !self.is_match(path) {
+            return None;
+        }
         Some(PinnedMatch {
-            owner: self.owner.as_ref().map(|(i, c)| crate::detect::ObjectRef {
-                collection: c.clone(),
-                id: Arc::from(segs[*i]),
+            owner: self.owner.as_ref().and_then(|(i, c)| {
+                let id = path.split('/').filter(|s| !s.is_empty()).nth(*i)?;
+                Some(crate::detect::ObjectRef {
+                    collection: c.clone(),
+                    id: Arc::from(id),
+                })
             }),
         })
     }

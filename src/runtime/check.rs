@@ -79,6 +79,7 @@ fn test_event(tx: &TestTransaction) -> Event {
         route: Some(Arc::from(crate::output::route_of(crate::output::path_of(
             &tx.path,
         )))),
+        endpoint: None,
         status: tx.status,
         family: (verdict != Verdict::Missing).then(|| Arc::from(tx.family.as_str())),
         verdict,

@@ -413,6 +413,8 @@ struct HttpHandler {
     batch_created: Option<Instant>,
     /// Packet-to-transaction latency, microseconds.
     latency_us: Option<Histogram<u64>>,
+    /// Routes and hosts, shared rather than allocated per transaction.
+    names: crate::detect::intern::Interner,
 }
 
 impl HttpHandler {
@@ -447,14 +449,16 @@ impl HttpHandler {
             // parameters.
             let path = tx.request.as_ref().map(|r| path_of(&r.target));
             let route = path.map(route_of);
+            let names = &mut self.names;
             let pinned: Option<Arc<str>> = path.and_then(|path| {
                 rules
                     .routes
                     .iter()
-                    .find(|p| p.matches(path).is_some())
-                    .map(|p| Arc::from(p.template.as_str()))
+                    .find(|p| p.is_match(path))
+                    .map(|p| names.name(&p.template))
             });
             if let Some(mut ev) = event(
+                names,
                 &judges.attribution,
                 &self.login,
                 self.scan_responses,
@@ -501,6 +505,7 @@ fn http_dir(d: Direction) -> Dir {
 /// What detection sees of a transaction that has a request.
 #[allow(clippy::too_many_arguments)]
 fn event(
+    names: &mut crate::detect::intern::Interner,
     attribution: &Attribution,
     login: &LoginConfig,
     scan_responses: bool,
@@ -526,7 +531,7 @@ fn event(
                 want_ids,
             ))
         });
-    let host = header(&req.headers, "host").map(host_name);
+    let host = header(&req.headers, "host").map(|h| names.name(&host_name(h)));
     let now = req.ts.as_secs_f64();
     Some(Event {
         ts: req.ts,
@@ -555,12 +560,13 @@ fn event(
         exposure: scan,
         exposed: Vec::new(),
         foreign: Vec::new(),
-        route: Some(route.into()),
+        route: Some(names.name(route)),
+        endpoint: None,
     })
 }
 
 /// A Host header as rules match it: lower case, without port or IPv6 brackets.
-pub(crate) fn host_name(raw: &[u8]) -> Arc<str> {
+pub(crate) fn host_name(raw: &[u8]) -> String {
     let h = String::from_utf8_lossy(raw).trim().to_ascii_lowercase();
     let name = if let Some(rest) = h.strip_prefix('[') {
         rest.split(']').next().unwrap_or_default()
@@ -569,7 +575,7 @@ pub(crate) fn host_name(raw: &[u8]) -> Arc<str> {
     } else {
         &h
     };
-    Arc::from(name)
+    name.to_string()
 }
 
 /// Methods as shared strings: the common ones are allocated once per thread.
@@ -689,6 +695,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         batch_created: None,
         // 1 µs to 60 s at 2 significant digits.
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
+        names: Default::default(),
     };
     let hub = handler.shared.hub.clone();
     let mut last_publish = Instant::now();
