@@ -36,11 +36,11 @@ fn orders() -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let json = vec![Header {
         name: "Content-Type".into(),
-        value: b"application/json".to_vec(),
+        value: b"application/json".as_slice().into(),
     }];
     let text = vec![Header {
         name: "Content-Type".into(),
-        value: b"text/html".to_vec(),
+        value: b"text/html".as_slice().into(),
     }];
     let html = b"<html><body><p>Order confirmed. We will write to you soon.</p><footer>support@example.com</footer></body></html>".repeat(8);
     let mut g = c.benchmark_group("exposure");

@@ -34,19 +34,19 @@ fn request(token: &str) -> Vec<Header> {
     vec![
         Header {
             name: "Host".into(),
-            value: b"api.example".to_vec(),
+            value: b"api.example".as_slice().into(),
         },
         Header {
             name: "User-Agent".into(),
-            value: b"okhttp/4.12.0".to_vec(),
+            value: b"okhttp/4.12.0".as_slice().into(),
         },
         Header {
             name: "Approov-Token".into(),
-            value: token.as_bytes().to_vec(),
+            value: token.as_bytes().into(),
         },
         Header {
             name: "Accept".into(),
-            value: b"application/json".to_vec(),
+            value: b"application/json".as_slice().into(),
         },
     ]
 }

@@ -66,8 +66,8 @@ fn headers(pairs: &[(String, String)]) -> Vec<Header> {
     pairs
         .iter()
         .map(|(n, v)| Header {
-            name: n.clone(),
-            value: v.as_bytes().to_vec(),
+            name: n.as_str().into(),
+            value: v.as_bytes().into(),
         })
         .collect()
 }

@@ -149,7 +149,7 @@ fn judge(v: &Verifier, token: &str, now: f64) -> Verdict {
     v.attest(
         &[Header {
             name: "Approov-Token".into(),
-            value: token.as_bytes().to_vec(),
+            value: token.as_bytes().into(),
         }],
         "/",
         now,
@@ -173,7 +173,7 @@ fn jwks_over_https_is_fetched_refreshed_and_kept() {
     let a = v.attest(
         &[Header {
             name: "Approov-Token".into(),
-            value: rot.token_a.clone().into_bytes(),
+            value: rot.token_a.as_bytes().into(),
         }],
         "/",
         rot.now,

@@ -127,7 +127,7 @@ mod tests {
     fn hdr(name: &str, value: &str) -> Header {
         Header {
             name: name.into(),
-            value: value.as_bytes().to_vec(),
+            value: value.as_bytes().into(),
         }
     }
 

@@ -318,6 +318,8 @@ struct Walker<'a> {
     seen: Vec<u64>,
     /// Collect returned ids (only BOLA's learning needs them).
     want_ids: bool,
+    /// The array field the last returned id was listed under: lists repeat it.
+    id_field: Option<Arc<str>>,
 }
 
 impl Walker<'_> {
@@ -352,7 +354,14 @@ impl Walker<'_> {
             None
         } else if let Some(arr) = prefix.strip_suffix("[]") {
             let name = arr.rsplit('.').next().unwrap_or(arr).trim_end_matches("[]");
-            Some(Arc::from(name))
+            match &self.id_field {
+                Some(f) if **f == *name => Some(f.clone()),
+                _ => {
+                    let f: Arc<str> = Arc::from(name);
+                    self.id_field = Some(f.clone());
+                    Some(f)
+                }
+            }
         } else {
             return;
         };
@@ -464,14 +473,16 @@ impl<'de> serde::de::Visitor<'de> for Stream<'_, '_> {
 
     fn visit_u64<E>(self, v: u64) -> Result<(), E> {
         self.w.field(self.path);
-        if self.name == "id" {
-            self.w.returned_id(self.path, &v.to_string());
+        if self.name == "id" && self.w.want_ids {
+            let mut buf = itoa::Buffer::new();
+            self.w.returned_id(self.path, buf.format(v));
         }
         // Only long integers can be sensitive (cards, national ids, phone numbers).
         if v >= 1_000_000 {
-            let t = v.to_string();
-            if let Some(c) = classify(self.name, &t) {
-                self.w.add(self.path, c, &t);
+            let mut buf = itoa::Buffer::new();
+            let t = buf.format(v);
+            if let Some(c) = classify(self.name, t) {
+                self.w.add(self.path, c, t);
             }
         }
         Ok(())
@@ -582,6 +593,7 @@ pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
             nodes: 0,
             seen: Vec::new(),
             want_ids,
+            id_field: None,
         };
         let mut path = String::from("$");
         let mut de = serde_json::Deserializer::from_slice(body);
@@ -611,6 +623,7 @@ pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
             nodes: 0,
             seen: Vec::new(),
             want_ids,
+            id_field: None,
         };
         for m in text_patterns().find_iter(&text).take(MAX_FINDINGS) {
             let v = m.as_str();
@@ -713,7 +726,7 @@ mod tests {
     fn json() -> Vec<Header> {
         vec![Header {
             name: "Content-Type".into(),
-            value: b"application/json".to_vec(),
+            value: b"application/json".as_slice().into(),
         }]
     }
 

@@ -100,7 +100,7 @@ mod tests {
     fn hdr(n: &str, v: &str) -> Header {
         Header {
             name: n.into(),
-            value: v.as_bytes().to_vec(),
+            value: v.as_bytes().into(),
         }
     }
 

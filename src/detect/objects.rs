@@ -401,7 +401,7 @@ mod tests {
     fn json_hdr() -> Vec<Header> {
         vec![Header {
             name: "Content-Type".into(),
-            value: b"application/json".to_vec(),
+            value: b"application/json".as_slice().into(),
         }]
     }
 

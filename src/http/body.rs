@@ -345,8 +345,8 @@ mod tests {
 
     fn header(name: &str, value: &str) -> Header {
         Header {
-            name: name.to_string(),
-            value: value.as_bytes().to_vec(),
+            name: name.into(),
+            value: value.as_bytes().into(),
         }
     }
 

@@ -69,9 +69,14 @@ impl Default for HttpConfig {
 /// One header field as received. Names keep their case; compare case-insensitively.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    pub name: String,
-    pub value: Vec<u8>,
+    /// Names are short: kept inline, no allocation.
+    pub name: compact_str::CompactString,
+    /// Most values fit inline too; long ones (tokens, user agents) go to the heap.
+    pub value: HeaderValue,
 }
+
+/// A header value's bytes.
+pub type HeaderValue = smallvec::SmallVec<[u8; 32]>;
 
 /// A message body as kept for detectors.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

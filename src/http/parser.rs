@@ -21,7 +21,9 @@ use std::mem::MaybeUninit;
 use memchr::{memchr, memchr_iter, memchr3};
 
 use super::body::{self, Codings, ContentLength, TransferEncoding};
-use super::{Anomaly, AnomalySet, Body, Dir, Header, HttpConfig, Request, Response, Transaction};
+use super::{
+    Anomaly, AnomalySet, Body, Dir, Header, HeaderValue, HttpConfig, Request, Response, Transaction,
+};
 use crate::capture::Timestamp;
 
 /// Header slots kept on the stack for one head parse; a larger `max_headers` uses the heap.
@@ -1488,8 +1490,8 @@ fn owned_headers(parsed: &[httparse::Header<'_>]) -> Vec<Header> {
     parsed
         .iter()
         .map(|h| Header {
-            name: h.name.to_owned(),
-            value: h.value.to_vec(),
+            name: h.name.into(),
+            value: HeaderValue::from_slice(h.value),
         })
         .collect()
 }

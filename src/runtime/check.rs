@@ -105,7 +105,7 @@ fn test_event(tx: &TestTransaction) -> Event {
         exposure: tx.body.as_ref().map(|b| {
             let hdr = [crate::http::Header {
                 name: "Content-Type".into(),
-                value: b"application/json".to_vec(),
+                value: b"application/json".as_slice().into(),
             }];
             Arc::new(crate::detect::exposure::scan(
                 &hdr,

@@ -711,8 +711,8 @@ pub fn verify_command(
     let headers: Vec<Header> = headers
         .iter()
         .map(|(n, v)| Header {
-            name: n.trim().to_owned(),
-            value: v.trim().as_bytes().to_vec(),
+            name: n.trim().into(),
+            value: v.trim().as_bytes().into(),
         })
         .collect();
     let token = token.trim().as_bytes();
@@ -803,7 +803,7 @@ mod tests {
     fn h(name: &str, value: &str) -> Header {
         Header {
             name: name.into(),
-            value: value.as_bytes().to_vec(),
+            value: value.as_bytes().into(),
         }
     }
 
@@ -1057,8 +1057,8 @@ mod tests {
             let v = verifier("binding_headers = [\"X-B\"]\nquery_param = \"t\"");
             let joined = parts.join(".");
             for hdrs in [
-                vec![Header { name: "Approov-Token".into(), value: value.clone() }],
-                vec![h("Approov-Token", &joined), Header { name: "X-B".into(), value: value.clone() }],
+                vec![Header { name: "Approov-Token".into(), value: value.as_slice().into() }],
+                vec![h("Approov-Token", &joined), Header { name: "X-B".into(), value: value.as_slice().into() }],
                 vec![h("Authorization", &format!("Bearer {joined}"))],
             ] {
                 let a = v.attest(&hdrs, &format!("/?t={joined}"), NOW);
