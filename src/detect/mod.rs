@@ -136,21 +136,67 @@ impl Event {
         }
     }
 
-    /// The key of a rule: one field, or a tuple of several (all must be present).
-    fn group_key(&self, fields: &[KeyField]) -> Option<KeyValue> {
+    /// The key of a rule (one field, or a tuple of several, all present) as looked up in
+    /// its key table: built without allocating (a tuple's parts stay inline); the owned
+    /// key is made only for a new key.
+    fn lookup_key(&self, fields: &[KeyField]) -> Option<Lookup> {
         match fields {
-            [one] => self.key(*one),
+            [one] => self.key(*one).map(Lookup::One),
             many => many
                 .iter()
                 .map(|f| self.key(*f))
-                .collect::<Option<Vec<_>>>()
-                .map(|v| KeyValue::Tuple(v.into())),
+                .collect::<Option<smallvec::SmallVec<_>>>()
+                .map(Lookup::Many),
         }
     }
 }
 
+/// A rule's key before it is stored: one value, or a tuple's parts inline. Hashes and
+/// compares exactly as the [`KeyValue`] it stands for.
+enum Lookup {
+    One(KeyValue),
+    Many(smallvec::SmallVec<[KeyValue; 3]>),
+}
+
+impl std::hash::Hash for Lookup {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            Lookup::One(k) => k.hash(h),
+            Lookup::Many(parts) => hash_tuple(parts, h),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<KeyValue> for Lookup {
+    fn equivalent(&self, key: &KeyValue) -> bool {
+        match (self, key) {
+            (Lookup::One(a), b) => a == b,
+            (Lookup::Many(parts), KeyValue::Tuple(t)) => parts[..] == t[..],
+            (Lookup::Many(_), _) => false,
+        }
+    }
+}
+
+impl From<&Lookup> for KeyValue {
+    fn from(l: &Lookup) -> KeyValue {
+        match l {
+            Lookup::One(k) => k.clone(),
+            Lookup::Many(parts) => KeyValue::Tuple(parts.iter().cloned().collect()),
+        }
+    }
+}
+
+fn hash_tuple<H: std::hash::Hasher>(parts: &[KeyValue], h: &mut H) {
+    use std::hash::Hash;
+    4u8.hash(h);
+    parts.len().hash(h);
+    for p in parts {
+        p.hash(h);
+    }
+}
+
 /// A value rules group by or count.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KeyValue {
     Ip(IpAddr),
     Str(Arc<str>),
@@ -160,6 +206,31 @@ pub enum KeyValue {
     Username(Arc<str>),
     /// Several fields (`group_by: [ip, endpoint]`), in the rule's order.
     Tuple(Arc<[KeyValue]>),
+}
+
+// By hand, so a [`Lookup`] can hash the same way without building the tuple.
+impl std::hash::Hash for KeyValue {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            KeyValue::Ip(ip) => {
+                0u8.hash(h);
+                ip.hash(h);
+            }
+            KeyValue::Str(s) => {
+                1u8.hash(h);
+                s.hash(h);
+            }
+            KeyValue::Token(t) => {
+                2u8.hash(h);
+                t.hash(h);
+            }
+            KeyValue::Username(u) => {
+                3u8.hash(h);
+                u.hash(h);
+            }
+            KeyValue::Tuple(parts) => hash_tuple(parts, h),
+        }
+    }
 }
 
 impl KeyValue {
@@ -274,7 +345,7 @@ impl Default for DetectConfig {
 
 struct RuleState {
     rule: Arc<Rule>,
-    keys: HashMap<KeyValue, KeyState, foldhash::fast::RandomState>,
+    keys: hashbrown::HashMap<KeyValue, KeyState, foldhash::fast::RandomState>,
     /// Baseline detectors: per endpoint, the per-key request counts of closed windows.
     baselines: Baselines,
 }
@@ -285,7 +356,7 @@ impl RuleState {
     fn new(rule: Arc<Rule>) -> RuleState {
         RuleState {
             rule,
-            keys: HashMap::default(),
+            keys: hashbrown::HashMap::default(),
             baselines: HashMap::default(),
         }
     }
@@ -516,7 +587,7 @@ impl Engine {
             matched = true;
             let rule = st.rule.clone();
             let det = &rule.detector;
-            let Some(key) = ev.group_key(&det.group_by) else {
+            let Some(key) = ev.lookup_key(&det.group_by) else {
                 continue;
             };
             let mut o = Observed {
@@ -563,17 +634,21 @@ impl Engine {
             let RuleState {
                 keys, baselines, ..
             } = st;
-            let ks = keys.entry(key.clone()).or_insert_with(|| {
-                let endpoint = matches!(
-                    det.kind,
-                    DetectorKind::Baseline { .. } | DetectorKind::Outlier { .. }
-                )
-                .then(|| ev.key(KeyField::Endpoint))
-                .flatten();
-                KeyState::new(det, endpoint)
-            });
+            let ks = match keys.get_mut(&key) {
+                Some(ks) => ks,
+                None => {
+                    let endpoint = matches!(
+                        det.kind,
+                        DetectorKind::Baseline { .. } | DetectorKind::Outlier { .. }
+                    )
+                    .then(|| ev.key(KeyField::Endpoint))
+                    .flatten();
+                    keys.entry(KeyValue::from(&key))
+                        .or_insert(KeyState::new(det, endpoint))
+                }
+            };
             if let Some(episode) = ks.due_follow_up(ev.ts, &rule) {
-                emit(&rule, &key, episode, true, &mut self.stats, out);
+                emit(&rule, &(&key).into(), episode, true, &mut self.stats, out);
             }
             let stats = &mut self.stats;
             let mut samples = Vec::new();
@@ -582,7 +657,7 @@ impl Engine {
                 learn(baselines, s, stats);
             }
             if let Some(episode) = fired {
-                emit(&rule, &key, episode, false, stats, out);
+                emit(&rule, &(&key).into(), episode, false, stats, out);
             }
         }
         if matched {

@@ -424,3 +424,44 @@ fn principals_are_shown_redacted() {
     );
     assert!(!serde_json::to_string(&a[0]).unwrap().contains("jane@"));
 }
+
+#[test]
+fn looked_up_keys_hash_and_compare_as_stored_keys() {
+    use std::hash::BuildHasher;
+    let state = foldhash::fast::RandomState::default();
+    let mut e = ev(1.0, "10.0.0.7");
+    e.actor.user = Some("alice".into());
+    e.endpoint = Some("GET /x".into());
+    let mut table: hashbrown::HashMap<KeyValue, u32, _> = hashbrown::HashMap::with_hasher(state);
+    let shapes: [&[KeyField]; 4] = [
+        &[KeyField::Ip],
+        &[KeyField::Ip, KeyField::Endpoint],
+        &[KeyField::Endpoint, KeyField::Ip],
+        &[KeyField::Principal, KeyField::Endpoint, KeyField::User],
+    ];
+    for (i, fields) in shapes.iter().enumerate() {
+        let look = e.lookup_key(fields).unwrap();
+        let owned = KeyValue::from(&look);
+        assert_eq!(
+            table.hasher().hash_one(&look),
+            table.hasher().hash_one(&owned)
+        );
+        table.insert(owned, i as u32);
+    }
+    // Each shape finds its own key, and only its own: order of the parts matters.
+    for (i, fields) in shapes.iter().enumerate() {
+        let look = e.lookup_key(fields).unwrap();
+        assert_eq!(table.get(&look), Some(&(i as u32)));
+    }
+    assert_eq!(table.len(), 4);
+    // A tuple of one field's value is not that value.
+    let single = Lookup::Many(
+        [KeyValue::Ip("10.0.0.7".parse().unwrap())]
+            .into_iter()
+            .collect(),
+    );
+    assert_eq!(table.get(&single), None);
+    // A missing field gives no key.
+    e.actor.device = None;
+    assert!(e.lookup_key(&[KeyField::Ip, KeyField::Device]).is_none());
+}

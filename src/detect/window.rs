@@ -36,6 +36,21 @@ impl<T: PartialEq> Same<T> {
         }
     }
 
+    /// [`Same::add`] that clones only the first value (shared strings are counted
+    /// references another thread also touches: no needless increments).
+    fn add_ref<Q>(&mut self, v: &Q)
+    where
+        T: std::borrow::Borrow<Q>,
+        Q: PartialEq + ToOwned<Owned = T> + ?Sized,
+    {
+        match self {
+            Same::Unset => *self = Same::One(v.to_owned()),
+            Same::One(x) if x.borrow() == v => {}
+            Same::One(_) => *self = Same::Mixed,
+            Same::Mixed => {}
+        }
+    }
+
     pub fn one(&self) -> Option<&T> {
         match self {
             Same::One(x) => Some(x),
@@ -90,22 +105,24 @@ pub(super) struct Episode {
     pub baseline: Option<(f64, u32)>,
 }
 
-fn push_distinct<T: PartialEq>(v: &mut Vec<T>, x: T, truncated: &mut bool) {
-    if !v.contains(&x) {
+/// Lists `x` (cloned only when new) unless listed; past the cap, notes truncation.
+fn push_distinct<T: PartialEq + Clone>(v: &mut Vec<T>, x: &T, truncated: &mut bool) {
+    if !v.contains(x) {
         if v.len() < MAX_LISTED {
-            v.push(x);
+            v.push(x.clone());
         } else {
             *truncated = true;
         }
     }
 }
 
-fn bump<K: PartialEq>(v: &mut Vec<(K, u32)>, k: K, cap: usize) -> bool {
-    if let Some(e) = v.iter_mut().find(|(x, _)| *x == k) {
+/// Counts `k` (cloned only when new); `false` when it is new and the list is full.
+fn bump<K: PartialEq + Clone>(v: &mut Vec<(K, u32)>, k: &K, cap: usize) -> bool {
+    if let Some(e) = v.iter_mut().find(|(x, _)| x == k) {
         e.1 += 1;
         true
     } else if v.len() < cap {
-        v.push((k, 1));
+        v.push((k.clone(), 1));
         true
     } else {
         false
@@ -158,41 +175,49 @@ impl Episode {
         if let Some(c) = self.verdicts.get_mut(ev.verdict as usize) {
             *c += 1;
         }
-        let ep = ev.method.clone().zip(ev.route.clone());
+        let same_endpoint = |e: &EndpointKey| {
+            ev.method.as_ref().is_some_and(|m| e.0 == *m)
+                && ev.route.as_ref().is_some_and(|r| e.1 == *r)
+        };
         if wants(EvidenceField::Endpoints)
-            && let Some(e) = &ep
-            && !bump(&mut self.endpoints, e.clone(), MAX_ENDPOINTS)
+            && let (Some(m), Some(r)) = (&ev.method, &ev.route)
         {
-            self.endpoints_other += 1;
+            if let Some(e) = self.endpoints.iter_mut().find(|(e, _)| same_endpoint(e)) {
+                e.1 += 1;
+            } else if self.endpoints.len() < MAX_ENDPOINTS {
+                self.endpoints.push(((m.clone(), r.clone()), 1));
+            } else {
+                self.endpoints_other += 1;
+            }
         }
         let t = &mut self.truncated;
         if wants(EvidenceField::Addresses) {
-            push_distinct(&mut self.addresses, ev.actor.ip, t);
+            push_distinct(&mut self.addresses, &ev.actor.ip, t);
         }
         if wants(EvidenceField::Devices)
             && let Some(d) = &ev.actor.device
         {
-            push_distinct(&mut self.devices, d.clone(), t);
+            push_distinct(&mut self.devices, d, t);
         }
         if wants(EvidenceField::Users)
             && let Some(u) = &ev.actor.user
         {
-            push_distinct(&mut self.users, u.clone(), t);
+            push_distinct(&mut self.users, u, t);
         }
         if wants(EvidenceField::Tokens)
-            && let Some(tok) = ev.token
+            && let Some(tok) = &ev.token
         {
             push_distinct(&mut self.tokens, tok, t);
         }
         if wants(EvidenceField::Objects)
             && let Some(o) = &ev.object
         {
-            push_distinct(&mut self.objects, o.clone(), t);
+            push_distinct(&mut self.objects, o, t);
         }
         if wants(EvidenceField::Usernames)
             && let Some(u) = &ev.username
         {
-            push_distinct(&mut self.usernames, u.clone(), t);
+            push_distinct(&mut self.usernames, u, t);
         }
         if let Some(o) = ev.ownership {
             if let Some(c) = self.ownership.get_mut(o as usize) {
@@ -200,7 +225,7 @@ impl Episode {
             }
             if wants(EvidenceField::ForeignObjects) {
                 for x in &ev.foreign {
-                    push_distinct(&mut self.foreign_ids, x.clone(), t);
+                    push_distinct(&mut self.foreign_ids, x, t);
                 }
             }
         }
@@ -230,13 +255,13 @@ impl Episode {
         }
         if wants(EvidenceField::Families)
             && let Some(f) = &ev.family
-            && !bump(&mut self.families, f.clone(), 4)
+            && !bump(&mut self.families, f, 4)
         {
             self.truncated = true;
         }
         if wants(EvidenceField::Statuses)
             && let Some(s) = ev.status
-            && !bump(&mut self.statuses, s, MAX_LISTED)
+            && !bump(&mut self.statuses, &s, MAX_LISTED)
         {
             self.truncated = true;
         }
@@ -244,9 +269,17 @@ impl Episode {
             self.expired_for_max = Some(self.expired_for_max.map_or(e, |m| m.max(e)));
         }
         self.ip.add(ev.actor.ip);
-        self.device.add(ev.actor.device.clone());
-        self.user.add(ev.actor.user.clone());
-        self.endpoint.add(ep);
+        self.device.add_ref(&ev.actor.device);
+        self.user.add_ref(&ev.actor.user);
+        match &mut self.endpoint {
+            Same::Unset => {
+                self.endpoint = Same::One(ev.method.clone().zip(ev.route.clone()));
+            }
+            Same::One(Some(e)) if same_endpoint(e) => {}
+            Same::One(None) if ev.method.is_none() || ev.route.is_none() => {}
+            Same::One(_) => self.endpoint = Same::Mixed,
+            Same::Mixed => {}
+        }
     }
 }
 
