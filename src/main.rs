@@ -22,6 +22,12 @@ use shieldtap::telemetry::metrics::Hub;
 use shieldtap::telemetry::server::MetricsServer;
 use shieldtap::telemetry::{self, LogFormat};
 
+/// Workers allocate each transaction's event and the detect thread frees it: mimalloc frees
+/// across threads without the arena locking glibc's malloc contends on (the end_to_end
+/// bench runs with the same allocator).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Passive shield for the APIs behind mobile apps: reassembles mirrored HTTP traffic,
 /// verifies app attestation tokens and flags abuse.
 #[derive(Parser)]
