@@ -10,8 +10,9 @@
 //! with; after a JWKS change they are judged again. Hits, misses and evictions are counted.
 //!
 //! In front of the shared cache each thread keeps a small direct-mapped table of the
-//! entries it used last ([`NEAR_SLOTS`]): a device's token arrives every few requests, and
-//! a hit there costs one array probe instead of the shared cache's bookkeeping. The facts
+//! tokens it used last ([`NEAR_SLOTS`]), found by their exact bytes: a device's token
+//! arrives every few requests, and a hit there costs one probe, with neither a SHA-256 of
+//! the token nor the shared cache's bookkeeping. The facts
 //! of a token never change for a key generation (validity is judged per request on packet
 //! time), so a near entry that outlives its shared copy gives the same verdicts.
 
@@ -35,33 +36,69 @@ pub type Digest = [u8; 32];
 
 /// Entries each thread keeps in front of the shared cache (a power of two).
 const NEAR_SLOTS: usize = 1024;
+/// Longest token kept in a near table (longer ones go straight to the shared cache).
+const NEAR_MAX_TOKEN: usize = 2048;
 
-/// One thread's recently used entries, tagged with the cache they came from.
+/// One recently used token: found by its bytes, so its digest is not computed again.
+struct NearEntry {
+    /// The cache it came from.
+    cache: u64,
+    token: Box<[u8]>,
+    digest: Digest,
+    entry: Arc<Entry>,
+}
+
+/// One thread's recently used tokens. Slots are picked by a seeded hash of the token
+/// (per thread, random): crafted tokens can at worst evict each other, and a hit needs
+/// the exact bytes.
 struct Near {
-    slots: Vec<Option<(u64, Digest, Arc<Entry>)>>,
+    slots: Vec<Option<NearEntry>>,
+    hasher: foldhash::fast::RandomState,
 }
 
 thread_local! {
-    static NEAR: RefCell<Near> = RefCell::new(Near { slots: vec![None; NEAR_SLOTS] });
+    static NEAR: RefCell<Near> = RefCell::new(Near {
+        slots: std::iter::repeat_with(|| None).take(NEAR_SLOTS).collect(),
+        hasher: foldhash::fast::RandomState::default(),
+    });
 }
 
 /// Caches are told apart in the near tables by a process-unique id.
 static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 
-fn near_slot(digest: &Digest) -> usize {
-    // Digests are SHA-256 outputs: any bytes are uniformly spread.
-    (u16::from_le_bytes([digest[0], digest[1]]) as usize) & (NEAR_SLOTS - 1)
+impl Near {
+    fn slot(&self, token: &[u8]) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(token) as usize) & (NEAR_SLOTS - 1)
+    }
 }
 
-fn near_get(id: u64, digest: &Digest) -> Option<Arc<Entry>> {
-    NEAR.with(|n| match &n.borrow().slots[near_slot(digest)] {
-        Some((i, d, e)) if *i == id && d == digest => Some(Arc::clone(e)),
-        _ => None,
+fn near_get(cache: u64, token: &[u8]) -> Option<(Digest, Arc<Entry>)> {
+    NEAR.with(|n| {
+        let n = n.borrow();
+        match &n.slots[n.slot(token)] {
+            Some(e) if e.cache == cache && *e.token == *token => {
+                Some((e.digest, Arc::clone(&e.entry)))
+            }
+            _ => None,
+        }
     })
 }
 
-fn near_put(id: u64, digest: &Digest, entry: &Arc<Entry>) {
-    NEAR.with(|n| n.borrow_mut().slots[near_slot(digest)] = Some((id, *digest, Arc::clone(entry))));
+fn near_put(cache: u64, token: &[u8], digest: &Digest, entry: &Arc<Entry>) {
+    if token.len() > NEAR_MAX_TOKEN {
+        return;
+    }
+    NEAR.with(|n| {
+        let mut n = n.borrow_mut();
+        let i = n.slot(token);
+        n.slots[i] = Some(NearEntry {
+            cache,
+            token: token.into(),
+            digest: *digest,
+            entry: Arc::clone(entry),
+        });
+    });
 }
 
 /// What the cache keeps per token.
@@ -123,31 +160,37 @@ impl VerdictCache {
         }
     }
 
-    /// The entry for `digest` if present and judged with key generation `generation`.
-    pub fn get(&self, digest: &Digest, generation: u64) -> Option<Arc<Entry>> {
-        let hit = self.inner.as_ref().and_then(|c| {
-            match near_get(self.id, digest) {
-                Some(e) => Some(e),
-                None => {
-                    let e = c.get(digest)?;
-                    near_put(self.id, digest, &e);
-                    Some(e)
+    /// The digest of `token`, and its entry if present and judged with key generation
+    /// `generation`. A token this thread used lately is found by its bytes, without
+    /// hashing it again.
+    pub fn lookup(&self, token: &[u8], generation: u64) -> (Digest, Option<Arc<Entry>>) {
+        let near = self.inner.as_ref().and_then(|_| near_get(self.id, token));
+        let (digest, hit) = match near {
+            Some((digest, e)) => (digest, Some(e)),
+            None => {
+                let digest = super::sha256(token);
+                let e = self.inner.as_ref().and_then(|c| c.get(&digest));
+                if let Some(e) = &e {
+                    near_put(self.id, token, &digest, e);
                 }
+                (digest, e)
             }
-            .filter(|e| e.generation == generation)
-        });
+        };
+        let hit = hit.filter(|e| e.generation == generation);
         let counter = if hit.is_some() {
             &self.counters.hits
         } else {
             &self.counters.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        hit
+        (digest, hit)
     }
 
-    /// Stores `facts` learnt at packet time `now` (seconds) and returns the shared entry.
+    /// Stores `facts` about `token` (whose digest is `digest`) learnt at packet time `now`
+    /// (seconds) and returns the shared entry.
     pub fn insert(
         &self,
+        token: &[u8],
         digest: Digest,
         facts: Inspected,
         generation: u64,
@@ -167,7 +210,7 @@ impl VerdictCache {
         });
         if let Some(c) = &self.inner {
             c.insert(digest, Arc::clone(&entry));
-            near_put(self.id, &digest, &entry);
+            near_put(self.id, token, &digest, &entry);
         }
         entry
     }
@@ -197,56 +240,81 @@ mod tests {
         }
     }
 
+    /// Stores facts for `token` as the verifier does.
+    fn put(cache: &VerdictCache, token: &[u8], exp: f64) {
+        cache.insert(
+            token,
+            super::super::sha256(token),
+            facts(exp),
+            0,
+            1000.0,
+            0.0,
+        );
+    }
+
     #[test]
     fn hits_misses_generations_and_bounds() {
         let cache = VerdictCache::new(100);
-        let d = [7u8; 32];
-        assert!(cache.get(&d, 0).is_none());
-        cache.insert(d, facts(2000.0), 0, 1000.0, 0.0);
-        assert!(cache.get(&d, 0).is_some());
+        let t = b"eyJ.token.seven";
+        let (d, hit) = cache.lookup(t, 0);
+        assert!(hit.is_none());
+        assert_eq!(d, super::super::sha256(t));
+        put(&cache, t, 2000.0);
+        assert!(cache.lookup(t, 0).1.is_some());
         // A key-set change makes the entry stale.
-        assert!(cache.get(&d, 1).is_none());
+        assert!(cache.lookup(t, 1).1.is_none());
         assert_eq!(cache.counters.hits.load(Ordering::Relaxed), 1);
         assert_eq!(cache.counters.misses.load(Ordering::Relaxed), 2);
         for i in 0..2000u32 {
-            let mut k = [0u8; 32];
-            k[..4].copy_from_slice(&i.to_le_bytes());
-            cache.insert(k, facts(2000.0), 0, 1000.0, 0.0);
+            put(&cache, format!("tok-{i}").as_bytes(), 2000.0);
         }
         assert!(cache.entry_count() <= 100, "{}", cache.entry_count());
         assert!(cache.counters.evictions.load(Ordering::Relaxed) > 0);
     }
 
     #[test]
-    fn near_table_keeps_caches_and_generations_apart() {
+    fn near_table_keeps_caches_tokens_and_generations_apart() {
         let a = VerdictCache::new(100);
         let b = VerdictCache::new(100);
-        let d = [9u8; 32];
-        a.insert(d, facts(2000.0), 0, 1000.0, 0.0);
-        // Same thread, same digest, another cache: not a hit.
-        assert!(b.get(&d, 0).is_none());
-        assert!(a.get(&d, 0).is_some());
+        let t = b"eyJ.near.one";
+        put(&a, t, 2000.0);
+        // Same thread, same token, another cache: not a hit.
+        assert!(b.lookup(t, 0).1.is_none());
+        let (d, hit) = a.lookup(t, 0);
+        assert_eq!(d, super::super::sha256(t));
+        assert_eq!(hit.map(|e| e.facts.exp), Some(2000.0));
         // A newer key generation judges the token again, near table or not.
-        assert!(a.get(&d, 1).is_none());
-        // Another thread sees the shared entry (and fills its own near table).
+        assert!(a.lookup(t, 1).1.is_none());
+        // Another thread finds the shared entry (and fills its own near table).
         std::thread::scope(|s| {
-            s.spawn(|| assert!(a.get(&d, 0).is_some()));
+            s.spawn(|| assert!(a.lookup(t, 0).1.is_some()));
         });
-        // A digest landing on the same slot replaces the near entry; both still hit.
-        let mut e = d;
-        e[5] ^= 1;
-        a.insert(e, facts(3000.0), 0, 1000.0, 0.0);
-        assert_eq!(a.get(&d, 0).map(|x| x.facts.exp), Some(2000.0));
-        assert_eq!(a.get(&e, 0).map(|x| x.facts.exp), Some(3000.0));
-        assert_eq!(a.counters.hits.load(Ordering::Relaxed), 4);
-        assert_eq!(a.counters.misses.load(Ordering::Relaxed), 1);
+        // Many tokens: every one still resolves to its own facts and digest, whichever
+        // slots they share.
+        for i in 0..3000u32 {
+            put(&a, format!("tok-{i}").as_bytes(), 3000.0 + f64::from(i));
+        }
+        for i in (0..3000u32).step_by(7) {
+            let tok = format!("tok-{i}");
+            let (d, hit) = a.lookup(tok.as_bytes(), 0);
+            assert_eq!(d, super::super::sha256(tok.as_bytes()));
+            if let Some(e) = hit {
+                assert_eq!(e.facts.exp, 3000.0 + f64::from(i));
+            }
+        }
+        // A token that only shares a prefix is another token.
+        assert!(a.lookup(b"eyJ.near.on", 0).1.is_none());
+        // Over-long tokens are still cached, just not near.
+        let long = vec![b'x'; NEAR_MAX_TOKEN + 1];
+        put(&a, &long, 4000.0);
+        assert_eq!(a.lookup(&long, 0).1.map(|e| e.facts.exp), Some(4000.0));
     }
 
     #[test]
     fn zero_capacity_caches_nothing() {
         let cache = VerdictCache::new(0);
-        cache.insert([1; 32], facts(2000.0), 0, 1000.0, 0.0);
-        assert!(cache.get(&[1; 32], 0).is_none());
+        put(&cache, b"t", 2000.0);
+        assert!(cache.lookup(b"t", 0).1.is_none());
         assert_eq!(cache.entry_count(), 0);
     }
 }

@@ -414,12 +414,13 @@ impl Family {
             j.status_value = Some(Arc::clone(status));
             return j;
         }
-        let digest = sha256(token);
         let generation = self.generation();
-        let entry = match (
-            &decoded,
-            self.cache.get_if(decoded.is_none(), &digest, generation),
-        ) {
+        let (digest, hit) = match &decoded {
+            // Decoding for display bypasses the cache.
+            Some(_) => (sha256(token), None),
+            None => self.cache.lookup(token, generation),
+        };
+        let entry = match (&decoded, hit) {
             (None, Some(hit)) => hit,
             _ => {
                 let fetched = self.fetched.as_ref().map(|f| f.current());
@@ -429,7 +430,7 @@ impl Family {
                 }
                 let facts = jws::inspect(text, &self.cfg, &sets, decoded);
                 self.cache
-                    .insert(digest, facts, generation, now, self.cfg.leeway_secs)
+                    .insert(token, digest, facts, generation, now, self.cfg.leeway_secs)
             }
         };
         let (verdict, binding) = self.evaluate(&entry.facts, headers, now);
@@ -490,21 +491,6 @@ impl Family {
             status_value: j.status_value.clone(),
             ip: believed.and_then(|f| f.ip.clone()),
             exp: believed.map(|f| f.exp).filter(|e| e.is_finite()),
-        }
-    }
-}
-
-impl VerdictCache {
-    fn get_if(
-        &self,
-        use_cache: bool,
-        digest: &cache::Digest,
-        generation: u64,
-    ) -> Option<Arc<cache::Entry>> {
-        if use_cache {
-            self.get(digest, generation)
-        } else {
-            None
         }
     }
 }
