@@ -57,6 +57,8 @@ pub struct Event {
     pub route: Option<Arc<str>>,
     /// Set by the engine: `METHOD /route`, shared across events.
     pub endpoint: Option<Arc<str>>,
+    /// Response body bytes on the wire (after de-chunking, before content decoding).
+    pub body_bytes: Option<u64>,
     pub status: Option<u16>,
     pub family: Option<Arc<str>>,
     pub verdict: Verdict,
@@ -374,8 +376,14 @@ fn learn(baselines: &mut Baselines, s: Sample, stats: &mut DetectStats) {
     let h = match baselines.entry(s.endpoint) {
         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::hash_map::Entry::Vacant(v) => {
-            // Counts up to a million per window at 2 significant digits: a few KiB.
-            match Histogram::new_with_bounds(1, 1_000_000, 2) {
+            // Counts up to a million per window at 2 significant digits: a few KiB; body
+            // sizes up to 4 GiB.
+            let high = if s.wide {
+                u64::from(u32::MAX)
+            } else {
+                1_000_000
+            };
+            match Histogram::new_with_bounds(1, high, 2) {
                 Ok(h) => v.insert(h),
                 Err(_) => return,
             }

@@ -32,6 +32,7 @@ fn ev(secs: f64, ip: &str) -> Event {
         host: None,
         route: Some("/x".into()),
         endpoint: None,
+        body_bytes: None,
         status: Some(200),
         family: Some("approov".into()),
         verdict: Verdict::Valid,
@@ -464,4 +465,107 @@ fn looked_up_keys_hash_and_compare_as_stored_keys() {
     // A missing field gives no key.
     e.actor.device = None;
     assert!(e.lookup_key(&[KeyField::Ip, KeyField::Device]).is_none());
+}
+
+/// A response to `route` from `ip` carrying `records` records in `bytes` body bytes.
+fn response(secs: f64, ip: &str, route: &str, records: u32, bytes: u64) -> Event {
+    let mut e = ev(secs, ip);
+    e.route = Some(route.into());
+    e.object = Some(route.into());
+    e.exposure = Some(Arc::new(exposure::Scan {
+        records,
+        ..Default::default()
+    }));
+    e.body_bytes = Some(bytes);
+    e
+}
+
+#[test]
+fn bulk_exposure_by_records_and_by_bytes_against_the_learned_level() {
+    let set = crate::rules::builtin().unwrap();
+    let mut engine = Engine::new(DetectConfig::default(), &set);
+    let bulk = |alerts: &[Alert]| -> Vec<(String, Option<String>)> {
+        alerts
+            .iter()
+            .filter(|a| a.rule.as_str().starts_with("exposure.bulk-"))
+            .map(|a| (a.rule.as_str().to_string(), a.actor.ip.clone()))
+            .collect()
+    };
+    let mut events = Vec::new();
+    // An endpoint that has not been learned yet stays quiet, however large the response.
+    for i in 0..10 {
+        events.push(response(
+            f64::from(i),
+            "192.0.2.200",
+            "/api/v1/export",
+            5,
+            2_000,
+        ));
+    }
+    events.push(response(
+        11.0,
+        "192.0.2.201",
+        "/api/v1/export",
+        50_000,
+        80 << 20,
+    ));
+    // The orders endpoint learns its level: 20 records, about 4 KB per page.
+    for i in 0..60u32 {
+        let ip = format!("192.0.2.{}", 1 + i % 50);
+        events.push(response(
+            20.0 + f64::from(i),
+            &ip,
+            "/api/v1/orders",
+            20,
+            4_000 + u64::from(i),
+        ));
+    }
+    // Above 10 times the level but under the thresholds (100 records, 1 MiB): quiet (and
+    // learned, as everything that does not stand out is).
+    events.push(response(
+        90.0,
+        "198.51.100.7",
+        "/api/v1/orders",
+        99,
+        500_000,
+    ));
+    assert_eq!(bulk(&run(&mut engine, &events)), vec![]);
+    // A page size left out: 5,000 records in 8 MiB. Both measures fire, naming the client.
+    let big = [response(
+        91.0,
+        "198.51.100.9",
+        "/api/v1/orders",
+        5_000,
+        8 << 20,
+    )];
+    let mut got = bulk(&run(&mut engine, &big));
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "exposure.bulk-bytes".to_string(),
+                Some("198.51.100.9".to_string())
+            ),
+            (
+                "exposure.bulk-records".to_string(),
+                Some("198.51.100.9".to_string())
+            ),
+        ]
+    );
+    // A large body that is not a list (an export of one object) is caught by bytes alone.
+    let blob = [response(
+        92.0,
+        "198.51.100.10",
+        "/api/v1/orders",
+        1,
+        6 << 20,
+    )];
+    assert_eq!(
+        bulk(&run(&mut engine, &blob)),
+        vec![(
+            "exposure.bulk-bytes".to_string(),
+            Some("198.51.100.10".to_string())
+        )]
+    );
 }

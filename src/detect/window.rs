@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{DetectStats, Event, KeyValue, ObjectRef};
 use crate::capture::Timestamp;
-use crate::rules::{Detector, DetectorKind, EvidenceField, Rule};
+use crate::rules::{Detector, DetectorKind, EvidenceField, Measure, Rule};
 use crate::token::{TokenHash, Verdict};
 
 /// Buckets per window: counts are exact to 1/128 of the window.
@@ -309,10 +309,13 @@ enum Track {
     Outlier,
 }
 
-/// A closed baseline window: `count` requests of a key whose endpoint is `endpoint`.
+/// A closed baseline window: `count` requests of a key whose endpoint is `endpoint` (or,
+/// for an `outlier` detector, one response's records or bytes).
 pub(super) struct Sample {
     pub endpoint: KeyValue,
     pub count: u32,
+    /// Body sizes: learned over a wider range than request counts.
+    pub wide: bool,
 }
 
 /// State of one key under one rule.
@@ -437,6 +440,7 @@ impl KeyState {
                     learn(Sample {
                         endpoint: e.clone(),
                         count: *count,
+                        wide: false,
                     });
                 }
                 *index = cur;
@@ -605,21 +609,32 @@ impl KeyState {
                     extra = Extra::Baseline(level, *count);
                 }
             }
-            (DetectorKind::Outlier { factor, .. }, Track::Outlier) => {
-                let records = ev.exposure.as_ref().map_or(0, |s| s.records);
+            (
+                DetectorKind::Outlier {
+                    factor, measure, ..
+                },
+                Track::Outlier,
+            ) => {
+                let size = match measure {
+                    Measure::Records => ev.exposure.as_ref().map_or(0, |s| s.records),
+                    Measure::Bytes => ev
+                        .body_bytes
+                        .map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX)),
+                };
                 self.episode = None;
-                if records >= threshold
+                if size >= threshold
                     && let Some(level) = o.level
-                    && f64::from(records) > factor * level
+                    && f64::from(size) > factor * level
                 {
                     fired = true;
-                    extra = Extra::Baseline(level, records);
+                    extra = Extra::Baseline(level, size);
                 } else {
                     // Learned from what did not stand out; no episode is kept for it.
                     if let Some(e) = &self.endpoint {
                         learn(Sample {
                             endpoint: e.clone(),
-                            count: records,
+                            count: size,
+                            wide: *measure == Measure::Bytes,
                         });
                     }
                     return None;
@@ -674,6 +689,7 @@ impl KeyState {
             (Some(e), false) => Some(Sample {
                 endpoint: e.clone(),
                 count: *count,
+                wide: false,
             }),
             _ => None,
         };

@@ -72,6 +72,8 @@ const MAX_FILE_BYTES: u64 = 1 << 20;
 const MAX_FILES: usize = 256;
 /// Largest count or distinct threshold: detector state per key is bounded by it.
 pub const MAX_THRESHOLD: u32 = 10_000;
+/// Largest `threshold` of an `outlier` detector measuring `bytes` (1 GiB).
+pub const MAX_BYTES_THRESHOLD: u32 = 1 << 30;
 /// Longest detection window and suppression window.
 const MAX_WINDOW_SECS: f64 = 7.0 * 86_400.0;
 
@@ -313,14 +315,24 @@ pub enum DetectorKind {
         quantile: f64,
         learn_min: u32,
     },
-    /// Responses carrying more records (the longest JSON array) than `factor` times the
-    /// `quantile` of what the endpoint returned before (once `learn_min` responses were
-    /// seen), and at least `threshold`: bulk exposure (`?limit=10000`).
+    /// Responses carrying more records (the longest JSON array), or more body bytes, than
+    /// `factor` times the `quantile` of what the endpoint returned before (once `learn_min`
+    /// responses were seen), and at least `threshold`: bulk exposure (`?limit=10000`).
     Outlier {
         factor: f64,
         quantile: f64,
         learn_min: u32,
+        measure: Measure,
     },
+}
+
+/// What an `outlier` detector compares per response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    /// Records: the longest JSON array of the body.
+    Records,
+    /// Body bytes on the wire (after de-chunking, before content decoding).
+    Bytes,
 }
 
 impl DetectorKind {

@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_saphyr::Location;
 
 use super::{
-    Category, DETECTOR_KINDS, Detector, DetectorKind, EvidenceField, KeyField, MAX_THRESHOLD,
-    MAX_WINDOW_SECS, Matcher, Rule, RuleError, RuleId, RuleTest, S, Severity, StatusMatch,
-    TestInput, glob_to_regex, parse_template, secs,
+    Category, DETECTOR_KINDS, Detector, DetectorKind, EvidenceField, KeyField, MAX_BYTES_THRESHOLD,
+    MAX_THRESHOLD, MAX_WINDOW_SECS, Matcher, Measure, Rule, RuleError, RuleId, RuleTest, S,
+    Severity, StatusMatch, TestInput, glob_to_regex, parse_template, secs,
 };
 use crate::token::Verdict;
 
@@ -124,6 +124,8 @@ struct RawDetector {
     learn_min_windows: Option<S<i64>>,
     /// `outlier`: responses to learn from before judging (default 50).
     learn_min_samples: Option<S<i64>>,
+    /// `outlier`: what is compared, `records` (default) or `bytes`.
+    measure: Option<S<String>>,
 }
 
 /// `group_by: ip` or `group_by: [ip, endpoint]`.
@@ -572,8 +574,11 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
     }
     let kind_name = d.kind.value.as_str();
     let threshold = d.threshold.value;
+    let bytes = kind_name == "outlier" && d.measure.as_ref().is_some_and(|m| m.value == "bytes");
     let (min, max) = match kind_name {
         "distinct" | "cadence" | "sequence" | "mixed" => (2, i64::from(MAX_THRESHOLD)),
+        // A body size: up to 1 GiB.
+        _ if bytes => (1, i64::from(MAX_BYTES_THRESHOLD)),
         _ => (1, i64::from(MAX_THRESHOLD)),
     };
     let max = if kind_name == "cadence" { 1024 } else { max };
@@ -649,6 +654,11 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
         d.learn_min_windows.as_ref().map(|x| x.referenced),
         "learn_min_windows",
         &["baseline"],
+    );
+    only_for(
+        d.measure.as_ref().map(|x| x.referenced),
+        "measure",
+        &["outlier"],
     );
     let when = |ctx: &mut Ctx<'_>| -> Option<Matcher> {
         match &d.when {
@@ -768,10 +778,22 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
                         .into(),
                 );
             }
+            let measure = match d.measure.as_ref().map(|m| (m.value.as_str(), m.referenced)) {
+                None | Some(("records", _)) => Measure::Records,
+                Some(("bytes", _)) => Measure::Bytes,
+                Some((other, at)) => {
+                    ctx.error(
+                        at,
+                        format!("measure: expected `records` or `bytes`, got `{other}`"),
+                    );
+                    Measure::Records
+                }
+            };
             DetectorKind::Outlier {
                 factor: in_range(ctx, &d.factor, "factor", 0.0, 1000.0).unwrap_or(10.0),
                 quantile: in_range(ctx, &d.quantile, "quantile", 0.0, 1.0).unwrap_or(0.99),
                 learn_min: learn_min.clamp(1, 1_000_000) as u32,
+                measure,
             }
         }
         other => {
@@ -785,7 +807,7 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
     (ctx.errors.len() == before).then(|| Detector {
         kind,
         group_by,
-        threshold: threshold.clamp(0, i64::from(MAX_THRESHOLD)) as u32,
+        threshold: threshold.clamp(0, i64::from(MAX_BYTES_THRESHOLD)) as u32,
         window: secs(window.clamp(0.0, MAX_WINDOW_SECS)),
     })
 }
