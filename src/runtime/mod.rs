@@ -477,7 +477,7 @@ impl HttpHandler {
                     client,
                     server,
                     seq: st.seq,
-                    event: ev,
+                    event: Box::new(ev),
                 });
             }
             if self.write_lines {

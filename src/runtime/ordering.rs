@@ -35,7 +35,9 @@ pub(super) struct Ordered {
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub seq: u64,
-    pub event: Event,
+    /// Boxed: the heap moves entries on every push and pop, and an event is several
+    /// hundred bytes (a busy port holds seconds of them).
+    pub event: Box<Event>,
 }
 
 impl Ordered {
@@ -153,7 +155,7 @@ pub(super) fn run(
             } else {
                 *last = Some(k);
             }
-            engine.observe_owned(o.event, alerts);
+            engine.observe_owned(*o.event, alerts);
         };
     while let Ok(batch) = rx.recv() {
         let current = shared.rules.load_full();
@@ -214,5 +216,14 @@ pub(super) fn run(
             actors: engine.actors(TOP_ACTORS),
             inventory: engine.inventory(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn held_entries_stay_small() {
+        // What the ordering heap moves per sift step.
+        assert!(std::mem::size_of::<super::Ordered>() <= 128);
     }
 }
