@@ -60,6 +60,7 @@ fn events() -> Vec<Event> {
                 cross_user: false,
                 exposure: None,
                 exposed: Vec::new(),
+                denied: false,
                 foreign: Vec::new(),
             }
         })

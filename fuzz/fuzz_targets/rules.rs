@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
             cross_user: false,
             exposure: None,
             exposed: Vec::new(),
+            denied: false,
             foreign: Vec::new(),
         };
         engine.observe(&ev, &mut out);

@@ -76,11 +76,6 @@ impl Class {
     pub fn from_name(s: &str) -> Option<Class> {
         Class::ALL.into_iter().find(|c| c.as_str() == s)
     }
-
-    /// Classes no route may expose, whatever its `expose_only` says.
-    pub fn always_denied(self) -> bool {
-        matches!(self, Class::PasswordHash | Class::Secret)
-    }
 }
 
 /// A sensitive value found: where, what, and a masked sample (never the value).

@@ -87,6 +87,8 @@ pub struct Event {
     pub exposure: Option<Arc<exposure::Scan>>,
     /// Set by the engine: the findings the route's `expose_only` does not allow.
     pub exposed: Vec<exposure::Finding>,
+    /// Set by the engine: some exposed finding is of a class the rules deny everywhere.
+    pub denied: bool,
     /// Set by the engine: the objects judged someone else's.
     pub foreign: Vec<ObjectRef>,
 }
@@ -402,6 +404,8 @@ pub struct Engine {
     inventory: inventory::Inventory,
     /// Endpoint and route strings shared across events.
     names: intern::Interner,
+    /// Classes that are exposure wherever they appear (`deny_classes`).
+    deny: Vec<exposure::Class>,
     rules: Vec<RuleState>,
     stats: DetectStats,
     next_sweep: Timestamp,
@@ -416,6 +420,7 @@ impl Engine {
             routes: Vec::new(),
             inventory: inventory::Inventory::default(),
             names: intern::Interner::default(),
+            deny: Vec::new(),
             cfg,
             rules: Vec::new(),
             stats: DetectStats::default(),
@@ -431,6 +436,7 @@ impl Engine {
     /// emit their open aggregates (follow-ups), so no folded request goes unreported.
     pub fn replace_rules(&mut self, set: &RuleSet, out: &mut Vec<Alert>) {
         self.routes = set.routes.clone();
+        self.deny = set.denied();
         let mut old: HashMap<RuleId, RuleState> = self
             .rules
             .drain(..)
@@ -512,11 +518,12 @@ impl Engine {
                 .findings
                 .iter()
                 .filter(|f| {
-                    f.class.always_denied()
+                    self.deny.contains(&f.class)
                         || !allowed.is_some_and(|a| a.iter().any(|p| **p == *f.path))
                 })
                 .cloned()
                 .collect();
+            e.denied = e.exposed.iter().any(|f| self.deny.contains(&f.class));
             if let (Some(route), Some(m)) = (&e.route, &e.method) {
                 self.inventory.add(m, route, scan);
             }
@@ -784,6 +791,11 @@ fn emit(
 fn matcher_matches(m: &Matcher, ev: &Event) -> bool {
     if let Some(cs) = &m.exposed_classes
         && !ev.exposed.iter().any(|f| cs.contains(&f.class))
+    {
+        return false;
+    }
+    if let Some(d) = m.denied
+        && d != ev.denied
     {
         return false;
     }

@@ -48,6 +48,7 @@ fn ev(secs: f64, ip: &str) -> Event {
         cross_user: false,
         exposure: None,
         exposed: Vec::new(),
+        denied: false,
         foreign: Vec::new(),
     }
 }
@@ -567,5 +568,63 @@ fn bulk_exposure_by_records_and_by_bytes_against_the_learned_level() {
             "exposure.bulk-bytes".to_string(),
             Some("198.51.100.10".to_string())
         )]
+    );
+}
+
+#[test]
+fn deny_classes_override_expose_only_and_drive_denied_rules() {
+    // The route lists `$.ssn` as used by the app; the rules deny national ids everywhere.
+    let rules = |deny: &str| {
+        set(&format!(
+            "{deny}routes:\n  - template: /api/v1/tax/{{id}}\n    expose_only: [\"$.ssn\", \"$.email\"]\nrules:\n  - id: never\n    description: d\n    category: data-exposure\n    severity: high\n    match:\n      denied: true\n    detector:\n      kind: threshold\n      group_by: endpoint\n      threshold: 1\n      window_secs: 60\n    summary: \"{{endpoint}}\"\n"
+        ))
+    };
+    let body = br#"{"ssn":"219-09-9999","email":"jo@example.com"}"#;
+    let hdr = [crate::http::Header {
+        name: "Content-Type".into(),
+        value: b"application/json".as_slice().into(),
+    }];
+    let resp = |secs: f64| {
+        let mut e = ev(secs, "192.0.2.1");
+        e.route = Some("/api/v1/tax/{id}".into());
+        e.object = Some("/api/v1/tax/42".into());
+        e.exposure = Some(Arc::new(exposure::scan(&hdr, body)));
+        e
+    };
+    // Default deny list (hashes, secrets): the listed fields are allowed, nothing fires.
+    let mut plain = Engine::new(DetectConfig::default(), &rules(""));
+    assert!(run(&mut plain, &[resp(1.0)]).is_empty());
+    // With national ids denied, `$.ssn` is exposure despite `expose_only`; `$.email` is not.
+    let denying = rules("deny_classes: [national-id]\n");
+    assert_eq!(denying.denied(), vec![exposure::Class::NationalId]);
+    let mut strict = Engine::new(DetectConfig::default(), &denying);
+    let alerts = run(&mut strict, &[resp(1.0)]);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].rule.as_str(), "never");
+    // Unknown classes and empty lists are errors with positions.
+    let bad = rules::compile(
+        &[(
+            "t.yaml".to_string(),
+            "deny_classes: [national-id, passport]\n".to_string(),
+        )],
+        Path::new("."),
+        "test",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad.contains("t.yaml:1:29: deny_classes: unknown class `passport`"),
+        "{bad}"
+    );
+    let empty = rules::compile(
+        &[("t.yaml".to_string(), "deny_classes: []\n".to_string())],
+        Path::new("."),
+        "test",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        empty.contains("t.yaml:1:15: deny_classes: an empty list denies nothing"),
+        "{empty}"
     );
 }

@@ -263,6 +263,9 @@ pub struct Matcher {
     pub exposed_classes: Option<Vec<crate::detect::exposure::Class>>,
     /// Only responses carrying at least this many records (the longest JSON array).
     pub min_records: Option<u32>,
+    /// Only responses exposing (or not) a class the rule files deny everywhere
+    /// (`deny_classes`).
+    pub denied: Option<bool>,
 }
 
 impl Matcher {
@@ -513,11 +516,25 @@ pub struct RuleSet {
     pub rules: Vec<Arc<Rule>>,
     /// Route templates pinned by the rule files, in file order.
     pub routes: Vec<PinnedRoute>,
+    /// Data classes declared (`deny_classes`, across files) never to leave; `None` when no
+    /// file declares any (see [`RuleSet::denied`]).
+    pub deny_classes: Option<Vec<crate::detect::exposure::Class>>,
     pub disabled: Vec<RuleId>,
     pub tests: Vec<RuleTest>,
     /// Where the set came from: `built-in` or the folder.
     pub source: String,
     pub files: usize,
+}
+
+impl RuleSet {
+    /// Classes that are exposure wherever they appear, even in fields a route's
+    /// `expose_only` lists: the declared `deny_classes`, else password hashes and secrets.
+    pub fn denied(&self) -> Vec<crate::detect::exposure::Class> {
+        use crate::detect::exposure::Class;
+        self.deny_classes
+            .clone()
+            .unwrap_or_else(|| vec![Class::PasswordHash, Class::Secret])
+    }
 }
 
 /// One problem in a rule file.
@@ -692,6 +709,21 @@ pub fn compile(
         for r in raw.routes {
             if let Some(p) = schema::compile_route(&mut ctx, r) {
                 set.routes.push(p);
+            }
+        }
+        if let Some(d) = &raw.deny_classes {
+            if d.value.is_empty() {
+                ctx.error(
+                    d.referenced,
+                    "deny_classes: an empty list denies nothing; leave the key out for the default (password-hash, secret)"
+                        .into(),
+                );
+            }
+            let declared = set.deny_classes.get_or_insert_with(Vec::new);
+            for c in schema::classes(&mut ctx, "deny_classes", &d.value) {
+                if !declared.contains(&c) {
+                    declared.push(c);
+                }
             }
         }
         let dir = Path::new(file)

@@ -27,6 +27,8 @@ pub(super) struct RawFile {
     /// Route templates to pin (`/api/v1/users/{user_id}`), with ownership declarations.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Data classes that must never leave, whatever a route's `expose_only` says.
+    pub deny_classes: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +97,8 @@ struct RawMatch {
     exposed_classes: Option<S<Vec<S<String>>>>,
     /// Only responses carrying at least this many records.
     min_records: Option<u32>,
+    /// Only responses exposing (true) or not (false) a class of `deny_classes`.
+    denied: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -348,7 +352,7 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
             .map(|v| v.value.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
     };
     format!(
-        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
         strs(&m.methods),
         strs(&m.routes),
         strs(&m.hosts),
@@ -360,8 +364,34 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
         strs(&m.ownership),
         m.cross_user,
         strs(&m.exposed_classes),
-        m.min_records
+        m.min_records,
+        m.denied
     )
+}
+
+/// Data class names (`password-hash`); an unknown one is an error at its position.
+pub(super) fn classes(
+    ctx: &mut Ctx<'_>,
+    key: &str,
+    names: &[S<String>],
+) -> Vec<crate::detect::exposure::Class> {
+    let mut v = Vec::new();
+    for s in names {
+        match crate::detect::exposure::Class::from_name(&s.value) {
+            Some(c) => v.push(c),
+            None => ctx.error(
+                s.referenced,
+                format!(
+                    "{key}: unknown class `{}`; expected one of {}",
+                    s.value,
+                    crate::detect::exposure::Class::ALL
+                        .map(|c| c.as_str())
+                        .join(", ")
+                ),
+            ),
+        }
+    }
+    v
 }
 
 fn compile_patterns(
@@ -510,24 +540,9 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     out.login = m.login;
     out.cross_user = m.cross_user;
     out.min_records = m.min_records;
+    out.denied = m.denied;
     if let Some(cs) = &m.exposed_classes {
-        let mut v = Vec::new();
-        for s in &cs.value {
-            match crate::detect::exposure::Class::from_name(&s.value) {
-                Some(c) => v.push(c),
-                None => ctx.error(
-                    s.referenced,
-                    format!(
-                        "exposed_classes: unknown class `{}`; expected one of {}",
-                        s.value,
-                        crate::detect::exposure::Class::ALL
-                            .map(|c| c.as_str())
-                            .join(", ")
-                    ),
-                ),
-            }
-        }
-        out.exposed_classes = Some(v);
+        out.exposed_classes = Some(classes(ctx, "exposed_classes", &cs.value));
     }
     if let Some(os) = &m.ownership {
         let mut v = Vec::new();

@@ -114,6 +114,7 @@ fn test_event(tx: &TestTransaction) -> Event {
             ))
         }),
         exposed: Vec::new(),
+        denied: false,
         foreign: Vec::new(),
         login: tx.login.unwrap_or_else(|| {
             crate::detect::LoginConfig::default()

@@ -559,6 +559,7 @@ fn event(
         cross_user: false,
         exposure: scan,
         exposed: Vec::new(),
+        denied: false,
         foreign: Vec::new(),
         route: Some(names.name(route)),
         endpoint: None,
