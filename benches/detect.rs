@@ -44,6 +44,7 @@ fn events() -> Vec<Event> {
                 host: None,
                 route: Some(route.clone()),
                 endpoint: None,
+                principal_key: None,
                 body_bytes: None,
                 status: Some(200),
                 family: Some(family.clone()),

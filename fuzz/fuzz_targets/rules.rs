@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
             host: Some("api.example.com".into()),
             route: Some("/api/v1/users/{id}".into()),
             endpoint: None,
+            principal_key: None,
             body_bytes: None,
             status: Some(200),
             family: Some("approov".into()),

@@ -57,6 +57,8 @@ pub struct Event {
     pub route: Option<Arc<str>>,
     /// Set by the engine: `METHOD /route`, shared across events.
     pub endpoint: Option<Arc<str>>,
+    /// Set by the engine: [`Event::principal`], made once for every rule keyed by it.
+    pub principal_key: Option<Arc<str>>,
     /// Response body bytes on the wire (after de-chunking, before content decoding).
     pub body_bytes: Option<u64>,
     pub status: Option<u16>,
@@ -126,7 +128,11 @@ impl Event {
                 .map(KeyValue::Str),
             KeyField::Object => self.object.clone().map(KeyValue::Str),
             KeyField::Username => self.username.clone().map(KeyValue::Username),
-            KeyField::Principal => Some(KeyValue::Str(self.principal().into())),
+            KeyField::Principal => Some(KeyValue::Str(
+                self.principal_key
+                    .clone()
+                    .unwrap_or_else(|| self.principal().into()),
+            )),
             KeyField::FieldSet => (!self.exposed.is_empty()).then(|| {
                 let mut v: Vec<String> = self
                     .exposed
@@ -528,10 +534,11 @@ impl Engine {
                 self.inventory.add(m, route, scan);
             }
         }
+        let principal: Arc<str> = e.principal().into();
+        e.principal_key = Some(principal.clone());
         if e.objects.is_empty() && e.returned.is_empty() {
             return e;
         }
-        let principal = e.principal();
         let j = self.owners.judge(
             e.ts,
             &principal,

@@ -92,8 +92,14 @@ pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<Obj
         }
     }
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        let b = k.as_bytes();
+        let names_id = b.eq_ignore_ascii_case(b"id")
+            || (b.len() > 3 && b[b.len() - 3..].eq_ignore_ascii_case(b"_id"));
+        if !names_id {
+            continue;
+        }
         let lk = k.to_ascii_lowercase();
-        if (lk == "id" || lk.ends_with("_id")) && !v.is_empty() && v.len() <= 128 {
+        if !v.is_empty() && v.len() <= 128 {
             let c = if lk == "id" {
                 last_literal.map_or_else(|| collection("item"), collection)
             } else {

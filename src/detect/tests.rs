@@ -32,6 +32,7 @@ fn ev(secs: f64, ip: &str) -> Event {
         host: None,
         route: Some("/x".into()),
         endpoint: None,
+        principal_key: None,
         body_bytes: None,
         status: Some(200),
         family: Some("approov".into()),

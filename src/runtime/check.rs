@@ -80,6 +80,7 @@ fn test_event(tx: &TestTransaction) -> Event {
             &tx.path,
         )))),
         endpoint: None,
+        principal_key: None,
         body_bytes: tx.body.as_ref().map(|b| b.to_string().len() as u64),
         status: tx.status,
         family: (verdict != Verdict::Missing).then(|| Arc::from(tx.family.as_str())),

@@ -563,6 +563,7 @@ fn event(
         foreign: Vec::new(),
         route: Some(names.name(route)),
         endpoint: None,
+        principal_key: None,
         body_bytes: tx.response.as_ref().map(|r| r.body.wire_len),
     })
 }
