@@ -7,7 +7,8 @@
 #
 # Runs, one after the other on the same file (run it once beforehand to warm the page cache
 # if the numbers matter; the script reads the file once itself, for the packet count):
-#   shieldtap replay CAPTURE --transactions-out /dev/null --workers 1
+#   shieldtap replay CAPTURE --transactions-out /dev/null --alerts-out TMP --workers 1
+# (the built-in rules run, as in any replay; their alerts go to a scratch file)
 #   tshark -r CAPTURE -Y http -T fields -e http.request.method -e http.request.uri -e http.response.code
 # tshark is the closest equivalent: it also reassembles TCP (desegmentation on) and parses
 # HTTP, including chunked bodies. Its HTTP dissector only runs on known HTTP ports, so the
@@ -55,8 +56,8 @@ done
 echo "capture: $cap ($packets packets, $((bytes / 1000000)) MB)"
 
 t0=$(now)
-"$bin" replay "$cap" --transactions-out /dev/null --workers "$workers" --no-progress \
-    --summary-json "$tmp/summary.json" 2>"$tmp/shieldtap.err" || {
+"$bin" replay "$cap" --transactions-out /dev/null --alerts-out "$tmp/alerts.jsonl" \
+    --workers "$workers" --no-progress --summary-json "$tmp/summary.json" 2>"$tmp/shieldtap.err" || {
     echo "shieldtap failed:" >&2
     cat "$tmp/shieldtap.err" >&2
     exit 1

@@ -384,20 +384,22 @@ fn learn(baselines: &mut Baselines, s: Sample, stats: &mut DetectStats) {
     let h = match baselines.entry(s.endpoint) {
         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::hash_map::Entry::Vacant(v) => {
-            // Counts up to a million per window at 2 significant digits: a few KiB; body
-            // sizes up to 4 GiB.
-            let high = if s.wide {
-                u64::from(u32::MAX)
-            } else {
-                1_000_000
-            };
-            match Histogram::new_with_bounds(1, high, 2) {
+            // Auto-resizing at 2 significant digits: memory follows the largest value
+            // learned (well under a KiB for typical counts), not the whole range, since a
+            // rule may learn thousands of endpoints.
+            match Histogram::new(2) {
                 Ok(h) => v.insert(h),
                 Err(_) => return,
             }
         }
     };
-    h.saturating_record(u64::from(s.count));
+    // Counts up to a million per window; body sizes up to 4 GiB.
+    let high = if s.wide {
+        u64::from(u32::MAX)
+    } else {
+        1_000_000
+    };
+    h.saturating_record(u64::from(s.count).min(high));
     stats.baseline_samples += 1;
 }
 
