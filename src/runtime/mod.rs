@@ -162,6 +162,38 @@ struct Batch {
     created: Option<Instant>,
 }
 
+/// Processed batches handed back from workers to capture threads, so the arena and segment
+/// buffers are reused rather than allocated (and their pages faulted in) per batch. Bounded:
+/// past the cap a returned batch is simply freed.
+#[derive(Default)]
+struct BatchPool {
+    free: std::sync::Mutex<Vec<Batch>>,
+}
+
+/// Batches kept for reuse at most (each holds up to `BATCH_BYTES` of arena).
+const POOL_BATCHES: usize = 16;
+
+impl BatchPool {
+    fn take(&self) -> Batch {
+        self.free
+            .lock()
+            .ok()
+            .and_then(|mut f| f.pop())
+            .unwrap_or_default()
+    }
+
+    fn give(&self, mut b: Batch) {
+        b.segs.clear();
+        b.arena.clear();
+        b.created = None;
+        if let Ok(mut f) = self.free.lock()
+            && f.len() < POOL_BATCHES
+        {
+            f.push(b);
+        }
+    }
+}
+
 /// Fatal run errors (config or inputs); traffic problems are counted, never errors.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -191,6 +223,8 @@ struct Dispatcher {
     hasher: foldhash::fast::FixedState,
     batches: Vec<Batch>,
     senders: Vec<SyncSender<Batch>>,
+    /// Where workers return processed batches for reuse.
+    pool: Arc<BatchPool>,
     /// Live capture drops a batch instead of blocking.
     lossy: bool,
     /// Which capture thread this is, for metrics.
@@ -211,6 +245,7 @@ impl Dispatcher {
     fn new(
         cfg: &Config,
         senders: Vec<SyncSender<Batch>>,
+        pool: Arc<BatchPool>,
         lossy: bool,
         index: usize,
         hub: Arc<Hub>,
@@ -224,6 +259,7 @@ impl Dispatcher {
             hasher: foldhash::fast::FixedState::with_seed(SHARD_SEED),
             batches: (0..n).map(|_| Batch::default()).collect(),
             senders,
+            pool,
             lossy,
             index,
             hub,
@@ -334,7 +370,7 @@ impl Dispatcher {
     }
 
     fn send(&mut self, w: usize) {
-        let mut batch = std::mem::take(&mut self.batches[w]);
+        let mut batch = std::mem::replace(&mut self.batches[w], self.pool.take());
         batch.now = self.now;
         self.batches[w].segs.reserve(BATCH_SEGMENTS);
         self.side.queue.batches += 1;
@@ -344,6 +380,7 @@ impl Dispatcher {
                 Err(TrySendError::Full(b)) => {
                     self.side.queue.dropped_batches += 1;
                     self.side.queue.dropped_segments += b.segs.len() as u64;
+                    self.pool.give(b);
                 }
                 Err(TrySendError::Disconnected(_)) => {}
             }
@@ -670,6 +707,7 @@ struct WorkerResult {
 struct WorkerIo {
     index: usize,
     rx: Receiver<Batch>,
+    pool: Arc<BatchPool>,
     lines_tx: Option<SyncSender<Vec<u8>>>,
     events_tx: SyncSender<ordering::EventBatch>,
 }
@@ -678,6 +716,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
     let WorkerIo {
         index,
         rx,
+        pool,
         lines_tx,
         events_tx,
     } = io;
@@ -747,13 +786,15 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
             table.process(&seg, m.ts, &mut handler);
         }
         table.advance(batch.now, &mut handler);
+        let now = batch.now;
+        pool.give(batch);
         flush(&mut handler, false);
         // Every event this worker emits from now on is at or after `batch.now` (give or
         // take the ordering lateness): the detect thread may release events up to it.
         let _ = events_tx.send(ordering::EventBatch {
             worker: index,
             events: std::mem::take(&mut handler.events),
-            watermark: batch.now,
+            watermark: now,
         });
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
@@ -781,6 +822,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
 struct Pipeline {
     shared: Arc<Shared>,
     senders: Vec<SyncSender<Batch>>,
+    pool: Arc<BatchPool>,
     workers: Vec<thread::JoinHandle<WorkerResult>>,
     detect: Option<thread::JoinHandle<std::io::Result<ordering::DetectResult>>>,
     writer: Option<thread::JoinHandle<std::io::Result<()>>>,
@@ -824,6 +866,7 @@ impl Pipeline {
         };
         let per_worker_flows = (cfg.runtime.max_flows / workers).max(1);
         let mut senders = Vec::new();
+        let pool = Arc::new(BatchPool::default());
         let mut handles = Vec::new();
         for i in 0..workers {
             let (tx, rx) = sync_channel::<Batch>(cfg.runtime.queue_batches);
@@ -832,6 +875,7 @@ impl Pipeline {
             let io = WorkerIo {
                 index: i,
                 rx,
+                pool: pool.clone(),
                 lines_tx: lines_tx.clone(),
                 events_tx: events_tx.clone(),
             };
@@ -849,6 +893,7 @@ impl Pipeline {
         Pipeline {
             shared,
             senders,
+            pool,
             workers: handles,
             detect,
             writer,
@@ -936,6 +981,7 @@ pub fn replay(
     let mut dispatcher = Dispatcher::new(
         cfg,
         pipeline.senders.clone(),
+        pipeline.pool.clone(),
         false,
         0,
         hub,
@@ -993,6 +1039,7 @@ pub fn run_live(
     let mut captures = Vec::new();
     for (index, iface) in interfaces.iter().enumerate() {
         let senders = pipeline.senders.clone();
+        let pool = pipeline.pool.clone();
         let hub = hub.clone();
         let cfg = cfg.clone();
         let iface = iface.clone();
@@ -1001,7 +1048,8 @@ pub fn run_live(
             .name(format!("shieldtap-capture-{iface}"))
             .spawn(move || -> (CaptureSide, Result<(), CaptureError>) {
                 let progress = Progress::default();
-                let mut d = Dispatcher::new(&cfg, senders, true, index, hub, progress.clone());
+                let mut d =
+                    Dispatcher::new(&cfg, senders, pool, true, index, hub, progress.clone());
                 let mut stats = CaptureStats::default();
                 let r = {
                     // Both callbacks need the dispatcher; they never run at the same time.
