@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, frame)) = data.split_first() else {
         return;
     };
-    let mut d = Decoder::new(DecodeConfig { frag_max_datagrams: 4, frag_max_bytes: 16 << 10, ..Default::default() });
+    let mut d = Decoder::new(DecodeConfig {
+        frag_max_datagrams: 4,
+        frag_max_bytes: 16 << 10,
+        ..Default::default()
+    });
     // Several frames per input: split on a marker so fragments can meet in the pool.
     for (i, part) in frame.split(|b| *b == 0xfe).enumerate() {
         let link = LINKS[usize::from(sel.wrapping_add(i as u8)) % LINKS.len()];

@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use libfuzzer_sys::fuzz_target;
 use shieldtap::capture::Timestamp;
 use shieldtap::decode::{TcpFlags, TcpSegment, TunnelId};
-use shieldtap::reassembly::{CloseReason, ConnInfo, Direction, FlowTable, ReassemblyConfig, StreamHandler};
+use shieldtap::reassembly::{
+    CloseReason, ConnInfo, Direction, FlowTable, ReassemblyConfig, StreamHandler,
+};
 
 struct Sink(u64);
 

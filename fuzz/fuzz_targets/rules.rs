@@ -19,7 +19,13 @@ fuzz_target!(|data: &[u8]| {
     let Ok(set) = rules::compile(&files, Path::new("."), "fuzz") else {
         return;
     };
-    let mut engine = Engine::new(DetectConfig { max_keys_per_rule: 4 }, &set);
+    let mut engine = Engine::new(
+        DetectConfig {
+            max_keys_per_rule: 4,
+            ..DetectConfig::default()
+        },
+        &set,
+    );
     let mut out = Vec::new();
     for (i, verdict) in Verdict::ALL.iter().enumerate() {
         let ev = Event {
