@@ -24,15 +24,7 @@ pub struct Interner {
 impl Interner {
     /// The shared copy of `s`.
     pub fn name(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.names.get(s) {
-            return a.clone();
-        }
-        if self.names.len() >= MAX_NAMES {
-            self.names.clear();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.names.insert(a.clone(), a.clone());
-        a
+        self.mapped(s, str::to_owned)
     }
 
     /// The shared copy of `f(s)`, computed once per distinct `s`.

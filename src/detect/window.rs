@@ -118,11 +118,21 @@ fn push_distinct<T: PartialEq + Clone>(v: &mut Vec<T>, x: &T, truncated: &mut bo
 
 /// Counts `k` (cloned only when new); `false` when it is new and the list is full.
 fn bump<K: PartialEq + Clone>(v: &mut Vec<(K, u32)>, k: &K, cap: usize) -> bool {
-    if let Some(e) = v.iter_mut().find(|(x, _)| x == k) {
+    bump_with(v, |x| x == k, || k.clone(), cap)
+}
+
+/// [`bump`] for a key found by `is` and made by `make` only when it is new.
+fn bump_with<K>(
+    v: &mut Vec<(K, u32)>,
+    is: impl Fn(&K) -> bool,
+    make: impl FnOnce() -> K,
+    cap: usize,
+) -> bool {
+    if let Some(e) = v.iter_mut().find(|(x, _)| is(x)) {
         e.1 += 1;
         true
     } else if v.len() < cap {
-        v.push((k.clone(), 1));
+        v.push((make(), 1));
         true
     } else {
         false
@@ -181,14 +191,14 @@ impl Episode {
         };
         if wants(EvidenceField::Endpoints)
             && let (Some(m), Some(r)) = (&ev.method, &ev.route)
+            && !bump_with(
+                &mut self.endpoints,
+                same_endpoint,
+                || (m.clone(), r.clone()),
+                MAX_ENDPOINTS,
+            )
         {
-            if let Some(e) = self.endpoints.iter_mut().find(|(e, _)| same_endpoint(e)) {
-                e.1 += 1;
-            } else if self.endpoints.len() < MAX_ENDPOINTS {
-                self.endpoints.push(((m.clone(), r.clone()), 1));
-            } else {
-                self.endpoints_other += 1;
-            }
+            self.endpoints_other += 1;
         }
         let t = &mut self.truncated;
         if wants(EvidenceField::Addresses) {
