@@ -136,8 +136,17 @@ struct RawDetect {
     max_objects: Option<usize>,
     /// Distinct principals reading an object (nobody's) that make it public.
     public_object_readers: Option<usize>,
+    /// Distinct principals reading a never-owned collection that make it public.
+    public_collection_readers: Option<usize>,
     /// Scan response bodies for sensitive data (default true).
     scan_responses: Option<bool>,
+    /// An expired attestation token this many seconds past `exp` still counts as attested
+    /// (default 60).
+    refresh_grace_secs: Option<f64>,
+    /// Attested devices behind one address that make it a shared address (default 5).
+    shared_address_devices: Option<u32>,
+    /// Window over which they count, and how long the address stays shared (default 600).
+    shared_address_window_secs: Option<f64>,
 }
 
 /// `[capture]`: live capture options (`run`).
@@ -411,6 +420,30 @@ impl Config {
                 .map_err(|e| err("detect.login_routes", &format!("bad pattern: {e}")))?;
         }
         c.detect.scan_responses = raw.detect.scan_responses.unwrap_or(true);
+        if let Some(g) = raw.detect.refresh_grace_secs {
+            if !(g.is_finite() && (0.0..=3600.0).contains(&g)) {
+                return Err(err(
+                    "detect.refresh_grace_secs",
+                    "expected 0 to 3600 seconds",
+                ));
+            }
+            c.detect.refresh_grace = std::time::Duration::from_secs_f64(g);
+        }
+        if let Some(n) = raw.detect.shared_address_devices {
+            if !(2..=10_000).contains(&n) {
+                return Err(err("detect.shared_address_devices", "expected 2 to 10000"));
+            }
+            c.detect.shared.min_devices = n;
+        }
+        if let Some(w) = raw.detect.shared_address_window_secs {
+            if !(w.is_finite() && w > 0.0 && w <= 86_400.0) {
+                return Err(err(
+                    "detect.shared_address_window_secs",
+                    "expected more than 0 and at most 86400 seconds",
+                ));
+            }
+            c.detect.shared.window = std::time::Duration::from_secs_f64(w);
+        }
         if let Some(n) = raw.detect.max_objects {
             if !(1..=100_000_000).contains(&n) {
                 return Err(err("detect.max_objects", "expected 1 to 100000000"));
@@ -422,6 +455,15 @@ impl Config {
                 return Err(err("detect.public_object_readers", "expected 2 to 1000"));
             }
             c.detect.owners.public_readers = n;
+        }
+        if let Some(n) = raw.detect.public_collection_readers {
+            if !(2..=100_000).contains(&n) {
+                return Err(err(
+                    "detect.public_collection_readers",
+                    "expected 2 to 100000",
+                ));
+            }
+            c.detect.owners.public_collection_readers = n;
         }
         if let Some(f) = &raw.detect.username_fields {
             if f.is_empty() || f.iter().any(String::is_empty) {

@@ -117,6 +117,22 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
         actor = AlertActor::default();
         subjects = Subjects::default();
     }
+    // Keyed by address alone, at an address many attested devices share (carrier NAT, a
+    // proxy): the address is not one actor, and the genuine devices behind it must never
+    // be named (or blocked) for what another client there did.
+    let by_address_alone = fields.contains(&KeyField::Ip)
+        && !fields.iter().any(|f| {
+            matches!(
+                f,
+                KeyField::Device | KeyField::User | KeyField::Principal | KeyField::Token
+            )
+        });
+    if by_address_alone && ep.shared_devices > 0 && ep.attested > 0 {
+        actor.device = None;
+        actor.user = None;
+        subjects.device = None;
+        subjects.user = None;
+    }
     let parts = key.parts(fields);
     for (f, v) in &parts {
         match (f, v) {
@@ -167,6 +183,24 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
     evidence.insert("threshold".into(), json!(rule.detector.threshold));
     if let (DetectorKind::Distinct(distinct), Some(n)) = (&rule.detector.kind, ep.distinct) {
         evidence.insert(format!("distinct_{}", distinct.as_str()), json!(n));
+    }
+    if let (DetectorKind::Concurrent { field, overlap }, Some(n), Some(r)) =
+        (&rule.detector.kind, ep.distinct, ep.returns)
+    {
+        evidence.insert(
+            "concurrent".into(),
+            json!({
+                format!("distinct_{}", field.as_str()): n,
+                "returns": r,
+                "overlap_secs": overlap.as_secs_f64(),
+            }),
+        );
+    }
+    if ep.shared_devices > 0 && fields.contains(&KeyField::Ip) {
+        evidence.insert(
+            "shared_address".into(),
+            json!({"attested_devices": ep.shared_devices}),
+        );
     }
     if let Some((hits, all)) = ep.share {
         evidence.insert("requests".into(), json!(all));
@@ -262,16 +296,22 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                 v.dedup();
                 ("usernames", json!(v))
             }
-            EvidenceField::Ownership => (
-                "ownership",
-                json!({
+            EvidenceField::Ownership => {
+                let mut o = json!({
                     "own": ep.ownership[1],
                     "public": ep.ownership[2],
-                    "unknown": ep.ownership[3],
-                    "other": ep.ownership[4],
+                    "unknown": ep.ownership[4],
+                    "other": ep.ownership[5],
                     "succeeded": ep.succeeded,
-                }),
-            ),
+                });
+                // Listed when present: rules that count unclaimed objects are rare.
+                if ep.ownership[3] > 0
+                    && let Some(m) = o.as_object_mut()
+                {
+                    m.insert("unclaimed".into(), json!(ep.ownership[3]));
+                }
+                ("ownership", o)
+            }
             EvidenceField::ExposedFields => {
                 let v: Vec<Value> = ep
                     .exposed

@@ -18,6 +18,7 @@ mod extract;
 pub mod intern;
 mod inventory;
 mod objects;
+pub mod shared;
 mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -93,6 +94,13 @@ pub struct Event {
     pub denied: bool,
     /// Set by the engine: the objects judged someone else's.
     pub foreign: Vec<ObjectRef>,
+    /// Set by the engine: the request carries the genuine app's attestation: a `valid`
+    /// token, or one that expired no more than `[detect] refresh_grace_secs` earlier (the
+    /// SDK refreshes a little late on a slow network).
+    pub attested: bool,
+    /// Set by the engine: attested devices recently seen behind the client address when it
+    /// is a shared address (carrier NAT, corporate proxy), else 0.
+    pub shared_devices: u32,
 }
 
 impl Event {
@@ -298,10 +306,18 @@ pub struct DetectStats {
     /// Objects in the ownership map now, and evicted from it at its cap.
     pub objects_tracked: u64,
     pub objects_evicted: u64,
+    /// Collections learned public (many readers, never anyone's).
+    pub public_collections: u64,
     /// Baseline detectors: endpoints not learned because a rule had `MAX_BASELINES`.
     pub baselines_over_cap: u64,
     /// Events that reached detection after later events (ordering lateness exceeded).
     pub late_events: u64,
+    /// Shared addresses (carrier NAT, proxies): addresses with attested devices tracked,
+    /// those shared now, times an address became shared, and addresses evicted at the cap.
+    pub shared_addresses_tracked: u64,
+    pub shared_addresses: u64,
+    pub shared_addresses_learned: u64,
+    pub shared_addresses_evicted: u64,
     pub alerts_by_rule: BTreeMap<String, u64>,
 }
 
@@ -317,8 +333,13 @@ impl DetectStats {
         self.baseline_samples += o.baseline_samples;
         self.objects_tracked += o.objects_tracked;
         self.objects_evicted += o.objects_evicted;
+        self.public_collections += o.public_collections;
         self.baselines_over_cap += o.baselines_over_cap;
         self.late_events += o.late_events;
+        self.shared_addresses_tracked += o.shared_addresses_tracked;
+        self.shared_addresses += o.shared_addresses;
+        self.shared_addresses_learned += o.shared_addresses_learned;
+        self.shared_addresses_evicted += o.shared_addresses_evicted;
         for (k, v) in &o.alerts_by_rule {
             *self.alerts_by_rule.entry(k.clone()).or_default() += v;
         }
@@ -339,6 +360,12 @@ pub struct DetectConfig {
     /// Scan response bodies for sensitive data (data exposure, the inventory, returned
     /// ids). The costliest stage per transaction; off trades those for throughput.
     pub scan_responses: bool,
+    /// An expired token this close past its `exp` still counts as attested (`attested`
+    /// matcher): the SDK's refresh racing a slow network, not a replay.
+    pub refresh_grace: Duration,
+    /// Shared addresses: how many attested devices behind one address make it shared,
+    /// over what window, and how many addresses are tracked.
+    pub shared: shared::SharedConfig,
 }
 
 impl Default for DetectConfig {
@@ -349,6 +376,8 @@ impl Default for DetectConfig {
             max_actors: 100_000,
             owners: OwnersConfig::default(),
             scan_responses: true,
+            refresh_grace: Duration::from_secs(60),
+            shared: shared::SharedConfig::default(),
         }
     }
 }
@@ -408,6 +437,7 @@ pub struct Engine {
     cfg: DetectConfig,
     registry: Registry,
     owners: objects::Owners,
+    shared: shared::SharedAddresses,
     routes: Vec<crate::rules::PinnedRoute>,
     inventory: inventory::Inventory,
     /// Endpoint and route strings shared across events.
@@ -425,6 +455,10 @@ impl Engine {
         let mut e = Engine {
             registry: Registry::new(cfg.max_actors),
             owners: objects::Owners::new(cfg.owners.clone()),
+            shared: shared::SharedAddresses::new(shared::SharedConfig {
+                max_addresses: cfg.max_actors,
+                ..cfg.shared.clone()
+            }),
             routes: Vec::new(),
             inventory: inventory::Inventory::default(),
             names: intern::Interner::default(),
@@ -471,7 +505,13 @@ impl Engine {
     }
 
     pub fn stats(&self) -> DetectStats {
-        self.stats.clone()
+        let mut s = self.stats.clone();
+        let sh = self.shared.stats(self.now);
+        s.shared_addresses_tracked = sh.addresses as u64;
+        s.shared_addresses = sh.shared as u64;
+        s.shared_addresses_learned = sh.learned;
+        s.shared_addresses_evicted = sh.evicted;
+        s
     }
 
     pub fn note_late(&mut self, n: u64) {
@@ -484,8 +524,18 @@ impl Engine {
     }
 
     /// [`Engine::observe`] for an event the caller gives up (no copy is made).
-    pub fn observe_owned(&mut self, ev: Event, out: &mut Vec<Alert>) {
+    pub fn observe_owned(&mut self, mut ev: Event, out: &mut Vec<Alert>) {
         let start = out.len();
+        ev.attested = match ev.verdict {
+            Verdict::Valid => true,
+            Verdict::Expired => ev
+                .expired_for
+                .is_some_and(|e| e <= self.cfg.refresh_grace.as_secs_f64()),
+            _ => false,
+        };
+        ev.shared_devices =
+            self.shared
+                .observe(ev.ts, ev.actor.ip, ev.actor.device.as_deref(), ev.attested);
         self.registry.observe(
             ev.ts,
             ev.actor.ip,
@@ -554,6 +604,7 @@ impl Engine {
         );
         self.stats.objects_evicted = self.owners.evicted;
         self.stats.objects_tracked = self.owners.len() as u64;
+        self.stats.public_collections = self.owners.public_collections() as u64;
         e.ownership = j.ownership;
         e.cross_user = j.cross_user;
         e.foreign = j.foreign;
@@ -621,11 +672,13 @@ impl Engine {
                 level: None,
             };
             match &det.kind {
-                DetectorKind::Distinct(field) => match ev.key(*field) {
-                    Some(v) => o.distinct = Some(v),
-                    // Nothing to count distinct values of.
-                    None => continue,
-                },
+                DetectorKind::Distinct(field) | DetectorKind::Concurrent { field, .. } => {
+                    match ev.key(*field) {
+                        Some(v) => o.distinct = Some(v),
+                        // Nothing to count distinct values of.
+                        None => continue,
+                    }
+                }
                 DetectorKind::Ratio { when, .. } | DetectorKind::Mixed { when } => {
                     o.when = matcher_matches(when, ev);
                 }
@@ -704,6 +757,7 @@ impl Engine {
         for st in &mut self.rules {
             sweep_rule(st, self.now, &mut self.stats, out);
         }
+        self.shared.sweep(self.now);
     }
 
     /// End of input: every open aggregate is emitted.
@@ -798,6 +852,14 @@ fn emit(
 }
 
 fn matcher_matches(m: &Matcher, ev: &Event) -> bool {
+    if m.attested.is_some_and(|a| a != ev.attested) {
+        return false;
+    }
+    if m.shared_address
+        .is_some_and(|s| s != (ev.shared_devices > 0))
+    {
+        return false;
+    }
     if let Some(cs) = &m.exposed_classes
         && !ev.exposed.iter().any(|f| cs.contains(&f.class))
     {

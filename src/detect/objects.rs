@@ -177,9 +177,14 @@ pub enum Ownership {
     None,
     /// Theirs.
     Own,
-    /// Shared (read by many principals, or declared public).
+    /// Shared (read by many principals, or declared public), or of a public collection:
+    /// many principals read its objects and none was ever anyone's (a catalogue).
     Public,
-    /// Nobody's yet, as far as was seen.
+    /// Of a collection no object of which was ever seen owned by anyone (nobody's list,
+    /// nobody's creation, not user records): most likely shared data not yet learned public.
+    /// Walking it is scraping, not BOLA.
+    Unclaimed,
+    /// Nobody's yet, as far as was seen, in a collection whose objects do have owners.
     Unknown,
     /// Someone else's.
     Other,
@@ -191,6 +196,7 @@ impl Ownership {
             Ownership::None => "none",
             Ownership::Own => "own",
             Ownership::Public => "public",
+            Ownership::Unclaimed => "unclaimed",
             Ownership::Unknown => "unknown",
             Ownership::Other => "other",
         }
@@ -201,6 +207,7 @@ impl Ownership {
             Ownership::None,
             Ownership::Own,
             Ownership::Public,
+            Ownership::Unclaimed,
             Ownership::Unknown,
             Ownership::Other,
         ]
@@ -223,6 +230,36 @@ struct Entry {
 pub struct OwnersConfig {
     pub max_objects: usize,
     pub public_readers: usize,
+    /// Distinct principals reading a never-owned collection's objects that, with
+    /// [`PUBLIC_COLLECTION_OBJECTS`] of its objects public, make the whole collection public.
+    pub public_collection_readers: usize,
+}
+
+/// Objects of a never-owned collection that must have been learned public (each read by
+/// `public_readers` principals) before the collection is. One prober reading the objects
+/// their owners also read gives them two readers, never three.
+pub const PUBLIC_COLLECTION_OBJECTS: u32 = 3;
+/// Collections tracked (the API's nouns; the cap holds against invented path segments).
+const MAX_COLLECTIONS: usize = 4096;
+
+/// What is known of a collection as a whole.
+#[derive(Default)]
+struct Collection {
+    /// Some object of it was owned: listed to a principal in its own scope, created, a
+    /// user's own record, or declared.
+    claimed: bool,
+    /// Distinct principals (hashes) that read its objects, up to the configured count.
+    readers: Vec<u64>,
+    /// Its objects learned public.
+    public_objects: u32,
+}
+
+impl Collection {
+    fn public(&self, cfg: &OwnersConfig) -> bool {
+        !self.claimed
+            && self.readers.len() >= cfg.public_collection_readers
+            && self.public_objects >= PUBLIC_COLLECTION_OBJECTS
+    }
 }
 
 impl Default for OwnersConfig {
@@ -230,6 +267,7 @@ impl Default for OwnersConfig {
         OwnersConfig {
             max_objects: 1_000_000,
             public_readers: 3,
+            public_collection_readers: 10,
         }
     }
 }
@@ -254,6 +292,7 @@ pub struct Owners {
     /// different id someone else's; where users are `alice@example.com` and records are
     /// numbered, nothing can be said.
     user_id_space: Vec<Arc<str>>,
+    collections: HashMap<Arc<str>, Collection, foldhash::fast::RandomState>,
     pub evicted: u64,
 }
 
@@ -269,7 +308,29 @@ impl Owners {
             cfg,
             map: HashMap::default(),
             user_id_space: Vec::new(),
+            collections: HashMap::default(),
             evicted: 0,
+        }
+    }
+
+    /// Collections learned public (many readers, no owner ever).
+    pub fn public_collections(&self) -> usize {
+        self.collections
+            .values()
+            .filter(|c| c.public(&self.cfg))
+            .count()
+    }
+
+    fn collection(&mut self, name: &Arc<str>) -> Option<&mut Collection> {
+        if !self.collections.contains_key(name) && self.collections.len() >= MAX_COLLECTIONS {
+            return None;
+        }
+        Some(self.collections.entry(name.clone()).or_default())
+    }
+
+    fn claim(&mut self, name: &Arc<str>) {
+        if let Some(c) = self.collection(name) {
+            c.claimed = true;
         }
     }
 
@@ -309,6 +370,9 @@ impl Owners {
         for o in objects {
             let declared = declared_user_record(o);
             let user_record = USER_COLLECTIONS.contains(&&*o.collection) || declared;
+            if user_record {
+                self.claim(&o.collection);
+            }
             let class = if declared_public(o) {
                 Ownership::Public
             } else if user_record && user_id.is_some_and(|u| u == &*o.id) {
@@ -334,7 +398,12 @@ impl Owners {
                     _ if user_record && keyed_by_user && ok && user_id.is_some() => {
                         Ownership::Other
                     }
-                    _ => Ownership::Unknown,
+                    _ => match self.collections.get(&o.collection) {
+                        Some(c) if c.public(&self.cfg) => Ownership::Public,
+                        Some(c) if c.claimed => Ownership::Unknown,
+                        _ if user_record => Ownership::Unknown,
+                        _ => Ownership::Unclaimed,
+                    },
                 }
             };
             if class == Ownership::Other {
@@ -350,8 +419,15 @@ impl Owners {
         // Learn, from answers that took nobody else's data.
         let ph = principal_hash(principal);
         for (o, class) in objects.iter().zip(&classes) {
-            if *class != Ownership::Unknown {
+            if !matches!(class, Ownership::Unknown | Ownership::Unclaimed) {
                 continue;
+            }
+            let max_readers = self.cfg.public_collection_readers;
+            if let Some(c) = self.collection(&o.collection)
+                && c.readers.len() < max_readers
+                && !c.readers.contains(&ph)
+            {
+                c.readers.push(ph);
             }
             if !self.map.contains_key(o) {
                 self.room();
@@ -370,6 +446,9 @@ impl Owners {
             if e.readers.len() >= public_readers {
                 e.public = true;
                 e.readers.clear();
+                if let Some(c) = self.collection(&o.collection) {
+                    c.public_objects = c.public_objects.saturating_add(1);
+                }
             }
         }
         // Objects it created (POST), or listed in its own scope (the request named one of
@@ -393,6 +472,7 @@ impl Owners {
                 e.last = e.last.max(ts);
                 if e.owner.is_none() && !e.public {
                     e.owner = Some(Arc::from(principal));
+                    self.claim(&o.collection);
                 }
             }
         }

@@ -51,6 +51,8 @@ fn ev(secs: f64, ip: &str) -> Event {
         exposed: Vec::new(),
         denied: false,
         foreign: Vec::new(),
+        attested: false,
+        shared_devices: 0,
     }
 }
 

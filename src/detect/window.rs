@@ -89,7 +89,7 @@ pub(super) struct Episode {
     pub objects: Vec<Arc<str>>,
     pub usernames: Vec<Arc<str>>,
     /// Requests by ownership of their objects, and the other principals' objects touched.
-    pub ownership: [u32; 5],
+    pub ownership: [u32; 6],
     pub foreign_ids: Vec<ObjectRef>,
     pub succeeded: u32,
     /// Sensitive fields exposed: (path, class, a masked sample).
@@ -103,6 +103,12 @@ pub(super) struct Episode {
     pub run: Option<(u64, u64)>,
     /// Baseline detectors: the learned level and the key's count in its window.
     pub baseline: Option<(f64, u32)>,
+    /// Concurrent detectors: returns (interleavings) counted in the window.
+    pub returns: Option<usize>,
+    /// Requests that carried the genuine app's attestation.
+    pub attested: u32,
+    /// The most attested devices seen behind the client address (shared addresses).
+    pub shared_devices: u32,
 }
 
 /// Lists `x` (cloned only when new) unless listed; past the cap, notes truncation.
@@ -163,7 +169,7 @@ impl Episode {
             endpoint: Same::Unset,
             objects: Vec::new(),
             usernames: Vec::new(),
-            ownership: [0; 5],
+            ownership: [0; 6],
             foreign_ids: Vec::new(),
             succeeded: 0,
             exposed: Vec::new(),
@@ -172,6 +178,9 @@ impl Episode {
             cadence: None,
             run: None,
             baseline: None,
+            returns: None,
+            attested: 0,
+            shared_devices: 0,
         }
     }
 
@@ -180,6 +189,10 @@ impl Episode {
     fn add(&mut self, ev: &Event, evidence: &[EvidenceField]) {
         let wants = |f: EvidenceField| evidence.contains(&f);
         self.count += 1;
+        if ev.attested {
+            self.attested += 1;
+        }
+        self.shared_devices = self.shared_devices.max(ev.shared_devices);
         self.first = self.first.min(ev.ts);
         self.last = self.last.max(ev.ts);
         if let Some(c) = self.verdicts.get_mut(ev.verdict as usize) {
@@ -317,7 +330,19 @@ enum Track {
     Tumble { index: u64, count: u32, fired: bool },
     /// Nothing per key: each response is judged on its own against the endpoint's level.
     Outlier,
+    /// The values (addresses) the key was last seen from, with when (at most
+    /// `MAX_ALTERNATES`), the value of its latest request, and the times of returns
+    /// within the window (at most `threshold`).
+    Concurrent {
+        seen: Vec<(KeyValue, Timestamp)>,
+        last: Option<KeyValue>,
+        returns: VecDeque<Timestamp>,
+    },
 }
+
+/// Values a concurrent detector remembers per key: a token in use from more places than
+/// this is caught by counting distinct addresses anyway.
+const MAX_ALTERNATES: usize = 8;
 
 /// A closed baseline window: `count` requests of a key whose endpoint is `endpoint` (or,
 /// for an `outlier` detector, one response's records or bytes).
@@ -367,6 +392,7 @@ enum Extra {
     Cadence(f64, f64, usize),
     Run(u64, u64),
     Baseline(f64, u32),
+    Concurrent(usize, usize),
 }
 
 /// Inputs to one observation that the engine works out.
@@ -400,6 +426,11 @@ impl KeyState {
                 up: true,
             },
             DetectorKind::Outlier { .. } => Track::Outlier,
+            DetectorKind::Concurrent { .. } => Track::Concurrent {
+                seen: Vec::new(),
+                last: None,
+                returns: VecDeque::new(),
+            },
             DetectorKind::Baseline { .. } => Track::Tumble {
                 index: 0,
                 count: 0,
@@ -650,6 +681,55 @@ impl KeyState {
                     return None;
                 }
             }
+            (
+                DetectorKind::Concurrent { overlap, .. },
+                Track::Concurrent {
+                    seen,
+                    last,
+                    returns,
+                },
+            ) => {
+                // The engine skips concurrent rules for events without the value.
+                let value = o.distinct?;
+                let overlap_ns = u64::try_from(overlap.as_nanos()).unwrap_or(u64::MAX);
+                let window_start = ev.ts.0.saturating_sub(self.window_ns);
+                while returns.front().is_some_and(|t| t.0 < window_start) {
+                    returns.pop_front();
+                }
+                if returns.is_empty() {
+                    self.episode = None;
+                }
+                let moved = last.as_ref().is_some_and(|l| *l != value);
+                let full = seen.len() >= MAX_ALTERNATES;
+                let entry = seen.iter_mut().find(|(v, _)| *v == value);
+                // Back at a value the key left only moments ago: two places at once.
+                let back = moved
+                    && entry
+                        .as_ref()
+                        .is_some_and(|(_, at)| ev.ts.0.saturating_sub(at.0) <= overlap_ns);
+                match entry {
+                    Some(e) => e.1 = e.1.max(ev.ts),
+                    None if !full => seen.push((value.clone(), ev.ts)),
+                    None => {
+                        if let Some(oldest) = seen.iter_mut().min_by_key(|(_, at)| *at) {
+                            *oldest = (value.clone(), ev.ts);
+                        }
+                    }
+                }
+                *last = Some(value);
+                if back {
+                    returns.push_back(ev.ts);
+                    while returns.len() > threshold as usize {
+                        returns.pop_front();
+                    }
+                }
+                fired = returns.len() >= threshold as usize;
+                let recent = seen.iter().filter(|(_, at)| at.0 >= window_start).count();
+                extra = Extra::Concurrent(recent, returns.len());
+                if fired {
+                    returns.clear();
+                }
+            }
             // Kinds and tracks are built together; a mismatch cannot happen.
             _ => return None,
         }
@@ -662,6 +742,10 @@ impl KeyState {
             Extra::Cadence(m, cv, k) => episode.cadence = Some((m, cv, k)),
             Extra::Run(a, b) => episode.run = Some((a, b)),
             Extra::Baseline(l, c) => episode.baseline = Some((l, c)),
+            Extra::Concurrent(values, returns) => {
+                episode.distinct = Some(values);
+                episode.returns = Some(returns);
+            }
         }
         if !fired {
             return None;

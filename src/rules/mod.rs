@@ -266,6 +266,11 @@ pub struct Matcher {
     /// Only responses exposing (or not) a class the rule files deny everywhere
     /// (`deny_classes`).
     pub denied: Option<bool>,
+    /// Only requests carrying (or not) the genuine app's attestation: `valid`, or expired
+    /// within `[detect] refresh_grace_secs`.
+    pub attested: Option<bool>,
+    /// Only requests from (or not from) a shared address (many attested devices behind it).
+    pub shared_address: Option<bool>,
 }
 
 impl Matcher {
@@ -310,6 +315,12 @@ pub enum DetectorKind {
     /// `page`/`offset`/`id` query parameter) steps by one, each within the window of the
     /// previous.
     Sequence,
+    /// One key (a token, a device) alternating between values of `field` (addresses): a
+    /// request from a value the key left at most `overlap` before, after a request from
+    /// another, is a *return*; `threshold` returns within the window fire. A phone roaming
+    /// Wi-Fi → cellular → Wi-Fi moves in sequence and comes back after minutes; a copy of
+    /// its token used elsewhere at the same time interleaves within seconds.
+    Concurrent { field: KeyField, overlap: Duration },
     /// Requests per key per (tumbling) window above `factor` times the `quantile` of what
     /// keys of the same endpoint did in past windows, once `learn_min` windows were learned;
     /// and at least `threshold`.
@@ -347,6 +358,7 @@ impl DetectorKind {
             DetectorKind::Mixed { .. } => "mixed",
             DetectorKind::Cadence { .. } => "cadence",
             DetectorKind::Sequence => "sequence",
+            DetectorKind::Concurrent { .. } => "concurrent",
             DetectorKind::Baseline { .. } => "baseline",
             DetectorKind::Outlier { .. } => "outlier",
         }
@@ -355,7 +367,7 @@ impl DetectorKind {
 
 /// Detector kinds, for messages.
 pub const DETECTOR_KINDS: &str =
-    "threshold, distinct, ratio, mixed, cadence, sequence, baseline, outlier";
+    "threshold, distinct, ratio, mixed, cadence, sequence, concurrent, baseline, outlier";
 
 /// A piece of a summary template.
 #[derive(Clone, Debug, PartialEq, Eq)]

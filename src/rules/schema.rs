@@ -99,6 +99,12 @@ struct RawMatch {
     min_records: Option<u32>,
     /// Only responses exposing (true) or not (false) a class of `deny_classes`.
     denied: Option<bool>,
+    /// Only requests carrying (true) or not carrying (false) the genuine app's attestation
+    /// (`valid`, or expired within `[detect] refresh_grace_secs`).
+    attested: Option<bool>,
+    /// Only requests from (true) or not from (false) a shared address (carrier NAT, proxy:
+    /// many attested devices behind it).
+    shared_address: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +136,9 @@ struct RawDetector {
     learn_min_samples: Option<S<i64>>,
     /// `outlier`: what is compared, `records` (default) or `bytes`.
     measure: Option<S<String>>,
+    /// `concurrent`: a key coming back to a value it left at most this many seconds
+    /// before counts as concurrent use.
+    overlap_secs: Option<S<f64>>,
 }
 
 /// `group_by: ip` or `group_by: [ip, endpoint]`.
@@ -352,7 +361,7 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
             .map(|v| v.value.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
     };
     format!(
-        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
         strs(&m.methods),
         strs(&m.routes),
         strs(&m.hosts),
@@ -365,7 +374,9 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
         m.cross_user,
         strs(&m.exposed_classes),
         m.min_records,
-        m.denied
+        m.denied,
+        m.attested,
+        m.shared_address
     )
 }
 
@@ -541,6 +552,8 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     out.cross_user = m.cross_user;
     out.min_records = m.min_records;
     out.denied = m.denied;
+    out.attested = m.attested;
+    out.shared_address = m.shared_address;
     if let Some(cs) = &m.exposed_classes {
         out.exposed_classes = Some(classes(ctx, "exposed_classes", &cs.value));
     }
@@ -552,7 +565,7 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
                 None => ctx.error(
                     s.referenced,
                     format!(
-                        "ownership: `{}`: expected own, public, unknown, other or none",
+                        "ownership: `{}`: expected own, public, unclaimed, unknown, other or none",
                         s.value
                     ),
                 ),
@@ -592,6 +605,7 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
     let bytes = kind_name == "outlier" && d.measure.as_ref().is_some_and(|m| m.value == "bytes");
     let (min, max) = match kind_name {
         "distinct" | "cadence" | "sequence" | "mixed" => (2, i64::from(MAX_THRESHOLD)),
+        "concurrent" => (1, 1000),
         // A body size: up to 1 GiB.
         _ if bytes => (1, i64::from(MAX_BYTES_THRESHOLD)),
         _ => (1, i64::from(MAX_THRESHOLD)),
@@ -632,7 +646,12 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
     only_for(
         d.distinct.as_ref().map(|x| x.referenced),
         "distinct",
-        &["distinct"],
+        &["distinct", "concurrent"],
+    );
+    only_for(
+        d.overlap_secs.as_ref().map(|x| x.referenced),
+        "overlap_secs",
+        &["concurrent"],
     );
     only_for(d.ratio.as_ref().map(|x| x.referenced), "ratio", &["ratio"]);
     only_for(
@@ -753,6 +772,37 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
             }
         }
         "sequence" => DetectorKind::Sequence,
+        "concurrent" => {
+            let Some(field) = &d.distinct else {
+                ctx.error(
+                    d.kind.referenced,
+                    "detector: `kind: concurrent` needs `distinct:` (the field that alternates, e.g. ip)"
+                        .into(),
+                );
+                return None;
+            };
+            if group_by.contains(&field.value) {
+                ctx.error(
+                    field.referenced,
+                    format!(
+                        "distinct: a key that contains `{}` never alternates between its values",
+                        field.value.as_str()
+                    ),
+                );
+            }
+            let Some(overlap) = in_range(ctx, &d.overlap_secs, "overlap_secs", 0.0, 3600.0) else {
+                ctx.error(
+                    d.kind.referenced,
+                    "detector: `kind: concurrent` needs `overlap_secs:` (more than 0, at most 3600)"
+                        .into(),
+                );
+                return None;
+            };
+            DetectorKind::Concurrent {
+                field: field.value,
+                overlap: secs(overlap),
+            }
+        }
         "baseline" => {
             let learn_min = d.learn_min_windows.as_ref().map_or(50, |x| x.value);
             if !(1..=1_000_000).contains(&learn_min)

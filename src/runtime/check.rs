@@ -117,6 +117,8 @@ fn test_event(tx: &TestTransaction) -> Event {
         exposed: Vec::new(),
         denied: false,
         foreign: Vec::new(),
+        attested: false,
+        shared_devices: 0,
         login: tx.login.unwrap_or_else(|| {
             crate::detect::LoginConfig::default()
                 .routes

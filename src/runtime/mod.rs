@@ -598,6 +598,8 @@ fn event(
         exposed: Vec::new(),
         denied: false,
         foreign: Vec::new(),
+        attested: false,
+        shared_devices: 0,
         route: Some(names.name(route)),
         endpoint: None,
         principal_key: None,
