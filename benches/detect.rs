@@ -63,6 +63,8 @@ fn events() -> Vec<Event> {
                 exposed: Vec::new(),
                 denied: false,
                 foreign: Vec::new(),
+                attested: false,
+                shared_devices: 0,
             }
         })
         .collect()

@@ -58,6 +58,8 @@ fuzz_target!(|data: &[u8]| {
             exposed: Vec::new(),
             denied: false,
             foreign: Vec::new(),
+            attested: false,
+            shared_devices: 0,
         };
         engine.observe(&ev, &mut out);
     }

@@ -84,6 +84,19 @@ pub struct Finding {
     pub path: Arc<str>,
     pub class: Class,
     pub masked: Arc<str>,
+    /// Keyed hashes of the first values found at this path (at most [`MAX_DIGESTS`]):
+    /// the same value served to many principals is public data (a shop's address), not
+    /// someone's personal data. Never the values themselves.
+    pub digests: smallvec::SmallVec<[u64; 4]>,
+}
+
+/// Value digests kept per finding.
+pub const MAX_DIGESTS: usize = 8;
+
+/// A value's digest: fixed seed, so workers and the detect thread agree.
+fn digest(value: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x7075_626c_6963).hash_one(value)
 }
 
 /// What one response gave away.
@@ -320,10 +333,17 @@ struct Walker<'a> {
 impl Walker<'_> {
     fn add(&mut self, path: &str, class: Class, value: &str) {
         let s = &mut *self.scan;
-        if s.findings
-            .iter()
-            .any(|f| &*f.path == path && f.class == class)
+        if let Some(f) = s
+            .findings
+            .iter_mut()
+            .find(|f| &*f.path == path && f.class == class)
         {
+            if f.digests.len() < MAX_DIGESTS {
+                let d = digest(value);
+                if !f.digests.contains(&d) {
+                    f.digests.push(d);
+                }
+            }
             return;
         }
         if s.findings.len() < MAX_FINDINGS {
@@ -331,6 +351,7 @@ impl Walker<'_> {
                 path: Arc::from(path),
                 class,
                 masked: masked(class, value),
+                digests: smallvec::smallvec![digest(value)],
             });
         } else {
             s.truncated = true;

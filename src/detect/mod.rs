@@ -18,6 +18,7 @@ mod extract;
 pub mod intern;
 mod inventory;
 mod objects;
+mod publicity;
 pub mod shared;
 mod window;
 
@@ -308,6 +309,8 @@ pub struct DetectStats {
     pub objects_evicted: u64,
     /// Collections learned public (many readers, never anyone's).
     pub public_collections: u64,
+    /// Response fields learned public per route (the same values served to many).
+    pub public_fields: u64,
     /// Baseline detectors: endpoints not learned because a rule had `MAX_BASELINES`.
     pub baselines_over_cap: u64,
     /// Events that reached detection after later events (ordering lateness exceeded).
@@ -334,6 +337,7 @@ impl DetectStats {
         self.objects_tracked += o.objects_tracked;
         self.objects_evicted += o.objects_evicted;
         self.public_collections += o.public_collections;
+        self.public_fields += o.public_fields;
         self.baselines_over_cap += o.baselines_over_cap;
         self.late_events += o.late_events;
         self.shared_addresses_tracked += o.shared_addresses_tracked;
@@ -438,6 +442,7 @@ pub struct Engine {
     registry: Registry,
     owners: objects::Owners,
     shared: shared::SharedAddresses,
+    public_fields: publicity::PublicFields,
     routes: Vec<crate::rules::PinnedRoute>,
     inventory: inventory::Inventory,
     /// Endpoint and route strings shared across events.
@@ -459,6 +464,7 @@ impl Engine {
                 max_addresses: cfg.max_actors,
                 ..cfg.shared.clone()
             }),
+            public_fields: publicity::PublicFields::default(),
             routes: Vec::new(),
             inventory: inventory::Inventory::default(),
             names: intern::Interner::default(),
@@ -511,6 +517,7 @@ impl Engine {
         s.shared_addresses = sh.shared as u64;
         s.shared_addresses_learned = sh.learned;
         s.shared_addresses_evicted = sh.evicted;
+        s.public_fields = self.public_fields.public_count() as u64;
         s
     }
 
@@ -553,17 +560,18 @@ impl Engine {
         let pinned = e.object.as_deref().and_then(|p| {
             self.routes
                 .iter()
-                .find_map(|r| r.matches(p).map(|m| (r, m)))
+                .enumerate()
+                .find_map(|(i, r)| r.matches(p).map(|m| (i, r, m)))
         });
         let mut declared_users: Vec<ObjectRef> = Vec::new();
         let mut public = false;
-        let mut allowed: Option<&[String]> = None;
-        if let Some((r, m)) = pinned {
+        let mut pinned_at = None;
+        if let Some((i, r, m)) = pinned {
             if e.route.as_deref() != Some(r.template.as_str()) {
                 e.route = Some(self.names.name(&r.template));
             }
             public = r.public;
-            allowed = r.expose_only.as_deref();
+            pinned_at = Some(i);
             if let Some(o) = m.owner {
                 declared_users.push(o);
             }
@@ -571,26 +579,62 @@ impl Engine {
         if let (Some(m), Some(r)) = (&e.method, &e.route) {
             e.endpoint = Some(self.names.endpoint(m, r));
         }
-        if let Some(scan) = &e.exposure {
+        let principal: Arc<str> = e.principal().into();
+        e.principal_key = Some(principal.clone());
+        if !(e.objects.is_empty() && e.returned.is_empty()) {
+            self.judge_ownership(&mut e, &principal, public, &declared_users);
+        }
+        if let Some(scan) = e.exposure.clone() {
+            let route = e.route.clone();
+            // Learned first, so the answer that shows a value is everyone's is not itself
+            // reported. Only answers that took nobody else's objects teach, and never
+            // answers about people (user records): a profile that shows every caller its
+            // owner's e-mail is exposure, however many callers there are.
+            let nobodys = !e.cross_user
+                && matches!(
+                    e.ownership,
+                    None | Some(Ownership::None | Ownership::Public | Ownership::Unclaimed)
+                )
+                && !e
+                    .objects
+                    .iter()
+                    .chain(&e.returned)
+                    .any(|o| objects::is_user_collection(&o.collection));
+            if nobodys && let Some(route) = &route {
+                self.public_fields
+                    .learn(route, objects::principal_hash(&principal), &scan.findings);
+            }
+            let public_fields = &self.public_fields;
+            let deny = &self.deny;
+            let allowed = pinned_at
+                .and_then(|i| self.routes.get(i))
+                .and_then(|r| r.expose_only.as_deref());
             e.exposed = scan
                 .findings
                 .iter()
                 .filter(|f| {
-                    self.deny.contains(&f.class)
-                        || !allowed.is_some_and(|a| a.iter().any(|p| **p == *f.path))
+                    deny.contains(&f.class)
+                        || (!allowed.is_some_and(|a| a.iter().any(|p| **p == *f.path))
+                            && !route.as_ref().is_some_and(|r| public_fields.is_public(r, f)))
                 })
                 .cloned()
                 .collect();
             e.denied = e.exposed.iter().any(|f| self.deny.contains(&f.class));
             if let (Some(route), Some(m)) = (&e.route, &e.method) {
-                self.inventory.add(m, route, scan);
+                self.inventory.add(m, route, &scan);
             }
         }
-        let principal: Arc<str> = e.principal().into();
-        e.principal_key = Some(principal.clone());
-        if e.objects.is_empty() && e.returned.is_empty() {
-            return e;
-        }
+        e
+    }
+
+    /// Judges the objects of a request against the ownership map.
+    fn judge_ownership(
+        &mut self,
+        e: &mut Event,
+        principal: &str,
+        public: bool,
+        declared_users: &[ObjectRef],
+    ) {
         let j = self.owners.judge(
             e.ts,
             &principal,
@@ -608,7 +652,6 @@ impl Engine {
         e.ownership = j.ownership;
         e.cross_user = j.cross_user;
         e.foreign = j.foreign;
-        e
     }
 
     /// The actors' risk summary: the `n` riskiest, and the registry's counters.

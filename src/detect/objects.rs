@@ -33,6 +33,12 @@ pub struct ObjectRef {
     pub id: Arc<str>,
 }
 
+/// Whether a collection holds user records (`users`, `accounts`, `profiles`...): what it
+/// returns is about a person even when everyone may read it.
+pub fn is_user_collection(c: &str) -> bool {
+    USER_COLLECTIONS.contains(&c)
+}
+
 /// A collection name: lower case, without an `_id` suffix or plural `s`.
 pub fn collection(name: &str) -> Arc<str> {
     // Collections are few (the API's nouns): each thread keeps the ones it has seen, bounded.
@@ -296,7 +302,7 @@ pub struct Owners {
     pub evicted: u64,
 }
 
-fn principal_hash(p: &str) -> u64 {
+pub(super) fn principal_hash(p: &str) -> u64 {
     use std::hash::BuildHasher;
     // Fixed seed: equality is all that matters and results must not vary between runs.
     foldhash::fast::FixedState::with_seed(0x6f77_6e65_7273).hash_one(p)
@@ -736,6 +742,7 @@ mod tests {
         let mut o = Owners::new(OwnersConfig {
             max_objects: 100,
             public_readers: 3,
+            public_collection_readers: 10,
         });
         for i in 0..1000 {
             judge(
