@@ -168,6 +168,8 @@ fn token_abuse_sample_gives_exactly_its_alerts_with_any_worker_count() {
         ("token.forged", "127.0.0.20"),
         ("token.expired-replay", "127.0.0.50"),
         ("token.shared-across-addresses", "device-r"),
+        // The follow-up folds one request, from the fifth address.
+        ("token.shared-across-addresses", "127.0.0.34"),
         ("device.shared-across-addresses", "device-r"),
         ("device.shared-across-addresses", "127.0.0.34"),
         ("device.shared-across-addresses", "device-s"),

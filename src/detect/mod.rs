@@ -601,8 +601,11 @@ impl Engine {
                     .chain(&e.returned)
                     .any(|o| objects::is_user_collection(&o.collection));
             if nobodys && let Some(route) = &route {
-                self.public_fields
-                    .learn(route, objects::principal_hash(&principal), &scan.findings);
+                self.public_fields.learn(
+                    route,
+                    objects::principal_hash(&principal),
+                    &scan.findings,
+                );
             }
             let public_fields = &self.public_fields;
             let deny = &self.deny;
@@ -615,7 +618,9 @@ impl Engine {
                 .filter(|f| {
                     deny.contains(&f.class)
                         || (!allowed.is_some_and(|a| a.iter().any(|p| **p == *f.path))
-                            && !route.as_ref().is_some_and(|r| public_fields.is_public(r, f)))
+                            && !route
+                                .as_ref()
+                                .is_some_and(|r| public_fields.is_public(r, f)))
                 })
                 .cloned()
                 .collect();

@@ -326,7 +326,7 @@ fn baseline_learns_per_endpoint_then_flags_only_far_above_it() {
     }
     let baseline = |out: &[Alert]| -> Vec<Alert> {
         out.iter()
-            .filter(|a| a.rule.as_str() == "scraping.volume-above-baseline")
+            .filter(|a| a.rule.as_str().contains("volume-above-baseline"))
             .cloned()
             .collect()
     };
@@ -338,18 +338,23 @@ fn baseline_learns_per_endpoint_then_flags_only_far_above_it() {
             &mut out,
         );
     }
-    for k in 0..40 {
+    for k in 0..80 {
         e.observe(
-            &req(62.0 * 60.0 + f64::from(k) * 0.5, "10.0.2.1".into()),
+            &req(62.0 * 60.0 + f64::from(k) * 0.25, "10.0.2.1".into()),
             &mut out,
         );
     }
     let hits = baseline(&out);
+    // Attested traffic is judged per device, never per address.
     assert_eq!(hits.len(), 1, "{hits:?}");
-    assert_eq!(hits[0].actor.ip.as_deref(), Some("10.0.2.1"));
+    assert_eq!(
+        hits[0].rule.as_str(),
+        "scraping.device-volume-above-baseline"
+    );
+    assert_eq!(hits[0].actor.device.as_deref(), Some("dev-10.0.2.1"));
     let learned = hits[0].evidence["baseline"]["learned"].as_f64().unwrap();
     assert!((5.0..=7.0).contains(&learned), "learned {learned}");
-    assert_eq!(hits[0].evidence["baseline"]["count"], 31);
+    assert_eq!(hits[0].evidence["baseline"]["count"], 60);
     assert!(e.stats().baseline_samples > 1000);
 }
 
