@@ -642,7 +642,7 @@ impl Engine {
     ) {
         let j = self.owners.judge(
             e.ts,
-            &principal,
+            principal,
             e.actor.user.as_deref(),
             &e.objects,
             &e.returned,
