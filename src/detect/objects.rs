@@ -738,6 +738,115 @@ mod tests {
     }
 
     #[test]
+    fn never_owned_collections_are_unclaimed_then_public_once_many_read_them() {
+        let mut o = Owners::new(OwnersConfig::default());
+        // A store locator: nobody ever lists, creates or owns a store.
+        let j = judge(
+            &mut o,
+            "user:1",
+            Some("1"),
+            &[r("store", "1")],
+            &[],
+            "GET",
+            200,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Unclaimed));
+        // Ten users each browse the same three stores and a few of their own picking.
+        for u in 1..=10u32 {
+            let who = format!("user:{u}");
+            for s in [1, 2, 3, u + 100] {
+                judge(
+                    &mut o,
+                    &who,
+                    Some(&u.to_string()),
+                    &[r("store", &s.to_string())],
+                    &[],
+                    "GET",
+                    200,
+                );
+            }
+        }
+        // Now any store, even one nobody read yet, is public: the collection is a catalogue.
+        let j = judge(
+            &mut o,
+            "user:77",
+            Some("77"),
+            &[r("store", "999")],
+            &[],
+            "GET",
+            200,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Public));
+        assert!(!j.cross_user);
+    }
+
+    #[test]
+    fn a_collection_with_one_owned_object_is_never_a_catalogue() {
+        let mut o = Owners::new(OwnersConfig::default());
+        // One order created by its owner: orders have owners.
+        judge(
+            &mut o,
+            "user:1",
+            Some("1"),
+            &[],
+            &[r("order", "1")],
+            "POST",
+            201,
+        );
+        // A prober reading many other orders with many fake principals teaches nothing
+        // public about the collection: unknown orders stay unknown, not unclaimed.
+        for u in 2..=20u32 {
+            let j = judge(
+                &mut o,
+                &format!("user:{u}"),
+                Some(&u.to_string()),
+                &[r("order", &(u + 50).to_string())],
+                &[],
+                "GET",
+                200,
+            );
+            assert_eq!(j.ownership, Some(Ownership::Unknown));
+        }
+        let j = judge(
+            &mut o,
+            "user:2",
+            Some("2"),
+            &[r("order", "1")],
+            &[],
+            "GET",
+            200,
+        );
+        assert_eq!(j.ownership, Some(Ownership::Other));
+    }
+
+    #[test]
+    fn one_prober_with_the_owners_never_makes_an_object_public() {
+        // Three readers make an object public; an owner and one prober are two.
+        let mut o = Owners::new(OwnersConfig::default());
+        for s in 1..=5u32 {
+            judge(
+                &mut o,
+                "user:1",
+                Some("1"),
+                &[r("store", &s.to_string())],
+                &[],
+                "GET",
+                200,
+            );
+            let j = judge(
+                &mut o,
+                "user:2",
+                Some("2"),
+                &[r("store", &s.to_string())],
+                &[],
+                "GET",
+                200,
+            );
+            assert_eq!(j.ownership, Some(Ownership::Unclaimed));
+        }
+    }
+
+    #[test]
     fn the_map_is_bounded() {
         let mut o = Owners::new(OwnersConfig {
             max_objects: 100,
