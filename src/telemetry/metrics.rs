@@ -63,6 +63,9 @@ pub const NAMES: &[&str] = &[
     "detect_keys_evicted",
     "objects_tracked",
     "objects_evicted",
+    "shared_addresses",
+    "public_collections",
+    "public_fields",
     "alerts",
     "alerts_aggregated_requests",
     "webhook_deliveries",
@@ -544,6 +547,21 @@ impl Collector for Hub {
             "objects_evicted",
             "Objects evicted from the ownership map at its cap.",
             d.stats.objects_evicted,
+        )?;
+        e.gauge(
+            "shared_addresses",
+            "Client addresses with many attested devices behind them (carrier NAT, offices).",
+            d.stats.shared_addresses as i64,
+        )?;
+        e.gauge(
+            "public_collections",
+            "Never-owned collections learned public from many readers (catalogues).",
+            d.stats.public_collections as i64,
+        )?;
+        e.gauge(
+            "public_fields",
+            "Response fields learned public (served identically to many principals).",
+            d.stats.public_fields as i64,
         )?;
         let alert_rows = d.rules.iter().map(|(id, cat, sev)| {
             (
