@@ -114,6 +114,28 @@ pub struct Scan {
     /// Object ids the body returns (BOLA): the top-level `id` (field `None`), and the `id`
     /// of objects in arrays (field: the array's name; `None` for a top-level array).
     pub ids: Vec<(Option<Arc<str>>, Arc<str>)>,
+    /// The response says any cache may keep it and serve it to anyone
+    /// (`Cache-Control: public` or `s-maxage`, without `private` or `no-store`): the
+    /// server declares it nobody's in particular, like a store locator's answer.
+    pub shared_cache: bool,
+}
+
+/// Whether `Cache-Control` lets shared caches serve the response to every client.
+pub fn shared_cacheable(headers: &[Header]) -> bool {
+    let mut public = false;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cache-control"))
+    {
+        for d in String::from_utf8_lossy(&h.value[..]).split(',') {
+            let name = d.split('=').next().unwrap_or_default().trim();
+            if name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store") {
+                return false;
+            }
+            public |= name.eq_ignore_ascii_case("public") || name.eq_ignore_ascii_case("s-maxage");
+        }
+    }
+    public
 }
 
 /// Most returned ids kept per body.
@@ -593,7 +615,10 @@ pub fn scan(headers: &[Header], body: &[u8]) -> Scan {
 /// [`scan`], collecting returned ids only when `want_ids` (a POST, or a request naming an
 /// object: the only ones ownership can learn from).
 pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
-    let mut out = Scan::default();
+    let mut out = Scan {
+        shared_cache: shared_cacheable(headers),
+        ..Scan::default()
+    };
     if body.is_empty() {
         return out;
     }
@@ -653,6 +678,24 @@ pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shared_cacheable_responses() {
+        use crate::http::Header;
+        let h = |v: &str| {
+            vec![Header {
+                name: "Cache-Control".into(),
+                value: v.as_bytes().into(),
+            }]
+        };
+        assert!(super::shared_cacheable(&h("public, max-age=600")));
+        assert!(super::shared_cacheable(&h("max-age=60, S-MAXAGE=600")));
+        assert!(!super::shared_cacheable(&h("private, max-age=600")));
+        assert!(!super::shared_cacheable(&h("public, no-store")));
+        assert!(!super::shared_cacheable(&h("max-age=600")));
+        assert!(!super::shared_cacheable(&h("no-cache")));
+        assert!(!super::shared_cacheable(&[]));
+    }
+
     use super::*;
 
     fn c(name: &str, v: &str) -> Option<&'static str> {

@@ -612,12 +612,15 @@ impl Engine {
             let allowed = pinned_at
                 .and_then(|i| self.routes.get(i))
                 .and_then(|r| r.expose_only.as_deref());
+            // A response any cache may serve to anyone is nobody's personal data.
+            let shared_cache = scan.shared_cache;
             e.exposed = scan
                 .findings
                 .iter()
                 .filter(|f| {
                     deny.contains(&f.class)
-                        || (!allowed.is_some_and(|a| a.iter().any(|p| **p == *f.path))
+                        || (!shared_cache
+                            && !allowed.is_some_and(|a| a.iter().any(|p| **p == *f.path))
                             && !route
                                 .as_ref()
                                 .is_some_and(|r| public_fields.is_public(r, f)))
