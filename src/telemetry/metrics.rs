@@ -45,6 +45,7 @@ pub const NAMES: &[&str] = &[
     "decode_ip_fragments",
     "flows_active",
     "flows",
+    "flows_reused",
     "reassembly_gaps",
     "reassembly_gap_bytes",
     "reassembly_anomalies",
@@ -378,6 +379,11 @@ impl Collector for Hub {
             "flows",
             "TCP connections tracked since start.",
             r.flows_created,
+        )?;
+        e.counter(
+            "flows_reused",
+            "TCP connections that took over the addresses and ports of one still tracked (port reuse).",
+            r.flows_reused,
         )?;
         e.counter(
             "reassembly_gaps",
