@@ -231,6 +231,23 @@ mod tests {
     }
 
     #[test]
+    fn both_directions_of_a_connection_go_to_one_worker() {
+        use crate::reassembly::FlowKey;
+        use std::hash::BuildHasher;
+        // Split taps rely on it: each capture thread shards by this hash on its own.
+        let hasher = foldhash::fast::FixedState::with_seed(super::super::SHARD_SEED);
+        for (a, b) in [
+            ("10.0.0.1:40000", "10.0.0.2:80"),
+            ("[2001:db8::9]:51000", "[2001:db8::1]:443"),
+        ] {
+            let (a, b) = (a.parse().expect("addr"), b.parse().expect("addr"));
+            let there = hasher.hash_one(FlowKey::new(TunnelId(7), a, b));
+            let back = hasher.hash_one(FlowKey::new(TunnelId(7), b, a));
+            assert_eq!(there, back);
+        }
+    }
+
+    #[test]
     fn interleaves_two_inputs_by_packet_time() {
         let mut m = Merger::new(2, Duration::from_millis(1000), 1 << 20);
         m.push(batch(0, 5, &[]));
