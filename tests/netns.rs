@@ -12,6 +12,9 @@
 //! port. A second test stops `run` with SIGTERM mid-traffic and checks no alert found was
 //! lost (alerts file, summary and webhook spool agree). A third replays a large capture onto
 //! a veth with tcpreplay at top speed and checks the received, processed and dropped counts.
+//! A fourth mirrors each direction of the server's link to its own monitor interface, as a
+//! passive tap does, and checks `run --interface A --interface B` pairs exactly the
+//! transactions `run` pairs on one interface carrying both directions.
 //! Needs root (namespaces, tc, capture); skipped with a note elsewhere unless CI is set.
 
 use std::collections::BTreeSet;
@@ -613,4 +616,157 @@ fn tcpreplay_at_top_speed_is_counted_received_processed_and_dropped() {
     if dropped == 0 && s["queue"]["dropped_segments"] == 0 {
         assert_eq!(s["http"]["transactions"], manifest["transactions"], "{s}");
     }
+}
+
+/// A passive tap in the lab: the client-to-server direction of the server's link mirrored to
+/// one monitor interface (`voa`), the server-to-client direction to another (`vob`), and
+/// both to a third (`voc`) as a SPAN port would, for the reference run.
+fn split_tap_lab(tag: &str) -> Lab {
+    let id = format!("{}{tag}", std::process::id() % 100_000);
+    let mut lab = Lab {
+        names: Vec::new(),
+        id,
+    };
+    for role in ["c", "s", "m"] {
+        let n = lab.ns(role);
+        let _ = Command::new("ip").args(["netns", "del", &n]).status();
+        run(&["ip", "netns", "add", &n]);
+        lab.names.push(n.clone());
+        ns(&n, &["ip", "link", "set", "lo", "up"]);
+    }
+    let (c, s, m) = (lab.ns("c"), lab.ns("s"), lab.ns("m"));
+    let (vc, vs) = (lab.dev("vc"), lab.dev("vs"));
+    run(&[
+        "ip", "link", "add", &vc, "netns", &c, "type", "veth", "peer", "name", &vs, "netns", &s,
+    ]);
+    for port in ["a", "b", "c"] {
+        let (vm, vo) = (lab.dev(&format!("vm{port}")), lab.dev(&format!("vo{port}")));
+        run(&[
+            "ip", "link", "add", &vm, "netns", &s, "type", "veth", "peer", "name", &vo, "netns", &m,
+        ]);
+        ns(&s, &["ip", "link", "set", &vm, "up"]);
+        ns(&m, &["ip", "link", "set", &vo, "up"]);
+    }
+    ns(&c, &["ip", "addr", "add", "10.77.0.1/24", "dev", &vc]);
+    let mut last: Vec<u8> = vec![10, 11, 12, 30, 40, 60];
+    last.extend(50..60);
+    for l in last {
+        ns(
+            &c,
+            &["ip", "addr", "add", &format!("10.77.0.{l}/24"), "dev", &vc],
+        );
+    }
+    ns(&s, &["ip", "addr", "add", "10.77.0.2/24", "dev", &vs]);
+    ns(&c, &["ip", "link", "set", &vc, "up"]);
+    ns(&s, &["ip", "link", "set", &vs, "up"]);
+    ns(&s, &["tc", "qdisc", "add", "dev", &vs, "clsact"]);
+    // Frames into the server (requests) go to tap port A, frames out of it (responses) to
+    // tap port B; every frame also goes to C.
+    for (dir, port) in [("ingress", "vma"), ("egress", "vmb")] {
+        let (one, all) = (lab.dev(port), lab.dev("vmc"));
+        ns(
+            &s,
+            &[
+                "tc", "filter", "add", "dev", &vs, dir, "protocol", "all", "u32", "match", "u32",
+                "0", "0", "action", "mirred", "egress", "mirror", "dev", &one, "pipe", "action",
+                "mirred", "egress", "mirror", "dev", &all,
+            ],
+        );
+    }
+    lab
+}
+
+/// Transactions as comparable rows: client, method, path, status, body sizes, anomalies.
+fn transaction_rows(path: &Path) -> Vec<String> {
+    let mut rows: Vec<String> = lines(path)
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|t| {
+            format!(
+                "{}:{} {} {} {} {}/{} {}",
+                t["client"]["ip"],
+                t["client"]["port"],
+                t["method"],
+                t["path"],
+                t["status"],
+                t["request_body_bytes"],
+                t["response_body_bytes"],
+                t["anomalies"]
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn split_tap_one_direction_per_interface_pairs_like_a_span_port() {
+    if skip("the split-tap test") {
+        return;
+    }
+    let lab = split_tap_lab("t");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _server = start_server(&lab);
+    let start = |name: &'static str, ifaces: &[String]| {
+        let (tx, summary, log) = (
+            dir.path().join(format!("{name}.jsonl")),
+            dir.path().join(format!("{name}.summary.json")),
+            dir.path().join(format!("{name}.log")),
+        );
+        let mut args: Vec<String> = vec![shieldtap().into(), "run".into()];
+        for i in ifaces {
+            args.extend(["--interface".into(), i.clone()]);
+        }
+        for (k, v) in [
+            ("--transactions-out", tx.to_str().expect("utf-8")),
+            ("--summary-json", summary.to_str().expect("utf-8")),
+            ("--alerts-out", "/dev/null"),
+            ("--metrics-listen", "off"),
+            ("--workers", "2"),
+        ] {
+            args.extend([k.into(), v.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let p = spawn(name, &lab.ns("m"), &args, Some(&log));
+        wait_until(name, Duration::from_secs(10), || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|l| l.matches("capture started").count() == ifaces.len())
+        });
+        (p, tx, summary, log)
+    };
+    let mut split = start("split", &[lab.dev("voa"), lab.dev("vob")]);
+    let mut single = start("single", &[lab.dev("voc")]);
+    std::thread::sleep(Duration::from_millis(500));
+    run_clients(&lab);
+    std::thread::sleep(Duration::from_millis(2500));
+    for p in [&mut split, &mut single] {
+        p.0.signal("-TERM");
+        let status = p.0.wait(Duration::from_secs(20));
+        assert!(
+            status.success(),
+            "{}",
+            std::fs::read_to_string(&p.3).unwrap_or_default()
+        );
+    }
+    let (s_split, s_single) = (json(&split.2), json(&single.2));
+    let (t_split, t_single) = (transaction_rows(&split.1), transaction_rows(&single.1));
+    eprintln!(
+        "split tap: {} transactions, {} paired, split {}; single port: {} transactions, {} paired",
+        s_split["http"]["transactions"],
+        s_split["http"]["paired"],
+        s_split["split"],
+        s_single["http"]["transactions"],
+        s_single["http"]["paired"],
+    );
+    for s in [&s_split, &s_single] {
+        assert_eq!(s["capture"]["kernel_dropped"], 0, "{s}");
+        assert_eq!(s["queue"]["dropped_segments"], 0, "{s}");
+    }
+    assert_eq!(s_single["http"]["transactions"], 194, "{s_single}");
+    assert_eq!(s_single["http"]["paired"], 194, "{s_single}");
+    assert_eq!(s_split["http"]["paired"], 194, "no unpaired: {s_split}");
+    assert_eq!(s_split["http"]["transactions"], 194, "{s_split}");
+    assert_eq!(t_split, t_single, "the same transactions, paired the same");
+    assert_eq!(s_split["split"]["held_too_long"], 0, "{s_split}");
+    assert_eq!(s_split["split"]["arrived_late"], 0, "{s_split}");
 }

@@ -69,6 +69,34 @@ impl CaptureStats {
     }
 }
 
+/// Split taps (`run` on several interfaces): how each worker merged its capture threads'
+/// segments into packet-time order (summary JSON `split`; see `runtime::merge`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SplitStats {
+    /// Segments that went through the merge (0 with a single input).
+    pub segments: u64,
+    /// Segments released before a lagging input caught up: that input was more than
+    /// `split_window_ms` of packet time behind the most advanced one.
+    pub held_too_long: u64,
+    /// Segments that arrived behind segments already released (their input lagged past the
+    /// window, or was silent until then): processed out of packet-time order.
+    pub arrived_late: u64,
+    /// Segments released early because held payload reached `split_hold_max_mib`.
+    pub hold_cap_hits: u64,
+    /// Most payload bytes one worker held for ordering.
+    pub held_bytes_peak: u64,
+}
+
+impl SplitStats {
+    pub fn merge(&mut self, o: &SplitStats) {
+        self.segments += o.segments;
+        self.held_too_long += o.held_too_long;
+        self.arrived_late += o.arrived_late;
+        self.hold_cap_hits += o.hold_cap_hits;
+        self.held_bytes_peak = self.held_bytes_peak.max(o.held_bytes_peak);
+    }
+}
+
 /// Why a capture could not be read at all.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -297,6 +325,11 @@ pub struct LiveConfig {
     pub bpf: Option<String>,
     /// How often a blocked read returns to check for shutdown, in milliseconds.
     pub poll_timeout_ms: i32,
+    /// Several interfaces (split taps, one direction each): how far in packet time one
+    /// input may run ahead of another and still be merged in order.
+    pub split_window: std::time::Duration,
+    /// Several interfaces: payload bytes each worker may hold for that merge.
+    pub split_hold_max_bytes: usize,
 }
 
 impl Default for LiveConfig {
@@ -308,6 +341,8 @@ impl Default for LiveConfig {
             immediate: true,
             bpf: None,
             poll_timeout_ms: 100,
+            split_window: std::time::Duration::from_millis(1000),
+            split_hold_max_bytes: 64 << 20,
         }
     }
 }

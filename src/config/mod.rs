@@ -161,6 +161,11 @@ struct RawCapture {
     immediate_mode: Option<bool>,
     /// BPF filter, e.g. `tcp or (vlan and tcp)`.
     bpf: Option<String>,
+    /// Several interfaces (a split tap: one direction per interface): how far in packet
+    /// time one may run ahead of another and still be merged in order (default 1000).
+    split_window_ms: Option<u64>,
+    /// Payload each worker may hold for that merge, in MiB (default 64).
+    split_hold_max_mib: Option<usize>,
 }
 
 /// `[decode]`
@@ -272,6 +277,18 @@ impl Config {
         c.capture.promiscuous = rc.promiscuous.unwrap_or(c.capture.promiscuous);
         c.capture.immediate = rc.immediate_mode.unwrap_or(c.capture.immediate);
         c.capture.bpf = rc.bpf.clone();
+        if let Some(ms) = rc.split_window_ms {
+            if !(1..=60_000).contains(&ms) {
+                return Err(err("capture.split_window_ms", "expected 1 to 60000"));
+            }
+            c.capture.split_window = Duration::from_millis(ms);
+        }
+        if let Some(m) = rc.split_hold_max_mib {
+            if !(1..=65_536).contains(&m) {
+                return Err(err("capture.split_hold_max_mib", "expected 1 to 65536"));
+            }
+            c.capture.split_hold_max_bytes = m << 20;
+        }
 
         let d = &raw.decode;
         if let Some(p) = &d.vxlan_ports {
@@ -666,6 +683,22 @@ mod tests {
         assert_eq!(c.decode.vxlan_ports, vec![4789, 8472]);
         assert_eq!(c.reassembly.idle_timeout, Duration::from_secs(30));
         assert_eq!(c.runtime.workers, Some(3));
+    }
+
+    #[test]
+    fn split_tap_settings() {
+        let c = Config::parse("", "x.toml").expect("valid");
+        assert_eq!(c.capture.split_window, Duration::from_secs(1));
+        assert_eq!(c.capture.split_hold_max_bytes, 64 << 20);
+        let c = Config::parse(
+            "[capture]\nsplit_window_ms = 250\nsplit_hold_max_mib = 8\n",
+            "x.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.capture.split_window, Duration::from_millis(250));
+        assert_eq!(c.capture.split_hold_max_bytes, 8 << 20);
+        let e = Config::parse("[capture]\nsplit_window_ms = 0\n", "x.toml").expect_err("zero");
+        assert!(e.to_string().contains("capture.split_window_ms"), "{e}");
     }
 
     #[test]

@@ -183,6 +183,8 @@ pub struct Summary {
     pub capture: CaptureStats,
     pub decode: DecodeStats,
     pub reassembly: ReassemblyStats,
+    /// Split taps (`run` on several interfaces): the merge of their inputs by packet time.
+    pub split: crate::capture::SplitStats,
     pub http: HttpStats,
     pub token: TokenStats,
     pub queue: QueueStats,

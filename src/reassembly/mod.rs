@@ -12,7 +12,10 @@
 //! before the data it acknowledges does not lose the data (mirrors reorder): a hole is
 //! declared a gap only once the peer has acknowledged past it and the reorder window has
 //! passed, after `gap_timeout` of packet time, under buffer pressure, or at close.
-//! FIN/RST close, idle flows time out on packet time. Caps: flows per worker (least recently
+//! FIN/RST close, idle flows time out on packet time. Port reuse: a SYN with a new sequence
+//! number on a closing or lingering connection starts a new one (the old closes as
+//! `reused`); on a live connection it is held until the peer's SYN-ACK confirms it, so a
+//! forged SYN cannot desynchronise a connection; a retransmitted SYN changes nothing. Caps: flows per worker (least recently
 //! active flows evicted in batches), out-of-order bytes and segments per direction, buffered
 //! bytes per worker; every cap hit is counted. There is no per-flow depth limit: a long
 //! keep-alive connection is followed to its end.
@@ -100,6 +103,8 @@ pub enum CloseReason {
     IdleTimeout,
     Evicted,
     EndOfCapture,
+    /// A new connection (a SYN with a new sequence number) took over its addresses and ports.
+    Reused,
 }
 
 impl CloseReason {
@@ -110,6 +115,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle-timeout",
             CloseReason::Evicted => "evicted",
             CloseReason::EndOfCapture => "end-of-capture",
+            CloseReason::Reused => "reused",
         }
     }
 }
@@ -144,6 +150,12 @@ pub struct ReassemblyStats {
     pub segments: u64,
     pub flows_created: u64,
     pub flows_midstream: u64,
+    /// Connections that started on the addresses and ports of one still tracked (closing,
+    /// lingering, or confirmed by the SYN-ACK): port reuse by clients, NATs, balancers.
+    pub flows_reused: u64,
+    /// SYNs with a new sequence number on a live connection, held until a SYN-ACK confirms
+    /// them (a desync attempt is never confirmed).
+    pub reuse_syns_held: u64,
     pub flows_closed: std::collections::BTreeMap<&'static str, u64>,
     pub active_flows: u64,
     pub bytes_delivered: u64,
@@ -162,6 +174,8 @@ impl ReassemblyStats {
         self.segments += o.segments;
         self.flows_created += o.flows_created;
         self.flows_midstream += o.flows_midstream;
+        self.flows_reused += o.flows_reused;
+        self.reuse_syns_held += o.reuse_syns_held;
         for (k, v) in &o.flows_closed {
             *self.flows_closed.entry(k).or_default() += v;
         }
@@ -253,6 +267,9 @@ struct Half {
     finished: bool,
     /// Highest acknowledgement the peer sent for this direction's bytes.
     peer_ack: Option<u32>,
+    /// Sequence number of this side's SYN (or SYN-ACK), when seen: a SYN carrying another
+    /// one is a new connection on the same addresses and ports, not a retransmission.
+    syn_seq: Option<u32>,
 }
 
 impl Half {
@@ -338,7 +355,72 @@ struct Flow<S> {
     last_ts: Timestamp,
     /// Packet time after which a finished or reset connection is closed.
     closing_at: Option<(Timestamp, CloseReason)>,
+    /// A SYN with a new sequence number seen while this connection was live: held, not
+    /// applied, until the peer's SYN-ACK confirms it (then this connection closes as
+    /// `reused`). A forged or desynchronising SYN that is never confirmed changes nothing.
+    held_syn: Option<HeldSyn>,
     state: S,
+}
+
+/// A held SYN (see [`Flow::held_syn`]); it carries no payload (TCP Fast Open data on a
+/// reused port is not followed).
+#[derive(Clone, Copy, Debug)]
+struct HeldSyn {
+    src: SocketAddr,
+    seq: u32,
+    window: u16,
+    ts: Timestamp,
+}
+
+/// What a SYN or SYN-ACK means for the connection already tracked on its addresses.
+enum Reuse {
+    /// Part of this connection (a retransmission, or its handshake).
+    No,
+    /// A new sequence number on a live connection: held until confirmed.
+    Hold,
+    /// A new connection replacing a closing, closed or lingering one.
+    Now,
+    /// The SYN-ACK confirming a held SYN: the new connection starts with that SYN.
+    Confirmed(HeldSyn),
+}
+
+/// Port reuse: load balancers and NATs open a new connection on the same 4-tuple moments
+/// after the last one closed (or, with a lost FIN, while it still looks live).
+fn reuse_of<S>(flow: &mut Flow<S>, seg: &TcpSegment<'_>, ts: Timestamp) -> Reuse {
+    let ack = seg.flags.has(TcpFlags::ACK);
+    let sender = if seg.src == flow.info.client {
+        Direction::ClientToServer
+    } else {
+        Direction::ServerToClient
+    };
+    let half = &flow.halves[sender.index()];
+    if half.syn_seq == Some(seg.seq) {
+        return Reuse::No;
+    }
+    if ack
+        && let Some(held) = flow.held_syn
+        && held.src == seg.dst
+        && held.seq.wrapping_add(1) == seg.ack
+    {
+        flow.held_syn = None;
+        return Reuse::Confirmed(held);
+    }
+    let closing = flow.closing_at.is_some() || flow.halves.iter().any(|h| h.fin_off.is_some());
+    if closing {
+        return Reuse::Now;
+    }
+    if !ack && half.started {
+        // The latest unconfirmed SYN wins: a client retrying after a lost SYN-ACK sends the
+        // same number again, and one slot per flow bounds what a SYN flood can hold.
+        flow.held_syn = Some(HeldSyn {
+            src: seg.src,
+            seq: seg.seq,
+            window: seg.window,
+            ts,
+        });
+        return Reuse::Hold;
+    }
+    Reuse::No
 }
 
 /// The flow table of one worker.
@@ -397,7 +479,43 @@ impl<H: StreamHandler> FlowTable<H> {
         if self.now >= self.next_sweep {
             self.sweep(handler);
         }
+        self.apply(seg, ts, handler);
+    }
+
+    /// Applies one segment: port reuse first, then the flow's own reassembly.
+    fn apply(&mut self, seg: &TcpSegment<'_>, ts: Timestamp, handler: &mut H) {
         let key = FlowKey::new(seg.tunnel, seg.src, seg.dst);
+        if seg.flags.has(TcpFlags::SYN)
+            && let Some(flow) = self.flows.get_mut(&key)
+        {
+            match reuse_of(flow, seg, ts) {
+                Reuse::No => {}
+                Reuse::Hold => {
+                    self.stats.reuse_syns_held += 1;
+                    return;
+                }
+                Reuse::Now => {
+                    self.stats.flows_reused += 1;
+                    self.close_flow(&key, CloseReason::Reused, handler);
+                }
+                Reuse::Confirmed(held) => {
+                    self.stats.flows_reused += 1;
+                    self.close_flow(&key, CloseReason::Reused, handler);
+                    let syn = TcpSegment {
+                        tunnel: seg.tunnel,
+                        src: held.src,
+                        dst: seg.src,
+                        seq: held.seq,
+                        ack: 0,
+                        flags: TcpFlags(TcpFlags::SYN),
+                        window: held.window,
+                        payload: &[],
+                        wire_payload_len: 0,
+                    };
+                    self.apply(&syn, held.ts, handler);
+                }
+            }
+        }
         if !self.flows.contains_key(&key) {
             if seg.flags.has(TcpFlags::RST) {
                 // A reset for a connection we do not track carries nothing to reassemble.
@@ -416,6 +534,7 @@ impl<H: StreamHandler> FlowTable<H> {
                     halves: [Half::default(), Half::default()],
                     last_ts: ts,
                     closing_at: None,
+                    held_syn: None,
                     state,
                 },
             );
@@ -632,7 +751,10 @@ fn process_segment<H: StreamHandler>(
     let syn = seg.flags.has(TcpFlags::SYN);
     let wire_len = u64::from(seg.wire_payload_len.max(seg.payload.len() as u32));
     if syn {
-        if !half.started || half.next_off == 0 {
+        // Before any data a SYN (re)anchors the direction, unless this side's SYN was seen
+        // already: another number then is a forged or stale SYN, not this connection's.
+        if !half.started || (half.next_off == 0 && half.syn_seq.is_none()) {
+            half.syn_seq = Some(seg.seq);
             half.started = true;
             half.next_seq = seg.seq.wrapping_add(1);
             half.next_off = 0;
@@ -1234,6 +1356,143 @@ mod tests {
         t.flush_all(&mut r);
         assert_eq!(r.stream(Direction::ClientToServer).len(), 401);
         assert_eq!(t.buffered_bytes(), 0);
+    }
+
+    /// One request and response on a handshaken connection, then FIN both ways.
+    fn exchange(t: &mut FlowTable<Recorder>, r: &mut Recorder, isn_c: u32, isn_s: u32, at: u64) {
+        let (c1, s1) = (isn_c.wrapping_add(1), isn_s.wrapping_add(1));
+        t.process(&seg(C, S, c1, s1, A, b"GET /a"), ms(at), r);
+        t.process(
+            &seg(S, C, s1, c1.wrapping_add(6), A, b"200 a"),
+            ms(at + 1),
+            r,
+        );
+        let fin = A | TcpFlags::FIN;
+        t.process(
+            &seg(S, C, s1.wrapping_add(5), c1.wrapping_add(6), fin, b""),
+            ms(at + 2),
+            r,
+        );
+        t.process(
+            &seg(C, S, c1.wrapping_add(6), s1.wrapping_add(6), fin, b""),
+            ms(at + 3),
+            r,
+        );
+    }
+
+    #[test]
+    fn new_syn_on_a_closing_flow_starts_a_new_connection() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        exchange(&mut t, &mut r, ISN_C, ISN_S, 3);
+        // Same ports 1 ms later, well inside the close linger, with new sequence numbers.
+        let (c2, s2) = (ISN_C + 77_777, ISN_S + 99_999);
+        t.process(&seg(C, S, c2, 0, TcpFlags::SYN, b""), ms(7), &mut r);
+        // The old connection's last ACK arrives after the new SYN.
+        t.process(&seg(S, C, ISN_S + 7, ISN_C + 8, A, b""), ms(7), &mut r);
+        t.process(
+            &seg(S, C, s2, c2 + 1, TcpFlags::SYN | A, b""),
+            ms(8),
+            &mut r,
+        );
+        t.process(&seg(C, S, c2 + 1, s2 + 1, A, b"GET /b"), ms(9), &mut r);
+        t.process(&seg(S, C, s2 + 1, c2 + 7, A, b"200 b"), ms(10), &mut r);
+        assert_eq!(r.closes(), vec![CloseReason::Reused]);
+        assert_eq!(r.stream(Direction::ClientToServer), b"GET /aGET /b");
+        assert_eq!(r.stream(Direction::ServerToClient), b"200 a200 b");
+        let opens = r
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Open(..)))
+            .count();
+        assert_eq!(opens, 2);
+        let s = t.stats();
+        assert_eq!((s.flows_created, s.flows_reused, s.gaps), (2, 1, 0));
+    }
+
+    #[test]
+    fn syn_retransmission_is_not_a_new_connection() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.process(&seg(C, S, ISN_C, 0, TcpFlags::SYN, b""), ms(3), &mut r);
+        t.process(&seg(C, S, ISN_C + 1, ISN_S + 1, A, b"hi"), ms(4), &mut r);
+        exchange(&mut t, &mut r, ISN_C + 2, ISN_S, 5);
+        // A late duplicate of the SYN while the connection lingers.
+        t.process(&seg(C, S, ISN_C, 0, TcpFlags::SYN, b""), ms(10), &mut r);
+        t.advance(ms(2000), &mut r);
+        assert_eq!(r.closes(), vec![CloseReason::Fin]);
+        assert_eq!(r.stream(Direction::ClientToServer), b"hiGET /a");
+        let s = t.stats();
+        assert_eq!(
+            (s.flows_created, s.flows_reused, s.reuse_syns_held),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn new_syn_on_a_live_flow_waits_for_the_syn_ack() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.process(&seg(C, S, ISN_C + 1, ISN_S + 1, A, b"abc"), ms(3), &mut r);
+        // A new-ISN SYN while the connection is live (its FIN never reached the mirror,
+        // or an attacker tries to desynchronise us): nothing changes yet.
+        let c2 = 0x4000_0000;
+        t.process(&seg(C, S, c2, 0, TcpFlags::SYN, b""), ms(4), &mut r);
+        t.process(&seg(C, S, ISN_C + 4, ISN_S + 1, A, b"def"), ms(5), &mut r);
+        assert!(r.closes().is_empty());
+        assert_eq!(r.stream(Direction::ClientToServer), b"abcdef");
+        // The server answers the new SYN: the old connection is over.
+        let s2 = 0x7000_0000;
+        t.process(
+            &seg(S, C, s2, c2 + 1, TcpFlags::SYN | A, b""),
+            ms(6),
+            &mut r,
+        );
+        assert_eq!(r.closes(), vec![CloseReason::Reused]);
+        t.process(&seg(C, S, c2 + 1, s2 + 1, A, b"NEW"), ms(7), &mut r);
+        assert_eq!(r.stream(Direction::ClientToServer), b"abcdefNEW");
+        assert_eq!(
+            r.events.last(),
+            Some(&Event::Data(Direction::ClientToServer, b"NEW".to_vec()))
+        );
+        let s = t.stats();
+        assert_eq!(
+            (s.flows_created, s.flows_reused, s.reuse_syns_held),
+            (2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn unconfirmed_syn_on_a_live_flow_changes_nothing() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        for i in 0..10u32 {
+            // Forged SYNs with arbitrary numbers, and a SYN-ACK acknowledging none of them.
+            t.process(
+                &seg(C, S, 0x1234_0000 + i, 0, TcpFlags::SYN, b""),
+                ms(3),
+                &mut r,
+            );
+        }
+        t.process(
+            &seg(S, C, 0x5555, 0x9999, TcpFlags::SYN | A, b""),
+            ms(4),
+            &mut r,
+        );
+        exchange(&mut t, &mut r, ISN_C, ISN_S, 5);
+        t.advance(ms(2000), &mut r);
+        assert_eq!(r.closes(), vec![CloseReason::Fin]);
+        assert_eq!(r.stream(Direction::ClientToServer), b"GET /a");
+        assert_eq!(r.stream(Direction::ServerToClient), b"200 a");
+        let s = t.stats();
+        assert_eq!(
+            (s.flows_created, s.flows_reused, s.reuse_syns_held),
+            (1, 0, 10)
+        );
     }
 
     proptest::proptest! {

@@ -8,9 +8,12 @@
 //! filling line buffers that one writer thread writes. Every queue is bounded: in replay a
 //! full queue makes the capture thread wait (nothing is lost); in live capture the batch is
 //! dropped and counted, so a slow worker never stalls the kernel ring. Time is packet time:
-//! batches carry the capture clock so idle workers still expire flows.
+//! batches carry the capture clock so idle workers still expire flows. With several live
+//! interfaces (split taps, one direction each) a worker merges its inputs by packet time
+//! (`merge`), bounded by `[capture] split_window_ms` and `split_hold_max_mib`.
 
 mod check;
+mod merge;
 mod ordering;
 mod reload;
 
@@ -31,7 +34,9 @@ use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 
 use crate::actor::{self, Attribution};
-use crate::capture::{self, CaptureError, CaptureStats, FileEnd, Frame, Progress, Timestamp};
+use crate::capture::{
+    self, CaptureError, CaptureStats, FileEnd, Frame, Progress, SplitStats, Timestamp,
+};
 use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LinkType, TcpFlags, TcpSegment, TunnelId};
 use crate::detect::{
@@ -160,6 +165,8 @@ struct Batch {
     now: Timestamp,
     /// Wall clock when its first segment arrived: the start of processing latency.
     created: Option<Instant>,
+    /// Which capture thread filled it (split taps merge them by packet time).
+    source: usize,
 }
 
 /// Processed batches handed back from workers to capture threads, so the arena and segment
@@ -235,6 +242,9 @@ struct Dispatcher {
     frames_since_check: u32,
     now: Timestamp,
     last_heartbeat: Timestamp,
+    /// Packet time between clock heartbeats: `HEARTBEAT_NANOS`, shorter with split taps so
+    /// workers learn every input's clock well within the merge window.
+    heartbeat_nanos: u64,
     /// Live capture: the wall-clock instant the last packet arrived, so an idle port's
     /// clock still moves (held events and follow-up alerts fall due); replay never uses it.
     last_arrival: Option<(Timestamp, Instant)>,
@@ -268,6 +278,7 @@ impl Dispatcher {
             frames_since_check: 0,
             now: Timestamp::ZERO,
             last_heartbeat: Timestamp::ZERO,
+            heartbeat_nanos: HEARTBEAT_NANOS,
             last_arrival: None,
             side: CaptureSide::default(),
         }
@@ -361,7 +372,7 @@ impl Dispatcher {
     }
 
     fn maybe_heartbeat(&mut self) {
-        if self.now.0.saturating_sub(self.last_heartbeat.0) >= HEARTBEAT_NANOS {
+        if self.now.0.saturating_sub(self.last_heartbeat.0) >= self.heartbeat_nanos {
             self.last_heartbeat = self.now;
             for w in 0..self.batches.len() {
                 self.send(w);
@@ -372,6 +383,7 @@ impl Dispatcher {
     fn send(&mut self, w: usize) {
         let mut batch = std::mem::replace(&mut self.batches[w], self.pool.take());
         batch.now = self.now;
+        batch.source = self.index;
         self.batches[w].segs.reserve(BATCH_SEGMENTS);
         self.side.queue.batches += 1;
         if self.lossy {
@@ -700,6 +712,7 @@ impl StreamHandler for HttpHandler {
 }
 
 struct WorkerResult {
+    split: SplitStats,
     reassembly: ReassemblyStats,
     http: HttpStats,
     written: u64,
@@ -712,6 +725,9 @@ struct WorkerIo {
     pool: Arc<BatchPool>,
     lines_tx: Option<SyncSender<Vec<u8>>>,
     events_tx: SyncSender<ordering::EventBatch>,
+    /// Capture threads feeding this worker; with more than one their segments are merged
+    /// by packet time (split taps).
+    inputs: usize,
 }
 
 fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerIo) -> WorkerResult {
@@ -721,7 +737,15 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         pool,
         lines_tx,
         events_tx,
+        inputs,
     } = io;
+    let mut merger = (inputs > 1).then(|| {
+        merge::Merger::new(
+            inputs,
+            cfg.capture.split_window,
+            cfg.capture.split_hold_max_bytes,
+        )
+    });
     let mut rcfg = cfg.reassembly.clone();
     rcfg.max_flows = per_worker_flows;
     let mut table: FlowTable<HttpHandler> = FlowTable::new(rcfg);
@@ -743,17 +767,19 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
     };
     let hub = handler.shared.hub.clone();
     let mut last_publish = Instant::now();
-    let publish = |handler: &HttpHandler, table: &FlowTable<HttpHandler>| {
-        hub.publish_worker(
-            index,
-            &WorkerSnapshot {
-                reassembly: table.stats(),
-                http: handler.stats.clone(),
-                active_flows: table.active_flows() as u64,
-                latency_us: handler.latency_us.clone(),
-            },
-        );
-    };
+    let publish =
+        |handler: &HttpHandler, table: &FlowTable<HttpHandler>, merger: &Option<merge::Merger>| {
+            hub.publish_worker(
+                index,
+                &WorkerSnapshot {
+                    reassembly: table.stats(),
+                    http: handler.stats.clone(),
+                    split: merger.as_ref().map(|m| m.stats.clone()).unwrap_or_default(),
+                    active_flows: table.active_flows() as u64,
+                    latency_us: handler.latency_us.clone(),
+                },
+            );
+        };
     let flush = |handler: &mut HttpHandler, force: bool| {
         if let Some(tx) = &lines_tx
             && (force || handler.lines.len() >= LINES_FLUSH_BYTES)
@@ -766,33 +792,55 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
             let _ = tx.send(buf);
         }
     };
-    while let Ok(batch) = rx.recv() {
-        handler.batch_created = batch.created;
-        for m in &batch.segs {
-            let start = m.start as usize;
-            let payload = batch
-                .arena
-                .get(start..start + m.len as usize)
-                .unwrap_or(&[]);
-            let seg = TcpSegment {
-                tunnel: m.tunnel,
-                src: m.src,
-                dst: m.dst,
-                seq: m.seq,
-                ack: m.ack,
-                flags: m.flags,
-                window: m.window,
-                payload,
-                wire_payload_len: m.wire_payload_len,
-            };
-            table.process(&seg, m.ts, &mut handler);
-        }
-        table.advance(batch.now, &mut handler);
-        let now = batch.now;
-        pool.give(batch);
+    // One segment through reassembly → http.
+    let segment = |table: &mut FlowTable<HttpHandler>,
+                   handler: &mut HttpHandler,
+                   m: &SegMeta,
+                   arena: &[u8]| {
+        let start = m.start as usize;
+        let payload = arena.get(start..start + m.len as usize).unwrap_or(&[]);
+        let seg = TcpSegment {
+            tunnel: m.tunnel,
+            src: m.src,
+            dst: m.dst,
+            seq: m.seq,
+            ack: m.ack,
+            flags: m.flags,
+            window: m.window,
+            payload,
+            wire_payload_len: m.wire_payload_len,
+        };
+        table.process(&seg, m.ts, handler);
+    };
+    loop {
+        let batch = rx.recv();
+        let done = batch.is_err();
+        let now = match (&mut merger, batch) {
+            (None, Ok(batch)) => {
+                handler.batch_created = batch.created;
+                for m in &batch.segs {
+                    segment(&mut table, &mut handler, m, &batch.arena);
+                }
+                let now = batch.now;
+                pool.give(batch);
+                now
+            }
+            (None, Err(_)) => break,
+            (Some(merger), batch) => {
+                if let Ok(batch) = batch {
+                    merger.push(batch);
+                }
+                merger.release(done, &pool, &mut |m, batch| {
+                    handler.batch_created = batch.created;
+                    segment(&mut table, &mut handler, m, &batch.arena);
+                });
+                merger.clock()
+            }
+        };
+        table.advance(now, &mut handler);
         flush(&mut handler, false);
-        // Every event this worker emits from now on is at or after `batch.now` (give or
-        // take the ordering lateness): the detect thread may release events up to it.
+        // Every event this worker emits from now on is at or after `now` (give or take
+        // the ordering lateness): the detect thread may release events up to it.
         let _ = events_tx.send(ordering::EventBatch {
             worker: index,
             events: std::mem::take(&mut handler.events),
@@ -800,12 +848,15 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         });
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();
-            publish(&handler, &table);
+            publish(&handler, &table, &merger);
+        }
+        if done {
+            break;
         }
     }
     handler.batch_created = None;
     table.flush_all(&mut handler);
-    publish(&handler, &table);
+    publish(&handler, &table, &merger);
     flush(&mut handler, true);
     let _ = events_tx.send(ordering::EventBatch {
         worker: index,
@@ -813,6 +864,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         watermark: Timestamp(u64::MAX),
     });
     WorkerResult {
+        split: merger.map(|m| m.stats).unwrap_or_default(),
         reassembly: table.stats(),
         http: handler.stats,
         written: handler.written,
@@ -837,6 +889,7 @@ impl Pipeline {
         workers: usize,
         mut outputs: Outputs,
         live: bool,
+        inputs: usize,
     ) -> Pipeline {
         let (lines_tx, writer) = match outputs.transactions.take() {
             Some(mut w) => {
@@ -880,6 +933,7 @@ impl Pipeline {
                 pool: pool.clone(),
                 lines_tx: lines_tx.clone(),
                 events_tx: events_tx.clone(),
+                inputs,
             };
             let shared = shared.clone();
             let h = thread::Builder::new()
@@ -909,6 +963,7 @@ impl Pipeline {
                 .join()
                 .map_err(|_| RunError::Worker("worker panicked".into()))?;
             summary.reassembly.merge(&r.reassembly);
+            summary.split.merge(&r.split);
             summary.http.merge(&r.http);
             summary.transactions_written += r.written;
         }
@@ -979,7 +1034,7 @@ pub fn replay(
     let started = Instant::now();
     let shared = Shared::new(cfg, rules, outputs.metrics.clone())?;
     let hub = outputs.metrics.clone();
-    let pipeline = Pipeline::start(cfg, shared, workers, outputs, false);
+    let pipeline = Pipeline::start(cfg, shared, workers, outputs, false, 1);
     let mut dispatcher = Dispatcher::new(
         cfg,
         pipeline.senders.clone(),
@@ -1037,7 +1092,15 @@ pub fn run_live(
     let shared = Shared::new(cfg, rules, outputs.metrics.clone())?;
     let hub = outputs.metrics.clone();
     let reloader = reload::start(reload, shared.clone(), stop.clone());
-    let pipeline = Pipeline::start(cfg, shared, workers, outputs, true);
+    let pipeline = Pipeline::start(cfg, shared, workers, outputs, true, interfaces.len());
+    // Split taps: workers merge the inputs by packet time up to the clock every input has
+    // passed, so each capture thread reports its clock several times per merge window.
+    let heartbeat_nanos = if interfaces.len() > 1 {
+        let window = u64::try_from(cfg.capture.split_window.as_nanos()).unwrap_or(u64::MAX);
+        (window / 4).clamp(10_000_000, HEARTBEAT_NANOS)
+    } else {
+        HEARTBEAT_NANOS
+    };
     let mut captures = Vec::new();
     for (index, iface) in interfaces.iter().enumerate() {
         let senders = pipeline.senders.clone();
@@ -1052,6 +1115,7 @@ pub fn run_live(
                 let progress = Progress::default();
                 let mut d =
                     Dispatcher::new(&cfg, senders, pool, true, index, hub, progress.clone());
+                d.heartbeat_nanos = heartbeat_nanos;
                 let mut stats = CaptureStats::default();
                 let r = {
                     // Both callbacks need the dispatcher; they never run at the same time.

@@ -45,6 +45,8 @@ pub const NAMES: &[&str] = &[
     "decode_ip_fragments",
     "flows_active",
     "flows",
+    "flows_reused",
+    "split_window_exceeded",
     "reassembly_gaps",
     "reassembly_gap_bytes",
     "reassembly_anomalies",
@@ -85,6 +87,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct WorkerSnapshot {
     pub reassembly: ReassemblyStats,
     pub http: HttpStats,
+    /// Split taps: the merge of several capture threads by packet time.
+    pub split: crate::capture::SplitStats,
     pub active_flows: u64,
     /// Packet-to-transaction processing latency, microseconds.
     pub latency_us: Option<Histogram<u64>>,
@@ -242,6 +246,7 @@ impl Collector for Hub {
         if let Ok(ws) = self.workers.lock() {
             for s in ws.iter() {
                 w.reassembly.merge(&s.reassembly);
+                w.split.merge(&s.split);
                 w.http.merge(&s.http);
                 w.active_flows += s.active_flows;
                 if let Some(h) = &s.latency_us {
@@ -383,6 +388,20 @@ impl Collector for Hub {
             r.flows_created,
         )?;
         e.counter(
+            "flows_reused",
+            "TCP connections that took over the addresses and ports of one still tracked (port reuse).",
+            r.flows_reused,
+        )?;
+        e.labelled(
+            "split_window_exceeded",
+            "Split taps (one direction per interface): segments put out of packet-time order because an input lagged more than capture.split_window_ms, by kind.",
+            MetricType::Counter,
+            [
+                (one("kind", "held-too-long"), w.split.held_too_long),
+                (one("kind", "arrived-late"), w.split.arrived_late),
+            ],
+        )?;
+        e.counter(
             "reassembly_gaps",
             "Holes in TCP streams declared lost.",
             r.gaps,
@@ -419,6 +438,13 @@ impl Collector for Hub {
                 )
             }))
             .chain([
+                (
+                    vec![
+                        ("stage", "capture".to_string()),
+                        ("cap", "split-hold-bytes".to_string()),
+                    ],
+                    w.split.hold_cap_hits,
+                ),
                 (
                     vec![
                         ("stage", "decode".to_string()),
