@@ -133,6 +133,21 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
         subjects.device = None;
         subjects.user = None;
     }
+    // A copy of a token in use alongside the genuine holder carries the holder's device id
+    // and user: naming those would point at (and block) the victim. The actor is the
+    // copy's address; the holder's address and identity stay in the evidence.
+    if let Some(origin) = ep.origin {
+        actor.device = None;
+        actor.user = None;
+        subjects.device = None;
+        subjects.user = None;
+        let copy = match ep.copy {
+            crate::detect::window::Same::One(ip) if ip != origin => Some(ip),
+            _ => None,
+        };
+        actor.ip = copy.map(|ip| ip.to_string());
+        subjects.ip = copy;
+    }
     let parts = key.parts(fields);
     for (f, v) in &parts {
         match (f, v) {
@@ -195,6 +210,12 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                 "overlap_secs": overlap.as_secs_f64(),
             }),
         );
+    }
+    if let (Some(origin), Some(Value::Object(c))) = (ep.origin, evidence.get_mut("concurrent")) {
+        c.insert("first_address".into(), json!(origin.to_string()));
+        if let crate::detect::window::Same::One(ip) = ep.copy {
+            c.insert("copy_address".into(), json!(ip.to_string()));
+        }
     }
     if ep.shared_devices > 0 && fields.contains(&KeyField::Ip) {
         evidence.insert(

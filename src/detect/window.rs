@@ -105,6 +105,11 @@ pub(super) struct Episode {
     pub baseline: Option<(f64, u32)>,
     /// Concurrent detectors: returns (interleavings) counted in the window.
     pub returns: Option<usize>,
+    /// Concurrent detectors over addresses: where the key was first seen (the genuine
+    /// holder, whose token it is), and the one other address all its other requests came
+    /// from (the copy), if just one.
+    pub origin: Option<IpAddr>,
+    pub copy: Same<IpAddr>,
     /// Requests that carried the genuine app's attestation.
     pub attested: u32,
     /// The most attested devices seen behind the client address (shared addresses).
@@ -179,6 +184,8 @@ impl Episode {
             run: None,
             baseline: None,
             returns: None,
+            origin: None,
+            copy: Same::Unset,
             attested: 0,
             shared_devices: 0,
         }
@@ -292,6 +299,9 @@ impl Episode {
             self.expired_for_max = Some(self.expired_for_max.map_or(e, |m| m.max(e)));
         }
         self.ip.add(ev.actor.ip);
+        if self.origin.is_some_and(|o| o != ev.actor.ip) {
+            self.copy.add(ev.actor.ip);
+        }
         self.device.add_ref(&ev.actor.device);
         self.user.add_ref(&ev.actor.user);
         match &mut self.endpoint {
@@ -334,10 +344,29 @@ enum Track {
     /// `MAX_ALTERNATES`), the value of its latest request, and the times of returns
     /// within the window (at most `threshold`).
     Concurrent {
-        seen: Vec<(KeyValue, Timestamp)>,
+        /// (value, last seen, first seen).
+        seen: Vec<(KeyValue, Timestamp, Timestamp)>,
         last: Option<KeyValue>,
         returns: VecDeque<Timestamp>,
     },
+}
+
+impl Track {
+    /// Concurrent detectors over addresses: the address the key was first seen at among
+    /// those seen since `since` (ns): the genuine holder's, the copies came later.
+    fn origin(&self, since: u64) -> Option<IpAddr> {
+        let Track::Concurrent { seen, .. } = self else {
+            return None;
+        };
+        match seen
+            .iter()
+            .filter(|(_, last, _)| last.0 >= since)
+            .min_by_key(|(_, _, first)| *first)
+        {
+            Some((KeyValue::Ip(ip), _, _)) => Some(*ip),
+            _ => None,
+        }
+    }
 }
 
 /// Values a concurrent detector remembers per key: a token in use from more places than
@@ -497,9 +526,12 @@ impl KeyState {
                 *count += 1;
                 *fired = true;
             }
-            self.pending
-                .get_or_insert_with(|| Episode::new(ev.ts))
-                .add(ev, &rule.evidence);
+            let origin = self.track.origin(ev.ts.0.saturating_sub(self.window_ns));
+            let pending = self.pending.get_or_insert_with(|| Episode::new(ev.ts));
+            if origin.is_some() {
+                pending.origin = origin;
+            }
+            pending.add(ev, &rule.evidence);
             stats.aggregated_events += 1;
             return None;
         }
@@ -701,18 +733,18 @@ impl KeyState {
                 }
                 let moved = last.as_ref().is_some_and(|l| *l != value);
                 let full = seen.len() >= MAX_ALTERNATES;
-                let entry = seen.iter_mut().find(|(v, _)| *v == value);
+                let entry = seen.iter_mut().find(|(v, _, _)| *v == value);
                 // Back at a value the key left only moments ago: two places at once.
                 let back = moved
                     && entry
                         .as_ref()
-                        .is_some_and(|(_, at)| ev.ts.0.saturating_sub(at.0) <= overlap_ns);
+                        .is_some_and(|(_, at, _)| ev.ts.0.saturating_sub(at.0) <= overlap_ns);
                 match entry {
                     Some(e) => e.1 = e.1.max(ev.ts),
-                    None if !full => seen.push((value.clone(), ev.ts)),
+                    None if !full => seen.push((value.clone(), ev.ts, ev.ts)),
                     None => {
-                        if let Some(oldest) = seen.iter_mut().min_by_key(|(_, at)| *at) {
-                            *oldest = (value.clone(), ev.ts);
+                        if let Some(oldest) = seen.iter_mut().min_by_key(|(_, at, _)| *at) {
+                            *oldest = (value.clone(), ev.ts, ev.ts);
                         }
                     }
                 }
@@ -724,7 +756,10 @@ impl KeyState {
                     }
                 }
                 fired = returns.len() >= threshold as usize;
-                let recent = seen.iter().filter(|(_, at)| at.0 >= window_start).count();
+                let recent = seen
+                    .iter()
+                    .filter(|(_, at, _)| at.0 >= window_start)
+                    .count();
                 extra = Extra::Concurrent(recent, returns.len());
                 if fired {
                     returns.clear();
@@ -733,7 +768,11 @@ impl KeyState {
             // Kinds and tracks are built together; a mismatch cannot happen.
             _ => return None,
         }
+        let origin = self.track.origin(ev.ts.0.saturating_sub(self.window_ns));
         let episode = self.episode.get_or_insert_with(|| Episode::new(ev.ts));
+        if origin.is_some() {
+            episode.origin = origin;
+        }
         episode.add(ev, &rule.evidence);
         match extra {
             Extra::Nothing => {}
