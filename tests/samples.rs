@@ -349,9 +349,15 @@ fn samples_are_complete() {
     for dir in sample_dirs() {
         let capture = capture_in(&dir);
         let size = std::fs::metadata(&capture).expect("capture metadata").len();
+        // mobile-network is minutes of a whole mobile API's populations (issue 15).
+        let limit = if dir.ends_with("mobile-network") {
+            4_000_000
+        } else {
+            256_000
+        };
         assert!(
-            size < 256_000,
-            "{} is {size} bytes: samples stay under 250 KB",
+            size < limit,
+            "{} is {size} bytes: samples stay under {limit} bytes",
             capture.display()
         );
         assert!(
