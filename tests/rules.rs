@@ -420,3 +420,104 @@ fn bola_sample_flags_the_prober_with_evidence_and_no_genuine_user() {
     assert!(golden.iter().any(|a| a["rule"] == "bola.not-found-probing"));
     assert!(golden.iter().any(|a| a["rule"] == "bola.sequential-ids"));
 }
+
+/// samples/mobile-network: a mobile API behind nginx (clients known only by
+/// X-Forwarded-For) with 77 genuine devices (40 behind one carrier-NAT address, roaming
+/// phones, background sync, power users browsing a public catalogue and a store locator,
+/// apps calling before their first token, tokens a few seconds past `exp`) and five
+/// attackers: a token copier, a distributed credential stuffer (partly behind the same
+/// NAT), a scraper, a BOLA prober and a device farm. `truth.json` lists every actor.
+#[test]
+fn mobile_network_sample_names_every_attacker_and_no_genuine_device() {
+    let dir = Path::new(ROOT).join("samples/mobile-network");
+    let golden: Vec<Value> = std::fs::read_to_string(dir.join("alerts.jsonl"))
+        .expect("alerts.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    for workers in ["1", "2", "4"] {
+        let got = replay_sample("mobile-network", workers, None);
+        assert_eq!(got, golden, "with {workers} workers");
+    }
+    let truth: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("truth.json")).expect("truth"))
+            .expect("truth.json");
+    let shared: BTreeSet<String> = truth["shared_addresses"]
+        .as_object()
+        .expect("shared_addresses")
+        .keys()
+        .cloned()
+        .collect();
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let serious =
+        |a: &&Value| matches!(a["severity"].as_str(), Some("medium" | "high" | "critical"));
+    // Whom an alert's actor names: its device or user, or its address when the address is
+    // one client's (an address many phones share names none of them).
+    let names = |a: &Value, actor: &Value| -> bool {
+        let act = &a["actor"];
+        let any = |field: &str, list: &str| {
+            act[field]
+                .as_str()
+                .is_some_and(|v| strs(&actor[list]).iter().any(|x| x == v))
+        };
+        any("device", "devices")
+            || any("user", "users")
+            || (act["ip"].as_str().is_some_and(|ip| !shared.contains(ip)) && any("ip", "addresses"))
+    };
+    let actors = truth["actors"].as_array().expect("actors");
+    let mut genuine = 0;
+    for actor in actors {
+        let name = actor["name"].as_str().unwrap_or_default();
+        let hits: Vec<&Value> = golden
+            .iter()
+            .filter(serious)
+            .filter(|a| names(a, actor))
+            .collect();
+        if actor["role"] == "genuine" {
+            genuine += 1;
+            assert!(hits.is_empty(), "genuine {name} named: {hits:?}");
+        } else {
+            // A distributed stuffer is named by the endpoint alert listing its addresses.
+            let listed = golden.iter().filter(serious).any(|a| {
+                strs(&a["evidence"]["addresses"])
+                    .iter()
+                    .any(|ip| !shared.contains(ip) && strs(&actor["addresses"]).contains(ip))
+                    && a["rule"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("stuffing."))
+            });
+            assert!(!hits.is_empty() || listed, "attacker {name} not named");
+        }
+    }
+    assert_eq!(genuine, 77, "truth.json lists 77 genuine devices");
+    // Alerts keyed by a shared address say so, and name no device or user behind it.
+    for a in golden.iter().filter(|a| {
+        a["actor"]["ip"]
+            .as_str()
+            .is_some_and(|ip| shared.contains(ip))
+    }) {
+        assert!(
+            a["actor"]["device"].is_null() && a["actor"]["user"].is_null(),
+            "{a}"
+        );
+        if !a["follow_up"].as_bool().unwrap_or(true) {
+            assert!(
+                a["evidence"]["shared_address"]["attested_devices"].as_u64() >= Some(5),
+                "{a}"
+            );
+        }
+    }
+    // The store locator's and the catalogue's public data is not personal-data exposure.
+    assert!(
+        !golden.iter().any(|a| a["category"] == "data-exposure"),
+        "public routes reported as exposure"
+    );
+}
