@@ -6,9 +6,12 @@
 //! of requests awaiting responses (pipelining), and bounded body buffers. Heads are parsed by
 //! `httparse`; bodies by Content-Length, chunked (with trailers) or read-until-close; bodies
 //! are kept up to `max_body_bytes` and decoded (gzip, deflate, br) under a decoded-size and
-//! ratio cap. Caps on head size and header count. Malformed or hostile input becomes an
-//! [`Anomaly`] on the transaction and a counter, and the parser resyncs on the next message
-//! head (also after a gap); it never panics and never buffers beyond its caps.
+//! ratio cap. Caps on head size, header count and the bytes of requests awaiting answers.
+//! Start lines httparse rejects but servers accept (HTTP/0.9, spaces in the target, no
+//! target, non-numeric status) are read by a lenient fallback and flagged. Malformed or
+//! hostile input becomes an [`Anomaly`] on the transaction and a counter, and the parser
+//! resyncs on the next message head (also after a gap); it never panics and never buffers
+//! beyond its caps.
 
 mod body;
 mod parser;

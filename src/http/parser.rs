@@ -5,16 +5,21 @@
 //! Output: transactions pushed to the caller's vector, counters in [`HttpStats`]. Each
 //! direction is a small state machine (head → body → head; or resync after damage) and
 //! requests wait in a FIFO for the responses that answer them (keep-alive, pipelining).
+//! Heads go through httparse; only a start line httparse rejects goes to a lenient reader
+//! of what real servers accept (spaces in the target, no version, no target, a status that
+//! is not a number), flagged by what was odd; a resync accepts only what httparse accepts.
 //! Limits: each direction buffers at most `max_head_bytes` (a head, chunk-size line,
-//! trailer section or resync line) and keeps a body up to `max_body_bytes`; at most
-//! `max_pending_requests` requests wait for answers; nothing else grows with traffic, and
-//! every step is linear in the bytes fed, whatever they are. Failure modes: malformed
-//! framing, lost bytes and mid-stream pickup become anomalies plus a resync at the next
-//! start line (a known method or `HTTP/1.`, anywhere in a line, that parses); after lost
-//! request bytes a response is never paired with a request that arrived after it began,
-//! and after lost response bytes the requests that may have been answered in the hole are
-//! given up rather than paired with the wrong responses.
-
+//! trailer section or resync line) and keeps a body up to `max_body_bytes`; the requests
+//! waiting for answers hold at most `max_pending_bytes` (and number `max_pending_requests`);
+//! nothing else grows with traffic, and every step is linear in the bytes fed, whatever
+//! they are. Failure modes: malformed framing, lost bytes and mid-stream pickup become
+//! anomalies plus a resync at the next start line (a known method or `HTTP/1.`, anywhere in
+//! a line, that parses); after lost request bytes a response is never paired with a
+//! request that arrived after it began; after lost response bytes, at the next response
+//! head, as many of the oldest waiting requests are given up as the loss held responses
+//! of the connection's typical size (all of them before a size is known); a request given
+//! up at a queue cap leaves its answer owed, so it pairs with nothing instead of shifting
+//! later pairs.
 use std::collections::{BTreeMap, VecDeque};
 use std::mem::MaybeUninit;
 
