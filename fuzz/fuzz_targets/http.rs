@@ -14,6 +14,8 @@ const MAX_HEAD: usize = 512;
 const MAX_BODY: usize = 256;
 const MAX_HEADERS: usize = 8;
 const MAX_PENDING: usize = 4;
+/// Small enough that a few kept bodies reach it.
+const MAX_PENDING_BYTES: usize = 2048;
 /// Per direction a buffer of at most the head cap (head, chunk-size line, trailers or a
 /// resync line) and a body in flight; the pending queue (cap, plus one being answered and
 /// one arriving) with a request and a response body each; the first bytes held while the
@@ -35,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         max_decoded_bytes: 4096,
         max_decompression_ratio: 50,
         max_pending_requests: MAX_PENDING,
+        max_pending_bytes: MAX_PENDING_BYTES,
         decode_bodies: first & 0x80 == 0,
     };
     let mut conn = HttpConn::new();

@@ -204,6 +204,7 @@ struct RawHttp {
     max_decoded_body_bytes: Option<usize>,
     max_decompression_ratio: Option<u32>,
     max_pending_requests: Option<usize>,
+    max_pending_bytes: Option<usize>,
     decode_bodies: Option<bool>,
 }
 
@@ -383,6 +384,11 @@ impl Config {
             "http.max_pending_requests",
             h.max_pending_requests,
             hc.max_pending_requests,
+        )?;
+        hc.max_pending_bytes = positive(
+            "http.max_pending_bytes",
+            h.max_pending_bytes,
+            hc.max_pending_bytes,
         )?;
         hc.decode_bodies = h.decode_bodies.unwrap_or(hc.decode_bodies);
 

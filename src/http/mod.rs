@@ -6,9 +6,12 @@
 //! of requests awaiting responses (pipelining), and bounded body buffers. Heads are parsed by
 //! `httparse`; bodies by Content-Length, chunked (with trailers) or read-until-close; bodies
 //! are kept up to `max_body_bytes` and decoded (gzip, deflate, br) under a decoded-size and
-//! ratio cap. Caps on head size and header count. Malformed or hostile input becomes an
-//! [`Anomaly`] on the transaction and a counter, and the parser resyncs on the next message
-//! head (also after a gap); it never panics and never buffers beyond its caps.
+//! ratio cap. Caps on head size, header count and the bytes of requests awaiting answers.
+//! Start lines httparse rejects but servers accept (HTTP/0.9, spaces in the target, no
+//! target, non-numeric status) are read by a lenient fallback and flagged. Malformed or
+//! hostile input becomes an [`Anomaly`] on the transaction and a counter, and the parser
+//! resyncs on the next message head (also after a gap); it never panics and never buffers
+//! beyond its caps.
 
 mod body;
 mod parser;
@@ -46,8 +49,13 @@ pub struct HttpConfig {
     pub max_decoded_bytes: usize,
     /// Most decoded/encoded ratio before decoding stops (decompression bombs).
     pub max_decompression_ratio: u32,
-    /// Requests waiting for responses per connection (pipelining depth).
+    /// Requests waiting for responses per connection (pipelining depth). A safety net: the
+    /// queue is bounded mainly by `max_pending_bytes`.
     pub max_pending_requests: usize,
+    /// Bytes of requests (heads, kept bodies) and early responses waiting in one
+    /// connection's pairing queue. A client may pipeline thousands of small requests before
+    /// the first answer is seen; the queue gives up its oldest requests only past this.
+    pub max_pending_bytes: usize,
     /// Decode gzip / deflate / br bodies.
     pub decode_bodies: bool,
 }
@@ -60,7 +68,8 @@ impl Default for HttpConfig {
             max_body_bytes: 256 * 1024,
             max_decoded_bytes: 1024 * 1024,
             max_decompression_ratio: 100,
-            max_pending_requests: 64,
+            max_pending_requests: 4096,
+            max_pending_bytes: 4 * 1024 * 1024,
             decode_bodies: true,
         }
     }
@@ -97,9 +106,12 @@ pub struct Body {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
-    /// Request target exactly as sent (path and query).
+    /// Request target exactly as sent (path and query); empty when the request line had
+    /// none (`request-line-no-target`), spaces kept when it had some inside
+    /// (`request-line-space-in-target`).
     pub target: String,
-    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    /// Minor version: 0 for HTTP/1.0 and for a request line without a version (HTTP/0.9
+    /// style, flagged `request-line-no-version`), 1 for HTTP/1.1.
     pub version: u8,
     pub headers: Vec<Header>,
     pub body: Body,
@@ -109,6 +121,8 @@ pub struct Request {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
+    /// 0 when the status line had no numeric status (`status-non-numeric`) or there was no
+    /// head at all (`response-no-head`).
     pub status: u16,
     pub version: u8,
     pub headers: Vec<Header>,
@@ -181,6 +195,11 @@ anomalies! {
     Connect = 15, "connect";
     PendingCap = 16, "pending-requests-cap";
     UnknownEncoding = 17, "unknown-content-encoding";
+    RequestLineSpaceInTarget = 18, "request-line-space-in-target";
+    RequestLineNoVersion = 19, "request-line-no-version";
+    RequestLineNoTarget = 20, "request-line-no-target";
+    StatusNonNumeric = 21, "status-non-numeric";
+    ResponseNoHead = 22, "response-no-head";
 }
 
 /// A set of [`Anomaly`] values, as bits.

@@ -5,16 +5,21 @@
 //! Output: transactions pushed to the caller's vector, counters in [`HttpStats`]. Each
 //! direction is a small state machine (head → body → head; or resync after damage) and
 //! requests wait in a FIFO for the responses that answer them (keep-alive, pipelining).
+//! Heads go through httparse; only a start line httparse rejects goes to a lenient reader
+//! of what real servers accept (spaces in the target, no version, no target, a status that
+//! is not a number), flagged by what was odd; a resync accepts only what httparse accepts.
 //! Limits: each direction buffers at most `max_head_bytes` (a head, chunk-size line,
-//! trailer section or resync line) and keeps a body up to `max_body_bytes`; at most
-//! `max_pending_requests` requests wait for answers; nothing else grows with traffic, and
-//! every step is linear in the bytes fed, whatever they are. Failure modes: malformed
-//! framing, lost bytes and mid-stream pickup become anomalies plus a resync at the next
-//! start line (a known method or `HTTP/1.`, anywhere in a line, that parses); after lost
-//! request bytes a response is never paired with a request that arrived after it began,
-//! and after lost response bytes the requests that may have been answered in the hole are
-//! given up rather than paired with the wrong responses.
-
+//! trailer section or resync line) and keeps a body up to `max_body_bytes`; the requests
+//! waiting for answers hold at most `max_pending_bytes` (and number `max_pending_requests`);
+//! nothing else grows with traffic, and every step is linear in the bytes fed, whatever
+//! they are. Failure modes: malformed framing, lost bytes and mid-stream pickup become
+//! anomalies plus a resync at the next start line (a known method or `HTTP/1.`, anywhere in
+//! a line, that parses); after lost request bytes a response is never paired with a
+//! request that arrived after it began; after lost response bytes, at the next response
+//! head, as many of the oldest waiting requests are given up as the loss held responses
+//! of the connection's typical size (all of them before a size is known); a request given
+//! up at a queue cap leaves its answer owed, so it pairs with nothing instead of shifting
+//! later pairs.
 use std::collections::{BTreeMap, VecDeque};
 use std::mem::MaybeUninit;
 
@@ -87,6 +92,10 @@ pub struct HttpStats {
     pub bytes_skipped: u64,
     /// Heads whose start line could not be parsed at all (discarded, not emitted).
     pub unparsable_heads: u64,
+    /// Requests given up as answered inside lost response bytes: as many as the lost bytes
+    /// hold responses of the connection's typical size (each also flagged `gap` and
+    /// `request-without-response`).
+    pub gap_unanswered: u64,
     /// Bytes produced by content decoding.
     pub body_bytes_decoded: u64,
     /// Limits reached: head, headers, body, decoded, ratio, pending.
@@ -103,6 +112,7 @@ impl HttpStats {
         self.resyncs += other.resyncs;
         self.bytes_skipped += other.bytes_skipped;
         self.unparsable_heads += other.unparsable_heads;
+        self.gap_unanswered += other.gap_unanswered;
         self.body_bytes_decoded += other.body_bytes_decoded;
         for (mine, theirs) in [
             (&mut self.anomalies_by_kind, &other.anomalies_by_kind),
@@ -197,6 +207,10 @@ struct Pending {
     after_gap: bool,
     /// Connection event (data or gap call) in which its first byte arrived.
     first_event: u64,
+    /// Its request line had no version (HTTP/0.9): the answer may come without a head.
+    http09: bool,
+    /// Bytes charged to `Shared::pending_bytes` for what it holds.
+    weight: usize,
 }
 
 /// State both directions share.
@@ -209,6 +223,33 @@ struct Shared {
     /// Request bytes were lost; the next request pushed is tagged `after_gap`.
     request_gap: bool,
     opaque: bool,
+    /// Sum of the queue's `Pending::weight` (capped by `max_pending_bytes`).
+    pending_bytes: usize,
+    /// Requests given up at a queue cap whose answers are still to come: the next this many
+    /// responses answer them, so they pair with nothing and later pairs stay right.
+    answers_owed: u64,
+    /// Wire bytes (head and body) and number of the responses seen whole: their ratio is
+    /// the connection's typical response size, used to count responses lost in a gap.
+    response_wire_bytes: u64,
+    responses_whole: u64,
+    /// Response bytes lost and not yet accounted for (boxed: rare).
+    hole: Option<Box<Hole>>,
+}
+
+/// Response bytes lost since the last response head: settled when the next head is found.
+#[derive(Debug)]
+struct Hole {
+    /// Lost bytes that may hold whole responses, plus the bytes seen of messages the loss
+    /// cut (counted in `cut`).
+    bytes: u64,
+    /// Responses cut by the loss (already emitted; their bytes are in `bytes`).
+    cut: u64,
+    /// The response side's skipped-bytes count when the loss began: what the resync skipped
+    /// since then was part of lost responses too.
+    skipped_from: u64,
+    /// Connection event of the last loss: only requests that arrived before it can have
+    /// been answered in it.
+    before_event: u64,
 }
 
 /// Per-call context.
@@ -270,6 +311,8 @@ struct InFlight {
     link: Option<u64>,
     /// CONNECT 2xx or 101: the connection stops being HTTP after this message.
     opaque_after: bool,
+    /// Bytes of its head on the wire (0 when it had none or it was cut).
+    head_len: usize,
 }
 
 impl InFlight {
@@ -278,6 +321,18 @@ impl InFlight {
             Message::Request(r) => &mut r.body,
             Message::Response(r) => &mut r.body,
         }
+    }
+
+    fn body(&self) -> &Body {
+        match &self.msg {
+            Message::Request(r) => &r.body,
+            Message::Response(r) => &r.body,
+        }
+    }
+
+    /// Bytes of this message seen on the wire so far (head and body).
+    fn wire_len(&self) -> u64 {
+        (self.head_len as u64).saturating_add(self.body().wire_len)
     }
 
     fn push_body(&mut self, bytes: &[u8], cx: &mut Ctx<'_>) {
@@ -322,6 +377,15 @@ impl InFlight {
     }
 }
 
+/// Bytes a gap took that may have held whole messages.
+#[derive(Clone, Copy, Debug)]
+struct Lost {
+    /// Lost bytes beyond the message in flight, or with the seen bytes of a message the
+    /// loss cut (then `cut` is 1).
+    bytes: u64,
+    cut: u64,
+}
+
 /// What a step did with its input.
 #[derive(Debug)]
 enum Step {
@@ -354,13 +418,31 @@ fn probe_resync_method(b: &[u8]) -> Probe {
     }
 }
 
-/// Any plausible method token (upper-case letters, digits, `-`, `_`) then a space.
+fn is_method_char(c: u8) -> bool {
+    c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'-' || c == b'_'
+}
+
+/// A known method, alone (`GET` then a line break: servers answer such a line too).
+fn is_known_method(m: &[u8]) -> bool {
+    RESYNC_METHODS
+        .iter()
+        .any(|k| k.strip_suffix(b" ") == Some(m))
+}
+
+/// Any plausible method token (upper-case letters, digits, `-`, `_`) then a space, or a
+/// known method then a line break.
 fn probe_method_token(b: &[u8]) -> Probe {
     for (i, &c) in b.iter().enumerate().take(PROBE_LEN) {
         if c == b' ' {
             return if i == 0 { Probe::No } else { Probe::Yes };
         }
-        if !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'-' || c == b'_') {
+        if c == b'\r' || c == b'\n' {
+            return match b.get(..i) {
+                Some(m) if is_known_method(m) => Probe::Yes,
+                _ => Probe::No,
+            };
+        }
+        if !is_method_char(c) {
             return Probe::No;
         }
     }
@@ -443,6 +525,8 @@ struct Side {
     line_event: u64,
     /// Boxed: most connections sit idle between messages, and flow tables hold many.
     msg: Option<Box<InFlight>>,
+    /// Bytes this direction discarded so far (its share of `HttpStats::bytes_skipped`).
+    skipped: u64,
 }
 
 impl Side {
@@ -459,7 +543,13 @@ impl Side {
             line_ts: Timestamp::ZERO,
             line_event: 0,
             msg: None,
+            skipped: 0,
         }
+    }
+
+    fn skip(&mut self, n: u64, stats: &mut HttpStats) {
+        self.skipped += n;
+        stats.bytes_skipped += n;
     }
 
     fn head_cap(cfg: &HttpConfig) -> usize {
@@ -535,7 +625,7 @@ impl Side {
             // Bytes more than `line_cap` before the line's end cannot start a start line.
             if src.len() >= line_cap {
                 let keep = src.get(src.len() - line_cap..).unwrap_or(src);
-                cx.stats.bytes_skipped += (self.buf.len() + src.len() - keep.len()) as u64;
+                self.skip((self.buf.len() + src.len() - keep.len()) as u64, cx.stats);
                 self.buf.clear();
                 self.buf.extend_from_slice(keep);
             } else {
@@ -543,7 +633,7 @@ impl Side {
                 if self.buf.len() > 2 * line_cap {
                     let drop = self.buf.len() - line_cap;
                     self.buf.drain(..drop);
-                    cx.stats.bytes_skipped += drop as u64;
+                    self.skip(drop as u64, cx.stats);
                 }
             }
             return src.len();
@@ -554,14 +644,14 @@ impl Side {
             return match find_start_line(self.role, line_end, line_cap) {
                 Some(c) => {
                     // Parse the head from the input itself (first byte arrives now).
-                    cx.stats.bytes_skipped += c as u64;
+                    self.skip(c as u64, cx.stats);
                     self.start_head();
                     self.verified = true;
                     self.line_ok = true;
                     c
                 }
                 None => {
-                    cx.stats.bytes_skipped += consumed as u64;
+                    self.skip(consumed as u64, cx.stats);
                     consumed
                 }
             };
@@ -569,7 +659,7 @@ impl Side {
         self.buf.extend_from_slice(line_end);
         match find_start_line(self.role, &self.buf, line_cap) {
             Some(c) => {
-                cx.stats.bytes_skipped += c as u64;
+                self.skip(c as u64, cx.stats);
                 self.buf.drain(..c);
                 self.phase = Phase::Head;
                 self.verified = true;
@@ -579,7 +669,7 @@ impl Side {
                 self.head_event = self.line_event;
             }
             None => {
-                cx.stats.bytes_skipped += self.buf.len() as u64;
+                self.skip(self.buf.len() as u64, cx.stats);
                 self.clear_buf();
             }
         }
@@ -626,7 +716,7 @@ fn find_start_line(role: Role, line: &[u8], line_cap: usize) -> Option<usize> {
         };
         if rest.len() <= line_cap
             && looks == Probe::Yes
-            && judge_start_line(role, rest, 0) == Some(true)
+            && judge_start_line(role, rest, 0, false) == Some(LineVerdict::Strict)
         {
             return Some(c);
         }
@@ -659,9 +749,33 @@ impl Side {
                     self.buf.extend_from_slice(src);
                     return Step::Consumed(src.len());
                 }
+                Probe::No | Probe::NeedMore
+                    if self.role == Role::Response && next_answers_http09(sh) =>
+                {
+                    // The answer to an HTTP/0.9 request: no head, a body up to the close.
+                    let held = std::mem::take(&mut self.buf);
+                    let mut anomalies = AnomalySet::default();
+                    anomalies.insert(Anomaly::ResponseNoHead);
+                    let head = ParsedHead {
+                        line: StartLine::Response {
+                            status: 0,
+                            version: 0,
+                        },
+                        headers: Vec::new(),
+                        anomalies,
+                        len: 0,
+                    };
+                    let framing = body::framing_headers(&[]);
+                    self.begin_message(sh, head, Some(framing), cx);
+                    if let Some(m) = self.msg.as_mut() {
+                        m.push_body(&held, cx);
+                    }
+                    self.restore_buf(held);
+                    return Step::Consumed(0);
+                }
                 Probe::No | Probe::NeedMore => {
                     // Not a message start: hunt from the next byte on.
-                    cx.stats.bytes_skipped += 1;
+                    self.skip(1, cx.stats);
                     let replay = self.buf.get(1..).map(<[u8]>::to_vec);
                     self.enter_resync(cx.stats);
                     return match replay {
@@ -678,7 +792,7 @@ impl Side {
             if let Some(end) = find_head_end(window, 0) {
                 let head = window.get(..end).unwrap_or(window);
                 return match self.on_head(sh, head, cx) {
-                    Ok(()) => Step::Consumed(end),
+                    Ok(used) => Step::Consumed(used),
                     Err(Unparsable) => match self.unparsable(head, cx) {
                         Some(_) => Step::Consumed(1),
                         None => Step::Consumed(end),
@@ -686,11 +800,21 @@ impl Side {
                 };
             }
             if !self.line_ok {
-                match judge_start_line(self.role, window, 0) {
-                    Some(true) => self.line_ok = true,
-                    Some(false) => {
+                match judge_start_line(self.role, window, 0, true) {
+                    Some(LineVerdict::Strict | LineVerdict::Lenient) => self.line_ok = true,
+                    Some(LineVerdict::Alone(len)) => {
+                        let line = window.get(..len).unwrap_or(window);
+                        return match self.on_head(sh, line, cx) {
+                            Ok(used) => Step::Consumed(used),
+                            Err(Unparsable) => match self.unparsable(line, cx) {
+                                Some(_) => Step::Consumed(1),
+                                None => Step::Consumed(len),
+                            },
+                        };
+                    }
+                    Some(LineVerdict::Bad) => {
                         cx.stats.unparsable_heads += 1;
-                        cx.stats.bytes_skipped += 1;
+                        self.skip(1, cx.stats);
                         self.enter_resync(cx.stats);
                         return Step::Consumed(1);
                     }
@@ -709,26 +833,35 @@ impl Side {
         let take = src.len().min(cap.saturating_sub(old));
         self.buf
             .extend_from_slice(src.get(..take).unwrap_or_default());
-        if let Some(end) = find_head_end(&self.buf, self.scan) {
+        // A request line without a version is a head by itself, whether or not an empty
+        // line happens to follow.
+        let alone = match self.line_ok {
+            true => None,
+            false => judge_start_line(self.role, &self.buf, old, true),
+        };
+        let end = match alone {
+            Some(LineVerdict::Alone(len)) => Some(len),
+            _ => find_head_end(&self.buf, self.scan),
+        };
+        if let Some(end) = end {
             self.buf.truncate(end);
-            let consumed = end.saturating_sub(old);
             let head = std::mem::take(&mut self.buf);
             let step = match self.on_head(sh, &head, cx) {
-                Ok(()) => Step::Consumed(consumed),
+                Ok(used) => Step::Consumed(used.saturating_sub(old)),
                 Err(Unparsable) => match self.unparsable(&head, cx) {
-                    Some(replay) => Step::Replay(consumed, replay.to_vec()),
-                    None => Step::Consumed(consumed),
+                    Some(replay) => Step::Replay(end.saturating_sub(old), replay.to_vec()),
+                    None => Step::Consumed(end.saturating_sub(old)),
                 },
             };
             self.restore_buf(head);
             return step;
         }
         if !self.line_ok {
-            match judge_start_line(self.role, &self.buf, old) {
-                Some(true) => self.line_ok = true,
-                Some(false) => {
+            match alone {
+                Some(LineVerdict::Strict | LineVerdict::Lenient) => self.line_ok = true,
+                Some(LineVerdict::Alone(_) | LineVerdict::Bad) => {
                     cx.stats.unparsable_heads += 1;
-                    cx.stats.bytes_skipped += 1;
+                    self.skip(1, cx.stats);
                     let replay = self.buf.get(1..).unwrap_or_default().to_vec();
                     self.enter_resync(cx.stats);
                     return Step::Replay(take, replay);
@@ -752,11 +885,13 @@ impl Side {
     fn unparsable<'h>(&mut self, head: &'h [u8], cx: &mut Ctx<'_>) -> Option<&'h [u8]> {
         cx.stats.unparsable_heads += 1;
         self.enter_resync(cx.stats);
-        if self.line_ok || judge_start_line(self.role, head, 0) == Some(true) {
-            cx.stats.bytes_skipped += head.len() as u64;
+        if self.line_ok
+            || judge_start_line(self.role, head, 0, true).is_some_and(LineVerdict::parses)
+        {
+            self.skip(head.len() as u64, cx.stats);
             None
         } else {
-            cx.stats.bytes_skipped += 1;
+            self.skip(1, cx.stats);
             Some(head.get(1..).unwrap_or_default())
         }
     }
@@ -766,32 +901,42 @@ impl Side {
     fn head_too_large(&mut self, sh: &mut Shared, partial: &[u8], cx: &mut Ctx<'_>) {
         bump(&mut cx.stats.cap_hits, "head");
         match start_line_only(self.role, partial) {
-            Some(line) => {
-                let mut anomalies = AnomalySet::default();
+            Some((line, mut anomalies)) => {
                 anomalies.insert(Anomaly::HeadTooLarge);
-                self.begin_message(sh, line, Vec::new(), anomalies, None, cx);
+                let head = ParsedHead {
+                    line,
+                    headers: Vec::new(),
+                    anomalies,
+                    // Cut: not a size to learn typical responses from.
+                    len: 0,
+                };
+                self.begin_message(sh, head, None, cx);
             }
             None => cx.stats.unparsable_heads += 1,
         }
         self.enter_resync(cx.stats);
     }
 
+    /// A complete head: starts its message. Returns the bytes of `head` it used (all of
+    /// it, but for a request line without a version, which is a head by itself).
     fn on_head(
         &mut self,
         sh: &mut Shared,
         head: &[u8],
         cx: &mut Ctx<'_>,
-    ) -> Result<(), Unparsable> {
-        let (line, headers, mut anomalies) = parse_head(self.role, head, cx.cfg.max_headers)?;
-        if anomalies.contains(Anomaly::TooManyHeaders) {
+    ) -> Result<usize, Unparsable> {
+        let mut parsed = parse_head(self.role, head, cx.cfg.max_headers)?;
+        if parsed.anomalies.contains(Anomaly::TooManyHeaders) {
             bump(&mut cx.stats.cap_hits, "headers");
         }
-        let fh = body::framing_headers(&headers);
+        let fh = body::framing_headers(&parsed.headers);
         if fh.codings.unknown {
-            anomalies.insert(Anomaly::UnknownEncoding);
+            parsed.anomalies.insert(Anomaly::UnknownEncoding);
         }
-        self.begin_message(sh, line, headers, anomalies, Some(fh), cx);
-        Ok(())
+        parsed.len = parsed.len.min(head.len());
+        let used = parsed.len;
+        self.begin_message(sh, parsed, Some(fh), cx);
+        Ok(used)
     }
 
     /// Sets up the message a head starts: pairing, framing, and either the body phase or
@@ -799,12 +944,16 @@ impl Side {
     fn begin_message(
         &mut self,
         sh: &mut Shared,
-        line: StartLine,
-        headers: Vec<Header>,
-        mut anomalies: AnomalySet,
+        head: ParsedHead,
         fh: Option<body::FramingHeaders>,
         cx: &mut Ctx<'_>,
     ) {
+        let ParsedHead {
+            line,
+            headers,
+            mut anomalies,
+            len: head_len,
+        } = head;
         let ts = self.head_ts;
         let codings = fh.map(|f| f.codings).unwrap_or_default();
         let (msg, framing, link, opaque_after) = match line {
@@ -815,7 +964,8 @@ impl Side {
             } => {
                 cx.stats.requests += 1;
                 let kind = MethodKind::of(&method);
-                let id = push_pending(sh, kind, self.head_event, cx);
+                let http09 = anomalies.contains(Anomaly::RequestLineNoVersion);
+                let id = push_pending(sh, kind, self.head_event, http09, cx);
                 let framing = fh.map(|f| request_framing(&f, &mut anomalies));
                 let req = Request {
                     method,
@@ -835,7 +985,15 @@ impl Side {
                     return;
                 }
                 cx.stats.responses += 1;
-                let claim = claim(sh, self.head_event);
+                settle_hole(sh, self.skipped, cx);
+                let claim = match claim(sh, self.head_event) {
+                    Claim::Request(id, method) => Some((id, method)),
+                    Claim::Owed => {
+                        anomalies.insert(Anomaly::PendingCap);
+                        None
+                    }
+                    Claim::Nothing => None,
+                };
                 let method = claim.map_or(MethodKind::Other, |(_, m)| m);
                 let mut opaque = false;
                 let framing = fh.map(|f| {
@@ -876,6 +1034,7 @@ impl Side {
             codings,
             link,
             opaque_after,
+            head_len,
         };
         match framing {
             Some(Some(Framing::None)) | None => {
@@ -1081,14 +1240,16 @@ impl Side {
         }
     }
 
-    /// `len` bytes of this direction were lost. Returns true when the loss may have
-    /// swallowed whole messages (the direction resyncs).
-    fn on_gap(&mut self, sh: &mut Shared, len: u64, cx: &mut Ctx<'_>) -> bool {
+    /// `len` bytes of this direction were lost. Returns what was lost when the loss may
+    /// have swallowed whole messages (the direction resyncs); `None` when it only cut a
+    /// hole in a body of known extent.
+    fn on_gap(&mut self, sh: &mut Shared, len: u64, cx: &mut Ctx<'_>) -> Option<Lost> {
+        let mut lost = Lost { bytes: len, cut: 0 };
         match self.phase {
             Phase::Body => {
                 let Some(m) = self.msg.as_mut() else {
                     self.enter_resync(cx.stats);
-                    return true;
+                    return Some(lost);
                 };
                 match m.framing {
                     Framing::Length(remaining) => {
@@ -1096,23 +1257,28 @@ impl Side {
                         m.hole(len.min(remaining));
                         if len < remaining {
                             m.framing = Framing::Length(remaining - len);
-                            return false;
+                            return None;
                         }
                         self.complete(sh, cx);
                         if len == remaining {
-                            return false;
+                            return None;
                         }
+                        lost.bytes = len - remaining;
                     }
                     Framing::Chunked(ChunkState::Data(remaining)) if len < remaining => {
                         m.hole(len);
                         m.framing = Framing::Chunked(ChunkState::Data(remaining - len));
-                        return false;
+                        return None;
                     }
                     Framing::UntilClose => {
                         m.hole(len);
-                        return false;
+                        return None;
                     }
                     _ => {
+                        // Where this message ended in the loss is unknown: count it as one
+                        // of the messages lost, with what was seen of it.
+                        lost.bytes = len.saturating_add(m.wire_len());
+                        lost.cut = 1;
                         m.cut(Anomaly::Gap);
                         if let Some(m) = self.msg.take() {
                             finish(sh, cx, *m);
@@ -1121,11 +1287,11 @@ impl Side {
                 }
             }
             // A partial head, or the partial line of a hunt: the loss breaks it.
-            Phase::Head | Phase::Resync => cx.stats.bytes_skipped += self.buf.len() as u64,
+            Phase::Head | Phase::Resync => self.skip(self.buf.len() as u64, cx.stats),
         }
         self.enter_resync(cx.stats);
         self.clear_buf();
-        true
+        Some(lost)
     }
 
     /// End of the connection: bodies read until close are complete, others are cut.
@@ -1141,7 +1307,7 @@ impl Side {
                     finish(sh, cx, *m);
                 }
             }
-            Phase::Head | Phase::Resync => cx.stats.bytes_skipped += self.buf.len() as u64,
+            Phase::Head | Phase::Resync => self.skip(self.buf.len() as u64, cx.stats),
         }
         self.phase = Phase::Resync;
         self.buf = Vec::new();
@@ -1228,26 +1394,19 @@ fn length_framing(
 
 /// Queues a request head for pairing. Over `max_pending_requests`, the oldest unanswered
 /// request is given up.
-fn push_pending(sh: &mut Shared, method: MethodKind, first_event: u64, cx: &mut Ctx<'_>) -> u64 {
+fn push_pending(
+    sh: &mut Shared,
+    method: MethodKind,
+    first_event: u64,
+    http09: bool,
+    cx: &mut Ctx<'_>,
+) -> u64 {
     let max = cx.cfg.max_pending_requests.max(1);
-    while sh.pending.len() >= max {
-        let Some(pos) = sh
-            .pending
-            .iter()
-            .position(|p| !p.claimed && p.request.is_some())
-        else {
-            break;
-        };
-        if let Some(p) = sh.pending.remove(pos) {
-            bump(&mut cx.stats.cap_hits, "pending");
-            let mut an = p.request_anomalies;
-            an.insert(Anomaly::PendingCap);
-            an.insert(Anomaly::RequestWithoutResponse);
-            emit(cx, p.request, None, an);
-        }
-    }
+    while sh.pending.len() >= max && evict_oldest(sh, cx, "pending") {}
     let id = sh.next_id;
     sh.next_id += 1;
+    let weight = size_of::<Pending>();
+    sh.pending_bytes = sh.pending_bytes.saturating_add(weight);
     sh.pending.push_back(Pending {
         id,
         request: None,
@@ -1257,42 +1416,198 @@ fn push_pending(sh: &mut Shared, method: MethodKind, first_event: u64, cx: &mut 
         response: None,
         after_gap: std::mem::take(&mut sh.request_gap),
         first_event,
+        http09,
+        weight,
     });
     id
 }
 
-/// Matches a final response head (first byte in `event`) with the oldest unanswered
-/// request, unless that request arrived after the response began (lost requests).
-fn claim(sh: &mut Shared, event: u64) -> Option<(u64, MethodKind)> {
-    let p = sh.pending.iter_mut().find(|p| !p.claimed)?;
-    if p.after_gap && event < p.first_event {
-        return None;
-    }
-    p.claimed = true;
-    Some((p.id, p.method))
+/// Heap bytes of a header field beyond its inline storage.
+fn header_heap_bytes(h: &Header) -> usize {
+    let name = if h.name.is_heap_allocated() {
+        h.name.capacity()
+    } else {
+        0
+    };
+    let value = if h.value.spilled() {
+        h.value.capacity()
+    } else {
+        0
+    };
+    name + value
 }
 
-/// Response bytes were lost: requests not yet answered may have been answered in the
-/// hole, so they are given up instead of being paired with later responses.
-fn give_up_unanswered(sh: &mut Shared, cx: &mut Ctx<'_>) {
-    let mut i = 0;
-    while let Some(p) = sh.pending.get(i) {
-        if p.claimed || p.request.is_none() {
-            i += 1;
-            continue;
+/// Bytes a kept message holds: head fields, body, trailers.
+fn message_weight(headers: &[Header], body: &Body, strings: usize) -> usize {
+    let fields = |hs: &[Header]| size_of_val(hs) + hs.iter().map(header_heap_bytes).sum::<usize>();
+    strings + fields(headers) + body.data.capacity() + fields(&body.trailers)
+}
+
+fn request_weight(r: &Request) -> usize {
+    message_weight(
+        &r.headers,
+        &r.body,
+        r.method.capacity() + r.target.capacity(),
+    )
+}
+
+fn response_weight(r: &Response) -> usize {
+    message_weight(&r.headers, &r.body, 0)
+}
+
+/// Charges `extra` more bytes to the queue entry at `pos`, then gives up the oldest
+/// unanswered requests while the queue holds more than `max_pending_bytes`.
+fn charge(sh: &mut Shared, pos: usize, extra: usize, cx: &mut Ctx<'_>) {
+    if let Some(p) = sh.pending.get_mut(pos) {
+        p.weight = p.weight.saturating_add(extra);
+        sh.pending_bytes = sh.pending_bytes.saturating_add(extra);
+    }
+    while sh.pending_bytes > cx.cfg.max_pending_bytes && evict_oldest(sh, cx, "pending-bytes") {}
+}
+
+/// Takes the queue entry at `pos` out, and its bytes off the queue's charge.
+fn take_pending(sh: &mut Shared, pos: usize) -> Option<Pending> {
+    let p = sh.pending.remove(pos)?;
+    sh.pending_bytes = sh.pending_bytes.saturating_sub(p.weight);
+    Some(p)
+}
+
+/// A queue cap was reached: the oldest request no response has claimed is given up
+/// (emitted unanswered, `cap` counted). Its answer is still to come first, so the next
+/// response is owed to it and pairs with nothing: later pairs stay right. False when no
+/// complete request waits unclaimed.
+fn evict_oldest(sh: &mut Shared, cx: &mut Ctx<'_>, cap: &'static str) -> bool {
+    let Some(pos) = sh.pending.iter().position(|p| !p.claimed) else {
+        return false;
+    };
+    // Only the newest request can still be arriving; with nothing older to give up, the
+    // queue holds one complete request at most.
+    if sh.pending.get(pos).is_none_or(|p| p.request.is_none()) {
+        return false;
+    }
+    let Some(p) = take_pending(sh, pos) else {
+        return false;
+    };
+    bump(&mut cx.stats.cap_hits, cap);
+    sh.answers_owed += 1;
+    let mut an = p.request_anomalies;
+    an.insert(Anomaly::PendingCap);
+    an.insert(Anomaly::RequestWithoutResponse);
+    emit(cx, p.request, None, an);
+    true
+}
+
+/// What a final response head answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claim {
+    /// The waiting request with this id.
+    Request(u64, MethodKind),
+    /// A request given up at a queue cap.
+    Owed,
+    /// Nothing seen: a lost request, or none at all.
+    Nothing,
+}
+
+/// Matches a final response head (first byte in `event`) with the oldest unanswered
+/// request, unless that request arrived after the response began (lost requests), or the
+/// answer is owed to a request given up at a cap.
+fn claim(sh: &mut Shared, event: u64) -> Claim {
+    if sh.answers_owed > 0 {
+        sh.answers_owed -= 1;
+        return Claim::Owed;
+    }
+    let Some(p) = sh.pending.iter_mut().find(|p| !p.claimed) else {
+        return Claim::Nothing;
+    };
+    if p.after_gap && event < p.first_event {
+        return Claim::Nothing;
+    }
+    p.claimed = true;
+    Claim::Request(p.id, p.method)
+}
+
+/// Whether the next response answers an HTTP/0.9 request (and so may come without a head).
+fn next_answers_http09(sh: &Shared) -> bool {
+    sh.answers_owed == 0
+        && sh.hole.is_none()
+        && sh
+            .pending
+            .iter()
+            .find(|p| !p.claimed)
+            .is_some_and(|p| p.http09)
+}
+
+/// How many responses of the connection's typical size `bytes` hold (rounded); `None`
+/// before any response was seen whole.
+fn typical_count(bytes: u64, wire_bytes: u64, whole: u64) -> Option<u64> {
+    if wire_bytes == 0 || whole == 0 {
+        return None;
+    }
+    let n = (u128::from(bytes) * u128::from(whole) + u128::from(wire_bytes) / 2)
+        / u128::from(wire_bytes);
+    Some(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+/// A response head was found after lost response bytes (`skipped_now`: the response side's
+/// skipped bytes so far). The loss held about as many responses as its bytes (with what
+/// the resync skipped and what was seen of cut messages) make responses of the
+/// connection's typical size; that many of the oldest requests that arrived before the
+/// loss are given up as answered in it, so the responses that follow pair with the
+/// requests they answer. Before any response was seen whole there is no typical size, and
+/// every request that arrived before the loss is given up instead.
+fn settle_hole(sh: &mut Shared, skipped_now: u64, cx: &mut Ctx<'_>) {
+    let Some(hole) = sh.hole.take() else {
+        return;
+    };
+    let bytes = hole
+        .bytes
+        .saturating_add(skipped_now.saturating_sub(hole.skipped_from));
+    let mut left = typical_count(bytes, sh.response_wire_bytes, sh.responses_whole)
+        .map_or(u64::MAX, |n| n.saturating_sub(hole.cut));
+    let owed = left.min(sh.answers_owed);
+    sh.answers_owed -= owed;
+    left -= owed;
+    while left > 0 {
+        let Some(pos) = sh.pending.iter().position(|p| !p.claimed) else {
+            break;
+        };
+        let answerable = sh
+            .pending
+            .get(pos)
+            .is_some_and(|p| p.request.is_some() && p.first_event < hole.before_event);
+        if !answerable {
+            break;
         }
-        if let Some(p) = sh.pending.remove(i) {
-            let mut an = p.request_anomalies;
-            an.insert(Anomaly::Gap);
-            an.insert(Anomaly::RequestWithoutResponse);
-            emit(cx, p.request, None, an);
-        }
+        let Some(p) = take_pending(sh, pos) else {
+            break;
+        };
+        left -= 1;
+        cx.stats.gap_unanswered += 1;
+        let mut an = p.request_anomalies;
+        an.insert(Anomaly::Gap);
+        an.insert(Anomaly::RequestWithoutResponse);
+        emit(cx, p.request, None, an);
     }
 }
 
 /// A message is complete (or cut): decode its body and pair or queue it.
 fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
     decode_body(&mut m, cx);
+    let whole_response = matches!(m.msg, Message::Response(_))
+        && m.head_len > 0
+        && !m.body().truncated
+        && ![
+            Anomaly::Gap,
+            Anomaly::TruncatedBody,
+            Anomaly::BadChunk,
+            Anomaly::ResponseNoHead,
+        ]
+        .iter()
+        .any(|a| m.anomalies.contains(*a));
+    if whole_response {
+        sh.response_wire_bytes = sh.response_wire_bytes.saturating_add(m.wire_len());
+        sh.responses_whole += 1;
+    }
     let InFlight {
         msg,
         anomalies,
@@ -1307,14 +1622,16 @@ fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
                 Some((pos, p)) => {
                     if p.response.is_some() {
                         // Answered before it finished (early response).
-                        if let Some(p) = sh.pending.remove(pos) {
+                        if let Some(p) = take_pending(sh, pos) {
                             let (resp, resp_an) = p.response.unzip();
                             let an = AnomalySet(anomalies.0 | resp_an.map_or(0, |a| a.0));
                             emit(cx, Some(req), resp, an);
                         }
                     } else {
+                        let weight = request_weight(&req);
                         p.request = Some(req);
                         p.request_anomalies = anomalies;
+                        charge(sh, pos, weight, cx);
                     }
                 }
                 None => {
@@ -1329,12 +1646,14 @@ fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
             match pos.and_then(|pos| sh.pending.get_mut(pos).map(|p| (pos, p))) {
                 Some((pos, p)) => {
                     if p.request.is_some() {
-                        if let Some(p) = sh.pending.remove(pos) {
+                        if let Some(p) = take_pending(sh, pos) {
                             let an = AnomalySet(anomalies.0 | p.request_anomalies.0);
                             emit(cx, p.request, Some(resp), an);
                         }
                     } else {
+                        let weight = response_weight(&resp);
                         p.response = Some((resp, anomalies));
+                        charge(sh, pos, weight, cx);
                     }
                 }
                 None => {
@@ -1447,9 +1766,62 @@ fn parser_config(lenient: bool) -> httparse::ParserConfig {
     c
 }
 
+/// A head as parsed.
+#[derive(Debug)]
+struct ParsedHead {
+    line: StartLine,
+    headers: Vec<Header>,
+    anomalies: AnomalySet,
+    /// Bytes of the input it spans (less than all for a request line without a version).
+    len: usize,
+}
+
+/// Parses a complete head with httparse (see [`parse_head_httparse`]); when httparse
+/// rejects the start line, with the lenient fallback ([`lenient_start_line`]): the odd line
+/// is read leniently, flagged by what was odd, and the header fields after it are parsed
+/// by httparse as usual. A request line without a version is the whole head.
+fn parse_head(role: Role, head: &[u8], max_headers: usize) -> Result<ParsedHead, Unparsable> {
+    if let Ok((line, headers, anomalies)) = parse_head_httparse(role, head, max_headers) {
+        return Ok(ParsedHead {
+            line,
+            headers,
+            anomalies,
+            len: head.len(),
+        });
+    }
+    let nl = memchr(b'\n', head).ok_or(Unparsable)?;
+    let first = head.get(..=nl).ok_or(Unparsable)?;
+    let odd = lenient_start_line(role, first).ok_or(Unparsable)?;
+    if odd.alone {
+        return Ok(ParsedHead {
+            line: odd.line,
+            headers: Vec::new(),
+            anomalies: odd.anomalies,
+            len: first.len(),
+        });
+    }
+    // The fields after the odd line, parsed by httparse behind a start line it accepts
+    // (copied: this path is rare).
+    let stand_in: &[u8] = match role {
+        Role::Request => b"GET / HTTP/1.1\r\n",
+        Role::Response => b"HTTP/1.1 200 OK\r\n",
+    };
+    let mut copy = Vec::with_capacity(stand_in.len() + head.len() - first.len());
+    copy.extend_from_slice(stand_in);
+    copy.extend_from_slice(head.get(first.len()..).unwrap_or_default());
+    let (_, headers, mut anomalies) = parse_head_httparse(role, &copy, max_headers)?;
+    anomalies.0 |= odd.anomalies.0;
+    Ok(ParsedHead {
+        line: odd.line,
+        headers,
+        anomalies,
+        len: head.len(),
+    })
+}
+
 /// Parses a complete head: strictly first; a head only a lenient parser accepts is kept
 /// and flagged BadHead; past `max_headers` the first fields are kept (TooManyHeaders).
-fn parse_head(
+fn parse_head_httparse(
     role: Role,
     head: &[u8],
     max_headers: usize,
@@ -1544,50 +1916,204 @@ fn parse_once(
     }
 }
 
-/// Whether the start line of a head being accumulated parses, once its line break is
-/// there (`Some`); `None` while it is still incomplete. Bytes before `new_from` are known
-/// to hold no line break. Judging at the first line break drops false starts early
-/// instead of after a whole head cap of bytes.
-fn judge_start_line(role: Role, head: &[u8], new_from: usize) -> Option<bool> {
-    match head.get(new_from..).and_then(|s| memchr(b'\n', s)) {
-        Some(i) => {
-            let line = head.get(..=new_from + i).unwrap_or(head);
-            let config = parser_config(true);
-            // Zero header slots: a valid start line leaves the parser wanting headers.
-            let status = match role {
-                Role::Request => config.parse_request(&mut httparse::Request::new(&mut []), line),
-                Role::Response => {
-                    config.parse_response(&mut httparse::Response::new(&mut []), line)
-                }
+/// What a complete start line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LineVerdict {
+    /// httparse accepts it; the head goes on to an empty line.
+    Strict,
+    /// Only the lenient fallback reads it (a quirk real servers accept); the head goes on
+    /// to an empty line.
+    Lenient,
+    /// A request line without a version (HTTP/0.9 style): the line is the whole head.
+    /// Holds the line's length with its break.
+    Alone(usize),
+    /// Not a start line.
+    Bad,
+}
+
+impl LineVerdict {
+    fn parses(self) -> bool {
+        matches!(self, LineVerdict::Strict | LineVerdict::Lenient)
+    }
+}
+
+/// Judges the start line of a head being accumulated once its line break is there
+/// (`Some`); `None` while it is still incomplete. Without `lenient` (a resync hunting
+/// through bytes that may be a body) only what httparse accepts is a start line. Bytes before `new_from` are known to hold
+/// no line break. Judging at the first line break drops false starts early instead of
+/// after a whole head cap of bytes.
+fn judge_start_line(
+    role: Role,
+    head: &[u8],
+    new_from: usize,
+    lenient: bool,
+) -> Option<LineVerdict> {
+    let i = head.get(new_from..).and_then(|s| memchr(b'\n', s))?;
+    let line = head.get(..=new_from + i).unwrap_or(head);
+    let config = parser_config(true);
+    // Zero header slots: a valid start line leaves the parser wanting headers.
+    let status = match role {
+        Role::Request => config.parse_request(&mut httparse::Request::new(&mut []), line),
+        Role::Response => config.parse_response(&mut httparse::Response::new(&mut []), line),
+    };
+    if matches!(status, Ok(httparse::Status::Partial)) {
+        return Some(LineVerdict::Strict);
+    }
+    if !lenient {
+        return Some(LineVerdict::Bad);
+    }
+    Some(match lenient_start_line(role, line) {
+        Some(l) if l.alone => LineVerdict::Alone(line.len()),
+        Some(_) => LineVerdict::Lenient,
+        None => LineVerdict::Bad,
+    })
+}
+
+/// A start line httparse rejects but real servers or clients accept, read leniently.
+#[derive(Debug)]
+struct LenientLine {
+    line: StartLine,
+    /// What was odd about it.
+    anomalies: AnomalySet,
+    /// A request line without a version: no header section follows.
+    alone: bool,
+}
+
+/// The minor version of `HTTP/1.0` or `HTTP/1.1`.
+fn http1_minor(word: &[u8]) -> Option<u8> {
+    match word {
+        b"HTTP/1.0" => Some(0),
+        b"HTTP/1.1" => Some(1),
+        _ => None,
+    }
+}
+
+fn trim_spaces(mut b: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' '] = b {
+        b = rest;
+    }
+    b
+}
+
+/// Reads a start line (with or without its line break) that httparse rejected, the way
+/// servers that accept it do: a request target with spaces inside (`GET /a b HTTP/1.1`),
+/// no version (`GET /path`, HTTP/0.9), no target (`GET HTTP/1.1`, `GET`); a status line
+/// whose status is not three digits (`HTTP/1.1 abc OK`, status 0). `None` for anything
+/// else, including control bytes, an unknown protocol word, or a line httparse would
+/// accept were it not for other bytes (those stay unparsable).
+fn lenient_start_line(role: Role, line: &[u8]) -> Option<LenientLine> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return None;
+    }
+    let mut anomalies = AnomalySet::default();
+    match role {
+        Role::Request => {
+            let method_len = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+            let method = line.get(..method_len)?;
+            if method.is_empty()
+                || method.len() > MAX_METHOD_LEN
+                || !method.iter().copied().all(is_method_char)
+            {
+                return None;
+            }
+            let rest = trim_spaces(line.get(method_len..).unwrap_or_default());
+            let last_start = rest.iter().rposition(|&b| b == b' ').map_or(0, |i| i + 1);
+            let last = rest.get(last_start..).unwrap_or_default();
+            let (target, version) = match http1_minor(last) {
+                Some(v) => (
+                    trim_spaces(rest.get(..last_start).unwrap_or_default()),
+                    Some(v),
+                ),
+                // Another protocol word (HTTP/2.0, HTTP/1.2): not a line to guess at.
+                None if last.starts_with(b"HTTP/") => return None,
+                None => (rest, None),
             };
-            Some(matches!(status, Ok(httparse::Status::Partial)))
+            if target.is_empty() {
+                anomalies.insert(Anomaly::RequestLineNoTarget);
+            }
+            if target.contains(&b' ') {
+                anomalies.insert(Anomaly::RequestLineSpaceInTarget);
+            }
+            if version.is_none() {
+                // Without a version only a known method makes a request (a stray word in
+                // a request stream must not become one).
+                if !is_known_method(method) {
+                    return None;
+                }
+                anomalies.insert(Anomaly::RequestLineNoVersion);
+            }
+            if anomalies.is_empty() {
+                // Method, target and version as httparse wants them: what it rejected is
+                // elsewhere (bytes in the target), not a quirk read here.
+                return None;
+            }
+            Some(LenientLine {
+                line: StartLine::Request {
+                    method: String::from_utf8_lossy(method).into_owned(),
+                    target: String::from_utf8_lossy(target).into_owned(),
+                    version: version.unwrap_or(0),
+                },
+                anomalies,
+                alone: version.is_none(),
+            })
         }
-        None => None,
+        Role::Response => {
+            let rest = line.strip_prefix(STATUS_LINE_PREFIX)?;
+            let (&minor, rest) = rest.split_first()?;
+            if !minor.is_ascii_digit() || !(rest.is_empty() || rest.starts_with(b" ")) {
+                return None;
+            }
+            let rest = trim_spaces(rest);
+            let code_len = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+            let code = rest.get(..code_len).unwrap_or_default();
+            if code.len() == 3 && code.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            anomalies.insert(Anomaly::StatusNonNumeric);
+            Some(LenientLine {
+                line: StartLine::Response {
+                    status: 0,
+                    version: minor - b'0',
+                },
+                anomalies,
+                alone: false,
+            })
+        }
     }
 }
 
 /// The start line of a head cut by the head cap, if that much of it parses.
-fn start_line_only(role: Role, partial: &[u8]) -> Option<StartLine> {
+fn start_line_only(role: Role, partial: &[u8]) -> Option<(StartLine, AnomalySet)> {
+    if judge_start_line(role, partial, 0, true) == Some(LineVerdict::Lenient) {
+        let line = partial.get(..=memchr(b'\n', partial)?)?;
+        return lenient_start_line(role, line).map(|l| (l.line, l.anomalies));
+    }
     let config = parser_config(true);
-    match role {
+    let line = match role {
         Role::Request => {
             let mut req = httparse::Request::new(&mut []);
             let _ = config.parse_request(&mut req, partial);
-            Some(StartLine::Request {
+            StartLine::Request {
                 method: req.method?.to_owned(),
                 target: req.path?.to_owned(),
                 version: req.version.unwrap_or(1),
-            })
+            }
         }
         Role::Response => {
             let mut resp = httparse::Response::new(&mut []);
             let _ = config.parse_response(&mut resp, partial);
-            Some(StartLine::Response {
+            StartLine::Response {
                 status: resp.code?,
                 version: resp.version.unwrap_or(1),
-            })
+            }
         }
-    }
+    };
+    Some((line, AnomalySet::default()))
 }
 
 /// Trailer fields (`section` ends with the empty line). Bad trailers are dropped, flagged.
@@ -1838,13 +2364,26 @@ impl HttpConn {
         self.shared.event += 1;
         match self.role(dir) {
             Role::Request => {
-                if self.req.on_gap(&mut self.shared, len, &mut cx) {
+                if self.req.on_gap(&mut self.shared, len, &mut cx).is_some() {
                     self.shared.request_gap = true;
                 }
             }
             Role::Response => {
-                if self.resp.on_gap(&mut self.shared, len, &mut cx) {
-                    give_up_unanswered(&mut self.shared, &mut cx);
+                let skipped_from = self.resp.skipped;
+                if let Some(lost) = self.resp.on_gap(&mut self.shared, len, &mut cx) {
+                    // Settled at the next response head, once the resync has also
+                    // skipped the rest of any response the loss began in.
+                    let hole = self.shared.hole.get_or_insert_with(|| {
+                        Box::new(Hole {
+                            bytes: 0,
+                            cut: 0,
+                            skipped_from,
+                            before_event: 0,
+                        })
+                    });
+                    hole.bytes = hole.bytes.saturating_add(lost.bytes);
+                    hole.cut += lost.cut;
+                    hole.before_event = self.shared.event;
                 }
             }
         }
@@ -1874,6 +2413,9 @@ impl HttpConn {
         self.closed = true;
         self.req.on_close(&mut self.shared, &mut cx);
         self.resp.on_close(&mut self.shared, &mut cx);
+        // Response bytes lost since the last response head: what waits from before the
+        // loss may have been answered in it.
+        let lost_before = self.shared.hole.take().map_or(0, |h| h.before_event);
         while let Some(p) = self.shared.pending.pop_front() {
             let mut an = p.request_anomalies;
             match (p.request, p.response) {
@@ -1881,6 +2423,9 @@ impl HttpConn {
                     emit(&mut cx, Some(req), Some(resp), AnomalySet(an.0 | resp_an.0))
                 }
                 (Some(req), None) => {
+                    if p.first_event < lost_before {
+                        an.insert(Anomaly::Gap);
+                    }
                     an.insert(Anomaly::RequestWithoutResponse);
                     emit(&mut cx, Some(req), None, an);
                 }
@@ -1893,6 +2438,7 @@ impl HttpConn {
             }
         }
         self.shared.pending = VecDeque::new();
+        self.shared.pending_bytes = 0;
     }
 }
 
@@ -2779,23 +3325,295 @@ mod tests {
         assert_eq!(stats.cap_hits.get("headers"), Some(&1));
     }
 
+    /// (request target, response body) of each transaction.
+    fn pairs(txs: &[Transaction]) -> Vec<(Option<&str>, Option<&[u8]>)> {
+        txs.iter()
+            .map(|t| {
+                (
+                    t.request.as_ref().map(|r| r.target.as_str()),
+                    t.response.as_ref().map(|r| r.body.data.as_slice()),
+                )
+            })
+            .collect()
+    }
+
     #[test]
-    fn pending_cap_gives_up_oldest() {
+    fn pending_cap_gives_up_oldest_and_keeps_pairs_right() {
         let cfg = HttpConfig {
             max_pending_requests: 2,
             ..Default::default()
         };
         let reqs: Vec<u8> = (1..=4).flat_map(|i| curl_get(&format!("/{i}"))).collect();
-        let (txs, stats) = run_cfg(
-            &cfg,
-            &[c2s(&reqs), s2c(&ok_json(b"3")), s2c(&ok_json(b"4"))],
+        let answers: Vec<u8> = (1..=4)
+            .flat_map(|i| ok_json(format!("{i}").as_bytes()))
+            .collect();
+        let (txs, stats) = run_cfg(&cfg, &[c2s(&reqs), s2c(&answers)]);
+        // The answers to the given-up requests still come first: they pair with nothing,
+        // and the later ones with their own requests.
+        assert_eq!(
+            pairs(&txs),
+            vec![
+                (Some("/1"), None),
+                (Some("/2"), None),
+                (None, Some(&b"1"[..])),
+                (None, Some(&b"2"[..])),
+                (Some("/3"), Some(&b"3"[..])),
+                (Some("/4"), Some(&b"4"[..])),
+            ]
         );
-        let targets: Vec<&str> = txs.iter().map(|t| req(t).target.as_str()).collect();
-        assert_eq!(targets, vec!["/1", "/2", "/3", "/4"]);
-        assert!(txs[0].anomalies.contains(Anomaly::PendingCap));
-        assert!(txs[1].anomalies.contains(Anomaly::PendingCap));
-        assert_eq!(resp(&txs[2]).body.data, b"3");
+        for t in &txs[..4] {
+            assert!(
+                t.anomalies.contains(Anomaly::PendingCap),
+                "{:?}",
+                t.anomalies
+            );
+        }
+        assert!(txs[4].anomalies.is_empty() && txs[5].anomalies.is_empty());
         assert_eq!(stats.cap_hits.get("pending"), Some(&2));
+    }
+
+    #[test]
+    fn pending_bytes_cap_counts_kept_heads_and_bodies() {
+        // Each request weighs its queue entry, method, target, fields and kept body.
+        let post = curl_post("/p", &[b'x'; 3000]);
+        let cfg = HttpConfig {
+            max_pending_bytes: 8000,
+            ..Default::default()
+        };
+        let reqs: Vec<u8> = (0..4).flat_map(|_| post.clone()).collect();
+        let answers: Vec<u8> = (1..=4)
+            .flat_map(|i| ok_json(format!("{i}").as_bytes()))
+            .collect();
+        let (txs, stats) = run_cfg(&cfg, &[c2s(&reqs), s2c(&answers)]);
+        let given_up = stats.cap_hits.get("pending-bytes").copied().unwrap_or(0);
+        assert_eq!(given_up, 2, "{:?}", stats.cap_hits);
+        assert_eq!(stats.paired, 2);
+        let answered: Vec<&[u8]> = txs
+            .iter()
+            .filter(|t| t.paired())
+            .map(|t| resp(t).body.data.as_slice())
+            .collect();
+        assert_eq!(answered, vec![&b"3"[..], &b"4"[..]]);
+        // Nothing is left charged once the queue is empty.
+        let (_, _, conn) = run_split(&cfg, &[c2s(&reqs), s2c(&answers)], &mut |n| n);
+        assert_eq!(conn.shared.pending_bytes, 0);
+    }
+
+    #[test]
+    fn lost_responses_are_estimated_from_the_typical_size() {
+        // Six pipelined requests; answers 3 and 4 are lost whole: the loss is two typical
+        // answers long, so /3 and /4 are given up and 5 and 6 pair with /5 and /6.
+        let reqs: Vec<u8> = (1..=6).flat_map(|i| curl_get(&format!("/{i}"))).collect();
+        let answer = |i: u32| ok_json(format!("{i}").as_bytes());
+        let lost = (answer(3).len() + answer(4).len()) as u64;
+        let evs = [
+            c2s(&reqs),
+            s2c(&[answer(1), answer(2)].concat()),
+            Ev::Gap(Dir::ToClient, lost),
+            s2c(&[answer(5), answer(6)].concat()),
+        ];
+        let (txs, stats) = run(&evs);
+        assert_eq!(
+            pairs(&txs),
+            vec![
+                (Some("/1"), Some(&b"1"[..])),
+                (Some("/2"), Some(&b"2"[..])),
+                (Some("/3"), None),
+                (Some("/4"), None),
+                (Some("/5"), Some(&b"5"[..])),
+                (Some("/6"), Some(&b"6"[..])),
+            ]
+        );
+        assert!(txs[2].anomalies.contains(Anomaly::Gap));
+        assert!(txs[3].anomalies.contains(Anomaly::RequestWithoutResponse));
+        assert_eq!(stats.gap_unanswered, 2);
+    }
+
+    #[test]
+    fn loss_inside_responses_counts_the_cut_ones() {
+        // The loss starts inside answer 2's head and ends inside answer 4's body: answer 2
+        // was never framed, 3 was lost whole, the rest of 4 is skipped by the resync.
+        let reqs: Vec<u8> = (1..=5).flat_map(|i| curl_get(&format!("/{i}"))).collect();
+        let answer = |i: u32| ok_json(format!("answer {i}").as_bytes());
+        let (a2, a3, a4) = (answer(2), answer(3), answer(4));
+        let lost = (a2.len() - 30 + a3.len() + a4.len() - 3) as u64;
+        let evs = [
+            c2s(&reqs),
+            s2c(&answer(1)),
+            s2c(&a2[..30]),
+            Ev::Gap(Dir::ToClient, lost),
+            s2c(&a4[a4.len() - 3..]),
+            s2c(&answer(5)),
+        ];
+        let (txs, _) = run(&evs);
+        assert_eq!(
+            pairs(&txs),
+            vec![
+                (Some("/1"), Some(&b"answer 1"[..])),
+                (Some("/2"), None),
+                (Some("/3"), None),
+                (Some("/4"), None),
+                (Some("/5"), Some(&b"answer 5"[..])),
+            ]
+        );
+        // A chunked answer cut by the loss counts as one of the lost answers.
+        let chunked_answer = |i: u32| {
+            chunked(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &[format!("answer {i}").as_bytes()],
+                "",
+            )
+        };
+        let c2 = chunked_answer(2);
+        let lost = (c2.len() - 50 + chunked_answer(3).len()) as u64;
+        let evs = [
+            c2s(&reqs[..reqs.len() / 5 * 4]),
+            s2c(&chunked_answer(1)),
+            s2c(&c2[..50]),
+            Ev::Gap(Dir::ToClient, lost),
+            s2c(&chunked_answer(4)),
+        ];
+        let (txs, _) = run(&evs);
+        let summary: Vec<(Option<&str>, bool)> = txs
+            .iter()
+            .map(|t| {
+                (
+                    t.request.as_ref().map(|r| r.target.as_str()),
+                    t.response.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (Some("/1"), true),
+                (Some("/2"), true),
+                (Some("/3"), false),
+                (Some("/4"), true),
+            ]
+        );
+        assert!(txs[1].anomalies.contains(Anomaly::TruncatedBody));
+        assert_eq!(resp(&txs[3]).body.data, b"answer 4");
+    }
+
+    #[test]
+    fn lenient_request_lines_still_pair_with_neighbours() {
+        let cases: [(&[u8], &str, u8, Anomaly); 3] = [
+            (
+                b"GET /a b c HTTP/1.1\r\nHost: a\r\n\r\n",
+                "/a b c",
+                1,
+                Anomaly::RequestLineSpaceInTarget,
+            ),
+            (
+                b"GET HTTP/1.1\r\nHost: a\r\n\r\n",
+                "",
+                1,
+                Anomaly::RequestLineNoTarget,
+            ),
+            (
+                b"DELETE  /x  y  HTTP/1.0\n\n",
+                "/x  y",
+                0,
+                Anomaly::RequestLineSpaceInTarget,
+            ),
+        ];
+        for (odd, target, version, anomaly) in cases {
+            let evs = [
+                c2s(&curl_get("/before")),
+                s2c(&ok_json(b"1")),
+                c2s(odd),
+                s2c(&py_response("400 Bad Request", "", b"2")),
+                c2s(&curl_get("/after")),
+                s2c(&ok_json(b"3")),
+            ];
+            let (txs, stats) = run(&evs);
+            assert_eq!(txs.len(), 3, "{odd:?}: {txs:?}");
+            assert!(txs.iter().all(Transaction::paired));
+            let r = req(&txs[1]);
+            assert_eq!((r.target.as_str(), r.version), (target, version));
+            assert_eq!(anomalies(&txs[1]), vec![anomaly.as_str()]);
+            assert_eq!(resp(&txs[1]).status, 400);
+            assert!(txs[0].anomalies.is_empty() && txs[2].anomalies.is_empty());
+            assert_eq!(req(&txs[2]).target, "/after");
+            assert_eq!((stats.resyncs, stats.bytes_skipped), (0, 0));
+        }
+    }
+
+    #[test]
+    fn non_numeric_status_is_status_zero_and_framed() {
+        let evs = [
+            c2s(&curl_get("/1")),
+            s2c(b"HTTP/1.1 abc OK\r\nContent-Length: 5\r\n\r\nhello"),
+            c2s(&curl_get("/2")),
+            s2c(b"HTTP/1.0 2000\r\nContent-Length: 2\r\n\r\nhi"),
+            c2s(&curl_get("/3")),
+            s2c(&ok_json(b"3")),
+        ];
+        let (txs, _) = run(&evs);
+        assert_eq!(
+            pairs(&txs),
+            vec![
+                (Some("/1"), Some(&b"hello"[..])),
+                (Some("/2"), Some(&b"hi"[..])),
+                (Some("/3"), Some(&b"3"[..])),
+            ]
+        );
+        assert_eq!((resp(&txs[0]).status, resp(&txs[1]).status), (0, 0));
+        assert_eq!(anomalies(&txs[0]), vec!["status-non-numeric"]);
+        assert_eq!(resp(&txs[1]).version, 0);
+        assert!(txs[2].anomalies.is_empty());
+    }
+
+    #[test]
+    fn http09_request_and_headless_answer() {
+        for line in [&b"GET /old\r\n"[..], b"GET /old\n", b"GET\r\n"] {
+            let evs = [c2s(line), s2c(b"<html>old style</html>\n"), s2c(b"more")];
+            let (txs, stats) = run(&evs);
+            assert_eq!(txs.len(), 1, "{line:?}: {txs:?}");
+            let (q, r) = (req(&txs[0]), resp(&txs[0]));
+            assert_eq!(q.version, 0);
+            assert!(q.headers.is_empty());
+            assert_eq!(
+                (r.status, r.body.data.as_slice()),
+                (0, &b"<html>old style</html>\nmore"[..])
+            );
+            let mut want = vec!["request-line-no-version", "response-no-head"];
+            if line.starts_with(b"GET\r") {
+                assert_eq!(q.target, "");
+                want.insert(1, "request-line-no-target");
+            } else {
+                assert_eq!(q.target, "/old");
+            }
+            assert_eq!(anomalies(&txs[0]), want);
+            assert_eq!(stats.bytes_skipped, 0);
+        }
+        // A server may answer a version-less line with a head (nginx: 400): normal pairing.
+        let (txs, _) = run(&[
+            c2s(b"GET /x\r\n"),
+            s2c(&py_response("400 Bad Request", "", b"no")),
+        ]);
+        assert_eq!(resp(&txs[0]).status, 400);
+        assert_eq!(anomalies(&txs[0]), vec!["request-line-no-version"]);
+    }
+
+    #[test]
+    fn lines_that_stay_unparsable() {
+        // Unknown methods need a version; other protocol words and control bytes are not
+        // guessed at; a status line must start HTTP/1.
+        for bytes in [
+            &b"FOO /x\r\n\r\n"[..],
+            b"GET / HTTP/2.0\r\n\r\n",
+            b"GET /a\x01b HTTP/1.1\r\n\r\n",
+            b"OK\r\n\r\n",
+        ] {
+            let (txs, stats) = run(&[c2s(bytes)]);
+            assert!(txs.is_empty(), "{bytes:?}: {txs:?}");
+            assert!(stats.bytes_skipped > 0);
+        }
+        let (txs, _) = run(&[c2s(CURL_GET), s2c(b"HTTX/1.1 200 OK\r\n\r\n")]);
+        assert_eq!(txs.len(), 1);
+        assert!(txs[0].response.is_none());
     }
 
     #[test]
@@ -2939,6 +3757,11 @@ mod tests {
                 d(),
                 vec![c2s(CURL_GET), s2c(&py_response("200 OK", "Content-Encoding: zstd\r\n", b"\x28\xb5\x2f\xfd"))],
             ),
+            (Anomaly::RequestLineSpaceInTarget, d(), vec![c2s(b"GET /a b HTTP/1.1\r\n\r\n")]),
+            (Anomaly::RequestLineNoVersion, d(), vec![c2s(b"GET /a\r\n")]),
+            (Anomaly::RequestLineNoTarget, d(), vec![c2s(b"GET HTTP/1.1\r\n\r\n")]),
+            (Anomaly::StatusNonNumeric, d(), vec![c2s(CURL_GET), s2c(b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n")]),
+            (Anomaly::ResponseNoHead, d(), vec![c2s(b"GET /a\r\n"), s2c(b"body")]),
         ]
     }
 
