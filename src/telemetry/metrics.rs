@@ -349,6 +349,7 @@ impl Collector for Hub {
             MetricType::Counter,
             [
                 (one("kind", "vlan"), dec.vlan_tags),
+                (one("kind", "pppoe"), dec.pppoe_sessions),
                 (one("kind", "vxlan"), dec.tunnels_vxlan),
                 (one("kind", "geneve"), dec.tunnels_geneve),
                 (one("kind", "gre"), dec.tunnels_gre),
