@@ -5,6 +5,11 @@
 //! uses must be one the binary exports, every exported name (`metrics::NAMES`) must be used
 //! by some dashboard, and every dashboard must take its datasource from a `datasource`
 //! variable. Needs `prometheus` on PATH; skipped with a note without it unless CI is set.
+//!
+//! An idle `run --interface lo` (a capture filter nothing matches, one webhook receiver) is
+//! scraped once too: every family a dashboard queries must have samples from the first
+//! scrape, so `rate()` and `absent()` work before any traffic. Needs root (live capture);
+//! skipped with a note without it unless CI is set.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -581,6 +586,116 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// Every family the dashboards query.
+fn dashboard_families() -> BTreeSet<String> {
+    let mut queries = Vec::new();
+    let mut problems = Vec::new();
+    for (file, d) in dashboards() {
+        let panels = d["panels"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        walk(&file, panels, &mut queries, &mut problems);
+    }
+    queries
+        .iter()
+        .flat_map(|q| metric_names(&q.expr))
+        .map(|n| family(&n).to_string())
+        .collect()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+#[test]
+fn idle_run_exports_every_dashboard_family_from_the_first_scrape() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run as root for live capture"
+        );
+        eprintln!("note: not root, idle run metrics test skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("shieldtap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[webhook]]\nname = \"ops\"\nurl = \"http://127.0.0.1:9/hook\"\nspool_dir = \"{}\"\ndrain_secs = 1\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .expect("writes config");
+    let port = free_port();
+    let log = dir.path().join("shieldtap.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_shieldtap"))
+        .args([
+            "run",
+            "--interface",
+            "lo",
+            "--bpf",
+            "udp port 9",
+            "--config",
+        ])
+        .arg(&config)
+        .args(["--alerts-out", "/dev/null", "--metrics-listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("starts shieldtap run");
+    let mut st = Guard {
+        name: "shieldtap run",
+        child,
+        signal: "-INT",
+        log,
+    };
+    let start = Instant::now();
+    let text = loop {
+        if let Some(e) = st.exited() {
+            panic!("{e}");
+        }
+        if let Ok((200, body)) = http_get(port, "/metrics") {
+            break body;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "no /metrics on {port} after {WAIT:?}; its log:\n{}",
+            tail(&st.log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(st);
+    let (declared, sampled) = exposition(&text);
+    let wanted = dashboard_families();
+    assert!(wanted.len() >= 30, "{wanted:?}");
+    let absent: Vec<&String> = wanted.iter().filter(|f| !sampled.contains(*f)).collect();
+    println!(
+        "idle run: {} of {} dashboard families have samples on the first scrape ({} declared)",
+        wanted.len() - absent.len(),
+        wanted.len(),
+        declared.len()
+    );
+    assert!(
+        absent.is_empty(),
+        "absent on an idle run: {absent:?}\n{text}"
+    );
+    // From zero, with the stages' own label values.
+    for line in [
+        "shieldtap_decode_errors_total{layer=\"pppoe\"} 0",
+        "shieldtap_http_anomalies_total{kind=\"gap\"} 0",
+        "shieldtap_http_requests_total{method=\"GET\"} 0",
+        "shieldtap_http_responses_total{status_class=\"5xx\"} 0",
+        "shieldtap_webhook_deliveries_total{receiver=\"ops\",result=\"failed\"} 0",
+        "shieldtap_webhook_spool_depth{receiver=\"ops\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
 }
 
 #[test]

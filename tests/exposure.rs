@@ -186,3 +186,138 @@ fn no_planted_value_reaches_any_output() {
             .is_some_and(|c| c.is_empty())
     );
 }
+
+/// The password hash vectors (`scripts/make_password_hash_vectors.py`: Django, argon2-cffi,
+/// bcrypt, passlib, crypt(3) and published layouts): (format, field, value).
+fn password_hash_vectors() -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(
+        Path::new(ROOT).join("tests/fixtures/password-hashes/vectors.jsonl"),
+    )
+    .expect("vectors.jsonl");
+    jsonl(&text)
+        .into_iter()
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().expect(k).to_string();
+            (s("format"), s("field"), s("value"))
+        })
+        .collect()
+}
+
+fn json_headers() -> Vec<shieldtap::http::Header> {
+    vec![shieldtap::http::Header {
+        name: "Content-Type".into(),
+        value: b"application/json".as_slice().into(),
+    }]
+}
+
+/// The classes `scan` names in a JSON body, by field path.
+fn scanned(body: &Value) -> BTreeSet<(String, String)> {
+    let body = serde_json::to_vec(body).expect("json");
+    shieldtap::detect::exposure::scan(&json_headers(), &body)
+        .findings
+        .iter()
+        .map(|f| (f.path.to_string(), f.class.as_str().to_string()))
+        .collect()
+}
+
+#[test]
+fn password_hashes_in_every_usual_format_are_named() {
+    use shieldtap::detect::exposure::{Class, classify};
+    let vectors = password_hash_vectors();
+    assert!(vectors.len() >= 40, "{} vectors", vectors.len());
+    let mut missed = Vec::new();
+    for (format, field, value) in &vectors {
+        // A format vector is a hash by its shape alone: under a neutral name and inside a
+        // profile under a name that says nothing. A field vector only under its field.
+        let (name, key) = if field.is_empty() {
+            ("value".to_string(), "credential")
+        } else {
+            (field.to_ascii_lowercase(), field.as_str())
+        };
+        let by_value = classify(&name, value);
+        let body = serde_json::json!({"id": 2001, "name": "Alice", "profile": {key: value}});
+        let path = format!("$.profile.{key}");
+        let in_body = scanned(&body).contains(&(path, "password-hash".to_string()));
+        if by_value != Some(Class::PasswordHash) || !in_body {
+            missed.push(format!(
+                "{format} under {name:?}: classify {by_value:?}, in a body {in_body}"
+            ));
+        }
+    }
+    println!(
+        "password hash vectors named: {} of {}",
+        vectors.len() - missed.len(),
+        vectors.len()
+    );
+    assert!(missed.is_empty(), "not named:\n{}", missed.join("\n"));
+}
+
+#[test]
+fn dollar_values_and_password_settings_are_not_password_hashes() {
+    use shieldtap::detect::exposure::{Class, classify};
+    let near_misses = [
+        ("price", "$1,299.00"),
+        ("price", "$5"),
+        ("banner", "$6 off your next order"),
+        ("label", "$1$ shipping"),
+        ("template", "${user.name} joined"),
+        ("pattern", "^\\$[0-9]+\\$$"),
+        ("replacement", "$1$2"),
+        ("shell", "$y$ echo"),
+        ("password_policy", "min 12 characters, one digit"),
+        ("password_min_length", "12"),
+        ("password_changed_at", "2024-05-01T10:00:00Z"),
+        ("password_expires_in_days", "90"),
+        ("password_reset_url", "https://example.com/reset"),
+        ("forgot_password_link", "/account/forgot"),
+        ("password_strength", "strong"),
+        ("passwordless", "enabled"),
+        ("passport_number", "X1234567"),
+        ("pass_rate", "0.93"),
+        ("bypass", "true"),
+        ("compass", "NNE"),
+        ("password", "********"),
+        ("password", "[REDACTED]"),
+        ("password", "   "),
+        ("etag", "5f4dcc3b5aa765d61d8327deb882cf99"),
+        (
+            "checksum",
+            "c4bbcb1fbec99d65bf59d85c8cb62ee2db963f0fe106f483d9afa73bd4e39a8a",
+        ),
+        ("note", "md5 of the file"),
+        ("mode", "{SHA}"),
+        ("rating", "*****"),
+    ];
+    let mut wrong = Vec::new();
+    for (name, value) in near_misses {
+        if classify(name, value) == Some(Class::PasswordHash) {
+            wrong.push(format!("{name}: {value:?}"));
+        }
+    }
+    // Settings about passwords, in a body: booleans, numbers, objects, null.
+    let body = serde_json::json!({
+        "id": 2001,
+        "has_password": true,
+        "password_set": true,
+        "password": null,
+        "password_min_length": 12,
+        "password_policy": {"min_length": 12, "require_digit": true},
+        "passwordless": false,
+        "price": "$1,299.00",
+        "total": {"amount": "$5.00", "currency": "USD"},
+    });
+    let found = scanned(&body);
+    if !found.is_empty() {
+        wrong.push(format!("in a body: {found:?}"));
+    }
+    println!(
+        "near misses named as password hashes: {} of {}",
+        wrong.len(),
+        near_misses.len() + 1
+    );
+    assert!(
+        wrong.is_empty(),
+        "named as password hashes:\n{}",
+        wrong.join("\n")
+    );
+}

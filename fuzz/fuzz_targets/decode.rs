@@ -6,14 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use shieldtap::capture::Timestamp;
 use shieldtap::decode::{DecodeConfig, Decoder, LinkType};
 
-const LINKS: [LinkType; 6] = [
-    LinkType::Ethernet,
-    LinkType::LinuxSll,
-    LinkType::LinuxSll2,
-    LinkType::RawIp,
-    LinkType::Null,
-    LinkType::Loop,
-];
+const LINKS: [LinkType; LinkType::ALL.len()] = LinkType::ALL;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, frame)) = data.split_first() else {

@@ -2,8 +2,8 @@
 //!
 //! Input: one captured frame (link type, bytes, packet timestamp). Output: a borrowed
 //! [`TcpSegment`] (or a reason it is not one). Owns the IPv4 fragment pool, which is bounded
-//! in datagrams and bytes and expired on packet time. Handles VLAN/QinQ, Linux SLL/SLL2,
-//! raw IP, BSD null/loopback, IPv4 (fragments reassembled under a cap), IPv6 with extension
+//! in datagrams and bytes and expired on packet time. Handles VLAN/QinQ, PPPoE sessions
+//! (also inside VLAN/QinQ), Linux SLL/SLL2, Cisco HDLC, raw IP, BSD null/loopback, IPv4 (fragments reassembled under a cap), IPv6 with extension
 //! headers, and mirror tunnels (VXLAN, GENEVE, GRE incl. keyed, ERSPAN II/III), nested up to
 //! a depth cap; the tunnel ids fold into [`TunnelId`], part of the flow key, so identical
 //! inner addresses from two VPCs never mix. Parsing is lax for snaplen-cut frames: the
@@ -28,9 +28,22 @@ pub enum LinkType {
     Null,
     /// OpenBSD loopback: 4-byte address family in network byte order.
     Loop,
+    /// Cisco HDLC (`LINKTYPE_C_HDLC`): address, control, then an ethertype.
+    CiscoHdlc,
 }
 
 impl LinkType {
+    /// Every link type decoded.
+    pub const ALL: [LinkType; 7] = [
+        LinkType::Ethernet,
+        LinkType::LinuxSll,
+        LinkType::LinuxSll2,
+        LinkType::RawIp,
+        LinkType::Null,
+        LinkType::Loop,
+        LinkType::CiscoHdlc,
+    ];
+
     /// Maps a pcap/pcapng link type number; `None` for unsupported types.
     pub fn from_linktype(n: u32) -> Option<Self> {
         match n {
@@ -40,6 +53,7 @@ impl LinkType {
             12 | 14 | 101 | 228 | 229 => Some(LinkType::RawIp),
             0 => Some(LinkType::Null),
             108 => Some(LinkType::Loop),
+            104 => Some(LinkType::CiscoHdlc),
             _ => None,
         }
     }
@@ -132,6 +146,8 @@ pub enum Decoded<'a> {
 pub enum Layer {
     Link,
     Vlan,
+    /// PPPoE session header or the PPP protocol field after it.
+    Pppoe,
     Ipv4,
     Ipv6,
     Fragment,
@@ -141,10 +157,24 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// Every layer: the label values of the decode error counters, exported from zero.
+    pub const ALL: [Layer; 9] = [
+        Layer::Link,
+        Layer::Vlan,
+        Layer::Pppoe,
+        Layer::Ipv4,
+        Layer::Ipv6,
+        Layer::Fragment,
+        Layer::Tcp,
+        Layer::Udp,
+        Layer::Tunnel,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Layer::Link => "link",
             Layer::Vlan => "vlan",
+            Layer::Pppoe => "pppoe",
             Layer::Ipv4 => "ipv4",
             Layer::Ipv6 => "ipv6",
             Layer::Fragment => "fragment",
@@ -184,3 +214,30 @@ impl DecodeError {
 mod packet;
 
 pub use packet::{DecodeStats, Decoder};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_list_is_complete_and_labels_distinct() {
+        let labels: std::collections::BTreeSet<&str> =
+            Layer::ALL.iter().map(|l| l.as_str()).collect();
+        assert_eq!(labels.len(), Layer::ALL.len());
+        // A new variant missing from ALL fails to compile here (exhaustive match).
+        for l in Layer::ALL {
+            match l {
+                Layer::Link
+                | Layer::Vlan
+                | Layer::Pppoe
+                | Layer::Ipv4
+                | Layer::Ipv6
+                | Layer::Fragment
+                | Layer::Tcp
+                | Layer::Udp
+                | Layer::Tunnel => {}
+            }
+        }
+        assert!(labels.contains("pppoe"));
+    }
+}

@@ -1,8 +1,9 @@
 //! The frame walker: link layer, VLANs, tunnels and IP down to a TCP segment, and the IPv4
 //! fragment pool. IP, IPv6 extension headers and TCP are sliced by etherparse (lax, so a
-//! snaplen-cut frame still yields its headers); link headers and tunnel headers (VXLAN
-//! RFC 7348, GENEVE RFC 8926, GRE RFC 2784/2890, ERSPAN II/III) are a few fixed fields each
-//! and are read here with bounds checks on every access.
+//! snaplen-cut frame still yields its headers); link headers (Cisco HDLC), PPPoE sessions
+//! (RFC 2516, with PPP's protocol field, RFC 1661; etherparse 0.21 has no PPPoE) and tunnel
+//! headers (VXLAN RFC 7348, GENEVE RFC 8926, GRE RFC 2784/2890, ERSPAN II/III) are a few
+//! fixed fields each and are read here with bounds checks on every access.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +21,8 @@ pub struct DecodeStats {
     pub not_tcp: u64,
     pub errors_by_layer: BTreeMap<&'static str, u64>,
     pub vlan_tags: u64,
+    /// Frames carried in a PPPoE session (any PPP protocol).
+    pub pppoe_sessions: u64,
     pub tunnels_vxlan: u64,
     pub tunnels_geneve: u64,
     pub tunnels_gre: u64,
@@ -53,6 +56,7 @@ impl DecodeStats {
             *self.errors_by_layer.entry(k).or_default() += v;
         }
         self.vlan_tags += o.vlan_tags;
+        self.pppoe_sessions += o.pppoe_sessions;
         self.tunnels_vxlan += o.tunnels_vxlan;
         self.tunnels_geneve += o.tunnels_geneve;
         self.tunnels_gre += o.tunnels_gre;
@@ -79,6 +83,9 @@ const ETH_IPV6: u16 = 0x86dd;
 const ETH_TEB: u16 = 0x6558;
 const ETH_ERSPAN2: u16 = 0x88be;
 const ETH_ERSPAN3: u16 = 0x22eb;
+const ETH_PPPOE_SESSION: u16 = 0x8864;
+const PPP_IPV4: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_GRE: u8 = 47;
@@ -315,6 +322,18 @@ impl Walker {
                     _ => Ok(Step::Done(Decoded::NotTcp)),
                 }
             }
+            LinkType::CiscoHdlc => {
+                // Address 0x0F (unicast) or 0x8F (broadcast), control 0, then an ethertype
+                // (IP, or SLARP keepalives and CDP, which are not TCP).
+                let proto = be16(d, 2, Layer::Link)?;
+                if !matches!(d.first(), Some(0x0f | 0x8f)) {
+                    return Err(DecodeError::Malformed {
+                        layer: Layer::Link,
+                        reason: "Cisco HDLC address is not 0x0F or 0x8F",
+                    });
+                }
+                self.ethertype(proto, tail(d, 4, Layer::Link)?, t, 0, ts)
+            }
         }
     }
 
@@ -352,6 +371,48 @@ impl Walker {
         }
         match et {
             ETH_IPV4 | ETH_IPV6 => self.ip(d, t, depth, ts),
+            ETH_PPPOE_SESSION => self.pppoe(d, t, depth, ts),
+            _ => Ok(Step::Done(Decoded::NotTcp)),
+        }
+    }
+
+    /// A PPPoE session frame (RFC 2516): version/type 0x11, code 0, session id, length,
+    /// then PPP's protocol field (two bytes; one when protocol-field compression sent an
+    /// odd first byte, RFC 1661 6.5). IPv4 and IPv6 are followed; LCP, IPCP and the rest
+    /// are not TCP. The session id is not part of the flow key (like a VLAN tag: both
+    /// directions of a subscriber's connection carry the same one). Discovery frames
+    /// (0x8863) never reach here: they carry no data.
+    fn pppoe<'a>(
+        &mut self,
+        d: &'a [u8],
+        t: TunnelId,
+        depth: usize,
+        ts: Timestamp,
+    ) -> Result<Step<'a>, DecodeError> {
+        let head = d.get(..6).ok_or(DecodeError::Truncated {
+            layer: Layer::Pppoe,
+            offset: 0,
+            need: 6,
+            have: d.len(),
+        })?;
+        if head[0] != 0x11 || head[1] != 0 {
+            return Err(DecodeError::Malformed {
+                layer: Layer::Pppoe,
+                reason: "PPPoE session header is not version 1, type 1, code 0",
+            });
+        }
+        // The length counts the PPP frame; whatever follows it is Ethernet padding. A
+        // length past the captured bytes is a snaplen cut: IP's own length says the rest.
+        let len = usize::from(u16::from_be_bytes([head[4], head[5]]));
+        let ppp = tail(d, 6, Layer::Pppoe)?;
+        let ppp = ppp.get(..len).unwrap_or(ppp);
+        let (proto, at) = match ppp.first() {
+            Some(b) if b & 1 == 1 => (u16::from(*b), 1),
+            _ => (be16(ppp, 0, Layer::Pppoe)?, 2),
+        };
+        self.stats.pppoe_sessions += 1;
+        match proto {
+            PPP_IPV4 | PPP_IPV6 => self.ip(tail(ppp, at, Layer::Pppoe)?, t, depth, ts),
             _ => Ok(Step::Done(Decoded::NotTcp)),
         }
     }
@@ -950,6 +1011,131 @@ mod tests {
         }
     }
 
+    /// Ethernet (with `tags` VLAN TPIDs) / PPPoE session / PPP `proto` / `inner`.
+    fn pppoe_frame(tags: &[u16], proto: &[u8], inner: &[u8]) -> Vec<u8> {
+        let mut f = vec![2u8; 6];
+        f.extend_from_slice(&[1u8; 6]);
+        for tpid in tags {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&[0x00, 0x2a]);
+        }
+        f.extend_from_slice(&[0x88, 0x64, 0x11, 0x00, 0x2a, 0x17]);
+        let len = (proto.len() + inner.len()) as u16;
+        f.extend_from_slice(&len.to_be_bytes());
+        f.extend_from_slice(proto);
+        f.extend_from_slice(inner);
+        f
+    }
+
+    #[test]
+    fn pppoe_session_ipv4_ipv6_and_inside_qinq() {
+        let mut v6 = Vec::new();
+        PacketBuilder::ipv6([0xfd; 16], [0xfe; 16], 64)
+            .tcp(1234, 80, 1, 1000)
+            .write(&mut v6, b"six")
+            .expect("builds");
+        let mut d = dec();
+        let (t, src, _, p, _) = tcp_of(
+            &mut d,
+            LinkType::Ethernet,
+            &pppoe_frame(&[], &[0x00, 0x21], &ipv4_tcp(b"ppp")),
+        );
+        assert_eq!((t, p.as_slice()), (TunnelId(0), b"ppp".as_slice()));
+        assert_eq!(src, "10.0.0.1:40000".parse().expect("addr"));
+        let (_, _, _, p, _) = tcp_of(
+            &mut d,
+            LinkType::Ethernet,
+            &pppoe_frame(&[0x88a8, 0x8100], &[0x00, 0x57], &v6),
+        );
+        assert_eq!(p, b"six");
+        // Protocol-field compression: one odd byte.
+        let (_, _, _, p, _) = tcp_of(
+            &mut d,
+            LinkType::Ethernet,
+            &pppoe_frame(&[0x8100], &[0x21], &ipv4_tcp(b"pfc")),
+        );
+        assert_eq!(p, b"pfc");
+        // Ethernet padding after the PPPoE length is not payload.
+        let mut padded = pppoe_frame(&[], &[0x00, 0x21], &ipv4_tcp(b""));
+        padded.extend_from_slice(&[0u8; 6]);
+        let (_, _, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &padded);
+        assert!(p.is_empty());
+        assert_eq!(d.stats().pppoe_sessions, 4);
+        assert_eq!(d.stats().vlan_tags, 3);
+        // LCP (0xc021) is PPP but not IP.
+        let lcp = pppoe_frame(&[], &[0xc0, 0x21], &[9, 1, 0, 8, 0, 0, 0x12, 0x34]);
+        assert!(matches!(
+            d.decode(LinkType::Ethernet, &lcp, Timestamp(1)),
+            Ok(Decoded::NotTcp)
+        ));
+        assert_eq!(d.stats().pppoe_sessions, 5);
+    }
+
+    #[test]
+    fn pppoe_malformed_and_truncated_are_pppoe_errors() {
+        let good = pppoe_frame(&[], &[0x00, 0x21], &ipv4_tcp(b"x"));
+        let mut d = dec();
+        let mut bad_version = good.clone();
+        bad_version[14] = 0x21;
+        let r = d.decode(LinkType::Ethernet, &bad_version, Timestamp(1));
+        assert!(
+            matches!(
+                r,
+                Err(DecodeError::Malformed {
+                    layer: Layer::Pppoe,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        for cut in [14 + 3, 14 + 6, 14 + 7] {
+            let r = d.decode(LinkType::Ethernet, &good[..cut], Timestamp(1));
+            assert!(
+                matches!(
+                    r,
+                    Err(DecodeError::Truncated {
+                        layer: Layer::Pppoe,
+                        ..
+                    })
+                ),
+                "cut at {cut}: {r:?}"
+            );
+        }
+        assert_eq!(d.stats().errors_by_layer.get("pppoe"), Some(&4));
+    }
+
+    #[test]
+    fn cisco_hdlc_ipv4_and_keepalives() {
+        let mut f = vec![0x0f, 0x00, 0x08, 0x00];
+        f.extend_from_slice(&ipv4_tcp(b"hdlc"));
+        let mut d = dec();
+        let (t, _, dst, p, _) = tcp_of(&mut d, LinkType::CiscoHdlc, &f);
+        assert_eq!((t, p.as_slice()), (TunnelId(0), b"hdlc".as_slice()));
+        assert_eq!(dst, "10.0.0.2:80".parse().expect("addr"));
+        // SLARP keepalive (0x8035), broadcast address: not TCP.
+        let slarp = [0x8f, 0x00, 0x80, 0x35, 0, 0, 0, 2, 0, 0, 0, 1];
+        assert!(matches!(
+            d.decode(LinkType::CiscoHdlc, &slarp, Timestamp(1)),
+            Ok(Decoded::NotTcp)
+        ));
+        f[0] = 0xff;
+        assert!(matches!(
+            d.decode(LinkType::CiscoHdlc, &f, Timestamp(1)),
+            Err(DecodeError::Malformed {
+                layer: Layer::Link,
+                ..
+            })
+        ));
+        assert!(matches!(
+            d.decode(LinkType::CiscoHdlc, &f[..3], Timestamp(1)),
+            Err(DecodeError::Truncated {
+                layer: Layer::Link,
+                ..
+            })
+        ));
+        assert_eq!(LinkType::from_linktype(104), Some(LinkType::CiscoHdlc));
+    }
+
     fn udp(dport: u16, body: &[u8], outer_src: [u8; 4]) -> Vec<u8> {
         let mut v = Vec::new();
         PacketBuilder::ethernet2([9; 6], [8; 6])
@@ -1310,9 +1496,9 @@ mod tests {
             let mut d = dec();
             let mut g = gre_frame(&[0x20, 0x00, 0x65, 0x58, 0, 0, 0, 1]);
             g.extend_from_slice(&udp(4789, &vxlan(1, &eth_tcp(&bytes)), [1, 1, 1, 1]));
-            for link in [LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::RawIp, LinkType::Null, LinkType::Loop] {
+            for link in LinkType::ALL {
                 let _ = d.decode(link, &bytes, Timestamp(1));
-                for base in [eth_tcp(&bytes), g.clone(), udp(6081, &bytes, [1, 1, 1, 1])] {
+                for base in [eth_tcp(&bytes), g.clone(), udp(6081, &bytes, [1, 1, 1, 1]), pppoe_frame(&[0x8100], &[0x00, 0x21], &ipv4_tcp(&bytes))] {
                     let mut f = base[..base.len().saturating_sub(cut)].to_vec();
                     if let Some(b) = f.get_mut(flip) {
                         *b ^= 0x5a;

@@ -4,8 +4,9 @@
 //! arrays as `[]`) under depth, node and size caps; other text bodies are searched by value
 //! patterns. Each value is classified by its field name and its shape ([`classify`]): e-mail,
 //! phone, payment card (Luhn), IBAN (mod 97), national id (US SSN), date of birth, precise
-//! geolocation, street address, password hash, secret (JWTs, cloud keys, private keys, API
-//! keys), internal IP address. Only field paths, classes and masked samples leave this
+//! geolocation, street address, password hash (every usual storage format, or any value
+//! under a password's field name), secret (JWTs, cloud keys, private keys, API keys),
+//! internal IP address. Only field paths, classes and masked samples leave this
 //! module; values never do.
 
 use std::net::IpAddr;
@@ -148,15 +149,41 @@ fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
     })
 }
 
-fn bcrypt() -> &'static Regex {
-    static R: OnceLock<Regex> = OnceLock::new();
-    re(&R, r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$")
-}
-fn crypt() -> &'static Regex {
+/// Password hashes by their storage format, anchored (one alternative per family):
+/// - modular crypt and PHC strings, `$id$[params$]salt$hash`: bcrypt `$2a/2b/2x/2y$`,
+///   `$1$` md5-crypt, `$5$`/`$6$` sha-crypt, `$y$`/`$gy$` yescrypt, `$7$` scrypt, `$sha1$`,
+///   `$md5$`, phpass `$P$`/`$H$`, Drupal `$S$`, PHC `$argon2id|i|d$`, `$pbkdf2[-shaN]$`,
+///   `$scrypt$`, passlib `$bcrypt-sha256$`;
+/// - Django's `algorithm$...`: `pbkdf2_sha256`, `pbkdf2_sha1`, `argon2`, `bcrypt_sha256`,
+///   `bcrypt`, `scrypt`, `md5`, `sha1`, `unsalted_md5`, `unsalted_sha1`, `crypt`;
+/// - Werkzeug (Flask) `pbkdf2:sha256:N$salt$hex`, `scrypt:N:r:p$salt$hex`;
+/// - LDAP `{SSHA}`, `{SHA}`, `{SSHA512}`, `{CRYPT}`, `{PBKDF2-...}`, Atlassian `{PKCS5S2}`...;
+/// - PostgreSQL `md5<hex>` and `SCRAM-SHA-256$iter:salt$stored:server`, MySQL `*<HEX40>`.
+///
+/// The last field must be a digest (16 or more characters of a hash alphabet), so a price
+/// (`$1,299`), a template (`${name}`) or a regex replacement (`$1$2`) never matches.
+fn password_hash() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     re(
         &R,
-        r"^\$(argon2(id|i|d)\$v=\d+\$|[156]\$|pbkdf2[-_]sha\d+\$|scrypt\$)",
+        concat!(
+            r"^(?:",
+            r"\$(?:2[abxy]?|1|5|6|7|y|gy|sha1|md5|P|H|S|argon2(?:id|i|d)",
+            r"|pbkdf2(?:-sha(?:1|224|256|384|512))?|scrypt|bcrypt-sha256)",
+            r"\$(?:[A-Za-z0-9./+=,-]*\$)*[A-Za-z0-9./+]{16,}={0,2}",
+            r"|(?:pbkdf2_sha(?:1|256)|argon2|bcrypt(?:_sha256)?|scrypt|md5|sha1|unsalted_md5",
+            r"|unsalted_sha1|crypt)\$(?:[A-Za-z0-9./+=,-]*\$)*[A-Za-z0-9./+]{16,}={0,2}",
+            r"|(?:pbkdf2:sha(?:1|224|256|384|512)(?::\d+)?|scrypt:\d+:\d+:\d+)",
+            r"\$[^$\s]{1,64}\$[0-9a-f]{32,}",
+            r"|(?i:\{(?:S?SHA(?:256|384|512)?|S?MD5|CRYPT|PKCS5S2|ARGON2|BCRYPT",
+            r"|PBKDF2(?:[-_]SHA(?:1|256|512))?)\})[A-Za-z0-9./+=$,-]{16,}",
+            r"|md5[0-9a-f]{32}",
+            r"|SCRAM-SHA-(?:1|256)\$\d+:[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}:[A-Za-z0-9+/]+={0,2}",
+            r"|\*[0-9A-F]{40}",
+            // Argon2's parameters are telling enough to admit short (truncated) digests.
+            r"|(?:argon2)?\$argon2(?:id|i|d)\$(?:v=\d+\$)?m=\d+,t=\d+,p=\d+[^$]*\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]{4,}",
+            r")$"
+        ),
     )
 }
 fn jwt() -> &'static Regex {
@@ -192,7 +219,7 @@ fn text_patterns() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     re(
         &R,
-        r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}|-----BEGIN [A-Z ]*PRIVATE KEY-----|\b(?:\d[ -]?){12,18}\d\b",
+        r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*|\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}|(?:\$(?:argon2(?:id|i|d)|pbkdf2(?:-sha\d+)?|scrypt|[156y])|\b(?:pbkdf2_sha(?:1|256)|argon2|bcrypt(?:_sha256)?))\$[A-Za-z0-9./+=,$-]{20,}|-----BEGIN [A-Z ]*PRIVATE KEY-----|\b(?:\d[ -]?){12,18}\d\b",
     )
 }
 
@@ -241,6 +268,108 @@ fn hexlike(v: &str) -> bool {
     matches!(v.len(), 32 | 40 | 56 | 64 | 96 | 128) && v.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Whether a field name (lower case) names a password, passphrase or password hash:
+/// separators dropped, up to two qualifiers stripped from each end (`hashed_password`,
+/// `user_password_hash`, `encrypted_password`, `password_digest`, `userPassword`), what is
+/// left must be the word itself. `pass`, `pw` and `secret` count only with a hash-like
+/// suffix (`pass_hash`, `pw_hash`, `secret_hash`), so `bypass`, `pass_rate` or `secret_key`
+/// do not; settings about passwords (`password_policy`, `has_password`,
+/// `password_min_length`, `password_changed_at`, `passwordless`) keep other words and do not.
+/// No allocation: this runs on every string of every response.
+fn password_field(name: &str) -> bool {
+    const PREFIXES: &[&[u8]] = &[
+        b"hashed",
+        b"encrypted",
+        b"crypted",
+        b"salted",
+        b"user",
+        b"account",
+        b"admin",
+        b"login",
+        b"current",
+        b"old",
+        b"new",
+        b"stored",
+        b"db",
+        b"root",
+        b"member",
+    ];
+    const SUFFIXES: &[&[u8]] = &[
+        b"hashed",
+        b"hash",
+        b"digest",
+        b"crypted",
+        b"crypt",
+        b"encrypted",
+        b"enc",
+        b"sha1",
+        b"sha256",
+        b"sha512",
+        b"md5",
+        b"bcrypt",
+        b"confirmation",
+        b"confirm",
+    ];
+    let mut buf = [0u8; 48];
+    let mut n = 0;
+    for b in name.bytes() {
+        if matches!(b, b'_' | b'-' | b'.' | b' ') {
+            continue;
+        }
+        let Some(slot) = buf.get_mut(n) else {
+            return false;
+        };
+        *slot = b.to_ascii_lowercase();
+        n += 1;
+    }
+    let mut s = &buf[..n];
+    for _ in 0..2 {
+        if let Some(rest) = PREFIXES.iter().find_map(|p| s.strip_prefix(*p)) {
+            s = rest;
+        }
+    }
+    let mut qualified = false;
+    for _ in 0..2 {
+        if let Some(rest) = SUFFIXES.iter().find_map(|p| s.strip_suffix(*p)) {
+            s = rest;
+            qualified = true;
+        }
+    }
+    match s {
+        b"password" | b"passwd" | b"pwd" | b"passphrase" | b"passcode" | b"passwort" => true,
+        b"pass" | b"pw" | b"secret" => qualified,
+        _ => false,
+    }
+}
+
+/// A value that stands in for a password without being one: a mask (`********`) or a
+/// placeholder word (`[REDACTED]`, `null`, an API schema's `string`).
+fn placeholder(v: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "null",
+        "none",
+        "nil",
+        "n/a",
+        "undefined",
+        "redacted",
+        "filtered",
+        "hidden",
+        "masked",
+        "removed",
+        "string",
+        "required",
+        "optional",
+        "true",
+        "false",
+        "set",
+        "unset",
+    ];
+    let w = v.trim_matches(|c: char| matches!(c, '[' | ']' | '<' | '>' | '(' | ')' | '{' | '}'));
+    v.chars()
+        .all(|c| matches!(c, '*' | '•' | '●' | 'x' | 'X' | '#' | '-' | '.' | ' '))
+        || WORDS.iter().any(|p| w.eq_ignore_ascii_case(p))
+}
+
 /// The class of one value under a field name (lower case), if it is sensitive. Cheap byte
 /// tests come first: this runs on every string and number of every response.
 pub fn classify(name: &str, value: &str) -> Option<Class> {
@@ -250,7 +379,11 @@ pub fn classify(name: &str, value: &str) -> Option<Class> {
         return None;
     }
     let first = b[0];
-    if first == b'$' && (bcrypt().is_match(v) || crypt().is_match(v)) {
+    // Every format in `password_hash` holds a `$`, or starts with `{`, `*` or `md5`.
+    if b.len() >= 20
+        && (b.contains(&b'$') || matches!(first, b'{' | b'*') || b.starts_with(b"md5"))
+        && password_hash().is_match(v)
+    {
         return Some(Class::PasswordHash);
     }
     let hex = hexlike(v);
@@ -269,6 +402,11 @@ pub fn classify(name: &str, value: &str) -> Option<Class> {
         || (first == b'-' && v.contains("PRIVATE KEY-----"))
     {
         return Some(Class::Secret);
+    }
+    // Under a password's name anything is one (plaintext, a hex or base64 digest, an
+    // ASP.NET Identity blob), unless it is a mask or placeholder.
+    if password_field(name) && !placeholder(v) {
+        return Some(Class::PasswordHash);
     }
     if b.len() >= 16
         && name_has(
@@ -705,8 +843,7 @@ mod tests {
     #[test]
     fn every_pattern_compiles() {
         for r in [
-            bcrypt(),
-            crypt(),
+            password_hash(),
             jwt(),
             cloud_key(),
             ssn(),
@@ -780,6 +917,70 @@ mod tests {
         // ordinary values
         assert_eq!(c("name", "Alice Liddell"), None);
         assert_eq!(c("id", "2001"), None);
+    }
+
+    #[test]
+    fn password_fields_by_name_and_placeholders() {
+        for name in [
+            "password",
+            "passwd",
+            "pwd",
+            "passphrase",
+            "password_hash",
+            "passwordhash",
+            "pass_hash",
+            "pw_hash",
+            "secret_hash",
+            "hashed_password",
+            "encrypted_password",
+            "password_digest",
+            "userpassword",
+            "user_password_sha256",
+            "new-password",
+        ] {
+            assert!(password_field(name), "{name}");
+            assert_eq!(c(name, "opaque-value"), Some("password-hash"), "{name}");
+        }
+        for name in [
+            "password_policy",
+            "password_min_length",
+            "has_password",
+            "password_changed_at",
+            "passwordless",
+            "passport",
+            "bypass",
+            "pass",
+            "pass_rate",
+            "secret",
+            "secret_key",
+            "compass_hash",
+            "",
+            "a_very_long_field_name_that_ends_with_the_word_password",
+        ] {
+            assert!(!password_field(name), "{name}");
+        }
+        for v in [
+            "********",
+            "•••",
+            "[REDACTED]",
+            "<hidden>",
+            "null",
+            "string",
+        ] {
+            assert!(placeholder(v), "{v}");
+            assert_eq!(c("password", v), None, "{v}");
+        }
+        assert!(!placeholder("hunter2"));
+        // The Django default this issue was opened for.
+        assert_eq!(
+            c(
+                "x",
+                "pbkdf2_sha256$600000$Wm9wQ3VQd2h0R0Fh$3mNKa0bqQ5aJc1c9Dq2nYVQ0vK9aTt5a2r2YbKQ2m1E="
+            ),
+            Some("password-hash")
+        );
+        assert_eq!(c("price", "$1,299.00"), None);
+        assert_eq!(c("label", "$1$ shipping"), None);
     }
 
     fn json() -> Vec<Header> {

@@ -16,7 +16,7 @@
 mod body;
 mod parser;
 
-pub use parser::{HttpConn, HttpStats};
+pub use parser::{HttpConn, HttpStats, METHOD_CLASSES, STATUS_CLASSES};
 
 use crate::capture::Timestamp;
 

@@ -131,29 +131,34 @@ fn bump(map: &mut BTreeMap<&'static str, u64>, key: &'static str) {
     *map.entry(key).or_insert(0) += 1;
 }
 
+/// Every value of [`HttpStats::by_method_class`]: the methods counted by name, then `other`
+/// (a bounded label; the metrics export each from zero).
+pub const METHOD_CLASSES: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other",
+];
+
+/// Every value of [`HttpStats::by_status_class`] (`none`: unanswered).
+pub const STATUS_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other", "none"];
+
 fn method_class(method: &str) -> &'static str {
-    match method {
-        "GET" => "GET",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "DELETE" => "DELETE",
-        "PATCH" => "PATCH",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        _ => "other",
-    }
+    METHOD_CLASSES
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
 }
 
 fn status_class(status: Option<u16>) -> &'static str {
-    match status {
-        None => "none",
-        Some(100..=199) => "1xx",
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        Some(_) => "other",
-    }
+    let i = match status {
+        Some(100..=199) => 0,
+        Some(200..=299) => 1,
+        Some(300..=399) => 2,
+        Some(400..=499) => 3,
+        Some(500..=599) => 4,
+        Some(_) => 5,
+        None => 6,
+    };
+    STATUS_CLASSES[i]
 }
 
 /// Which messages a direction carries (after any swap).
@@ -4044,5 +4049,28 @@ mod tests {
             prop_assert_eq!(stats.transactions, out.len() as u64);
             prop_assert_eq!(conn.buffered_bytes(), 0);
         }
+    }
+
+    #[test]
+    fn method_and_status_classes_come_from_their_lists() {
+        for m in ["GET", "OPTIONS", "PROPFIND", "get"] {
+            assert!(METHOD_CLASSES.contains(&method_class(m)), "{m}");
+        }
+        assert_eq!(method_class("PROPFIND"), "other");
+        assert_eq!(method_class("get"), "other");
+        for s in [
+            None,
+            Some(101),
+            Some(204),
+            Some(302),
+            Some(404),
+            Some(503),
+            Some(999),
+        ] {
+            assert!(STATUS_CLASSES.contains(&status_class(s)), "{s:?}");
+        }
+        assert_eq!(status_class(Some(999)), "other");
+        let distinct: std::collections::BTreeSet<_> = STATUS_CLASSES.iter().collect();
+        assert_eq!(distinct.len(), STATUS_CLASSES.len());
     }
 }

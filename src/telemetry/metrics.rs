@@ -6,8 +6,12 @@
 //! encodes them with `prometheus-client` (a [`Collector`] run per scrape). Every name is in
 //! [`NAMES`], starts with `shieldtap_`, and carries only bounded labels: stage, layer, kind,
 //! reason, cap, verdict, token family, rule id, category, severity, receiver, result; never
-//! an address, path, user or token.
+//! an address, path, user or token. A family whose label values are known in advance is
+//! exported from zero at startup (decode layers, HTTP anomaly kinds, method and status
+//! classes, from the stages' own lists; webhook families per configured receiver), so
+//! `rate()` and `absent()` work from the first scrape.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,9 +25,9 @@ use prometheus_client::registry::Registry;
 
 use crate::actor::registry::RegistryStats;
 use crate::capture::CaptureStats;
-use crate::decode::DecodeStats;
+use crate::decode::{DecodeStats, Layer};
 use crate::detect::DetectStats;
-use crate::http::HttpStats;
+use crate::http::{Anomaly, HttpStats, METHOD_CLASSES, STATUS_CLASSES};
 use crate::output::{QueueStats, ReloadStats};
 use crate::reassembly::ReassemblyStats;
 use crate::token::TokenStats;
@@ -239,6 +243,26 @@ fn one<'l>(k: &'l str, v: &str) -> Vec<(&'l str, String)> {
     vec![(k, v.to_string())]
 }
 
+/// Rows of a one-label family from zero: every value a stage can count (its own list),
+/// then any counted value missing from that list (never dropped).
+fn from_zero<'m>(
+    key: &'static str,
+    known: impl IntoIterator<Item = &'static str>,
+    counted: &'m BTreeMap<&'static str, u64>,
+) -> impl Iterator<Item = (Vec<(&'static str, String)>, u64)> + 'm {
+    let known: Vec<&'static str> = known.into_iter().collect();
+    let extra: Vec<(&'static str, u64)> = counted
+        .iter()
+        .filter(|(k, _)| !known.contains(*k))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    known
+        .into_iter()
+        .map(|k| (k, counted.get(k).copied().unwrap_or(0)))
+        .chain(extra)
+        .map(move |(k, v)| (one(key, k), v))
+}
+
 impl Collector for Hub {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut w = WorkerSnapshot::default();
@@ -347,9 +371,7 @@ impl Collector for Hub {
             "decode_errors",
             "Frames that could not be decoded, by layer.",
             MetricType::Counter,
-            dec.errors_by_layer
-                .iter()
-                .map(|(k, v)| (one("layer", k), *v)),
+            from_zero("layer", Layer::ALL.map(Layer::as_str), &dec.errors_by_layer),
         )?;
         e.labelled(
             "decode_tunnels",
@@ -357,6 +379,7 @@ impl Collector for Hub {
             MetricType::Counter,
             [
                 (one("kind", "vlan"), dec.vlan_tags),
+                (one("kind", "pppoe"), dec.pppoe_sessions),
                 (one("kind", "vxlan"), dec.tunnels_vxlan),
                 (one("kind", "geneve"), dec.tunnels_geneve),
                 (one("kind", "gre"), dec.tunnels_gre),
@@ -478,17 +501,13 @@ impl Collector for Hub {
             "http_requests",
             "HTTP requests parsed, by method class.",
             MetricType::Counter,
-            h.by_method_class
-                .iter()
-                .map(|(k, v)| (one("method", k), *v)),
+            from_zero("method", METHOD_CLASSES, &h.by_method_class),
         )?;
         e.labelled(
             "http_responses",
             "HTTP responses parsed, by status class.",
             MetricType::Counter,
-            h.by_status_class
-                .iter()
-                .map(|(k, v)| (one("status_class", k), *v)),
+            from_zero("status_class", STATUS_CLASSES, &h.by_status_class),
         )?;
         e.counter(
             "http_transactions",
@@ -499,9 +518,11 @@ impl Collector for Hub {
             "http_anomalies",
             "HTTP protocol anomalies, by kind.",
             MetricType::Counter,
-            h.anomalies_by_kind
-                .iter()
-                .map(|(k, v)| (one("kind", k), *v)),
+            from_zero(
+                "kind",
+                Anomaly::ALL.iter().map(|a| a.as_str()),
+                &h.anomalies_by_kind,
+            ),
         )?;
         e.labelled(
             "token_verdicts",
@@ -698,6 +719,68 @@ impl Collector for Hub {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// Families whose label values are known are exported at 0 before anything happened:
+    /// every decode layer, HTTP anomaly kind, method and status class, and per receiver.
+    #[test]
+    fn idle_hub_exports_known_label_values_from_zero() {
+        let hub = Arc::new(Hub::default());
+        hub.set_webhook_source(Box::new(|| {
+            vec![WebhookSnapshot {
+                receiver: "ops".into(),
+                ..Default::default()
+            }]
+        }));
+        let text = hub.render();
+        let mut want: Vec<String> = Layer::ALL
+            .iter()
+            .map(|l| {
+                format!(
+                    "shieldtap_decode_errors_total{{layer=\"{}\"}} 0",
+                    l.as_str()
+                )
+            })
+            .collect();
+        want.extend(Anomaly::ALL.iter().map(|a| {
+            format!(
+                "shieldtap_http_anomalies_total{{kind=\"{}\"}} 0",
+                a.as_str()
+            )
+        }));
+        want.extend(
+            METHOD_CLASSES
+                .iter()
+                .map(|m| format!("shieldtap_http_requests_total{{method=\"{m}\"}} 0")),
+        );
+        want.extend(
+            STATUS_CLASSES
+                .iter()
+                .map(|c| format!("shieldtap_http_responses_total{{status_class=\"{c}\"}} 0")),
+        );
+        want.push("shieldtap_webhook_spool_depth{receiver=\"ops\"} 0".into());
+        for r in ["queued", "delivered", "retried", "failed"] {
+            want.push(format!(
+                "shieldtap_webhook_deliveries_total{{receiver=\"ops\",result=\"{r}\"}} 0"
+            ));
+        }
+        want.push("shieldtap_decode_errors_total{layer=\"pppoe\"} 0".into());
+        for line in &want {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        // A counted value outside the stage's list is still exported.
+        let mut c = CaptureSnapshot::default();
+        c.decode.errors_by_layer.insert("future-layer", 3);
+        c.decode.errors_by_layer.insert("tcp", 2);
+        hub.publish_capture(0, &c);
+        let text = hub.render();
+        for line in [
+            "shieldtap_decode_errors_total{layer=\"future-layer\"} 3",
+            "shieldtap_decode_errors_total{layer=\"tcp\"} 2",
+            "shieldtap_decode_errors_total{layer=\"udp\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn every_name_is_rendered_with_bounded_labels() {
