@@ -190,7 +190,21 @@ def main():
     hs_case("hs256_kid_selects_secret", tok(claims(), HS_K2, kid="k2"), "valid", config=kid_config)
     hs_case("hs256_no_kid_uses_default_secret", tok(claims(), HS), "valid", config=kid_config)
     hs_case("hs256_kid_with_wrong_secret", tok(claims(), HS_K1, kid="k2"), "bad-signature", config=kid_config)
-    hs_case("hs256_unknown_kid", tok(claims(), HS, kid="k9"), "unknown-key", config=kid_config)
+    hs_case("hs256_unknown_kid_falls_back_to_unnamed_secret", tok(claims(), HS, kid="k9"), "valid",
+            config=kid_config, note="a kid naming no configured key is checked with the secret that has no id")
+    hs_case("hs256_unknown_kid_forged_for_unnamed_secret", tok(claims(), HS_OTHER, kid="k9"), "bad-signature",
+            config=kid_config)
+    hs_case("hs256_approov_key_id_uses_account_secret", tok(claims(), HS, typ="JWT", kid="0001"), "valid",
+            note="`approov secret -setKeyID 0001` puts kid 0001 in every token; the config has the one secret")
+    named_only = (f'[[attestation]]\nsecret_base64 = "{b64(HS_K1)}"\nsecret_kid = "k1"\n'
+                  f'secrets = {{ k2 = "{b64(HS_K2)}" }}\n')
+    hs_case("hs256_named_secrets_kid_selects_secret_kid", tok(claims(), HS_K1, kid="k1"), "valid", config=named_only)
+    hs_case("hs256_named_secrets_kid_selects_table_entry", tok(claims(), HS_K2, kid="k2"), "valid",
+            config=named_only)
+    hs_case("hs256_named_secrets_wrong_one_for_kid", tok(claims(), HS_K1, kid="k2"), "bad-signature",
+            config=named_only)
+    hs_case("hs256_named_secrets_unknown_kid", tok(claims(), HS_K1, kid="k9"), "unknown-key", config=named_only,
+            note="every secret is named and none is k9: no secret is meant")
 
     # missing / malformed
     case("missing_header", HS_CONFIG, [["Authorization", "Bearer x"]], "missing")
@@ -347,6 +361,18 @@ def main():
     case("identity_custom_claim", HS_CONFIG + '[identity]\nuser_claim = "uid"\n',
          [["Authorization", "Bearer " + tok({"uid": 991, "sub": "x", "exp": NOW + 600}, HS_USER)]], "missing",
          user={"id": "991", "verified": False, "verdict": "unverified"})
+    user_kid_cfg = HS_CONFIG + f'[identity]\nuser_secret_base64 = "{b64(HS_USER)}"\n'
+    case("identity_kid_falls_back_to_unnamed_secret", user_kid_cfg,
+         [["Authorization", "Bearer " + tok({"sub": "user-77", "exp": NOW + 600}, HS_USER, kid="hs-1")]], "missing",
+         user={"id": "user-77", "verified": True, "verdict": "valid"})
+    user_named_cfg = HS_CONFIG + (f'[identity]\nuser_secret_base64 = "{b64(HS_USER)}"\nuser_secret_kid = "hs-1"\n'
+                                  f'user_secrets = {{ hs-2 = "{b64(HS_K2)}" }}\n')
+    case("identity_named_secrets_kid_selects_table_entry", user_named_cfg,
+         [["Authorization", "Bearer " + tok({"sub": "user-78", "exp": NOW + 600}, HS_K2, kid="hs-2")]], "missing",
+         user={"id": "user-78", "verified": True, "verdict": "valid"})
+    case("identity_named_secrets_unknown_kid", user_named_cfg,
+         [["Authorization", "Bearer " + tok({"sub": "user-79", "exp": NOW + 600}, HS_USER, kid="hs-9")]], "missing",
+         user={"id": "user-79", "verified": False, "verdict": "unknown-key"})
     case("identity_opaque_bearer", id_cfg, [["Authorization", "Bearer 8f14e45fceea167a5a36dedd4bea2543"]],
          "missing", user=None)
 

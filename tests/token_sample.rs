@@ -1,11 +1,14 @@
 //! Replaying samples/approov-tokens with its config gives each request the verdict PyJWT's
-//! token was made for; `token verify` judges the same tokens the same way.
+//! token was made for; `token verify` judges the same tokens the same way. The same requests
+//! with a `kid` in every token (samples/approov-tokens-kid, as Approov sends after
+//! `approov secret -setKeyID`) get the same verdicts from the unnamed or the named secret.
 
 use std::process::Command;
 
 use serde_json::Value;
 
 const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/approov-tokens");
+const KID_SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/approov-tokens-kid");
 
 fn jsonl(text: &str) -> Vec<Value> {
     text.lines()
@@ -14,16 +17,22 @@ fn jsonl(text: &str) -> Vec<Value> {
 }
 
 fn replay(workers: &str) -> Vec<Value> {
+    replay_with(SAMPLE, "shieldtap.toml", workers).0
+}
+
+/// Transactions in packet-time order, and alerts.
+fn replay_with(sample: &str, config: &str, workers: &str) -> (Vec<Value>, Vec<Value>) {
+    let alerts = tempfile::NamedTempFile::new().expect("temp file");
     let o = Command::new(env!("CARGO_BIN_EXE_shieldtap"))
         .args([
             "replay",
-            &format!("{SAMPLE}/capture.pcap"),
+            &format!("{sample}/capture.pcap"),
             "--config",
-            &format!("{SAMPLE}/shieldtap.toml"),
+            &format!("{sample}/{config}"),
             "--transactions-out",
             "-",
             "--alerts-out",
-            "/dev/null",
+            &alerts.path().display().to_string(),
             "--workers",
             workers,
         ])
@@ -32,14 +41,95 @@ fn replay(workers: &str) -> Vec<Value> {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut v = jsonl(&String::from_utf8_lossy(&o.stdout));
     v.sort_by(|a, b| a["ts"].as_str().cmp(&b["ts"].as_str()));
-    v
+    let alerts = jsonl(&std::fs::read_to_string(alerts.path()).expect("alerts"));
+    (v, alerts)
+}
+
+fn expected(sample: &str) -> Vec<Value> {
+    jsonl(&std::fs::read_to_string(format!("{sample}/expected.jsonl")).expect("expected.jsonl"))
+}
+
+/// Addresses named by `bot.unattested-traffic` alerts.
+fn unattested_addresses(alerts: &[Value]) -> std::collections::BTreeSet<String> {
+    alerts
+        .iter()
+        .filter(|a| a["rule"] == "bot.unattested-traffic")
+        .filter_map(|a| a["actor"]["ip"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn tokens_with_a_kid_get_the_verdicts_they_get_without_it() {
+    let without_kid = expected(SAMPLE);
+    let want = expected(KID_SAMPLE);
+    // The kid sample repeats the plain sample's cases, then adds genuine devices.
+    let cases = &want[..without_kid.len()];
+    for (w, p) in cases.iter().zip(&without_kid) {
+        assert_eq!((&w["case"], &w["verdict"]), (&p["case"], &p["verdict"]));
+    }
+    let devices: std::collections::BTreeSet<&str> = want[without_kid.len()..]
+        .iter()
+        .filter_map(|e| e["client"].as_str())
+        .collect();
+    assert!(
+        devices.len() >= 2,
+        "the kid sample needs its genuine devices"
+    );
+    let plain: Vec<Value> = replay("2")
+        .iter()
+        .map(|t| t["attestation"]["verdict"].clone())
+        .collect();
+
+    for config in ["shieldtap.toml", "shieldtap-named.toml"] {
+        for workers in ["1", "2"] {
+            let (got, alerts) = replay_with(KID_SAMPLE, config, workers);
+            assert_eq!(got.len(), want.len(), "{config}");
+            for (g, e) in got.iter().zip(&want) {
+                let a = &g["attestation"];
+                let what = format!("{config}, case {}", e["case"]);
+                assert_eq!(a["verdict"], e["verdict"], "{what}");
+                assert_eq!(a["binding"], e["binding"], "{what}");
+                assert_eq!(g["client"]["ip"], e["client"], "{what}");
+                // User tokens carry the kid too and verify against the user secret.
+                assert_eq!(g["user_verdict"], "valid", "{what}");
+            }
+            let got_cases: Vec<&Value> = got[..plain.len()]
+                .iter()
+                .map(|t| &t["attestation"]["verdict"])
+                .collect();
+            assert_eq!(got_cases, plain.iter().collect::<Vec<_>>(), "{config}");
+            let flagged = unattested_addresses(&alerts);
+            assert!(
+                devices.iter().all(|d| !flagged.contains(*d)),
+                "{config}: genuine devices flagged as unattested: {flagged:?}"
+            );
+        }
+    }
+
+    // The same secrets under another key id: the kid names no key and no secret is
+    // unnamed, so every signed token is unknown-key and the devices look unattested.
+    let (got, alerts) = replay_with(KID_SAMPLE, "shieldtap-wrong-named.toml", "2");
+    for (g, e) in got.iter().zip(&want) {
+        let keeps = ["missing", "status-value", "alg-not-allowed"];
+        let verdict = e["verdict"].as_str().expect("verdict");
+        let wanted = if keeps.contains(&verdict) {
+            verdict
+        } else {
+            "unknown-key"
+        };
+        assert_eq!(g["attestation"]["verdict"], wanted, "case {}", e["case"]);
+        assert_eq!(g["user_verdict"], "unknown-key", "case {}", e["case"]);
+    }
+    let flagged = unattested_addresses(&alerts);
+    assert!(
+        devices.iter().all(|d| flagged.contains(*d)),
+        "{flagged:?} should name every device of {devices:?}"
+    );
 }
 
 #[test]
 fn every_request_gets_its_expected_verdict() {
-    let expected = jsonl(
-        &std::fs::read_to_string(format!("{SAMPLE}/expected.jsonl")).expect("expected.jsonl"),
-    );
+    let expected = expected(SAMPLE);
     for workers in ["1", "2"] {
         let got = replay(workers);
         assert_eq!(got.len(), expected.len());

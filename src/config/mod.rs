@@ -790,6 +790,23 @@ mod tests {
                 .starts_with("c.toml:5:17: attestation[1].secret_base64"),
             "{e}"
         );
+        let e = Config::parse(
+            "[identity]\nuser_secret_base64 = \"AAAA\"\nuser_secrets = { hs-1 = \"AAAA\", hs-2 = \"***\" }\n",
+            "c.toml",
+        )
+        .expect_err("bad named secret");
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:3:40: identity.user_secrets.hs-2: not valid base64"),
+            "{e}"
+        );
+        let e = Config::parse("[[attestation]]\nsecret_kid = \"0001\"\n", "c.toml")
+            .expect_err("kid without secret");
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:2:14: attestation[0].secret_kid"),
+            "{e}"
+        );
         let e = Config::parse("[detect]\nmax_keys_per_rule = 0\n", "c.toml").expect_err("zero");
         assert!(
             e.to_string()

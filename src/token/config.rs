@@ -75,6 +75,10 @@ pub struct RawAttestation {
     pub secret_file: Option<PathBuf>,
     /// Environment variable holding the base64 HMAC secret.
     pub secret_env: Option<String>,
+    /// Key id of the `secret_*` secret: only tokens whose `kid` names it, or names no
+    /// configured key, are checked with it. Unset (the usual Approov account secret), it
+    /// checks tokens without `kid` and tokens whose `kid` names no configured key.
+    pub secret_kid: Option<String>,
     /// More HMAC secrets selected by the token's `kid`: `kid = "base64"`.
     pub secrets: Option<BTreeMap<String, String>>,
     /// JWKS file with the public keys (read at startup).
@@ -119,6 +123,10 @@ pub struct RawIdentity {
     pub user_secret_base64: Option<String>,
     pub user_secret_file: Option<PathBuf>,
     pub user_secret_env: Option<String>,
+    /// Key id of the `user_secret_*` secret (as `secret_kid` in `[[attestation]]`).
+    pub user_secret_kid: Option<String>,
+    /// More HMAC secrets for user tokens, selected by the token's `kid`: `kid = "base64"`.
+    pub user_secrets: Option<BTreeMap<String, String>>,
     pub user_jwks_file: Option<PathBuf>,
     pub user_jwks_url: Option<String>,
     pub user_jwks_ca_file: Option<PathBuf>,
@@ -317,7 +325,8 @@ struct FamilyInput<'a> {
     algorithms_key: &'a str,
     secret: [(&'a str, Option<&'a str>); 3],
     secret_file: Option<&'a PathBuf>,
-    secrets: Option<&'a BTreeMap<String, String>>,
+    secret_kid: (&'a str, Option<&'a str>),
+    secrets: (&'a str, Option<&'a BTreeMap<String, String>>),
     jwks_file: (&'a str, Option<&'a PathBuf>),
     jwks_url: (&'a str, Option<&'a str>),
     jwks_ca_file: (&'a str, Option<&'a PathBuf>),
@@ -382,7 +391,8 @@ impl TokenConfig {
                     ("secret_env", a.secret_env.as_deref()),
                 ],
                 secret_file: a.secret_file.as_ref(),
-                secrets: a.secrets.as_ref(),
+                secret_kid: ("secret_kid", a.secret_kid.as_deref()),
+                secrets: ("secrets", a.secrets.as_ref()),
                 jwks_file: ("jwks_file", a.jwks_file.as_ref()),
                 jwks_url: ("jwks_url", a.jwks_url.as_deref()),
                 jwks_ca_file: ("jwks_ca_file", a.jwks_ca_file.as_ref()),
@@ -438,7 +448,8 @@ impl TokenConfig {
                         ("user_secret_env", id.user_secret_env.as_deref()),
                     ],
                     secret_file: id.user_secret_file.as_ref(),
-                    secrets: None,
+                    secret_kid: ("user_secret_kid", id.user_secret_kid.as_deref()),
+                    secrets: ("user_secrets", id.user_secrets.as_ref()),
                     jwks_file: ("user_jwks_file", id.user_jwks_file.as_ref()),
                     jwks_url: ("user_jwks_url", id.user_jwks_url.as_deref()),
                     jwks_ca_file: ("user_jwks_ca_file", id.user_jwks_ca_file.as_ref()),
@@ -505,6 +516,23 @@ fn parse_algorithms(key: &str, names: &[String]) -> Result<Vec<Algorithm>, Strin
     Ok(out)
 }
 
+/// Longest key id accepted in the config (Approov's are 4 digits, JWKS ids rarely pass 64).
+const MAX_KEY_ID_BYTES: usize = 128;
+
+/// A configured key id: matched byte for byte against the token's `kid`, so it must be
+/// non-empty and have no surrounding blanks that a token could never carry by mistake.
+fn key_id(key: &str, kid: &str) -> Result<String, String> {
+    if kid.is_empty() || kid.len() > MAX_KEY_ID_BYTES {
+        return Err(format!("{key}: a key id is 1 to {MAX_KEY_ID_BYTES} bytes"));
+    }
+    if kid.trim() != kid {
+        return Err(format!(
+            "{key}: key id `{kid}` has leading or trailing blanks"
+        ));
+    }
+    Ok(kid.to_owned())
+}
+
 fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
@@ -536,7 +564,7 @@ fn family(
 
     let has_secret_source = f.secret.iter().any(|(_, v)| v.is_some());
     let has_jwks = f.jwks_file.1.is_some() || f.jwks_url.1.is_some();
-    let has_hmac_key = has_secret_source || f.secrets.is_some_and(|s| !s.is_empty());
+    let has_hmac_key = has_secret_source || f.secrets.1.is_some_and(|s| !s.is_empty());
     let default_algs: Vec<String> = if !has_hmac_key && has_jwks {
         vec!["RS256".into(), "ES256".into()]
     } else {
@@ -553,6 +581,26 @@ fn family(
         .collect();
     if set.len() > 1 {
         return Err(format!("{}: set only one of {}", k(set[0]), set.join(", ")));
+    }
+    let secret_kid = match f.secret_kid.1 {
+        None => None,
+        Some(_) if set.is_empty() => {
+            return Err(format!(
+                "{}: names the key of {}, which is not set",
+                k(f.secret_kid.0),
+                f.secret.map(|(n, _)| n).join(" / ")
+            ));
+        }
+        Some(kid) => Some(key_id(&k(f.secret_kid.0), kid)?),
+    };
+    if let (Some(kid), Some(table)) = (&secret_kid, f.secrets.1)
+        && table.contains_key(kid)
+    {
+        return Err(format!(
+            "{}.{kid}: key id `{kid}` is also given by {}",
+            k(f.secrets.0),
+            k(f.secret_kid.0)
+        ));
     }
     for (key_name, value) in f.secret {
         let Some(value) = value else { continue };
@@ -572,15 +620,16 @@ fn family(
         };
         let secret =
             decode_base64_any(&text).ok_or_else(|| format!("{}: not valid base64", k(key_name)))?;
-        let key = Key::hmac(None, Secret::new(secret), &algorithms)
+        let key = Key::hmac(secret_kid.clone(), Secret::new(secret), &algorithms)
             .ok_or_else(|| format!("{}: the secret is empty", k(key_name)))?;
         static_keys.push(key);
     }
-    for (kid, b64) in f.secrets.into_iter().flatten() {
-        let secret = decode_base64_any(b64)
-            .ok_or_else(|| format!("{}.{kid}: not valid base64", k("secrets")))?;
-        let key = Key::hmac(Some(kid.clone()), Secret::new(secret), &algorithms)
-            .ok_or_else(|| format!("{}.{kid}: the secret is empty", k("secrets")))?;
+    for (kid, b64) in f.secrets.1.into_iter().flatten() {
+        let at = format!("{}.{kid}", k(f.secrets.0));
+        let kid = key_id(&at, kid)?;
+        let secret = decode_base64_any(b64).ok_or_else(|| format!("{at}: not valid base64"))?;
+        let key = Key::hmac(Some(kid), Secret::new(secret), &algorithms)
+            .ok_or_else(|| format!("{at}: the secret is empty"))?;
         static_keys.push(key);
     }
 
@@ -857,6 +906,68 @@ mod tests {
         assert_eq!(
             format!("{:?}", Secret::new(b"abc".to_vec())),
             "Secret(<3 bytes redacted>)"
+        );
+    }
+
+    #[test]
+    fn secrets_carry_key_ids_in_both_tables() {
+        let cfg = parse(
+            "[[attestation]]\nsecret_base64 = \"AAAA\"\nsecret_kid = \"0001\"\nsecrets = { \"0002\" = \"AQID\" }\n\
+             [identity]\nuser_secret_env = \"TEST_SECRET\"\nuser_secret_kid = \"hs-1\"\nuser_secrets = { hs-2 = \"AQID\", hs-3 = \"AAAA\" }",
+        )
+        .unwrap();
+        let kids = |set: &KeySet| -> Vec<Option<String>> {
+            set.keys().iter().map(|k| k.kid.clone()).collect()
+        };
+        assert_eq!(
+            kids(&cfg.families[0].static_keys),
+            [Some("0001".into()), Some("0002".into())]
+        );
+        let id = cfg.identity.unwrap();
+        assert_eq!(
+            kids(&id.user.static_keys),
+            [
+                Some("hs-1".into()),
+                Some("hs-2".into()),
+                Some("hs-3".into())
+            ]
+        );
+        // Named user secrets alone are enough to verify user tokens.
+        let cfg = parse("[identity]\nuser_secrets = { hs-2 = \"AQID\" }").unwrap();
+        assert!(!cfg.identity.unwrap().user.unverified());
+    }
+
+    #[test]
+    fn key_id_errors_name_the_key() {
+        let e = parse("[[attestation]]\nsecret_kid = \"0001\"").unwrap_err();
+        assert!(
+            e.starts_with("attestation[0].secret_kid: names the key of secret_base64"),
+            "{e}"
+        );
+        let e = parse("[[attestation]]\nsecret_base64 = \"AAAA\"\nsecret_kid = \"\"").unwrap_err();
+        assert!(
+            e.starts_with("attestation[0].secret_kid: a key id is 1 to"),
+            "{e}"
+        );
+        let e =
+            parse("[[attestation]]\nsecret_base64 = \"AAAA\"\nsecret_kid = \" k\"").unwrap_err();
+        assert!(e.contains("leading or trailing blanks"), "{e}");
+        let e = parse(
+            "[[attestation]]\nsecret_base64 = \"AAAA\"\nsecret_kid = \"k1\"\nsecrets = { k1 = \"AQID\" }",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with(
+                "attestation[0].secrets.k1: key id `k1` is also given by attestation[0].secret_kid"
+            ),
+            "{e}"
+        );
+        let e = parse("[identity]\nuser_secrets = { hs-2 = \"!!\" }").unwrap_err();
+        assert_eq!(e, "identity.user_secrets.hs-2: not valid base64");
+        let e = parse("[identity]\nuser_secret_kid = \"hs-1\"").unwrap_err();
+        assert!(
+            e.starts_with("identity.user_secret_kid: names the key of user_secret_base64"),
+            "{e}"
         );
     }
 

@@ -335,14 +335,27 @@ mod tests {
             inspect(&bad, &f, &[&f.static_keys], None).verdict,
             Verdict::BadSignature
         );
-        let kid = format!(
-            "{}.{}.{sig}",
-            b64(r#"{"alg":"HS256","kid":"other"}"#),
+        // A `kid` naming no configured key is checked with the unnamed secret (Approov's
+        // `-setKeyID`): valid when signed with it, a forgery otherwise.
+        let kid_input = format!(
+            "{}.{}",
+            b64(r#"{"alg":"HS256","kid":"0001"}"#),
             b64(r#"{"exp":5}"#)
         );
+        let kid_sig = URL_SAFE_NO_PAD.encode(hmac::sign(&key, kid_input.as_bytes()).as_ref());
         assert_eq!(
-            inspect(&kid, &f, &[&f.static_keys], None).verdict,
-            Verdict::UnknownKey
+            inspect(
+                &format!("{kid_input}.{kid_sig}"),
+                &f,
+                &[&f.static_keys],
+                None
+            )
+            .verdict,
+            Verdict::Valid
+        );
+        assert_eq!(
+            inspect(&format!("{kid_input}.{sig}"), &f, &[&f.static_keys], None).verdict,
+            Verdict::BadSignature
         );
     }
 }

@@ -4,9 +4,13 @@
 //! with its own algorithm allow-list (the family's list, narrowed to the key's kind and to the
 //! JWK `alg` when present). A key's kind fixes which algorithms may ever use it, so an RSA or
 //! EC public key cannot serve as an HMAC secret. Symmetric (`oct`) keys in a JWKS are ignored:
-//! secrets come only from the config. Limits: at most [`MAX_JWKS_KEYS`] keys per document and
-//! [`MAX_JWKS_BYTES`] bytes; RSA moduli under 2048 bits are refused. Unusable keys are skipped
-//! (counted in the parse result), a document that is not a JWKS is an error.
+//! secrets come only from the config. [`select`] picks the keys for a token: those its `kid`
+//! names, else the keys configured without an id (Approov tokens carry a `kid` once the account
+//! sets one, and are still checked with the one account secret). Limits: at most
+//! [`MAX_JWKS_KEYS`] keys per document and [`MAX_JWKS_BYTES`] bytes; RSA moduli under 2048
+//! bits are refused; at most [`MAX_KEYS_TRIED_WITHOUT_KID`] keys tried when the `kid` does not
+//! decide. Unusable keys are skipped (counted in the parse result), a document that is not a
+//! JWKS is an error.
 
 use std::sync::Arc;
 
@@ -19,7 +23,8 @@ use super::config::Secret;
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Most keys taken from one JWKS document.
 pub const MAX_JWKS_KEYS: usize = 64;
-/// Keys tried for a token without `kid` (each try costs a signature check).
+/// Keys tried for a token whose `kid` names no key, or that has none (each try costs a
+/// signature check).
 pub const MAX_KEYS_TRIED_WITHOUT_KID: usize = 4;
 /// Smallest RSA modulus accepted, in bytes (2048 bits).
 const MIN_RSA_MODULUS_BYTES: usize = 256;
@@ -221,39 +226,45 @@ fn key_algorithm(ka: KeyAlgorithm) -> Option<Algorithm> {
 
 /// Picks the keys that may check a token with `alg` and `kid`, across several sets (the
 /// static keys, then the fetched ones).
+///
+/// A `kid` naming a key selects the keys with that id (`AlgNotAllowed` when none of them may
+/// serve `alg`: a public key's id never lets a token use it as an HMAC secret). A `kid` naming
+/// no key, and a token without `kid`, are checked against the keys configured without an id:
+/// Approov adds a `kid` to every token once the account runs `approov secret -setKeyID`, while
+/// its backends keep verifying with the one account secret. Without `kid` and with no unnamed
+/// key, any key able to serve `alg` is tried. At most [`MAX_KEYS_TRIED_WITHOUT_KID`] keys are
+/// tried when the `kid` does not decide, since the attacker picks the `kid` and each try costs
+/// a signature check.
 pub fn select<'k>(sets: &[&'k KeySet], alg: Algorithm, kid: Option<&str>) -> Selection<'k> {
-    let all = sets.iter().flat_map(|s| s.keys.iter());
-    match kid {
-        Some(kid) => {
-            let named: Vec<&Arc<Key>> = all.filter(|k| k.kid.as_deref() == Some(kid)).collect();
-            if named.is_empty() {
-                return Selection::UnknownKey;
-            }
-            let usable: Vec<&Arc<Key>> = named.into_iter().filter(|k| k.allows(alg)).collect();
-            if usable.is_empty() {
+    let all = || sets.iter().flat_map(|s| s.keys.iter());
+    if let Some(kid) = kid {
+        let mut named = all().filter(|k| k.kid.as_deref() == Some(kid)).peekable();
+        if named.peek().is_some() {
+            let usable: Vec<&Arc<Key>> = named.filter(|k| k.allows(alg)).collect();
+            return if usable.is_empty() {
                 Selection::AlgNotAllowed
             } else {
                 Selection::Keys(usable)
-            }
+            };
         }
-        None => {
-            // Without `kid`, a key published without one is preferred (a family's default
-            // secret); otherwise the first few keys able to serve the algorithm are tried.
-            let usable: Vec<&Arc<Key>> = all.filter(|k| k.allows(alg)).collect();
-            let unnamed: Vec<&Arc<Key>> =
-                usable.iter().copied().filter(|k| k.kid.is_none()).collect();
-            let chosen = if unnamed.is_empty() { usable } else { unnamed };
-            if chosen.is_empty() {
-                Selection::UnknownKey
-            } else {
-                Selection::Keys(
-                    chosen
-                        .into_iter()
-                        .take(MAX_KEYS_TRIED_WITHOUT_KID)
-                        .collect(),
-                )
-            }
-        }
+    }
+    let unnamed: Vec<&Arc<Key>> = all()
+        .filter(|k| k.kid.is_none() && k.allows(alg))
+        .take(MAX_KEYS_TRIED_WITHOUT_KID)
+        .collect();
+    let chosen = match (unnamed.is_empty(), kid) {
+        (false, _) => unnamed,
+        // An unknown `kid` with only named keys: none of them is meant.
+        (true, Some(_)) => return Selection::UnknownKey,
+        (true, None) => all()
+            .filter(|k| k.allows(alg))
+            .take(MAX_KEYS_TRIED_WITHOUT_KID)
+            .collect(),
+    };
+    if chosen.is_empty() {
+        Selection::UnknownKey
+    } else {
+        Selection::Keys(chosen)
     }
 }
 
@@ -313,5 +324,75 @@ mod tests {
             select(&[&jwks], Algorithm::HS256, None),
             Selection::UnknownKey
         ));
+    }
+
+    fn hmac_set(keys: &[(Option<&str>, &[u8])]) -> KeySet {
+        let mut set = KeySet::default();
+        for (kid, secret) in keys {
+            set.push(
+                Key::hmac(
+                    kid.map(str::to_owned),
+                    Secret::new(secret.to_vec()),
+                    &[Algorithm::HS256],
+                )
+                .unwrap(),
+            );
+        }
+        set
+    }
+
+    fn kids(sel: Selection<'_>) -> Option<Vec<Option<String>>> {
+        match sel {
+            Selection::Keys(k) => Some(k.iter().map(|k| k.kid.clone()).collect()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_kid_naming_no_key_falls_back_to_the_unnamed_secret() {
+        // Approov's `approov secret -setKeyID 0001`: tokens say `kid: 0001`, the config holds
+        // the one account secret without an id.
+        let one = hmac_set(&[(None, b"account")]);
+        assert_eq!(
+            kids(select(&[&one], Algorithm::HS256, Some("0001"))),
+            Some(vec![None])
+        );
+        // Named keys and an unnamed one: the named one when the kid says so, else the
+        // unnamed one only.
+        let mixed = hmac_set(&[
+            (Some("k1"), b"one"),
+            (None, b"account"),
+            (Some("k2"), b"two"),
+        ]);
+        assert_eq!(
+            kids(select(&[&mixed], Algorithm::HS256, Some("k2"))),
+            Some(vec![Some("k2".into())])
+        );
+        assert_eq!(
+            kids(select(&[&mixed], Algorithm::HS256, Some("k9"))),
+            Some(vec![None])
+        );
+        // Only named keys: an unknown kid means none of them.
+        let named = hmac_set(&[(Some("k1"), b"one"), (Some("k2"), b"two")]);
+        assert!(matches!(
+            select(&[&named], Algorithm::HS256, Some("k9")),
+            Selection::UnknownKey
+        ));
+        assert_eq!(
+            kids(select(&[&named], Algorithm::HS256, None)),
+            Some(vec![Some("k1".into()), Some("k2".into())])
+        );
+    }
+
+    #[test]
+    fn an_attacker_chosen_kid_costs_a_bounded_number_of_checks() {
+        let secrets: Vec<(Option<&str>, &[u8])> = (0..10).map(|_| (None, &b"s"[..])).collect();
+        let many = hmac_set(&secrets);
+        for kid in [None, Some("whatever")] {
+            match select(&[&many], Algorithm::HS256, kid) {
+                Selection::Keys(k) => assert_eq!(k.len(), MAX_KEYS_TRIED_WITHOUT_KID),
+                _ => panic!("keys expected"),
+            }
+        }
     }
 }
