@@ -9,6 +9,19 @@
 //! Modules are declared in flow order; only [`runtime`] wires stages together.
 #![forbid(unsafe_code)]
 
+// Ground floor: shared vocabulary every stage may use; imports no stage.
+pub mod route;
+
+pub mod redact;
+
+pub mod exposure_class;
+
+pub mod severity;
+
+pub mod object;
+
+pub mod intern;
+
 // Flow order (blank lines keep rustfmt from sorting them).
 pub mod config;
 

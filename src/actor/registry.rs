@@ -15,8 +15,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::capture::Timestamp;
-use crate::output::redact;
-use crate::rules::{Category, Severity};
+use crate::redact;
+use crate::severity::{Category, Severity};
 
 /// Links kept per profile and kind (addresses of a device, devices of a user...).
 const MAX_LINKS: usize = 8;

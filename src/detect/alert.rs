@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::window::Episode;
 use super::{KeyValue, secs_text};
 use crate::capture::Timestamp;
-use crate::output::redact;
+use crate::redact;
 use crate::rules::{
     Category, DetectorKind, EvidenceField, KeyField, Piece, Placeholder, Rule, RuleId, Severity,
 };

@@ -16,7 +16,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::http::{Header, header};
-use crate::output::redact;
+use crate::redact;
 
 /// Largest body scanned.
 const MAX_SCAN_BYTES: usize = 512 * 1024;
@@ -27,57 +27,7 @@ const MAX_NODES: usize = 20_000;
 /// Most distinct sensitive field paths reported per body.
 const MAX_FINDINGS: usize = 64;
 
-/// Kinds of sensitive data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Class {
-    Email,
-    Phone,
-    PaymentCard,
-    Iban,
-    NationalId,
-    DateOfBirth,
-    Geolocation,
-    StreetAddress,
-    PasswordHash,
-    Secret,
-    InternalIp,
-}
-
-impl Class {
-    pub const ALL: [Class; 11] = [
-        Class::Email,
-        Class::Phone,
-        Class::PaymentCard,
-        Class::Iban,
-        Class::NationalId,
-        Class::DateOfBirth,
-        Class::Geolocation,
-        Class::StreetAddress,
-        Class::PasswordHash,
-        Class::Secret,
-        Class::InternalIp,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Email => "email",
-            Class::Phone => "phone",
-            Class::PaymentCard => "payment-card",
-            Class::Iban => "iban",
-            Class::NationalId => "national-id",
-            Class::DateOfBirth => "date-of-birth",
-            Class::Geolocation => "geolocation",
-            Class::StreetAddress => "street-address",
-            Class::PasswordHash => "password-hash",
-            Class::Secret => "secret",
-            Class::InternalIp => "internal-ip",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Class> {
-        Class::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-}
+pub use crate::exposure_class::Class;
 
 /// A sensitive value found: where, what, and a masked sample (never the value).
 #[derive(Clone, Debug, PartialEq, Eq)]

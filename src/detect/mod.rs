@@ -15,7 +15,7 @@
 mod alert;
 pub mod exposure;
 mod extract;
-pub mod intern;
+pub use crate::intern;
 mod inventory;
 mod objects;
 mod publicity;
@@ -258,16 +258,14 @@ impl KeyValue {
         match self {
             KeyValue::Ip(ip) => ip.to_string(),
             KeyValue::Token(t) => t.to_string(),
-            KeyValue::Str(s) if field == KeyField::User => crate::output::redact::identifier(s),
-            KeyValue::Str(s) if field == KeyField::Object => {
-                crate::output::redact::path(s).into_owned()
-            }
+            KeyValue::Str(s) if field == KeyField::User => crate::redact::identifier(s),
+            KeyValue::Str(s) if field == KeyField::Object => crate::redact::path(s).into_owned(),
             KeyValue::Str(s) if field == KeyField::Principal => match s.split_once(':') {
-                Some(("user", u)) => format!("user:{}", crate::output::redact::identifier(u)),
+                Some(("user", u)) => format!("user:{}", crate::redact::identifier(u)),
                 _ => s.to_string(),
             },
             KeyValue::Str(s) => s.to_string(),
-            KeyValue::Username(u) => crate::output::redact::mask(u),
+            KeyValue::Username(u) => crate::redact::mask(u),
             // Callers show tuples part by part (`parts`), each with its own field; this
             // fallback redacts every part as the strictest field would.
             KeyValue::Tuple(v) => v

@@ -362,7 +362,7 @@ fn bola_event(secs: f64, user: &str, path: &str, status: u16) -> Event {
     let mut x = ev(secs, "10.0.0.40");
     x.actor.user = Some(user.into());
     x.actor.device = None;
-    x.route = Some(crate::output::route_of(path).into());
+    x.route = Some(crate::route::route_of(path).into());
     x.object = Some(path.into());
     x.objects = crate::detect::request_objects(path, &[], b"");
     x.status = Some(status);

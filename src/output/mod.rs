@@ -6,7 +6,7 @@
 //! human report. The transaction record never carries header values, bodies or the query
 //! string (tokens travel there); only the path, method, status, sizes and anomalies.
 
-pub mod redact;
+pub use crate::redact;
 pub mod webhook;
 
 use std::io::Write;
@@ -63,59 +63,7 @@ struct TxRecord<'a> {
     content_type: Option<String>,
 }
 
-/// The path part of a request target, without the query string or fragment.
-pub fn path_of(target: &str) -> &str {
-    let end = target.find(['?', '#']).unwrap_or(target.len());
-    &target[..end]
-}
-
-/// Route template of a path: numeric, UUID, long hex and long base64-ish segments become
-/// `{id}` (a placeholder until route learning lands).
-pub fn route_of(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        if is_id_segment(seg) {
-            out.push_str("{id}");
-        } else {
-            out.push_str(seg);
-        }
-    }
-    out
-}
-
-/// A path segment that names an object rather than a resource: numeric, UUID, long hex,
-/// long base64-ish, or personal data (an e-mail address, a card number).
-pub(crate) fn is_id_segment(s: &str) -> bool {
-    if s.is_empty() {
-        return false;
-    }
-    let b = s.as_bytes();
-    if b.iter().all(u8::is_ascii_digit) {
-        return true;
-    }
-    // Personal values used as ids (`/users/jane@example.com`) are ids, and must not reach
-    // routes, which alerts and metrics show.
-    if matches!(redact::kind(s), redact::Kind::Email | redact::Kind::Card) {
-        return true;
-    }
-    let is_uuid = b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                *c == b'-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        });
-    let is_hex = b.len() >= 16 && b.iter().all(u8::is_ascii_hexdigit);
-    let is_b64 = b.len() >= 20
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
-        && b.iter().any(u8::is_ascii_digit);
-    is_uuid || is_hex || is_b64
-}
+pub use crate::route::{path_of, route_of};
 
 fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
@@ -199,7 +147,7 @@ pub struct Summary {
     pub rules_enabled: usize,
     pub reloads: ReloadStats,
     /// Webhook receivers: queued, delivered, retried, failed, still spooled.
-    pub webhooks: Vec<crate::telemetry::metrics::WebhookSnapshot>,
+    pub webhooks: Vec<webhook::WebhookSnapshot>,
     /// The field inventory per route (written with `--inventory-out`, not in the summary).
     #[serde(skip)]
     pub inventory: serde_json::Value,

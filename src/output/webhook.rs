@@ -26,7 +26,17 @@ use serde_json::{Value, json};
 
 use crate::detect::Alert;
 use crate::rules::Severity;
-use crate::telemetry::metrics::WebhookSnapshot;
+
+/// One webhook receiver's counters (the output stage owns them; telemetry reads them).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct WebhookSnapshot {
+    pub receiver: String,
+    pub queued: u64,
+    pub delivered: u64,
+    pub retried: u64,
+    pub failed: u64,
+    pub spool_depth: u64,
+}
 
 /// Most bytes read from the spool for one batch.
 const MAX_BATCH_READ: u64 = 4 << 20;

@@ -93,59 +93,7 @@ impl fmt::Display for RuleId {
     }
 }
 
-/// Alert categories (INTERFACE.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Category {
-    Bot,
-    Scraping,
-    TokenForgery,
-    TokenReplay,
-    TokenBinding,
-    CredentialStuffing,
-    Bola,
-    DataExposure,
-    ProtocolAnomaly,
-}
-
-impl Category {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Bot => "bot",
-            Category::Scraping => "scraping",
-            Category::TokenForgery => "token-forgery",
-            Category::TokenReplay => "token-replay",
-            Category::TokenBinding => "token-binding",
-            Category::CredentialStuffing => "credential-stuffing",
-            Category::Bola => "bola",
-            Category::DataExposure => "data-exposure",
-            Category::ProtocolAnomaly => "protocol-anomaly",
-        }
-    }
-}
-
-/// Alert severities, in increasing order (INTERFACE.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
+pub use crate::severity::{Category, Severity};
 
 /// A property of a request that rules group by or count distinct values of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -256,11 +204,11 @@ pub struct Matcher {
     /// Only requests to (or not to) login routes (`[detect] login_routes`).
     pub login: Option<bool>,
     /// Only requests whose objects relate so to the principal (the worst of them).
-    pub ownership: Option<Vec<crate::detect::Ownership>>,
+    pub ownership: Option<Vec<crate::object::Ownership>>,
     /// Only requests whose 2xx answer carried (or did not) someone else's object.
     pub cross_user: Option<bool>,
     /// Only responses exposing (outside the route's `expose_only`) one of these classes.
-    pub exposed_classes: Option<Vec<crate::detect::exposure::Class>>,
+    pub exposed_classes: Option<Vec<crate::exposure_class::Class>>,
     /// Only responses carrying at least this many records (the longest JSON array).
     pub min_records: Option<u32>,
     /// Only responses exposing (or not) a class the rule files deny everywhere
@@ -489,7 +437,7 @@ pub struct PinnedRoute {
 /// What a pinned route found in a path.
 pub struct PinnedMatch {
     /// The object the owner parameter names, whose owner is the user with that id.
-    pub owner: Option<crate::detect::ObjectRef>,
+    pub owner: Option<crate::object::ObjectRef>,
 }
 
 impl PinnedRoute {
@@ -513,7 +461,7 @@ impl PinnedRoute {
         Some(PinnedMatch {
             owner: self.owner.as_ref().and_then(|(i, c)| {
                 let id = path.split('/').filter(|s| !s.is_empty()).nth(*i)?;
-                Some(crate::detect::ObjectRef {
+                Some(crate::object::ObjectRef {
                     collection: c.clone(),
                     id: Arc::from(id),
                 })
@@ -530,7 +478,7 @@ pub struct RuleSet {
     pub routes: Vec<PinnedRoute>,
     /// Data classes declared (`deny_classes`, across files) never to leave; `None` when no
     /// file declares any (see [`RuleSet::denied`]).
-    pub deny_classes: Option<Vec<crate::detect::exposure::Class>>,
+    pub deny_classes: Option<Vec<crate::exposure_class::Class>>,
     pub disabled: Vec<RuleId>,
     pub tests: Vec<RuleTest>,
     /// Where the set came from: `built-in` or the folder.
@@ -541,8 +489,8 @@ pub struct RuleSet {
 impl RuleSet {
     /// Classes that are exposure wherever they appear, even in fields a route's
     /// `expose_only` lists: the declared `deny_classes`, else password hashes and secrets.
-    pub fn denied(&self) -> Vec<crate::detect::exposure::Class> {
-        use crate::detect::exposure::Class;
+    pub fn denied(&self) -> Vec<crate::exposure_class::Class> {
+        use crate::exposure_class::Class;
         self.deny_classes
             .clone()
             .unwrap_or_else(|| vec![Class::PasswordHash, Class::Secret])

@@ -385,17 +385,17 @@ pub(super) fn classes(
     ctx: &mut Ctx<'_>,
     key: &str,
     names: &[S<String>],
-) -> Vec<crate::detect::exposure::Class> {
+) -> Vec<crate::exposure_class::Class> {
     let mut v = Vec::new();
     for s in names {
-        match crate::detect::exposure::Class::from_name(&s.value) {
+        match crate::exposure_class::Class::from_name(&s.value) {
             Some(c) => v.push(c),
             None => ctx.error(
                 s.referenced,
                 format!(
                     "{key}: unknown class `{}`; expected one of {}",
                     s.value,
-                    crate::detect::exposure::Class::ALL
+                    crate::exposure_class::Class::ALL
                         .map(|c| c.as_str())
                         .join(", ")
                 ),
@@ -560,7 +560,7 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     if let Some(os) = &m.ownership {
         let mut v = Vec::new();
         for s in &os.value {
-            match crate::detect::Ownership::from_name(&s.value) {
+            match crate::object::Ownership::from_name(&s.value) {
                 Some(o) => v.push(o),
                 None => ctx.error(
                     s.referenced,
@@ -967,8 +967,8 @@ pub(super) fn compile_route(ctx: &mut Ctx<'_>, r: RawRoute) -> Option<super::Pin
                     .rev()
                     .find_map(|s| s.as_deref())
                     .map_or_else(
-                        || crate::detect::objects_collection(name),
-                        crate::detect::objects_collection,
+                        || crate::object::collection(name),
+                        crate::object::collection,
                     );
                 Some((*i, coll))
             }

@@ -76,7 +76,7 @@ fn test_event(tx: &TestTransaction) -> Event {
             .host
             .as_deref()
             .map(|h| Arc::from(h.to_ascii_lowercase())),
-        route: Some(Arc::from(crate::output::route_of(crate::output::path_of(
+        route: Some(Arc::from(crate::route::route_of(crate::route::path_of(
             &tx.path,
         )))),
         endpoint: None,
@@ -87,9 +87,9 @@ fn test_event(tx: &TestTransaction) -> Event {
         verdict,
         token: tx.token.as_deref().map(TokenHash::of),
         expired_for: tx.expired_for_secs,
-        object: Some(Arc::from(&*crate::output::redact::path(
-            crate::output::path_of(&tx.path),
-        ))),
+        object: Some(Arc::from(&*crate::redact::path(crate::route::path_of(
+            &tx.path,
+        )))),
         number: crate::detect::object_number(&tx.path),
         username: tx.username.as_deref().map(Arc::from),
         objects: crate::detect::request_objects(&tx.path, &[], b""),
@@ -122,7 +122,7 @@ fn test_event(tx: &TestTransaction) -> Event {
         login: tx.login.unwrap_or_else(|| {
             crate::detect::LoginConfig::default()
                 .routes
-                .is_match(&crate::output::route_of(crate::output::path_of(&tx.path)))
+                .is_match(&crate::route::route_of(crate::route::path_of(&tx.path)))
         }),
     }
 }

@@ -463,7 +463,7 @@ struct HttpHandler {
     /// Packet-to-transaction latency, microseconds.
     latency_us: Option<Histogram<u64>>,
     /// Routes and hosts, shared rather than allocated per transaction.
-    names: crate::detect::intern::Interner,
+    names: crate::intern::Interner,
 }
 
 impl HttpHandler {
@@ -554,7 +554,7 @@ fn http_dir(d: Direction) -> Dir {
 /// What detection sees of a transaction that has a request.
 #[allow(clippy::too_many_arguments)]
 fn event(
-    names: &mut crate::detect::intern::Interner,
+    names: &mut crate::intern::Interner,
     attribution: &Attribution,
     login: &LoginConfig,
     scan_responses: bool,
@@ -595,7 +595,7 @@ fn event(
             .filter(|a| a.verdict == Verdict::Expired)
             .and_then(|a| a.exp)
             .map(|exp| (now - exp).max(0.0)),
-        object: Some(Arc::from(&*crate::output::redact::path(path))),
+        object: Some(Arc::from(&*crate::redact::path(path))),
         number: object_number(&req.target),
         username: login_username(login, route, &req.headers, &req.body.data),
         login: login.routes.is_match(route),

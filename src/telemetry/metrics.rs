@@ -115,16 +115,7 @@ pub struct DetectSnapshot {
     pub rules: Vec<(String, &'static str, &'static str)>,
 }
 
-/// One webhook receiver's counters.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct WebhookSnapshot {
-    pub receiver: String,
-    pub queued: u64,
-    pub delivered: u64,
-    pub retried: u64,
-    pub failed: u64,
-    pub spool_depth: u64,
-}
+pub use crate::output::webhook::WebhookSnapshot;
 
 type Source<T> = Box<dyn Fn() -> T + Send + Sync>;
 

@@ -7,7 +7,6 @@
 //! Every error names the key it is about, e.g. `attestation[0].secret_base64: not valid base64`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -160,24 +159,7 @@ impl OneOrMany {
     }
 }
 
-/// Key material that must never be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: Vec<u8>) -> Secret {
-        Secret(bytes)
-    }
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
-    }
-}
+pub use super::keys::Secret;
 
 /// What to do with a token that has no `pay` claim while binding is configured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

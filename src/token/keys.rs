@@ -12,12 +12,30 @@
 //! decide. Unusable keys are skipped (counted in the parse result), a document that is not a
 //! JWKS is an error.
 
+use std::fmt;
 use std::sync::Arc;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 
-use super::config::Secret;
+/// Key material that must never be printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Secret {
+        Secret(bytes)
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
+}
 
 /// Largest JWKS document read (file or HTTPS body).
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;

@@ -148,35 +148,7 @@ impl Serialize for BindingState {
     }
 }
 
-/// The first 48 bits of a token's SHA-256, shown as 12 hex digits: enough to correlate
-/// requests, useless for replaying the token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TokenHash([u8; 6]);
-
-impl TokenHash {
-    fn of_digest(d: &[u8; 32]) -> TokenHash {
-        let mut h = [0u8; 6];
-        h.copy_from_slice(&d[..6]);
-        TokenHash(h)
-    }
-
-    /// The hash of `token` as it would be shown.
-    pub fn of(token: &str) -> TokenHash {
-        TokenHash::of_digest(&sha256(token.as_bytes()))
-    }
-}
-
-impl fmt::Display for TokenHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl Serialize for TokenHash {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+pub use crate::redact::TokenHash;
 
 /// The attestation judgement on one request.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,59 @@
+//! Route templating: a request path becomes the route every stage names it by
+//! (`/api/v1/users/1001/orders` → `/api/v1/users/{id}/orders`). Ids, and personal values
+//! used as ids, never reach a route, which alerts and metrics show.
+
+use crate::redact;
+
+/// The path part of a request target, without the query string or fragment.
+pub fn path_of(target: &str) -> &str {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    &target[..end]
+}
+
+/// Route template of a path: numeric, UUID, long hex and long base64-ish segments become
+/// `{id}` (a placeholder until route learning lands).
+pub fn route_of(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if is_id_segment(seg) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+/// A path segment that names an object rather than a resource: numeric, UUID, long hex,
+/// long base64-ish, or personal data (an e-mail address, a card number).
+pub fn is_id_segment(s: &str) -> bool {
+    if s.is_empty() {
+        return false;
+    }
+    let b = s.as_bytes();
+    if b.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    // Personal values used as ids (`/users/jane@example.com`) are ids, and must not reach
+    // routes, which alerts and metrics show.
+    if matches!(redact::kind(s), redact::Kind::Email | redact::Kind::Card) {
+        return true;
+    }
+    let is_uuid = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    let is_hex = b.len() >= 16 && b.iter().all(u8::is_ascii_hexdigit);
+    let is_b64 = b.len() >= 20
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+        && b.iter().any(u8::is_ascii_digit);
+    is_uuid || is_hex || is_b64
+}
