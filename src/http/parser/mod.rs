@@ -20,6 +20,12 @@
 //! of the connection's typical size (all of them before a size is known); a request given
 //! up at a queue cap leaves its answer owed, so it pairs with nothing instead of shifting
 //! later pairs.
+//!
+//! Layout: this file has the public API, the types both directions share and the
+//! per-direction state machine (`Side`) with the connection that drives it
+//! ([`HttpConn`]); `head` parses heads and trailers, `framing` delimits bodies and decodes
+//! them, `pairing` queues requests and pairs them with responses, `resync` finds message
+//! starts after damage, and `tests` exercises it all.
 use std::collections::{BTreeMap, VecDeque};
 use std::mem::MaybeUninit;
 
@@ -61,23 +67,7 @@ const KEEP_BUF_CAPACITY: usize = 16 * 1024;
 /// Longest start line a resync candidate may have (servers reject longer request lines:
 /// nginx and Apache at about 8 KiB). Also half the most a resync keeps of a line.
 const MAX_RESYNC_START_LINE: usize = 8 * 1024;
-
-/// Methods a resync accepts as a message start. Normal parsing accepts any token.
-const RESYNC_METHODS: &[&[u8]] = &[
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"PATCH ",
-    b"HEAD ",
-    b"OPTIONS ",
-    b"CONNECT ",
-    b"TRACE ",
-];
 const STATUS_LINE_PREFIX: &[u8] = b"HTTP/1.";
-
-/// A byte search over a haystack (memchr family).
-type Finder = fn(&[u8]) -> Option<usize>;
 
 /// Per-worker HTTP counters (summary JSON `http`).
 #[derive(Clone, Debug, Default, serde::Serialize)]

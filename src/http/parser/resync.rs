@@ -4,6 +4,22 @@
 
 use super::*;
 
+/// Methods a resync accepts as a message start. Normal parsing accepts any token.
+pub(super) const RESYNC_METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"PATCH ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// A byte search over a haystack (memchr family).
+pub(super) type Finder = fn(&[u8]) -> Option<usize>;
+
 /// Whether bytes look like the start of a message head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Probe {
