@@ -89,9 +89,8 @@ impl Lab {
     }
 }
 
-/// Clients and server joined by a veth pair, the server side mirrored to a monitor
-/// namespace, as in the module doc.
-fn mirror_lab(tag: &str) -> Lab {
+/// A lab's three namespaces (client, server, monitor), fresh, each with its loopback up.
+fn namespaces(tag: &str) -> Lab {
     let id = format!("{}{tag}", std::process::id() % 100_000);
     let mut lab = Lab {
         names: Vec::new(),
@@ -104,6 +103,13 @@ fn mirror_lab(tag: &str) -> Lab {
         lab.names.push(n.clone());
         ns(&n, &["ip", "link", "set", "lo", "up"]);
     }
+    lab
+}
+
+/// Clients and server joined by a veth pair, the server side mirrored to a monitor
+/// namespace, as in the module doc.
+fn mirror_lab(tag: &str) -> Lab {
+    let lab = namespaces(tag);
     let (c, s, m) = (lab.ns("c"), lab.ns("s"), lab.ns("m"));
     let (vc, vs, vm, vo) = (lab.dev("vc"), lab.dev("vs"), lab.dev("vm"), lab.dev("vo"));
     run(&[
@@ -622,18 +628,7 @@ fn tcpreplay_at_top_speed_is_counted_received_processed_and_dropped() {
 /// one monitor interface (`voa`), the server-to-client direction to another (`vob`), and
 /// both to a third (`voc`) as a SPAN port would, for the reference run.
 fn split_tap_lab(tag: &str) -> Lab {
-    let id = format!("{}{tag}", std::process::id() % 100_000);
-    let mut lab = Lab {
-        names: Vec::new(),
-        id,
-    };
-    for role in ["c", "s", "m"] {
-        let n = lab.ns(role);
-        let _ = Command::new("ip").args(["netns", "del", &n]).status();
-        run(&["ip", "netns", "add", &n]);
-        lab.names.push(n.clone());
-        ns(&n, &["ip", "link", "set", "lo", "up"]);
-    }
+    let lab = namespaces(tag);
     let (c, s, m) = (lab.ns("c"), lab.ns("s"), lab.ns("m"));
     let (vc, vs) = (lab.dev("vc"), lab.dev("vs"));
     run(&[

@@ -130,6 +130,16 @@ fn be32(d: &[u8], at: usize, layer: Layer) -> Result<u32, DecodeError> {
     }
 }
 
+/// The first `n` bytes of `d`: a header of that size, or truncated.
+fn head(d: &[u8], n: usize, layer: Layer) -> Result<&[u8], DecodeError> {
+    d.get(..n).ok_or(DecodeError::Truncated {
+        layer,
+        offset: 0,
+        need: n,
+        have: d.len(),
+    })
+}
+
 fn tail(d: &[u8], from: usize, layer: Layer) -> Result<&[u8], DecodeError> {
     d.get(from..).ok_or(DecodeError::Truncated {
         layer,
@@ -288,24 +298,12 @@ impl Walker {
             }
             LinkType::LinuxSll2 => {
                 let proto = be16(d, 0, Layer::Link)?;
-                if d.len() < 20 {
-                    return Err(DecodeError::Truncated {
-                        layer: Layer::Link,
-                        offset: 0,
-                        need: 20,
-                        have: d.len(),
-                    });
-                }
+                head(d, 20, Layer::Link)?;
                 self.ethertype(proto, tail(d, 20, Layer::Link)?, t, 0, ts)
             }
             LinkType::RawIp => self.ip(d, t, 0, ts),
             LinkType::Null | LinkType::Loop => {
-                let b = d.get(..4).ok_or(DecodeError::Truncated {
-                    layer: Layer::Link,
-                    offset: 0,
-                    need: 4,
-                    have: d.len(),
-                })?;
+                let b = head(d, 4, Layer::Link)?;
                 let be = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
                 let le = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 // AF_INET is 2 everywhere; AF_INET6 is 24 (NetBSD/OpenBSD), 28 (FreeBSD),
@@ -389,13 +387,8 @@ impl Walker {
         depth: usize,
         ts: Timestamp,
     ) -> Result<Step<'a>, DecodeError> {
-        let head = d.get(..6).ok_or(DecodeError::Truncated {
-            layer: Layer::Pppoe,
-            offset: 0,
-            need: 6,
-            have: d.len(),
-        })?;
-        if head[0] != 0x11 || head[1] != 0 {
+        let h = head(d, 6, Layer::Pppoe)?;
+        if h[0] != 0x11 || h[1] != 0 {
             return Err(DecodeError::Malformed {
                 layer: Layer::Pppoe,
                 reason: "PPPoE session header is not version 1, type 1, code 0",
@@ -403,7 +396,7 @@ impl Walker {
         }
         // The length counts the PPP frame; whatever follows it is Ethernet padding. A
         // length past the captured bytes is a snaplen cut: IP's own length says the rest.
-        let len = usize::from(u16::from_be_bytes([head[4], head[5]]));
+        let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
         let ppp = tail(d, 6, Layer::Pppoe)?;
         let ppp = ppp.get(..len).unwrap_or(ppp);
         let (proto, at) = match ppp.first() {
