@@ -78,12 +78,18 @@ pub fn shared_cacheable(headers: &[Header]) -> bool {
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("cache-control"))
     {
-        for d in String::from_utf8_lossy(&h.value[..]).split(',') {
-            let name = d.split('=').next().unwrap_or_default().trim();
-            if name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store") {
+        // Directive names are ASCII tokens: compared as bytes, nothing allocated.
+        for d in h.value[..].split(|b| *b == b',') {
+            let name = d
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            if name.eq_ignore_ascii_case(b"private") || name.eq_ignore_ascii_case(b"no-store") {
                 return false;
             }
-            public |= name.eq_ignore_ascii_case("public") || name.eq_ignore_ascii_case("s-maxage");
+            public |=
+                name.eq_ignore_ascii_case(b"public") || name.eq_ignore_ascii_case(b"s-maxage");
         }
     }
     public

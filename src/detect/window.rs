@@ -351,6 +351,15 @@ enum Track {
     },
 }
 
+/// Adds a request to an episode, first noting (concurrent detectors over addresses) the
+/// address the key was first seen at, so the episode can tell the holder from a copy.
+fn record(ep: &mut Episode, track: &Track, window_ns: u64, ev: &Event, evidence: &[EvidenceField]) {
+    if let Some(origin) = track.origin(ev.ts.0.saturating_sub(window_ns)) {
+        ep.origin = Some(origin);
+    }
+    ep.add(ev, evidence);
+}
+
 impl Track {
     /// Concurrent detectors over addresses: the address the key was first seen at among
     /// those seen since `since` (ns): the genuine holder's, the copies came later.
@@ -526,12 +535,8 @@ impl KeyState {
                 *count += 1;
                 *fired = true;
             }
-            let origin = self.track.origin(ev.ts.0.saturating_sub(self.window_ns));
             let pending = self.pending.get_or_insert_with(|| Episode::new(ev.ts));
-            if origin.is_some() {
-                pending.origin = origin;
-            }
-            pending.add(ev, &rule.evidence);
+            record(pending, &self.track, self.window_ns, ev, &rule.evidence);
             stats.aggregated_events += 1;
             return None;
         }
@@ -768,12 +773,8 @@ impl KeyState {
             // Kinds and tracks are built together; a mismatch cannot happen.
             _ => return None,
         }
-        let origin = self.track.origin(ev.ts.0.saturating_sub(self.window_ns));
         let episode = self.episode.get_or_insert_with(|| Episode::new(ev.ts));
-        if origin.is_some() {
-            episode.origin = origin;
-        }
-        episode.add(ev, &rule.evidence);
+        record(episode, &self.track, self.window_ns, ev, &rule.evidence);
         match extra {
             Extra::Nothing => {}
             Extra::Share(h, n) => episode.share = Some((h, n)),
