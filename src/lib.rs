@@ -22,6 +22,8 @@ pub mod object;
 
 pub mod intern;
 
+pub mod budget;
+
 // Flow order (blank lines keep rustfmt from sorting them).
 pub mod config;
 

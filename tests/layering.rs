@@ -16,6 +16,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("severity", 0),
     ("object", 0),
     ("intern", 0),
+    ("budget", 0),
     // 1 parsers.
     ("capture", 1),
     ("decode", 1),

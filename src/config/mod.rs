@@ -42,6 +42,9 @@ pub struct RuntimeConfig {
     pub queue_batches: usize,
     /// Connections tracked across all workers (split evenly between them).
     pub max_flows: usize,
+    /// Memory for everything that grows with traffic (`memory_budget_mib`), split into a
+    /// share per table.
+    pub budget: crate::budget::Budget,
 }
 
 impl Default for RuntimeConfig {
@@ -50,6 +53,7 @@ impl Default for RuntimeConfig {
             workers: None,
             queue_batches: 64,
             max_flows: 1_000_000,
+            budget: crate::budget::Budget::default(),
         }
     }
 }
@@ -215,6 +219,7 @@ struct RawRuntime {
     workers: Option<usize>,
     queue_batches: Option<usize>,
     max_flows: Option<usize>,
+    memory_budget_mib: Option<usize>,
 }
 
 impl Config {
@@ -405,6 +410,15 @@ impl Config {
             c.runtime.queue_batches,
         )?;
         c.runtime.max_flows = positive("runtime.max_flows", rt.max_flows, c.runtime.max_flows)?;
+        if let Some(m) = rt.memory_budget_mib {
+            if !(crate::budget::MIN_MIB..=1 << 20).contains(&m) {
+                return Err(err(
+                    "runtime.memory_budget_mib",
+                    &format!("expected {} to 1048576", crate::budget::MIN_MIB),
+                ));
+            }
+            c.runtime.budget = crate::budget::Budget::mib(m);
+        }
 
         c.token = TokenConfig::from_raw(&raw.attestation, raw.identity.as_ref()).map_err(|m| {
             // Token messages start with the key path (`attestation[0].secret_base64: ...`).

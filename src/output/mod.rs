@@ -148,6 +148,8 @@ pub struct Summary {
     pub reloads: ReloadStats,
     /// Webhook receivers: queued, delivered, retried, failed, still spooled.
     pub webhooks: Vec<webhook::WebhookSnapshot>,
+    /// The memory budget: bytes accounted and evictions per table.
+    pub memory: crate::budget::MemoryReport,
     /// The field inventory per route (written with `--inventory-out`, not in the summary).
     #[serde(skip)]
     pub inventory: serde_json::Value,

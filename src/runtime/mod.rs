@@ -1066,6 +1066,7 @@ pub fn replay(
     let side = dispatcher.finish();
     let mut summary = Summary {
         workers,
+        memory: crate::budget::MemoryReport::new(cfg.runtime.budget),
         ..Summary::default()
     };
     pipeline.join(&mut summary)?;
@@ -1143,6 +1144,7 @@ pub fn run_live(
     }
     let mut summary = Summary {
         workers,
+        memory: crate::budget::MemoryReport::new(cfg.runtime.budget),
         ..Summary::default()
     };
     let mut first_error = None;
