@@ -82,10 +82,10 @@ impl Table {
             Table::Http => 100,
             Table::Tokens => 40,
             Table::Ordering => 80,
-            Table::Keys => 300,
+            Table::Keys => 280,
             Table::Actors => 60,
             Table::Objects => 80,
-            Table::Baselines => 20,
+            Table::Baselines => 40,
             Table::Inventory => 20,
             Table::Shared => 20,
         }

@@ -185,6 +185,13 @@ pub(crate) fn oldest_tenth<K: Ord>(mut ages: Vec<(Timestamp, K)>) -> Vec<K> {
 }
 
 impl Registry {
+    /// Bytes one profile costs, typically: its table slot, links half full, and the id
+    /// string (devices and users).
+    pub const PROFILE_BYTES: usize = std::mem::size_of::<(Arc<str>, Profile)>()
+        + 1
+        + MAX_LINKS / 2 * (std::mem::size_of::<IpAddr>() + 2 * std::mem::size_of::<Arc<str>>())
+        + 48;
+
     pub fn new(max_actors: usize) -> Registry {
         Registry {
             max: max_actors.max(1),

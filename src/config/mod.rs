@@ -618,6 +618,7 @@ impl Config {
                 )?,
             });
         }
+        c.detect.budget = c.runtime.budget;
         Ok(c)
     }
 }

@@ -26,14 +26,43 @@ struct Route {
     fields_over_cap: u64,
 }
 
+/// Bytes one field path costs (its tree node, path text and class counts, typically).
+pub const FIELD_BYTES: usize = 160;
+
 /// The inventory of every route seen.
-#[derive(Default)]
 pub struct Inventory {
     routes: BTreeMap<String, Route>,
     routes_over_cap: u64,
+    /// Field paths held over all routes, and the most allowed (the memory budget).
+    fields: usize,
+    max_fields: usize,
+}
+
+impl Default for Inventory {
+    fn default() -> Self {
+        Inventory::with_limit(MAX_ROUTES * MAX_FIELDS)
+    }
 }
 
 impl Inventory {
+    /// At most `max_fields` field paths over all routes.
+    pub fn with_limit(max_fields: usize) -> Inventory {
+        Inventory {
+            routes: BTreeMap::new(),
+            routes_over_cap: 0,
+            fields: 0,
+            max_fields: max_fields.max(1),
+        }
+    }
+
+    /// (bytes held, field paths held).
+    pub fn usage(&self) -> (usize, usize) {
+        (
+            self.routes.len() * FIELD_BYTES + self.fields * FIELD_BYTES,
+            self.fields,
+        )
+    }
+
     pub fn add(&mut self, method: &str, route: &str, scan: &Scan) {
         let key = format!("{method} {route}");
         if !self.routes.contains_key(&key) && self.routes.len() >= MAX_ROUTES {
@@ -43,19 +72,20 @@ impl Inventory {
         let r = self.routes.entry(key).or_default();
         r.responses += 1;
         for f in scan.fields.split('\n').filter(|f| !f.is_empty()) {
-            if !r.fields.contains_key(f) && r.fields.len() >= MAX_FIELDS {
+            if let Some(x) = r.fields.get_mut(f) {
+                x.seen += 1;
+            } else if r.fields.len() >= MAX_FIELDS || self.fields >= self.max_fields {
                 r.fields_over_cap += 1;
-                continue;
-            }
-            match r.fields.get_mut(f) {
-                Some(x) => x.seen += 1,
-                None => r.fields.entry(f.to_string()).or_default().seen += 1,
+            } else {
+                self.fields += 1;
+                r.fields.entry(f.to_string()).or_default().seen += 1;
             }
         }
         for fi in &scan.findings {
             if let Some(field) = r.fields.get_mut(&*fi.path) {
                 *field.classes.entry(fi.class.as_str()).or_default() += 1;
-            } else if r.fields.len() < MAX_FIELDS {
+            } else if r.fields.len() < MAX_FIELDS && self.fields < self.max_fields {
+                self.fields += 1;
                 let field = r.fields.entry(fi.path.to_string()).or_default();
                 field.seen += 1;
                 *field.classes.entry(fi.class.as_str()).or_default() += 1;

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use crate::actor::Actor;
 use crate::actor::registry::{ActorSummary, Registry};
+use crate::budget::{Budget, Table, Usage};
 use crate::capture::Timestamp;
 use crate::rules::{DetectorKind, KeyField, Matcher, Rule, RuleId, RuleSet};
 use crate::token::{TokenHash, Verdict};
@@ -105,6 +106,22 @@ pub struct Event {
 }
 
 impl Event {
+    /// Bytes the event holds (inline and what it alone owns on the heap, approximately):
+    /// what the ordering buffer charges to the memory budget while it waits.
+    pub fn bytes(&self) -> usize {
+        use std::mem::size_of;
+        let scan = self.exposure.as_deref().map_or(0, |s| {
+            size_of::<exposure::Scan>()
+                + s.findings.capacity() * size_of::<exposure::Finding>()
+                + s.fields.capacity()
+        });
+        size_of::<Event>()
+            + (self.objects.capacity() + self.returned.capacity() + self.foreign.capacity())
+                * size_of::<ObjectRef>()
+            + self.exposed.capacity() * size_of::<exposure::Finding>()
+            + scan
+    }
+
     /// Who acts: the user when known, else the device, else the address.
     pub fn principal(&self) -> String {
         match (&self.actor.user, &self.actor.device) {
@@ -297,6 +314,13 @@ pub struct DetectStats {
     /// Matching requests folded into an open aggregate instead of alerting.
     pub aggregated_events: u64,
     pub keys_evicted: u64,
+    /// Of `keys_evicted`, keys evicted (least recently seen first) because a rule reached
+    /// `max_keys_per_rule` or the keys reached their share of the memory budget; the rest
+    /// were idle.
+    pub keys_evicted_full: u64,
+    /// Times the keys reached their share of the memory budget (the largest rule then
+    /// gave up its least recently seen tenth).
+    pub keys_over_budget: u64,
     /// Times a rule reached `max_keys_per_rule` and its least recently seen tenth of keys
     /// was evicted to make room (counted in `keys_evicted`).
     pub keys_over_cap: u64,
@@ -330,7 +354,9 @@ impl DetectStats {
         self.follow_up_alerts += o.follow_up_alerts;
         self.aggregated_events += o.aggregated_events;
         self.keys_evicted += o.keys_evicted;
+        self.keys_evicted_full += o.keys_evicted_full;
         self.keys_over_cap += o.keys_over_cap;
+        self.keys_over_budget += o.keys_over_budget;
         self.baseline_samples += o.baseline_samples;
         self.objects_tracked += o.objects_tracked;
         self.objects_evicted += o.objects_evicted;
@@ -368,6 +394,9 @@ pub struct DetectConfig {
     /// Shared addresses: how many attested devices behind one address make it shared,
     /// over what window, and how many addresses are tracked.
     pub shared: shared::SharedConfig,
+    /// The memory budget (`[runtime] memory_budget_mib`): keys, actors, objects, baselines,
+    /// the inventory and shared addresses each stay within their share.
+    pub budget: Budget,
 }
 
 impl Default for DetectConfig {
@@ -380,6 +409,7 @@ impl Default for DetectConfig {
             scan_responses: true,
             refresh_grace: Duration::from_secs(60),
             shared: shared::SharedConfig::default(),
+            budget: Budget::default(),
         }
     }
 }
@@ -387,8 +417,33 @@ impl Default for DetectConfig {
 struct RuleState {
     rule: Arc<Rule>,
     keys: hashbrown::HashMap<KeyValue, KeyState, foldhash::fast::RandomState>,
+    /// Bytes the keys hold beyond their table slots (tuples, windows, episodes).
+    heap: usize,
     /// Baseline detectors: per endpoint, the per-key request counts of closed windows.
     baselines: Baselines,
+    /// Bytes the baselines hold.
+    baseline_bytes: usize,
+}
+
+/// A key table slot: the key and its state inline, a control byte, at 7/8 load.
+const KEY_SLOT_BYTES: usize = (std::mem::size_of::<(KeyValue, KeyState)>() + 1) * 8 / 7;
+
+/// What a key owns beyond its slot: a tuple's parts (strings are shared, not counted).
+fn key_heap(k: &KeyValue) -> usize {
+    match k {
+        KeyValue::Tuple(parts) => 16 + parts.len() * std::mem::size_of::<KeyValue>(),
+        _ => 0,
+    }
+}
+
+/// What one key costs beyond its slot.
+fn key_extra(k: &KeyValue, ks: &KeyState) -> usize {
+    key_heap(k) + ks.bytes() - std::mem::size_of::<KeyState>()
+}
+
+/// Bytes of one learned baseline: its slot and the histogram's counts.
+fn baseline_bytes(h: &Histogram<u64>) -> usize {
+    std::mem::size_of::<(KeyValue, Histogram<u64>)>() + 1 + h.distinct_values() * 8
 }
 
 type Baselines = HashMap<KeyValue, Histogram<u64>, foldhash::fast::RandomState>;
@@ -398,8 +453,14 @@ impl RuleState {
         RuleState {
             rule,
             keys: hashbrown::HashMap::default(),
+            heap: 0,
             baselines: HashMap::default(),
+            baseline_bytes: 0,
         }
+    }
+
+    fn bytes(&self) -> usize {
+        self.keys.len() * KEY_SLOT_BYTES + self.heap
     }
 }
 
@@ -407,11 +468,21 @@ impl RuleState {
 /// fewer; the cap holds against route-explosion traffic).
 const MAX_BASELINES: usize = 4096;
 
-fn learn(baselines: &mut Baselines, s: Sample, stats: &mut DetectStats) {
-    if !baselines.contains_key(&s.endpoint) && baselines.len() >= MAX_BASELINES {
+/// Learns a closed window's sample. New endpoints are refused (counted) at the rule's cap
+/// or when baselines reach `room` bytes: routes are templated, so the endpoints learned
+/// first are the API's, and a later flood of invented ones must not push them out.
+fn learn(
+    baselines: &mut Baselines,
+    bytes: &mut usize,
+    room: bool,
+    s: Sample,
+    stats: &mut DetectStats,
+) {
+    if !baselines.contains_key(&s.endpoint) && (baselines.len() >= MAX_BASELINES || !room) {
         stats.baselines_over_cap += 1;
         return;
     }
+    let mut fresh = false;
     let h = match baselines.entry(s.endpoint) {
         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::hash_map::Entry::Vacant(v) => {
@@ -419,11 +490,15 @@ fn learn(baselines: &mut Baselines, s: Sample, stats: &mut DetectStats) {
             // learned (well under a KiB for typical counts), not the whole range, since a
             // rule may learn thousands of endpoints.
             match Histogram::new(2) {
-                Ok(h) => v.insert(h),
+                Ok(h) => {
+                    fresh = true;
+                    v.insert(h)
+                }
                 Err(_) => return,
             }
         }
     };
+    let before = if fresh { 0 } else { baseline_bytes(h) };
     // Counts up to a million per window; body sizes up to 4 GiB.
     let high = if s.wide {
         u64::from(u32::MAX)
@@ -431,6 +506,7 @@ fn learn(baselines: &mut Baselines, s: Sample, stats: &mut DetectStats) {
         1_000_000
     };
     h.saturating_record(u64::from(s.count).min(high));
+    *bytes = (*bytes + baseline_bytes(h)).saturating_sub(before);
     stats.baseline_samples += 1;
 }
 
@@ -451,20 +527,45 @@ pub struct Engine {
     stats: DetectStats,
     next_sweep: Timestamp,
     now: Timestamp,
+    /// Shares of the memory budget: per-rule keys together, baselines together.
+    keys_limit: usize,
+    baselines_limit: usize,
 }
 
 impl Engine {
     pub fn new(cfg: DetectConfig, set: &RuleSet) -> Engine {
+        let b = cfg.budget;
+        // Tables of fixed-size entries hold at most their share's worth of entries.
+        let fits = |t: Table, entry: usize| (b.share(t) / entry.max(1)).max(1);
         let mut e = Engine {
-            registry: Registry::new(cfg.max_actors),
-            owners: objects::Owners::new(cfg.owners.clone()),
+            // Addresses, devices and users: a third of the share each.
+            registry: Registry::new(
+                cfg.max_actors
+                    .min(fits(Table::Actors, 3 * Registry::PROFILE_BYTES)),
+            ),
+            owners: objects::Owners::new(OwnersConfig {
+                max_objects: cfg
+                    .owners
+                    .max_objects
+                    .min(fits(Table::Objects, objects::ENTRY_BYTES)),
+                ..cfg.owners.clone()
+            }),
             shared: shared::SharedAddresses::new(shared::SharedConfig {
-                max_addresses: cfg.max_actors,
+                max_addresses: cfg
+                    .max_actors
+                    .min(fits(Table::Shared, shared::ADDRESS_BYTES)),
                 ..cfg.shared.clone()
             }),
-            public_fields: publicity::PublicFields::default(),
+            keys_limit: b.share(Table::Keys),
+            baselines_limit: b.share(Table::Baselines),
+            // The inventory's share: half the route inventory, half public-field learning.
+            public_fields: publicity::PublicFields::with_limit(
+                b.share(Table::Inventory) / 2 / publicity::FIELD_BYTES,
+            ),
             routes: Vec::new(),
-            inventory: inventory::Inventory::default(),
+            inventory: inventory::Inventory::with_limit(
+                b.share(Table::Inventory) / 2 / inventory::FIELD_BYTES,
+            ),
             names: intern::Interner::default(),
             deny: Vec::new(),
             cfg,
@@ -681,6 +782,89 @@ impl Engine {
         (sizes.clone().sum(), sizes.max().unwrap_or(0))
     }
 
+    /// Bytes the rules' keys hold.
+    fn keys_bytes(&self) -> usize {
+        self.rules.iter().map(RuleState::bytes).sum()
+    }
+
+    /// Baselines may learn new endpoints: they are within their share.
+    fn baseline_room(&self) -> bool {
+        self.rules.iter().map(|r| r.baseline_bytes).sum::<usize>() < self.baselines_limit
+    }
+
+    /// At the keys' share of the budget, the rule holding the most gives up its least
+    /// recently seen tenth (open aggregates are emitted first), until they fit.
+    fn keys_within_budget(&mut self, out: &mut Vec<Alert>) {
+        for _ in 0..16 {
+            if self.keys_bytes() < self.keys_limit {
+                return;
+            }
+            let Some(st) = self
+                .rules
+                .iter_mut()
+                .filter(|r| !r.keys.is_empty())
+                .max_by_key(|r| r.bytes())
+            else {
+                return;
+            };
+            self.stats.keys_over_budget += 1;
+            evict_oldest(st, &mut self.stats, out);
+        }
+    }
+
+    /// What each table of the detect stage holds, for the memory budget's report.
+    pub fn memory(&self) -> Vec<(Table, Usage)> {
+        let b = self.cfg.budget;
+        let keys = Usage {
+            bytes: self.keys_bytes() as u64,
+            limit: self.keys_limit as u64,
+            entries: self.rules.iter().map(|r| r.keys.len() as u64).sum(),
+            evictions: self.stats.keys_evicted_full,
+        };
+        let baselines = Usage {
+            bytes: self.rules.iter().map(|r| r.baseline_bytes as u64).sum(),
+            limit: self.baselines_limit as u64,
+            entries: self.rules.iter().map(|r| r.baselines.len() as u64).sum(),
+            evictions: 0,
+        };
+        let a = self.registry.stats();
+        let actors = Usage {
+            bytes: ((a.addresses + a.devices + a.users) * Registry::PROFILE_BYTES) as u64,
+            limit: b.share(Table::Actors) as u64,
+            entries: (a.addresses + a.devices + a.users) as u64,
+            evictions: a.evicted,
+        };
+        let objects = Usage {
+            bytes: (self.owners.len() * objects::ENTRY_BYTES) as u64,
+            limit: b.share(Table::Objects) as u64,
+            entries: self.owners.len() as u64,
+            evictions: self.owners.evicted,
+        };
+        let sh = self.shared.stats(self.now);
+        let shared = Usage {
+            bytes: (sh.addresses * shared::ADDRESS_BYTES) as u64,
+            limit: b.share(Table::Shared) as u64,
+            entries: sh.addresses as u64,
+            evictions: sh.evicted,
+        };
+        let (inv_bytes, inv_entries) = self.inventory.usage();
+        let (pub_bytes, pub_entries) = self.public_fields.usage();
+        let inventory = Usage {
+            bytes: (inv_bytes + pub_bytes) as u64,
+            limit: b.share(Table::Inventory) as u64,
+            entries: (inv_entries + pub_entries) as u64,
+            evictions: 0,
+        };
+        vec![
+            (Table::Keys, keys),
+            (Table::Baselines, baselines),
+            (Table::Actors, actors),
+            (Table::Objects, objects),
+            (Table::Shared, shared),
+            (Table::Inventory, inventory),
+        ]
+    }
+
     fn note_risk(&mut self, alerts: &[Alert]) {
         for a in alerts {
             let s = &a.subjects;
@@ -702,6 +886,8 @@ impl Engine {
             self.sweep_all(self.now, out);
         }
         self.stats.events += 1;
+        self.keys_within_budget(out);
+        let room = self.baseline_room();
         let mut matched = false;
         let cap = self.cfg.max_keys_per_rule;
         for st in &mut self.rules {
@@ -751,17 +937,24 @@ impl Engine {
                 _ => {}
             }
             if st.keys.len() >= cap && !st.keys.contains_key(&key) {
-                sweep_rule(st, self.now, &mut self.stats, out);
+                sweep_rule(st, self.now, room, &mut self.stats, out);
                 if st.keys.len() >= cap {
                     self.stats.keys_over_cap += 1;
                     evict_oldest(st, &mut self.stats, out);
                 }
             }
             let RuleState {
-                keys, baselines, ..
+                keys,
+                heap,
+                baselines,
+                baseline_bytes,
+                ..
             } = st;
-            let ks = match keys.get_mut(&key) {
-                Some(ks) => ks,
+            let (ks, before) = match keys.get_mut(&key) {
+                Some(ks) => {
+                    let b = ks.bytes();
+                    (ks, b)
+                }
                 None => {
                     let endpoint = matches!(
                         det.kind,
@@ -769,8 +962,10 @@ impl Engine {
                     )
                     .then(|| ev.key(KeyField::Endpoint))
                     .flatten();
-                    keys.entry(KeyValue::from(&key))
-                        .or_insert(KeyState::new(det, endpoint))
+                    let k = KeyValue::from(&key);
+                    *heap += key_heap(&k);
+                    let ks = keys.entry(k).or_insert(KeyState::new(det, endpoint));
+                    (ks, std::mem::size_of::<KeyState>())
                 }
             };
             if let Some(episode) = ks.due_follow_up(ev.ts, &rule) {
@@ -780,8 +975,9 @@ impl Engine {
             let mut samples = Vec::new();
             let fired = ks.observe(&rule, o, stats, &mut |s| samples.push(s));
             for s in samples {
-                learn(baselines, s, stats);
+                learn(baselines, baseline_bytes, room, s, stats);
             }
+            *heap = (*heap + ks.bytes()).saturating_sub(before);
             if let Some(episode) = fired {
                 emit(&rule, &(&key).into(), episode, false, stats, out);
             }
@@ -803,8 +999,9 @@ impl Engine {
             self.now = now;
         }
         self.next_sweep = Timestamp(self.now.0.saturating_add(SWEEP_NANOS));
+        let room = self.baseline_room();
         for st in &mut self.rules {
-            sweep_rule(st, self.now, &mut self.stats, out);
+            sweep_rule(st, self.now, room, &mut self.stats, out);
         }
         self.shared.sweep(self.now);
     }
@@ -831,13 +1028,22 @@ fn flush_rule(st: &mut RuleState, stats: &mut DetectStats, out: &mut Vec<Alert>)
         emit(&st.rule, &k, e, true, stats, out);
     }
     st.keys.clear();
+    st.heap = 0;
 }
 
-fn sweep_rule(st: &mut RuleState, now: Timestamp, stats: &mut DetectStats, out: &mut Vec<Alert>) {
+fn sweep_rule(
+    st: &mut RuleState,
+    now: Timestamp,
+    room: bool,
+    stats: &mut DetectStats,
+    out: &mut Vec<Alert>,
+) {
     let window = st.rule.detector.window;
     let rule = &st.rule;
     let mut due: Vec<(KeyValue, Episode)> = Vec::new();
     let mut samples = Vec::new();
+    // The keys' bytes are counted afresh as they are visited.
+    let mut heap = 0;
     st.keys.retain(|k, ks| {
         if let Some(e) = ks.due_follow_up(now, rule) {
             due.push((k.clone(), e));
@@ -846,15 +1052,18 @@ fn sweep_rule(st: &mut RuleState, now: Timestamp, stats: &mut DetectStats, out: 
             samples.push((k.clone(), s));
         }
         let keep = !ks.idle(now, window);
-        if !keep {
+        if keep {
+            heap += key_extra(k, ks);
+        } else {
             stats.keys_evicted += 1;
         }
         keep
     });
+    st.heap = heap;
     // Learned in key order, so nothing depends on hash order.
     samples.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, s) in samples {
-        learn(&mut st.baselines, s, stats);
+        learn(&mut st.baselines, &mut st.baseline_bytes, room, s, stats);
     }
     due.sort_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
     for (k, e) in due {
@@ -873,7 +1082,9 @@ fn evict_oldest(st: &mut RuleState, stats: &mut DetectStats, out: &mut Vec<Alert
         .collect();
     for k in crate::actor::registry::oldest_tenth(ages) {
         if let Some(mut ks) = st.keys.remove(&k) {
+            st.heap = st.heap.saturating_sub(key_extra(&k, &ks));
             stats.keys_evicted += 1;
+            stats.keys_evicted_full += 1;
             if let Some(e) = ks.take_pending() {
                 emit(&st.rule, &k, e, true, stats, out);
             }

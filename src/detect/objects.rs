@@ -154,6 +154,10 @@ struct Entry {
     last: Timestamp,
 }
 
+/// Bytes one object costs, typically: its slot, a few readers, the id text.
+pub const ENTRY_BYTES: usize =
+    std::mem::size_of::<(ObjectRef, Entry)>() + 1 + 3 * std::mem::size_of::<u64>() + 40;
+
 /// Ownership settings (`[detect]`).
 #[derive(Clone, Debug)]
 pub struct OwnersConfig {

@@ -37,13 +37,44 @@ struct Field {
 
 type Key = (Arc<str>, Arc<str>, Class);
 
+/// Bytes one field may hold at most: its slot and a full list of values.
+pub const FIELD_BYTES: usize = std::mem::size_of::<(Key, Field)>()
+    + 1
+    + MAX_VALUES * std::mem::size_of::<(u64, smallvec::SmallVec<[u64; PUBLIC_VALUE_READERS]>)>();
+
 /// Fields learned public per route.
-#[derive(Default)]
 pub struct PublicFields {
     fields: HashMap<Key, Field, foldhash::fast::RandomState>,
+    max_fields: usize,
+}
+
+impl Default for PublicFields {
+    fn default() -> Self {
+        PublicFields::with_limit(MAX_FIELDS)
+    }
 }
 
 impl PublicFields {
+    /// At most `max_fields` fields (and never more than [`MAX_FIELDS`]).
+    pub fn with_limit(max_fields: usize) -> PublicFields {
+        PublicFields {
+            fields: HashMap::default(),
+            max_fields: max_fields.clamp(1, MAX_FIELDS),
+        }
+    }
+
+    /// (bytes held, fields tracked).
+    pub fn usage(&self) -> (usize, usize) {
+        let per = std::mem::size_of::<(Key, Field)>() + 1;
+        let values = std::mem::size_of::<(u64, smallvec::SmallVec<[u64; PUBLIC_VALUE_READERS]>)>();
+        let bytes = self
+            .fields
+            .values()
+            .map(|f| per + f.values.capacity() * values)
+            .sum();
+        (bytes, self.fields.len())
+    }
+
     /// Whether the route serves this field to everyone.
     pub fn is_public(&self, route: &Arc<str>, f: &Finding) -> bool {
         self.fields
@@ -55,7 +86,7 @@ impl PublicFields {
     pub fn learn(&mut self, route: &Arc<str>, principal: u64, findings: &[Finding]) {
         for f in findings {
             let key = (route.clone(), f.path.clone(), f.class);
-            if !self.fields.contains_key(&key) && self.fields.len() >= MAX_FIELDS {
+            if !self.fields.contains_key(&key) && self.fields.len() >= self.max_fields {
                 continue;
             }
             let field = self.fields.entry(key).or_default();

@@ -50,6 +50,10 @@ impl Default for SharedConfig {
     }
 }
 
+/// Bytes one address costs, typically: its slot and a few devices.
+pub const ADDRESS_BYTES: usize =
+    std::mem::size_of::<(IpAddr, Address)>() + 1 + 4 * std::mem::size_of::<(u64, Timestamp)>();
+
 #[derive(Default)]
 struct Address {
     /// (keyed hash of the device id, last seen), at most `MAX_DEVICES`.

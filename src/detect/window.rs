@@ -191,6 +191,24 @@ impl Episode {
         }
     }
 
+    /// Bytes held (inline and the lists' buffers; shared strings are not counted).
+    fn bytes(&self) -> usize {
+        use std::mem::size_of;
+        size_of::<Episode>()
+            + self.endpoints.capacity() * size_of::<(EndpointKey, u32)>()
+            + self.addresses.capacity() * size_of::<IpAddr>()
+            + (self.devices.capacity()
+                + self.users.capacity()
+                + self.objects.capacity()
+                + self.usernames.capacity())
+                * size_of::<Arc<str>>()
+            + self.tokens.capacity() * size_of::<TokenHash>()
+            + self.families.capacity() * size_of::<(Arc<str>, u32)>()
+            + self.statuses.capacity() * size_of::<(u16, u32)>()
+            + self.foreign_ids.capacity() * size_of::<ObjectRef>()
+            + self.exposed.capacity() * size_of::<(Arc<str>, &'static str, Arc<str>)>()
+    }
+
     /// Adds a request; lists the rule's evidence does not show are not kept (this runs for
     /// every rule a request matches).
     fn add(&mut self, ev: &Event, evidence: &[EvidenceField]) {
@@ -398,9 +416,11 @@ pub(super) struct KeyState {
     track: Track,
     /// Baseline detectors: the endpoint part of the key, to learn per endpoint.
     endpoint: Option<KeyValue>,
-    episode: Option<Episode>,
+    /// Boxed: most keys never fire, and a key's inline state stays small (the budget
+    /// charges every key).
+    episode: Option<Box<Episode>>,
     suppressed_until: Option<Timestamp>,
-    pending: Option<Episode>,
+    pending: Option<Box<Episode>>,
     last_seen: Timestamp,
 }
 
@@ -535,7 +555,9 @@ impl KeyState {
                 *count += 1;
                 *fired = true;
             }
-            let pending = self.pending.get_or_insert_with(|| Episode::new(ev.ts));
+            let pending = self
+                .pending
+                .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));
             record(pending, &self.track, self.window_ns, ev, &rule.evidence);
             stats.aggregated_events += 1;
             return None;
@@ -773,7 +795,9 @@ impl KeyState {
             // Kinds and tracks are built together; a mismatch cannot happen.
             _ => return None,
         }
-        let episode = self.episode.get_or_insert_with(|| Episode::new(ev.ts));
+        let episode = self
+            .episode
+            .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));
         record(episode, &self.track, self.window_ns, ev, &rule.evidence);
         match extra {
             Extra::Nothing => {}
@@ -790,7 +814,7 @@ impl KeyState {
         if !fired {
             return None;
         }
-        let episode = self.episode.take()?;
+        let episode = *self.episode.take()?;
         match &mut self.track {
             Track::Count(b) => b.clear(),
             Track::Two(a, b) => {
@@ -843,7 +867,7 @@ impl KeyState {
         match self.pending.take() {
             Some(e) => {
                 self.suppressed_until = Some(until.saturating_add(rule.suppress));
-                Some(e)
+                Some(*e)
             }
             None => {
                 self.suppressed_until = None;
@@ -858,7 +882,29 @@ impl KeyState {
 
     /// The open aggregate, at the end of input.
     pub fn take_pending(&mut self) -> Option<Episode> {
-        self.pending.take()
+        self.pending.take().map(|e| *e)
+    }
+
+    /// Bytes this key's state holds (inline and on the heap, approximately), for the
+    /// memory budget.
+    pub fn bytes(&self) -> usize {
+        use std::mem::size_of;
+        let track = match &self.track {
+            Track::Count(b) => b.capacity() * size_of::<(u64, u32)>(),
+            Track::Two(a, b) => (a.capacity() + b.capacity()) * size_of::<(u64, u32)>(),
+            // A hash table entry: the pair plus a control byte, at 7/8 load at most.
+            Track::Distinct(m) => m.capacity() * (size_of::<(KeyValue, u64)>() + 1) * 8 / 7,
+            Track::Cadence { gaps, .. } => gaps.capacity() * size_of::<f64>(),
+            Track::Concurrent { seen, returns, .. } => {
+                seen.capacity() * size_of::<(KeyValue, Timestamp, Timestamp)>()
+                    + returns.capacity() * size_of::<Timestamp>()
+            }
+            Track::Sequence { .. } | Track::Tumble { .. } | Track::Outlier => 0,
+        };
+        size_of::<KeyState>()
+            + track
+            + self.episode.as_deref().map_or(0, Episode::bytes)
+            + self.pending.as_deref().map_or(0, Episode::bytes)
     }
 
     /// Nothing pending or suppressed, and no event inside the window: safe to forget.

@@ -526,6 +526,7 @@ impl HttpHandler {
                     client,
                     server,
                     seq: st.seq,
+                    bytes: ev.bytes(),
                     event: Box::new(ev),
                 });
             }
@@ -975,6 +976,9 @@ impl Pipeline {
             summary.alerts_written = r.written;
             summary.actors = r.actors;
             summary.inventory = r.inventory;
+            for (t, u) in &r.memory {
+                summary.memory.add(*t, u);
+            }
         }
         if let Some(w) = self.writer {
             w.join()

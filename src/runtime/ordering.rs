@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
 use super::{AlertSink, Shared};
+use crate::budget::{Table, Usage};
 use crate::capture::Timestamp;
 use crate::detect::{Alert, DetectConfig, DetectStats, Engine, Event, write_alert};
 use crate::output::webhook::Webhooks;
@@ -35,6 +36,8 @@ pub(super) struct Ordered {
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub seq: u64,
+    /// What the event holds ([`Event::bytes`]), charged to the ordering buffer.
+    pub bytes: usize,
     /// Boxed: the heap moves entries on every push and pop, and an event is several
     /// hundred bytes (a busy port holds seconds of them).
     pub event: Box<Event>,
@@ -73,6 +76,9 @@ pub(super) struct EventBatch {
 
 pub(super) struct DetectResult {
     pub stats: DetectStats,
+    /// The detect stage's tables at the end of input (before open aggregates are flushed),
+    /// and the ordering buffer at its fullest.
+    pub memory: Vec<(Table, Usage)>,
     pub written: u64,
     pub actors: crate::actor::registry::ActorSummary,
     pub inventory: serde_json::Value,
@@ -121,8 +127,16 @@ pub(super) fn run(
     live: bool,
 ) -> std::io::Result<DetectResult> {
     let mut rules = shared.rules.load_full();
+    let held_limit = cfg.budget.share(Table::Ordering);
     let mut engine = Engine::new(cfg, &rules);
     let mut heap: BinaryHeap<Reverse<Ordered>> = BinaryHeap::new();
+    // Bytes of the events held (charged to the ordering buffer's share), the most held,
+    // and events released early because the buffer was full.
+    let mut held = 0usize;
+    let mut ordering = Usage {
+        limit: held_limit as u64,
+        ..Usage::default()
+    };
     let mut marks = vec![Timestamp::ZERO; workers];
     let mut last: Option<(Timestamp, Timestamp, SocketAddr, SocketAddr, u64)> = None;
     let mut alerts = Vec::new();
@@ -166,14 +180,26 @@ pub(super) fn run(
         if let Some(m) = marks.get_mut(batch.worker) {
             *m = (*m).max(batch.watermark);
         }
-        heap.extend(batch.events.into_iter().map(Reverse));
+        for o in batch.events {
+            held += o.bytes;
+            heap.push(Reverse(o));
+        }
+        if held as u64 > ordering.bytes {
+            ordering.bytes = held as u64;
+            ordering.entries = heap.len() as u64;
+        }
         let low = marks.iter().copied().min().unwrap_or_default();
         let ready = Timestamp(low.0.saturating_sub(LATENESS_NANOS));
         while let Some(Reverse(top)) = heap.peek() {
-            if top.at > ready && heap.len() <= MAX_HELD {
+            let full = heap.len() > MAX_HELD || held > held_limit;
+            if top.at > ready && !full {
                 break;
             }
+            if top.at > ready {
+                ordering.evictions += 1;
+            }
             let Some(Reverse(o)) = heap.pop() else { break };
+            held = held.saturating_sub(o.bytes);
             release(o, &mut engine, &mut last, &mut alerts);
         }
         // Live: follow-up alerts fall due with the clock even when an actor falls silent.
@@ -198,6 +224,8 @@ pub(super) fn run(
     while let Some(Reverse(o)) = heap.pop() {
         release(o, &mut engine, &mut last, &mut alerts);
     }
+    let mut memory = engine.memory();
+    memory.push((Table::Ordering, ordering));
     engine.finish(&mut alerts);
     publish(&engine, &rules);
     if let Some(h) = &hooks {
@@ -212,6 +240,7 @@ pub(super) fn run(
         Some(e) => Err(e),
         None => Ok(DetectResult {
             stats: engine.stats(),
+            memory,
             written: out.written,
             actors: engine.actors(TOP_ACTORS),
             inventory: engine.inventory(),
