@@ -91,7 +91,11 @@ fn near_get(cache: u64, token: &[u8]) -> Option<(Digest, Arc<Entry>, bool)> {
         match &mut n.slots[i] {
             Some(e) if e.cache == cache && *e.token == *token => {
                 e.hits = e.hits.wrapping_add(1);
-                Some((e.digest, Arc::clone(&e.entry), e.hits.is_multiple_of(TOUCH_EVERY)))
+                Some((
+                    e.digest,
+                    Arc::clone(&e.entry),
+                    e.hits.is_multiple_of(TOUCH_EVERY),
+                ))
             }
             _ => None,
         }
