@@ -862,6 +862,45 @@ mod tests {
         }
     }
 
+    /// Every table of the budget is exported from zero; owners' usages add up per table,
+    /// and an owner's new publication replaces its last one.
+    #[test]
+    fn memory_families_from_zero_and_summed_over_owners() {
+        let hub = Arc::new(Hub::default());
+        let text = hub.render();
+        for t in Table::ALL {
+            for fam in ["memory_bytes", "memory_limit_bytes", "memory_entries"] {
+                let line = format!("shieldtap_{fam}{{table=\"{}\"}} 0", t.as_str());
+                assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+            }
+            let line = format!(
+                "shieldtap_memory_evictions_total{{table=\"{}\"}} 0",
+                t.as_str()
+            );
+            assert!(text.lines().any(|l| l == line), "{line} missing");
+        }
+        let u = |bytes, evictions| Usage {
+            bytes,
+            limit: 1000,
+            entries: 1,
+            evictions,
+        };
+        hub.publish_memory(MemorySource::Worker(0), &[(Table::Flows, u(100, 1))]);
+        hub.publish_memory(MemorySource::Worker(1), &[(Table::Flows, u(50, 2))]);
+        hub.publish_memory(MemorySource::Detect(0), &[(Table::Keys, u(7, 0))]);
+        hub.publish_memory(MemorySource::Worker(0), &[(Table::Flows, u(300, 4))]);
+        let text = hub.render();
+        for line in [
+            "shieldtap_memory_bytes{table=\"flows\"} 350",
+            "shieldtap_memory_limit_bytes{table=\"flows\"} 2000",
+            "shieldtap_memory_evictions_total{table=\"flows\"} 6",
+            "shieldtap_memory_bytes{table=\"keys\"} 7",
+            "shieldtap_shed_level 0.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+
     #[test]
     fn every_name_is_rendered_with_bounded_labels() {
         let hub = Arc::new(Hub::default());
