@@ -7,7 +7,10 @@
 //! batch. Workers own their flow table and HTTP state and run reassembly → http inline,
 //! filling line buffers that one writer thread writes. Every queue is bounded: in replay a
 //! full queue makes the capture thread wait (nothing is lost); in live capture the batch is
-//! dropped and counted, so a slow worker never stalls the kernel ring. Time is packet time:
+//! kept and load is shed by whole connections (a flow-hash range per worker, raised while
+//! its queue is full and lowered after calm; counted), so a slow worker never stalls the
+//! kernel ring and the connections analysed stay complete. Workers' flow tables are bounded
+//! by their shares of the memory budget. Time is packet time:
 //! batches carry the capture clock so idle workers still expire flows. With several live
 //! interfaces (split taps, one direction each) a worker merges its inputs by packet time
 //! (`merge`), bounded by `[capture] split_window_ms` and `split_hold_max_mib`.
