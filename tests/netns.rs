@@ -14,7 +14,9 @@
 //! a veth with tcpreplay at top speed and checks the received, processed and dropped counts.
 //! A fourth mirrors each direction of the server's link to its own monitor interface, as a
 //! passive tap does, and checks `run --interface A --interface B` pairs exactly the
-//! transactions `run` pairs on one interface carrying both directions.
+//! transactions `run` pairs on one interface carrying both directions. A fifth overloads a
+//! one-worker `run` with tcpreplay and checks load is shed by whole connections (the kept
+//! ones complete) and that analysis recovers when the load falls.
 //! Needs root (namespaces, tc, capture); skipped with a note elsewhere unless CI is set.
 
 use std::collections::BTreeSet;
@@ -619,7 +621,7 @@ fn tcpreplay_at_top_speed_is_counted_received_processed_and_dropped() {
             processed + dropped
         );
     }
-    if dropped == 0 && s["queue"]["dropped_segments"] == 0 {
+    if dropped == 0 && s["queue"]["dropped_segments"] == 0 && s["queue"]["shed_packets"] == 0 {
         assert_eq!(s["http"]["transactions"], manifest["transactions"], "{s}");
     }
 }
@@ -773,4 +775,154 @@ fn split_tap_one_direction_per_interface_pairs_like_a_span_port() {
     );
     assert_eq!(s_split["split"]["held_too_long"], 0, "{s_split}");
     assert_eq!(s_split["split"]["arrived_late"], 0, "{s_split}");
+}
+
+/// Load shedding by connection: `run` with one worker and a one-batch queue is fed a large
+/// capture (real clients and nginx, `scripts/gen_capture.py`) with tcpreplay at top speed,
+/// far faster than it can analyse, then, after a pause, the bots-and-stuffing sample at a
+/// gentle rate. Shed connections are counted; every connection kept is analysed whole
+/// (no hole, every request paired); and once the load is gone the second capture is
+/// analysed in full (recovery).
+#[test]
+fn overload_sheds_whole_connections_and_recovers() {
+    if skip("the load-shedding test") {
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cap, manifest) = gen_capture(dir.path(), 20_000);
+    let id = format!("{}l", std::process::id() % 100_000);
+    let lab = Lab {
+        names: vec![format!("stl{id}")],
+        id: id.clone(),
+    };
+    let n = lab.names[0].clone();
+    let _ = Command::new("ip").args(["netns", "del", &n]).status();
+    run(&["ip", "netns", "add", &n]);
+    let (tx, rx) = (format!("tx{id}"), format!("rx{id}"));
+    run(&[
+        "ip", "link", "add", &tx, "netns", &n, "type", "veth", "peer", "name", &rx, "netns", &n,
+    ]);
+    for dev in [&tx, &rx] {
+        ns(&n, &["ip", "link", "set", dev, "mtu", "65535", "up"]);
+    }
+    let cfg = dir.path().join("shieldtap.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}\n[runtime]\nqueue_batches = 1\n",
+            std::fs::read_to_string(config()).expect("config")
+        ),
+    )
+    .expect("config");
+    let (txs, summary, st_log) = (
+        dir.path().join("tx.jsonl"),
+        dir.path().join("s.json"),
+        dir.path().join("st.log"),
+    );
+    let mut st = spawn(
+        "shieldtap run",
+        &n,
+        &[
+            shieldtap(),
+            "run",
+            "--interface",
+            &rx,
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            "--workers",
+            "1",
+            "--buffer-size-mib",
+            "512",
+            "--transactions-out",
+            txs.to_str().expect("utf-8"),
+            "--alerts-out",
+            "/dev/null",
+            "--summary-json",
+            summary.to_str().expect("utf-8"),
+            "--metrics-listen",
+            "off",
+        ],
+        Some(&st_log),
+    );
+    wait_until("shieldtap", Duration::from_secs(10), || {
+        std::fs::read_to_string(&st_log).is_ok_and(|l| l.contains("capture started"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let rate = std::env::var("SHED_PPS").unwrap_or_else(|_| "15000".into());
+    let fast = ns(
+        &n,
+        &[
+            "tcpreplay",
+            "--pps",
+            &rate,
+            "-i",
+            &tx,
+            cap.to_str().expect("utf-8"),
+        ],
+    );
+    // Levels fall a step per 100 ms of calm: 64 steps in under 7 s.
+    std::thread::sleep(Duration::from_secs(8));
+    let sample = format!("{ROOT}/samples/bots-and-stuffing/capture.pcap");
+    ns(&n, &["tcpreplay", "--pps", "3000", "-i", &tx, &sample]);
+    std::thread::sleep(Duration::from_secs(2));
+    st.signal("-TERM");
+    assert!(st.wait(Duration::from_secs(30)).success());
+    let s = json(&summary);
+    let q = &s["queue"];
+    let c = &s["capture"];
+    let rows: Vec<Value> = lines(&txs)
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    // The big capture's server port tells its transactions from the sample's.
+    let port = manifest["server_port"].as_u64().unwrap_or(0);
+    let (big, small): (Vec<&Value>, Vec<&Value>) = rows
+        .iter()
+        .partition(|t| t["server"]["port"].as_u64() == Some(port));
+    let incomplete = |ts: &[&Value]| {
+        ts.iter()
+            .filter(|t| {
+                t["status"].is_null()
+                    || t["method"].is_null()
+                    || t["anomalies"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == "gap" || x == "truncated-body"))
+            })
+            .count()
+    };
+    eprintln!(
+        "tcpreplay: {}\nshieldtap: frames {}, kernel dropped {}; shed {} connections, {} segments, ~{} transactions, peak level {}; queue drops {}; big capture: {} of {} transactions analysed, {} incomplete; sample: {} transactions, {} incomplete; {:?}",
+        fast.stdout.len(),
+        c["frames"],
+        c["kernel_dropped"],
+        q["shed_flows"],
+        q["shed_packets"],
+        q["shed_transactions_estimate"],
+        q["shed_level_peak"],
+        q["dropped_segments"],
+        big.len(),
+        manifest["transactions"],
+        incomplete(&big),
+        small.len(),
+        incomplete(&small),
+        started.elapsed()
+    );
+    assert_eq!(q["dropped_segments"], 0, "{q}");
+    assert!(
+        q["shed_flows"].as_u64().unwrap_or(0) > 0,
+        "nothing shed: {s}"
+    );
+    assert!(q["shed_packets"].as_u64().unwrap_or(0) > 0);
+    assert!(q["shed_transactions_estimate"].as_u64().unwrap_or(0) > 0);
+    // Recovery: the later, gentle traffic is analysed whole.
+    assert_eq!(q["shed_level"], 0.0, "{q}");
+    assert_eq!(small.len(), 194, "{s}");
+    assert_eq!(incomplete(&small), 0);
+    if c["kernel_dropped"] == 0 {
+        // Connections kept were kept whole.
+        assert!(!big.is_empty());
+        assert_eq!(incomplete(&big), 0, "{s}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
 }

@@ -170,9 +170,37 @@ pub struct QueueStats {
     pub batches: u64,
     /// Times the capture thread found a worker queue full and waited (replay).
     pub full_waits: u64,
-    /// Batches dropped because a worker queue was full (live capture never blocks).
+    /// Batches dropped because a worker queue was full (live capture never blocks; since
+    /// load is shed by flow, only at shutdown with a worker gone).
     pub dropped_batches: u64,
     pub dropped_segments: u64,
+    /// Live capture, worker queue full: connections shed whole (every segment from the
+    /// moment they were shed), so the connections analysed stay complete.
+    pub shed_flows: u64,
+    /// Segments of shed connections, not analysed.
+    pub shed_packets: u64,
+    /// Transactions the shed segments probably carried (at the analysed traffic's
+    /// segments per transaction).
+    pub shed_transactions_estimate: u64,
+    /// Share of the flow-hash space shed now (0 to 1; the highest over workers and
+    /// capture threads), and the highest it reached.
+    pub shed_level: f64,
+    pub shed_level_peak: f64,
+}
+
+impl QueueStats {
+    /// Adds another capture thread's counters (levels: the highest).
+    pub fn merge(&mut self, o: &QueueStats) {
+        self.batches += o.batches;
+        self.full_waits += o.full_waits;
+        self.dropped_batches += o.dropped_batches;
+        self.dropped_segments += o.dropped_segments;
+        self.shed_flows += o.shed_flows;
+        self.shed_packets += o.shed_packets;
+        self.shed_transactions_estimate += o.shed_transactions_estimate;
+        self.shed_level = self.shed_level.max(o.shed_level);
+        self.shed_level_peak = self.shed_level_peak.max(o.shed_level_peak);
+    }
 }
 
 impl Summary {
@@ -277,6 +305,15 @@ impl Summary {
             s.push_str(&format!(
                 "  kernel received {}, dropped {}, interface dropped {}\n",
                 c.kernel_received, c.kernel_dropped, c.interface_dropped
+            ));
+        }
+        if self.queue.shed_flows > 0 {
+            s.push_str(&format!(
+                "  load shed: {} connections, {} segments, ~{} transactions (peak level {:.2})\n",
+                self.queue.shed_flows,
+                self.queue.shed_packets,
+                self.queue.shed_transactions_estimate,
+                self.queue.shed_level_peak
             ));
         }
         if !r.cap_hits.is_empty() || !h.cap_hits.is_empty() || self.queue.dropped_batches > 0 {

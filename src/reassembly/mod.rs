@@ -17,15 +17,24 @@
 //! `reused`); on a live connection it is held until the peer's SYN-ACK confirms it, so a
 //! forged SYN cannot desynchronise a connection; a retransmitted SYN changes nothing. Caps: flows per worker (least recently
 //! active flows evicted in batches), out-of-order bytes and segments per direction, buffered
-//! bytes per worker; every cap hit is counted. There is no per-flow depth limit: a long
-//! keep-alive connection is followed to its end.
+//! bytes per worker; every cap hit is counted. The worker's shares of the memory budget
+//! ([`FlowBudget`]: flow entries, out-of-order bytes, and what the handler holds per
+//! connection) bound the totals: over a share the least recently active flows holding it
+//! are closed as `evicted` (their partial transactions flushed as for any close) and the
+//! evictions counted per table. There is no per-flow depth limit: a long keep-alive
+//! connection is followed to its end.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::budget::{Table, Usage};
 use crate::capture::Timestamp;
 use crate::decode::{TcpFlags, TcpSegment, TunnelId};
+
+/// Bytes charged per flow beyond its entry: the hash table's control byte, and the slack
+/// of a table kept below its load factor.
+const ENTRY_SLOT_OVERHEAD: usize = 16;
 
 /// Reassembly limits (config section `[reassembly]`).
 #[derive(Clone, Debug)]
@@ -47,6 +56,31 @@ pub struct ReassemblyConfig {
     pub reorder_window: Duration,
     /// Any hole is declared a gap after this much packet time.
     pub gap_timeout: Duration,
+    /// This worker's shares of the memory budget (flow entries, stream buffers, HTTP
+    /// state); over a share the least recently active flows holding it are evicted.
+    pub budget: FlowBudget,
+}
+
+/// A worker's byte limits for the tables its flow table owns (`[runtime]
+/// memory_budget_mib`, split per worker; unlimited by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowBudget {
+    /// Flow entries, at a fixed size each (key, TCP state, the handler's inline state).
+    pub flows: usize,
+    /// Out-of-order bytes held by reassembly.
+    pub streams: usize,
+    /// What handlers hold per connection ([`StreamHandler::held_bytes`]).
+    pub http: usize,
+}
+
+impl Default for FlowBudget {
+    fn default() -> Self {
+        FlowBudget {
+            flows: usize::MAX,
+            streams: usize::MAX,
+            http: usize::MAX,
+        }
+    }
 }
 
 impl Default for ReassemblyConfig {
@@ -60,6 +94,7 @@ impl Default for ReassemblyConfig {
             close_linger: Duration::from_millis(500),
             reorder_window: Duration::from_millis(100),
             gap_timeout: Duration::from_secs(5),
+            budget: FlowBudget::default(),
         }
     }
 }
@@ -142,6 +177,11 @@ pub trait StreamHandler {
         ts: Timestamp,
     );
     fn close(&mut self, state: Self::State, conn: &ConnInfo, reason: CloseReason, ts: Timestamp);
+    /// Heap bytes a connection's state holds now (pending messages, bodies being read),
+    /// charged to the `http` budget; asked after every segment of the connection.
+    fn held_bytes(&self, _state: &Self::State) -> usize {
+        0
+    }
 }
 
 /// Reassembly counters, per worker, merged for the summary and metrics.
@@ -359,6 +399,8 @@ struct Flow<S> {
     /// applied, until the peer's SYN-ACK confirms it (then this connection closes as
     /// `reused`). A forged or desynchronising SYN that is never confirmed changes nothing.
     held_syn: Option<HeldSyn>,
+    /// What the handler's state held after the last segment (charged to the table).
+    held: usize,
     state: S,
 }
 
@@ -429,6 +471,10 @@ pub struct FlowTable<H: StreamHandler> {
     flows: HashMap<FlowKey, Flow<H::State>, foldhash::fast::RandomState>,
     stats: ReassemblyStats,
     buffered: usize,
+    /// Sum of the flows' `held` bytes.
+    held: usize,
+    /// Flows evicted because a table was over its budget: flows, streams, http.
+    evictions: [u64; 3],
     next_id: u64,
     now: Timestamp,
     next_sweep: Timestamp,
@@ -449,6 +495,8 @@ impl<H: StreamHandler> FlowTable<H> {
             flows: HashMap::with_hasher(foldhash::fast::RandomState::default()),
             stats: ReassemblyStats::default(),
             buffered: 0,
+            held: 0,
+            evictions: [0; 3],
             next_id: 0,
             now: Timestamp::ZERO,
             next_sweep: Timestamp::ZERO,
@@ -470,6 +518,48 @@ impl<H: StreamHandler> FlowTable<H> {
         self.buffered
     }
 
+    /// Bytes one flow entry is charged (fixed: the entry's inline size and its slot).
+    pub fn entry_bytes() -> usize {
+        size_of::<(FlowKey, Flow<H::State>)>() + ENTRY_SLOT_OVERHEAD
+    }
+
+    /// What the tables this flow table owns hold now, and what they evicted.
+    pub fn usage(&self) -> [(Table, Usage); 3] {
+        let b = &self.cfg.budget;
+        let limit = |l: usize| u64::try_from(l).unwrap_or(u64::MAX);
+        let entries = self.flows.len() as u64;
+        let holding = |f: fn(&Flow<H::State>) -> bool| self.flows.values().filter(|x| f(x)).count();
+        [
+            (
+                Table::Flows,
+                Usage {
+                    bytes: (self.flows.len() * Self::entry_bytes()) as u64,
+                    limit: limit(b.flows),
+                    entries,
+                    evictions: self.evictions[0],
+                },
+            ),
+            (
+                Table::Streams,
+                Usage {
+                    bytes: self.buffered as u64,
+                    limit: limit(b.streams),
+                    entries: holding(|f| f.halves.iter().any(|h| h.ooo_bytes > 0)) as u64,
+                    evictions: self.evictions[1],
+                },
+            ),
+            (
+                Table::Http,
+                Usage {
+                    bytes: self.held as u64,
+                    limit: limit(b.http),
+                    entries: holding(|f| f.held > 0) as u64,
+                    evictions: self.evictions[2],
+                },
+            ),
+        ]
+    }
+
     /// Feeds one segment at packet time `ts`.
     pub fn process(&mut self, seg: &TcpSegment<'_>, ts: Timestamp, handler: &mut H) {
         self.stats.segments += 1;
@@ -480,6 +570,55 @@ impl<H: StreamHandler> FlowTable<H> {
             self.sweep(handler);
         }
         self.apply(seg, ts, handler);
+        self.enforce_budget(handler);
+    }
+
+    /// Over a table's share, closes the least recently active flows holding bytes of it
+    /// (reason `evicted`) until the table is back under 15/16 of its share, so the scan
+    /// that picks them runs once per sixteenth of the share, not once per segment.
+    fn enforce_budget(&mut self, handler: &mut H) {
+        let b = self.cfg.budget;
+        let entry = Self::entry_bytes();
+        if self.flows.len().saturating_mul(entry) > b.flows {
+            self.evict_over(0, handler, |t| t.flows.len() * entry, b.flows, |_| true);
+        }
+        if self.buffered > b.streams {
+            self.evict_over(
+                1,
+                handler,
+                |t| t.buffered,
+                b.streams,
+                |f| f.halves.iter().any(|h| h.ooo_bytes > 0),
+            );
+        }
+        if self.held > b.http {
+            self.evict_over(2, handler, |t| t.held, b.http, |f| f.held > 0);
+        }
+    }
+
+    fn evict_over(
+        &mut self,
+        table: usize,
+        handler: &mut H,
+        used: impl Fn(&Self) -> usize,
+        share: usize,
+        holds: impl Fn(&Flow<H::State>) -> bool,
+    ) {
+        let target = share - share / 16;
+        let mut by_age: Vec<(Timestamp, u64, FlowKey)> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| holds(f))
+            .map(|(k, f)| (f.last_ts, f.info.id, *k))
+            .collect();
+        by_age.sort_unstable_by_key(|e| (e.0, e.1));
+        for (_, _, key) in by_age {
+            if used(self) <= target {
+                break;
+            }
+            self.evictions[table] += 1;
+            self.close_flow(&key, CloseReason::Evicted, handler);
+        }
     }
 
     /// Applies one segment: port reuse first, then the flow's own reassembly.
@@ -535,6 +674,7 @@ impl<H: StreamHandler> FlowTable<H> {
                     last_ts: ts,
                     closing_at: None,
                     held_syn: None,
+                    held: 0,
                     state,
                 },
             );
@@ -558,6 +698,9 @@ impl<H: StreamHandler> FlowTable<H> {
             ts,
             handler,
         );
+        let held = handler.held_bytes(&flow.state);
+        self.held = self.held - flow.held + held;
+        flow.held = held;
         self.stats.buffered_bytes_peak = self.stats.buffered_bytes_peak.max(self.buffered as u64);
         if let Some(reason) = outcome {
             flow.closing_at
@@ -641,6 +784,7 @@ impl<H: StreamHandler> FlowTable<H> {
         let Some(mut flow) = self.flows.remove(key) else {
             return;
         };
+        self.held -= flow.held;
         let ts = flow.last_ts.max(
             self.now
                 .min(flow.last_ts.saturating_add(self.cfg.idle_timeout)),
@@ -1356,6 +1500,158 @@ mod tests {
         t.flush_all(&mut r);
         assert_eq!(r.stream(Direction::ClientToServer).len(), 401);
         assert_eq!(t.buffered_bytes(), 0);
+    }
+
+    /// A handler holding every byte it is given until the connection closes (as an HTTP
+    /// parser holds a body being read), and recording which connections closed how.
+    #[derive(Default)]
+    struct Holder {
+        closed: Vec<(SocketAddr, CloseReason)>,
+    }
+
+    impl StreamHandler for Holder {
+        type State = usize;
+        fn open(&mut self, _: &ConnInfo) -> usize {
+            0
+        }
+        fn data(&mut self, st: &mut usize, _: &ConnInfo, _: Direction, b: &[u8], _: Timestamp) {
+            *st += b.len();
+        }
+        fn gap(&mut self, _: &mut usize, _: &ConnInfo, _: Direction, _: u64, _: Timestamp) {}
+        fn close(&mut self, _: usize, c: &ConnInfo, reason: CloseReason, _: Timestamp) {
+            self.closed.push((c.client, reason));
+        }
+        fn held_bytes(&self, st: &usize) -> usize {
+            *st
+        }
+    }
+
+    fn client(i: u16) -> SocketAddr {
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(10, 2, (i >> 8) as u8, i as u8)),
+            40000,
+        )
+    }
+
+    fn usage(t: &FlowTable<Holder>, table: Table) -> Usage {
+        t.usage()
+            .into_iter()
+            .find(|(x, _)| *x == table)
+            .map(|(_, u)| u)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn flows_budget_evicts_least_recently_active_flows() {
+        let entry = FlowTable::<Holder>::entry_bytes();
+        let cfg = ReassemblyConfig {
+            budget: FlowBudget {
+                flows: 32 * entry,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut t = FlowTable::new(cfg);
+        let mut h = Holder::default();
+        for i in 0..32u16 {
+            t.process(
+                &seg(client(i), S, 1, 0, TcpFlags::SYN, b""),
+                ms(u64::from(i) + 1),
+                &mut h,
+            );
+        }
+        // Flow 0 stays busy: the next least recently active are 1, 2, ...
+        t.process(&seg(client(0), S, 2, 0, A, b"x"), ms(100), &mut h);
+        assert!(h.closed.is_empty());
+        assert_eq!(usage(&t, Table::Flows).bytes, (32 * entry) as u64);
+        t.process(
+            &seg(client(40), S, 1, 0, TcpFlags::SYN, b""),
+            ms(101),
+            &mut h,
+        );
+        let u = usage(&t, Table::Flows);
+        // Back under 15/16 of the share: 30 flows, 3 evicted, the oldest idle ones.
+        assert_eq!(u.entries, 30, "{u:?}");
+        assert_eq!(u.evictions, 3);
+        assert_eq!(u.limit, (32 * entry) as u64);
+        assert!(u.bytes <= u.limit);
+        let evicted: Vec<_> = h.closed.iter().map(|c| c.0).collect();
+        assert_eq!(evicted, vec![client(1), client(2), client(3)]);
+        assert!(h.closed.iter().all(|c| c.1 == CloseReason::Evicted));
+        assert_eq!(t.stats().flows_closed.get("evicted"), Some(&3));
+        for kept in [client(0), client(4), client(31), client(40)] {
+            assert!(t.flows.contains_key(&FlowKey::new(TunnelId(0), kept, S)));
+        }
+    }
+
+    #[test]
+    fn streams_budget_evicts_least_recent_flows_holding_buffers() {
+        let cfg = ReassemblyConfig {
+            budget: FlowBudget {
+                streams: 1000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut t = FlowTable::new(cfg);
+        let mut h = Holder::default();
+        // An idle flow holding no buffer is never evicted for the streams table.
+        t.process(&seg(client(99), S, 1, 0, TcpFlags::SYN, b""), ms(1), &mut h);
+        // Four flows each buffer 300 bytes behind a one-byte hole.
+        for i in 0..4u16 {
+            let at = 10 + u64::from(i);
+            t.process(
+                &seg(client(i), S, 1000, 0, TcpFlags::SYN, b""),
+                ms(at),
+                &mut h,
+            );
+            t.process(&seg(client(i), S, 1002, 0, A, &[b'y'; 300]), ms(at), &mut h);
+        }
+        let u = usage(&t, Table::Streams);
+        // The fourth pushed it over 1000: the oldest holder went.
+        assert_eq!(u.evictions, 1, "{u:?}");
+        assert_eq!(u.bytes, 900);
+        assert_eq!(u.entries, 3);
+        assert_eq!(h.closed, vec![(client(0), CloseReason::Evicted)]);
+        assert!(
+            t.flows
+                .contains_key(&FlowKey::new(TunnelId(0), client(99), S))
+        );
+        assert_eq!(t.buffered_bytes(), 900);
+    }
+
+    #[test]
+    fn http_budget_evicts_least_recent_flows_holding_handler_bytes() {
+        let cfg = ReassemblyConfig {
+            budget: FlowBudget {
+                http: 1000,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut t = FlowTable::new(cfg);
+        let mut h = Holder::default();
+        for i in 0..3u16 {
+            t.process(
+                &seg(client(i), S, 1000, 0, TcpFlags::SYN, b""),
+                ms(1),
+                &mut h,
+            );
+        }
+        // Flows 0 and 1 each hold 400 bytes; flow 2 holds nothing.
+        t.process(&seg(client(0), S, 1001, 0, A, &[b'a'; 400]), ms(2), &mut h);
+        t.process(&seg(client(1), S, 1001, 0, A, &[b'b'; 400]), ms(3), &mut h);
+        assert_eq!(usage(&t, Table::Http).bytes, 800);
+        assert!(h.closed.is_empty());
+        // Flow 1 grows past the share: flow 0, the least recently active holder, goes.
+        t.process(&seg(client(1), S, 1401, 0, A, &[b'b'; 300]), ms(4), &mut h);
+        let u = usage(&t, Table::Http);
+        assert_eq!((u.bytes, u.entries, u.evictions), (700, 1, 1), "{u:?}");
+        assert_eq!(h.closed, vec![(client(0), CloseReason::Evicted)]);
+        assert_eq!(t.active_flows(), 2);
+        // Closing returns the bytes.
+        t.flush_all(&mut h);
+        assert_eq!(usage(&t, Table::Http).bytes, 0);
     }
 
     /// One request and response on a handshaken connection, then FIN both ways.

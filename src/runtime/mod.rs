@@ -7,7 +7,10 @@
 //! batch. Workers own their flow table and HTTP state and run reassembly → http inline,
 //! filling line buffers that one writer thread writes. Every queue is bounded: in replay a
 //! full queue makes the capture thread wait (nothing is lost); in live capture the batch is
-//! dropped and counted, so a slow worker never stalls the kernel ring. Time is packet time:
+//! kept and load is shed by whole connections (a flow-hash range per worker, raised while
+//! its queue is full and lowered after calm; counted), so a slow worker never stalls the
+//! kernel ring and the connections analysed stay complete. Workers' flow tables are bounded
+//! by their shares of the memory budget. Time is packet time:
 //! batches carry the capture clock so idle workers still expire flows. With several live
 //! interfaces (split taps, one direction each) a worker merges its inputs by packet time
 //! (`merge`), bounded by `[capture] split_window_ms` and `split_hold_max_mib`.
@@ -28,12 +31,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
 
 use crate::actor::{self, Attribution};
+use crate::budget::{Table, Usage};
 use crate::capture::{
     self, CaptureError, CaptureStats, FileEnd, Frame, Progress, SplitStats, Timestamp,
 };
@@ -46,10 +50,13 @@ use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
 use crate::output::webhook::Webhooks;
 use crate::output::{QueueStats, ReloadStats, Summary, path_of, route_of, write_transaction};
 use crate::reassembly::{
-    CloseReason, ConnInfo, Direction, FlowKey, FlowTable, ReassemblyStats, StreamHandler,
+    CloseReason, ConnInfo, Direction, FlowBudget, FlowKey, FlowTable, ReassemblyStats,
+    StreamHandler,
 };
 use crate::rules::RuleSet;
-use crate::telemetry::metrics::{CaptureSnapshot, Hub, PUBLISH_EVERY, WorkerSnapshot};
+use crate::telemetry::metrics::{
+    CaptureSnapshot, Hub, MemorySource, PUBLISH_EVERY, WorkerSnapshot,
+};
 use crate::token::{Attestation, UserId, Verdict, Verifier};
 
 /// Segments per batch handed to a worker.
@@ -60,6 +67,22 @@ const BATCH_BYTES: usize = 512 * 1024;
 const HEARTBEAT_NANOS: u64 = 1_000_000_000;
 /// Transaction line buffer size at which a worker hands it to the writer.
 const LINES_FLUSH_BYTES: usize = 256 * 1024;
+
+/// Load shedding (live capture): the flow-hash space is cut into this many buckets; a
+/// worker's shed level is how many of them it sheds.
+const SHED_STEPS: u8 = 64;
+/// Most a worker's batch may grow while its queue is full (segments, payload bytes) before
+/// connections already analysed are shed too.
+const BACKLOG_SEGMENTS: usize = 8 * BATCH_SEGMENTS;
+const BACKLOG_BYTES: usize = 8 * BATCH_BYTES;
+/// Least wall time between two raises of a worker's shed level.
+const SHED_RAISE_EVERY: Duration = Duration::from_millis(5);
+/// Wall time a worker's queue must have had room before its level is lowered a step (and
+/// between two steps down): levels fall from full shedding to none in about 6 s.
+const SHED_CALM: Duration = Duration::from_millis(100);
+/// Shed connections a capture thread remembers (16 bytes each and the table's slack);
+/// past it, shedding falls back to the hash range alone.
+const SHED_FLOWS_MAX: usize = 1 << 18;
 
 /// Where results go.
 #[derive(Default)]
@@ -101,8 +124,9 @@ impl Judges {
                 trusted_proxies: id.trusted_proxies.clone(),
             })
             .unwrap_or_default();
+        let cache_bytes = cfg.runtime.budget.share(Table::Tokens) as u64;
         Ok(Judges {
-            verifier: Verifier::new(cfg.token.clone())?,
+            verifier: Verifier::with_cache_bytes(cfg.token.clone(), cache_bytes)?,
             attribution,
         })
     }
@@ -248,7 +272,138 @@ struct Dispatcher {
     /// Live capture: the wall-clock instant the last packet arrived, so an idle port's
     /// clock still moves (held events and follow-up alerts fall due); replay never uses it.
     last_arrival: Option<(Timestamp, Instant)>,
+    /// Live capture: load shedding by connection.
+    shedding: Shedding,
     side: CaptureSide,
+}
+
+/// Load shedding of one capture thread (live capture; replay waits instead).
+struct Shedding {
+    /// Per worker.
+    shed: Vec<Shedder>,
+    /// Connections being shed (by flow hash), with the packet time last seen: every later
+    /// segment of theirs is shed too, so they leave whole and the others stay whole.
+    flows: std::collections::HashMap<u64, Timestamp, foldhash::fast::RandomState>,
+    /// A shed connection unseen this long is forgotten (`[reassembly] idle_timeout`).
+    idle: Duration,
+}
+
+impl Shedding {
+    /// Whether this segment of worker `w` is shed: its connection is being shed, or it
+    /// opens (or belongs to) one in the worker's shed range. Counted in `q`.
+    fn segment(
+        &mut self,
+        w: usize,
+        h: u64,
+        flags: TcpFlags,
+        ts: Timestamp,
+        q: &mut QueueStats,
+    ) -> bool {
+        let Some(s) = self.shed.get(w).copied() else {
+            return false;
+        };
+        if s.level == 0 && self.flows.is_empty() {
+            return false;
+        }
+        let bucket = shed_bucket(h);
+        // A SYN opens a connection (or reuses the addresses of an old one): judged anew.
+        let opens = flags.has(TcpFlags::SYN);
+        if let Some(last) = self.flows.get_mut(&h) {
+            if !(opens && bucket >= s.level) {
+                *last = ts;
+                q.shed_packets += 1;
+                return true;
+            }
+            self.flows.remove(&h);
+        }
+        let remembered = self.flows.len() < SHED_FLOWS_MAX;
+        // Without room to remember shed connections, the range alone decides.
+        let cut = if remembered { s.cut } else { s.level };
+        if bucket < cut || (opens && bucket < s.level) {
+            if remembered {
+                self.flows.insert(h, ts);
+                q.shed_flows += 1;
+            } else if opens {
+                q.shed_flows += 1;
+            }
+            q.shed_packets += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Lowers levels after calm; forgets shed connections unseen for the idle timeout.
+    fn relax(&mut self, now: Timestamp) {
+        for s in &mut self.shed {
+            s.relax();
+        }
+        let idle = self.idle;
+        if !self.flows.is_empty() {
+            self.flows.retain(|_, last| last.saturating_add(idle) > now);
+        }
+    }
+
+    /// Highest current and peak level over the workers, as shares of the hash space.
+    fn levels(&self) -> (f64, f64) {
+        let top = |f: fn(&Shedder) -> u8| {
+            f64::from(self.shed.iter().map(f).max().unwrap_or(0)) / f64::from(SHED_STEPS)
+        };
+        (top(|s| s.level), top(|s| s.peak))
+    }
+}
+
+/// One worker's load shedding, driven by its queue: raised while the queue refuses
+/// batches, lowered step by step once it has had room for a while.
+#[derive(Clone, Copy, Debug)]
+struct Shedder {
+    /// New connections (a SYN) hashing into buckets below it are shed.
+    level: u8,
+    /// Every segment hashing below it is shed, connections already analysed included
+    /// (raised only when the held batch reaches the backlog cap); at most `level`.
+    cut: u8,
+    peak: u8,
+    /// When the queue last refused a batch.
+    last_full: Option<Instant>,
+    /// When a level last changed.
+    last_change: Instant,
+}
+
+impl Shedder {
+    fn new() -> Shedder {
+        Shedder {
+            level: 0,
+            cut: 0,
+            peak: 0,
+            last_full: None,
+            last_change: Instant::now(),
+        }
+    }
+
+    fn raise(&mut self) {
+        if self.level < SHED_STEPS && self.last_change.elapsed() >= SHED_RAISE_EVERY {
+            self.level += 1;
+            self.peak = self.peak.max(self.level);
+            self.last_change = Instant::now();
+        }
+    }
+
+    /// One step down after `SHED_CALM` with room in the queue.
+    fn relax(&mut self) {
+        if self.level > 0
+            && self.last_full.is_none_or(|t| t.elapsed() >= SHED_CALM)
+            && self.last_change.elapsed() >= SHED_CALM
+        {
+            self.level -= 1;
+            self.cut = self.cut.min(self.level);
+            self.last_change = Instant::now();
+        }
+    }
+}
+
+/// The bucket of a flow hash in the shed range (high bits: the worker comes from the
+/// hash modulo the worker count).
+fn shed_bucket(h: u64) -> u8 {
+    ((h >> 40) % u64::from(SHED_STEPS)) as u8
 }
 
 impl Dispatcher {
@@ -280,8 +435,80 @@ impl Dispatcher {
             last_heartbeat: Timestamp::ZERO,
             heartbeat_nanos: HEARTBEAT_NANOS,
             last_arrival: None,
+            shedding: Shedding {
+                shed: vec![Shedder::new(); n],
+                flows: Default::default(),
+                idle: cfg.reassembly.idle_timeout,
+            },
             side: CaptureSide::default(),
         }
+    }
+
+    /// The flow hash of a held segment (as `frame` computed it).
+    fn hash_of(&self, m: &SegMeta) -> u64 {
+        self.hasher.hash_one(FlowKey::new(m.tunnel, m.src, m.dst))
+    }
+
+    /// Worker `w`'s queue refused its batch, which is kept (and keeps growing). Past a
+    /// full batch its shed level rises; at the backlog cap connections already analysed
+    /// are cut too, from the top of the shed range, and their held segments dropped, until
+    /// the backlog is back to half the cap.
+    fn overloaded(&mut self, w: usize) {
+        let Some(s) = self.shedding.shed.get_mut(w) else {
+            return;
+        };
+        s.last_full = Some(Instant::now());
+        let b = &self.batches[w];
+        if b.segs.len() < BATCH_SEGMENTS && b.arena.len() < BATCH_BYTES {
+            // A heartbeat or a partial batch: it waits for room.
+            return;
+        }
+        s.raise();
+        let over = |b: &Batch| b.segs.len() >= BACKLOG_SEGMENTS || b.arena.len() >= BACKLOG_BYTES;
+        let half =
+            |b: &Batch| b.segs.len() <= BACKLOG_SEGMENTS / 2 && b.arena.len() <= BACKLOG_BYTES / 2;
+        if !over(b) {
+            return;
+        }
+        while !half(&self.batches[w]) {
+            let Some(s) = self.shedding.shed.get_mut(w).filter(|s| s.cut < SHED_STEPS) else {
+                break;
+            };
+            s.cut += 1;
+            s.level = s.level.max(s.cut);
+            s.peak = s.peak.max(s.level);
+            s.last_change = Instant::now();
+            self.compact(w);
+        }
+    }
+
+    /// Drops the held segments of worker `w` that are now shed, remembering their
+    /// connections; the rest keep their order.
+    fn compact(&mut self, w: usize) {
+        let mut b = std::mem::take(&mut self.batches[w]);
+        let mut kept = 0;
+        let mut write = 0usize;
+        for i in 0..b.segs.len() {
+            let m = b.segs[i];
+            let h = self.hash_of(&m);
+            if self
+                .shedding
+                .segment(w, h, m.flags, m.ts, &mut self.side.queue)
+            {
+                continue;
+            }
+            let (start, len) = (m.start as usize, m.len as usize);
+            b.arena.copy_within(start..start + len, write);
+            b.segs[kept] = SegMeta {
+                start: write as u32,
+                ..m
+            };
+            write += len;
+            kept += 1;
+        }
+        b.segs.truncate(kept);
+        b.arena.truncate(write);
+        self.batches[w] = b;
     }
 
     fn frame(&mut self, f: Frame<'_>) {
@@ -301,12 +528,19 @@ impl Dispatcher {
             decoder,
             hasher,
             batches,
+            lossy,
+            shedding,
+            side,
             ..
         } = self;
         let full = match decoder.decode(link, f.data, f.ts) {
-            Ok(Decoded::Tcp(seg)) => {
+            Ok(Decoded::Tcp(seg)) => 'seg: {
                 let key = FlowKey::new(seg.tunnel, seg.src, seg.dst);
-                let w = (hasher.hash_one(key) % batches.len() as u64) as usize;
+                let h = hasher.hash_one(key);
+                let w = (h % batches.len() as u64) as usize;
+                if *lossy && shedding.segment(w, h, seg.flags, f.ts, &mut side.queue) {
+                    break 'seg None;
+                }
                 let b = &mut batches[w];
                 if b.segs.is_empty() {
                     b.created = Some(Instant::now());
@@ -338,12 +572,18 @@ impl Dispatcher {
                 self.now = moved;
             }
         }
+        if self.lossy {
+            self.relax();
+        }
         self.maybe_heartbeat();
     }
 
     /// Copies this thread's counters to the metrics hub, at most every `PUBLISH_EVERY`.
     fn maybe_publish(&mut self, force: bool) {
         self.frames_since_check += 1;
+        if self.lossy && self.frames_since_check.is_multiple_of(64) {
+            self.relax();
+        }
         if !force && self.frames_since_check < 1024 {
             return;
         }
@@ -381,36 +621,87 @@ impl Dispatcher {
     }
 
     fn send(&mut self, w: usize) {
+        if self.lossy {
+            self.offer(w);
+            return;
+        }
         let mut batch = std::mem::replace(&mut self.batches[w], self.pool.take());
         batch.now = self.now;
         batch.source = self.index;
         self.batches[w].segs.reserve(BATCH_SEGMENTS);
         self.side.queue.batches += 1;
-        if self.lossy {
-            match self.senders[w].try_send(batch) {
-                Ok(()) => {}
-                Err(TrySendError::Full(b)) => {
-                    self.side.queue.dropped_batches += 1;
-                    self.side.queue.dropped_segments += b.segs.len() as u64;
-                    self.pool.give(b);
-                }
-                Err(TrySendError::Disconnected(_)) => {}
+        match self.senders[w].try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(b)) => {
+                self.side.queue.full_waits += 1;
+                let _ = self.senders[w].send(b);
             }
-        } else {
-            match self.senders[w].try_send(batch) {
-                Ok(()) => {}
-                Err(TrySendError::Full(b)) => {
-                    self.side.queue.full_waits += 1;
-                    let _ = self.senders[w].send(b);
-                }
-                Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Live capture: offers worker `w` its batch without waiting. A full queue keeps the
+    /// batch (it goes first when there is room, so no segment is lost or reordered) and
+    /// sheds load by connection ([`Dispatcher::overloaded`]); a slow worker never stalls
+    /// the kernel ring.
+    fn offer(&mut self, w: usize) {
+        let Some(slot) = self.batches.get_mut(w) else {
+            return;
+        };
+        let mut batch = std::mem::take(slot);
+        batch.now = self.now;
+        batch.source = self.index;
+        match self.senders[w].try_send(batch) {
+            Ok(()) => {
+                self.side.queue.batches += 1;
+                let fresh = &mut self.batches[w];
+                *fresh = self.pool.take();
+                fresh.segs.reserve(BATCH_SEGMENTS);
+            }
+            Err(TrySendError::Full(b)) => {
+                self.batches[w] = b;
+                self.overloaded(w);
+            }
+            Err(TrySendError::Disconnected(b)) => {
+                // The worker is gone (shutdown): what it would have had is counted.
+                self.side.queue.dropped_batches += 1;
+                self.side.queue.dropped_segments += b.segs.len() as u64;
+                self.pool.give(b);
             }
         }
     }
 
-    fn finish(mut self) -> CaptureSide {
+    /// Live capture, now and then: retries batches a full queue refused, lowers shed levels
+    /// after calm, forgets idle shed connections.
+    fn relax(&mut self) {
         for w in 0..self.batches.len() {
-            self.send(w);
+            let refused = self.shedding.shed[w].last_full.is_some()
+                && (self.batches[w].segs.len() >= BATCH_SEGMENTS
+                    || self.batches[w].arena.len() >= BATCH_BYTES);
+            if refused {
+                self.offer(w);
+            }
+        }
+        self.shedding.relax(self.now);
+        let (level, peak) = self.shedding.levels();
+        self.side.queue.shed_level = level;
+        self.side.queue.shed_level_peak = peak;
+    }
+
+    fn finish(mut self) -> CaptureSide {
+        if self.lossy {
+            self.relax();
+        }
+        // The end: what is held goes to the workers whatever the wait (they drain).
+        for w in 0..self.batches.len() {
+            let mut batch = std::mem::take(&mut self.batches[w]);
+            batch.now = self.now;
+            batch.source = self.index;
+            self.side.queue.batches += 1;
+            if let Err(e) = self.senders[w].send(batch) {
+                self.side.queue.dropped_batches += 1;
+                self.side.queue.dropped_segments += e.0.segs.len() as u64;
+            }
         }
         self.maybe_publish(true);
         self.side.decode = self.decoder.stats().clone();
@@ -704,6 +995,10 @@ impl StreamHandler for HttpHandler {
         }
     }
 
+    fn held_bytes(&self, st: &ConnState) -> usize {
+        st.http.held_bytes()
+    }
+
     fn close(&mut self, mut st: ConnState, conn: &ConnInfo, _reason: CloseReason, ts: Timestamp) {
         st.http.close(&self.cfg, ts, &mut self.txs, &mut self.stats);
         if !self.txs.is_empty() {
@@ -713,6 +1008,8 @@ impl StreamHandler for HttpHandler {
 }
 
 struct WorkerResult {
+    /// The worker's tables at the end of the capture, before the final flush.
+    memory: [(Table, Usage); 3],
     split: SplitStats,
     reassembly: ReassemblyStats,
     http: HttpStats,
@@ -729,6 +1026,8 @@ struct WorkerIo {
     /// Capture threads feeding this worker; with more than one their segments are merged
     /// by packet time (split taps).
     inputs: usize,
+    /// Its shares of the memory budget.
+    budget: FlowBudget,
 }
 
 fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerIo) -> WorkerResult {
@@ -739,6 +1038,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         lines_tx,
         events_tx,
         inputs,
+        budget,
     } = io;
     let mut merger = (inputs > 1).then(|| {
         merge::Merger::new(
@@ -749,6 +1049,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
     });
     let mut rcfg = cfg.reassembly.clone();
     rcfg.max_flows = per_worker_flows;
+    rcfg.budget = budget;
     let mut table: FlowTable<HttpHandler> = FlowTable::new(rcfg);
     let mut handler = HttpHandler {
         cfg: cfg.http.clone(),
@@ -780,6 +1081,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
                     latency_us: handler.latency_us.clone(),
                 },
             );
+            hub.publish_memory(MemorySource::Worker(index), &table.usage());
         };
     let flush = |handler: &mut HttpHandler, force: bool| {
         if let Some(tx) = &lines_tx
@@ -856,6 +1158,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         }
     }
     handler.batch_created = None;
+    let memory = table.usage();
     table.flush_all(&mut handler);
     publish(&handler, &table, &merger);
     flush(&mut handler, true);
@@ -865,6 +1168,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         watermark: Timestamp(u64::MAX),
     });
     WorkerResult {
+        memory,
         split: merger.map(|m| m.stats).unwrap_or_default(),
         reassembly: table.stats(),
         http: handler.stats,
@@ -921,6 +1225,12 @@ impl Pipeline {
                 .ok()
         };
         let per_worker_flows = (cfg.runtime.max_flows / workers).max(1);
+        let b = cfg.runtime.budget;
+        let budget = FlowBudget {
+            flows: b.share_of(Table::Flows, workers),
+            streams: b.share_of(Table::Streams, workers),
+            http: b.share_of(Table::Http, workers),
+        };
         let mut senders = Vec::new();
         let pool = Arc::new(BatchPool::default());
         let mut handles = Vec::new();
@@ -935,6 +1245,7 @@ impl Pipeline {
                 lines_tx: lines_tx.clone(),
                 events_tx: events_tx.clone(),
                 inputs,
+                budget,
             };
             let shared = shared.clone();
             let h = thread::Builder::new()
@@ -964,6 +1275,9 @@ impl Pipeline {
                 .join()
                 .map_err(|_| RunError::Worker("worker panicked".into()))?;
             summary.reassembly.merge(&r.reassembly);
+            for (t, u) in &r.memory {
+                summary.memory.add(*t, u);
+            }
             summary.split.merge(&r.split);
             summary.http.merge(&r.http);
             summary.transactions_written += r.written;
@@ -985,6 +1299,16 @@ impl Pipeline {
                 .map_err(|_| RunError::Worker("writer panicked".into()))??;
         }
         summary.token = self.shared.judges.load().verifier.stats();
+        summary
+            .memory
+            .add(Table::Tokens, &summary.token.cache_usage());
+        // Shed segments carried transactions at about the analysed traffic's rate.
+        if summary.reassembly.segments > 0 {
+            let est = u128::from(summary.queue.shed_packets)
+                * u128::from(summary.http.transactions)
+                / u128::from(summary.reassembly.segments);
+            summary.queue.shed_transactions_estimate = u64::try_from(est).unwrap_or(u64::MAX);
+        }
         let rules = self.shared.rules.load();
         summary.rules_source = rules.source.clone();
         summary.rules_enabled = rules.rules.len();
@@ -1007,10 +1331,7 @@ impl Pipeline {
 fn finish_summary(summary: &mut Summary, side: CaptureSide) {
     summary.capture.merge(&side.capture);
     summary.decode.merge(&side.decode);
-    summary.queue.batches += side.queue.batches;
-    summary.queue.full_waits += side.queue.full_waits;
-    summary.queue.dropped_batches += side.queue.dropped_batches;
-    summary.queue.dropped_segments += side.queue.dropped_segments;
+    summary.queue.merge(&side.queue);
     if let Some(f) = side.first {
         summary.first_packet = Some(f.rfc3339());
     }

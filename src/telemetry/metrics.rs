@@ -24,6 +24,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::actor::registry::RegistryStats;
+use crate::budget::{Table, Usage};
 use crate::capture::CaptureStats;
 use crate::decode::{DecodeStats, Layer};
 use crate::detect::DetectStats;
@@ -78,6 +79,13 @@ pub const NAMES: &[&str] = &[
     "webhook_spool_depth",
     "reloads",
     "processing_latency_seconds",
+    "memory_bytes",
+    "memory_limit_bytes",
+    "memory_entries",
+    "memory_evictions",
+    "shed_flows",
+    "shed_packets",
+    "shed_level",
 ];
 
 /// Latency histogram bucket bounds, in seconds.
@@ -119,6 +127,14 @@ pub use crate::output::webhook::WebhookSnapshot;
 
 type Source<T> = Box<dyn Fn() -> T + Send + Sync>;
 
+/// Who owns a table's share: a worker (flows, streams, HTTP) or a detect shard (keys,
+/// actors, objects...). The token cache is shared and read from the token stats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemorySource {
+    Worker(usize),
+    Detect(usize),
+}
+
 /// Where every thread publishes and every scrape reads.
 #[derive(Default)]
 pub struct Hub {
@@ -128,6 +144,8 @@ pub struct Hub {
     token: Mutex<Option<Source<TokenStats>>>,
     reloads: Mutex<Option<Source<ReloadStats>>>,
     webhooks: Mutex<Option<Source<Vec<WebhookSnapshot>>>>,
+    /// The latest usage each owner published, per table.
+    memory: Mutex<BTreeMap<MemorySource, Vec<(Table, Usage)>>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -158,6 +176,29 @@ impl Hub {
         if let Ok(mut d) = self.detect.lock() {
             *d = s;
         }
+    }
+
+    /// Replaces what `source` last published of its tables (a worker's flows, streams and
+    /// HTTP; a detect shard's tables). A scrape sums the owners per table.
+    pub fn publish_memory(&self, source: MemorySource, usages: &[(Table, Usage)]) {
+        if let Ok(mut m) = self.memory.lock() {
+            m.insert(source, usages.to_vec());
+        }
+    }
+
+    /// Every table's usage summed over its owners (the token cache from the token stats).
+    fn memory_usage(&self, token: &TokenStats) -> BTreeMap<Table, Usage> {
+        let mut out: BTreeMap<Table, Usage> =
+            Table::ALL.iter().map(|t| (*t, Usage::default())).collect();
+        if let Ok(m) = self.memory.lock() {
+            for (t, u) in m.values().flatten() {
+                out.entry(*t).or_default().add(u);
+            }
+        }
+        out.entry(Table::Tokens)
+            .or_default()
+            .add(&token.cache_usage());
+        out
     }
 
     pub fn set_token_source(&self, f: Source<TokenStats>) {
@@ -279,10 +320,7 @@ impl Collector for Hub {
             for s in cs.iter() {
                 c.capture.merge(&s.capture);
                 c.decode.merge(&s.decode);
-                c.queue.batches += s.queue.batches;
-                c.queue.full_waits += s.queue.full_waits;
-                c.queue.dropped_batches += s.queue.dropped_batches;
-                c.queue.dropped_segments += s.queue.dropped_segments;
+                c.queue.merge(&s.queue);
             }
         }
         let d = self.detect.lock().map(|d| d.clone()).unwrap_or_default();
@@ -357,6 +395,26 @@ impl Collector for Hub {
                 (one("result", "dropped"), c.queue.dropped_batches),
             ],
         )?;
+        e.counter(
+            "shed_flows",
+            "Connections shed whole because a worker queue was full (live capture).",
+            c.queue.shed_flows,
+        )?;
+        e.counter(
+            "shed_packets",
+            "Segments of shed connections not analysed.",
+            c.queue.shed_packets,
+        )?;
+        {
+            let g = ConstGauge::new(c.queue.shed_level);
+            let m = e.e.encode_descriptor(
+                "shed_level",
+                "Share of the flow-hash space new connections are shed from now (0 to 1; the highest over workers).",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(m)?;
+        }
         let dec = &c.decode;
         e.labelled(
             "decode_errors",
@@ -672,6 +730,37 @@ impl Collector for Hub {
                 ),
             ],
         )?;
+        let memory = self.memory_usage(&token);
+        let rows = |f: fn(&Usage) -> u64| {
+            memory
+                .iter()
+                .map(move |(t, u)| (one("table", t.as_str()), f(u)))
+                .collect::<Vec<_>>()
+        };
+        e.labelled(
+            "memory_bytes",
+            "Bytes accounted to each table of the memory budget now.",
+            MetricType::Gauge,
+            rows(|u| u.bytes),
+        )?;
+        e.labelled(
+            "memory_limit_bytes",
+            "Each table's share of the memory budget (runtime.memory_budget_mib).",
+            MetricType::Gauge,
+            rows(|u| u.limit),
+        )?;
+        e.labelled(
+            "memory_entries",
+            "Entries each table of the memory budget holds now.",
+            MetricType::Gauge,
+            rows(|u| u.entries),
+        )?;
+        e.labelled(
+            "memory_evictions",
+            "Entries evicted because their table reached its share of the memory budget.",
+            MetricType::Counter,
+            rows(|u| u.evictions),
+        )?;
         // Packet to transaction: from a segment's arrival at the capture thread to the
         // transaction it completed leaving the worker (wall clock).
         let (sum, count, buckets) = match &latency {
@@ -768,6 +857,45 @@ mod tests {
             "shieldtap_decode_errors_total{layer=\"future-layer\"} 3",
             "shieldtap_decode_errors_total{layer=\"tcp\"} 2",
             "shieldtap_decode_errors_total{layer=\"udp\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+
+    /// Every table of the budget is exported from zero; owners' usages add up per table,
+    /// and an owner's new publication replaces its last one.
+    #[test]
+    fn memory_families_from_zero_and_summed_over_owners() {
+        let hub = Arc::new(Hub::default());
+        let text = hub.render();
+        for t in Table::ALL {
+            for fam in ["memory_bytes", "memory_limit_bytes", "memory_entries"] {
+                let line = format!("shieldtap_{fam}{{table=\"{}\"}} 0", t.as_str());
+                assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+            }
+            let line = format!(
+                "shieldtap_memory_evictions_total{{table=\"{}\"}} 0",
+                t.as_str()
+            );
+            assert!(text.lines().any(|l| l == line), "{line} missing");
+        }
+        let u = |bytes, evictions| Usage {
+            bytes,
+            limit: 1000,
+            entries: 1,
+            evictions,
+        };
+        hub.publish_memory(MemorySource::Worker(0), &[(Table::Flows, u(100, 1))]);
+        hub.publish_memory(MemorySource::Worker(1), &[(Table::Flows, u(50, 2))]);
+        hub.publish_memory(MemorySource::Detect(0), &[(Table::Keys, u(7, 0))]);
+        hub.publish_memory(MemorySource::Worker(0), &[(Table::Flows, u(300, 4))]);
+        let text = hub.render();
+        for line in [
+            "shieldtap_memory_bytes{table=\"flows\"} 350",
+            "shieldtap_memory_limit_bytes{table=\"flows\"} 2000",
+            "shieldtap_memory_evictions_total{table=\"flows\"} 6",
+            "shieldtap_memory_bytes{table=\"keys\"} 7",
+            "shieldtap_shed_level 0.0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

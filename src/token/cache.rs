@@ -2,8 +2,10 @@
 //!
 //! Input: the SHA-256 digest of a token and its [`Inspected`] facts. Output: those facts on
 //! later requests carrying the same token. Owned by one family, shared by every worker
-//! (moka: concurrent, bounded by entry count, TinyLFU admission so a flood of one-off forged
-//! tokens does not push out the tokens real devices keep sending). Keys are digests of
+//! (moka: concurrent, bounded in bytes, the lesser of `cache_entries` entries and the
+//! family's part of the memory budget's `tokens` share, each entry weighed as its fixed
+//! size plus the claims it keeps; TinyLFU admission so a flood of one-off forged tokens
+//! does not push out the tokens real devices keep sending). Keys are digests of
 //! traffic, hashed with a per-process seed. An entry lives until its token's `exp` (measured
 //! from the packet time it was stored at, at least [`MIN_TTL`] so a stream of expired tokens
 //! still hits, at most [`MAX_TTL`]). Entries carry the key-set generation they were judged
@@ -46,6 +48,8 @@ struct NearEntry {
     token: Box<[u8]>,
     digest: Digest,
     entry: Arc<Entry>,
+    /// Hits since it was put here.
+    hits: u32,
 }
 
 /// One thread's recently used tokens. Slots are picked by a seeded hash of the token
@@ -73,12 +77,25 @@ impl Near {
     }
 }
 
-fn near_get(cache: u64, token: &[u8]) -> Option<(Digest, Arc<Entry>)> {
+/// Near hits between touches of the shared cache: its admission policy judges entries by
+/// how often they are read, and a token served from near tables would otherwise look
+/// unused there and lose its place to a flood of one-off tokens.
+const TOUCH_EVERY: u32 = 4;
+
+/// A near hit: the digest, the entry, and whether this hit should also be a read of the
+/// shared cache (every [`TOUCH_EVERY`]th).
+fn near_get(cache: u64, token: &[u8]) -> Option<(Digest, Arc<Entry>, bool)> {
     NEAR.with(|n| {
-        let n = n.borrow();
-        match &n.slots[n.slot(token)] {
+        let mut n = n.borrow_mut();
+        let i = n.slot(token);
+        match &mut n.slots[i] {
             Some(e) if e.cache == cache && *e.token == *token => {
-                Some((e.digest, Arc::clone(&e.entry)))
+                e.hits = e.hits.wrapping_add(1);
+                Some((
+                    e.digest,
+                    Arc::clone(&e.entry),
+                    e.hits.is_multiple_of(TOUCH_EVERY),
+                ))
             }
             _ => None,
         }
@@ -97,6 +114,7 @@ fn near_put(cache: u64, token: &[u8], digest: &Digest, entry: &Arc<Entry>) {
             token: token.into(),
             digest: *digest,
             entry: Arc::clone(entry),
+            hits: 0,
         });
     });
 }
@@ -130,21 +148,44 @@ impl moka::Expiry<Digest, Arc<Entry>> for Ttl {
     }
 }
 
+/// Bytes charged per entry besides its strings: the digest key, the shared entry and its
+/// reference count, and the cache's own bookkeeping per entry (moka keeps a node in its
+/// hash table, its access-order deque and its timer wheel: about 150 bytes).
+pub const ENTRY_BYTES: u64 = (size_of::<Digest>() + size_of::<Entry>() + 16 + 160) as u64;
+
+/// Bytes one entry is charged: the fixed part and the claims it keeps.
+fn weight(e: &Entry) -> u32 {
+    let strings = e.facts.subject.as_ref().map_or(0, |s| s.len())
+        + e.facts.ip.as_ref().map_or(0, |s| s.len());
+    u32::try_from(ENTRY_BYTES as usize + strings).unwrap_or(u32::MAX)
+}
+
 /// Bounded token cache for one family (capacity 0: no caching).
 pub struct VerdictCache {
     inner: Option<Cache<Digest, Arc<Entry>, foldhash::fast::RandomState>>,
     pub counters: Arc<CacheCounters>,
     /// This cache's tag in the threads' near tables.
     id: u64,
+    /// Bytes it may hold.
+    limit_bytes: u64,
 }
 
 impl VerdictCache {
-    pub fn new(capacity: u64) -> VerdictCache {
+    /// A cache of at most `capacity` entries (of [`ENTRY_BYTES`] each) and `max_bytes`
+    /// bytes in all (its share of the memory budget), whichever is less. Entries are
+    /// weighed in bytes; TinyLFU admission still keeps a flood of one-off tokens from
+    /// pushing out the tokens devices keep sending.
+    pub fn new(capacity: u64, max_bytes: u64) -> VerdictCache {
         let counters = Arc::new(CacheCounters::default());
-        let inner = (capacity > 0).then(|| {
+        let mut limit_bytes = capacity.saturating_mul(ENTRY_BYTES).min(max_bytes);
+        if limit_bytes < ENTRY_BYTES {
+            limit_bytes = 0;
+        }
+        let inner = (limit_bytes > 0).then(|| {
             let c = Arc::clone(&counters);
             Cache::builder()
-                .max_capacity(capacity)
+                .max_capacity(limit_bytes)
+                .weigher(|_k, v: &Arc<Entry>| weight(v))
                 .expire_after(Ttl)
                 .eviction_listener(move |_k, _v, cause| {
                     if cause == RemovalCause::Size {
@@ -157,6 +198,7 @@ impl VerdictCache {
             inner,
             counters,
             id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
+            limit_bytes,
         }
     }
 
@@ -166,7 +208,12 @@ impl VerdictCache {
     pub fn lookup(&self, token: &[u8], generation: u64) -> (Digest, Option<Arc<Entry>>) {
         let near = self.inner.as_ref().and_then(|_| near_get(self.id, token));
         let (digest, hit) = match near {
-            Some((digest, e)) => (digest, Some(e)),
+            Some((digest, e, touch)) => {
+                if touch && let Some(c) = &self.inner {
+                    let _ = c.get(&digest);
+                }
+                (digest, Some(e))
+            }
             None => {
                 let digest = super::sha256(token);
                 let e = self.inner.as_ref().and_then(|c| c.get(&digest));
@@ -215,6 +262,15 @@ impl VerdictCache {
         entry
     }
 
+    /// Bytes held now (entries weighed as [`weight`] charges them) and the limit.
+    pub fn bytes(&self) -> (u64, u64) {
+        let held = self.inner.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.weighted_size()
+        });
+        (held, self.limit_bytes)
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.inner.as_ref().map_or(0, |c| {
             c.run_pending_tasks();
@@ -254,7 +310,7 @@ mod tests {
 
     #[test]
     fn hits_misses_generations_and_bounds() {
-        let cache = VerdictCache::new(100);
+        let cache = VerdictCache::new(100, u64::MAX);
         let t = b"eyJ.token.seven";
         let (d, hit) = cache.lookup(t, 0);
         assert!(hit.is_none());
@@ -274,8 +330,8 @@ mod tests {
 
     #[test]
     fn near_table_keeps_caches_tokens_and_generations_apart() {
-        let a = VerdictCache::new(100);
-        let b = VerdictCache::new(100);
+        let a = VerdictCache::new(100, u64::MAX);
+        let b = VerdictCache::new(100, u64::MAX);
         let t = b"eyJ.near.one";
         put(&a, t, 2000.0);
         // Same thread, same token, another cache: not a hit.
@@ -310,9 +366,60 @@ mod tests {
         assert_eq!(a.lookup(&long, 0).1.map(|e| e.facts.exp), Some(4000.0));
     }
 
+    /// The memory budget's share bounds the cache in bytes (below its entry count); over
+    /// it entries are evicted and counted, and the tokens devices keep sending survive a
+    /// flood of one-off tokens (TinyLFU admission).
+    #[test]
+    fn byte_share_bounds_the_cache_and_devices_survive_a_flood() {
+        let limit = 64 * ENTRY_BYTES;
+        let cache = VerdictCache::new(100_000, limit);
+        let devices: Vec<String> = (0..16).map(|i| format!("device-token-{i}")).collect();
+        for _ in 0..20 {
+            for d in &devices {
+                if cache.lookup(d.as_bytes(), 0).1.is_none() {
+                    put(&cache, d.as_bytes(), 2000.0);
+                }
+            }
+        }
+        for i in 0..5000u32 {
+            // Devices keep sending while the flood goes on.
+            if i % 16 == 0 {
+                for d in &devices {
+                    if cache.lookup(d.as_bytes(), 0).1.is_none() {
+                        put(&cache, d.as_bytes(), 2000.0);
+                    }
+                }
+            }
+            let forged = format!("forged-{i}");
+            // Each forged token is looked up once (a miss), judged, stored.
+            assert!(cache.lookup(forged.as_bytes(), 0).1.is_none());
+            put(&cache, forged.as_bytes(), 2000.0);
+        }
+        let (held, lim) = cache.bytes();
+        assert_eq!(lim, limit);
+        assert!(held <= limit, "{held} > {limit}");
+        assert!(cache.entry_count() <= 64, "{}", cache.entry_count());
+        assert!(cache.counters.evictions.load(Ordering::Relaxed) > 0);
+        // Devices still hit, from the shared cache (another thread has no near table).
+        let hits = std::thread::scope(|s| {
+            s.spawn(|| {
+                devices
+                    .iter()
+                    .filter(|d| cache.lookup(d.as_bytes(), 0).1.is_some())
+                    .count()
+            })
+            .join()
+            .unwrap_or(0)
+        });
+        assert!(
+            hits >= 14,
+            "only {hits} of 16 device tokens survived the flood"
+        );
+    }
+
     #[test]
     fn zero_capacity_caches_nothing() {
-        let cache = VerdictCache::new(0);
+        let cache = VerdictCache::new(0, u64::MAX);
         put(&cache, b"t", 2000.0);
         assert!(cache.lookup(b"t", 0).1.is_none());
         assert_eq!(cache.entry_count(), 0);

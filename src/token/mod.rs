@@ -217,10 +217,26 @@ pub struct TokenStats {
     pub cache_misses: u64,
     pub cache_evictions: u64,
     pub cache_entries: u64,
+    /// Bytes the caches hold now, and their limit (the memory budget's `tokens` share, or
+    /// `cache_entries` entries, whichever is less).
+    pub cache_bytes: u64,
+    pub cache_limit_bytes: u64,
     /// Tokens over `max_token_bytes` (judged `malformed` unread).
     pub oversize_tokens: u64,
     pub jwks_refresh_ok: u64,
     pub jwks_refresh_failed: u64,
+}
+
+impl TokenStats {
+    /// The token caches as the memory budget reports them.
+    pub fn cache_usage(&self) -> crate::budget::Usage {
+        crate::budget::Usage {
+            bytes: self.cache_bytes,
+            limit: self.cache_limit_bytes,
+            entries: self.cache_entries,
+            evictions: self.cache_evictions,
+        }
+    }
 }
 
 /// Why a [`Verifier`] could not be built.
@@ -283,7 +299,7 @@ struct Family {
 }
 
 impl Family {
-    fn new(cfg: FamilyConfig, targets: &mut Vec<Target>) -> Family {
+    fn new(cfg: FamilyConfig, cache_bytes: u64, targets: &mut Vec<Target>) -> Family {
         let fetched = cfg.jwks_url.as_ref().map(|url| {
             let store = Arc::new(FetchedKeys::default());
             targets.push(Target {
@@ -296,7 +312,7 @@ impl Family {
             });
             store
         });
-        let cache = VerdictCache::new(cfg.cache_entries);
+        let cache = VerdictCache::new(cfg.cache_entries, cache_bytes);
         Family {
             cfg,
             fetched,
@@ -537,16 +553,26 @@ impl Verifier {
     /// Builds the verifier. With any `jwks_url`, starts the refresh thread and waits up to
     /// 15 s for the first fetch (a failure is logged; those families start without keys).
     pub fn new(cfg: TokenConfig) -> Result<Verifier, TokenError> {
+        Verifier::with_cache_bytes(cfg, u64::MAX)
+    }
+
+    /// A verifier whose caches hold at most `cache_bytes` in all (the memory budget's
+    /// `tokens` share), split evenly between the families.
+    pub fn with_cache_bytes(cfg: TokenConfig, cache_bytes: u64) -> Result<Verifier, TokenError> {
         if cfg.families.is_empty() {
             return Err(TokenError::Config("no token family".into()));
         }
+        let caches = (cfg.families.len() + usize::from(cfg.identity.is_some())) as u64;
+        let each = cache_bytes / caches.max(1);
         let mut targets = Vec::new();
         let families: Vec<Family> = cfg
             .families
             .into_iter()
-            .map(|f| Family::new(f, &mut targets))
+            .map(|f| Family::new(f, each, &mut targets))
             .collect();
-        let identity = cfg.identity.map(|id| Family::new(id.user, &mut targets));
+        let identity = cfg
+            .identity
+            .map(|id| Family::new(id.user, each, &mut targets));
         let jwks = Arc::new(JwksCounters::default());
         let fetcher = if targets.is_empty() {
             None
@@ -632,6 +658,9 @@ impl Verifier {
             s.cache_misses += c.misses.load(Ordering::Relaxed);
             s.cache_evictions += c.evictions.load(Ordering::Relaxed);
             s.cache_entries += f.cache.entry_count();
+            let (held, limit) = f.cache.bytes();
+            s.cache_bytes += held;
+            s.cache_limit_bytes += limit;
             s.oversize_tokens += f.oversize.load(Ordering::Relaxed);
         }
         s.verdicts = self

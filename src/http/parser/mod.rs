@@ -236,6 +236,8 @@ struct InFlight {
     opaque_after: bool,
     /// Bytes of its head on the wire (0 when it had none or it was cut).
     head_len: usize,
+    /// Bytes its parsed head holds (fields, method, target), for memory accounting.
+    head_weight: usize,
 }
 
 impl InFlight {
@@ -816,6 +818,10 @@ impl Side {
                 )
             }
         };
+        let head_weight = match &msg {
+            Message::Request(r) => request_weight(r),
+            Message::Response(r) => response_weight(r),
+        };
         let mut m = InFlight {
             msg,
             anomalies,
@@ -825,6 +831,7 @@ impl Side {
             link,
             opaque_after,
             head_len,
+            head_weight,
         };
         match framing {
             Some(Some(Framing::None)) | None => {
@@ -1104,6 +1111,14 @@ impl Side {
         self.scan = 0;
     }
 
+    /// Heap bytes this direction holds: its line buffer and the message being read.
+    fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+            + self.msg.as_ref().map_or(0, |m| {
+                size_of::<InFlight>() + m.head_weight + m.body().data.capacity()
+            })
+    }
+
     fn buffered_bytes(&self) -> usize {
         self.buf.len()
             + self.msg.as_ref().map_or(0, |m| match &m.msg {
@@ -1175,6 +1190,13 @@ impl HttpConn {
             })
             .sum();
         self.req.buffered_bytes() + self.resp.buffered_bytes() + queued + self.stash_len
+    }
+
+    /// Heap bytes this connection holds now, as the memory budget charges them: both
+    /// directions' buffers and messages being read, and the requests waiting for answers
+    /// (their accounted weight). Cheap: no walk over the queue.
+    pub fn held_bytes(&self) -> usize {
+        self.req.held_bytes() + self.resp.held_bytes() + self.shared.pending_bytes
     }
 
     fn role(&self, dir: Dir) -> Role {

@@ -1627,3 +1627,49 @@ fn method_and_status_classes_come_from_their_lists() {
     let distinct: std::collections::BTreeSet<_> = STATUS_CLASSES.iter().collect();
     assert_eq!(distinct.len(), STATUS_CLASSES.len());
 }
+
+/// What a connection holds, as the memory budget charges it: a body being read and the
+/// requests waiting for answers; nothing once every transaction is out.
+#[test]
+fn held_bytes_follow_pending_messages_and_bodies() {
+    let cfg = HttpConfig::default();
+    let mut conn = HttpConn::new();
+    let mut out = Vec::new();
+    let mut stats = HttpStats::default();
+    let t = ts_of(0);
+    assert_eq!(conn.held_bytes(), 0);
+    let head = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n";
+    conn.data(&cfg, Dir::ToServer, head, t, &mut out, &mut stats);
+    let after_head = conn.held_bytes();
+    assert!(after_head > 0);
+    conn.data(
+        &cfg,
+        Dir::ToServer,
+        &[b'x'; 10_000],
+        t,
+        &mut out,
+        &mut stats,
+    );
+    // The body's buffer is charged as allocated (sized from Content-Length up front).
+    let mid_body = conn.held_bytes();
+    assert!(
+        mid_body >= 10_000 && mid_body >= after_head,
+        "{after_head} → {mid_body}"
+    );
+    conn.data(
+        &cfg,
+        Dir::ToServer,
+        &[b'x'; 10_000],
+        t,
+        &mut out,
+        &mut stats,
+    );
+    // The request is complete and waits for its answer, body included.
+    assert!(conn.held_bytes() >= 20_000, "{}", conn.held_bytes());
+    assert!(out.is_empty());
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    conn.data(&cfg, Dir::ToClient, resp, t, &mut out, &mut stats);
+    assert_eq!(out.len(), 1);
+    // Only reusable line buffers remain.
+    assert!(conn.held_bytes() < 1024, "{}", conn.held_bytes());
+}
