@@ -20,7 +20,7 @@ use crate::capture::Timestamp;
 use crate::detect::{Alert, DetectConfig, DetectStats, Engine, Event, write_alert};
 use crate::output::webhook::Webhooks;
 use crate::rules::RuleSet;
-use crate::telemetry::metrics::{DetectSnapshot, PUBLISH_EVERY};
+use crate::telemetry::metrics::{DetectSnapshot, MemorySource, PUBLISH_EVERY};
 
 /// Packet time an event may trail its worker's clock: transactions closed by timeouts are
 /// stamped with their deadline, which can be up to a heartbeat (1 s) behind.
@@ -143,7 +143,10 @@ pub(super) fn run(
     let mut out = Writer { sink, written: 0 };
     let mut failed: Option<std::io::Error> = None;
     let mut last_publish = std::time::Instant::now();
-    let publish = |engine: &Engine, rules: &RuleSet| {
+    let publish = |engine: &Engine, rules: &RuleSet, ordering: &Usage| {
+        let mut memory = engine.memory();
+        memory.push((Table::Ordering, *ordering));
+        shared.hub.publish_memory(MemorySource::Detect(0), &memory);
         shared.hub.publish_detect(DetectSnapshot {
             stats: engine.stats(),
             actors: engine.actor_stats(),
@@ -160,7 +163,7 @@ pub(super) fn run(
                 .collect(),
         });
     };
-    publish(&engine, &rules);
+    publish(&engine, &rules, &ordering);
     let release =
         |o: Ordered, engine: &mut Engine, last: &mut Option<_>, alerts: &mut Vec<Alert>| {
             let k = o.key();
@@ -218,7 +221,7 @@ pub(super) fn run(
         alerts.clear();
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = std::time::Instant::now();
-            publish(&engine, &rules);
+            publish(&engine, &rules, &ordering);
         }
     }
     while let Some(Reverse(o)) = heap.pop() {
@@ -227,7 +230,7 @@ pub(super) fn run(
     let mut memory = engine.memory();
     memory.push((Table::Ordering, ordering));
     engine.finish(&mut alerts);
-    publish(&engine, &rules);
+    publish(&engine, &rules, &ordering);
     if let Some(h) = &hooks {
         h.submit(&alerts);
     }
