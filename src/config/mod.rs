@@ -45,6 +45,8 @@ pub struct RuntimeConfig {
     /// Memory for everything that grows with traffic (`memory_budget_mib`), split into a
     /// share per table.
     pub budget: crate::budget::Budget,
+    /// Detect shards: threads the rules' key state is spread over (`detect_shards`).
+    pub detect_shards: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -54,6 +56,7 @@ impl Default for RuntimeConfig {
             queue_batches: 64,
             max_flows: 1_000_000,
             budget: crate::budget::Budget::default(),
+            detect_shards: 1,
         }
     }
 }
@@ -220,6 +223,7 @@ struct RawRuntime {
     queue_batches: Option<usize>,
     max_flows: Option<usize>,
     memory_budget_mib: Option<usize>,
+    detect_shards: Option<usize>,
 }
 
 impl Config {
@@ -418,6 +422,12 @@ impl Config {
                 ));
             }
             c.runtime.budget = crate::budget::Budget::mib(m);
+        }
+        if let Some(n) = rt.detect_shards {
+            if !(1..=64).contains(&n) {
+                return Err(err("runtime.detect_shards", "expected 1 to 64"));
+            }
+            c.runtime.detect_shards = n;
         }
 
         c.token = TokenConfig::from_raw(&raw.attestation, raw.identity.as_ref()).map_err(|m| {
@@ -619,6 +629,7 @@ impl Config {
             });
         }
         c.detect.budget = c.runtime.budget;
+        c.detect.shards = c.runtime.detect_shards;
         Ok(c)
     }
 }

@@ -19,10 +19,11 @@ pub use crate::intern;
 mod inventory;
 mod objects;
 mod publicity;
+pub mod shard;
 pub mod shared;
 mod window;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,17 +32,16 @@ use crate::actor::Actor;
 use crate::actor::registry::{ActorSummary, Registry};
 use crate::budget::{Budget, Table, Usage};
 use crate::capture::Timestamp;
-use crate::rules::{DetectorKind, KeyField, Matcher, Rule, RuleId, RuleSet};
+use crate::rules::{KeyField, Matcher, Rule, RuleSet};
 use crate::token::{TokenHash, Verdict};
 
 pub use alert::{Alert, AlertActor, write_alert};
 pub use extract::{LoginConfig, login_username, object_number};
-use hdrhistogram::Histogram;
 pub use objects::{
     ObjectRef, OwnersConfig, Ownership, collection as objects_collection, request_objects,
     returned_from_scan, returned_objects,
 };
-use window::{Episode, KeyState, Observed, Sample};
+pub use shard::{ShardHost, ShardMsg, Tagged};
 
 /// How often (packet time) idle keys are swept and due follow-up alerts emitted.
 const SWEEP_NANOS: u64 = 1_000_000_000;
@@ -397,6 +397,9 @@ pub struct DetectConfig {
     /// The memory budget (`[runtime] memory_budget_mib`): keys, actors, objects, baselines,
     /// the inventory and shared addresses each stay within their share.
     pub budget: Budget,
+    /// Detect shards (`[runtime] detect_shards`): threads the per-rule key state is spread
+    /// over by key. The alerts do not depend on it.
+    pub shards: usize,
 }
 
 impl Default for DetectConfig {
@@ -410,104 +413,9 @@ impl Default for DetectConfig {
             refresh_grace: Duration::from_secs(60),
             shared: shared::SharedConfig::default(),
             budget: Budget::default(),
+            shards: 1,
         }
     }
-}
-
-struct RuleState {
-    rule: Arc<Rule>,
-    keys: hashbrown::HashMap<KeyValue, KeyState, foldhash::fast::RandomState>,
-    /// Bytes the keys hold beyond their table slots (tuples, windows, episodes).
-    heap: usize,
-    /// Baseline detectors: per endpoint, the per-key request counts of closed windows.
-    baselines: Baselines,
-    /// Bytes the baselines hold.
-    baseline_bytes: usize,
-}
-
-/// A key table slot: the key and its state inline, a control byte, at 7/8 load.
-const KEY_SLOT_BYTES: usize = (std::mem::size_of::<(KeyValue, KeyState)>() + 1) * 8 / 7;
-
-/// What a key owns beyond its slot: a tuple's parts (strings are shared, not counted).
-fn key_heap(k: &KeyValue) -> usize {
-    match k {
-        KeyValue::Tuple(parts) => 16 + parts.len() * std::mem::size_of::<KeyValue>(),
-        _ => 0,
-    }
-}
-
-/// What one key costs beyond its slot.
-fn key_extra(k: &KeyValue, ks: &KeyState) -> usize {
-    key_heap(k) + ks.bytes() - std::mem::size_of::<KeyState>()
-}
-
-/// Bytes of one learned baseline: its slot and the histogram's counts.
-fn baseline_bytes(h: &Histogram<u64>) -> usize {
-    std::mem::size_of::<(KeyValue, Histogram<u64>)>() + 1 + h.distinct_values() * 8
-}
-
-type Baselines = HashMap<KeyValue, Histogram<u64>, foldhash::fast::RandomState>;
-
-impl RuleState {
-    fn new(rule: Arc<Rule>) -> RuleState {
-        RuleState {
-            rule,
-            keys: hashbrown::HashMap::default(),
-            heap: 0,
-            baselines: HashMap::default(),
-            baseline_bytes: 0,
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        self.keys.len() * KEY_SLOT_BYTES + self.heap
-    }
-}
-
-/// Endpoints a baseline rule learns at most (routes are templated, so real APIs have far
-/// fewer; the cap holds against route-explosion traffic).
-const MAX_BASELINES: usize = 4096;
-
-/// Learns a closed window's sample. New endpoints are refused (counted) at the rule's cap
-/// or when baselines reach `room` bytes: routes are templated, so the endpoints learned
-/// first are the API's, and a later flood of invented ones must not push them out.
-fn learn(
-    baselines: &mut Baselines,
-    bytes: &mut usize,
-    room: bool,
-    s: Sample,
-    stats: &mut DetectStats,
-) {
-    if !baselines.contains_key(&s.endpoint) && (baselines.len() >= MAX_BASELINES || !room) {
-        stats.baselines_over_cap += 1;
-        return;
-    }
-    let mut fresh = false;
-    let h = match baselines.entry(s.endpoint) {
-        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-        std::collections::hash_map::Entry::Vacant(v) => {
-            // Auto-resizing at 2 significant digits: memory follows the largest value
-            // learned (well under a KiB for typical counts), not the whole range, since a
-            // rule may learn thousands of endpoints.
-            match Histogram::new(2) {
-                Ok(h) => {
-                    fresh = true;
-                    v.insert(h)
-                }
-                Err(_) => return,
-            }
-        }
-    };
-    let before = if fresh { 0 } else { baseline_bytes(h) };
-    // Counts up to a million per window; body sizes up to 4 GiB.
-    let high = if s.wide {
-        u64::from(u32::MAX)
-    } else {
-        1_000_000
-    };
-    h.saturating_record(u64::from(s.count).min(high));
-    *bytes = (*bytes + baseline_bytes(h)).saturating_sub(before);
-    stats.baseline_samples += 1;
 }
 
 /// Runs a rule set over events.
@@ -523,18 +431,45 @@ pub struct Engine {
     names: intern::Interner,
     /// Classes that are exposure wherever they appear (`deny_classes`).
     deny: Vec<exposure::Class>,
-    rules: Vec<RuleState>,
+    /// The rules (their matchers run here) and how their keys spread over shards.
+    rules: Vec<(Arc<Rule>, shard::Spread)>,
+    /// What the front counts (events, matches, ownership, shared addresses); shards count
+    /// alerts and keys.
     stats: DetectStats,
     next_sweep: Timestamp,
     now: Timestamp,
-    /// Shares of the memory budget: per-rule keys together, baselines together.
-    keys_limit: usize,
-    baselines_limit: usize,
+    /// Stream position of the last message to the shards.
+    seq: u64,
+    shards: Box<dyn ShardHost>,
+    /// Alerts from the shards, released in merge order once every shard is past them.
+    merge: std::collections::BinaryHeap<std::cmp::Reverse<Tagged>>,
+    done: Vec<u64>,
+    tagged: Vec<Tagged>,
+    /// Per shard: the matched rules it owns the key of, for the event at hand.
+    routed: Vec<smallvec::SmallVec<[u16; 16]>>,
 }
 
 impl Engine {
+    /// An engine whose rules run in this thread, on one shard.
     pub fn new(cfg: DetectConfig, set: &RuleSet) -> Engine {
+        Engine::with_local_shards(cfg, set, 1)
+    }
+
+    /// An engine whose rules run in this thread over `n` shards (as the threaded runtime
+    /// spreads them; the alerts are the same for any `n`).
+    pub fn with_local_shards(cfg: DetectConfig, set: &RuleSet, n: usize) -> Engine {
+        let shards = shard::configs(&cfg, n)
+            .into_iter()
+            .map(|c| shard::Shard::new(c, set))
+            .collect();
+        Engine::with_shards(cfg, set, Box::new(shard::LocalShards::new(shards)))
+    }
+
+    /// An engine whose rules run on the given shards (built from [`shard::configs`] and
+    /// the same rule set).
+    pub fn with_shards(cfg: DetectConfig, set: &RuleSet, shards: Box<dyn ShardHost>) -> Engine {
         let b = cfg.budget;
+        let n = shards.count().max(1);
         // Tables of fixed-size entries hold at most their share's worth of entries.
         let fits = |t: Table, entry: usize| (b.share(t) / entry.max(1)).max(1);
         let mut e = Engine {
@@ -556,8 +491,12 @@ impl Engine {
                     .min(fits(Table::Shared, shared::ADDRESS_BYTES)),
                 ..cfg.shared.clone()
             }),
-            keys_limit: b.share(Table::Keys),
-            baselines_limit: b.share(Table::Baselines),
+            seq: 0,
+            shards,
+            merge: std::collections::BinaryHeap::new(),
+            done: vec![0; n],
+            tagged: Vec::new(),
+            routed: vec![smallvec::SmallVec::new(); n],
             // The inventory's share: half the route inventory, half public-field learning.
             public_fields: publicity::PublicFields::with_limit(
                 b.share(Table::Inventory) / 2 / publicity::FIELD_BYTES,
@@ -574,43 +513,43 @@ impl Engine {
             next_sweep: Timestamp::ZERO,
             now: Timestamp::ZERO,
         };
-        e.replace_rules(set, &mut Vec::new());
+        // The shards were built with the same set.
+        e.set_rules(set);
         e
+    }
+
+    fn set_rules(&mut self, set: &RuleSet) {
+        self.routes = set.routes.clone();
+        self.deny = set.denied();
+        self.rules = set
+            .rules
+            .iter()
+            .map(|r| (r.clone(), shard::Spread::of(r)))
+            .collect();
     }
 
     /// Swaps in a new rule set. Rules whose definition is unchanged keep their windows and
     /// open aggregates; new or changed rules start empty; removed or changed rules first
     /// emit their open aggregates (follow-ups), so no folded request goes unreported.
     pub fn replace_rules(&mut self, set: &RuleSet, out: &mut Vec<Alert>) {
-        self.routes = set.routes.clone();
-        self.deny = set.denied();
-        let mut old: HashMap<RuleId, RuleState> = self
-            .rules
-            .drain(..)
-            .map(|s| (s.rule.id.clone(), s))
-            .collect();
-        for r in &set.rules {
-            match old.remove(&r.id) {
-                Some(mut st) if st.rule.fingerprint == r.fingerprint => {
-                    st.rule = r.clone();
-                    self.rules.push(st);
-                }
-                Some(mut st) => {
-                    flush_rule(&mut st, &mut self.stats, out);
-                    self.rules.push(RuleState::new(r.clone()));
-                }
-                None => self.rules.push(RuleState::new(r.clone())),
-            }
+        self.set_rules(set);
+        let set = Arc::new(set.clone());
+        self.seq += 1;
+        for i in 0..self.shards.count() {
+            self.shards.send(
+                i,
+                ShardMsg::Rules {
+                    seq: self.seq,
+                    set: set.clone(),
+                },
+            );
         }
-        let mut removed: Vec<RuleState> = old.into_values().collect();
-        removed.sort_by(|a, b| a.rule.id.cmp(&b.rule.id));
-        for mut st in removed {
-            flush_rule(&mut st, &mut self.stats, out);
-        }
+        self.settle(out);
     }
 
     pub fn stats(&self) -> DetectStats {
         let mut s = self.stats.clone();
+        s.merge(&self.shards.stats());
         let sh = self.shared.stats(self.now);
         s.shared_addresses_tracked = sh.addresses as u64;
         s.shared_addresses = sh.shared as u64;
@@ -650,7 +589,79 @@ impl Engine {
             ev.verdict == Verdict::Valid,
         );
         let judged = self.judge_objects(ev);
-        self.rules_over(&judged, out);
+        self.route(judged);
+        let _ = start;
+        if self.shards.inline() {
+            self.settle(out);
+        }
+    }
+
+    /// Sends the event to the shards owning the keys of the rules it matched (after a
+    /// sweep, when one is due).
+    fn route(&mut self, ev: Event) {
+        if ev.ts > self.now {
+            self.now = ev.ts;
+        }
+        if self.now >= self.next_sweep {
+            self.sweep_all(self.now);
+        }
+        self.stats.events += 1;
+        self.seq += 1;
+        let n = self.shards.count();
+        let mut matched = false;
+        for (i, (rule, spread)) in self.rules.iter().enumerate() {
+            if !matcher_matches(&rule.matcher, &ev) {
+                continue;
+            }
+            matched = true;
+            if let Some(s) = shard::shard_of(*spread, rule, &ev, n)
+                && let Some(list) = self.routed.get_mut(s)
+            {
+                list.push(i as u16);
+            }
+        }
+        if matched {
+            self.stats.matched += 1;
+        }
+        let ev = Arc::new(ev);
+        for (s, list) in self.routed.iter_mut().enumerate() {
+            if !list.is_empty() {
+                self.shards.send(
+                    s,
+                    ShardMsg::Event {
+                        seq: self.seq,
+                        event: ev.clone(),
+                        rules: std::mem::take(list),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Hands what is queued to the shards and releases the alerts every shard is past (in
+    /// merge order). Called after each batch of events; shards running in this thread
+    /// settle after every event.
+    pub fn settle(&mut self, out: &mut Vec<Alert>) {
+        self.shards.flush(self.seq);
+        self.collect(None, out);
+    }
+
+    /// Moves the shards' alerts into the merge, then releases those every shard is past
+    /// (waiting, with `until`, for every shard to get there).
+    fn collect(&mut self, until: Option<u64>, out: &mut Vec<Alert>) {
+        let start = out.len();
+        self.shards.poll(until, &mut self.tagged, &mut self.done);
+        self.merge
+            .extend(self.tagged.drain(..).map(std::cmp::Reverse));
+        let low = self.done.iter().copied().min().unwrap_or(u64::MAX);
+        while let Some(std::cmp::Reverse(top)) = self.merge.peek() {
+            if top.key.seq > low {
+                break;
+            }
+            if let Some(std::cmp::Reverse(t)) = self.merge.pop() {
+                out.push(t.alert);
+            }
+        }
         self.note_risk(&out[start..]);
     }
 
@@ -776,57 +787,14 @@ impl Engine {
         self.registry.stats()
     }
 
-    /// Keys held across rules, and the most any one rule holds.
+    /// Keys held across rules, and the most any one rule holds (over all shards).
     pub fn tracked_keys(&self) -> (usize, usize) {
-        let sizes = self.rules.iter().map(|r| r.keys.len());
-        (sizes.clone().sum(), sizes.max().unwrap_or(0))
-    }
-
-    /// Bytes the rules' keys hold.
-    fn keys_bytes(&self) -> usize {
-        self.rules.iter().map(RuleState::bytes).sum()
-    }
-
-    /// Baselines may learn new endpoints: they are within their share.
-    fn baseline_room(&self) -> bool {
-        self.rules.iter().map(|r| r.baseline_bytes).sum::<usize>() < self.baselines_limit
-    }
-
-    /// At the keys' share of the budget, the rule holding the most gives up its least
-    /// recently seen tenth (open aggregates are emitted first), until they fit.
-    fn keys_within_budget(&mut self, out: &mut Vec<Alert>) {
-        for _ in 0..16 {
-            if self.keys_bytes() < self.keys_limit {
-                return;
-            }
-            let Some(st) = self
-                .rules
-                .iter_mut()
-                .filter(|r| !r.keys.is_empty())
-                .max_by_key(|r| r.bytes())
-            else {
-                return;
-            };
-            self.stats.keys_over_budget += 1;
-            evict_oldest(st, &mut self.stats, out);
-        }
+        self.shards.tracked_keys()
     }
 
     /// What each table of the detect stage holds, for the memory budget's report.
     pub fn memory(&self) -> Vec<(Table, Usage)> {
         let b = self.cfg.budget;
-        let keys = Usage {
-            bytes: self.keys_bytes() as u64,
-            limit: self.keys_limit as u64,
-            entries: self.rules.iter().map(|r| r.keys.len() as u64).sum(),
-            evictions: self.stats.keys_evicted_full,
-        };
-        let baselines = Usage {
-            bytes: self.rules.iter().map(|r| r.baseline_bytes as u64).sum(),
-            limit: self.baselines_limit as u64,
-            entries: self.rules.iter().map(|r| r.baselines.len() as u64).sum(),
-            evictions: 0,
-        };
         let a = self.registry.stats();
         let actors = Usage {
             bytes: ((a.addresses + a.devices + a.users) * Registry::PROFILE_BYTES) as u64,
@@ -855,14 +823,14 @@ impl Engine {
             entries: (inv_entries + pub_entries) as u64,
             evictions: 0,
         };
-        vec![
-            (Table::Keys, keys),
-            (Table::Baselines, baselines),
+        let mut v = self.shards.memory();
+        v.extend([
             (Table::Actors, actors),
             (Table::Objects, objects),
             (Table::Shared, shared),
             (Table::Inventory, inventory),
-        ]
+        ]);
+        v
     }
 
     fn note_risk(&mut self, alerts: &[Alert]) {
@@ -878,240 +846,44 @@ impl Engine {
         }
     }
 
-    fn rules_over(&mut self, ev: &Event, out: &mut Vec<Alert>) {
-        if ev.ts > self.now {
-            self.now = ev.ts;
-        }
-        if self.now >= self.next_sweep {
-            self.sweep_all(self.now, out);
-        }
-        self.stats.events += 1;
-        self.keys_within_budget(out);
-        let room = self.baseline_room();
-        let mut matched = false;
-        let cap = self.cfg.max_keys_per_rule;
-        for st in &mut self.rules {
-            if !matcher_matches(&st.rule.matcher, ev) {
-                continue;
-            }
-            matched = true;
-            let rule = st.rule.clone();
-            let det = &rule.detector;
-            let Some(key) = ev.lookup_key(&det.group_by) else {
-                continue;
-            };
-            let mut o = Observed {
-                ev,
-                distinct: None,
-                when: false,
-                level: None,
-            };
-            match &det.kind {
-                DetectorKind::Distinct(field) | DetectorKind::Concurrent { field, .. } => {
-                    match ev.key(*field) {
-                        Some(v) => o.distinct = Some(v),
-                        // Nothing to count distinct values of.
-                        None => continue,
-                    }
-                }
-                DetectorKind::Ratio { when, .. } | DetectorKind::Mixed { when } => {
-                    o.when = matcher_matches(when, ev);
-                }
-                DetectorKind::Sequence if ev.number.is_none() => continue,
-                DetectorKind::Baseline {
-                    quantile,
-                    learn_min,
-                    ..
-                }
-                | DetectorKind::Outlier {
-                    quantile,
-                    learn_min,
-                    ..
-                } => {
-                    o.level = ev
-                        .key(KeyField::Endpoint)
-                        .and_then(|e| st.baselines.get(&e))
-                        .filter(|h| h.len() >= u64::from(*learn_min))
-                        .map(|h| h.value_at_quantile(*quantile) as f64);
-                }
-                _ => {}
-            }
-            if st.keys.len() >= cap && !st.keys.contains_key(&key) {
-                sweep_rule(st, self.now, room, &mut self.stats, out);
-                if st.keys.len() >= cap {
-                    self.stats.keys_over_cap += 1;
-                    evict_oldest(st, &mut self.stats, out);
-                }
-            }
-            let RuleState {
-                keys,
-                heap,
-                baselines,
-                baseline_bytes,
-                ..
-            } = st;
-            let (ks, before) = match keys.get_mut(&key) {
-                Some(ks) => {
-                    let b = ks.bytes();
-                    (ks, b)
-                }
-                None => {
-                    let endpoint = matches!(
-                        det.kind,
-                        DetectorKind::Baseline { .. } | DetectorKind::Outlier { .. }
-                    )
-                    .then(|| ev.key(KeyField::Endpoint))
-                    .flatten();
-                    let k = KeyValue::from(&key);
-                    *heap += key_heap(&k);
-                    let ks = keys.entry(k).or_insert(KeyState::new(det, endpoint));
-                    (ks, std::mem::size_of::<KeyState>())
-                }
-            };
-            if let Some(episode) = ks.due_follow_up(ev.ts, &rule) {
-                emit(&rule, &(&key).into(), episode, true, &mut self.stats, out);
-            }
-            let stats = &mut self.stats;
-            let mut samples = Vec::new();
-            let fired = ks.observe(&rule, o, stats, &mut |s| samples.push(s));
-            for s in samples {
-                learn(baselines, baseline_bytes, room, s, stats);
-            }
-            *heap = (*heap + ks.bytes()).saturating_sub(before);
-            if let Some(episode) = fired {
-                emit(&rule, &(&key).into(), episode, false, stats, out);
-            }
-        }
-        if matched {
-            self.stats.matched += 1;
-        }
-    }
-
-    /// Emits follow-ups that are due and evicts idle keys, at packet time `now`.
+    /// Emits follow-ups that are due and evicts idle keys, at packet time `now` (live:
+    /// the clock moves on when actors fall silent).
     pub fn sweep(&mut self, now: Timestamp, out: &mut Vec<Alert>) {
-        let start = out.len();
-        self.sweep_all(now, out);
-        self.note_risk(&out[start..]);
+        self.sweep_all(now);
+        if self.shards.inline() {
+            self.settle(out);
+        }
     }
 
-    fn sweep_all(&mut self, now: Timestamp, out: &mut Vec<Alert>) {
+    fn sweep_all(&mut self, now: Timestamp) {
         if now > self.now {
             self.now = now;
         }
         self.next_sweep = Timestamp(self.now.0.saturating_add(SWEEP_NANOS));
-        let room = self.baseline_room();
-        for st in &mut self.rules {
-            sweep_rule(st, self.now, room, &mut self.stats, out);
+        self.seq += 1;
+        for i in 0..self.shards.count() {
+            self.shards.send(
+                i,
+                ShardMsg::Sweep {
+                    seq: self.seq,
+                    now: self.now,
+                },
+            );
         }
         self.shared.sweep(self.now);
     }
 
-    /// End of input: every open aggregate is emitted.
+    /// End of input: every open aggregate is emitted, and every alert released.
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
-        let start = out.len();
-        for st in &mut self.rules {
-            flush_rule(st, &mut self.stats, out);
+        for i in 0..self.shards.count() {
+            self.shards.send(i, ShardMsg::Finish);
         }
-        self.note_risk(&out[start..]);
+        self.shards.flush(u64::MAX);
+        self.collect(Some(u64::MAX), out);
     }
 }
 
-/// Emits every open aggregate of a rule (in a fixed order) and forgets its keys.
-fn flush_rule(st: &mut RuleState, stats: &mut DetectStats, out: &mut Vec<Alert>) {
-    let mut due: Vec<(KeyValue, Episode)> = st
-        .keys
-        .iter_mut()
-        .filter_map(|(k, ks)| ks.take_pending().map(|e| (k.clone(), e)))
-        .collect();
-    due.sort_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
-    for (k, e) in due {
-        emit(&st.rule, &k, e, true, stats, out);
-    }
-    st.keys.clear();
-    st.heap = 0;
-}
-
-fn sweep_rule(
-    st: &mut RuleState,
-    now: Timestamp,
-    room: bool,
-    stats: &mut DetectStats,
-    out: &mut Vec<Alert>,
-) {
-    let window = st.rule.detector.window;
-    let rule = &st.rule;
-    let mut due: Vec<(KeyValue, Episode)> = Vec::new();
-    let mut samples = Vec::new();
-    // The keys' bytes are counted afresh as they are visited.
-    let mut heap = 0;
-    st.keys.retain(|k, ks| {
-        if let Some(e) = ks.due_follow_up(now, rule) {
-            due.push((k.clone(), e));
-        }
-        if let Some(s) = ks.closed_sample(now) {
-            samples.push((k.clone(), s));
-        }
-        let keep = !ks.idle(now, window);
-        if keep {
-            heap += key_extra(k, ks);
-        } else {
-            stats.keys_evicted += 1;
-        }
-        keep
-    });
-    st.heap = heap;
-    // Learned in key order, so nothing depends on hash order.
-    samples.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_, s) in samples {
-        learn(&mut st.baselines, &mut st.baseline_bytes, room, s, stats);
-    }
-    due.sort_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
-    for (k, e) in due {
-        emit(&st.rule, &k, e, true, stats, out);
-    }
-}
-
-/// At the key cap with nothing idle: the least recently seen tenth of the keys goes (their
-/// open aggregates are emitted first), so new actors are always tracked and a flood of
-/// spoofed ones only ages out the quietest state.
-fn evict_oldest(st: &mut RuleState, stats: &mut DetectStats, out: &mut Vec<Alert>) {
-    let ages = st
-        .keys
-        .iter()
-        .map(|(k, ks)| (ks.last_seen(), k.clone()))
-        .collect();
-    for k in crate::actor::registry::oldest_tenth(ages) {
-        if let Some(mut ks) = st.keys.remove(&k) {
-            st.heap = st.heap.saturating_sub(key_extra(&k, &ks));
-            stats.keys_evicted += 1;
-            stats.keys_evicted_full += 1;
-            if let Some(e) = ks.take_pending() {
-                emit(&st.rule, &k, e, true, stats, out);
-            }
-        }
-    }
-}
-
-fn emit(
-    rule: &Rule,
-    key: &KeyValue,
-    episode: Episode,
-    follow_up: bool,
-    stats: &mut DetectStats,
-    out: &mut Vec<Alert>,
-) {
-    stats.alerts += 1;
-    if follow_up {
-        stats.follow_up_alerts += 1;
-    }
-    *stats
-        .alerts_by_rule
-        .entry(rule.id.as_str().to_string())
-        .or_default() += 1;
-    out.push(alert::build(rule, key, episode, follow_up));
-}
-
-fn matcher_matches(m: &Matcher, ev: &Event) -> bool {
+pub(crate) fn matcher_matches(m: &Matcher, ev: &Event) -> bool {
     if m.attested.is_some_and(|a| a != ev.attested) {
         return false;
     }

@@ -19,6 +19,7 @@ mod check;
 mod merge;
 mod ordering;
 mod reload;
+mod shards;
 
 pub use check::{CheckReport, check_rules};
 pub use reload::ReloadSources;

@@ -128,7 +128,13 @@ pub(super) fn run(
 ) -> std::io::Result<DetectResult> {
     let mut rules = shared.rules.load_full();
     let held_limit = cfg.budget.share(Table::Ordering);
-    let mut engine = Engine::new(cfg, &rules);
+    let mut engine = if cfg.shards > 1 {
+        let configs = crate::detect::shard::configs(&cfg, cfg.shards);
+        let threads = super::shards::ShardThreads::spawn(configs, &rules)?;
+        Engine::with_shards(cfg, &rules, Box::new(threads))
+    } else {
+        Engine::new(cfg, &rules)
+    };
     let mut heap: BinaryHeap<Reverse<Ordered>> = BinaryHeap::new();
     // Bytes of the events held (charged to the ordering buffer's share), the most held,
     // and events released early because the buffer was full.
@@ -210,6 +216,7 @@ pub(super) fn run(
         if live && low.0 != u64::MAX {
             engine.sweep(ready, &mut alerts);
         }
+        engine.settle(&mut alerts);
         if let Some(h) = &hooks {
             h.submit(&alerts);
         }

@@ -1,0 +1,785 @@
+//! A detect shard: the rule state (per-key windows and episodes, baselines) of the keys it
+//! owns.
+//!
+//! Input: [`ShardMsg`]s in stream order, each numbered by the engine's sequence: an
+//! enriched event with the rules it matched that this shard owns the key of, a sweep, a
+//! rule set swap, a mark, the end. Output: alerts tagged with a [`MergeKey`] that orders
+//! them as one unsharded engine would (stream position, phase, rule, then the key's own
+//! order), so the engine's merge gives the same alerts whatever the shard count. Keys of a
+//! rule go to the shard of their hash; baseline and outlier rules keyed by endpoint go by the
+//! endpoint alone (the endpoint's baseline is learned from all its keys), and other baseline
+//! rules stay on shard 0. Limits: the per-rule key cap and the keys' and baselines' shares of
+//! the memory budget are split evenly between shards.
+
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+
+use super::window::{Episode, KeyState, Observed, Sample};
+use super::{Alert, DetectStats, Event, KeyField, KeyValue, alert, matcher_matches};
+use crate::budget::{Table, Usage};
+use crate::capture::Timestamp;
+use crate::rules::{DetectorKind, Rule, RuleId, RuleSet};
+
+/// Version of the shard messages: a shard refuses messages of another version.
+pub const PROTOCOL: u16 = 1;
+
+/// One message to a shard.
+#[derive(Clone, Debug)]
+pub enum ShardMsg {
+    /// Swap in a new rule set (unchanged rules keep their state).
+    Rules { seq: u64, set: Arc<RuleSet> },
+    /// Emit due follow-ups and forget idle keys at packet time `now`.
+    Sweep { seq: u64, now: Timestamp },
+    /// An enriched event and the indexes of the matched rules whose key this shard owns.
+    Event {
+        seq: u64,
+        event: Arc<Event>,
+        rules: smallvec::SmallVec<[u16; 16]>,
+    },
+    /// Everything up to `seq` has been sent.
+    Mark { seq: u64 },
+    /// End of input: every open aggregate is emitted.
+    Finish,
+}
+
+/// Where an alert stands in the merged output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Rules,
+    Sweep,
+    Budget,
+    Event,
+    Finish,
+}
+
+/// Orders alerts from several shards as one engine would emit them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MergeKey {
+    pub seq: u64,
+    pub phase: Phase,
+    pub rule: u32,
+    /// Sweeps and flushes order a rule's alerts by (first request, key) across shards.
+    pub first: Timestamp,
+    pub key: Option<KeyValue>,
+    pub shard: u32,
+    /// Emission order within one shard's handling of a (stream position, rule).
+    pub sub: u32,
+}
+
+/// An alert and its place in the merged output.
+#[derive(Debug)]
+pub struct Tagged {
+    pub key: MergeKey,
+    pub alert: Alert,
+}
+
+impl PartialEq for Tagged {
+    fn eq(&self, o: &Self) -> bool {
+        self.key == o.key
+    }
+}
+impl Eq for Tagged {}
+impl PartialOrd for Tagged {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Tagged {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&o.key)
+    }
+}
+
+/// How a rule's events are spread over shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Spread {
+    /// By the hash of the rule's key.
+    Key,
+    /// By the endpoint alone: a baseline or outlier rule keyed by endpoint.
+    Endpoint,
+    /// All on shard 0: a baseline rule whose keys do not include the endpoint.
+    First,
+}
+
+impl Spread {
+    pub fn of(rule: &Rule) -> Spread {
+        let d = &rule.detector;
+        match d.kind {
+            DetectorKind::Baseline { .. } | DetectorKind::Outlier { .. } => {
+                if d.group_by.contains(&KeyField::Endpoint) {
+                    Spread::Endpoint
+                } else {
+                    Spread::First
+                }
+            }
+            _ => Spread::Key,
+        }
+    }
+}
+
+/// The shard owning a rule's key for an event, of `n`; `None` when the event has no key
+/// for the rule (the rule then ignores it).
+pub(super) fn shard_of(spread: Spread, rule: &Rule, ev: &Event, n: usize) -> Option<usize> {
+    use std::hash::BuildHasher;
+    let h = foldhash::fast::FixedState::with_seed(0x7368_6172_6473);
+    match spread {
+        Spread::First => ev.lookup_key(&rule.detector.group_by).map(|_| 0),
+        _ if n <= 1 => ev.lookup_key(&rule.detector.group_by).map(|_| 0),
+        Spread::Key => ev
+            .lookup_key(&rule.detector.group_by)
+            .map(|k| (h.hash_one(&k) % n as u64) as usize),
+        Spread::Endpoint => {
+            ev.lookup_key(&rule.detector.group_by)?;
+            ev.key(KeyField::Endpoint)
+                .map(|k| (h.hash_one(&k) % n as u64) as usize)
+        }
+    }
+}
+
+pub(super) struct RuleState {
+    pub rule: Arc<Rule>,
+    keys: hashbrown::HashMap<KeyValue, KeyState, foldhash::fast::RandomState>,
+    /// Bytes the keys hold beyond their table slots (tuples, windows, episodes).
+    heap: usize,
+    /// Baseline detectors: per endpoint, the per-key request counts of closed windows.
+    baselines: Baselines,
+    /// Bytes the baselines hold.
+    baseline_bytes: usize,
+}
+
+/// A key table slot: the key and its state inline, a control byte, at 7/8 load.
+const KEY_SLOT_BYTES: usize = (std::mem::size_of::<(KeyValue, KeyState)>() + 1) * 8 / 7;
+
+/// What a key owns beyond its slot: a tuple's parts (strings are shared, not counted).
+fn key_heap(k: &KeyValue) -> usize {
+    match k {
+        KeyValue::Tuple(parts) => 16 + parts.len() * std::mem::size_of::<KeyValue>(),
+        _ => 0,
+    }
+}
+
+/// What one key costs beyond its slot.
+fn key_extra(k: &KeyValue, ks: &KeyState) -> usize {
+    key_heap(k) + ks.bytes() - std::mem::size_of::<KeyState>()
+}
+
+/// Bytes of one learned baseline: its slot and the histogram's counts.
+fn baseline_bytes(h: &Histogram<u64>) -> usize {
+    std::mem::size_of::<(KeyValue, Histogram<u64>)>() + 1 + h.distinct_values() * 8
+}
+
+type Baselines = HashMap<KeyValue, Histogram<u64>, foldhash::fast::RandomState>;
+
+impl RuleState {
+    fn new(rule: Arc<Rule>) -> RuleState {
+        RuleState {
+            rule,
+            keys: hashbrown::HashMap::default(),
+            heap: 0,
+            baselines: HashMap::default(),
+            baseline_bytes: 0,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.keys.len() * KEY_SLOT_BYTES + self.heap
+    }
+}
+
+/// Endpoints a baseline rule learns at most (routes are templated, so real APIs have far
+/// fewer; the cap holds against route-explosion traffic).
+const MAX_BASELINES: usize = 4096;
+
+/// Learns a closed window's sample. New endpoints are refused (counted) at the rule's cap
+/// or when baselines reach `room` bytes: routes are templated, so the endpoints learned
+/// first are the API's, and a later flood of invented ones must not push them out.
+fn learn(
+    baselines: &mut Baselines,
+    bytes: &mut usize,
+    room: bool,
+    s: Sample,
+    stats: &mut DetectStats,
+) {
+    if !baselines.contains_key(&s.endpoint) && (baselines.len() >= MAX_BASELINES || !room) {
+        stats.baselines_over_cap += 1;
+        return;
+    }
+    let mut fresh = false;
+    let h = match baselines.entry(s.endpoint) {
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            // Auto-resizing at 2 significant digits: memory follows the largest value
+            // learned (well under a KiB for typical counts), not the whole range, since a
+            // rule may learn thousands of endpoints.
+            match Histogram::new(2) {
+                Ok(h) => {
+                    fresh = true;
+                    v.insert(h)
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let before = if fresh { 0 } else { baseline_bytes(h) };
+    // Counts up to a million per window; body sizes up to 4 GiB.
+    let high = if s.wide {
+        u64::from(u32::MAX)
+    } else {
+        1_000_000
+    };
+    h.saturating_record(u64::from(s.count).min(high));
+    *bytes = (*bytes + baseline_bytes(h)).saturating_sub(before);
+    stats.baseline_samples += 1;
+}
+
+/// Where emitted alerts go and how they are keyed.
+struct Emit<'a> {
+    out: &'a mut Vec<Tagged>,
+    seq: u64,
+    phase: Phase,
+    rule: u32,
+    shard: u32,
+    sub: u32,
+    /// Key alerts by (first, key) rather than by emission order.
+    sorted: bool,
+}
+
+impl Emit<'_> {
+    fn emit(
+        &mut self,
+        rule: &Rule,
+        key: &KeyValue,
+        episode: Episode,
+        follow_up: bool,
+        stats: &mut DetectStats,
+    ) {
+        stats.alerts += 1;
+        if follow_up {
+            stats.follow_up_alerts += 1;
+        }
+        match stats.alerts_by_rule.get_mut(rule.id.as_str()) {
+            Some(n) => *n += 1,
+            None => {
+                stats.alerts_by_rule.insert(rule.id.as_str().to_string(), 1);
+            }
+        }
+        let (first, k) = if self.sorted {
+            (episode.first, Some(key.clone()))
+        } else {
+            (Timestamp::ZERO, None)
+        };
+        let mk = MergeKey {
+            seq: self.seq,
+            phase: self.phase,
+            rule: self.rule,
+            first,
+            key: k,
+            shard: self.shard,
+            sub: self.sub,
+        };
+        self.sub += 1;
+        self.out.push(Tagged {
+            key: mk,
+            alert: alert::build(rule, key, episode, follow_up),
+        });
+    }
+}
+
+/// Settings of one shard (its part of the engine's).
+#[derive(Clone, Copy, Debug)]
+pub struct ShardConfig {
+    pub index: u32,
+    pub max_keys_per_rule: usize,
+    pub keys_limit: usize,
+    pub baselines_limit: usize,
+}
+
+/// One shard's rule state.
+pub struct Shard {
+    cfg: ShardConfig,
+    rules: Vec<RuleState>,
+    stats: DetectStats,
+    now: Timestamp,
+    /// The highest stream position handled.
+    done: u64,
+}
+
+impl Shard {
+    pub fn new(cfg: ShardConfig, set: &RuleSet) -> Shard {
+        Shard {
+            cfg,
+            rules: set
+                .rules
+                .iter()
+                .map(|r| RuleState::new(r.clone()))
+                .collect(),
+            stats: DetectStats::default(),
+            now: Timestamp::ZERO,
+            done: 0,
+        }
+    }
+
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
+    /// Counters of what this shard emitted and evicted.
+    pub fn stats(&self) -> &DetectStats {
+        &self.stats
+    }
+
+    /// Handles one message; alerts are appended to `out`.
+    pub fn handle(&mut self, msg: ShardMsg, out: &mut Vec<Tagged>) {
+        match msg {
+            ShardMsg::Rules { seq, set } => {
+                self.replace_rules(seq, &set, out);
+                self.done = self.done.max(seq.saturating_sub(1));
+            }
+            ShardMsg::Sweep { seq, now } => {
+                self.sweep(seq, now, out);
+                self.done = self.done.max(seq);
+            }
+            ShardMsg::Event { seq, event, rules } => {
+                self.observe(seq, &event, &rules, out);
+                self.done = self.done.max(seq);
+            }
+            ShardMsg::Mark { seq } => self.done = self.done.max(seq),
+            ShardMsg::Finish => {
+                self.finish(out);
+                self.done = u64::MAX;
+            }
+        }
+    }
+
+    fn emitter<'a>(&self, out: &'a mut Vec<Tagged>, seq: u64, phase: Phase) -> Emit<'a> {
+        Emit {
+            out,
+            seq,
+            phase,
+            rule: 0,
+            shard: self.cfg.index,
+            sub: 0,
+            sorted: matches!(phase, Phase::Rules | Phase::Sweep | Phase::Finish),
+        }
+    }
+
+    /// Swaps in a new rule set. Rules whose definition is unchanged keep their windows and
+    /// open aggregates; new or changed rules start empty; removed or changed rules first
+    /// emit their open aggregates (follow-ups), so no folded request goes unreported.
+    fn replace_rules(&mut self, seq: u64, set: &RuleSet, out: &mut Vec<Tagged>) {
+        let mut em = self.emitter(out, seq, Phase::Rules);
+        let mut old: HashMap<RuleId, RuleState> = self
+            .rules
+            .drain(..)
+            .map(|s| (s.rule.id.clone(), s))
+            .collect();
+        for (i, r) in set.rules.iter().enumerate() {
+            em.rule = i as u32;
+            match old.remove(&r.id) {
+                Some(mut st) if st.rule.fingerprint == r.fingerprint => {
+                    st.rule = r.clone();
+                    self.rules.push(st);
+                }
+                Some(mut st) => {
+                    flush_rule(&mut st, &mut self.stats, &mut em);
+                    self.rules.push(RuleState::new(r.clone()));
+                }
+                None => self.rules.push(RuleState::new(r.clone())),
+            }
+        }
+        let mut removed: Vec<RuleState> = old.into_values().collect();
+        removed.sort_by(|a, b| a.rule.id.cmp(&b.rule.id));
+        for (i, mut st) in removed.into_iter().enumerate() {
+            em.rule = (set.rules.len() + i) as u32;
+            flush_rule(&mut st, &mut self.stats, &mut em);
+        }
+    }
+
+    fn keys_bytes(&self) -> usize {
+        self.rules.iter().map(RuleState::bytes).sum()
+    }
+
+    /// Baselines may learn new endpoints: they are within their share.
+    fn baseline_room(&self) -> bool {
+        self.rules.iter().map(|r| r.baseline_bytes).sum::<usize>() < self.cfg.baselines_limit
+    }
+
+    /// At the keys' share of the budget, the rule holding the most gives up its least
+    /// recently seen tenth (open aggregates are emitted first), until they fit.
+    fn keys_within_budget(&mut self, seq: u64, out: &mut Vec<Tagged>) {
+        let mut em = self.emitter(out, seq, Phase::Budget);
+        for _ in 0..16 {
+            if self.rules.iter().map(RuleState::bytes).sum::<usize>() < self.cfg.keys_limit {
+                return;
+            }
+            let Some((i, st)) = self
+                .rules
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, r)| !r.keys.is_empty())
+                .max_by_key(|(_, r)| r.bytes())
+            else {
+                return;
+            };
+            self.stats.keys_over_budget += 1;
+            em.rule = i as u32;
+            evict_oldest(st, &mut self.stats, &mut em);
+        }
+    }
+
+    /// Runs the given rules (indexes into the rule set) over one event.
+    fn observe(&mut self, seq: u64, ev: &Event, rules: &[u16], out: &mut Vec<Tagged>) {
+        if ev.ts > self.now {
+            self.now = ev.ts;
+        }
+        self.keys_within_budget(seq, out);
+        let room = self.baseline_room();
+        let cap = self.cfg.max_keys_per_rule;
+        let now = self.now;
+        for &i in rules {
+            let Some(st) = self.rules.get_mut(usize::from(i)) else {
+                continue;
+            };
+            let mut em = Emit {
+                out: &mut *out,
+                seq,
+                phase: Phase::Event,
+                rule: u32::from(i),
+                shard: self.cfg.index,
+                sub: 0,
+                sorted: false,
+            };
+            let rule = st.rule.clone();
+            let det = &rule.detector;
+            let Some(key) = ev.lookup_key(&det.group_by) else {
+                continue;
+            };
+            let mut o = Observed {
+                ev,
+                distinct: None,
+                when: false,
+                level: None,
+            };
+            match &det.kind {
+                DetectorKind::Distinct(field) | DetectorKind::Concurrent { field, .. } => {
+                    match ev.key(*field) {
+                        Some(v) => o.distinct = Some(v),
+                        // Nothing to count distinct values of.
+                        None => continue,
+                    }
+                }
+                DetectorKind::Ratio { when, .. } | DetectorKind::Mixed { when } => {
+                    o.when = matcher_matches(when, ev);
+                }
+                DetectorKind::Sequence if ev.number.is_none() => continue,
+                DetectorKind::Baseline {
+                    quantile,
+                    learn_min,
+                    ..
+                }
+                | DetectorKind::Outlier {
+                    quantile,
+                    learn_min,
+                    ..
+                } => {
+                    o.level = ev
+                        .key(KeyField::Endpoint)
+                        .and_then(|e| st.baselines.get(&e))
+                        .filter(|h| h.len() >= u64::from(*learn_min))
+                        .map(|h| h.value_at_quantile(*quantile) as f64);
+                }
+                _ => {}
+            }
+            if st.keys.len() >= cap && !st.keys.contains_key(&key) {
+                sweep_rule(st, now, room, &mut self.stats, &mut em);
+                if st.keys.len() >= cap {
+                    self.stats.keys_over_cap += 1;
+                    evict_oldest(st, &mut self.stats, &mut em);
+                }
+            }
+            let RuleState {
+                keys,
+                heap,
+                baselines,
+                baseline_bytes,
+                ..
+            } = st;
+            let (ks, before) = match keys.get_mut(&key) {
+                Some(ks) => {
+                    let b = ks.bytes();
+                    (ks, b)
+                }
+                None => {
+                    let endpoint = matches!(
+                        det.kind,
+                        DetectorKind::Baseline { .. } | DetectorKind::Outlier { .. }
+                    )
+                    .then(|| ev.key(KeyField::Endpoint))
+                    .flatten();
+                    let k = KeyValue::from(&key);
+                    *heap += key_heap(&k);
+                    let ks = keys.entry(k).or_insert(KeyState::new(det, endpoint));
+                    (ks, std::mem::size_of::<KeyState>())
+                }
+            };
+            let stats = &mut self.stats;
+            if let Some(episode) = ks.due_follow_up(ev.ts, &rule) {
+                em.emit(&rule, &(&key).into(), episode, true, stats);
+            }
+            let mut samples = Vec::new();
+            let fired = ks.observe(&rule, o, stats, &mut |s| samples.push(s));
+            for s in samples {
+                learn(baselines, baseline_bytes, room, s, stats);
+            }
+            *heap = (*heap + ks.bytes()).saturating_sub(before);
+            if let Some(episode) = fired {
+                em.emit(&rule, &(&key).into(), episode, false, stats);
+            }
+        }
+    }
+
+    /// Emits follow-ups that are due and evicts idle keys, at packet time `now`.
+    fn sweep(&mut self, seq: u64, now: Timestamp, out: &mut Vec<Tagged>) {
+        if now > self.now {
+            self.now = now;
+        }
+        let room = self.baseline_room();
+        let now = self.now;
+        let mut em = self.emitter(out, seq, Phase::Sweep);
+        for (i, st) in self.rules.iter_mut().enumerate() {
+            em.rule = i as u32;
+            sweep_rule(st, now, room, &mut self.stats, &mut em);
+        }
+    }
+
+    /// End of input: every open aggregate is emitted.
+    fn finish(&mut self, out: &mut Vec<Tagged>) {
+        let mut em = self.emitter(out, u64::MAX, Phase::Finish);
+        for (i, st) in self.rules.iter_mut().enumerate() {
+            em.rule = i as u32;
+            flush_rule(st, &mut self.stats, &mut em);
+        }
+    }
+
+    /// The keys' and baselines' usage of the memory budget.
+    pub fn memory(&self) -> [(Table, Usage); 2] {
+        [
+            (
+                Table::Keys,
+                Usage {
+                    bytes: self.keys_bytes() as u64,
+                    limit: self.cfg.keys_limit as u64,
+                    entries: self.rules.iter().map(|r| r.keys.len() as u64).sum(),
+                    evictions: self.stats.keys_evicted_full,
+                },
+            ),
+            (
+                Table::Baselines,
+                Usage {
+                    bytes: self.rules.iter().map(|r| r.baseline_bytes as u64).sum(),
+                    limit: self.cfg.baselines_limit as u64,
+                    entries: self.rules.iter().map(|r| r.baselines.len() as u64).sum(),
+                    evictions: 0,
+                },
+            ),
+        ]
+    }
+
+    /// Keys held across rules, and the most any one rule holds.
+    pub fn tracked_keys(&self) -> (usize, usize) {
+        let sizes = self.rules.iter().map(|r| r.keys.len());
+        (sizes.clone().sum(), sizes.max().unwrap_or(0))
+    }
+}
+
+/// Emits every open aggregate of a rule (in a fixed order) and forgets its keys.
+fn flush_rule(st: &mut RuleState, stats: &mut DetectStats, em: &mut Emit<'_>) {
+    let mut due: Vec<(KeyValue, Episode)> = st
+        .keys
+        .iter_mut()
+        .filter_map(|(k, ks)| ks.take_pending().map(|e| (k.clone(), e)))
+        .collect();
+    due.sort_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
+    for (k, e) in due {
+        em.emit(&st.rule, &k, e, true, stats);
+    }
+    st.keys.clear();
+    st.heap = 0;
+}
+
+fn sweep_rule(
+    st: &mut RuleState,
+    now: Timestamp,
+    room: bool,
+    stats: &mut DetectStats,
+    em: &mut Emit<'_>,
+) {
+    let window = st.rule.detector.window;
+    let rule = &st.rule;
+    let mut due: Vec<(KeyValue, Episode)> = Vec::new();
+    let mut samples = Vec::new();
+    // The keys' bytes are counted afresh as they are visited.
+    let mut heap = 0;
+    st.keys.retain(|k, ks| {
+        if let Some(e) = ks.due_follow_up(now, rule) {
+            due.push((k.clone(), e));
+        }
+        if let Some(s) = ks.closed_sample(now) {
+            samples.push((k.clone(), s));
+        }
+        let keep = !ks.idle(now, window);
+        if keep {
+            heap += key_extra(k, ks);
+        } else {
+            stats.keys_evicted += 1;
+        }
+        keep
+    });
+    st.heap = heap;
+    // Learned in key order, so nothing depends on hash order.
+    samples.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, s) in samples {
+        learn(&mut st.baselines, &mut st.baseline_bytes, room, s, stats);
+    }
+    due.sort_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
+    for (k, e) in due {
+        em.emit(&st.rule, &k, e, true, stats);
+    }
+}
+
+/// At the key cap with nothing idle: the least recently seen tenth of the keys goes (their
+/// open aggregates are emitted first), so new actors are always tracked and a flood of
+/// spoofed ones only ages out the quietest state.
+fn evict_oldest(st: &mut RuleState, stats: &mut DetectStats, em: &mut Emit<'_>) {
+    let ages = st
+        .keys
+        .iter()
+        .map(|(k, ks)| (ks.last_seen(), k.clone()))
+        .collect();
+    for k in crate::actor::registry::oldest_tenth(ages) {
+        if let Some(mut ks) = st.keys.remove(&k) {
+            st.heap = st.heap.saturating_sub(key_extra(&k, &ks));
+            stats.keys_evicted += 1;
+            stats.keys_evicted_full += 1;
+            if let Some(e) = ks.take_pending() {
+                em.emit(&st.rule, &k, e, true, stats);
+            }
+        }
+    }
+}
+
+/// The settings of each of `n` shards: the per-rule key cap and the keys' and baselines'
+/// shares of the memory budget split evenly.
+pub fn configs(cfg: &super::DetectConfig, n: usize) -> Vec<ShardConfig> {
+    let n = n.max(1);
+    (0..n)
+        .map(|i| ShardConfig {
+            index: i as u32,
+            max_keys_per_rule: cfg.max_keys_per_rule.div_ceil(n).max(1),
+            keys_limit: cfg.budget.share_of(Table::Keys, n),
+            baselines_limit: cfg.budget.share_of(Table::Baselines, n),
+        })
+        .collect()
+}
+
+/// Where the shards run: in the engine's thread ([`LocalShards`]) or on threads of their own
+/// (the runtime's), later in other processes.
+pub trait ShardHost: Send {
+    fn count(&self) -> usize;
+    /// Whether messages are handled as they are sent (the engine then settles after each).
+    fn inline(&self) -> bool;
+    /// Queues a message for a shard.
+    fn send(&mut self, shard: usize, msg: ShardMsg);
+    /// Hands every queued message over, followed by a mark: everything up to `seq` is sent.
+    fn flush(&mut self, seq: u64);
+    /// Moves the alerts the shards have emitted into `out` and each shard's progress (the
+    /// stream position it has handled everything up to) into `done`; with `until`, first
+    /// waits until every shard has got that far.
+    fn poll(&mut self, until: Option<u64>, out: &mut Vec<Tagged>, done: &mut [u64]);
+    /// The shards' counters, summed.
+    fn stats(&self) -> DetectStats;
+    /// The shards' keys and baselines, summed per table.
+    fn memory(&self) -> Vec<(Table, Usage)>;
+    /// Keys held across rules, and the most one rule holds on one shard.
+    fn tracked_keys(&self) -> (usize, usize);
+}
+
+/// Sums shards' usage per table.
+pub fn sum_memory<'a>(each: impl Iterator<Item = &'a [(Table, Usage)]>) -> Vec<(Table, Usage)> {
+    let mut v: Vec<(Table, Usage)> = Vec::new();
+    for list in each {
+        for (t, u) in list {
+            match v.iter_mut().find(|(x, _)| x == t) {
+                Some((_, acc)) => acc.add(u),
+                None => v.push((*t, *u)),
+            }
+        }
+    }
+    v
+}
+
+/// Shards run in the engine's thread, each message handled as it is sent.
+pub struct LocalShards {
+    shards: Vec<Shard>,
+    out: Vec<Tagged>,
+    sent: u64,
+}
+
+impl LocalShards {
+    pub fn new(shards: Vec<Shard>) -> LocalShards {
+        LocalShards {
+            shards,
+            out: Vec::new(),
+            sent: 0,
+        }
+    }
+}
+
+impl ShardHost for LocalShards {
+    fn count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn inline(&self) -> bool {
+        true
+    }
+
+    fn send(&mut self, shard: usize, msg: ShardMsg) {
+        if let Some(s) = self.shards.get_mut(shard) {
+            s.handle(msg, &mut self.out);
+        }
+    }
+
+    fn flush(&mut self, seq: u64) {
+        self.sent = self.sent.max(seq);
+    }
+
+    fn poll(&mut self, _until: Option<u64>, out: &mut Vec<Tagged>, done: &mut [u64]) {
+        out.append(&mut self.out);
+        for (d, s) in done.iter_mut().zip(&self.shards) {
+            *d = s.done().max(self.sent);
+        }
+    }
+
+    fn stats(&self) -> DetectStats {
+        let mut s = DetectStats::default();
+        for x in &self.shards {
+            s.merge(x.stats());
+        }
+        s
+    }
+
+    fn memory(&self) -> Vec<(Table, Usage)> {
+        let each: Vec<[(Table, Usage); 2]> = self.shards.iter().map(Shard::memory).collect();
+        sum_memory(each.iter().map(|a| &a[..]))
+    }
+
+    fn tracked_keys(&self) -> (usize, usize) {
+        self.shards
+            .iter()
+            .map(Shard::tracked_keys)
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b.max(y)))
+    }
+}
