@@ -108,6 +108,7 @@ N_CATALOGUE_PAGES = 250
 APPROOV_REFRESH_SECS = 240  # a device fetches a new token this often
 APPROOV_LIFETIME_SECS = 300
 CLIENT_DEADLINE_SECS = 3600
+MAX_OPEN = 1500  # connections open at once per client process
 SESSION_SLACK_SECS = 2.0  # sessions end this long before the planned span's end
 
 SEARCH_TERMS = [
@@ -330,7 +331,10 @@ def write_docroot(www: Path, files: dict[str, bytes]) -> None:
 
 
 def nginx_conf(work: Path) -> str:
-    return "worker_rlimit_nofile 65536;\n" + nginx_conf_head(work, 2, 16384) + f"""    keepalive_timeout 75s;
+    return "worker_rlimit_nofile 140000;\n" + nginx_conf_head(work, 2, 65536) + f"""    keepalive_timeout 300s;
+    send_timeout 300s;  # clients starved of CPU on a busy machine read late: never cut them off
+    client_header_timeout 300s;
+    client_body_timeout 300s;
     keepalive_requests 100000;
     sendfile on;
     tcp_nopush on;  # head and file in one segment, as production configs do
@@ -344,8 +348,8 @@ def nginx_conf(work: Path) -> str:
     gzip_proxied any;
     upstream api {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; }}
     server {{
-        listen {SERVER_V4}:{API_PORT} backlog=4096;
-        listen [{SERVER_V6}]:{API_PORT} backlog=4096;
+        listen {SERVER_V4}:{API_PORT} backlog=4096 reuseport;
+        listen [{SERVER_V6}]:{API_PORT} backlog=4096 reuseport;
         server_name {HOST};
         root {work}/www;
         location = /api/v1/app-config {{ try_files /app-config.json =404; }}
@@ -880,6 +884,14 @@ class Runner:
         return h, "Bearer " + self.tokens.user_tokens[uid][0], uid
 
     async def session(self, s: Session) -> None:
+        delay = self.t0 + s.start - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # When the machine cannot keep up, sessions pile up: at most MAX_OPEN at once per process.
+        async with self.open_slots:
+            await self.session_inner(s)
+
+    async def session_inner(self, s: Session) -> None:
         c = self.clients[s.cid]
         st = self.st
         rng = random.Random(s.seed)
@@ -890,11 +902,10 @@ class Runner:
         else:
             addr = c.addrs[0]
         v6 = ":" in addr
-        delay = self.t0 + s.start - time.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        else:
-            st.max_late_secs = max(st.max_late_secs, -delay)
+        base = self.t0 + s.start  # a late session keeps its own think times, shifted
+        if time.time() > base:
+            st.max_late_secs = max(st.max_late_secs, time.time() - base)
+            base = time.time()
         n = sum(s.bursts)
         state = self.bot_state.setdefault(c.cid, {"products": self.favourites[c.cid], "valid_orders": self.valid_orders})
         reqs: list[Req] = []
@@ -924,7 +935,7 @@ class Runner:
             i = 0
             for b, burst_n in enumerate(s.bursts):
                 if b > 0:
-                    due = self.t0 + s.start + sum(s.gaps[:b])
+                    due = base + sum(s.gaps[:b])
                     delay = due - time.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
@@ -1001,6 +1012,7 @@ class Runner:
 
     async def run(self, sessions: list[Session], span: float) -> Stats:
         self.span = span
+        self.open_slots = asyncio.Semaphore(MAX_OPEN)
         await asyncio.gather(*(self.session(s) for s in sessions))
         return self.st
 
@@ -1177,6 +1189,9 @@ def record_once(args: argparse.Namespace, out_dir: Path, cap: Path) -> tuple[Sta
             except subprocess.TimeoutExpired:
                 p.kill()
         log("servers stopped")
+        err = work / "error.log"
+        if err.is_file() and err.stat().st_size:
+            shutil.copy(err, out_dir / "nginx-error.log")
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
 
