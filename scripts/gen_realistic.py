@@ -331,7 +331,8 @@ def write_docroot(www: Path, files: dict[str, bytes]) -> None:
 
 
 def nginx_conf(work: Path) -> str:
-    return "worker_rlimit_nofile 140000;\n" + nginx_conf_head(work, 2, 65536) + f"""    keepalive_timeout 300s;
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # the hard limit: workers cannot go past it
+    return f"worker_rlimit_nofile {nofile};\n" + nginx_conf_head(work, 2, min(65536, nofile // 2)) + f"""    keepalive_timeout 300s;
     send_timeout 300s;  # clients starved of CPU on a busy machine read late: never cut them off
     client_header_timeout 300s;
     client_body_timeout 300s;
