@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Replay the realistic benchmark captures (1x and 3x) with 1 and 2 workers and print a table.
+#
+# Usage: benches/realistic.sh            (as root the first time: the captures are recorded)
+#   e.g. cargo build --release && benches/realistic.sh
+#        RUNS=3 SHIELDTAP=/path/to/shieldtap benches/realistic.sh
+#
+# The captures come from scripts/gen_realistic.py (real nginx, a Python API and asyncio
+# clients in a private network namespace: 400,000 transactions over >= 66 s of packet time
+# for 1x, 1,200,000 over >= 198 s for 3x; see its docstring). They are recorded on first use
+# into $SHIELDTAP_BENCH_DIR/1x and /3x (default /var/tmp/shieldtap-bench; about 0.9 and 2.7 GB)
+# and reused afterwards (delete a directory to record it again). Each directory holds
+# capture.pcap, shieldtap.toml (every token's key), user_jwks.json and manifest.json.
+#
+# For each capture, after reading it once to warm the page cache, and for W = 1 and 2, runs
+#   shieldtap replay CAP --config DIR/shieldtap.toml --no-progress --alerts-out FILE \
+#       --summary-json FILE --metrics-listen off --workers W
+# (the built-in rules; tokens verified) and prints: transactions (from the summary), wall
+# seconds, CPU seconds over all threads (user+sys of the child, wait4), transactions per CPU
+# second and per wall second, peak RSS, CPU seconds per thread (from /proc/PID/task/*/stat
+# polled every 100 ms), the 1 -> 2 worker scaling (transactions per wall second), the 3x/1x
+# peak RSS ratio and whether the alerts are byte-identical between worker counts (sha256).
+#
+# Environment: SHIELDTAP (binary, default target/release/shieldtap), SHIELDTAP_BENCH_DIR,
+# RUNS (repeats of each replay, default 1; the table shows medians), SCALES (default "1 3"),
+# WORKERS (default "1 2"), KEEP_RESULTS=DIR (keep alerts, summaries and results.jsonl there).
+# Exit status: 0; 1 when a tool is missing, a capture cannot be made or a replay fails;
+# 3 when alerts differ between worker counts.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${SHIELDTAP:-$root/target/release/shieldtap}
+bench_dir=${SHIELDTAP_BENCH_DIR:-/var/tmp/shieldtap-bench}
+runs=${RUNS:-1}
+scales=${SCALES:-1 3}
+workers_list=${WORKERS:-1 2}
+
+die() { echo "$0: $*" >&2; exit 1; }
+command -v python3 >/dev/null || die "python3 is not installed (apt-get install -y python3)"
+[[ -x $bin ]] || die "no $bin: run cargo build --release first (or set SHIELDTAP)"
+[[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$runs'"
+[[ -r /proc/self/task ]] || die "/proc is not mounted: per-thread CPU cannot be read"
+
+if [[ -n ${KEEP_RESULTS:-} ]]; then
+    out=$KEEP_RESULTS
+    mkdir -p "$out"
+    rm -f "$out/results.jsonl"
+else
+    out=$(mktemp -d)
+    trap 'rm -rf "$out"' EXIT
+fi
+
+# Record the captures that are not there yet.
+for s in $scales; do
+    dir=$bench_dir/${s}x
+    if [[ -s $dir/capture.pcap && -s $dir/manifest.json && -s $dir/shieldtap.toml ]]; then
+        continue
+    fi
+    [[ $(id -u) -eq 0 ]] || die "$dir has no capture yet; recording it needs root (network namespace, tcpdump)"
+    for tool in ip tcpdump nginx; do
+        command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install -y iproute2 tcpdump nginx-light)"
+    done
+    echo "recording $dir (scale $s; takes minutes) ..." >&2
+    rm -rf "$dir"
+    python3 "$root/scripts/gen_realistic.py" --out-dir "$dir" --scale "$s" >&2 || {
+        rm -rf "$dir"
+        die "scripts/gen_realistic.py --scale $s failed"
+    }
+done
+
+echo "shieldtap: $bin ($("$bin" --version 2>/dev/null || echo '?'))"
+echo "host: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for s in $scales; do
+    dir=$bench_dir/${s}x
+    python3 - "$dir/manifest.json" "${s}x" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(f"{sys.argv[2]}: {m['transactions']:,} transactions, {m['packets']:,} packets, {m['capture_bytes'] / 1e6:,.0f} MB, "
+      f"{m['packet_time']['span_secs']:.0f} s of packet time; {m['client_addresses']:,} addresses, {m['devices']:,} devices, "
+      f"{m['users']:,} users; gzip {m['gzip_share']:.0%}, chunked {m['chunked_share']:.0%}, IPv6 {m['ipv6_share']:.0%}")
+EOF
+    cat "$dir/capture.pcap" >/dev/null # warm the page cache
+    for w in $workers_list; do
+        for ((r = 1; r <= runs; r++)); do
+            tag=${s}x-w$w-r$r
+            python3 "$root/benches/realistic_run.py" run --label "${s}x" --capture-dir "$dir" --workers "$w" \
+                --summary "$out/$tag.summary.json" --alerts "$out/$tag.alerts.jsonl" --stderr "$out/$tag.stderr" \
+                --out "$out/results.jsonl" -- \
+                "$bin" replay "$dir/capture.pcap" --config "$dir/shieldtap.toml" --no-progress \
+                --alerts-out "$out/$tag.alerts.jsonl" --summary-json "$out/$tag.summary.json" \
+                --metrics-listen off --workers "$w" || {
+                cat "$out/$tag.stderr" >&2
+                die "replay of $dir with $w worker(s) failed"
+            }
+        done
+    done
+done
+echo
+python3 "$root/benches/realistic_run.py" table "$out/results.jsonl"
