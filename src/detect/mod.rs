@@ -232,7 +232,7 @@ fn hash_tuple<H: std::hash::Hasher>(parts: &[KeyValue], h: &mut H) {
 }
 
 /// A value rules group by or count.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, Eq, PartialOrd, Ord)]
 pub enum KeyValue {
     Ip(IpAddr),
     Str(Arc<str>),
@@ -242,6 +242,20 @@ pub enum KeyValue {
     Username(Arc<str>),
     /// Several fields (`group_by: [ip, endpoint]`), in the rule's order.
     Tuple(Arc<[KeyValue]>),
+}
+
+// By hand: strings are mostly the same shared (interned) string, compared by address first.
+impl PartialEq for KeyValue {
+    fn eq(&self, o: &Self) -> bool {
+        match (self, o) {
+            (KeyValue::Ip(a), KeyValue::Ip(b)) => a == b,
+            (KeyValue::Str(a), KeyValue::Str(b))
+            | (KeyValue::Username(a), KeyValue::Username(b)) => Arc::ptr_eq(a, b) || a == b,
+            (KeyValue::Token(a), KeyValue::Token(b)) => a == b,
+            (KeyValue::Tuple(a), KeyValue::Tuple(b)) => Arc::ptr_eq(a, b) || a[..] == b[..],
+            _ => false,
+        }
+    }
 }
 
 // By hand, so a [`Lookup`] can hash the same way without building the tuple.

@@ -152,6 +152,10 @@ pub(super) struct RuleState {
 /// A key table slot: the key and its state inline, a control byte, at 7/8 load.
 const KEY_SLOT_BYTES: usize = (std::mem::size_of::<(KeyValue, KeyState)>() + 1) * 8 / 7;
 
+/// What a new key is charged beyond its slot until the next sweep weighs it: an episode
+/// with a few evidence entries.
+const FRESH_KEY_BYTES: usize = 1024;
+
 /// What a key owns beyond its slot: a tuple's parts (strings are shared, not counted).
 fn key_heap(k: &KeyValue) -> usize {
     match k {
@@ -506,11 +510,11 @@ impl Shard {
                 baseline_bytes,
                 ..
             } = st;
-            let (ks, before) = match keys.get_mut(&key) {
-                Some(ks) => {
-                    let b = ks.bytes();
-                    (ks, b)
-                }
+            // A new key is charged a typical key's bytes; every sweep (each second of
+            // packet time) weighs the keys afresh, so growth between sweeps is bounded by a
+            // second of traffic.
+            let ks = match keys.get_mut(&key) {
+                Some(ks) => ks,
                 None => {
                     let endpoint = matches!(
                         det.kind,
@@ -519,9 +523,10 @@ impl Shard {
                     .then(|| ev.key(KeyField::Endpoint))
                     .flatten();
                     let k = KeyValue::from(&key);
-                    *heap += key_heap(&k);
-                    let ks = keys.entry(k).or_insert(KeyState::new(det, endpoint));
-                    (ks, std::mem::size_of::<KeyState>())
+                    let mut ks = KeyState::new(det, endpoint);
+                    ks.charged = key_heap(&k) + FRESH_KEY_BYTES;
+                    *heap += ks.charged;
+                    keys.entry(k).or_insert(ks)
                 }
             };
             let stats = &mut self.stats;
@@ -533,7 +538,6 @@ impl Shard {
             for s in samples {
                 learn(baselines, baseline_bytes, room, s, stats);
             }
-            *heap = (*heap + ks.bytes()).saturating_sub(before);
             if let Some(episode) = fired {
                 em.emit(&rule, &(&key).into(), episode, false, stats);
             }
@@ -631,7 +635,8 @@ fn sweep_rule(
         }
         let keep = !ks.idle(now, window);
         if keep {
-            heap += key_extra(k, ks);
+            ks.charged = key_extra(k, ks);
+            heap += ks.charged;
         } else {
             stats.keys_evicted += 1;
         }
@@ -660,7 +665,7 @@ fn evict_oldest(st: &mut RuleState, stats: &mut DetectStats, em: &mut Emit<'_>) 
         .collect();
     for k in crate::actor::registry::oldest_tenth(ages) {
         if let Some(mut ks) = st.keys.remove(&k) {
-            st.heap = st.heap.saturating_sub(key_extra(&k, &ks));
+            st.heap = st.heap.saturating_sub(ks.charged);
             stats.keys_evicted += 1;
             stats.keys_evicted_full += 1;
             if let Some(e) = ks.take_pending() {

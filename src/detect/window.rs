@@ -422,6 +422,8 @@ pub(super) struct KeyState {
     suppressed_until: Option<Timestamp>,
     pending: Option<Box<Episode>>,
     last_seen: Timestamp,
+    /// Bytes the key table charged this key (beyond its slot) when it last weighed it.
+    pub charged: usize,
 }
 
 fn prune(b: &mut VecDeque<(u64, u32)>, horizon: u64) {
@@ -504,6 +506,7 @@ impl KeyState {
             suppressed_until: None,
             pending: None,
             last_seen: Timestamp::ZERO,
+            charged: 0,
         }
     }
 
