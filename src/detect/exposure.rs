@@ -178,11 +178,26 @@ fn text_patterns() -> &'static Regex {
     )
 }
 
+/// Whether `name` contains any of `words`. Field names are short: comparing windows
+/// beats setting up a substring searcher per word, and this runs on most values.
 fn name_has(name: &str, words: &[&str]) -> bool {
-    words.iter().any(|w| name.contains(w))
+    let n = name.as_bytes();
+    words
+        .iter()
+        .any(|w| n.windows(w.len()).any(|x| x == w.as_bytes()))
 }
 
 fn iban_valid(v: &str) -> bool {
+    // The pattern opens with two capitals and two digits: most capitalised text (a
+    // title, a name) fails here, before a copy without spaces is made.
+    let mut head = v.chars().filter(|c| !c.is_whitespace());
+    let opens = head.next().is_some_and(|c| c.is_ascii_uppercase())
+        && head.next().is_some_and(|c| c.is_ascii_uppercase())
+        && head.next().is_some_and(|c| c.is_ascii_digit())
+        && head.next().is_some_and(|c| c.is_ascii_digit());
+    if !opens {
+        return false;
+    }
     let s: String = v.chars().filter(|c| !c.is_whitespace()).collect();
     if !iban().is_match(&s) {
         return false;
@@ -426,10 +441,10 @@ fn masked(class: Class, v: &str) -> Arc<str> {
     Arc::from(match class {
         Class::Email | Class::Phone | Class::PaymentCard => redact::mask(v),
         Class::PasswordHash | Class::Secret => format!("hash:{}", redact::token(v)),
-        _ => {
-            let first: String = v.chars().take(1).collect();
-            format!("{first}***")
-        }
+        _ => match v.chars().next() {
+            Some(first) => format!("{first}***"),
+            None => "***".to_string(),
+        },
     })
 }
 
@@ -439,6 +454,9 @@ struct Walker<'a> {
     /// Hashes of the field paths already listed: arrays repeat the same paths, and
     /// comparing hashes keeps the walk linear in the body.
     seen: &'a mut Vec<u64>,
+    /// Field paths and array names, shared across responses (an endpoint answers with
+    /// the same paths every time): a finding costs a reference count, not a copy.
+    names: &'a mut crate::intern::Interner,
     /// Collect returned ids (only BOLA's learning needs them).
     want_ids: bool,
     /// The array field the last returned id was listed under: lists repeat it.
@@ -463,7 +481,7 @@ impl Walker<'_> {
         }
         if s.findings.len() < MAX_FINDINGS {
             s.findings.push(Finding {
-                path: Arc::from(path),
+                path: self.names.name(path),
                 class,
                 masked: masked(class, value),
                 digests: smallvec::smallvec![digest(value)],
@@ -488,7 +506,7 @@ impl Walker<'_> {
             match &self.id_field {
                 Some(f) if **f == *name => Some(f.clone()),
                 _ => {
-                    let f: Arc<str> = Arc::from(name);
+                    let f: Arc<str> = self.names.name(name);
                     self.id_field = Some(f.clone());
                     Some(f)
                 }
@@ -556,6 +574,8 @@ struct Scratch {
     frames: Vec<u8>,
     /// The field list being built (copied out at its final size).
     fields: String,
+    /// Shared field paths (bounded: see [`crate::intern`]).
+    names: crate::intern::Interner,
 }
 
 thread_local! {
@@ -586,6 +606,9 @@ struct Json<'b, 'w, 'a> {
     frames: &'w mut Vec<u8>,
     /// Containers that may still open before serde_json's limit.
     remaining: u8,
+    /// The whole body when it is valid UTF-8 (checked once; strings are then slices of
+    /// it, as their quotes are ASCII).
+    utf8: Option<&'b str>,
 }
 
 /// A key's lower-case name: a range of `lower`.
@@ -615,7 +638,7 @@ fn hex4(b: &[u8], i: &mut usize) -> Walked<u16> {
 /// Returns the raw contents and whether they hold escapes. `strict` is serde_json's
 /// `parse_str` (UTF-8, paired surrogates), otherwise its `ignore_str` (escapes checked
 /// for form only).
-fn json_str<'b>(b: &'b [u8], i: &mut usize, strict: bool) -> Walked<(&'b [u8], bool)> {
+fn json_str<'b>(b: &'b [u8], i: &mut usize, strict: bool, utf8: bool) -> Walked<(&'b [u8], bool)> {
     let start = *i;
     let mut escaped = false;
     loop {
@@ -656,7 +679,7 @@ fn json_str<'b>(b: &'b [u8], i: &mut usize, strict: bool) -> Walked<(&'b [u8], b
     let raw = &b[start..*i - 1];
     // Escapes are ASCII: the raw bytes are valid UTF-8 exactly when the unescaped
     // string is (as serde_json checks it).
-    if strict && std::str::from_utf8(raw).is_err() {
+    if strict && !utf8 && std::str::from_utf8(raw).is_err() {
         return Err(NotJson);
     }
     Ok((raw, escaped))
@@ -786,6 +809,15 @@ impl<'b> Json<'b, '_, '_> {
         None
     }
 
+    /// The raw contents of a string (without escapes) starting at `start`, as text.
+    fn text_at(&self, start: usize, raw: &'b [u8]) -> Walked<&'b str> {
+        match self.utf8 {
+            Some(body) => body.get(start..start + raw.len()),
+            None => std::str::from_utf8(raw).ok(),
+        }
+        .ok_or(NotJson)
+    }
+
     fn ident(&mut self, word: &[u8]) -> Walked {
         if self.b.get(self.i..self.i + word.len()) == Some(word) {
             self.i += word.len();
@@ -825,18 +857,20 @@ impl<'b> Json<'b, '_, '_> {
         }
     }
 
-    /// A key (opening quote next) and its colon.
-    fn key(&mut self, strict: bool) -> Walked<(&'b [u8], bool)> {
+    /// A key (opening quote next) and its colon: where its contents start, the contents,
+    /// and whether they hold escapes.
+    fn key(&mut self, strict: bool) -> Walked<(usize, &'b [u8], bool)> {
         if self.ws() != Some(b'"') {
             return Err(NotJson);
         }
         self.i += 1;
-        let k = json_str(self.b, &mut self.i, strict)?;
+        let start = self.i;
+        let (raw, escaped) = json_str(self.b, &mut self.i, strict, self.utf8.is_some())?;
         if self.ws() != Some(b':') {
             return Err(NotJson);
         }
         self.i += 1;
-        Ok(k)
+        Ok((start, raw, escaped))
     }
 
     /// One value at `depth` under the key `name` (serde's `Stream::deserialize`).
@@ -852,13 +886,13 @@ impl<'b> Json<'b, '_, '_> {
             b'f' => self.ident(b"false")?,
             b'"' => {
                 self.i += 1;
-                let (raw, escaped) = json_str(self.b, &mut self.i, true)?;
+                let (raw, escaped) = json_str(self.b, &mut self.i, true, self.utf8.is_some())?;
                 let v = if escaped {
                     self.text.clear();
                     unescape(raw, self.text);
                     self.text.as_str()
                 } else {
-                    std::str::from_utf8(raw).map_err(|_| NotJson)?
+                    self.text_at(self.i - 1 - raw.len(), raw)?
                 };
                 let name = &self.lower[name.0..name.1];
                 self.w.field(self.path);
@@ -925,14 +959,13 @@ impl<'b> Json<'b, '_, '_> {
         let mut lon: Option<(String, f64)> = None;
         let mut first = true;
         while self.next(b'}', &mut first)? {
-            let (raw, escaped) = self.key(true)?;
+            let (start, raw, escaped) = self.key(true)?;
             let len = self.path.len();
             self.path.push('.');
             if escaped {
                 unescape(raw, self.path);
             } else {
-                self.path
-                    .push_str(std::str::from_utf8(raw).map_err(|_| NotJson)?);
+                self.path.push_str(self.text_at(start, raw)?);
             }
             self.lower.push('.');
             for c in self.path[len + 1..].chars() {
@@ -972,7 +1005,7 @@ impl<'b> Json<'b, '_, '_> {
             b'f' => self.ident(b"false")?,
             b'"' => {
                 self.i += 1;
-                json_str(self.b, &mut self.i, true)?;
+                json_str(self.b, &mut self.i, true, self.utf8.is_some())?;
             }
             b'-' | b'0'..=b'9' => {
                 let n = json_number(self.b, &mut self.i)?;
@@ -1026,7 +1059,7 @@ impl<'b> Json<'b, '_, '_> {
                 }
                 b'"' => {
                     self.i += 1;
-                    json_str(self.b, &mut self.i, false)?;
+                    json_str(self.b, &mut self.i, false, true)?;
                 }
                 b'n' => self.ident(b"null")?,
                 b't' => self.ident(b"true")?,
@@ -1082,6 +1115,7 @@ fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
                 scan: out,
                 nodes: 0,
                 seen: &mut s.seen,
+                names: &mut s.names,
                 want_ids,
                 id_field: None,
             },
@@ -1090,6 +1124,7 @@ fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
             text: &mut s.text,
             frames: &mut s.frames,
             remaining: SERDE_DEPTH,
+            utf8: std::str::from_utf8(body).ok(),
         };
         // The field list is built in scratch and copied out once, at its size.
         std::mem::swap(&mut j.w.scan.fields, &mut s.fields);
@@ -1143,6 +1178,7 @@ fn scan_text(out: &mut Scan, ctype: &[u8], body: &[u8], want_ids: bool) {
             scan: out,
             nodes: 0,
             seen: &mut seen,
+            names: &mut Default::default(),
             want_ids,
             id_field: None,
         };
@@ -1346,6 +1382,7 @@ mod oracle {
                 scan: &mut out,
                 nodes: 0,
                 seen: &mut Vec::new(),
+                names: &mut Default::default(),
                 want_ids,
                 id_field: None,
             };
@@ -1376,6 +1413,7 @@ mod oracle {
                 scan: &mut out,
                 nodes: 0,
                 seen: &mut Vec::new(),
+                names: &mut Default::default(),
                 want_ids,
                 id_field: None,
             };
