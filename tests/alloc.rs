@@ -146,7 +146,7 @@ fn packet_path_allocations_per_transaction() {
     );
 }
 
-/// Measured 22.3 on this sample (26.8 before the scanner and event building reused their
+/// Measured 22.3 on this sample (34.6 before the scanner and event building reused their
 /// buffers), with a little room. What stays, per transaction:
 /// - HTTP (about 10): each message's method and target strings, header vector, kept
 ///   body, decoded body, and the header values too long to sit inline (tokens,
