@@ -14,6 +14,13 @@ pub fn path_of(target: &str) -> &str {
 /// `{id}` (a placeholder until route learning lands).
 pub fn route_of(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
+    route_into(path, &mut out);
+    out
+}
+
+/// [`route_of`] written into `out` (cleared first): a reused buffer, no allocation.
+pub fn route_into(path: &str, out: &mut String) {
+    out.clear();
     for (i, seg) in path.split('/').enumerate() {
         if i > 0 {
             out.push('/');
@@ -24,7 +31,6 @@ pub fn route_of(path: &str) -> String {
             out.push_str(seg);
         }
     }
-    out
 }
 
 /// A path segment that names an object rather than a resource: numeric, UUID, long hex,

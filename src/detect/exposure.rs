@@ -7,13 +7,14 @@
 //! geolocation, street address, password hash (every usual storage format, or any value
 //! under a password's field name), secret (JWTs, cloud keys, private keys, API keys),
 //! internal IP address. Only field paths, classes and masked samples leave this
-//! module; values never do.
+//! module; values never do. JSON is walked in place, in one pass, by a hand-written reader
+//! that accepts exactly what serde_json accepted (the serde walker is its test oracle);
+//! its buffers are per-thread scratch, so a scan allocates only what it returns.
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
-use serde_json::Value;
 
 use crate::http::{Header, header};
 use crate::redact;
@@ -156,6 +157,18 @@ fn cloud_key() -> &'static Regex {
         r"^(AKIA|ASIA)[0-9A-Z]{16}$|^AIza[0-9A-Za-z_-]{35}$|^(sk|rk)_live_[0-9A-Za-z]{16,}$|^gh[pousr]_[0-9A-Za-z]{36}$|^xox[abpr]-[0-9A-Za-z-]{10,}$",
     )
 }
+/// Whether `b` opens like one of [`cloud_key`]'s alternatives: prose that starts with a
+/// capital A or an s never reaches the regex.
+fn cloud_key_prefix(b: &[u8]) -> bool {
+    b.starts_with(b"AKIA")
+        || b.starts_with(b"ASIA")
+        || b.starts_with(b"AIza")
+        || b.starts_with(b"sk_live_")
+        || b.starts_with(b"rk_live_")
+        || (b.starts_with(b"gh") && b.get(3) == Some(&b'_'))
+        || b.starts_with(b"xox")
+}
+
 fn ssn() -> &'static Regex {
     static R: OnceLock<Regex> = OnceLock::new();
     re(&R, r"^(\d{3})-(\d{2})-(\d{4})$")
@@ -179,11 +192,26 @@ fn text_patterns() -> &'static Regex {
     )
 }
 
+/// Whether `name` contains any of `words`. Field names are short: comparing windows
+/// beats setting up a substring searcher per word, and this runs on most values.
 fn name_has(name: &str, words: &[&str]) -> bool {
-    words.iter().any(|w| name.contains(w))
+    let n = name.as_bytes();
+    words
+        .iter()
+        .any(|w| n.windows(w.len()).any(|x| x == w.as_bytes()))
 }
 
 fn iban_valid(v: &str) -> bool {
+    // The pattern opens with two capitals and two digits: most capitalised text (a
+    // title, a name) fails here, before a copy without spaces is made.
+    let mut head = v.chars().filter(|c| !c.is_whitespace());
+    let opens = head.next().is_some_and(|c| c.is_ascii_uppercase())
+        && head.next().is_some_and(|c| c.is_ascii_uppercase())
+        && head.next().is_some_and(|c| c.is_ascii_digit())
+        && head.next().is_some_and(|c| c.is_ascii_digit());
+    if !opens {
+        return false;
+    }
     let s: String = v.chars().filter(|c| !c.is_whitespace()).collect();
     if !iban().is_match(&s) {
         return false;
@@ -279,6 +307,12 @@ fn password_field(name: &str) -> bool {
         n += 1;
     }
     let mut s = &buf[..n];
+    // Every word that qualifies holds `pass`, `pw` or `secret`: most names stop here,
+    // before the qualifiers are tried.
+    let holds = |w: &[u8]| s.windows(w.len()).any(|x| x == w);
+    if !(holds(b"pass") || holds(b"pw") || holds(b"secret")) {
+        return false;
+    }
     for _ in 0..2 {
         if let Some(rest) = PREFIXES.iter().find_map(|p| s.strip_prefix(*p)) {
             s = rest;
@@ -352,9 +386,7 @@ pub fn classify(name: &str, value: &str) -> Option<Class> {
         return Some(Class::PasswordHash);
     }
     if (b.starts_with(b"eyJ") && jwt().is_match(v))
-        || (matches!(first, b'A' | b's' | b'r' | b'g' | b'x')
-            && b.len() >= 16
-            && cloud_key().is_match(v))
+        || (b.len() >= 16 && cloud_key_prefix(b) && cloud_key().is_match(v))
         || (first == b'-' && v.contains("PRIVATE KEY-----"))
     {
         return Some(Class::Secret);
@@ -427,10 +459,10 @@ fn masked(class: Class, v: &str) -> Arc<str> {
     Arc::from(match class {
         Class::Email | Class::Phone | Class::PaymentCard => redact::mask(v),
         Class::PasswordHash | Class::Secret => format!("hash:{}", redact::token(v)),
-        _ => {
-            let first: String = v.chars().take(1).collect();
-            format!("{first}***")
-        }
+        _ => match v.chars().next() {
+            Some(first) => format!("{first}***"),
+            None => "***".to_string(),
+        },
     })
 }
 
@@ -439,7 +471,10 @@ struct Walker<'a> {
     nodes: usize,
     /// Hashes of the field paths already listed: arrays repeat the same paths, and
     /// comparing hashes keeps the walk linear in the body.
-    seen: Vec<u64>,
+    seen: &'a mut Vec<u64>,
+    /// Field paths and array names, shared across responses (an endpoint answers with
+    /// the same paths every time): a finding costs a reference count, not a copy.
+    names: &'a mut crate::intern::Interner,
     /// Collect returned ids (only BOLA's learning needs them).
     want_ids: bool,
     /// The array field the last returned id was listed under: lists repeat it.
@@ -464,7 +499,7 @@ impl Walker<'_> {
         }
         if s.findings.len() < MAX_FINDINGS {
             s.findings.push(Finding {
-                path: Arc::from(path),
+                path: self.names.name(path),
                 class,
                 masked: masked(class, value),
                 digests: smallvec::smallvec![digest(value)],
@@ -489,7 +524,7 @@ impl Walker<'_> {
             match &self.id_field {
                 Some(f) if **f == *name => Some(f.clone()),
                 _ => {
-                    let f: Arc<str> = Arc::from(name);
+                    let f: Arc<str> = self.names.name(name);
                     self.id_field = Some(f.clone());
                     Some(f)
                 }
@@ -522,15 +557,6 @@ impl Walker<'_> {
     }
 }
 
-/// Walks JSON as it is parsed (no tree is built: keys and strings are borrowed from the
-/// body where they need no unescaping), classifying each value under its field path.
-struct Stream<'w, 'a> {
-    w: &'w mut Walker<'a>,
-    path: &'w mut String,
-    name: &'w str,
-    depth: usize,
-}
-
 const LAT: &[&str] = &["lat", "latitude"];
 const LON: &[&str] = &["lon", "lng", "long", "longitude"];
 
@@ -548,148 +574,436 @@ fn precise(f: f64) -> bool {
             .is_some_and(|d| d.len() >= 3)
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Stream<'_, '_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+/// Scratch buffers of the JSON walker, kept per thread so that scanning a response
+/// allocates only what the [`Scan`] it returns holds.
+#[derive(Default)]
+struct Scratch {
+    /// The field path being walked (`$.orders[].id`).
+    path: String,
+    /// `path` in ASCII lower case: same length and offsets, so a key's lower-case name is
+    /// a range of it.
+    lower: String,
+    /// Hashes of the field paths listed so far.
+    seen: Vec<u64>,
+    /// A string value with escapes, unescaped.
+    text: String,
+    /// Open containers of a value skipped past a cap (`[` or `{`), so skipping is not
+    /// recursive however deep the body nests.
+    frames: Vec<u8>,
+    /// The field list being built (copied out at its final size).
+    fields: String,
+    /// Shared field paths (bounded: see [`crate::intern`]).
+    names: crate::intern::Interner,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// The body is not JSON (after what was walked).
+struct NotJson;
+
+type Walked<T = ()> = Result<T, NotJson>;
+
+/// serde_json's nesting limit, kept so the same bodies count as JSON as before.
+const SERDE_DEPTH: u8 = 128;
+
+/// Walks JSON keys and scalars in place: values are classified as borrowed slices of the
+/// body (unescaped into scratch only when they hold escapes), numbers are looked at as
+/// text, and nothing is built for values that are only listed. Accepts exactly what
+/// serde_json's `Deserializer::from_slice` accepted for the first value of the body
+/// (trailing bytes ignored), including its number range and string rules, so a body is
+/// JSON or text as it always was: the serde walker stays as the test oracle.
+struct Json<'b, 'w, 'a> {
+    b: &'b [u8],
+    i: usize,
+    w: Walker<'a>,
+    path: &'w mut String,
+    lower: &'w mut String,
+    text: &'w mut String,
+    frames: &'w mut Vec<u8>,
+    /// Containers that may still open before serde_json's limit.
+    remaining: u8,
+    /// The whole body when it is valid UTF-8 (checked once; strings are then slices of
+    /// it, as their quotes are ASCII).
+    utf8: Option<&'b str>,
+}
+
+/// A key's lower-case name: a range of `lower`.
+#[derive(Clone, Copy)]
+struct Name(usize, usize);
+
+const fn hex_val(c: u8) -> Option<u16> {
+    match c {
+        b'0'..=b'9' => Some((c - b'0') as u16),
+        b'a'..=b'f' => Some((c - b'a' + 10) as u16),
+        b'A'..=b'F' => Some((c - b'A' + 10) as u16),
+        _ => None,
+    }
+}
+
+fn hex4(b: &[u8], i: &mut usize) -> Walked<u16> {
+    let Some(d) = b.get(*i..*i + 4) else {
+        return Err(NotJson);
+    };
+    *i += 4;
+    d.iter()
+        .try_fold(0u16, |acc, &c| Some(acc << 4 | hex_val(c)?))
+        .ok_or(NotJson)
+}
+
+/// Scans a string whose opening quote was consumed; `*i` ends after the closing quote.
+/// Returns the raw contents and whether they hold escapes. `strict` is serde_json's
+/// `parse_str` (UTF-8, paired surrogates), otherwise its `ignore_str` (escapes checked
+/// for form only).
+fn json_str<'b>(b: &'b [u8], i: &mut usize, strict: bool, utf8: bool) -> Walked<(&'b [u8], bool)> {
+    let start = *i;
+    let mut escaped = false;
+    loop {
+        let rest = b.get(*i..).unwrap_or_default();
+        let at = memchr::memchr2(b'"', b'\\', rest).ok_or(NotJson)?;
+        if rest[..at].iter().any(|&c| c < 0x20) {
+            return Err(NotJson);
+        }
+        *i += at + 1;
+        if rest[at] == b'"' {
+            break;
+        }
+        escaped = true;
+        let c = *b.get(*i).ok_or(NotJson)?;
+        *i += 1;
+        match c {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+            b'u' => {
+                let n = hex4(b, i)?;
+                if strict {
+                    if (0xDC00..=0xDFFF).contains(&n) {
+                        return Err(NotJson);
+                    }
+                    if (0xD800..=0xDBFF).contains(&n) {
+                        if b.get(*i..*i + 2) != Some(b"\\u") {
+                            return Err(NotJson);
+                        }
+                        *i += 2;
+                        if !(0xDC00..=0xDFFF).contains(&hex4(b, i)?) {
+                            return Err(NotJson);
+                        }
+                    }
+                }
+            }
+            _ => return Err(NotJson),
+        }
+    }
+    let raw = &b[start..*i - 1];
+    // Escapes are ASCII: the raw bytes are valid UTF-8 exactly when the unescaped
+    // string is (as serde_json checks it).
+    if strict && !utf8 && std::str::from_utf8(raw).is_err() {
+        return Err(NotJson);
+    }
+    Ok((raw, escaped))
+}
+
+/// Appends the unescaped form of `raw` (checked by [`json_str`] in strict mode).
+fn unescape(raw: &[u8], out: &mut String) {
+    let Ok(s) = std::str::from_utf8(raw) else {
+        return;
+    };
+    let mut rest = s;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let b = rest.as_bytes();
+        let mut i = at + 2;
+        let ch = match b.get(at + 1) {
+            Some(b'b') => Some('\u{8}'),
+            Some(b'f') => Some('\u{c}'),
+            Some(b'n') => Some('\n'),
+            Some(b'r') => Some('\r'),
+            Some(b't') => Some('\t'),
+            Some(b'u') => hex4(b, &mut i).ok().and_then(|n| {
+                if (0xD800..=0xDBFF).contains(&n) {
+                    i += 2;
+                    let lo = hex4(b, &mut i).ok()?;
+                    char::from_u32(
+                        ((u32::from(n) - 0xD800) << 10 | (u32::from(lo) - 0xDC00)) + 0x1_0000,
+                    )
+                } else {
+                    char::from_u32(u32::from(n))
+                }
+            }),
+            Some(&c) => Some(char::from(c)),
+            None => None,
+        };
+        out.extend(ch);
+        rest = rest.get(i..).unwrap_or_default();
+    }
+    out.push_str(rest);
+}
+
+/// A number token: its grammar checked, `*i` after it. `Some(v)` for an unsigned integer
+/// that fits u64 (what serde_json hands to `visit_u64`).
+struct Number<'b> {
+    text: &'b [u8],
+    unsigned: Option<u64>,
+    /// Has a fraction or an exponent (serde_json parses it as f64).
+    float: bool,
+}
+
+fn json_number<'b>(b: &'b [u8], i: &mut usize) -> Walked<Number<'b>> {
+    let start = *i;
+    let neg = b.get(*i) == Some(&b'-');
+    if neg {
+        *i += 1;
+    }
+    let digit = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    let int_start = *i;
+    match b.get(*i) {
+        Some(b'0') => {
+            *i += 1;
+            if digit(*i) {
+                return Err(NotJson);
+            }
+        }
+        Some(b'1'..=b'9') => {
+            while digit(*i) {
+                *i += 1;
+            }
+        }
+        _ => return Err(NotJson),
+    }
+    let int_end = *i;
+    let mut float = false;
+    if b.get(*i) == Some(&b'.') {
+        float = true;
+        *i += 1;
+        if !digit(*i) {
+            return Err(NotJson);
+        }
+        while digit(*i) {
+            *i += 1;
+        }
+    }
+    if matches!(b.get(*i), Some(b'e' | b'E')) {
+        float = true;
+        *i += 1;
+        if matches!(b.get(*i), Some(b'+' | b'-')) {
+            *i += 1;
+        }
+        if !digit(*i) {
+            return Err(NotJson);
+        }
+        while digit(*i) {
+            *i += 1;
+        }
+    }
+    let digits = &b[int_start..int_end];
+    let fits = (!float)
+        .then(|| {
+            digits.iter().try_fold(0u64, |acc, &c| {
+                acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+            })
+        })
+        .flatten();
+    Ok(Number {
+        text: &b[start..*i],
+        unsigned: fits.filter(|_| !neg),
+        float: float || fits.is_none(),
+    })
+}
+
+/// A float token's value as serde_json computes it (its own rounding, and an error out
+/// of f64's range). Floats are rare in responses; this costs no allocation.
+fn json_float(text: &[u8]) -> Walked<f64> {
+    serde_json::from_slice::<f64>(text).map_err(|_| NotJson)
+}
+
+impl<'b> Json<'b, '_, '_> {
+    fn ws(&mut self) -> Option<u8> {
+        while let Some(&c) = self.b.get(self.i) {
+            if !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+                return Some(c);
+            }
+            self.i += 1;
+        }
+        None
+    }
+
+    /// The raw contents of a string (without escapes) starting at `start`, as text.
+    fn text_at(&self, start: usize, raw: &'b [u8]) -> Walked<&'b str> {
+        match self.utf8 {
+            Some(body) => body.get(start..start + raw.len()),
+            None => std::str::from_utf8(raw).ok(),
+        }
+        .ok_or(NotJson)
+    }
+
+    fn ident(&mut self, word: &[u8]) -> Walked {
+        if self.b.get(self.i..self.i + word.len()) == Some(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(NotJson)
+        }
+    }
+
+    fn enter(&mut self) -> Walked {
+        self.remaining -= 1;
+        if self.remaining == 0 {
+            return Err(NotJson);
+        }
+        self.i += 1;
+        Ok(())
+    }
+
+    /// After an element: `,` then more (`true`), or the closing byte (`false`).
+    fn next(&mut self, close: u8, first: &mut bool) -> Walked<bool> {
+        let c = self.ws().ok_or(NotJson)?;
+        if c == close {
+            self.i += 1;
+            return Ok(false);
+        }
+        if *first {
+            *first = false;
+            return Ok(true);
+        }
+        if c != b',' {
+            return Err(NotJson);
+        }
+        self.i += 1;
+        match self.ws() {
+            Some(c) if c != close => Ok(true),
+            _ => Err(NotJson),
+        }
+    }
+
+    /// A key (opening quote next) and its colon: where its contents start, the contents,
+    /// and whether they hold escapes.
+    fn key(&mut self, strict: bool) -> Walked<(usize, &'b [u8], bool)> {
+        if self.ws() != Some(b'"') {
+            return Err(NotJson);
+        }
+        self.i += 1;
+        let start = self.i;
+        let (raw, escaped) = json_str(self.b, &mut self.i, strict, self.utf8.is_some())?;
+        if self.ws() != Some(b':') {
+            return Err(NotJson);
+        }
+        self.i += 1;
+        Ok((start, raw, escaped))
+    }
+
+    /// One value at `depth` under the key `name` (serde's `Stream::deserialize`).
+    fn value(&mut self, name: Name, depth: usize) -> Walked {
         self.w.nodes += 1;
-        if self.depth > MAX_DEPTH || self.w.nodes > MAX_NODES {
+        if depth > MAX_DEPTH || self.w.nodes > MAX_NODES {
             self.w.scan.truncated = true;
-            serde::de::IgnoredAny::deserialize(d)?;
-            return Ok(());
+            return self.skip();
         }
-        d.deserialize_any(self)
-    }
-}
-
-use serde::Deserialize as _;
-
-/// A map key, borrowed when the body allows.
-struct Key<'de>(std::borrow::Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a key")
+        match self.ws().ok_or(NotJson)? {
+            b'n' => self.ident(b"null")?,
+            b't' => self.ident(b"true")?,
+            b'f' => self.ident(b"false")?,
+            b'"' => {
+                self.i += 1;
+                let (raw, escaped) = json_str(self.b, &mut self.i, true, self.utf8.is_some())?;
+                let v = if escaped {
+                    self.text.clear();
+                    unescape(raw, self.text);
+                    self.text.as_str()
+                } else {
+                    self.text_at(self.i - 1 - raw.len(), raw)?
+                };
+                let name = &self.lower[name.0..name.1];
+                self.w.field(self.path);
+                if name == "id" && !v.is_empty() && v.len() <= 128 {
+                    self.w.returned_id(self.path, v);
+                }
+                if let Some(c) = classify(name, v) {
+                    self.w.add(self.path, c, v);
+                }
+                return Ok(());
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            b'-' | b'0'..=b'9' => {
+                let n = json_number(self.b, &mut self.i)?;
+                if n.float {
+                    json_float(n.text)?;
+                }
+                self.w.field(self.path);
+                if let (Some(v), Ok(t)) = (n.unsigned, std::str::from_utf8(n.text)) {
+                    let name = &self.lower[name.0..name.1];
+                    if name == "id" && self.w.want_ids {
+                        self.w.returned_id(self.path, t);
+                    }
+                    // Only long integers can be sensitive (cards, national ids, phones).
+                    if v >= 1_000_000
+                        && let Some(c) = classify(name, t)
+                    {
+                        self.w.add(self.path, c, t);
+                    }
+                }
+                return Ok(());
             }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            b'[' => {
+                self.enter()?;
+                let len = self.path.len();
+                self.path.push_str("[]");
+                self.lower.push_str("[]");
+                let mut n: u32 = 0;
+                let mut first = true;
+                while self.next(b']', &mut first)? {
+                    self.value(name, depth + 1)?;
+                    n = n.saturating_add(1);
+                }
+                self.path.truncate(len);
+                self.lower.truncate(len);
+                self.w.scan.records = self.w.scan.records.max(n);
+                self.remaining += 1;
+                return Ok(());
             }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Stream<'_, '_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<(), E> {
-        self.w.field(self.path);
-        if self.name == "id" && !v.is_empty() && v.len() <= 128 {
-            self.w.returned_id(self.path, v);
-        }
-        if let Some(c) = classify(self.name, v) {
-            self.w.add(self.path, c, v);
-        }
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.w.field(self.path);
-        if self.name == "id" && self.w.want_ids {
-            let mut buf = itoa::Buffer::new();
-            self.w.returned_id(self.path, buf.format(v));
-        }
-        // Only long integers can be sensitive (cards, national ids, phone numbers).
-        if v >= 1_000_000 {
-            let mut buf = itoa::Buffer::new();
-            let t = buf.format(v);
-            if let Some(c) = classify(self.name, t) {
-                self.w.add(self.path, c, t);
+            b'{' => {
+                self.enter()?;
+                self.object(depth)?;
+                self.remaining += 1;
+                return Ok(());
             }
+            _ => return Err(NotJson),
         }
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
         self.w.field(self.path);
         Ok(())
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        self.w.field(self.path);
-        Ok(())
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        self.w.field(self.path);
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        self.w.field(self.path);
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let len = self.path.len();
-        self.path.push_str("[]");
-        let mut n: u32 = 0;
-        loop {
-            let next = seq.next_element_seed(Stream {
-                w: &mut *self.w,
-                path: &mut *self.path,
-                name: self.name,
-                depth: self.depth + 1,
-            })?;
-            if next.is_none() {
-                break;
-            }
-            n = n.saturating_add(1);
-        }
-        self.path.truncate(len);
-        self.w.scan.records = self.w.scan.records.max(n);
-        Ok(())
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn object(&mut self, depth: usize) -> Walked {
         // Coordinates are only known to be a location once both are seen.
         let mut lat: Option<(String, f64)> = None;
         let mut lon: Option<(String, f64)> = None;
-        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+        let mut first = true;
+        while self.next(b'}', &mut first)? {
+            let (start, raw, escaped) = self.key(true)?;
             let len = self.path.len();
             self.path.push('.');
-            self.path.push_str(&k);
-            let lk: std::borrow::Cow<'_, str> = if k.bytes().any(|b| b.is_ascii_uppercase()) {
-                std::borrow::Cow::Owned(k.to_ascii_lowercase())
+            if escaped {
+                unescape(raw, self.path);
             } else {
-                std::borrow::Cow::Borrowed(&k)
-            };
-            if is_any(&lk, LAT) || is_any(&lk, LON) {
-                let v: Value = map.next_value()?;
+                self.path.push_str(self.text_at(start, raw)?);
+            }
+            self.lower.push_str(&self.path[len..]);
+            if let Some(k) = self.lower.get_mut(len + 1..) {
+                k.make_ascii_lowercase();
+            }
+            let name = Name(len + 1, self.lower.len());
+            let lk = &self.lower[name.0..name.1];
+            let is_lat = is_any(lk, LAT);
+            if is_lat || is_any(lk, LON) {
+                let f = self.strict()?;
                 self.w.field(self.path);
-                if let Some(f) = v.as_f64().filter(|f| precise(*f)) {
-                    let slot = if is_any(&lk, LAT) { &mut lat } else { &mut lon };
+                if let Some(f) = f.filter(|f| precise(*f)) {
+                    let slot = if is_lat { &mut lat } else { &mut lon };
                     *slot = Some((self.path.clone(), f));
                 }
             } else {
-                map.next_value_seed(Stream {
-                    w: &mut *self.w,
-                    path: &mut *self.path,
-                    name: &lk,
-                    depth: self.depth + 1,
-                })?;
+                self.value(name, depth + 1)?;
             }
             self.path.truncate(len);
+            self.lower.truncate(len);
         }
         if let (Some((pa, a)), Some((po, o))) = (lat, lon)
             && a.abs() <= 90.0
@@ -699,6 +1013,144 @@ impl<'de> serde::de::Visitor<'de> for Stream<'_, '_> {
         }
         Ok(())
     }
+
+    /// A value parsed in full but not walked (serde_json building a `Value`): strings
+    /// checked as strings, numbers in range, nesting limited. Returns a float's value.
+    fn strict(&mut self) -> Walked<Option<f64>> {
+        match self.ws().ok_or(NotJson)? {
+            b'n' => self.ident(b"null")?,
+            b't' => self.ident(b"true")?,
+            b'f' => self.ident(b"false")?,
+            b'"' => {
+                self.i += 1;
+                json_str(self.b, &mut self.i, true, self.utf8.is_some())?;
+            }
+            b'-' | b'0'..=b'9' => {
+                let n = json_number(self.b, &mut self.i)?;
+                return if n.float {
+                    json_float(n.text).map(Some)
+                } else {
+                    Ok(None)
+                };
+            }
+            b'[' => {
+                self.enter()?;
+                let mut first = true;
+                while self.next(b']', &mut first)? {
+                    self.strict()?;
+                }
+                self.remaining += 1;
+            }
+            b'{' => {
+                self.enter()?;
+                let mut first = true;
+                while self.next(b'}', &mut first)? {
+                    self.key(true)?;
+                    self.strict()?;
+                }
+                self.remaining += 1;
+            }
+            _ => return Err(NotJson),
+        }
+        Ok(None)
+    }
+
+    /// A value past a cap, skipped as serde_json's `ignore_value` does: no nesting limit
+    /// (not recursive), strings and numbers checked for form only.
+    fn skip(&mut self) -> Walked {
+        self.frames.clear();
+        loop {
+            let c = self.ws().ok_or(NotJson)?;
+            match c {
+                b'[' | b'{' => {
+                    self.i += 1;
+                    let close = if c == b'[' { b']' } else { b'}' };
+                    if self.ws().ok_or(NotJson)? == close {
+                        self.i += 1;
+                    } else {
+                        self.frames.push(c);
+                        if c == b'{' {
+                            self.key(false)?;
+                        }
+                        continue;
+                    }
+                }
+                b'"' => {
+                    self.i += 1;
+                    json_str(self.b, &mut self.i, false, true)?;
+                }
+                b'n' => self.ident(b"null")?,
+                b't' => self.ident(b"true")?,
+                b'f' => self.ident(b"false")?,
+                b'-' | b'0'..=b'9' => {
+                    json_number(self.b, &mut self.i)?;
+                }
+                _ => return Err(NotJson),
+            }
+            // A value ended: close what it ends, or go on to the next element.
+            loop {
+                let Some(&top) = self.frames.last() else {
+                    return Ok(());
+                };
+                match self.ws() {
+                    Some(b',') => {
+                        self.i += 1;
+                        if top == b'{' {
+                            self.key(false)?;
+                        }
+                        break;
+                    }
+                    Some(b']') if top == b'[' => {}
+                    Some(b'}') if top == b'{' => {}
+                    _ => return Err(NotJson),
+                }
+                self.i += 1;
+                self.frames.pop();
+            }
+        }
+    }
+}
+
+/// Walks a JSON body into `out`; `Err` when it is not JSON (what was found stands).
+fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
+    SCRATCH.with(|s| {
+        let mut guard = s.try_borrow_mut();
+        let mut fresh = Scratch::default();
+        let s = match guard.as_deref_mut() {
+            Ok(s) => s,
+            Err(_) => &mut fresh,
+        };
+        s.path.clear();
+        s.path.push('$');
+        s.lower.clear();
+        s.lower.push('$');
+        s.seen.clear();
+        s.fields.clear();
+        let mut j = Json {
+            b: body,
+            i: 0,
+            w: Walker {
+                scan: out,
+                nodes: 0,
+                seen: &mut s.seen,
+                names: &mut s.names,
+                want_ids,
+                id_field: None,
+            },
+            path: &mut s.path,
+            lower: &mut s.lower,
+            text: &mut s.text,
+            frames: &mut s.frames,
+            remaining: SERDE_DEPTH,
+            utf8: std::str::from_utf8(body).ok(),
+        };
+        // The field list is built in scratch and copied out once, at its size.
+        std::mem::swap(&mut j.w.scan.fields, &mut s.fields);
+        let walked = j.value(Name(0, 0), 0);
+        std::mem::swap(&mut out.fields, &mut s.fields);
+        out.fields = s.fields.as_str().into();
+        walked
+    })
 }
 
 /// Scans a response body: JSON by field paths, other text by value patterns.
@@ -722,41 +1174,29 @@ pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
     }
     let ctype = header(headers, "content-type").unwrap_or_default();
     let jsonish = crate::http::mentions_json(ctype) || matches!(body.first(), Some(b'{' | b'['));
-    if jsonish {
-        let mut w = Walker {
-            scan: &mut out,
-            nodes: 0,
-            seen: Vec::new(),
-            want_ids,
-            id_field: None,
-        };
-        let mut path = String::from("$");
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let walked = serde::de::DeserializeSeed::deserialize(
-            Stream {
-                w: &mut w,
-                path: &mut path,
-                name: "",
-                depth: 0,
-            },
-            &mut de,
-        );
-        if walked.is_ok() {
-            out.findings
-                .sort_by(|a, b| (&a.path, a.class).cmp(&(&b.path, b.class)));
-            return out;
-        }
-        // Not JSON after all: what was found stands; scan it as text below.
+    // A body that is not JSON after all keeps what was found; it is scanned as text.
+    if jsonish && walk_json(&mut out, body, want_ids).is_ok() {
+        out.findings
+            .sort_by(|a, b| (&a.path, a.class).cmp(&(&b.path, b.class)));
+        return out;
     }
+    scan_text(&mut out, ctype, body, want_ids);
+    out
+}
+
+/// Value patterns over a text body (or one that turned out not to be JSON).
+fn scan_text(out: &mut Scan, ctype: &[u8], body: &[u8], want_ids: bool) {
     let texty = ctype.len() >= 5 && ctype[..5].eq_ignore_ascii_case(b"text/")
         || ctype.windows(3).any(|w| w.eq_ignore_ascii_case(b"xml"))
         || ctype.is_empty();
     if texty {
         let text = String::from_utf8_lossy(body);
+        let mut seen = Vec::new();
         let mut w = Walker {
-            scan: &mut out,
+            scan: out,
             nodes: 0,
-            seen: Vec::new(),
+            seen: &mut seen,
+            names: &mut Default::default(),
             want_ids,
             id_field: None,
         };
@@ -767,7 +1207,243 @@ pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
             }
         }
     }
-    out
+}
+
+#[cfg(test)]
+mod oracle {
+    //! The serde_json walker this scanner replaced, kept as the oracle the hand-written
+    //! walker is compared with (same findings, fields, ids, records and caps).
+    use super::*;
+    use serde_json::Value;
+
+    /// Walks JSON as it is parsed (no tree is built: keys and strings are borrowed from the
+    /// body where they need no unescaping), classifying each value under its field path.
+    struct Stream<'w, 'a> {
+        w: &'w mut Walker<'a>,
+        path: &'w mut String,
+        name: &'w str,
+        depth: usize,
+    }
+
+    impl<'de> serde::de::DeserializeSeed<'de> for Stream<'_, '_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            self.w.nodes += 1;
+            if self.depth > MAX_DEPTH || self.w.nodes > MAX_NODES {
+                self.w.scan.truncated = true;
+                serde::de::IgnoredAny::deserialize(d)?;
+                return Ok(());
+            }
+            d.deserialize_any(self)
+        }
+    }
+
+    use serde::Deserialize as _;
+
+    /// A map key, borrowed when the body allows.
+    struct Key<'de>(std::borrow::Cow<'de, str>);
+
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(std::borrow::Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for Stream<'_, '_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<(), E> {
+            self.w.field(self.path);
+            if self.name == "id" && !v.is_empty() && v.len() <= 128 {
+                self.w.returned_id(self.path, v);
+            }
+            if let Some(c) = classify(self.name, v) {
+                self.w.add(self.path, c, v);
+            }
+            Ok(())
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+            self.w.field(self.path);
+            if self.name == "id" && self.w.want_ids {
+                let mut buf = itoa::Buffer::new();
+                self.w.returned_id(self.path, buf.format(v));
+            }
+            // Only long integers can be sensitive (cards, national ids, phone numbers).
+            if v >= 1_000_000 {
+                let mut buf = itoa::Buffer::new();
+                let t = buf.format(v);
+                if let Some(c) = classify(self.name, t) {
+                    self.w.add(self.path, c, t);
+                }
+            }
+            Ok(())
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            self.w.field(self.path);
+            Ok(())
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            self.w.field(self.path);
+            Ok(())
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            self.w.field(self.path);
+            Ok(())
+        }
+
+        fn visit_unit<E>(self) -> Result<(), E> {
+            self.w.field(self.path);
+            Ok(())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let len = self.path.len();
+            self.path.push_str("[]");
+            let mut n: u32 = 0;
+            loop {
+                let next = seq.next_element_seed(Stream {
+                    w: &mut *self.w,
+                    path: &mut *self.path,
+                    name: self.name,
+                    depth: self.depth + 1,
+                })?;
+                if next.is_none() {
+                    break;
+                }
+                n = n.saturating_add(1);
+            }
+            self.path.truncate(len);
+            self.w.scan.records = self.w.scan.records.max(n);
+            Ok(())
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            // Coordinates are only known to be a location once both are seen.
+            let mut lat: Option<(String, f64)> = None;
+            let mut lon: Option<(String, f64)> = None;
+            while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                let len = self.path.len();
+                self.path.push('.');
+                self.path.push_str(&k);
+                let lk: std::borrow::Cow<'_, str> = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+                    std::borrow::Cow::Owned(k.to_ascii_lowercase())
+                } else {
+                    std::borrow::Cow::Borrowed(&k)
+                };
+                if is_any(&lk, LAT) || is_any(&lk, LON) {
+                    let v: Value = map.next_value()?;
+                    self.w.field(self.path);
+                    if let Some(f) = v.as_f64().filter(|f| precise(*f)) {
+                        let slot = if is_any(&lk, LAT) { &mut lat } else { &mut lon };
+                        *slot = Some((self.path.clone(), f));
+                    }
+                } else {
+                    map.next_value_seed(Stream {
+                        w: &mut *self.w,
+                        path: &mut *self.path,
+                        name: &lk,
+                        depth: self.depth + 1,
+                    })?;
+                }
+                self.path.truncate(len);
+            }
+            if let (Some((pa, a)), Some((po, o))) = (lat, lon)
+                && a.abs() <= 90.0
+            {
+                self.w.add(&pa, Class::Geolocation, &a.to_string());
+                self.w.add(&po, Class::Geolocation, &o.to_string());
+            }
+            Ok(())
+        }
+    }
+
+    /// [`scan`], collecting returned ids only when `want_ids` (a POST, or a request naming an
+    /// object: the only ones ownership can learn from).
+    pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
+        let mut out = Scan {
+            shared_cache: shared_cacheable(headers),
+            ..Scan::default()
+        };
+        if body.is_empty() {
+            return out;
+        }
+        if body.len() > MAX_SCAN_BYTES {
+            out.truncated = true;
+            return out;
+        }
+        let ctype = header(headers, "content-type").unwrap_or_default();
+        let jsonish =
+            crate::http::mentions_json(ctype) || matches!(body.first(), Some(b'{' | b'['));
+        if jsonish {
+            let mut w = Walker {
+                scan: &mut out,
+                nodes: 0,
+                seen: &mut Vec::new(),
+                names: &mut Default::default(),
+                want_ids,
+                id_field: None,
+            };
+            let mut path = String::from("$");
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let walked = serde::de::DeserializeSeed::deserialize(
+                Stream {
+                    w: &mut w,
+                    path: &mut path,
+                    name: "",
+                    depth: 0,
+                },
+                &mut de,
+            );
+            if walked.is_ok() {
+                out.findings
+                    .sort_by(|a, b| (&a.path, a.class).cmp(&(&b.path, b.class)));
+                return out;
+            }
+            // Not JSON after all: what was found stands; scan it as text below.
+        }
+        let texty = ctype.len() >= 5 && ctype[..5].eq_ignore_ascii_case(b"text/")
+            || ctype.windows(3).any(|w| w.eq_ignore_ascii_case(b"xml"))
+            || ctype.is_empty();
+        if texty {
+            let text = String::from_utf8_lossy(body);
+            let mut w = Walker {
+                scan: &mut out,
+                nodes: 0,
+                seen: &mut Vec::new(),
+                names: &mut Default::default(),
+                want_ids,
+                id_field: None,
+            };
+            for m in text_patterns().find_iter(&text).take(MAX_FINDINGS) {
+                let v = m.as_str();
+                if let Some(c) = classify("", v) {
+                    w.add("text", c, v);
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -873,6 +1549,84 @@ mod tests {
         // ordinary values
         assert_eq!(c("name", "Alice Liddell"), None);
         assert_eq!(c("id", "2001"), None);
+    }
+
+    /// `password_field` without its pre-filter (the pre-filter must never change a
+    /// verdict).
+    fn password_field_unfiltered(name: &str) -> bool {
+        let n: Vec<u8> = name
+            .bytes()
+            .filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' '))
+            .map(|b| b.to_ascii_lowercase())
+            .collect();
+        if n.len() > 48 {
+            return false;
+        }
+        let mut s = &n[..];
+        let pre: &[&[u8]] = &[
+            b"hashed",
+            b"encrypted",
+            b"crypted",
+            b"salted",
+            b"user",
+            b"account",
+            b"admin",
+            b"login",
+            b"current",
+            b"old",
+            b"new",
+            b"stored",
+            b"db",
+            b"root",
+            b"member",
+        ];
+        let suf: &[&[u8]] = &[
+            b"hashed",
+            b"hash",
+            b"digest",
+            b"crypted",
+            b"crypt",
+            b"encrypted",
+            b"enc",
+            b"sha1",
+            b"sha256",
+            b"sha512",
+            b"md5",
+            b"bcrypt",
+            b"confirmation",
+            b"confirm",
+        ];
+        for _ in 0..2 {
+            if let Some(r) = pre.iter().find_map(|p| s.strip_prefix(*p)) {
+                s = r;
+            }
+        }
+        let mut q = false;
+        for _ in 0..2 {
+            if let Some(r) = suf.iter().find_map(|p| s.strip_suffix(*p)) {
+                s = r;
+                q = true;
+            }
+        }
+        match s {
+            b"password" | b"passwd" | b"pwd" | b"passphrase" | b"passcode" | b"passwort" => true,
+            b"pass" | b"pw" | b"secret" => q,
+            _ => false,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn password_field_prefilter_changes_nothing(
+            parts in proptest::collection::vec(proptest::sample::select(vec![
+                "pass", "word", "pw", "d", "secret", "hash", "user", "old", "new", "_", "-",
+                ".", " ", "P", "A", "s", "phrase", "code", "sha256", "confirm", "x", "db",
+                "hashed", "enc", "wort",
+            ]), 0..6),
+        ) {
+            let name: String = parts.concat();
+            proptest::prop_assert_eq!(password_field(&name), password_field_unfiltered(&name), "{}", name);
+        }
     }
 
     #[test]
@@ -997,5 +1751,355 @@ mod tests {
         assert!(s.truncated);
         let big = vec![b' '; MAX_SCAN_BYTES + 1];
         assert!(scan(&json(), &big).truncated);
+    }
+}
+
+/// The in-place walker against the serde walker it replaced: same [`Scan`] (findings with
+/// their masks and digests, fields, ids, records, caps) on generated, broken and edge-case
+/// bodies.
+#[cfg(test)]
+mod walker_equivalence {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn ct(v: &str) -> Vec<Header> {
+        if v.is_empty() {
+            return Vec::new();
+        }
+        vec![Header {
+            name: "Content-Type".into(),
+            value: v.as_bytes().into(),
+        }]
+    }
+
+    fn same(body: &[u8]) {
+        for ctype in [
+            "application/json",
+            "",
+            "text/plain",
+            "application/octet-stream",
+        ] {
+            for want_ids in [true, false] {
+                let h = ct(ctype);
+                let new = scan_with(&h, body, want_ids);
+                let old = oracle::scan_with(&h, body, want_ids);
+                assert_eq!(
+                    new,
+                    old,
+                    "body {:?} ctype {ctype} want_ids {want_ids}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+
+    const KEYS: &[&str] = &[
+        "id",
+        "ID",
+        "Id",
+        "email",
+        "Email",
+        "phone",
+        "mobile",
+        "lat",
+        "Lat",
+        "latitude",
+        "lon",
+        "lng",
+        "long",
+        "LONGITUDE",
+        "password",
+        "password_hash",
+        "ssn",
+        "dob",
+        "birthday",
+        "street",
+        "address",
+        "api_key",
+        "token",
+        "name",
+        "orders",
+        "items",
+        "e\\u006dail",
+        "k\\\"q",
+        "caf\\u00e9",
+        "\\ud83d\\ude00",
+        "",
+        "x.y",
+        "a[]",
+        "🔑",
+    ];
+    const STRINGS: &[&str] = &[
+        "alice@example.com",
+        "+44 7700 900123",
+        "(555) 010-9999",
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "GB82 WEST 1234 5698 7654 32",
+        "123-45-6789",
+        "123456789",
+        "1985-04-12",
+        "12 Buckingham Palace Road",
+        "$2b$12$KIXQJbtWlnnkv1ENcP8Bbe2bRtVp7rX3N3jjSH.Xq4PwO/3P0j3pW",
+        "5f4dcc3b5aa765d61d8327deb882cf99",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl",
+        "AKIAIOSFODNN7EXAMPLE",
+        "k3y-9f8e7d6c5b4a3210",
+        "10.2.3.4",
+        "fd00::1",
+        "********",
+        "hunter2",
+        "Widget model 36",
+        "",
+        "a\\nb",
+        "al\\u0069ce@example.com",
+        "\\ud83d\\ude00 smile",
+        "caf\u{e9}",
+        "51.501364",
+    ];
+    const NUMBERS: &[&str] = &[
+        "0",
+        "-0",
+        "7",
+        "2001",
+        "1000000",
+        "4111111111111111",
+        "5550109999",
+        "123456789",
+        "18446744073709551615",
+        "18446744073709551616",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "51.501364",
+        "-0.141892",
+        "12.5",
+        "100.0",
+        "1e3",
+        "1E-3",
+        "-2.5e+2",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "0.0",
+        "181.123",
+        "91.5",
+        "123456789012345678901234567890",
+        "1.7976931348623157e308",
+        "99999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999999",
+    ];
+
+    fn ws() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["", "", "", " ", "\n  ", "\t", "\r\n"])
+    }
+
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(STRINGS).prop_map(|s| format!("\"{s}\"")),
+            prop::sample::select(NUMBERS).prop_map(str::to_string),
+            prop::sample::select(vec!["true", "false", "null"]).prop_map(str::to_string),
+            "[a-zA-Z0-9 @.+$-]{0,24}".prop_map(|s| format!("\"{s}\"")),
+            (0u64..u64::MAX).prop_map(|n| n.to_string()),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        scalar().prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                (prop::collection::vec(inner.clone(), 0..6), ws())
+                    .prop_map(|(v, w)| format!("[{w}{}{w}]", v.join(&format!(",{w}")))),
+                (
+                    prop::collection::vec((prop::sample::select(KEYS), inner), 0..6),
+                    ws()
+                )
+                    .prop_map(|(kv, w)| {
+                        let body: Vec<String> = kv
+                            .into_iter()
+                            .map(|(k, v)| format!("{w}\"{k}\"{w}:{w}{v}"))
+                            .collect();
+                        format!("{{{}{w}}}", body.join(","))
+                    }),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn generated_bodies(v in value(), lead in ws(), tail in ws()) {
+            same(format!("{lead}{v}{tail}").as_bytes());
+        }
+
+        /// One byte changed, inserted or removed: mostly broken JSON, on every path out.
+        #[test]
+        fn broken_bodies(
+            v in value(),
+            at in any::<prop::sample::Index>(),
+            op in 0u8..3,
+            byte in prop::sample::select(b"{}[]\",:\\ 0-.eu\x01\xff\xc3aZ".to_vec()),
+        ) {
+            let mut b = v.into_bytes();
+            let i = at.index(b.len() + 1);
+            match op {
+                0 => b.insert(i, byte),
+                1 if i < b.len() => { b.remove(i); }
+                _ if i < b.len() => b[i] = byte,
+                _ => b.push(byte),
+            }
+            same(&b);
+        }
+    }
+
+    #[test]
+    fn edge_cases() {
+        let deep = |n: usize, inner: &str| "[".repeat(n) + inner + &"]".repeat(n);
+        let lat_deep = |n: usize| {
+            format!(
+                r#"{{"lat":{},"lon":-0.141892,"x":"alice@example.com"}}"#,
+                deep(n, "1")
+            )
+        };
+        let mut cases: Vec<Vec<u8>> = vec![
+            deep(100, "").into_bytes(),
+            deep(33, r#"{"email":"a@example.com"}"#).into_bytes(),
+            deep(200, "").into_bytes(),
+            deep(5000, "").into_bytes(),
+            deep(40, "1e400").into_bytes(),
+            deep(40, r#""\ud800""#).into_bytes(),
+            deep(40, "\"\u{1}\"").into_bytes(),
+            deep(40, "01").into_bytes(),
+            lat_deep(120).into_bytes(),
+            lat_deep(126).into_bytes(),
+            lat_deep(127).into_bytes(),
+            lat_deep(130).into_bytes(),
+            br#"{"lat":51.501364,"lon":-0.141892}"#.to_vec(),
+            br#"{"Lat":51.501364,"LNG":-0.141892,"lat":51.5}"#.to_vec(),
+            br#"{"lat":"51.501364","lon":-0.141892}"#.to_vec(),
+            br#"{"lat":95.501364,"lon":-0.141892}"#.to_vec(),
+            br#"{"lat":{"a":[1,2,{"b":"\ud800"}]},"lon":-0.141892}"#.to_vec(),
+            br#"{"lat":1e400,"lon":-0.141892}"#.to_vec(),
+            br#"{"lat":51.501364,"lon":-0.141892} trailing garbage"#.to_vec(),
+            br#"{"email":"a@example.com",}"#.to_vec(),
+            br#"[1,2,]"#.to_vec(),
+            br#"{"email":"a@example.com" "x":1}"#.to_vec(),
+            br#"{"id":"7","items":[{"id":1},{"id":2}],"orders":[{"id":"o-1"}]}"#.to_vec(),
+            br#"[{"id":1},{"ID":"x"}]"#.to_vec(),
+            br#"{"e\u006dail":"al\u0069ce@example.com","k":"\ud83d\ude00"}"#.to_vec(),
+            b"{\"email\":\"\xff@example.com\"}".to_vec(),
+            b"{\"\xff\":1}".to_vec(),
+            br#"{"a":"\x"}"#.to_vec(),
+            br#"{"a":"\u12"}"#.to_vec(),
+            br#"{"a":"\udc00"}"#.to_vec(),
+            br#"{"a":"\ud800\u0041"}"#.to_vec(),
+            br#"{"a":"\ud800x"}"#.to_vec(),
+            br#"{"a":-}"#.to_vec(),
+            br#"{"a":1.}"#.to_vec(),
+            br#"{"a":1e+}"#.to_vec(),
+            br#"{"a":nul}"#.to_vec(),
+            br#"{"a":tru"#.to_vec(),
+            br#"{1:2}"#.to_vec(),
+            br#"{"a" 1}"#.to_vec(),
+            b"   ".to_vec(),
+            b"\xef\xbb\xbf{}".to_vec(),
+            b"{\"email\":\"a@example.com\"}\x00".to_vec(),
+            br#""alice@example.com""#.to_vec(),
+            b"4111111111111111".to_vec(),
+            b"Contact: jane@example.com, card 4111 1111 1111 1111.".to_vec(),
+        ];
+        // Past the node cap: lat/lon keys are still listed, everything else skipped.
+        let many: Vec<String> = (0..(MAX_NODES + 10))
+            .map(|i| format!(r#"{{"id":{i},"email":"u{i}@example.com"}}"#))
+            .collect();
+        cases.push(format!(r#"{{"items":[{}]}}"#, many.join(",")).into_bytes());
+        let capped: Vec<String> = (0..MAX_NODES).map(|i| i.to_string()).collect();
+        cases.push(
+            format!(
+                r#"{{"a":[{}],"b":{{"lat":51.501364,"lon":-0.141892,"x":[1,"\ud800"]}}}}"#,
+                capped.join(",")
+            )
+            .into_bytes(),
+        );
+        // Many sensitive fields: the findings cap.
+        let wide: Vec<String> = (0..100)
+            .map(|i| format!(r#""email{i}":"u{i}@example.com""#))
+            .collect();
+        cases.push(format!("{{{}}}", wide.join(",")).into_bytes());
+        for c in &cases {
+            same(c);
+        }
+    }
+
+    #[test]
+    fn recorded_bodies() {
+        // Every response body of the recorded samples.
+        let mut n = 0;
+        for dir in std::fs::read_dir("samples").into_iter().flatten().flatten() {
+            let Ok(planted) = std::fs::read(dir.path().join("planted.json")) else {
+                continue;
+            };
+            same(&planted);
+            n += 1;
+        }
+        assert!(n > 0);
+    }
+}
+
+/// Time per body of the in-place walker against the serde walker, interleaved in one
+/// process so a loaded machine slows both alike:
+/// `cargo test --release --lib -- --ignored walker_speed --nocapture`.
+#[cfg(test)]
+mod walker_speed {
+    use super::*;
+
+    #[test]
+    #[ignore = "timing, run by hand in release"]
+    fn walker_speed() {
+        let json = vec![Header {
+            name: "Content-Type".into(),
+            value: b"application/json".as_slice().into(),
+        }];
+        let user = br#"{"id":136,"name":"User 136","email":"user136@example.test","plan":"free","bio":"enjoys widgets enjoys widgets enjoys widgets enjoys widgets enjoys widgets enjoys widgets enjoys widgets enjoys widgets "}"#.to_vec();
+        let product = b"{\n \"id\": 36,\n \"title\": \"Widget model 36\",\n \"price_cents\": 967,\n \"variants\": [\n  {\n   \"sku\": \"P0036-0\",\n   \"color\": \"red\"\n  },\n  {\n   \"sku\": \"P0036-1\",\n   \"color\": \"green\"\n  },\n  {\n   \"sku\": \"P0036-2\",\n   \"color\": \"blue\"\n  }\n ],\n \"description\": \"A sturdy widget. A sturdy widget. A sturdy widget. A sturdy widget. \"\n}".to_vec();
+        let search = br#"{"results":[{"id":1,"title":"Widget model 1","score":0.98},{"id":2,"title":"Widget model 2","score":0.91},{"id":3,"title":"Widget model 3","score":0.87},{"id":4,"title":"Widget model 4","score":0.80},{"id":5,"title":"Widget model 5","score":0.77}],"total":5}"#.to_vec();
+        let orders: Vec<String> = (0..50)
+            .map(|i| format!(r#"{{"id":{},"state":"shipped","total_cents":{},"items":[{{"sku":"SKU-{i:05}","qty":1}}],"created_at":"2026-11-01T10:00:00Z"}}"#, 5000 + i, 1299 + i))
+            .collect();
+        let orders =
+            format!(r#"{{"page":1,"orders":[{}],"next":2}}"#, orders.join(",")).into_bytes();
+        // CPU time of this thread (ns): wall time on a shared machine counts other work.
+        let cpu = || -> u128 {
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        for (name, body) in [
+            ("user", &user),
+            ("product", &product),
+            ("search", &search),
+            ("orders", &orders),
+        ] {
+            let rounds = 20_000 / (body.len() / 200 + 1);
+            let mut best = [f64::MAX; 2];
+            for _ in 0..5 {
+                let t = cpu();
+                for _ in 0..rounds {
+                    std::hint::black_box(oracle::scan_with(&json, body, true));
+                }
+                best[0] = best[0].min((cpu() - t) as f64 / rounds as f64);
+                let t = cpu();
+                for _ in 0..rounds {
+                    std::hint::black_box(scan_with(&json, body, true));
+                }
+                best[1] = best[1].min((cpu() - t) as f64 / rounds as f64);
+            }
+            eprintln!(
+                "{name} ({} bytes): serde walker {:.0} ns, in-place walker {:.0} ns",
+                body.len(),
+                best[0],
+                best[1]
+            );
+        }
     }
 }

@@ -49,7 +49,7 @@ use crate::detect::{
 };
 use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
 use crate::output::webhook::Webhooks;
-use crate::output::{QueueStats, ReloadStats, Summary, path_of, route_of, write_transaction};
+use crate::output::{QueueStats, ReloadStats, Summary, path_of, write_transaction};
 use crate::reassembly::{
     CloseReason, ConnInfo, Direction, FlowBudget, FlowKey, FlowTable, ReassemblyStats,
     StreamHandler,
@@ -756,14 +756,38 @@ struct HttpHandler {
     latency_us: Option<Histogram<u64>>,
     /// Routes and hosts, shared rather than allocated per transaction.
     names: crate::intern::Interner,
+    /// The route being templated.
+    route_buf: String,
 }
 
 impl HttpHandler {
+    fn new(cfg: &Config, shared: Arc<Shared>, write_lines: bool) -> HttpHandler {
+        HttpHandler {
+            cfg: cfg.http.clone(),
+            shared,
+            txs: Vec::new(),
+            stats: HttpStats::default(),
+            lines: Vec::with_capacity(LINES_FLUSH_BYTES + 4096),
+            written: 0,
+            write_lines,
+            events: Vec::new(),
+            login: cfg.detect.login.clone(),
+            scan_responses: cfg.detect.scan_responses,
+            batch_created: None,
+            // 1 µs to 60 s at 2 significant digits.
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
+            names: Default::default(),
+            route_buf: String::new(),
+        }
+    }
+
     fn drain(&mut self, st: &mut ConnState, conn: &ConnInfo, at: Timestamp) {
         let swapped = st.http.swapped();
         let judges = self.shared.judges.load();
         let rules = self.shared.rules.load();
         let latency = self.batch_created.map(|c| c.elapsed().as_micros() as u64);
+        // Routes are templated into one buffer, reused (interned where an event keeps one).
+        let mut route_buf = std::mem::take(&mut self.route_buf);
         for tx in self.txs.drain(..) {
             self.written += 1;
             st.seq += 1;
@@ -789,7 +813,10 @@ impl HttpHandler {
             // The route, templated once; a template pinned by the rules names it and its
             // parameters.
             let path = tx.request.as_ref().map(|r| path_of(&r.target));
-            let route = path.map(route_of);
+            let route = path.map(|p| {
+                crate::route::route_into(p, &mut route_buf);
+                route_buf.as_str()
+            });
             let names = &mut self.names;
             let pinned: Option<Arc<str>> = path.and_then(|path| {
                 rules
@@ -805,7 +832,7 @@ impl HttpHandler {
                 self.scan_responses,
                 client,
                 &tx,
-                route.as_deref().unwrap_or_default(),
+                route.unwrap_or_default(),
                 att.as_ref(),
                 user.as_ref(),
             ) {
@@ -830,10 +857,11 @@ impl HttpHandler {
                     &tx,
                     att.as_ref(),
                     user.as_ref(),
-                    pinned.as_deref().or(route.as_deref()),
+                    pinned.as_deref().or(route),
                 );
             }
         }
+        self.route_buf = route_buf;
     }
 }
 
@@ -873,7 +901,11 @@ fn event(
                 want_ids,
             ))
         });
-    let host = header(&req.headers, "host").map(|h| names.name(&host_name(h)));
+    // Keyed by the header as sent: a host seen before costs a lookup, not two copies.
+    let host = header(&req.headers, "host").map(|h| match std::str::from_utf8(h) {
+        Ok(raw) => names.mapped(raw, |raw| host_name(raw.as_bytes())),
+        Err(_) => names.name(&host_name(h)),
+    });
     let now = req.ts.as_secs_f64();
     Some(Event {
         ts: req.ts,
@@ -1008,6 +1040,54 @@ impl StreamHandler for HttpHandler {
     }
 }
 
+/// One worker's packet path run in the calling thread: decode → reassembly → HTTP →
+/// token → event building, as `worker` runs it, without queues, threads or detection.
+/// For tests and benches that count what a transaction costs (`tests/alloc.rs`).
+#[doc(hidden)]
+pub struct PacketPath {
+    decoder: Decoder,
+    table: FlowTable<HttpHandler>,
+    handler: HttpHandler,
+}
+
+impl PacketPath {
+    pub fn new(cfg: &Config, shared: Arc<Shared>) -> PacketPath {
+        PacketPath {
+            decoder: Decoder::new(cfg.decode.clone()),
+            table: FlowTable::new(cfg.reassembly.clone()),
+            handler: HttpHandler::new(cfg, shared, false),
+        }
+    }
+
+    /// One captured frame through the path (TCP only, as the capture thread shards).
+    pub fn frame(&mut self, f: Frame<'_>) {
+        let Some(link) = LinkType::from_linktype(f.linktype) else {
+            return;
+        };
+        if let Ok(Decoded::Tcp(seg)) = self.decoder.decode(link, f.data, f.ts) {
+            self.table.process(&seg, f.ts, &mut self.handler);
+        }
+    }
+
+    /// Packet time moves on: idle flows expire.
+    pub fn advance(&mut self, now: Timestamp) {
+        self.table.advance(now, &mut self.handler);
+    }
+
+    /// Drops the events built since the last call (as the detect thread would take them)
+    /// and says how many there were.
+    pub fn take_events(&mut self) -> usize {
+        let n = self.handler.events.len();
+        self.handler.events.clear();
+        n
+    }
+
+    /// Transactions produced so far.
+    pub fn transactions(&self) -> u64 {
+        self.handler.written
+    }
+}
+
 struct WorkerResult {
     /// The worker's tables at the end of the capture, before the final flush.
     memory: [(Table, Usage); 3],
@@ -1052,22 +1132,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
     rcfg.max_flows = per_worker_flows;
     rcfg.budget = budget;
     let mut table: FlowTable<HttpHandler> = FlowTable::new(rcfg);
-    let mut handler = HttpHandler {
-        cfg: cfg.http.clone(),
-        shared,
-        txs: Vec::new(),
-        stats: HttpStats::default(),
-        lines: Vec::with_capacity(LINES_FLUSH_BYTES + 4096),
-        written: 0,
-        write_lines: lines_tx.is_some(),
-        events: Vec::new(),
-        login: cfg.detect.login.clone(),
-        scan_responses: cfg.detect.scan_responses,
-        batch_created: None,
-        // 1 µs to 60 s at 2 significant digits.
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
-        names: Default::default(),
-    };
+    let mut handler = HttpHandler::new(&cfg, shared, lines_tx.is_some());
     let hub = handler.shared.hub.clone();
     let mut last_publish = Instant::now();
     let publish =
