@@ -2,7 +2,9 @@
 //! the rules match (`exposed_classes`, `deny_classes`).
 
 /// Kinds of sensitive data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Class {
     Email,
     Phone,

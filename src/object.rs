@@ -8,7 +8,9 @@ use std::sync::Arc;
 pub const USER_COLLECTIONS: &[&str] = &["user", "account", "profile", "customer", "member"];
 
 /// An object: its collection and id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ObjectRef {
     pub collection: Arc<str>,
     pub id: Arc<str>,
@@ -41,7 +43,9 @@ fn collection_name(name: &str) -> String {
 }
 
 /// How a request's objects relate to the principal making it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Ownership {
     /// No object named.
     None,

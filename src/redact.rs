@@ -42,6 +42,22 @@ impl Serialize for TokenHash {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TokenHash, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let bad = || serde::de::Error::custom("a token hash is 12 hex digits");
+        if s.len() != 12 {
+            return Err(bad());
+        }
+        let mut h = [0u8; 6];
+        for (i, b) in h.iter_mut().enumerate() {
+            *b = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+                .map_err(|_| bad())?;
+        }
+        Ok(TokenHash(h))
+    }
+}
+
 /// A token (attestation, bearer, API key) as it may be shown: the short hash of its text.
 /// The same token always gives the same hash, so it can be followed across alerts.
 pub fn token(text: &str) -> String {

@@ -19,7 +19,7 @@ use crate::token::{Attestation, Cidr, UserId, Verdict};
 const MAX_FORWARDED_HOPS: usize = 32;
 
 /// The client as attributed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Actor {
     pub ip: IpAddr,
     pub device: Option<Arc<str>>,

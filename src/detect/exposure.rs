@@ -31,7 +31,7 @@ const MAX_FINDINGS: usize = 64;
 pub use crate::exposure_class::Class;
 
 /// A sensitive value found: where, what, and a masked sample (never the value).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
     pub path: Arc<str>,
     pub class: Class,
@@ -52,7 +52,7 @@ fn digest(value: &str) -> u64 {
 }
 
 /// What one response gave away.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Scan {
     /// Sensitive fields, one per (path, class).
     pub findings: Vec<Finding>,

@@ -46,8 +46,8 @@ pub use shard::{ShardHost, ShardMsg, Tagged};
 /// How often (packet time) idle keys are swept and due follow-up alerts emitted.
 const SWEEP_NANOS: u64 = 1_000_000_000;
 
-/// What the detectors see of one transaction.
-#[derive(Clone, Debug)]
+/// What the detectors see of one transaction (and, enriched, what a detect shard is sent).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// Packet time of the request.
     pub ts: Timestamp,

@@ -25,10 +25,13 @@ use crate::rules::{DetectorKind, Rule, RuleId, RuleSet};
 /// Version of the shard messages: a shard refuses messages of another version.
 pub const PROTOCOL: u16 = 1;
 
-/// One message to a shard.
-#[derive(Clone, Debug)]
+/// One message to a shard. Serializable (with [`PROTOCOL`] as its version) so that a shard
+/// can run in another process; a rule set swap is not sent over the wire (every shard
+/// loads the same rules), so its variant is skipped.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ShardMsg {
     /// Swap in a new rule set (unchanged rules keep their state).
+    #[serde(skip)]
     Rules { seq: u64, set: Arc<RuleSet> },
     /// Emit due follow-ups and forget idle keys at packet time `now`.
     Sweep { seq: u64, now: Timestamp },

@@ -118,6 +118,16 @@ impl Serialize for Verdict {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Verdict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Verdict, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Verdict::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown verdict {s:?}")))
+    }
+}
+
 /// Whether the token was tied to the request by its `pay` claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BindingState {
