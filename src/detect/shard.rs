@@ -311,7 +311,13 @@ pub struct Shard {
     now: Timestamp,
     /// The highest stream position handled.
     done: u64,
+    /// Sweeps so far: every [`WEIGH_EVERY`]th weighs the keys exactly.
+    sweeps: u64,
 }
+
+/// Sweeps between exact weighings of the keys (ten seconds of packet time): in between, a
+/// key is charged what it weighed last (a new key a typical key's bytes).
+const WEIGH_EVERY: u64 = 10;
 
 impl Shard {
     pub fn new(cfg: ShardConfig, set: &RuleSet) -> Shard {
@@ -325,6 +331,7 @@ impl Shard {
             stats: DetectStats::default(),
             now: Timestamp::ZERO,
             done: 0,
+            sweeps: 0,
         }
     }
 
@@ -500,7 +507,7 @@ impl Shard {
                 _ => {}
             }
             if st.keys.len() >= cap && !st.keys.contains_key(&key) {
-                sweep_rule(st, now, room, &mut self.stats, &mut em);
+                sweep_rule(st, now, room, false, &mut self.stats, &mut em);
                 if st.keys.len() >= cap {
                     self.stats.keys_over_cap += 1;
                     evict_oldest(st, &mut self.stats, &mut em);
@@ -554,10 +561,12 @@ impl Shard {
         }
         let room = self.baseline_room();
         let now = self.now;
+        let weigh = self.sweeps.is_multiple_of(WEIGH_EVERY);
+        self.sweeps += 1;
         let mut em = self.emitter(out, seq, Phase::Sweep);
         for (i, st) in self.rules.iter_mut().enumerate() {
             em.rule = i as u32;
-            sweep_rule(st, now, room, &mut self.stats, &mut em);
+            sweep_rule(st, now, room, weigh, &mut self.stats, &mut em);
         }
     }
 
@@ -616,10 +625,13 @@ fn flush_rule(st: &mut RuleState, stats: &mut DetectStats, em: &mut Emit<'_>) {
     st.heap = 0;
 }
 
+/// Emits a rule's due follow-ups, learns closed baseline windows and forgets idle keys;
+/// with `weigh`, the keys kept are weighed afresh.
 fn sweep_rule(
     st: &mut RuleState,
     now: Timestamp,
     room: bool,
+    weigh: bool,
     stats: &mut DetectStats,
     em: &mut Emit<'_>,
 ) {
@@ -627,8 +639,8 @@ fn sweep_rule(
     let rule = &st.rule;
     let mut due: Vec<(KeyValue, Episode)> = Vec::new();
     let mut samples = Vec::new();
-    // The keys' bytes are counted afresh as they are visited.
     let mut heap = 0;
+    let mut gone = 0;
     st.keys.retain(|k, ks| {
         if let Some(e) = ks.due_follow_up(now, rule) {
             due.push((k.clone(), e));
@@ -637,15 +649,20 @@ fn sweep_rule(
             samples.push((k.clone(), s));
         }
         let keep = !ks.idle(now, window);
-        if keep {
+        if !keep {
+            gone += ks.charged;
+            stats.keys_evicted += 1;
+        } else if weigh {
             ks.charged = key_extra(k, ks);
             heap += ks.charged;
-        } else {
-            stats.keys_evicted += 1;
         }
         keep
     });
-    st.heap = heap;
+    st.heap = if weigh {
+        heap
+    } else {
+        st.heap.saturating_sub(gone)
+    };
     // Learned in key order, so nothing depends on hash order.
     samples.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, s) in samples {
