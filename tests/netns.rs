@@ -918,10 +918,14 @@ fn overload_sheds_whole_connections_and_recovers() {
     assert_eq!(q["shed_level"], 0.0, "{q}");
     assert_eq!(small.len(), 194, "{s}");
     assert_eq!(incomplete(&small), 0);
-    if c["kernel_dropped"] == 0 {
+    assert!(!big.is_empty());
+    if c["kernel_dropped"] == 0 && q["shed_cuts"] == 0 {
         // Connections kept were kept whole.
-        assert!(!big.is_empty());
         assert_eq!(incomplete(&big), 0, "{s}");
+    } else {
+        // Kernel drops or cut connections (the backlog reached its cap at top speed)
+        // leave gaps in a few connections, never in most.
+        assert!(incomplete(&big) * 20 <= big.len(), "{s}");
     }
     assert!(started.elapsed() < Duration::from_secs(60));
 }

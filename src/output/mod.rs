@@ -186,6 +186,9 @@ pub struct QueueStats {
     /// capture threads), and the highest it reached.
     pub shed_level: f64,
     pub shed_level_peak: f64,
+    /// Times the held backlog reached its cap and connections already analysed were cut
+    /// (their transactions then end with a gap); 0 when shedding new connections sufficed.
+    pub shed_cuts: u64,
 }
 
 impl QueueStats {
@@ -200,6 +203,7 @@ impl QueueStats {
         self.shed_transactions_estimate += o.shed_transactions_estimate;
         self.shed_level = self.shed_level.max(o.shed_level);
         self.shed_level_peak = self.shed_level_peak.max(o.shed_level_peak);
+        self.shed_cuts += o.shed_cuts;
     }
 }
 

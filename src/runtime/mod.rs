@@ -476,6 +476,10 @@ impl Dispatcher {
                 break;
             };
             s.cut += 1;
+            self.side.queue.shed_cuts += 1;
+            let Some(s) = self.shedding.shed.get_mut(w) else {
+                break;
+            };
             s.level = s.level.max(s.cut);
             s.peak = s.peak.max(s.level);
             s.last_change = Instant::now();
