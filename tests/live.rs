@@ -208,7 +208,9 @@ fn rules_reload_keeps_old_rules_on_error_and_applies_fixed_ones() {
     let rule_path = rules.join("test.yaml");
     std::fs::write(&rule_path, rule_file("reload.v1", "threshold")).expect("rule");
     let config = dir.path().join("shieldtap.toml");
-    std::fs::write(&config, "[runtime]\nworkers = 2\n").expect("config");
+    // Two detect shards on threads: rule swaps reach them in stream order while live.
+    let good = "[runtime]\nworkers = 2\ndetect_shards = 2\n";
+    std::fs::write(&config, good).expect("config");
     let mut server = Command::new("python3")
         .args([
             "-m",
@@ -274,7 +276,7 @@ fn rules_reload_keeps_old_rules_on_error_and_applies_fixed_ones() {
     std::fs::write(&config, "[runtime]\nworkers = 0\n").expect("broken config");
     hup();
     // And with the config fixed.
-    std::fs::write(&config, "[runtime]\nworkers = 2\n").expect("config");
+    std::fs::write(&config, good).expect("config");
     hup();
     assert!(
         Command::new("kill")
