@@ -108,6 +108,25 @@ fn namespaces(tag: &str) -> Lab {
     lab
 }
 
+/// One namespace holding a veth pair: tcpreplay sends on the first device, shieldtap
+/// listens on the second.
+fn veth_lab(tag: &str) -> (Lab, String, String) {
+    let id = format!("{}{tag}", std::process::id() % 100_000);
+    let n = format!("st{tag}{id}");
+    let _ = Command::new("ip").args(["netns", "del", &n]).status();
+    run(&["ip", "netns", "add", &n]);
+    let (tx, rx) = (format!("tx{id}"), format!("rx{id}"));
+    run(&[
+        "ip", "link", "add", &tx, "netns", &n, "type", "veth", "peer", "name", &rx, "netns", &n,
+    ]);
+    // Loopback frames are up to 64 KiB: the veth must carry them.
+    for dev in [&tx, &rx] {
+        ns(&n, &["ip", "link", "set", dev, "mtu", "65535", "up"]);
+    }
+    let lab = Lab { names: vec![n], id };
+    (lab, tx, rx)
+}
+
 /// Clients and server joined by a veth pair, the server side mirrored to a monitor
 /// namespace, as in the module doc.
 fn mirror_lab(tag: &str) -> Lab {
@@ -533,22 +552,8 @@ fn tcpreplay_at_top_speed_is_counted_received_processed_and_dropped() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let (cap, manifest) = gen_capture(dir.path(), 20_000);
-    let id = format!("{}r", std::process::id() % 100_000);
-    let lab = Lab {
-        names: vec![format!("str{id}")],
-        id: id.clone(),
-    };
+    let (lab, tx, rx) = veth_lab("r");
     let n = lab.names[0].clone();
-    let _ = Command::new("ip").args(["netns", "del", &n]).status();
-    run(&["ip", "netns", "add", &n]);
-    let (tx, rx) = (format!("tx{id}"), format!("rx{id}"));
-    run(&[
-        "ip", "link", "add", &tx, "netns", &n, "type", "veth", "peer", "name", &rx, "netns", &n,
-    ]);
-    // Loopback frames are up to 64 KiB: the veth must carry them.
-    for dev in [&tx, &rx] {
-        ns(&n, &["ip", "link", "set", dev, "mtu", "65535", "up"]);
-    }
     let summary = dir.path().join("s.json");
     let st_log = dir.path().join("st.log");
     let mut st = spawn(
@@ -791,21 +796,8 @@ fn overload_sheds_whole_connections_and_recovers() {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
     let (cap, manifest) = gen_capture(dir.path(), 20_000);
-    let id = format!("{}l", std::process::id() % 100_000);
-    let lab = Lab {
-        names: vec![format!("stl{id}")],
-        id: id.clone(),
-    };
+    let (lab, tx, rx) = veth_lab("l");
     let n = lab.names[0].clone();
-    let _ = Command::new("ip").args(["netns", "del", &n]).status();
-    run(&["ip", "netns", "add", &n]);
-    let (tx, rx) = (format!("tx{id}"), format!("rx{id}"));
-    run(&[
-        "ip", "link", "add", &tx, "netns", &n, "type", "veth", "peer", "name", &rx, "netns", &n,
-    ]);
-    for dev in [&tx, &rx] {
-        ns(&n, &["ip", "link", "set", dev, "mtu", "65535", "up"]);
-    }
     let cfg = dir.path().join("shieldtap.toml");
     std::fs::write(
         &cfg,

@@ -584,7 +584,6 @@ impl Engine {
 
     /// [`Engine::observe`] for an event the caller gives up (no copy is made).
     pub fn observe_owned(&mut self, mut ev: Event, out: &mut Vec<Alert>) {
-        let start = out.len();
         ev.attested = match ev.verdict {
             Verdict::Valid => true,
             Verdict::Expired => ev
@@ -604,7 +603,6 @@ impl Engine {
         );
         let judged = self.judge_objects(ev);
         self.route(judged);
-        let _ = start;
         if self.shards.inline() {
             self.settle(out);
         }

@@ -122,23 +122,20 @@ impl Spread {
     }
 }
 
-/// The shard owning a rule's key for an event, of `n`; `None` when the event has no key
-/// for the rule (the rule then ignores it).
+/// The shard owning a rule's key for an event, of `n`; `None` when the event lacks the
+/// value the rule spreads by (it then has no key for the rule, which ignores it). A shard
+/// sent an event without the rule's key skips the rule, as one engine would.
 pub(super) fn shard_of(spread: Spread, rule: &Rule, ev: &Event, n: usize) -> Option<usize> {
     use std::hash::BuildHasher;
-    let h = foldhash::fast::FixedState::with_seed(0x7368_6172_6473);
-    match spread {
-        Spread::First => ev.lookup_key(&rule.detector.group_by).map(|_| 0),
-        _ if n <= 1 => ev.lookup_key(&rule.detector.group_by).map(|_| 0),
-        Spread::Key => ev
-            .lookup_key(&rule.detector.group_by)
-            .map(|k| (h.hash_one(&k) % n as u64) as usize),
-        Spread::Endpoint => {
-            ev.lookup_key(&rule.detector.group_by)?;
-            ev.key(KeyField::Endpoint)
-                .map(|k| (h.hash_one(&k) % n as u64) as usize)
-        }
+    if n <= 1 || spread == Spread::First {
+        return Some(0);
     }
+    let h = foldhash::fast::FixedState::with_seed(0x7368_6172_6473);
+    let hash = match spread {
+        Spread::Endpoint => h.hash_one(ev.key(KeyField::Endpoint)?),
+        _ => h.hash_one(ev.lookup_key(&rule.detector.group_by)?),
+    };
+    Some((hash % n as u64) as usize)
 }
 
 pub(super) struct RuleState {
@@ -425,7 +422,7 @@ impl Shard {
     fn keys_within_budget(&mut self, seq: u64, out: &mut Vec<Tagged>) {
         let mut em = self.emitter(out, seq, Phase::Budget);
         for _ in 0..16 {
-            if self.rules.iter().map(RuleState::bytes).sum::<usize>() < self.cfg.keys_limit {
+            if self.keys_bytes() < self.cfg.keys_limit {
                 return;
             }
             let Some((i, st)) = self
