@@ -47,4 +47,6 @@ pub mod output;
 
 pub mod telemetry;
 
+pub mod enforce;
+
 pub mod runtime;

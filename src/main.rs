@@ -90,6 +90,61 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// List, add and delete the decisions of a running daemon (its `[enforce]` admin API).
+    Decisions {
+        #[command(subcommand)]
+        command: DecisionsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Serve the gateway check endpoint on its own, next to the gateway: the token checks
+    /// of the config, and the decisions of `[enforce] follow` (a daemon's stream) and of
+    /// the admin API. Runs until SIGINT or SIGTERM.
+    Enforce {
+        /// TOML config with `[[attestation]]`, `[identity]` and `[enforce]`.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The daemon's enforcement endpoint (default: `[enforce] listen` of --config, else
+    /// http://127.0.0.1:9478).
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Config to read `[enforce] listen` and the admin key from.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Variable holding the admin key (default: the config's admin key, if any).
+    #[arg(long, global = true)]
+    api_key_env: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum DecisionsCommand {
+    /// Print the active decisions as JSON lines.
+    List,
+    /// Ban a value: `--scope ip|range|device|token|user --value V --duration 4h`.
+    Add {
+        #[arg(long)]
+        scope: String,
+        #[arg(long)]
+        value: String,
+        /// `90s`, `30m`, `4h`, `7d` (default 4h).
+        #[arg(long, default_value = "4h")]
+        duration: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a decision: by id, or by `--scope` and `--value`.
+    Delete {
+        id: Option<u64>,
+        #[arg(long, requires = "value")]
+        scope: Option<String>,
+        #[arg(long, requires = "scope")]
+        value: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +207,10 @@ struct Common {
     /// JSON, written at the end (for `run`: at shutdown). Values never appear in it.
     #[arg(long)]
     inventory_out: Option<PathBuf>,
+    /// Decisions made from alerts, as JSON lines (replay: at packet time, with the ban
+    /// policy of `[enforce]` and the rules' `ban:`; nothing is enforced).
+    #[arg(long)]
+    decisions_out: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (`run` default: 127.0.0.1:9477;
     /// `off` disables).
     #[arg(long, value_name = "ADDR")]
@@ -230,11 +289,38 @@ fn outputs(common: &Common, cfg: &Config, append: bool) -> anyhow::Result<Output
         }));
         Some(w)
     };
+    // `run` with `[enforce]`: decisions are kept (and saved) for the check endpoint; else,
+    // with --decisions-out, they are only written.
+    let decisions = match (&cfg.enforce, append, &common.decisions_out) {
+        (None, _, None) => None,
+        (Some(_), false, None) => None,
+        (e, live, out) => {
+            let ecfg = e.clone().unwrap_or_default();
+            let store = if live {
+                shieldtap::enforce::Store::open(
+                    ecfg.max_decisions,
+                    ecfg.state_file.clone(),
+                    shieldtap::enforce::unix_now(),
+                )
+                .map_err(|e| UsageError(format!("enforce.state_file: {e}")))?
+            } else {
+                shieldtap::enforce::Store::new(ecfg.max_decisions, None)
+            };
+            Some(runtime::DecisionSink {
+                decider: Arc::new(shieldtap::enforce::Decider::new(
+                    Arc::new(ecfg),
+                    Arc::new(store),
+                )),
+                log: out.as_ref().map(|p| open_output(p, live)).transpose()?,
+            })
+        }
+    };
     Ok(Outputs {
         transactions,
         alerts,
         metrics,
         webhooks,
+        decisions,
     })
 }
 
@@ -259,6 +345,133 @@ fn metrics_server(
 }
 
 /// Blocks until SIGINT or SIGTERM.
+/// `shieldtap enforce`: the check endpoint in its own process.
+fn enforce_command(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use shieldtap::enforce::{check::Checker, server::EnforceServer};
+    let cfg = Config::load(config)?;
+    let Some(ecfg) = cfg.enforce.clone() else {
+        return Err(UsageError(format!("{}: no [enforce] section", config.display())).into());
+    };
+    let verifier = Arc::new(
+        shieldtap::token::Verifier::with_cache_bytes(
+            cfg.token.clone(),
+            cfg.runtime.budget.share(shieldtap::budget::Table::Tokens) as u64,
+        )
+        .map_err(RunError::Token)?,
+    );
+    let store = shieldtap::enforce::Store::open(
+        ecfg.max_decisions,
+        ecfg.state_file.clone(),
+        shieldtap::enforce::unix_now(),
+    )
+    .map_err(|e| UsageError(format!("enforce.state_file: {e}")))?;
+    let hub = Arc::new(Hub::default());
+    let v = verifier.clone();
+    hub.set_token_source(Box::new(move || v.stats()));
+    let checker = Arc::new(Checker::new(
+        Arc::new(ecfg.clone()),
+        Arc::new(store),
+        Arc::new(move || verifier.clone()),
+    ));
+    hub.set_enforce_source(checker.clone());
+    let server = EnforceServer::start(checker, Some(hub)).map_err(|source| RunError::Enforce {
+        addr: ecfg.listen,
+        source,
+    })?;
+    tracing::info!(addr = %server.addr, follow = ?ecfg.follow.as_ref().map(|f| &f.url), "check endpoint ready");
+    wait_for_stop()?;
+    server.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `shieldtap decisions ...`: the admin API of a running daemon.
+fn decisions_command(cmd: DecisionsCommand, admin: AdminArgs) -> anyhow::Result<ExitCode> {
+    let ecfg = match &admin.config {
+        Some(p) => Config::load(p)?.enforce,
+        None => None,
+    };
+    let base = match (&admin.url, &ecfg) {
+        (Some(u), _) => u.trim_end_matches('/').to_string(),
+        (None, Some(e)) => format!("http://{}", e.listen),
+        (None, None) => "http://127.0.0.1:9478".to_string(),
+    };
+    let key = match &admin.api_key_env {
+        Some(v) => Some(
+            std::env::var(v).map_err(|_| UsageError(format!("--api-key-env: {v} is not set")))?,
+        ),
+        None => ecfg.as_ref().and_then(|e| e.admin_key.clone()),
+    };
+    let (method, path, body) = match &cmd {
+        DecisionsCommand::List => ("GET", "/v1/admin/decisions".to_string(), None),
+        DecisionsCommand::Add {
+            scope,
+            value,
+            duration,
+            reason,
+        } => {
+            let d = humantime::parse_duration(duration)
+                .map_err(|e| UsageError(format!("--duration {duration:?}: {e}")))?;
+            let body = serde_json::json!({
+                "scope": scope, "value": value, "duration_secs": d.as_secs().max(1), "reason": reason,
+            });
+            ("POST", "/v1/admin/decisions".to_string(), Some(body))
+        }
+        DecisionsCommand::Delete { id, scope, value } => match (id, scope, value) {
+            (Some(id), None, None) => ("DELETE", format!("/v1/admin/decisions/{id}"), None),
+            (None, Some(s), Some(v)) => {
+                let q: String = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("scope", s)
+                    .append_pair("value", v)
+                    .finish();
+                ("DELETE", format!("/v1/admin/decisions?{q}"), None)
+            }
+            _ => return Err(UsageError("give an id, or --scope and --value".into()).into()),
+        },
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, text) = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut req = client.request(method.parse()?, format!("{base}{path}"));
+        if let Some(k) = &key {
+            req = req.header("X-Api-Key", k);
+        }
+        if let Some(b) = &body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(serde_json::to_vec(b)?);
+        }
+        let r = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {base}"))?;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        anyhow::Ok((status, text))
+    })?;
+    if !status.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or(text);
+        anyhow::bail!("{method} {path}: {status}: {msg}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    let mut out = std::io::stdout().lock();
+    match v.get("decisions").and_then(|d| d.as_array()) {
+        Some(list) => {
+            for d in list {
+                writeln!(out, "{d}")?;
+            }
+        }
+        None => writeln!(out, "{v}")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn wait_for_stop() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -365,6 +578,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rules {
             command: RulesCommand::Check { dir },
         } => Ok(rules_check(dir.as_ref())),
+        Command::Decisions { command, admin } => decisions_command(command, admin),
+        Command::Enforce { config } => enforce_command(&config),
         Command::Replay {
             captures,
             common,

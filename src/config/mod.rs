@@ -30,6 +30,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub detect: DetectConfig,
     pub webhooks: Vec<WebhookConfig>,
+    /// `[enforce]`: the check endpoint and decisions; `None` when the section is absent.
+    pub enforce: Option<crate::enforce::EnforceConfig>,
 }
 
 /// Threads and queues (config section `[runtime]`).
@@ -94,6 +96,8 @@ struct RawConfig {
     /// `[[webhook]]`: alert receivers.
     #[serde(default)]
     webhook: Vec<RawWebhook>,
+    /// `[enforce]`: gateway checks, decisions, bouncers.
+    enforce: Option<crate::enforce::RawEnforce>,
 }
 
 /// `[[webhook]]`
@@ -627,6 +631,10 @@ impl Config {
                     Duration::from_secs(3600),
                 )?,
             });
+        }
+        if let Some(e) = &raw.enforce {
+            c.enforce =
+                Some(crate::enforce::EnforceConfig::from_raw(e).map_err(|(k, m)| err(&k, &m))?);
         }
         c.detect.budget = c.runtime.budget;
         c.detect.shards = c.runtime.detect_shards;

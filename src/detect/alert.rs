@@ -51,6 +51,33 @@ pub(crate) struct Subjects {
     pub ip: Option<std::net::IpAddr>,
     pub device: Option<std::sync::Arc<str>>,
     pub user: Option<std::sync::Arc<str>>,
+    /// The attestation token the rule groups by.
+    pub token: Option<crate::token::TokenHash>,
+    /// The rule's key fields that name a client (what a ban may fall on).
+    pub keyed: Keyed,
+    /// The address is shared by many attested devices (carrier NAT, a proxy): never banned.
+    pub shared_address: bool,
+    /// `ip` is the address of a token's copy, not its holder's.
+    pub copy: bool,
+    /// The rule's own `ban:`.
+    pub ban: Option<crate::rules::BanSpec>,
+}
+
+/// Which client fields a rule groups by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Keyed {
+    pub ip: bool,
+    pub device: bool,
+    pub user: bool,
+    pub token: bool,
+    pub principal: bool,
+}
+
+impl Alert {
+    /// The rule's own ban (`ban:` in its file).
+    pub fn rule_ban(&self) -> Option<crate::rules::BanSpec> {
+        self.subjects.ban
+    }
 }
 
 impl Serialize for Alert {
@@ -99,6 +126,7 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
         ip: ep.ip.one().copied(),
         device: ep.device.one().cloned().flatten(),
         user: ep.user.one().cloned().flatten(),
+        ..Subjects::default()
     };
     // A rule keyed by route (or route and field set) is about the API, not a client: the
     // first client to trigger it is not named as the actor; evidence lists who received it.
@@ -147,6 +175,7 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
         };
         actor.ip = copy.map(|ip| ip.to_string());
         subjects.ip = copy;
+        subjects.copy = copy.is_some();
     }
     let parts = key.parts(fields);
     for (f, v) in &parts {
@@ -154,9 +183,19 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
             (KeyField::Ip, KeyValue::Ip(ip)) => subjects.ip = Some(*ip),
             (KeyField::Device, KeyValue::Str(d)) => subjects.device = Some(d.clone()),
             (KeyField::User, KeyValue::Str(u)) => subjects.user = Some(u.clone()),
+            (KeyField::Token, KeyValue::Token(t)) => subjects.token = Some(*t),
             _ => {}
         }
     }
+    subjects.keyed = Keyed {
+        ip: fields.contains(&KeyField::Ip),
+        device: fields.contains(&KeyField::Device),
+        user: fields.contains(&KeyField::User),
+        token: fields.contains(&KeyField::Token),
+        principal: fields.contains(&KeyField::Principal),
+    };
+    subjects.shared_address = ep.shared_devices > 0;
+    subjects.ban = rule.ban;
     for (f, v) in &parts {
         match f {
             KeyField::Ip => actor.ip = Some(v.shown(*f)),

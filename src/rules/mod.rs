@@ -394,6 +394,54 @@ pub struct Rule {
     /// Changes when anything that affects detection changes; a reload keeps detector
     /// state of rules whose fingerprint is unchanged.
     pub fingerprint: String,
+    /// What enforcement does with the rule's alerts (`ban:`), unless config says otherwise.
+    pub ban: Option<BanSpec>,
+}
+
+/// Longest ban a rule may ask for: 30 days.
+pub const MAX_BAN_SECS: f64 = 30.0 * 86_400.0;
+
+/// Which key of an alert's actor a ban falls on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanKey {
+    /// The key the rule groups by: the device, the token (or the address of a token's
+    /// copy), the user, or the address; never an address for an alert about a device or a
+    /// token, and never an address many attested devices share.
+    Auto,
+    Device,
+    Token,
+    User,
+    Ip,
+}
+
+impl BanKey {
+    pub fn from_name(s: &str) -> Option<BanKey> {
+        Some(match s {
+            "auto" => BanKey::Auto,
+            "device" => BanKey::Device,
+            "token" => BanKey::Token,
+            "user" => BanKey::User,
+            "ip" => BanKey::Ip,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BanKey::Auto => "auto",
+            BanKey::Device => "device",
+            BanKey::Token => "token",
+            BanKey::User => "user",
+            BanKey::Ip => "ip",
+        }
+    }
+}
+
+/// A rule's (or config's) ban: on which key, for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BanSpec {
+    pub key: BanKey,
+    pub duration: Duration,
 }
 
 /// One test case of a rule file.

@@ -10,9 +10,10 @@ use serde::Deserialize;
 use serde_saphyr::Location;
 
 use super::{
-    Category, DETECTOR_KINDS, Detector, DetectorKind, EvidenceField, KeyField, MAX_BYTES_THRESHOLD,
-    MAX_THRESHOLD, MAX_WINDOW_SECS, Matcher, Measure, Rule, RuleError, RuleId, RuleTest, S,
-    Severity, StatusMatch, TestInput, glob_to_regex, parse_template, secs,
+    BanKey, BanSpec, Category, DETECTOR_KINDS, Detector, DetectorKind, EvidenceField, KeyField,
+    MAX_BAN_SECS, MAX_BYTES_THRESHOLD, MAX_THRESHOLD, MAX_WINDOW_SECS, Matcher, Measure, Rule,
+    RuleError, RuleId, RuleTest, S, Severity, StatusMatch, TestInput, glob_to_regex,
+    parse_template, secs,
 };
 use crate::token::Verdict;
 
@@ -63,6 +64,20 @@ pub(super) struct RawRule {
     summary: S<String>,
     #[serde(default)]
     evidence: Vec<EvidenceField>,
+    /// What enforcement does with the rule's alerts (`run` with `[enforce]`): ban the
+    /// actor's key for a while. Config `[[enforce.ban]]` entries take precedence.
+    ban: Option<S<RawBan>>,
+}
+
+/// `ban:` of a rule.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBan {
+    /// `auto` (default), `device`, `token`, `user` or `ip`.
+    #[serde(default)]
+    key: Option<String>,
+    /// How long the ban lasts (default 3600).
+    duration_secs: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -327,6 +342,35 @@ pub(super) fn compile_rule(ctx: &mut Ctx<'_>, r: RawRule) -> Option<(Rule, bool)
             Vec::new()
         }
     };
+    let ban = r.ban.as_ref().and_then(|b| {
+        let key = match b.value.key.as_deref().map(BanKey::from_name) {
+            None => Some(BanKey::Auto),
+            Some(Some(k)) => Some(k),
+            Some(None) => {
+                ctx.error(
+                    b.referenced,
+                    "ban.key: expected auto, device, token, user or ip".into(),
+                );
+                None
+            }
+        };
+        let secs_ok = |s: f64| s.is_finite() && (1.0..=MAX_BAN_SECS).contains(&s);
+        let duration = match b.value.duration_secs {
+            None => Some(secs(3600.0)),
+            Some(s) if secs_ok(s) => Some(secs(s)),
+            Some(s) => {
+                ctx.error(
+                    b.referenced,
+                    format!("ban.duration_secs: expected 1 to {MAX_BAN_SECS} seconds, got {s}"),
+                );
+                None
+            }
+        };
+        Some(BanSpec {
+            key: key?,
+            duration: duration?,
+        })
+    });
     if ctx.errors.len() > before {
         return None;
     }
@@ -350,6 +394,7 @@ pub(super) fn compile_rule(ctx: &mut Ctx<'_>, r: RawRule) -> Option<(Rule, bool)
             evidence: r.evidence,
             origin: format!("{}:{}", ctx.file, r.id.referenced.line()),
             fingerprint,
+            ban,
         },
         r.enabled,
     ))

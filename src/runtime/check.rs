@@ -156,6 +156,7 @@ fn run_capture(
             alerts: AlertSink::Collect(sink.clone()),
             metrics: Default::default(),
             webhooks: None,
+            decisions: None,
         };
         replay(
             &cfg,

@@ -94,6 +94,38 @@ pub struct Outputs {
     pub metrics: Arc<Hub>,
     /// Alert receivers (`[[webhook]]`); started and finished by the caller.
     pub webhooks: Option<Arc<Webhooks>>,
+    /// Alerts become decisions (`run` with `[enforce]`; `replay --decisions-out`).
+    pub decisions: Option<DecisionSink>,
+}
+
+/// Where alerts become decisions, and where each decision made is written (JSON lines).
+pub struct DecisionSink {
+    pub decider: Arc<crate::enforce::Decider>,
+    pub log: Option<Box<dyn Write + Send>>,
+}
+
+impl DecisionSink {
+    /// Decides on `alerts`: live at wall time, in replay at each alert's packet time (so a
+    /// replay gives the same decisions on any machine).
+    pub(crate) fn observe(&mut self, alerts: &[Alert], live: bool) -> std::io::Result<()> {
+        let made = self.decider.observe_all(alerts, |a| {
+            if live {
+                crate::enforce::unix_now()
+            } else {
+                a.ts.0 / 1_000_000_000
+            }
+        });
+        if let Some(w) = &mut self.log
+            && !made.is_empty()
+        {
+            for d in &made {
+                serde_json::to_writer(&mut *w, &crate::enforce::decisions::Shown(d))?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+        }
+        Ok(())
+    }
 }
 
 /// Where alerts go.
@@ -110,7 +142,7 @@ pub enum AlertSink {
 
 /// What judges each request; swapped whole when the config is reloaded.
 pub struct Judges {
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub attribution: Attribution,
 }
 
@@ -127,7 +159,7 @@ impl Judges {
             .unwrap_or_default();
         let cache_bytes = cfg.runtime.budget.share(Table::Tokens) as u64;
         Ok(Judges {
-            verifier: Verifier::with_cache_bytes(cfg.token.clone(), cache_bytes)?,
+            verifier: Arc::new(Verifier::with_cache_bytes(cfg.token.clone(), cache_bytes)?),
             attribution,
         })
     }
@@ -237,6 +269,11 @@ pub enum RunError {
     Token(#[from] crate::token::TokenError),
     #[error("a worker thread failed: {0}")]
     Worker(String),
+    #[error("enforcement endpoint {addr}: {source}")]
+    Enforce {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What the capture side did.
@@ -1288,9 +1325,17 @@ impl Pipeline {
             let cfg = cfg.detect.clone();
             let sink = std::mem::take(&mut outputs.alerts);
             let hooks = outputs.webhooks.clone();
+            let decisions = outputs.decisions.take();
             thread::Builder::new()
                 .name("shieldtap-detect".into())
-                .spawn(move || ordering::run(cfg, shared, workers, events_rx, sink, hooks, live))
+                .spawn(move || {
+                    let to = ordering::AlertOutputs {
+                        sink,
+                        hooks,
+                        decisions,
+                    };
+                    ordering::run(cfg, shared, workers, events_rx, to, live)
+                })
                 .map_err(|e| tracing::error!(error = %e, "cannot start detect thread"))
                 .ok()
         };
@@ -1487,6 +1532,28 @@ pub fn run_live(
     let started = Instant::now();
     let shared = Shared::new(cfg, rules, outputs.metrics.clone())?;
     let hub = outputs.metrics.clone();
+    // The check endpoint shares the pipeline's verifier (and its cache, swapped on reload)
+    // and the decider's store; it never waits on the detect path.
+    let enforcer = match (&cfg.enforce, &outputs.decisions) {
+        (Some(e), Some(d)) => {
+            let judges = shared.clone();
+            let checker = Arc::new(crate::enforce::check::Checker::new(
+                Arc::new(e.clone()),
+                d.decider.store().clone(),
+                Arc::new(move || judges.judges.load().verifier.clone()),
+            ));
+            hub.set_enforce_source(checker.clone());
+            Some(
+                crate::enforce::server::EnforceServer::start(checker, None).map_err(|source| {
+                    RunError::Enforce {
+                        addr: e.listen,
+                        source,
+                    }
+                })?,
+            )
+        }
+        _ => None,
+    };
     let reloader = reload::start(reload, shared.clone(), stop.clone());
     let pipeline = Pipeline::start(cfg, shared, workers, outputs, true, interfaces.len());
     // Split taps: workers merge the inputs by packet time up to the clock every input has
@@ -1564,6 +1631,9 @@ pub fn run_live(
         r.stop();
     }
     pipeline.join(&mut summary)?;
+    if let Some(e) = enforcer {
+        e.stop();
+    }
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     match first_error {
         Some(e) => Err(e.into()),

@@ -117,15 +117,26 @@ impl Writer {
     }
 }
 
+/// Where the detect stage's alerts go.
+pub(super) struct AlertOutputs {
+    pub sink: AlertSink,
+    pub hooks: Option<Arc<Webhooks>>,
+    pub decisions: Option<super::DecisionSink>,
+}
+
 pub(super) fn run(
     cfg: DetectConfig,
     shared: Arc<Shared>,
     workers: usize,
     rx: Receiver<EventBatch>,
-    sink: AlertSink,
-    hooks: Option<Arc<Webhooks>>,
+    to: AlertOutputs,
     live: bool,
 ) -> std::io::Result<DetectResult> {
+    let AlertOutputs {
+        sink,
+        hooks,
+        mut decisions,
+    } = to;
     let mut rules = shared.rules.load_full();
     let held_limit = cfg.budget.share(Table::Ordering);
     let mut engine = if cfg.shards > 1 {
@@ -220,6 +231,11 @@ pub(super) fn run(
         if let Some(h) = &hooks {
             h.submit(&alerts);
         }
+        if let Some(d) = &mut decisions
+            && let Err(e) = d.observe(&alerts, live)
+        {
+            failed.get_or_insert(e);
+        }
         if failed.is_none()
             && let Err(e) = out.write(&mut alerts)
         {
@@ -240,6 +256,11 @@ pub(super) fn run(
     publish(&engine, &rules, &ordering);
     if let Some(h) = &hooks {
         h.submit(&alerts);
+    }
+    if let Some(d) = &mut decisions
+        && let Err(e) = d.observe(&alerts, live)
+    {
+        failed.get_or_insert(e);
     }
     if failed.is_none()
         && let Err(e) = out.write(&mut alerts)

@@ -86,6 +86,21 @@ pub const NAMES: &[&str] = &[
     "shed_flows",
     "shed_packets",
     "shed_level",
+    "enforce_checks",
+    "enforce_check_reasons",
+    "enforce_check_verdicts",
+    "enforce_check_duration_seconds",
+    "enforce_connections_refused",
+    "enforce_checks_without_uri",
+    "bouncer_pulls",
+    "bouncer_unauthorized",
+    "follow_failures",
+    "decisions_active",
+    "decisions_added",
+    "decisions_expired",
+    "decisions_deleted",
+    "decisions_evicted",
+    "decisions_persist_failures",
 ];
 
 /// Latency histogram bucket bounds, in seconds.
@@ -146,6 +161,8 @@ pub struct Hub {
     webhooks: Mutex<Option<Source<Vec<WebhookSnapshot>>>>,
     /// The latest usage each owner published, per table.
     memory: Mutex<BTreeMap<MemorySource, Vec<(Table, Usage)>>>,
+    /// The check endpoint and its decisions, when enforcement runs.
+    enforce: Mutex<Option<std::sync::Arc<crate::enforce::check::Checker>>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -210,6 +227,12 @@ impl Hub {
     pub fn set_reload_source(&self, f: Source<ReloadStats>) {
         if let Ok(mut t) = self.reloads.lock() {
             *t = Some(f);
+        }
+    }
+
+    pub fn set_enforce_source(&self, c: std::sync::Arc<crate::enforce::check::Checker>) {
+        if let Ok(mut t) = self.enforce.lock() {
+            *t = Some(c);
         }
     }
 
@@ -791,8 +814,133 @@ impl Collector for Hub {
         )?;
         let mut m = m;
         m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+        let enforce = self.enforce.lock().ok().and_then(|c| c.clone());
+        if let Some(c) = enforce {
+            encode_enforce(&mut e, &c)?;
+        }
         Ok(())
     }
+}
+
+/// The check endpoint's and the decisions' families (only when enforcement runs).
+fn encode_enforce(
+    e: &mut Enc<'_, '_>,
+    c: &crate::enforce::check::Checker,
+) -> Result<(), std::fmt::Error> {
+    use crate::enforce::decisions::{ORIGIN_KINDS, Scope};
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = &c.stats;
+    e.labelled(
+        "enforce_checks",
+        "Gateway checks answered, by policy and result (allow, deny, would-deny, shed).",
+        MetricType::Counter,
+        st.checks()
+            .into_iter()
+            .map(|(p, r, n)| (vec![("policy", p), ("result", r.to_string())], n)),
+    )?;
+    e.labelled(
+        "enforce_check_reasons",
+        "Gateway checks by the reason of their answer.",
+        MetricType::Counter,
+        st.reasons().into_iter().map(|(r, n)| (one("reason", r), n)),
+    )?;
+    e.labelled(
+        "enforce_check_verdicts",
+        "Attestation verdicts of gateway checks.",
+        MetricType::Counter,
+        st.verdicts()
+            .into_iter()
+            .map(|(v, n)| (one("verdict", v), n)),
+    )?;
+    let (sum, count, buckets) = st.latency();
+    let mut m = e.e.encode_descriptor(
+        "enforce_check_duration_seconds",
+        "Time to judge one gateway check (tokens, policy, decisions), in the endpoint.",
+        None,
+        MetricType::Histogram,
+    )?;
+    m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+    e.counter(
+        "enforce_connections_refused",
+        "Connections closed at once because max_connections were open.",
+        st.connections_refused.load(Relaxed),
+    )?;
+    e.counter(
+        "enforce_checks_without_uri",
+        "Checks whose request named no original URI (judged under the default policy).",
+        st.no_uri.load(Relaxed),
+    )?;
+    e.counter(
+        "bouncer_pulls",
+        "Decision stream pulls by bouncers.",
+        st.bouncer_pulls.load(Relaxed),
+    )?;
+    e.counter(
+        "bouncer_unauthorized",
+        "Bouncer API calls refused for a missing or unknown X-Api-Key.",
+        st.bouncer_unauthorized.load(Relaxed),
+    )?;
+    e.counter(
+        "follow_failures",
+        "Pulls of a followed daemon's decisions that failed.",
+        st.follow_failures.load(Relaxed),
+    )?;
+    let store = &c.store;
+    let active = store.active_by_scope();
+    e.labelled(
+        "decisions_active",
+        "Decisions in force, by scope.",
+        MetricType::Gauge,
+        Scope::ALL
+            .iter()
+            .zip(active)
+            .map(|(s, n)| (one("scope", s.as_str()), n)),
+    )?;
+    let k = &store.counters;
+    let mut added = Vec::new();
+    for (i, s) in Scope::ALL.iter().enumerate() {
+        for (j, o) in ORIGIN_KINDS.iter().enumerate() {
+            added.push((
+                vec![("scope", s.as_str().to_string()), ("origin", o.to_string())],
+                k.added[i][j].load(Relaxed),
+            ));
+        }
+    }
+    e.labelled(
+        "decisions_added",
+        "Decisions made, by scope and origin (alert, manual, followed).",
+        MetricType::Counter,
+        added,
+    )?;
+    e.labelled(
+        "decisions_expired",
+        "Decisions that ran out, by scope.",
+        MetricType::Counter,
+        Scope::ALL
+            .iter()
+            .zip(&k.expired)
+            .map(|(s, n)| (one("scope", s.as_str()), n.load(Relaxed))),
+    )?;
+    e.labelled(
+        "decisions_deleted",
+        "Decisions lifted by hand, by scope.",
+        MetricType::Counter,
+        Scope::ALL
+            .iter()
+            .zip(&k.deleted)
+            .map(|(s, n)| (one("scope", s.as_str()), n.load(Relaxed))),
+    )?;
+    e.counter(
+        "decisions_evicted",
+        "Decisions dropped to make room at max_decisions (the soonest to expire first).",
+        k.evicted.load(Relaxed),
+    )?;
+    e.counter(
+        "decisions_persist_failures",
+        "Failed saves of the decisions file.",
+        k.persist_failures.load(Relaxed),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
