@@ -374,10 +374,13 @@ fn enforce_command(config: &std::path::Path) -> anyhow::Result<ExitCode> {
         Arc::new(move || verifier.clone()),
     ));
     hub.set_enforce_source(checker.clone());
-    let server = EnforceServer::start(checker, Some(hub)).map_err(|source| RunError::Enforce {
-        addr: ecfg.listen,
-        source,
-    })?;
+    let server =
+        EnforceServer::start(checker, Some(Arc::new(move || hub.render()))).map_err(|source| {
+            RunError::Enforce {
+                addr: ecfg.listen,
+                source,
+            }
+        })?;
     tracing::info!(addr = %server.addr, follow = ?ecfg.follow.as_ref().map(|f| &f.url), "check endpoint ready");
     wait_for_stop()?;
     server.stop();

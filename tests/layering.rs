@@ -30,6 +30,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("detect", 3),
     // 4 outputs.
     ("output", 4),
+    ("enforce", 4),
     // 5 wiring.
     ("telemetry", 5),
     ("runtime", 5),

@@ -33,7 +33,6 @@ use super::decisions::{Ban, Decision, DecisionError, Scope, canonical, go_durati
 use super::stats::{CheckResult, Reason};
 use super::unix_now;
 use crate::http::Header;
-use crate::telemetry::metrics::Hub;
 
 /// Largest request head accepted (hyper's buffer; at least 8 KiB).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -42,10 +41,13 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 #[derive(Clone, Copy)]
 struct Peer(SocketAddr);
 
+/// Renders the Prometheus text of a scrape (a standalone endpoint serves `/metrics`).
+pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
+
 struct App {
     checker: Arc<Checker>,
     in_flight: Semaphore,
-    hub: Option<Arc<Hub>>,
+    hub: Option<MetricsText>,
 }
 
 /// A running endpoint; dropped or stopped, it shuts down (saving the decisions).
@@ -58,7 +60,10 @@ pub struct EnforceServer {
 impl EnforceServer {
     /// Binds the config's `listen` (port 0 picks one) and serves. `hub`: also serve
     /// `/metrics` (a standalone `shieldtap enforce`).
-    pub fn start(checker: Arc<Checker>, hub: Option<Arc<Hub>>) -> std::io::Result<EnforceServer> {
+    pub fn start(
+        checker: Arc<Checker>,
+        hub: Option<MetricsText>,
+    ) -> std::io::Result<EnforceServer> {
         let cfg = checker.cfg.clone();
         let listener = std::net::TcpListener::bind(cfg.listen)?;
         listener.set_nonblocking(true)?;
@@ -751,7 +756,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            hub.render(),
+            hub(),
         )
             .into_response(),
         None => (
