@@ -467,7 +467,7 @@ impl StreamQuery {
         let origins = list(&self.origins);
         let with = list(&self.scenarios_containing);
         let without = list(&self.scenarios_not_containing);
-        (origins.is_empty() || origins.iter().any(|o| *o == d.origin))
+        (origins.is_empty() || origins.contains(&d.origin))
             && (with.is_empty() || with.iter().any(|w| d.scenario.contains(w.as_str())))
             && !without.iter().any(|w| d.scenario.contains(w.as_str()))
     }
