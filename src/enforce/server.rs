@@ -3,7 +3,7 @@
 //!
 //! | path | who | what |
 //! |---|---|---|
-//! | `/v1/check` | nginx `auth_request`, Traefik `ForwardAuth` | the original method and URI from `X-Original-Method`/`X-Original-URI` (nginx) or `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik) |
+//! | `/v1/check` (also `/v1/check/nginx`, `/v1/check/traefik`) | nginx `auth_request`, Traefik `ForwardAuth` | the original method and URI from `X-Original-Method`/`X-Original-URI` (nginx) or `X-Forwarded-Method`/`X-Forwarded-Uri` (Traefik) |
 //! | `/v1/check/envoy/<original path>` | Envoy `ext_authz` (`path_prefix: /v1/check/envoy`) | the method and path of the check request itself |
 //! | `GET /v1/decisions/stream`, `GET /v1/decisions` | CrowdSec bouncers (`X-Api-Key`) | address decisions (other scopes on request) |
 //! | `/v1/admin/decisions` | `shieldtap decisions` | list, add, delete |
@@ -116,6 +116,8 @@ impl Drop for EnforceServer {
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/check", any(check_forwarded))
+        .route("/v1/check/nginx", any(check_forwarded))
+        .route("/v1/check/traefik", any(check_forwarded))
         .route("/v1/check/envoy", any(check_envoy_root))
         .route("/v1/check/envoy/{*rest}", any(check_envoy))
         .route("/v1/decisions/stream", get(bouncer_stream))
@@ -345,6 +347,22 @@ fn judge(
         h.insert("x-shieldtap-reason", HeaderValue::from_static("overloaded"));
         return r;
     };
+    // hyper caps what it buffers, but a head read in one go may pass its cap: judge nothing
+    // past 64 KiB of headers.
+    let head_bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if head_bytes > MAX_HEAD_BYTES {
+        app.checker
+            .stats
+            .count("default", CheckResult::Deny, Reason::Verdict, None);
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head too large\n",
+        )
+            .into_response();
+    }
     let hs = headers_of(headers);
     let input = CheckInput {
         method,

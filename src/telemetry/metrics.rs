@@ -814,9 +814,16 @@ impl Collector for Hub {
         )?;
         let mut m = m;
         m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+        // Without enforcement the families are exported at zero (default policy, every
+        // result, reason, verdict and scope), so dashboards and alerts on them still work.
         let enforce = self.enforce.lock().ok().and_then(|c| c.clone());
-        if let Some(c) = enforce {
-            encode_enforce(&mut e, &c)?;
+        match enforce {
+            Some(c) => encode_enforce(&mut e, &c.stats, &c.store)?,
+            None => encode_enforce(
+                &mut e,
+                &crate::enforce::stats::EnforceStats::new(vec!["default".into()]),
+                &crate::enforce::Store::new(1, None),
+            )?,
         }
         Ok(())
     }
@@ -825,11 +832,11 @@ impl Collector for Hub {
 /// The check endpoint's and the decisions' families (only when enforcement runs).
 fn encode_enforce(
     e: &mut Enc<'_, '_>,
-    c: &crate::enforce::check::Checker,
+    st: &crate::enforce::stats::EnforceStats,
+    store: &crate::enforce::Store,
 ) -> Result<(), std::fmt::Error> {
     use crate::enforce::decisions::{ORIGIN_KINDS, Scope};
     use std::sync::atomic::Ordering::Relaxed;
-    let st = &c.stats;
     e.labelled(
         "enforce_checks",
         "Gateway checks answered, by policy and result (allow, deny, would-deny, shed).",
@@ -885,7 +892,6 @@ fn encode_enforce(
         "Pulls of a followed daemon's decisions that failed.",
         st.follow_failures.load(Relaxed),
     )?;
-    let store = &c.store;
     let active = store.active_by_scope();
     e.labelled(
         "decisions_active",

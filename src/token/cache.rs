@@ -160,9 +160,34 @@ fn weight(e: &Entry) -> u32 {
     u32::try_from(ENTRY_BYTES as usize + strings).unwrap_or(u32::MAX)
 }
 
-/// Bounded token cache for one family (capacity 0: no caching).
+/// Share of a family's cache bytes kept for tokens that failed verification (forged,
+/// malformed, unknown key): a flood of one-off forged tokens only ever pushes out other
+/// failures, never a genuine device's verified token.
+const FAILED_SHARE_DIVISOR: u64 = 8;
+
+type Inner = Cache<Digest, Arc<Entry>, foldhash::fast::RandomState>;
+
+fn build(limit_bytes: u64, counters: &Arc<CacheCounters>) -> Option<Inner> {
+    (limit_bytes >= ENTRY_BYTES).then(|| {
+        let c = Arc::clone(counters);
+        Cache::builder()
+            .max_capacity(limit_bytes)
+            .weigher(|_k, v: &Arc<Entry>| weight(v))
+            .expire_after(Ttl)
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    c.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build_with_hasher(foldhash::fast::RandomState::default())
+    })
+}
+
+/// Bounded token cache for one family (capacity 0: no caching), in two parts: tokens whose
+/// signature verified (or could not be checked: no key), and tokens that failed.
 pub struct VerdictCache {
-    inner: Option<Cache<Digest, Arc<Entry>, foldhash::fast::RandomState>>,
+    inner: Option<Inner>,
+    failed: Option<Inner>,
     pub counters: Arc<CacheCounters>,
     /// This cache's tag in the threads' near tables.
     id: u64,
@@ -170,32 +195,30 @@ pub struct VerdictCache {
     limit_bytes: u64,
 }
 
+/// A verdict whose token is kept with the verified ones.
+fn trusted(v: crate::token::Verdict) -> bool {
+    matches!(
+        v,
+        crate::token::Verdict::Valid | crate::token::Verdict::Unverified
+    )
+}
+
 impl VerdictCache {
     /// A cache of at most `capacity` entries (of [`ENTRY_BYTES`] each) and `max_bytes`
-    /// bytes in all (its share of the memory budget), whichever is less. Entries are
-    /// weighed in bytes; TinyLFU admission still keeps a flood of one-off tokens from
-    /// pushing out the tokens devices keep sending.
+    /// bytes in all (its share of the memory budget), whichever is less; an eighth of it
+    /// holds failed tokens. Entries are weighed in bytes.
     pub fn new(capacity: u64, max_bytes: u64) -> VerdictCache {
         let counters = Arc::new(CacheCounters::default());
         let mut limit_bytes = capacity.saturating_mul(ENTRY_BYTES).min(max_bytes);
         if limit_bytes < ENTRY_BYTES {
             limit_bytes = 0;
         }
-        let inner = (limit_bytes > 0).then(|| {
-            let c = Arc::clone(&counters);
-            Cache::builder()
-                .max_capacity(limit_bytes)
-                .weigher(|_k, v: &Arc<Entry>| weight(v))
-                .expire_after(Ttl)
-                .eviction_listener(move |_k, _v, cause| {
-                    if cause == RemovalCause::Size {
-                        c.evictions.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-                .build_with_hasher(foldhash::fast::RandomState::default())
-        });
+        let failed_bytes = limit_bytes / FAILED_SHARE_DIVISOR;
+        let inner = build(limit_bytes - failed_bytes, &counters);
+        let failed = build(failed_bytes, &counters);
         VerdictCache {
             inner,
+            failed,
             counters,
             id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             limit_bytes,
@@ -209,14 +232,23 @@ impl VerdictCache {
         let near = self.inner.as_ref().and_then(|_| near_get(self.id, token));
         let (digest, hit) = match near {
             Some((digest, e, touch)) => {
-                if touch && let Some(c) = &self.inner {
+                let part = if trusted(e.facts.verdict) {
+                    &self.inner
+                } else {
+                    &self.failed
+                };
+                if touch && let Some(c) = part {
                     let _ = c.get(&digest);
                 }
                 (digest, Some(e))
             }
             None => {
                 let digest = super::sha256(token);
-                let e = self.inner.as_ref().and_then(|c| c.get(&digest));
+                let e = self
+                    .inner
+                    .as_ref()
+                    .and_then(|c| c.get(&digest))
+                    .or_else(|| self.failed.as_ref().and_then(|c| c.get(&digest)));
                 if let Some(e) = &e {
                     near_put(self.id, token, &digest, e);
                 }
@@ -250,12 +282,17 @@ impl VerdictCache {
         } else {
             MIN_TTL
         };
+        let part = if trusted(facts.verdict) {
+            &self.inner
+        } else {
+            &self.failed
+        };
         let entry = Arc::new(Entry {
             facts,
             generation,
             ttl,
         });
-        if let Some(c) = &self.inner {
+        if let Some(c) = part {
             c.insert(digest, Arc::clone(&entry));
             near_put(self.id, token, &digest, &entry);
         }
@@ -264,18 +301,26 @@ impl VerdictCache {
 
     /// Bytes held now (entries weighed as [`weight`] charges them) and the limit.
     pub fn bytes(&self) -> (u64, u64) {
-        let held = self.inner.as_ref().map_or(0, |c| {
-            c.run_pending_tasks();
-            c.weighted_size()
-        });
+        let held: u64 = [&self.inner, &self.failed]
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                c.run_pending_tasks();
+                c.weighted_size()
+            })
+            .sum();
         (held, self.limit_bytes)
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.inner.as_ref().map_or(0, |c| {
-            c.run_pending_tasks();
-            c.entry_count()
-        })
+        [&self.inner, &self.failed]
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                c.run_pending_tasks();
+                c.entry_count()
+            })
+            .sum()
     }
 }
 
