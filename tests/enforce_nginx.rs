@@ -4,7 +4,7 @@
 //! ```text
 //!  clients ns                     server ns                                 monitor ns
 //!  vc 10.77.0.10-.12 (apps) ───── vs 10.77.0.2 nginx :8080 closed, :8081 open
-//!     10.77.0.30 (script)            ├─ proxy_pass ─► 127.0.0.1:9480 API (python)
+//!     10.77.0.30/.31 (script, forger) ├─ proxy_pass ─► 127.0.0.1:9480 API (python)
 //!     10.77.0.66 (scraper)           ├─ auth_request ─► vk 10.78.0.1 ──veth──► vl 10.78.0.2:9478
 //!                                    │                                        shieldtap run
 //!                                    └─ tc mirred: vs in+out ─► vm ──veth──► vo (captured)
@@ -22,15 +22,18 @@
 //! the mirror with `[enforce]`. What is checked, each on observed answers:
 //!
 //! 1. the catalogue requires attestation: genuine apps get 200, a script without a token
-//!    (or with a garbage one) gets 401 from nginx, on both server blocks while shieldtap is up;
-//!    after a restart with the catalogue route in `monitor`, the same script request gets 200;
+//!    (and a forger with a garbage one) gets 401 from nginx, on both server blocks while
+//!    shieldtap is up; after a restart with the catalogue route in `monitor`, the same script
+//!    request gets 200 (and `/api/v1/me`, still `require-attestation`, 401). The forger's
+//!    garbage token is also seen on the mirror: `token.forged` bans its address (403 after);
 //! 2. a scraper on its own address with a stolen valid token (device-a's token and
 //!    Authorization, copied) walks the catalogue while device-a keeps using it; the passive
 //!    pipeline flags the copy (`token.concurrent-use`) and bans the scraper's address; its
 //!    following requests get 403 within a bounded delay (printed); device-a and the other
 //!    genuine apps never get anything but 200 during the whole test;
-//! 3. the ban (8 s here, by `[[enforce.ban]]`) expires: the scraper gets 200 again,
-//!    `shieldtap decisions list` is empty and `decisions_expired` counted it;
+//! 3. the ban (8 s here, by `[[enforce.ban]]`) expires: the scraper gets 200 again (the
+//!    rule's `suppress_secs` keeps it from being banned again at once), `shieldtap decisions
+//!    list` holds only the forger's ban and `decisions_expired` counted the scraper's;
 //! 4. a restart keeps active decisions (`state_file`): a manual ban survives SIGTERM and a new
 //!    start, still denies (403) and is listed;
 //! 5. with shieldtap stopped, the fail-closed block answers 500 and the fail-open block 200.
@@ -549,22 +552,38 @@ fn nginx_auth_request_enforces_attestation_and_the_mirror_bans_a_stolen_token() 
     let (alerts_a, log_a) = (dir.join("alerts-a.jsonl"), dir.join("st-a.log"));
     let cfg_enforced = config(dir, "require-attestation");
     let st = start_shieldtap(&lab, &cfg_enforced, &alerts_a, &log_a);
-    wait_until("nginx and the API", Duration::from_secs(10), || {
+    let answers = |netns: &str, url: &str, fail: &str| {
         Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                &lab.ns("c"),
+                netns,
                 "curl",
                 "-s",
+                fail,
                 "-o",
                 "/dev/null",
                 "-m",
                 "1",
             ])
-            .arg(format!("http://{SERVER}:8080/api/v1/products/1"))
+            .arg(url)
             .status()
             .is_ok_and(|s| s.success())
+    };
+    wait_until("the API", Duration::from_secs(15), || {
+        answers(
+            &lab.ns("s"),
+            "http://127.0.0.1:9480/api/v1/products/1",
+            "-f",
+        )
+    });
+    // Any answer: without a token it is 401.
+    wait_until("nginx", Duration::from_secs(10), || {
+        answers(
+            &lab.ns("c"),
+            &format!("http://{SERVER}:8080/api/v1/products/1"),
+            "-S",
+        )
     });
     let mut genuine_seen: Vec<Req> = Vec::new();
 
