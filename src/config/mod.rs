@@ -98,6 +98,33 @@ struct RawConfig {
     webhook: Vec<RawWebhook>,
     /// `[enforce]`: gateway checks, decisions, bouncers.
     enforce: Option<crate::enforce::RawEnforce>,
+    /// `[tls]`: client fingerprints.
+    #[serde(default)]
+    tls: RawTls,
+}
+
+/// `[tls]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// Read ClientHellos on the mirror (default true).
+    enabled: Option<bool>,
+    /// Request headers carrying the client's JA4 from a TLS-terminating edge (default
+    /// `CloudFront-Viewer-JA4-Fingerprint`, `X-JA4`).
+    ja4_headers: Option<Vec<String>>,
+    /// Request header naming the edge's viewer as `ip:port` (default
+    /// `CloudFront-Viewer-Address`); `""` turns the join off.
+    viewer_address_header: Option<String>,
+    /// Devices with valid tokens that make a fingerprint the app's (default 3).
+    learn_devices: Option<usize>,
+    /// Fingerprints followed per app (default 64).
+    max_fingerprints_per_app: Option<usize>,
+    /// Devices remembered (default 100000).
+    max_devices: Option<usize>,
+    /// How long a device's sighting with the app's fingerprint counts (default 600).
+    device_window_secs: Option<f64>,
+    /// Known scripting-library JA4 fingerprints.
+    scripting_ja4: Option<Vec<String>>,
 }
 
 /// `[[webhook]]`
@@ -631,6 +658,35 @@ impl Config {
                     Duration::from_secs(3600),
                 )?,
             });
+        }
+        let t = &raw.tls;
+        let tls = &mut c.detect.tls;
+        tls.enabled = t.enabled.unwrap_or(true);
+        if let Some(h) = &t.ja4_headers {
+            tls.ja4_headers = h.iter().map(|x| x.trim().to_ascii_lowercase()).collect();
+        }
+        if let Some(h) = &t.viewer_address_header {
+            let h = h.trim().to_ascii_lowercase();
+            tls.viewer_address_header = (!h.is_empty()).then_some(h);
+        }
+        tls.learn_devices = positive("tls.learn_devices", t.learn_devices, tls.learn_devices)?;
+        tls.max_per_app = positive(
+            "tls.max_fingerprints_per_app",
+            t.max_fingerprints_per_app,
+            tls.max_per_app,
+        )?;
+        tls.max_devices = positive("tls.max_devices", t.max_devices, tls.max_devices)?;
+        tls.device_window = secs("tls.device_window_secs", t.device_window_secs, tls.device_window)?;
+        if let Some(list) = &t.scripting_ja4 {
+            for j in list {
+                if j.len() != 36 || !j.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return Err(err(
+                        "tls.scripting_ja4",
+                        &format!("`{j}` is not a JA4 fingerprint (36 characters, like t13d1516h2_8daaf6152771_e5627efa2ab1)"),
+                    ));
+                }
+            }
+            tls.scripting = list.iter().cloned().collect();
         }
         if let Some(e) = &raw.enforce {
             c.enforce =

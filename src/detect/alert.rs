@@ -311,6 +311,11 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                 v.sort();
                 ("addresses", json!(v))
             }
+            EvidenceField::Fingerprints => {
+                let mut v: Vec<String> = ep.ja4s.iter().map(|d| d.to_string()).collect();
+                v.sort();
+                ("fingerprints", json!(v))
+            }
             EvidenceField::Devices => {
                 let mut v: Vec<String> = ep.devices.iter().map(|d| d.to_string()).collect();
                 v.sort();

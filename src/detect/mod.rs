@@ -15,6 +15,7 @@
 mod alert;
 pub mod exposure;
 mod extract;
+pub mod fingerprint;
 pub use crate::intern;
 mod inventory;
 mod objects;
@@ -103,6 +104,16 @@ pub struct Event {
     /// Set by the engine: attested devices recently seen behind the client address when it
     /// is a shared address (carrier NAT, corporate proxy), else 0.
     pub shared_devices: u32,
+    /// The client's TLS fingerprint (JA4): from the edge's header, or (set by the engine)
+    /// joined from the handshake the viewer made.
+    #[serde(default)]
+    pub ja4: Option<Arc<str>>,
+    /// The edge's viewer (`CloudFront-Viewer-Address`), to join with its handshake.
+    #[serde(default)]
+    pub viewer: Option<std::net::SocketAddr>,
+    /// Set by the engine: the fingerprint's marks (`fingerprint::APP`, ...).
+    #[serde(default)]
+    pub fingerprint: u8,
 }
 
 impl Event {
@@ -159,6 +170,7 @@ impl Event {
                     .clone()
                     .unwrap_or_else(|| self.principal().into()),
             )),
+            KeyField::Ja4 => self.ja4.clone().map(KeyValue::Str),
             KeyField::FieldSet => (!self.exposed.is_empty()).then(|| {
                 let mut v: Vec<String> = self
                     .exposed
@@ -414,6 +426,8 @@ pub struct DetectConfig {
     /// Detect shards (`[runtime] detect_shards`): threads the per-rule key state is spread
     /// over by key. The alerts do not depend on it.
     pub shards: usize,
+    /// TLS fingerprints (`[tls]`): learning the app's, joining handshakes.
+    pub tls: fingerprint::TlsConfig,
 }
 
 impl Default for DetectConfig {
@@ -428,6 +442,7 @@ impl Default for DetectConfig {
             shared: shared::SharedConfig::default(),
             budget: Budget::default(),
             shards: 1,
+            tls: fingerprint::TlsConfig::default(),
         }
     }
 }
@@ -438,6 +453,8 @@ pub struct Engine {
     registry: Registry,
     owners: objects::Owners,
     shared: shared::SharedAddresses,
+    /// TLS fingerprints learned per app and device, and handshakes waiting to be joined.
+    prints: fingerprint::Fingerprints,
     public_fields: publicity::PublicFields,
     routes: Vec<crate::rules::PinnedRoute>,
     inventory: inventory::Inventory,
@@ -505,6 +522,7 @@ impl Engine {
                     .min(fits(Table::Shared, shared::ADDRESS_BYTES)),
                 ..cfg.shared.clone()
             }),
+            prints: fingerprint::Fingerprints::new(cfg.tls.clone()),
             seq: 0,
             shards,
             merge: std::collections::BinaryHeap::new(),
@@ -594,6 +612,21 @@ impl Engine {
         ev.shared_devices =
             self.shared
                 .observe(ev.ts, ev.actor.ip, ev.actor.device.as_deref(), ev.attested);
+        if ev.ja4.is_none()
+            && let Some(v) = ev.viewer
+        {
+            ev.ja4 = self.prints.joined(v, ev.ts);
+        }
+        if let Some(j) = &ev.ja4 {
+            ev.fingerprint = self.prints.observe(
+                ev.family.as_ref(),
+                j,
+                ev.verdict,
+                ev.actor.device.as_ref(),
+                ev.actor.ip,
+                ev.ts,
+            );
+        }
         self.registry.observe(
             ev.ts,
             ev.actor.ip,
@@ -606,6 +639,17 @@ impl Engine {
         if self.shards.inline() {
             self.settle(out);
         }
+    }
+
+    /// A TLS handshake seen on the mirror: `client` sent fingerprint `ja4` at `ts`.
+    /// Transactions behind an edge naming that viewer take it.
+    pub fn hello(&mut self, client: std::net::SocketAddr, ja4: Arc<str>, ts: Timestamp) {
+        self.prints.hello(client, ja4, ts);
+    }
+
+    /// TLS fingerprint learning's counters and the fingerprints learned per app.
+    pub fn fingerprints(&self) -> (fingerprint::FingerprintStats, Vec<(String, usize)>) {
+        (self.prints.stats, self.prints.learned())
     }
 
     /// Sends the event to the shards owning the keys of the rules it matched (after a
@@ -897,6 +941,9 @@ impl Engine {
 
 pub(crate) fn matcher_matches(m: &Matcher, ev: &Event) -> bool {
     if m.attested.is_some_and(|a| a != ev.attested) {
+        return false;
+    }
+    if m.fingerprint.is_some_and(|bits| bits & ev.fingerprint == 0) {
         return false;
     }
     if m.shared_address

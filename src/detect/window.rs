@@ -91,6 +91,8 @@ pub(super) struct Episode {
     /// Requests by ownership of their objects, and the other principals' objects touched.
     pub ownership: [u32; 6],
     pub foreign_ids: Vec<ObjectRef>,
+    /// Distinct TLS fingerprints (JA4).
+    pub ja4s: Vec<Arc<str>>,
     pub succeeded: u32,
     /// Sensitive fields exposed: (path, class, a masked sample).
     pub exposed: Vec<(Arc<str>, &'static str, Arc<str>)>,
@@ -176,6 +178,7 @@ impl Episode {
             usernames: Vec::new(),
             ownership: [0; 6],
             foreign_ids: Vec::new(),
+            ja4s: Vec::new(),
             succeeded: 0,
             exposed: Vec::new(),
             records_max: 0,
@@ -206,6 +209,7 @@ impl Episode {
             + self.families.capacity() * size_of::<(Arc<str>, u32)>()
             + self.statuses.capacity() * size_of::<(u16, u32)>()
             + self.foreign_ids.capacity() * size_of::<ObjectRef>()
+            + self.ja4s.capacity() * size_of::<Arc<str>>()
             + self.exposed.capacity() * size_of::<(Arc<str>, &'static str, Arc<str>)>()
     }
 
@@ -276,6 +280,11 @@ impl Episode {
                     push_distinct(&mut self.foreign_ids, x, t);
                 }
             }
+        }
+        if wants(EvidenceField::Fingerprints)
+            && let Some(j) = &ev.ja4
+        {
+            push_distinct(&mut self.ja4s, j, t);
         }
         if ev.status.is_some_and(|s| (200..300).contains(&s)) {
             self.succeeded += 1;

@@ -60,6 +60,10 @@ const BUILTIN: &[(&str, &str)] = &[
         "token-abuse.yaml",
         include_str!("../../rules/token-abuse.yaml"),
     ),
+    (
+        "tls-fingerprints.yaml",
+        include_str!("../../rules/tls-fingerprints.yaml"),
+    ),
 ];
 
 /// Where the built-in pack's test captures are looked up (`rules/` of the source tree);
@@ -117,6 +121,8 @@ pub enum KeyField {
     Principal,
     /// The set of sensitive field paths (and classes) a response exposed.
     FieldSet,
+    /// The client's TLS fingerprint (JA4), from the handshake or the edge.
+    Ja4,
 }
 
 impl KeyField {
@@ -131,6 +137,7 @@ impl KeyField {
             KeyField::Username => "username",
             KeyField::Principal => "principal",
             KeyField::FieldSet => "field_set",
+            KeyField::Ja4 => "ja4",
         }
     }
 }
@@ -168,6 +175,8 @@ pub enum EvidenceField {
     ForeignObjects,
     /// Sensitive field paths exposed, with their class and a masked sample.
     ExposedFields,
+    /// Distinct TLS client fingerprints (JA4).
+    Fingerprints,
 }
 
 /// Response status condition: an exact code or a class (`4xx`).
@@ -219,6 +228,9 @@ pub struct Matcher {
     pub attested: Option<bool>,
     /// Only requests from (or not from) a shared address (many attested devices behind it).
     pub shared_address: Option<bool>,
+    /// Only requests whose TLS fingerprint has one of these marks (`app`, `scripting`,
+    /// `foreign`, `unknown`; bits of `detect::fingerprint`).
+    pub fingerprint: Option<u8>,
 }
 
 impl Matcher {

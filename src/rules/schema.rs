@@ -120,6 +120,10 @@ struct RawMatch {
     /// Only requests from (true) or not from (false) a shared address (carrier NAT, proxy:
     /// many attested devices behind it).
     shared_address: Option<bool>,
+    /// Only requests whose TLS fingerprint (JA4) is marked so: `app` (the app's valid tokens
+    /// use it), `scripting` (a known scripting library), `foreign` (a valid token whose
+    /// device uses the app's fingerprint elsewhere), `unknown` (not the app's).
+    fingerprint: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +227,8 @@ pub struct TestTransaction {
     pub returns: Vec<String>,
     /// The JSON response body, scanned for sensitive data as a real one would be.
     pub body: Option<serde_json::Value>,
+    /// The client's TLS fingerprint (JA4), as the edge or the handshake gives it.
+    pub ja4: Option<String>,
 }
 
 fn get() -> String {
@@ -406,7 +412,8 @@ fn matcher_fingerprint(m: &RawMatch) -> String {
             .map(|v| v.value.iter().map(|s| s.value.clone()).collect::<Vec<_>>())
     };
     format!(
-        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+        "{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}{:?}",
+        strs(&m.fingerprint),
         strs(&m.methods),
         strs(&m.routes),
         strs(&m.hosts),
@@ -599,6 +606,25 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     out.denied = m.denied;
     out.attested = m.attested;
     out.shared_address = m.shared_address;
+    if let Some(fp) = &m.fingerprint {
+        let mut bits = 0u8;
+        for name in &fp.value {
+            match crate::detect::fingerprint::MARKS
+                .iter()
+                .find(|(n, _)| *n == name.value)
+            {
+                Some((_, b)) => bits |= b,
+                None => ctx.error(
+                    name.referenced,
+                    format!(
+                        "fingerprint: `{}` is not a mark (app, scripting, foreign, unknown)",
+                        name.value
+                    ),
+                ),
+            }
+        }
+        out.fingerprint = Some(bits);
+    }
     if let Some(cs) = &m.exposed_classes {
         out.exposed_classes = Some(classes(ctx, "exposed_classes", &cs.value));
     }

@@ -102,6 +102,9 @@ fn test_event(tx: &TestTransaction) -> Event {
                 id: Arc::from(id),
             })
             .collect(),
+        ja4: tx.ja4.as_deref().map(Arc::from),
+        viewer: None,
+        fingerprint: 0,
         ownership: None,
         cross_user: false,
         exposure: tx.body.as_ref().map(|b| {

@@ -791,6 +791,8 @@ struct HttpHandler {
     events: Vec<ordering::Ordered>,
     login: LoginConfig,
     scan_responses: bool,
+    /// Edge headers naming the client's TLS fingerprint and viewer address (`[tls]`).
+    tls: Arc<crate::detect::fingerprint::TlsConfig>,
     /// When the batch being processed started its way through the pipeline.
     batch_created: Option<Instant>,
     /// Packet-to-transaction latency, microseconds.
@@ -814,6 +816,7 @@ impl HttpHandler {
             events: Vec::new(),
             login: cfg.detect.login.clone(),
             scan_responses: cfg.detect.scan_responses,
+            tls: Arc::new(cfg.detect.tls.clone()),
             batch_created: None,
             // 1 µs to 60 s at 2 significant digits.
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
@@ -871,6 +874,7 @@ impl HttpHandler {
                 &judges.attribution,
                 &self.login,
                 self.scan_responses,
+                &self.tls,
                 client,
                 &tx,
                 route.unwrap_or_default(),
@@ -920,6 +924,7 @@ fn event(
     attribution: &Attribution,
     login: &LoginConfig,
     scan_responses: bool,
+    tls: &crate::detect::fingerprint::TlsConfig,
     client: SocketAddr,
     tx: &Transaction,
     route: &str,
@@ -982,6 +987,27 @@ fn event(
         endpoint: None,
         principal_key: None,
         body_bytes: tx.response.as_ref().map(|r| r.body.wire_len),
+        ja4: edge_ja4(tls, &req.headers),
+        viewer: tls
+            .viewer_address_header
+            .as_deref()
+            .and_then(|h| header(&req.headers, h))
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse().ok()),
+        fingerprint: 0,
+    })
+}
+
+/// The client's JA4 as a TLS-terminating edge forwards it (`[tls] ja4_headers`): 36
+/// characters of the JA4 alphabet, else ignored.
+pub(crate) fn edge_ja4(
+    tls: &crate::detect::fingerprint::TlsConfig,
+    headers: &[crate::http::Header],
+) -> Option<Arc<str>> {
+    tls.ja4_headers.iter().find_map(|h| {
+        let v = std::str::from_utf8(header(headers, h)?).ok()?.trim();
+        (v.len() == 36 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .then(|| Arc::from(v))
     })
 }
 
