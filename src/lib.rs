@@ -35,6 +35,8 @@ pub mod reassembly;
 
 pub mod http;
 
+pub mod tls;
+
 pub mod token;
 
 pub mod actor;

@@ -22,6 +22,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("decode", 1),
     ("reassembly", 1),
     ("http", 1),
+    ("tls", 1),
     // 2 judges.
     ("token", 2),
     ("actor", 2),
