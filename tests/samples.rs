@@ -152,7 +152,13 @@ fn replay(capture: &Path, workers: usize) -> String {
         o.status.code(),
         String::from_utf8_lossy(&o.stderr)
     );
-    std::fs::read_to_string(&out).expect("transactions written")
+    // TLS handshake records (`"record":"tls"`) are not transactions.
+    std::fs::read_to_string(&out)
+        .expect("transactions written")
+        .lines()
+        .filter(|l| !l.contains("\"record\":\"tls\""))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 fn show(k: &Key) -> String {

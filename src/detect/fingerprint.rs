@@ -42,6 +42,16 @@ pub const MARKS: [(&str, u8); 4] = [
     ("unknown", UNKNOWN),
 ];
 
+/// Scripting-library fingerprints recorded from Debian 12's clients (`scripts/record_tls.py`,
+/// `tests/fixtures/tls/`): curl 7.88, Python 3.11's default `ssl` context, OpenSSL 3.0's
+/// `s_client` (TLS 1.3, and TLS 1.2 without SNI).
+pub const DEFAULT_SCRIPTING: &[&str] = &[
+    "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6",
+    "t13d181100_85036bcba153_d41ae481755e",
+    "t13d311000_e8f1e7e78f70_1f22a2ca17c4",
+    "t12i280600_d943125447b4_e7e480e5a997",
+];
+
 /// `[tls]`
 #[derive(Clone, Debug)]
 pub struct TlsConfig {
@@ -77,7 +87,7 @@ impl Default for TlsConfig {
             max_per_app: 64,
             max_devices: 100_000,
             device_window: Duration::from_secs(600),
-            scripting: HashSet::new(),
+            scripting: DEFAULT_SCRIPTING.iter().map(|s| s.to_string()).collect(),
             max_hellos: 65_536,
         }
     }

@@ -776,6 +776,19 @@ fn copy_meta(seg: &TcpSegment<'_>, ts: Timestamp) -> SegMeta {
 struct ConnState {
     http: HttpConn,
     seq: u64,
+    tls: TlsProbe,
+}
+
+/// Whether a connection is TLS, learnt from its first bytes.
+enum TlsProbe {
+    /// No byte seen yet.
+    Unknown,
+    /// A handshake being read (the first direction's bytes, up to `tls::MAX_HELLO_BYTES`).
+    Reading(Direction, Vec<u8>),
+    /// TLS: encrypted from here on, nothing for HTTP.
+    Tls,
+    /// Not TLS (or TLS reading is off): HTTP.
+    Plain,
 }
 
 /// The per-worker end of the pipeline: reassembled streams → HTTP → token → records and
@@ -823,6 +836,88 @@ impl HttpHandler {
             names: Default::default(),
             route_buf: String::new(),
         }
+    }
+
+    /// TLS detection on a connection's first bytes; true when the bytes were TLS (and
+    /// must not reach the HTTP parser).
+    fn tls_probe(
+        &mut self,
+        st: &mut ConnState,
+        conn: &ConnInfo,
+        dir: Direction,
+        bytes: &[u8],
+        ts: Timestamp,
+    ) -> bool {
+        if matches!(st.tls, TlsProbe::Unknown) {
+            if bytes.is_empty() {
+                return false;
+            }
+            if !crate::tls::looks_like_tls(bytes) {
+                st.tls = TlsProbe::Plain;
+                return false;
+            }
+            self.stats.tls_connections += 1;
+            st.tls = TlsProbe::Reading(dir, Vec::new());
+        }
+        let TlsProbe::Reading(first, buf) = &mut st.tls else {
+            return matches!(st.tls, TlsProbe::Tls);
+        };
+        if *first != dir {
+            // The other side answered before the hello was whole: it never will be.
+            *self.stats.tls_errors.entry("truncated").or_default() += 1;
+            st.tls = TlsProbe::Tls;
+            return true;
+        }
+        let room = crate::tls::MAX_HELLO_BYTES.saturating_sub(buf.len());
+        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let from_client = *first == Direction::ClientToServer;
+        match crate::tls::client_hello(buf) {
+            Ok(None) if buf.len() < crate::tls::MAX_HELLO_BYTES => return true,
+            Ok(None) => {
+                *self.stats.tls_errors.entry("too-large").or_default() += 1;
+            }
+            Err(e) => {
+                *self.stats.tls_errors.entry(e.as_str()).or_default() += 1;
+            }
+            Ok(Some(h)) => {
+                self.stats.tls_hellos += 1;
+                let (client, server) = if from_client {
+                    (conn.client, conn.server)
+                } else {
+                    (conn.server, conn.client)
+                };
+                let ja4 = crate::tls::ja4(&h);
+                if self.write_lines {
+                    let (ja3, ja3_hash) = crate::tls::ja3(&h);
+                    let rec = serde_json::json!({
+                        "ts": ts.rfc3339(),
+                        "record": "tls",
+                        "client": {"ip": client.ip().to_string(), "port": client.port()},
+                        "server": {"ip": server.ip().to_string(), "port": server.port()},
+                        "sni": h.sni,
+                        "alpn": h.alpn,
+                        "ja4": ja4,
+                        "ja3": ja3,
+                        "ja3_hash": ja3_hash,
+                    });
+                    if serde_json::to_writer(&mut self.lines, &rec).is_ok() {
+                        self.lines.push(b'\n');
+                    }
+                }
+                st.seq += 1;
+                self.events.push(ordering::Ordered {
+                    at: ts,
+                    ts,
+                    client,
+                    server,
+                    seq: st.seq,
+                    bytes: 64 + ja4.len(),
+                    item: ordering::Item::Hello(Arc::from(ja4)),
+                });
+            }
+        }
+        st.tls = TlsProbe::Tls;
+        true
     }
 
     fn drain(&mut self, st: &mut ConnState, conn: &ConnInfo, at: Timestamp) {
@@ -891,7 +986,7 @@ impl HttpHandler {
                     server,
                     seq: st.seq,
                     bytes: ev.bytes(),
-                    event: Box::new(ev),
+                    item: ordering::Item::Event(Box::new(ev)),
                 });
             }
             if self.write_lines {
@@ -1044,6 +1139,11 @@ impl StreamHandler for HttpHandler {
         ConnState {
             http: HttpConn::new(),
             seq: 0,
+            tls: if self.tls.enabled {
+                TlsProbe::Unknown
+            } else {
+                TlsProbe::Plain
+            },
         }
     }
 
@@ -1055,6 +1155,9 @@ impl StreamHandler for HttpHandler {
         bytes: &[u8],
         ts: Timestamp,
     ) {
+        if !matches!(st.tls, TlsProbe::Plain) && self.tls_probe(st, conn, dir, bytes, ts) {
+            return;
+        }
         if st.http.opaque() {
             return;
         }
@@ -1079,6 +1182,15 @@ impl StreamHandler for HttpHandler {
         len: u64,
         ts: Timestamp,
     ) {
+        if matches!(st.tls, TlsProbe::Tls | TlsProbe::Reading(..)) {
+            // A hole in a handshake: the hello cannot be read whole.
+            if matches!(st.tls, TlsProbe::Reading(..)) {
+                *self.stats.tls_errors.entry("gap").or_default() += 1;
+                st.tls = TlsProbe::Tls;
+            }
+            return;
+        }
+        st.tls = TlsProbe::Plain;
         if st.http.opaque() {
             return;
         }
@@ -1096,7 +1208,11 @@ impl StreamHandler for HttpHandler {
     }
 
     fn held_bytes(&self, st: &ConnState) -> usize {
-        st.http.held_bytes()
+        let tls = match &st.tls {
+            TlsProbe::Reading(_, b) => b.capacity(),
+            _ => 0,
+        };
+        st.http.held_bytes() + tls
     }
 
     fn close(&mut self, mut st: ConnState, conn: &ConnInfo, _reason: CloseReason, ts: Timestamp) {

@@ -40,7 +40,16 @@ pub(super) struct Ordered {
     pub bytes: usize,
     /// Boxed: the heap moves entries on every push and pop, and an event is several
     /// hundred bytes (a busy port holds seconds of them).
-    pub event: Box<Event>,
+    pub item: Item,
+}
+
+/// What a worker hands to detection, in packet-time order.
+pub(super) enum Item {
+    /// A transaction.
+    Event(Box<Event>),
+    /// A TLS ClientHello: the client sent this JA4 fingerprint (joined with transactions
+    /// behind an edge that names the client's address and port).
+    Hello(Arc<str>),
 }
 
 impl Ordered {
@@ -189,7 +198,10 @@ pub(super) fn run(
             } else {
                 *last = Some(k);
             }
-            engine.observe_owned(*o.event, alerts);
+            match o.item {
+                Item::Event(ev) => engine.observe_owned(*ev, alerts),
+                Item::Hello(ja4) => engine.hello(o.client, ja4, o.ts),
+            }
         };
     while let Ok(batch) = rx.recv() {
         let current = shared.rules.load_full();

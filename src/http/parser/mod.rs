@@ -100,6 +100,14 @@ pub struct HttpStats {
     pub gap_unanswered: u64,
     /// Bytes produced by content decoding.
     pub body_bytes_decoded: u64,
+    /// Connections that began with a TLS handshake (not parsed as HTTP), their
+    /// ClientHellos fingerprinted, and hellos that could not be read (by reason).
+    #[serde(default)]
+    pub tls_connections: u64,
+    #[serde(default)]
+    pub tls_hellos: u64,
+    #[serde(default)]
+    pub tls_errors: BTreeMap<&'static str, u64>,
     /// Limits reached: head, headers, body, decoded, ratio, pending.
     pub cap_hits: BTreeMap<&'static str, u64>,
 }
@@ -116,6 +124,11 @@ impl HttpStats {
         self.unparsable_heads += other.unparsable_heads;
         self.gap_unanswered += other.gap_unanswered;
         self.body_bytes_decoded += other.body_bytes_decoded;
+        self.tls_connections += other.tls_connections;
+        self.tls_hellos += other.tls_hellos;
+        for (k, v) in &other.tls_errors {
+            *self.tls_errors.entry(k).or_default() += v;
+        }
         for (mine, theirs) in [
             (&mut self.anomalies_by_kind, &other.anomalies_by_kind),
             (&mut self.by_method_class, &other.by_method_class),
