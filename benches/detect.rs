@@ -65,6 +65,9 @@ fn events() -> Vec<Event> {
                 foreign: Vec::new(),
                 attested: false,
                 shared_devices: 0,
+                ja4: None,
+                viewer: None,
+                fingerprint: 0,
             }
         })
         .collect()

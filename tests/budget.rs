@@ -67,6 +67,9 @@ fn event(i: u64, ts: Timestamp, verdict: Verdict) -> Event {
         foreign: Vec::new(),
         attested: false,
         shared_devices: 0,
+        ja4: None,
+        viewer: None,
+        fingerprint: 0,
     }
 }
 

@@ -60,6 +60,9 @@ fuzz_target!(|data: &[u8]| {
             foreign: Vec::new(),
             attested: false,
             shared_devices: 0,
+            ja4: None,
+            viewer: None,
+            fingerprint: 0,
         };
         engine.observe(&ev, &mut out);
     }

@@ -676,13 +676,19 @@ impl Config {
             tls.max_per_app,
         )?;
         tls.max_devices = positive("tls.max_devices", t.max_devices, tls.max_devices)?;
-        tls.device_window = secs("tls.device_window_secs", t.device_window_secs, tls.device_window)?;
+        tls.device_window = secs(
+            "tls.device_window_secs",
+            t.device_window_secs,
+            tls.device_window,
+        )?;
         if let Some(list) = &t.scripting_ja4 {
             for j in list {
                 if j.len() != 36 || !j.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                     return Err(err(
                         "tls.scripting_ja4",
-                        &format!("`{j}` is not a JA4 fingerprint (36 characters, like t13d1516h2_8daaf6152771_e5627efa2ab1)"),
+                        &format!(
+                            "`{j}` is not a JA4 fingerprint (36 characters, like t13d1516h2_8daaf6152771_e5627efa2ab1)"
+                        ),
                     ));
                 }
             }

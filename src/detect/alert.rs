@@ -179,11 +179,13 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
     }
     // A valid token over a script's TLS stack (or beside its device, over another stack)
     // is a lifted token: its device id and user are the victim's, never the actor's.
-    if rule.matcher.fingerprint.is_some_and(|b| {
-        b & (super::fingerprint::SCRIPTING | super::fingerprint::FOREIGN) != 0
-    }) && !fields
-        .iter()
-        .any(|f| matches!(f, KeyField::Device | KeyField::User | KeyField::Principal))
+    if rule
+        .matcher
+        .fingerprint
+        .is_some_and(|b| b & (super::fingerprint::SCRIPTING | super::fingerprint::FOREIGN) != 0)
+        && !fields
+            .iter()
+            .any(|f| matches!(f, KeyField::Device | KeyField::User | KeyField::Principal))
     {
         actor.device = None;
         actor.user = None;

@@ -293,29 +293,67 @@ mod tests {
     fn a_release_is_learned_and_a_lifted_token_is_foreign() {
         let mut f = Fingerprints::new(TlsConfig::default());
         let app: Arc<str> = "approov".into();
-        let (r1, r2, curl): (Arc<str>, Arc<str>, Arc<str>) = ("r1".into(), "r2".into(), "curl".into());
+        let (r1, r2, curl): (Arc<str>, Arc<str>, Arc<str>) =
+            ("r1".into(), "r2".into(), "curl".into());
         let dev = |i: u32| -> Arc<str> { format!("dev-{i}").into() };
         let ip = |i: u8| IpAddr::from([10, 0, 0, i]);
         // Three devices make r1 the app's.
         for i in 0..3 {
-            let m = f.observe(Some(&app), &r1, Verdict::Valid, Some(&dev(i)), ip(i as u8), t(1));
+            let m = f.observe(
+                Some(&app),
+                &r1,
+                Verdict::Valid,
+                Some(&dev(i)),
+                ip(i as u8),
+                t(1),
+            );
             assert_eq!(m & APP, if i < 2 { 0 } else { APP });
         }
-        assert_eq!(f.observe(Some(&app), &r1, Verdict::Valid, Some(&dev(0)), ip(0), t(2)), APP);
+        assert_eq!(
+            f.observe(Some(&app), &r1, Verdict::Valid, Some(&dev(0)), ip(0), t(2)),
+            APP
+        );
         // A new release from the devices' own addresses: unknown, never foreign, then learned.
         for i in 3..6 {
-            f.observe(Some(&app), &r1, Verdict::Valid, Some(&dev(i)), ip(i as u8), t(3));
+            f.observe(
+                Some(&app),
+                &r1,
+                Verdict::Valid,
+                Some(&dev(i)),
+                ip(i as u8),
+                t(3),
+            );
         }
         for i in 3..6 {
-            let m = f.observe(Some(&app), &r2, Verdict::Valid, Some(&dev(i)), ip(i as u8), t(4));
+            let m = f.observe(
+                Some(&app),
+                &r2,
+                Verdict::Valid,
+                Some(&dev(i)),
+                ip(i as u8),
+                t(4),
+            );
             assert_eq!(m & FOREIGN, 0, "an upgrade is not a lifted token");
         }
-        assert_eq!(f.observe(Some(&app), &r2, Verdict::Valid, Some(&dev(9)), ip(9), t(5)), APP);
+        assert_eq!(
+            f.observe(Some(&app), &r2, Verdict::Valid, Some(&dev(9)), ip(9), t(5)),
+            APP
+        );
         // dev-0's token from another address with curl's stack: foreign.
-        let m = f.observe(Some(&app), &curl, Verdict::Valid, Some(&dev(0)), ip(66), t(6));
+        let m = f.observe(
+            Some(&app),
+            &curl,
+            Verdict::Valid,
+            Some(&dev(0)),
+            ip(66),
+            t(6),
+        );
         assert_eq!(m, UNKNOWN | FOREIGN);
         // Unattested traffic with the app's fingerprint is marked app.
-        assert_eq!(f.observe(Some(&app), &r1, Verdict::Missing, None, ip(77), t(7)), APP);
+        assert_eq!(
+            f.observe(Some(&app), &r1, Verdict::Missing, None, ip(77), t(7)),
+            APP
+        );
         assert_eq!(f.learned(), vec![("approov".to_string(), 2)]);
     }
 
@@ -329,7 +367,11 @@ mod tests {
         let b: SocketAddr = "192.0.2.1:50001".parse().unwrap();
         let c: SocketAddr = "192.0.2.2:40000".parse().unwrap();
         f.hello(a, "x".into(), t(1));
-        assert_eq!(f.joined(a, t(0)), None, "a handshake after the request is not its own");
+        assert_eq!(
+            f.joined(a, t(0)),
+            None,
+            "a handshake after the request is not its own"
+        );
         assert_eq!(f.joined(a, t(2)).as_deref(), Some("x"));
         f.hello(b, "y".into(), t(2));
         f.hello(c, "z".into(), t(3));

@@ -369,6 +369,12 @@ pub struct DetectStats {
     pub shared_addresses: u64,
     pub shared_addresses_learned: u64,
     pub shared_addresses_evicted: u64,
+    /// TLS fingerprints: learned as an app's (all apps), events carrying one, handshakes
+    /// noted and transactions that took a handshake's fingerprint through the edge.
+    pub tls_fingerprints_learned: u64,
+    pub tls_fingerprinted_events: u64,
+    pub tls_hellos_noted: u64,
+    pub tls_joined: u64,
     pub alerts_by_rule: BTreeMap<String, u64>,
 }
 
@@ -394,6 +400,10 @@ impl DetectStats {
         self.shared_addresses += o.shared_addresses;
         self.shared_addresses_learned += o.shared_addresses_learned;
         self.shared_addresses_evicted += o.shared_addresses_evicted;
+        self.tls_fingerprints_learned += o.tls_fingerprints_learned;
+        self.tls_fingerprinted_events += o.tls_fingerprinted_events;
+        self.tls_hellos_noted += o.tls_hellos_noted;
+        self.tls_joined += o.tls_joined;
         for (k, v) in &o.alerts_by_rule {
             *self.alerts_by_rule.entry(k.clone()).or_default() += v;
         }
@@ -588,6 +598,11 @@ impl Engine {
         s.shared_addresses_learned = sh.learned;
         s.shared_addresses_evicted = sh.evicted;
         s.public_fields = self.public_fields.public_count() as u64;
+        let p = self.prints.stats;
+        s.tls_fingerprints_learned = p.learned;
+        s.tls_fingerprinted_events = p.events;
+        s.tls_hellos_noted = p.hellos;
+        s.tls_joined = p.joined;
         s
     }
 

@@ -53,6 +53,9 @@ fn ev(secs: f64, ip: &str) -> Event {
         foreign: Vec::new(),
         attested: false,
         shared_devices: 0,
+        ja4: None,
+        viewer: None,
+        fingerprint: 0,
     }
 }
 

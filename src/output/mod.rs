@@ -39,6 +39,9 @@ impl From<SocketAddr> for Endpoint {
 #[derive(Serialize)]
 struct TxRecord<'a> {
     ts: String,
+    /// The client's TLS fingerprint as the edge forwarded it (`[tls] ja4_headers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ja4: Option<&'a str>,
     client: Endpoint,
     server: Endpoint,
     method: Option<&'a str>,
@@ -70,6 +73,7 @@ fn text(v: &[u8]) -> String {
 }
 
 /// Appends one transaction record line to `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn write_transaction(
     out: &mut Vec<u8>,
     conn: &ConnInfo,
@@ -78,6 +82,7 @@ pub fn write_transaction(
     attestation: Option<&Attestation>,
     user: Option<&UserId>,
     route: Option<&str>,
+    ja4: Option<&str>,
 ) {
     let (client, server) = if swapped {
         (conn.server, conn.client)
@@ -93,6 +98,7 @@ pub fn write_transaction(
     let path = req.map(|r| path_of(&r.target));
     let rec = TxRecord {
         ts: ts.rfc3339(),
+        ja4,
         client: client.into(),
         server: server.into(),
         method: req.map(|r| r.method.as_str()),

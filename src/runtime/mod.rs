@@ -874,7 +874,7 @@ impl HttpHandler {
         match crate::tls::client_hello(buf) {
             Ok(None) if buf.len() < crate::tls::MAX_HELLO_BYTES => return true,
             Ok(None) => {
-                *self.stats.tls_errors.entry("too-large").or_default() += 1;
+                *self.stats.tls_errors.entry("too_large").or_default() += 1;
             }
             Err(e) => {
                 *self.stats.tls_errors.entry(e.as_str()).or_default() += 1;
@@ -990,6 +990,10 @@ impl HttpHandler {
                 });
             }
             if self.write_lines {
+                let ja4 = tx
+                    .request
+                    .as_ref()
+                    .and_then(|r| edge_ja4(&self.tls, &r.headers));
                 write_transaction(
                     &mut self.lines,
                     conn,
@@ -998,6 +1002,7 @@ impl HttpHandler {
                     att.as_ref(),
                     user.as_ref(),
                     pinned.as_deref().or(route),
+                    ja4.as_deref(),
                 );
             }
         }

@@ -60,6 +60,11 @@ pub const NAMES: &[&str] = &[
     "http_responses",
     "http_transactions",
     "http_anomalies",
+    "tls_connections",
+    "tls_hellos",
+    "tls_errors",
+    "tls_fingerprints_learned",
+    "tls_fingerprinted_requests",
     "token_verdicts",
     "identity_verdicts",
     "token_cache_lookups",
@@ -586,6 +591,29 @@ impl Collector for Hub {
             "HTTP transactions (request and response) completed.",
             h.transactions,
         )?;
+        e.counter(
+            "tls_connections",
+            "Connections that began with a TLS handshake (fingerprinted, not parsed as HTTP).",
+            h.tls_connections,
+        )?;
+        e.counter(
+            "tls_hellos",
+            "TLS ClientHellos fingerprinted (JA4, JA3).",
+            h.tls_hellos,
+        )?;
+        e.labelled(
+            "tls_errors",
+            "TLS handshakes whose ClientHello could not be read, by reason.",
+            MetricType::Counter,
+            from_zero(
+                "reason",
+                crate::tls::TlsError::LABELS
+                    .iter()
+                    .copied()
+                    .chain(["truncated", "gap"]),
+                &h.tls_errors,
+            ),
+        )?;
         e.labelled(
             "http_anomalies",
             "HTTP protocol anomalies, by kind.",
@@ -666,6 +694,16 @@ impl Collector for Hub {
             "objects_evicted",
             "Objects evicted from the ownership map at its cap.",
             d.stats.objects_evicted,
+        )?;
+        e.gauge(
+            "tls_fingerprints_learned",
+            "TLS fingerprints learned as an app's (seen with valid tokens of many devices).",
+            d.stats.tls_fingerprints_learned as i64,
+        )?;
+        e.counter(
+            "tls_fingerprinted_requests",
+            "Requests carrying the client's TLS fingerprint (from the edge or a joined handshake).",
+            d.stats.tls_fingerprinted_events,
         )?;
         e.gauge(
             "shared_addresses",
