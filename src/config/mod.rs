@@ -125,6 +125,8 @@ struct RawTls {
     device_window_secs: Option<f64>,
     /// Known scripting-library JA4 fingerprints.
     scripting_ja4: Option<Vec<String>>,
+    /// `run`: the learned fingerprints are kept here across restarts.
+    state_file: Option<String>,
 }
 
 /// `[[webhook]]`
@@ -662,6 +664,7 @@ impl Config {
         let t = &raw.tls;
         let tls = &mut c.detect.tls;
         tls.enabled = t.enabled.unwrap_or(true);
+        tls.state_file = t.state_file.as_ref().map(std::path::PathBuf::from);
         if let Some(h) = &t.ja4_headers {
             tls.ja4_headers = h.iter().map(|x| x.trim().to_ascii_lowercase()).collect();
         }

@@ -75,6 +75,8 @@ pub struct TlsConfig {
     pub scripting: HashSet<String>,
     /// Handshakes waiting to be joined with a transaction (by client address and port).
     pub max_hellos: usize,
+    /// `run`: where the learned fingerprints are kept across restarts.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for TlsConfig {
@@ -89,6 +91,7 @@ impl Default for TlsConfig {
             device_window: Duration::from_secs(600),
             scripting: DEFAULT_SCRIPTING.iter().map(|s| s.to_string()).collect(),
             max_hellos: 65_536,
+            state_file: None,
         }
     }
 }
@@ -269,6 +272,53 @@ impl Fingerprints {
         }
     }
 
+    /// The learned fingerprints, per app, as saved across restarts.
+    pub fn save(&self) -> serde_json::Value {
+        let apps: std::collections::BTreeMap<String, Vec<String>> = self
+            .apps
+            .iter()
+            .map(|(f, p)| {
+                let mut v: Vec<String> = p
+                    .iter()
+                    .filter(|(_, x)| x.learned)
+                    .map(|(j, _)| j.to_string())
+                    .collect();
+                v.sort();
+                (f.to_string(), v)
+            })
+            .collect();
+        serde_json::json!({"version": 1, "learned": apps})
+    }
+
+    /// Restores what [`Fingerprints::save`] wrote (at most `max_per_app` per app). Returns
+    /// how many fingerprints were restored.
+    pub fn restore(&mut self, saved: &serde_json::Value) -> Result<usize, String> {
+        if saved["version"] != 1 {
+            return Err("not a version 1 fingerprints file".into());
+        }
+        let apps = saved["learned"]
+            .as_object()
+            .ok_or("no `learned` object")?;
+        let mut n = 0;
+        for (family, list) in apps {
+            let app = self.apps.entry(Arc::from(family.as_str())).or_default();
+            for j in list.as_array().into_iter().flatten().filter_map(|j| j.as_str()) {
+                if app.len() >= self.cfg.max_per_app {
+                    break;
+                }
+                app.insert(
+                    Arc::from(j),
+                    Print {
+                        devices: Vec::new(),
+                        learned: true,
+                    },
+                );
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Fingerprints learned per app (the summary's `fingerprints`).
     pub fn learned(&self) -> Vec<(String, usize)> {
         let mut v: Vec<(String, usize)> = self
@@ -355,6 +405,24 @@ mod tests {
             APP
         );
         assert_eq!(f.learned(), vec![("approov".to_string(), 2)]);
+    }
+
+    #[test]
+    fn learned_fingerprints_survive_a_restart() {
+        let mut f = Fingerprints::new(TlsConfig::default());
+        let app: Arc<str> = "approov".into();
+        let r1: Arc<str> = "r1".into();
+        for i in 0..3u8 {
+            let d: Arc<str> = format!("d{i}").into();
+            f.observe(Some(&app), &r1, Verdict::Valid, Some(&d), IpAddr::from([10, 0, 0, i]), t(1));
+        }
+        let saved = f.save();
+        let mut g = Fingerprints::new(TlsConfig::default());
+        assert_eq!(g.restore(&saved), Ok(1));
+        let d: Arc<str> = "new".into();
+        let m = g.observe(Some(&app), &r1, Verdict::Valid, Some(&d), IpAddr::from([10, 0, 0, 9]), t(2));
+        assert_eq!(m, APP, "known at once after the restart");
+        assert!(g.restore(&serde_json::json!({"version": 2})).is_err());
     }
 
     #[test]

@@ -662,6 +662,16 @@ impl Engine {
         self.prints.hello(client, ja4, ts);
     }
 
+    /// The TLS fingerprints learned, to keep across restarts (`[tls] state_file`).
+    pub fn save_fingerprints(&self) -> serde_json::Value {
+        self.prints.save()
+    }
+
+    /// Restores fingerprints learned before a restart.
+    pub fn restore_fingerprints(&mut self, saved: &serde_json::Value) -> Result<usize, String> {
+        self.prints.restore(saved)
+    }
+
     /// TLS fingerprint learning's counters and the fingerprints learned per app.
     pub fn fingerprints(&self) -> (fingerprint::FingerprintStats, Vec<(String, usize)>) {
         (self.prints.stats, self.prints.learned())

@@ -148,6 +148,9 @@ pub(super) fn run(
     } = to;
     let mut rules = shared.rules.load_full();
     let held_limit = cfg.budget.share(Table::Ordering);
+    // Live: the TLS fingerprints learned before a restart (replay always starts afresh,
+    // so a replay's alerts depend on the capture alone).
+    let fingerprints_file = cfg.tls.state_file.clone().filter(|_| live);
     let mut engine = if cfg.shards > 1 {
         let configs = crate::detect::shard::configs(&cfg, cfg.shards);
         let threads = super::shards::ShardThreads::spawn(configs, &rules)?;
@@ -155,6 +158,19 @@ pub(super) fn run(
     } else {
         Engine::new(cfg, &rules)
     };
+    if let Some(p) = &fingerprints_file {
+        match std::fs::read(p) {
+            Ok(b) => match serde_json::from_slice(&b)
+                .map_err(|e| e.to_string())
+                .and_then(|v| engine.restore_fingerprints(&v))
+            {
+                Ok(n) => tracing::info!(file = %p.display(), fingerprints = n, "TLS fingerprints restored"),
+                Err(e) => tracing::warn!(file = %p.display(), error = %e, "TLS fingerprints not restored"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %p.display(), error = %e, "TLS fingerprints not restored"),
+        }
+    }
     let mut heap: BinaryHeap<Reverse<Ordered>> = BinaryHeap::new();
     // Bytes of the events held (charged to the ordering buffer's share), the most held,
     // and events released early because the buffer was full.
@@ -261,6 +277,13 @@ pub(super) fn run(
     }
     while let Some(Reverse(o)) = heap.pop() {
         release(o, &mut engine, &mut last, &mut alerts);
+    }
+    if let Some(p) = &fingerprints_file {
+        let body = engine.save_fingerprints().to_string();
+        let tmp = p.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, p)) {
+            tracing::warn!(file = %p.display(), error = %e, "TLS fingerprints not saved");
+        }
     }
     let mut memory = engine.memory();
     memory.push((Table::Ordering, ordering));
