@@ -385,12 +385,14 @@ fn hex_digit(nibble: u8) -> char {
 
 /// `0a0a,1301,...`: four lower-case hex digits each, comma separated.
 fn hex_list(values: &[u16]) -> String {
+    use std::fmt::Write as _;
     let mut s = String::with_capacity(values.len() * 5);
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&format!("{v:04x}"));
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{v:04x}");
     }
     s
 }
