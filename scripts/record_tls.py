@@ -5,6 +5,7 @@ Usage (as root: it creates a network namespace and runs tcpdump in it):
 
     python3 scripts/record_tls.py                      # into tests/fixtures/tls/
     python3 scripts/record_tls.py --out-dir /tmp/tls
+    python3 scripts/record_tls.py --seeds-only         # fuzz seeds from the committed captures
 
 Needs Python 3.11 (standard library only), openssl, curl, tcpdump and tshark (Debian:
 ``apt-get install -y openssl curl tcpdump tshark``).
@@ -257,6 +258,29 @@ computed by the script's own Python implementation from tshark's dissection ({ve
     )
 
 
+def write_seeds(fixtures: Path, out_dir: Path) -> None:
+    """The client's first payload (the ClientHello record) of each capture, as fuzz seeds."""
+    import struct
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for pcap in sorted(fixtures.glob("*.pcap")):
+        data = pcap.read_bytes()
+        linktype = struct.unpack("<I", data[20:24])[0]
+        l2 = {1: 14, 113: 16, 276: 20}[linktype]
+        off = 24
+        while off < len(data):
+            incl = struct.unpack("<I", data[off + 8 : off + 12])[0]
+            frame = data[off + 16 : off + 16 + incl]
+            off += 16 + incl
+            ip = frame[l2:]
+            tcp = ip[(ip[0] & 0x0F) * 4 :]
+            payload = tcp[(tcp[12] >> 4) * 4 :]
+            if payload[:1] == b"\x16" and payload[5:6] == b"\x01":
+                (out_dir / f"{pcap.stem}.bin").write_bytes(payload)
+                log(f"seed {pcap.stem}: {len(payload)} bytes")
+                break
+
+
 def in_netns(argv: list[str]) -> None:
     """Re-runs this script with `argv` inside a fresh namespace (removed afterwards)."""
     ns = f"shieldtap-tls-{os.getpid()}"
@@ -272,9 +296,13 @@ def in_netns(argv: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", type=Path, default=REPO / "tests" / "fixtures" / "tls")
+    ap.add_argument("--seeds-only", action="store_true",
+                    help="only write the recorded hellos to fuzz/corpus/tls_client_hello (no recording)")
     ap.add_argument("--inside-netns", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.inside_netns:
+    if args.seeds_only:
+        write_seeds(args.out_dir, REPO / "fuzz" / "corpus" / "tls_client_hello")
+    elif args.inside_netns:
         record(args.out_dir)
     else:
         in_netns(["--out-dir", str(args.out_dir.resolve())])

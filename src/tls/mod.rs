@@ -181,13 +181,31 @@ pub fn client_hello(stream_start: &[u8]) -> Result<Option<ClientHello>, TlsError
             return parse_hello(body).map(Some);
         }
     }
-    // The next record is not complete yet: refuse what its first byte already rules out,
-    // then ask for more or give up at the cap.
+    // The next record is not complete yet: refuse what its header and the bytes so far
+    // already rule out (another content type, an impossible length, another handshake
+    // message, a hello too large for the cap), then ask for more or give up at the cap.
     if let Some(&kind) = rest.first()
         && kind != 0x16
     {
         return Err(TlsError::UnexpectedRecord(kind));
     }
+    if let Some(&major) = rest.get(1)
+        && major != 0x03
+    {
+        return Err(TlsError::Malformed("record version"));
+    }
+    if rest.len() >= RECORD_HEADER && record_len(rest) > MAX_RECORD_PAYLOAD {
+        return Err(TlsError::RecordTooLong(record_len(rest)));
+    }
+    let partial = rest.get(RECORD_HEADER..).unwrap_or_default();
+    let mut head = [0u8; HANDSHAKE_HEADER];
+    let known = message.iter().chain(partial).take(HANDSHAKE_HEADER);
+    let mut n = 0;
+    for (slot, b) in head.iter_mut().zip(known) {
+        *slot = *b;
+        n += 1;
+    }
+    hello_body(&head[..n])?;
     if stream_start.len() >= MAX_HELLO_BYTES {
         return Err(TlsError::TooLarge(stream_start.len()));
     }
@@ -367,12 +385,14 @@ fn hex_digit(nibble: u8) -> char {
 
 /// `0a0a,1301,...`: four lower-case hex digits each, comma separated.
 fn hex_list(values: &[u16]) -> String {
+    use std::fmt::Write as _;
     let mut s = String::with_capacity(values.len() * 5);
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&format!("{v:04x}"));
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{v:04x}");
     }
     s
 }
