@@ -296,13 +296,16 @@ impl Fingerprints {
         if saved["version"] != 1 {
             return Err("not a version 1 fingerprints file".into());
         }
-        let apps = saved["learned"]
-            .as_object()
-            .ok_or("no `learned` object")?;
+        let apps = saved["learned"].as_object().ok_or("no `learned` object")?;
         let mut n = 0;
         for (family, list) in apps {
             let app = self.apps.entry(Arc::from(family.as_str())).or_default();
-            for j in list.as_array().into_iter().flatten().filter_map(|j| j.as_str()) {
+            for j in list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|j| j.as_str())
+            {
                 if app.len() >= self.cfg.max_per_app {
                     break;
                 }
@@ -414,13 +417,27 @@ mod tests {
         let r1: Arc<str> = "r1".into();
         for i in 0..3u8 {
             let d: Arc<str> = format!("d{i}").into();
-            f.observe(Some(&app), &r1, Verdict::Valid, Some(&d), IpAddr::from([10, 0, 0, i]), t(1));
+            f.observe(
+                Some(&app),
+                &r1,
+                Verdict::Valid,
+                Some(&d),
+                IpAddr::from([10, 0, 0, i]),
+                t(1),
+            );
         }
         let saved = f.save();
         let mut g = Fingerprints::new(TlsConfig::default());
         assert_eq!(g.restore(&saved), Ok(1));
         let d: Arc<str> = "new".into();
-        let m = g.observe(Some(&app), &r1, Verdict::Valid, Some(&d), IpAddr::from([10, 0, 0, 9]), t(2));
+        let m = g.observe(
+            Some(&app),
+            &r1,
+            Verdict::Valid,
+            Some(&d),
+            IpAddr::from([10, 0, 0, 9]),
+            t(2),
+        );
         assert_eq!(m, APP, "known at once after the restart");
         assert!(g.restore(&serde_json::json!({"version": 2})).is_err());
     }

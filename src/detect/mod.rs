@@ -375,6 +375,8 @@ pub struct DetectStats {
     pub tls_fingerprinted_events: u64,
     pub tls_hellos_noted: u64,
     pub tls_joined: u64,
+    /// Fingerprints learned per app (attestation family).
+    pub tls_learned_by_app: BTreeMap<String, u64>,
     pub alerts_by_rule: BTreeMap<String, u64>,
 }
 
@@ -404,6 +406,9 @@ impl DetectStats {
         self.tls_fingerprinted_events += o.tls_fingerprinted_events;
         self.tls_hellos_noted += o.tls_hellos_noted;
         self.tls_joined += o.tls_joined;
+        for (k, v) in &o.tls_learned_by_app {
+            *self.tls_learned_by_app.entry(k.clone()).or_default() += v;
+        }
         for (k, v) in &o.alerts_by_rule {
             *self.alerts_by_rule.entry(k.clone()).or_default() += v;
         }
@@ -603,6 +608,12 @@ impl Engine {
         s.tls_fingerprinted_events = p.events;
         s.tls_hellos_noted = p.hellos;
         s.tls_joined = p.joined;
+        s.tls_learned_by_app = self
+            .prints
+            .learned()
+            .into_iter()
+            .map(|(f, n)| (f, n as u64))
+            .collect();
         s
     }
 

@@ -1787,3 +1787,36 @@ pub fn run_live(
         None => Ok(summary),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(name: &str, value: &str) -> crate::http::Header {
+        crate::http::Header {
+            name: name.into(),
+            value: value.as_bytes().into(),
+        }
+    }
+
+    /// The edge's JA4 header is taken when it is a JA4 (36 characters of its alphabet), in
+    /// the configured order, whatever the header's case; anything else is ignored.
+    #[test]
+    fn the_edge_ja4_header_is_read_and_checked() {
+        let tls = crate::detect::fingerprint::TlsConfig::default();
+        let ja4 = "t13d1516h2_8daaf6152771_e5627efa2ab1";
+        let got = edge_ja4(&tls, &[h("cloudfront-viewer-ja4-fingerprint", ja4)]);
+        assert_eq!(got.as_deref(), Some(ja4));
+        let got = edge_ja4(&tls, &[h("X-JA4", &format!(" {ja4} "))]);
+        assert_eq!(got.as_deref(), Some(ja4));
+        for bad in [
+            "",
+            "t13d",
+            "t13d1516h2_8daaf6152771_e5627efa2ab1x",
+            "<script>alert(1)</script>.......",
+        ] {
+            assert_eq!(edge_ja4(&tls, &[h("X-JA4", bad)]), None, "{bad:?}");
+        }
+        assert_eq!(edge_ja4(&tls, &[h("X-Other", ja4)]), None);
+    }
+}

@@ -164,11 +164,17 @@ pub(super) fn run(
                 .map_err(|e| e.to_string())
                 .and_then(|v| engine.restore_fingerprints(&v))
             {
-                Ok(n) => tracing::info!(file = %p.display(), fingerprints = n, "TLS fingerprints restored"),
-                Err(e) => tracing::warn!(file = %p.display(), error = %e, "TLS fingerprints not restored"),
+                Ok(n) => {
+                    tracing::info!(file = %p.display(), fingerprints = n, "TLS fingerprints restored")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "TLS fingerprints not restored")
+                }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(file = %p.display(), error = %e, "TLS fingerprints not restored"),
+            Err(e) => {
+                tracing::warn!(file = %p.display(), error = %e, "TLS fingerprints not restored")
+            }
         }
     }
     let mut heap: BinaryHeap<Reverse<Ordered>> = BinaryHeap::new();

@@ -695,10 +695,25 @@ impl Collector for Hub {
             "Objects evicted from the ownership map at its cap.",
             d.stats.objects_evicted,
         )?;
-        e.gauge(
+        // From zero for every configured family (the token stage names them).
+        let families: Vec<String> = token.verdicts.keys().cloned().collect();
+        e.labelled(
             "tls_fingerprints_learned",
-            "TLS fingerprints learned as an app's (seen with valid tokens of many devices).",
-            d.stats.tls_fingerprints_learned as i64,
+            "TLS fingerprints learned as each app's (seen with its valid tokens from many devices), by token family.",
+            MetricType::Gauge,
+            families
+                .iter()
+                .map(|f| {
+                    let n = d.stats.tls_learned_by_app.get(f.as_str()).copied().unwrap_or(0);
+                    (one("family", f), n)
+                })
+                .chain(
+                    d.stats
+                        .tls_learned_by_app
+                        .iter()
+                        .filter(|(f, _)| !families.contains(*f))
+                        .map(|(f, n)| (one("family", f), *n)),
+                ),
         )?;
         e.counter(
             "tls_fingerprinted_requests",
