@@ -28,19 +28,8 @@ use std::time::Duration;
 use crate::capture::Timestamp;
 use crate::token::Verdict;
 
-/// Marks on an event (bit set).
-pub const APP: u8 = 1;
-pub const SCRIPTING: u8 = 2;
-pub const FOREIGN: u8 = 4;
-pub const UNKNOWN: u8 = 8;
-
-/// The `fingerprint:` matcher's names and bits.
-pub const MARKS: [(&str, u8); 4] = [
-    ("app", APP),
-    ("scripting", SCRIPTING),
-    ("foreign", FOREIGN),
-    ("unknown", UNKNOWN),
-];
+/// Marks on an event (bit set), as the rules' `fingerprint:` matcher names them.
+pub use crate::rules::marks::{APP, FOREIGN, NAMES as MARKS, SCRIPTING, UNKNOWN};
 
 /// Scripting-library fingerprints recorded from Debian 12's clients (`scripts/record_tls.py`,
 /// `tests/fixtures/tls/`): curl 7.88, Python 3.11's default `ssl` context, OpenSSL 3.0's

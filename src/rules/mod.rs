@@ -410,6 +410,22 @@ pub struct Rule {
     pub ban: Option<BanSpec>,
 }
 
+/// Marks of a request's TLS client fingerprint (the `fingerprint:` matcher), as bits; the
+/// detect stage sets them (`detect::fingerprint`).
+pub mod marks {
+    pub const APP: u8 = 1;
+    pub const SCRIPTING: u8 = 2;
+    pub const FOREIGN: u8 = 4;
+    pub const UNKNOWN: u8 = 8;
+    /// The matcher's names and bits.
+    pub const NAMES: [(&str, u8); 4] = [
+        ("app", APP),
+        ("scripting", SCRIPTING),
+        ("foreign", FOREIGN),
+        ("unknown", UNKNOWN),
+    ];
+}
+
 /// Longest ban a rule may ask for: 30 days.
 pub const MAX_BAN_SECS: f64 = 30.0 * 86_400.0;
 

@@ -609,10 +609,7 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
     if let Some(fp) = &m.fingerprint {
         let mut bits = 0u8;
         for name in &fp.value {
-            match crate::detect::fingerprint::MARKS
-                .iter()
-                .find(|(n, _)| *n == name.value)
-            {
+            match super::marks::NAMES.iter().find(|(n, _)| *n == name.value) {
                 Some((_, b)) => bits |= b,
                 None => ctx.error(
                     name.referenced,
