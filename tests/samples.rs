@@ -355,8 +355,9 @@ fn samples_are_complete() {
     for dir in sample_dirs() {
         let capture = capture_in(&dir);
         let size = std::fs::metadata(&capture).expect("capture metadata").len();
-        // mobile-network is minutes of a whole mobile API's populations (issue 15).
-        let limit = if dir.ends_with("mobile-network") {
+        // mobile-network is minutes of a whole mobile API's populations (issue 15), and
+        // tls-fingerprints minutes of an app's devices through a TLS edge, both legs (21).
+        let limit = if dir.ends_with("mobile-network") || dir.ends_with("tls-fingerprints") {
             4_000_000
         } else {
             256_000
