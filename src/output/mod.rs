@@ -252,6 +252,17 @@ impl Summary {
             h.requests,
             h.responses
         ));
+        if h.tls_connections > 0 || self.detect.tls_fingerprinted_events > 0 {
+            let unreadable: u64 = h.tls_errors.values().sum();
+            s.push_str(&format!(
+                "  tls: {} handshakes fingerprinted ({} unreadable), {} requests with a fingerprint ({} joined through the edge), {} app fingerprints learned\n",
+                h.tls_hellos,
+                unreadable,
+                self.detect.tls_fingerprinted_events,
+                self.detect.tls_joined,
+                self.detect.tls_fingerprints_learned
+            ));
+        }
         let anomalies: u64 = h.anomalies_by_kind.values().sum();
         if anomalies > 0 {
             let kinds: Vec<String> = h
