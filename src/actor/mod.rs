@@ -42,6 +42,13 @@ impl Attribution {
         if self.trusted_proxies.is_empty() || !self.is_trusted(peer) {
             return peer;
         }
+        self.forwarded_client(peer, headers)
+    }
+
+    /// The client a proxy (`peer`, trusted by the caller) names: the right-most address of
+    /// the first forwarding header present that is not a trusted proxy; `peer` when there
+    /// is none or the chain is malformed.
+    pub fn forwarded_client(&self, peer: IpAddr, headers: &[Header]) -> IpAddr {
         for name in &self.client_ip_headers {
             let Some(h) = headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)) else {
                 continue;

@@ -47,6 +47,8 @@ pub struct Outcome {
 /// Judges checks.
 pub struct Checker {
     pub cfg: Arc<EnforceConfig>,
+    /// `client_ip_headers` and `trusted_proxies` of `[enforce]`.
+    attribution: crate::actor::Attribution,
     pub store: Arc<Store>,
     pub stats: Arc<EnforceStats>,
     verifier: VerifierSource,
@@ -58,6 +60,10 @@ impl Checker {
             cfg.policy_names().into_iter().map(String::from).collect(),
         ));
         Checker {
+            attribution: crate::actor::Attribution {
+                client_ip_headers: cfg.client_ip_headers.clone(),
+                trusted_proxies: cfg.trusted_proxies.clone(),
+            },
             cfg,
             store,
             stats,
@@ -67,27 +73,9 @@ impl Checker {
 
     /// The client: the right-most address of the first client header present that is not
     /// a trusted proxy; the gateway itself when no header names one.
+    /// The gateway is always believed: it is the one asking.
     pub fn client(&self, peer: IpAddr, headers: &[Header]) -> IpAddr {
-        for name in &self.cfg.client_ip_headers {
-            let Some(h) = headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)) else {
-                continue;
-            };
-            let Ok(text) = std::str::from_utf8(&h.value) else {
-                return peer;
-            };
-            for hop in text.rsplit(',').take(32) {
-                let hop = hop.trim();
-                let ip = hop
-                    .parse::<IpAddr>()
-                    .ok()
-                    .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()));
-                let Some(ip) = ip else { return peer };
-                if !self.cfg.trusted_proxies.iter().any(|c| c.contains(ip)) {
-                    return ip;
-                }
-            }
-        }
-        peer
+        self.attribution.forwarded_client(peer, headers)
     }
 
     /// Judges one request at wall time `now` (Unix seconds).

@@ -122,13 +122,20 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/check/envoy/{*rest}", any(check_envoy))
         .route("/v1/decisions/stream", get(bouncer_stream))
         .route("/v1/decisions", get(bouncer_query))
-        .route(
-            "/v1/admin/decisions",
-            get(admin_list).post(admin_add).delete(admin_delete_value),
-        )
-        .route(
-            "/v1/admin/decisions/{id}",
-            get(admin_get).delete(admin_delete),
+        .merge(
+            Router::new()
+                .route(
+                    "/v1/admin/decisions",
+                    get(admin_list).post(admin_add).delete(admin_delete_value),
+                )
+                .route(
+                    "/v1/admin/decisions/{id}",
+                    get(admin_get).delete(admin_delete),
+                )
+                .route_layer(axum::middleware::from_fn_with_state(
+                    app.clone(),
+                    admin_guard,
+                )),
         )
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
@@ -592,6 +599,19 @@ fn admin_ok(app: &App, peer: SocketAddr, headers: &HeaderMap) -> bool {
     }
 }
 
+/// Every admin route: the admin key, or a loopback client when none is configured.
+async fn admin_guard(
+    State(app): State<Arc<App>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !admin_ok(&app, peer, req.headers()) {
+        return admin_denied();
+    }
+    next.run(req).await
+}
+
 fn admin_denied() -> Response {
     (
         StatusCode::FORBIDDEN,
@@ -604,28 +624,13 @@ fn problem(status: StatusCode, msg: String) -> Response {
     (status, axum::Json(json!({"error": msg}))).into_response()
 }
 
-async fn admin_list(
-    State(app): State<Arc<App>>,
-    Extension(Peer(peer)): Extension<Peer>,
-    headers: HeaderMap,
-) -> Response {
-    if !admin_ok(&app, peer, &headers) {
-        return admin_denied();
-    }
+async fn admin_list(State(app): State<Arc<App>>) -> Response {
     let store = &app.checker.store;
     store.expire(unix_now());
     axum::Json(json!({"decisions": store.list()})).into_response()
 }
 
-async fn admin_get(
-    State(app): State<Arc<App>>,
-    Extension(Peer(peer)): Extension<Peer>,
-    headers: HeaderMap,
-    Path(id): Path<u64>,
-) -> Response {
-    if !admin_ok(&app, peer, &headers) {
-        return admin_denied();
-    }
+async fn admin_get(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
     match app.checker.store.get(id) {
         Some(d) => axum::Json(d).into_response(),
         None => problem(
@@ -682,15 +687,7 @@ pub fn add_manual(checker: &Checker, n: &NewDecision, now: u64) -> Result<Decisi
         .ok_or((409, "a ban at least as long holds already".into()))
 }
 
-async fn admin_add(
-    State(app): State<Arc<App>>,
-    Extension(Peer(peer)): Extension<Peer>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if !admin_ok(&app, peer, &headers) {
-        return admin_denied();
-    }
+async fn admin_add(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response {
     let n: NewDecision = match serde_json::from_slice(&body) {
         Ok(n) => n,
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("body: {e}")),
@@ -711,15 +708,7 @@ async fn admin_add(
     }
 }
 
-async fn admin_delete(
-    State(app): State<Arc<App>>,
-    Extension(Peer(peer)): Extension<Peer>,
-    headers: HeaderMap,
-    Path(id): Path<u64>,
-) -> Response {
-    if !admin_ok(&app, peer, &headers) {
-        return admin_denied();
-    }
+async fn admin_delete(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
     match app.checker.store.delete(id) {
         Ok(d) => {
             tracing::info!(
@@ -739,15 +728,7 @@ struct ValueQuery {
     value: String,
 }
 
-async fn admin_delete_value(
-    State(app): State<Arc<App>>,
-    Extension(Peer(peer)): Extension<Peer>,
-    headers: HeaderMap,
-    Query(q): Query<ValueQuery>,
-) -> Response {
-    if !admin_ok(&app, peer, &headers) {
-        return admin_denied();
-    }
+async fn admin_delete_value(State(app): State<Arc<App>>, Query(q): Query<ValueQuery>) -> Response {
     let Some(scope) = Scope::from_name(&q.scope) else {
         return problem(
             StatusCode::BAD_REQUEST,

@@ -964,6 +964,8 @@ impl HttpHandler {
                     .find(|p| p.is_match(path))
                     .map(|p| names.name(&p.template))
             });
+            // The edge's JA4, read once: the event and the record both carry it.
+            let mut ja4 = None;
             if let Some(mut ev) = event(
                 names,
                 &judges.attribution,
@@ -979,6 +981,7 @@ impl HttpHandler {
                 if let Some(p) = &pinned {
                     ev.route = Some(p.clone());
                 }
+                ja4 = ev.ja4.clone();
                 self.events.push(ordering::Ordered {
                     at,
                     ts: ev.ts,
@@ -990,10 +993,6 @@ impl HttpHandler {
                 });
             }
             if self.write_lines {
-                let ja4 = tx
-                    .request
-                    .as_ref()
-                    .and_then(|r| edge_ja4(&self.tls, &r.headers));
                 write_transaction(
                     &mut self.lines,
                     conn,
