@@ -14,6 +14,7 @@
 //! beyond its caps.
 
 mod body;
+pub mod h2;
 mod parser;
 
 pub use parser::{HttpConn, HttpStats, METHOD_CLASSES, STATUS_CLASSES};
@@ -137,6 +138,8 @@ pub struct Transaction {
     pub request: Option<Request>,
     pub response: Option<Response>,
     pub anomalies: AnomalySet,
+    /// HTTP/2: the stream it came on (`None` for HTTP/1.x).
+    pub h2: Option<h2::H2Info>,
 }
 
 impl Transaction {
@@ -200,6 +203,9 @@ anomalies! {
     RequestLineNoTarget = 20, "request-line-no-target";
     StatusNonNumeric = 21, "status-non-numeric";
     ResponseNoHead = 22, "response-no-head";
+    StreamReset = 23, "stream-reset";
+    H2UnknownFields = 24, "hpack-unknown-fields";
+    StreamCap = 25, "h2-stream-cap";
 }
 
 /// A set of [`Anomaly`] values, as bits.

@@ -64,6 +64,34 @@ struct TxRecord<'a> {
     /// Connection id within its worker (stable per replay and worker count).
     #[serde(skip_serializing_if = "Option::is_none")]
     content_type: Option<String>,
+    /// `1.0`, `1.1` or `2`.
+    http_version: &'static str,
+    /// HTTP/2: the stream the transaction came on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<u32>,
+    /// HTTP/2: header fields lost to HPACK table entries never seen (joined late).
+    #[serde(skip_serializing_if = "is_zero")]
+    unknown_header_fields: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+/// The HTTP version a transaction was spoken in.
+pub fn http_version(tx: &Transaction) -> &'static str {
+    if tx.h2.is_some() {
+        return "2";
+    }
+    match tx
+        .request
+        .as_ref()
+        .map(|r| r.version)
+        .or(tx.response.as_ref().map(|r| r.version))
+    {
+        Some(0) => "1.0",
+        _ => "1.1",
+    }
 }
 
 pub use crate::route::{path_of, route_of};
@@ -119,6 +147,9 @@ pub fn write_transaction(
         content_type: resp
             .and_then(|r| header(&r.headers, "content-type"))
             .map(text),
+        http_version: http_version(tx),
+        stream_id: tx.h2.map(|h| h.stream_id),
+        unknown_header_fields: tx.h2.map_or(0, |h| h.unknown_fields),
     };
     // Serialising plain owned data into a Vec cannot fail.
     if serde_json::to_writer(&mut *out, &rec).is_ok() {

@@ -32,6 +32,7 @@ use std::mem::MaybeUninit;
 use memchr::{memchr, memchr_iter, memchr3};
 
 use super::body::{self, Codings, ContentLength, TransferEncoding};
+use super::h2::{self, H2Conn};
 use super::{
     Anomaly, AnomalySet, Body, Dir, Header, HeaderValue, HttpConfig, Request, Response, Transaction,
 };
@@ -46,6 +47,7 @@ mod tests;
 
 use framing::*;
 use head::*;
+pub(in crate::http) use pairing::emit_h2;
 use pairing::*;
 use resync::*;
 
@@ -108,8 +110,16 @@ pub struct HttpStats {
     pub tls_hellos: u64,
     #[serde(default)]
     pub tls_errors: BTreeMap<&'static str, u64>,
-    /// Limits reached: head, headers, body, decoded, ratio, pending.
+    /// Limits reached: head, headers, body, decoded, ratio, pending, h2_streams.
     pub cap_hits: BTreeMap<&'static str, u64>,
+    /// HTTP/2 connections by how they were recognised (`prior-knowledge`, `upgrade`,
+    /// `mid-stream`).
+    #[serde(default)]
+    pub h2_connections: BTreeMap<&'static str, u64>,
+    /// HTTP/2 frames and header blocks that were odd, malformed or hostile, by kind
+    /// (`malformed-frame`, `protocol-error`, `hpack-unknown-entry`, `rapid-reset-flood`...).
+    #[serde(default)]
+    pub h2_events: BTreeMap<&'static str, u64>,
 }
 
 impl HttpStats {
@@ -134,6 +144,8 @@ impl HttpStats {
             (&mut self.by_method_class, &other.by_method_class),
             (&mut self.by_status_class, &other.by_status_class),
             (&mut self.cap_hits, &other.cap_hits),
+            (&mut self.h2_connections, &other.h2_connections),
+            (&mut self.h2_events, &other.h2_events),
         ] {
             for (k, v) in theirs {
                 *mine.entry(k).or_insert(0) += v;
@@ -211,11 +223,11 @@ enum Orientation {
 }
 
 /// Per-call context.
-struct Ctx<'a> {
-    cfg: &'a HttpConfig,
-    ts: Timestamp,
-    out: &'a mut Vec<Transaction>,
-    stats: &'a mut HttpStats,
+pub(in crate::http) struct Ctx<'a> {
+    pub(in crate::http) cfg: &'a HttpConfig,
+    pub(in crate::http) ts: Timestamp,
+    pub(in crate::http) out: &'a mut Vec<Transaction>,
+    pub(in crate::http) stats: &'a mut HttpStats,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1154,6 +1166,12 @@ pub struct HttpConn {
     stash_dir: Dir,
     stash_ts: Timestamp,
     closed: bool,
+    /// The connection turned out to be HTTP/2: everything goes there.
+    h2: Option<Box<H2Conn>>,
+    /// An HTTP/1.x head was parsed: the connection is not HTTP/2 joined late.
+    h1_heads: bool,
+    /// Bytes looked at for HTTP/2 frames before any HTTP/1.x head.
+    h2_probed: u32,
 }
 
 impl Default for HttpConn {
@@ -1174,7 +1192,99 @@ impl HttpConn {
             stash_dir: Dir::ToServer,
             stash_ts: Timestamp::ZERO,
             closed: false,
+            h2: None,
+            h1_heads: false,
+            h2_probed: 0,
         }
+    }
+
+    /// How the connection was found to be HTTP/2, if it is.
+    pub fn h2(&self) -> Option<h2::Start> {
+        self.h2.as_ref().map(|h| h.start())
+    }
+
+    fn end(&self, dir: Dir) -> h2::End {
+        match self.role(dir) {
+            Role::Request => h2::End::Client,
+            Role::Response => h2::End::Server,
+        }
+    }
+
+    /// Switches to HTTP/2 (counted by how it was recognised).
+    fn start_h2(&mut self, conn: H2Conn, stats: &mut HttpStats) -> &mut H2Conn {
+        bump(&mut stats.h2_connections, conn.start().as_str());
+        self.req.clear_buf();
+        self.resp.clear_buf();
+        self.h2.insert(Box::new(conn))
+    }
+
+    /// Looks at bytes of a connection that has shown no HTTP/1.x head for the client
+    /// preface (its first bytes, however cut) or a run of HTTP/2 frames (joined late).
+    fn probe_h2(&mut self, dir: Dir, data: &[u8], cx: &mut Ctx<'_>) -> H2Probe {
+        if self.h1_heads || self.h2_probed as usize >= h2::MAX_RESYNC_BYTES {
+            return H2Probe::No;
+        }
+        self.h2_probed = self
+            .h2_probed
+            .saturating_add(u32::try_from(data.len()).unwrap_or(u32::MAX));
+        if self.shared.event == 0 && (self.stash_len == 0 || self.stash_dir == dir) {
+            // The connection's first bytes, with any held so far.
+            let mut first = [0u8; ORIENT_PROBE_LEN];
+            let n = fill(
+                &mut first,
+                self.stash.get(..self.stash_len).unwrap_or_default(),
+                data,
+            );
+            let first = first.get(..n).unwrap_or_default();
+            if h2::is_preface_start(first) {
+                if n < 3 {
+                    // "P" or "PR": too few to tell from PUT or POST; held.
+                    if self.stash_len == 0 {
+                        self.stash_dir = dir;
+                        self.stash_ts = cx.ts;
+                    }
+                    let at = self.stash_len;
+                    if let Some(dst) = self.stash.get_mut(at..at + data.len()) {
+                        dst.copy_from_slice(data);
+                    }
+                    self.stash_len = n;
+                    return H2Probe::Held;
+                }
+                if self.orientation == Orientation::Unknown {
+                    self.orientation = match dir {
+                        Dir::ToServer => Orientation::AsGiven,
+                        Dir::ToClient => Orientation::Swapped,
+                    };
+                }
+                let held = self.stash;
+                let n = std::mem::take(&mut self.stash_len);
+                let end = self.end(dir);
+                let h2 = self.start_h2(H2Conn::prior_knowledge(), cx.stats);
+                h2.data(end, held.get(..n).unwrap_or_default(), cx);
+                return H2Probe::H2;
+            }
+        }
+        if self.shared.event == 0 && self.stash_len == 0 && h2::is_server_preface(data) {
+            // An HTTP/2-only server (gRPC) speaks first: its SETTINGS, before the client's
+            // preface arrives.
+            if self.orientation == Orientation::Unknown {
+                self.orientation = match dir {
+                    Dir::ToClient => Orientation::AsGiven,
+                    Dir::ToServer => Orientation::Swapped,
+                };
+            }
+            self.start_h2(H2Conn::prior_knowledge(), cx.stats);
+            return H2Probe::H2;
+        }
+        if looks_like_h1_start(data) || h2::find_frames(data).is_none() {
+            return H2Probe::No;
+        }
+        if self.orientation == Orientation::Unknown {
+            self.orientation = Orientation::AsGiven;
+            self.stash_len = 0;
+        }
+        self.start_h2(H2Conn::mid_stream(), cx.stats);
+        H2Probe::H2
     }
 
     /// True once the reassembler's direction guess was found inverted (client bytes
@@ -1184,10 +1294,10 @@ impl HttpConn {
         self.orientation == Orientation::Swapped
     }
 
-    /// True after CONNECT 2xx or 101 Upgrade: the rest of the connection is not HTTP;
-    /// callers may stop feeding data.
+    /// True after CONNECT 2xx or 101 Upgrade (other than to HTTP/2): the rest of the
+    /// connection is not HTTP; callers may stop feeding data.
     pub fn opaque(&self) -> bool {
-        self.shared.opaque
+        self.shared.opaque && self.h2.is_none()
     }
 
     /// Bytes this connection holds: partial heads, bodies in flight and queued requests'
@@ -1202,14 +1312,21 @@ impl HttpConn {
                     + p.response.as_ref().map_or(0, |(r, _)| r.body.data.len())
             })
             .sum();
-        self.req.buffered_bytes() + self.resp.buffered_bytes() + queued + self.stash_len
+        self.req.buffered_bytes()
+            + self.resp.buffered_bytes()
+            + queued
+            + self.stash_len
+            + self.h2.as_ref().map_or(0, |h| h.held_bytes())
     }
 
     /// Heap bytes this connection holds now, as the memory budget charges them: both
     /// directions' buffers and messages being read, and the requests waiting for answers
     /// (their accounted weight). Cheap: no walk over the queue.
     pub fn held_bytes(&self) -> usize {
-        self.req.held_bytes() + self.resp.held_bytes() + self.shared.pending_bytes
+        self.req.held_bytes()
+            + self.resp.held_bytes()
+            + self.shared.pending_bytes
+            + self.h2.as_ref().map_or(0, |h| h.held_bytes())
     }
 
     fn role(&self, dir: Dir) -> Role {
@@ -1229,7 +1346,7 @@ impl HttpConn {
         out: &mut Vec<Transaction>,
         stats: &mut HttpStats,
     ) {
-        if self.closed || self.shared.opaque || data.is_empty() {
+        if self.closed || data.is_empty() || (self.shared.opaque && self.h2.is_none()) {
             return;
         }
         let mut cx = Ctx {
@@ -1238,11 +1355,25 @@ impl HttpConn {
             out,
             stats,
         };
+        if self.h2.is_none() && self.probe_h2(dir, data, &mut cx) == H2Probe::Held {
+            return;
+        }
+        if self.h2.is_some() {
+            let end = self.end(dir);
+            if let Some(h2) = self.h2.as_mut() {
+                h2.data(end, data, &mut cx);
+            }
+            return;
+        }
         if self.orientation == Orientation::Unknown && !self.orient(dir, data, &mut cx) {
             return;
         }
         self.shared.event += 1;
+        let heads = cx.stats.requests + cx.stats.responses;
         self.feed(self.role(dir), data, &mut cx);
+        if cx.stats.requests + cx.stats.responses != heads {
+            self.h1_heads = true;
+        }
     }
 
     /// Decides the orientation from the connection's first bytes, holding them while
@@ -1355,6 +1486,15 @@ impl HttpConn {
             // The rest of the connection is a tunnel: drop partial HTTP state.
             self.req.clear_buf();
             self.resp.clear_buf();
+            if let Some(up) = sh.h2c.take() {
+                let (req, an) = *up;
+                // `Upgrade: h2c` answered by 101: HTTP/2 from the next byte, the upgrade
+                // request being stream 1.
+                let mut rest = replay.get(replay_pos..).unwrap_or_default().to_vec();
+                rest.extend_from_slice(input);
+                let h2 = self.start_h2(H2Conn::upgraded(req, an), cx.stats);
+                h2.data(h2::End::Server, &rest, cx);
+            }
         }
     }
 
@@ -1368,7 +1508,7 @@ impl HttpConn {
         out: &mut Vec<Transaction>,
         stats: &mut HttpStats,
     ) {
-        if self.closed || self.shared.opaque || len == 0 {
+        if self.closed || len == 0 {
             return;
         }
         let mut cx = Ctx {
@@ -1377,6 +1517,16 @@ impl HttpConn {
             out,
             stats,
         };
+        if self.h2.is_some() {
+            let end = self.end(dir);
+            if let Some(h2) = self.h2.as_mut() {
+                h2.gap(end, len, &mut cx);
+            }
+            return;
+        }
+        if self.shared.opaque {
+            return;
+        }
         if self.orientation == Orientation::Unknown {
             self.settle(Orientation::AsGiven, &mut cx);
         }
@@ -1426,6 +1576,11 @@ impl HttpConn {
             out,
             stats,
         };
+        if let Some(h2) = self.h2.as_mut() {
+            self.closed = true;
+            h2.close(&mut cx);
+            return;
+        }
         if self.orientation == Orientation::Unknown {
             self.settle(Orientation::AsGiven, &mut cx);
         }
@@ -1459,4 +1614,20 @@ impl HttpConn {
         self.shared.pending = VecDeque::new();
         self.shared.pending_bytes = 0;
     }
+}
+
+/// What a look for HTTP/2 found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum H2Probe {
+    No,
+    /// The bytes were held (too few to tell).
+    Held,
+    /// HTTP/2 from here on.
+    H2,
+}
+
+/// Whether bytes could begin an HTTP/1.x message (a method token or `HTTP/`): letters,
+/// where an HTTP/2 frame header begins with its length's high byte.
+fn looks_like_h1_start(b: &[u8]) -> bool {
+    b.first().is_some_and(u8::is_ascii_alphabetic)
 }

@@ -39,6 +39,8 @@ pub(super) struct Shared {
     /// Request bytes were lost; the next request pushed is tagged `after_gap`.
     pub(super) request_gap: bool,
     pub(super) opaque: bool,
+    /// The upgrade request a 101 switched to HTTP/2 (`Upgrade: h2c`), for stream 1.
+    pub(super) h2c: Option<Box<(Request, AnomalySet)>>,
     /// Sum of the queue's `Pending::weight` (capped by `max_pending_bytes`).
     pub(super) pending_bytes: usize,
     /// Requests given up at a queue cap whose answers are still to come: the next this many
@@ -324,7 +326,14 @@ pub(super) fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
                     if p.request.is_some() {
                         if let Some(p) = take_pending(sh, pos) {
                             let an = AnomalySet(anomalies.0 | p.request_anomalies.0);
-                            emit(cx, p.request, Some(resp), an);
+                            match p.request {
+                                Some(req) if opaque_after && upgrades_to_h2c(&resp) => {
+                                    let mut an = an;
+                                    an.0 &= !(1 << (Anomaly::Upgrade as u8));
+                                    sh.h2c = Some(Box::new((req, an)));
+                                }
+                                req => emit(cx, req, Some(resp), an),
+                            }
                         }
                     } else {
                         let weight = response_weight(&resp);
@@ -345,11 +354,39 @@ pub(super) fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
     }
 }
 
+/// A 101 switching to HTTP/2 in clear.
+fn upgrades_to_h2c(resp: &Response) -> bool {
+    resp.status == 101
+        && crate::http::header(&resp.headers, "upgrade")
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+}
+
 pub(super) fn emit(
     cx: &mut Ctx<'_>,
     request: Option<Request>,
     response: Option<Response>,
     anomalies: AnomalySet,
+) {
+    emit_h2_or_1(cx, request, response, anomalies, None);
+}
+
+/// Emits an HTTP/2 stream's transaction (counted like any other).
+pub(in crate::http) fn emit_h2(
+    cx: &mut Ctx<'_>,
+    request: Option<Request>,
+    response: Option<Response>,
+    anomalies: AnomalySet,
+    info: crate::http::h2::H2Info,
+) {
+    emit_h2_or_1(cx, request, response, anomalies, Some(info));
+}
+
+fn emit_h2_or_1(
+    cx: &mut Ctx<'_>,
+    request: Option<Request>,
+    response: Option<Response>,
+    anomalies: AnomalySet,
+    h2: Option<crate::http::h2::H2Info>,
 ) {
     let s = &mut *cx.stats;
     s.transactions += 1;
@@ -370,5 +407,6 @@ pub(super) fn emit(
         request,
         response,
         anomalies,
+        h2,
     });
 }

@@ -1299,8 +1299,8 @@ fn anomaly_scenarios() -> Vec<(Anomaly, HttpConfig, Vec<Ev>)> {
             Anomaly::Upgrade,
             d(),
             vec![
-                c2s(b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"),
-                s2c(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n\x00\x00\x12\x04\x00"),
+                c2s(b"GET /chat HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+                s2c(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"),
             ],
         ),
         (
@@ -1323,7 +1323,35 @@ fn anomaly_scenarios() -> Vec<(Anomaly, HttpConfig, Vec<Ev>)> {
         (Anomaly::RequestLineNoTarget, d(), vec![c2s(b"GET HTTP/1.1\r\n\r\n")]),
         (Anomaly::StatusNonNumeric, d(), vec![c2s(CURL_GET), s2c(b"HTTP/1.1 abc OK\r\nContent-Length: 0\r\n\r\n")]),
         (Anomaly::ResponseNoHead, d(), vec![c2s(b"GET /a\r\n"), s2c(b"body")]),
+        // HTTP/2 (prior knowledge; header blocks of static-table fields: GET http /).
+        (
+            Anomaly::StreamReset,
+            d(),
+            vec![c2s(&[crate::http::h2::PREFACE, &h2_frame(1, 5, 1, &[0x82, 0x86, 0x84]), &h2_frame(3, 0, 1, &[0, 0, 0, 8])].concat())],
+        ),
+        (
+            Anomaly::H2UnknownFields,
+            d(),
+            vec![c2s(&[crate::http::h2::PREFACE, &h2_frame(1, 5, 1, &[0x82, 0x86, 0x84, 0xbe])].concat())],
+        ),
+        (
+            Anomaly::StreamCap,
+            d(),
+            vec![c2s(&[
+                crate::http::h2::PREFACE.to_vec(),
+                (0..300u32).flat_map(|i| h2_frame(1, 4, 1 + 2 * i, &[0x82, 0x86, 0x84])).collect(),
+            ].concat())],
+        ),
     ]
+}
+
+/// One HTTP/2 frame: type, flags, stream, payload.
+fn h2_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
 }
 
 #[test]
