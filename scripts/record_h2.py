@@ -314,7 +314,7 @@ def tshark_cmd(pcap: str, port: int, upgrade: bool) -> list[str]:
         decode, shown, extra = f"tcp.port=={port},http2", "http2.type==1", []
     return [
         "tshark", "-r", pcap, "-d", decode, "-Y", shown, "-T", "json", "-e", "tcp.stream", "-e", "tcp.srcport",
-        "-e", "http2.type", "-e", "http2.streamid", "-e", "http2.header.name", "-e", "http2.header.value", *extra,
+        "-e", "http2.type", "-e", "http2.streamid", "-e", "http2.header.name", "-e", "http2.header.value", "-e", "http2.header.count", *extra,
     ]  # fmt: skip
 
 
@@ -332,20 +332,18 @@ def tshark_streams(pcap: Path, port: int, upgrade: bool) -> list[dict]:
             rec.update(method=f["http.request.method"][0], path=f["http.request.uri"][0],
                        authority=f["http.host"][0], client_port=int(f["tcp.srcport"][0]), http1_upgrade=True)
             continue
-        # One packet can carry several frames; header fields are listed in frame order.
-        # Walk HEADERS frames: names/values for each are split at the pseudo-header start.
+        # One packet can carry several frames: `http2.header.count` splits the header
+        # fields among its HEADERS frames, in frame order.
         types = [int(t) for t in f.get("http2.type", [])]
         sids = [int(s) for s in f.get("http2.streamid", [])]
         names, values = f.get("http2.header.name", []), f.get("http2.header.value", [])
         hframes = [sid for t, sid in zip(types, sids) if t == 1]
-        groups: list[list[tuple[str, str]]] = []
-        for n, v in zip(names, values):
-            if n.startswith(":") and (not groups or not groups[-1][-1][0].startswith(":")) or not groups:
-                groups.append([])
-            groups[-1].append((n, v))
+        groups, i = [], 0
+        for n in (int(c) for c in f.get("http2.header.count", [])):
+            groups.append(list(zip(names[i : i + n], values[i : i + n])))
+            i += n
         if len(groups) != len(hframes):
-            # trailers without pseudo-headers or a split we cannot attribute: keep per packet
-            groups = [[(n, v) for n, v in zip(names, values)]] if len(hframes) == 1 else groups
+            raise RuntimeError(f"tshark: {len(hframes)} HEADERS frames but {len(groups)} header counts: {f}")
         for sid, hs in zip(hframes, groups):
             rec = streams.setdefault((tcp_stream, sid), {"tcp_stream": tcp_stream, "stream_id": sid})
             for n, v in hs:
