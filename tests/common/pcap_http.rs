@@ -17,6 +17,19 @@ struct Collect {
     cfg: HttpConfig,
     out: Vec<Transaction>,
     stats: HttpStats,
+    /// The client port of each transaction in `out`.
+    ports: Vec<u16>,
+}
+
+impl Collect {
+    fn note_ports(&mut self, conn: &ConnInfo, c: &HttpConn) {
+        let client = if c.swapped() {
+            conn.server
+        } else {
+            conn.client
+        };
+        self.ports.resize(self.out.len(), client.port());
+    }
 }
 
 fn dir(d: Direction) -> Dir {
@@ -33,28 +46,41 @@ impl StreamHandler for Collect {
         HttpConn::new()
     }
 
-    fn data(&mut self, c: &mut HttpConn, _: &ConnInfo, d: Direction, b: &[u8], ts: Timestamp) {
+    fn data(&mut self, c: &mut HttpConn, i: &ConnInfo, d: Direction, b: &[u8], ts: Timestamp) {
         c.data(&self.cfg, dir(d), b, ts, &mut self.out, &mut self.stats);
+        self.note_ports(i, c);
     }
 
-    fn gap(&mut self, c: &mut HttpConn, _: &ConnInfo, d: Direction, len: u64, ts: Timestamp) {
+    fn gap(&mut self, c: &mut HttpConn, i: &ConnInfo, d: Direction, len: u64, ts: Timestamp) {
         c.gap(&self.cfg, dir(d), len, ts, &mut self.out, &mut self.stats);
+        self.note_ports(i, c);
     }
 
-    fn close(&mut self, mut c: HttpConn, _: &ConnInfo, _: CloseReason, ts: Timestamp) {
+    fn close(&mut self, mut c: HttpConn, i: &ConnInfo, _: CloseReason, ts: Timestamp) {
         c.close(&self.cfg, ts, &mut self.out, &mut self.stats);
+        self.note_ports(i, &c);
     }
 }
 
 /// Every HTTP/1 transaction in the capture at `path`, in the order the parser emitted them,
 /// with the parser's counters.
 pub fn transactions(path: &Path, cfg: HttpConfig) -> (Vec<Transaction>, HttpStats) {
+    let (txs, stats) = transactions_with_ports(path, cfg);
+    (txs.into_iter().map(|(_, t)| t).collect(), stats)
+}
+
+/// [`transactions`], each with its client's port.
+pub fn transactions_with_ports(
+    path: &Path,
+    cfg: HttpConfig,
+) -> (Vec<(u16, Transaction)>, HttpStats) {
     let mut decoder = Decoder::new(DecodeConfig::default());
     let mut table: FlowTable<Collect> = FlowTable::new(ReassemblyConfig::default());
     let mut handler = Collect {
         cfg,
         out: Vec::new(),
         stats: HttpStats::default(),
+        ports: Vec::new(),
     };
     let mut cstats = capture::CaptureStats::default();
     capture::read_file(path, &Progress::default(), &mut cstats, &mut |f| {
@@ -68,5 +94,8 @@ pub fn transactions(path: &Path, cfg: HttpConfig) -> (Vec<Transaction>, HttpStat
     })
     .unwrap_or_else(|e| panic!("reads {}: {e}", path.display()));
     table.flush_all(&mut handler);
-    (handler.out, handler.stats)
+    (
+        handler.ports.into_iter().zip(handler.out).collect(),
+        handler.stats,
+    )
 }

@@ -223,6 +223,11 @@ pub struct H2Conn {
     flood_counted: bool,
     closed: bool,
     start: Start,
+    /// Joined late: which end is the client is not known until a header block shows a
+    /// request (`:method`) or a response (`:status`).
+    roles_known: bool,
+    /// The ends were found the other way round from what the caller said.
+    ends_swapped: bool,
 }
 
 /// Fields of a decoded header block, with its pseudo-headers apart.
@@ -249,18 +254,20 @@ impl H2Conn {
 
     /// A connection upgraded from HTTP/1.1 (RFC 7540 §3.2): the upgrade request is stream
     /// 1, answered in HTTP/2; the client sends the preface next.
-    pub fn upgraded(request: Request, anomalies: AnomalySet) -> H2Conn {
+    pub fn upgraded(request: Option<Request>, anomalies: AnomalySet) -> H2Conn {
         let mut c = H2Conn::new(
             Start::Upgrade,
             Side::new(true, true),
             Side::new(false, true),
         );
-        let mut s = Stream::new(1);
-        s.request = Some(request);
-        s.request_ended = true;
-        s.anomalies = anomalies;
-        c.streams.push_back(s);
         c.last_client_stream = 1;
+        if let Some(request) = request {
+            let mut s = Stream::new(1);
+            s.request = Some(request);
+            s.request_ended = true;
+            s.anomalies = anomalies;
+            c.streams.push_back(s);
+        }
         c
     }
 
@@ -283,6 +290,22 @@ impl H2Conn {
             flood_counted: false,
             closed: false,
             start,
+            roles_known: start != Start::MidStream,
+            ends_swapped: false,
+        }
+    }
+
+    /// True when the bytes the caller called the client's turned out to be the server's
+    /// (learnt from the first header block of a connection joined late).
+    pub fn swapped(&self) -> bool {
+        self.ends_swapped
+    }
+
+    fn map(&self, end: End) -> End {
+        match (end, self.ends_swapped) {
+            (e, false) => e,
+            (End::Client, true) => End::Server,
+            (End::Server, true) => End::Client,
         }
     }
 
@@ -299,10 +322,11 @@ impl H2Conn {
     }
 
     /// In-order bytes from one end.
-    pub(in crate::http) fn data(&mut self, end: End, mut data: &[u8], cx: &mut Ctx<'_>) {
+    pub(in crate::http) fn data(&mut self, caller: End, mut data: &[u8], cx: &mut Ctx<'_>) {
         if self.closed {
             return;
         }
+        let end = self.map(caller);
         let side = self.side_mut(end);
         if side.preface > 0 {
             let done = PREFACE.len() - side.preface;
@@ -316,14 +340,25 @@ impl H2Conn {
                 data = &data[n..];
             }
         }
+        self.read(caller, data, cx);
+    }
+
+    /// Frames from one end (its preface done).
+    fn read(&mut self, caller: End, mut data: &[u8], cx: &mut Ctx<'_>) {
         while !data.is_empty() {
-            let side = self.side_mut(end);
-            if !side.synced {
-                data = self.resync(end, data, cx);
-                continue;
+            // Mapped anew each time: a header block may have shown the ends swapped.
+            let end = self.map(caller);
+            if self.side_mut(end).synced {
+                let n = self.step(end, data, cx);
+                data = &data[n..];
+            } else {
+                let (found, rest) = self.resync(end, data, cx);
+                if let Some(held) = found {
+                    // Held bytes from the boundary found on: frames now.
+                    self.read(caller, &held, cx);
+                }
+                data = rest;
             }
-            let n = self.step(end, data, cx);
-            data = &data[n..];
         }
     }
 
@@ -333,6 +368,7 @@ impl H2Conn {
         if self.closed || len == 0 {
             return;
         }
+        let end = self.map(end);
         bump(cx, "gap");
         let side = self.side_mut(end);
         side.synced = false;
@@ -636,6 +672,7 @@ impl H2Conn {
 
     /// A whole header block: decode it (always, for the table) and apply it.
     fn block_done(&mut self, end: End, block: Block, cx: &mut Ctx<'_>) {
+        let mut end = end;
         let side = self.side_mut(end);
         let joined_late = side.joined_late;
         let mut fields = Fields::default();
@@ -663,6 +700,27 @@ impl H2Conn {
         if block.over {
             return;
         }
+        if !self.roles_known && (fields.method.is_some() || fields.status.is_some()) {
+            self.roles_known = true;
+            let backwards = match end {
+                End::Client => fields.status.is_some() && fields.method.is_none(),
+                End::Server => fields.method.is_some() && fields.status.is_none(),
+            };
+            if backwards {
+                // Joined late with the ends guessed wrong: swap the readers, forget the
+                // streams built from the wrong side (data and blocks without a request
+                // or response head: nothing of value).
+                std::mem::swap(&mut self.client, &mut self.server);
+                self.ends_swapped = !self.ends_swapped;
+                self.streams.clear();
+                self.last_client_stream = 0;
+                end = match end {
+                    End::Client => End::Server,
+                    End::Server => End::Client,
+                };
+                bump(cx, "ends-swapped");
+            }
+        }
         if let Some(id) = block.promised {
             // A pushed response's request, made up by the server.
             let pos = self.open(id, cx);
@@ -682,7 +740,8 @@ impl H2Conn {
         let pos = match self.stream_pos(id) {
             Some(p) => p,
             None => {
-                if id.is_multiple_of(2) || (id <= self.last_client_stream && self.start != Start::MidStream)
+                if id.is_multiple_of(2)
+                    || (id <= self.last_client_stream && self.start != Start::MidStream)
                 {
                     bump(cx, "protocol-error");
                 }
@@ -723,10 +782,11 @@ impl H2Conn {
         match &mut s.response {
             None => {
                 if let Some(st @ 100..=199) = fields.status
-                    && st != 101 {
-                        cx.stats.interim_responses += 1;
-                        return;
-                    }
+                    && st != 101
+                {
+                    cx.stats.interim_responses += 1;
+                    return;
+                }
                 cx.stats.responses += 1;
                 if fields.status.is_none() && fields.unknown == 0 {
                     s.anomalies.insert(Anomaly::StatusNonNumeric);
@@ -756,10 +816,12 @@ impl H2Conn {
             End::Client => s.request_ended = true,
             End::Server => s.response_ended = true,
         }
-        if s.request_ended && s.response_ended
-            && let Some(s) = self.streams.remove(pos) {
-                finish(s, cx);
-            }
+        if s.request_ended
+            && s.response_ended
+            && let Some(s) = self.streams.remove(pos)
+        {
+            finish(s, cx);
+        }
     }
 
     fn reset(&mut self, end: End, id: u32, cx: &mut Ctx<'_>) {
@@ -800,15 +862,21 @@ impl H2Conn {
 
     /// A direction without frame boundaries: hold bytes until a run of plausible frames
     /// starts somewhere in them. Returns what is left to read from the boundary on.
-    fn resync<'d>(&mut self, end: End, data: &'d [u8], cx: &mut Ctx<'_>) -> &'d [u8] {
+    fn resync<'d>(
+        &mut self,
+        end: End,
+        data: &'d [u8],
+        cx: &mut Ctx<'_>,
+    ) -> (Option<Vec<u8>>, &'d [u8]) {
         let side = self.side_mut(end);
         if side.resync.is_empty()
-            && let Some(at) = find_frames(data) {
-                cx.stats.bytes_skipped += at as u64;
-                side.synced = true;
-                bump(cx, "resynced");
-                return &data[at..];
-            }
+            && let Some(at) = find_frames(data)
+        {
+            cx.stats.bytes_skipped += at as u64;
+            side.synced = true;
+            bump(cx, "resynced");
+            return (None, &data[at..]);
+        }
         let take = data.len().min(MAX_RESYNC_BYTES);
         side.resync.extend_from_slice(&data[..take]);
         let rest = &data[take..];
@@ -818,17 +886,9 @@ impl H2Conn {
                 cx.stats.bytes_skipped += at as u64;
                 side.synced = true;
                 bump(cx, "resynced");
-                // Read the held bytes from the boundary on, then the rest.
-                let tail = held[at..].to_vec();
-                let mut t = tail.as_slice();
-                while !t.is_empty() {
-                    let n = self.step(end, t, cx);
-                    t = &t[n..];
-                }
-                rest
+                (Some(held[at..].to_vec()), rest)
             }
             None => {
-                let side = self.side_mut(end);
                 if held.len() > MAX_RESYNC_BYTES {
                     // Keep the last frame header's worth: a boundary may straddle.
                     let drop = held.len() - 9;
@@ -837,7 +897,7 @@ impl H2Conn {
                 } else {
                     side.resync = held;
                 }
-                rest
+                (None, rest)
             }
         }
     }
@@ -946,15 +1006,16 @@ impl Fields {
     fn request(self, ts: Timestamp) -> Request {
         let mut headers = self.headers;
         if let Some(a) = self.authority
-            && !headers.iter().any(|h| h.name.eq_ignore_ascii_case("host")) {
-                headers.insert(
-                    0,
-                    Header {
-                        name: "host".into(),
-                        value: a,
-                    },
-                );
-            }
+            && !headers.iter().any(|h| h.name.eq_ignore_ascii_case("host"))
+        {
+            headers.insert(
+                0,
+                Header {
+                    name: "host".into(),
+                    value: a,
+                },
+            );
+        }
         Request {
             method: self.method.unwrap_or_default(),
             target: self.path.unwrap_or_default(),

@@ -1291,7 +1291,7 @@ impl HttpConn {
     /// arrived as ToClient); from then on `data` maps directions itself and callers
     /// should report client/server swapped.
     pub fn swapped(&self) -> bool {
-        self.orientation == Orientation::Swapped
+        (self.orientation == Orientation::Swapped) ^ self.h2.as_ref().is_some_and(|h| h.swapped())
     }
 
     /// True after CONNECT 2xx or 101 Upgrade (other than to HTTP/2): the rest of the

@@ -40,7 +40,7 @@ pub(super) struct Shared {
     pub(super) request_gap: bool,
     pub(super) opaque: bool,
     /// The upgrade request a 101 switched to HTTP/2 (`Upgrade: h2c`), for stream 1.
-    pub(super) h2c: Option<Box<(Request, AnomalySet)>>,
+    pub(super) h2c: Option<Box<(Option<Request>, AnomalySet)>>,
     /// Sum of the queue's `Pending::weight` (capped by `max_pending_bytes`).
     pub(super) pending_bytes: usize,
     /// Requests given up at a queue cap whose answers are still to come: the next this many
@@ -330,7 +330,7 @@ pub(super) fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
                                 Some(req) if opaque_after && upgrades_to_h2c(&resp) => {
                                     let mut an = an;
                                     an.0 &= !(1 << (Anomaly::Upgrade as u8));
-                                    sh.h2c = Some(Box::new((req, an)));
+                                    sh.h2c = Some(Box::new((Some(req), an)));
                                 }
                                 req => emit(cx, req, Some(resp), an),
                             }
@@ -340,6 +340,11 @@ pub(super) fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
                         p.response = Some((resp, anomalies));
                         charge(sh, pos, weight, cx);
                     }
+                }
+                None if opaque_after && upgrades_to_h2c(&resp) => {
+                    // Joined after the upgrade request: stream 1's answer will come in
+                    // HTTP/2 without it.
+                    sh.h2c = Some(Box::new((None, anomalies)));
                 }
                 None => {
                     let mut an = anomalies;
