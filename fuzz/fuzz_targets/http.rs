@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shieldtap::capture::Timestamp;
-use shieldtap::http::{Dir, HttpConfig, HttpConn, HttpStats};
+use shieldtap::http::{Dir, HttpConfig, HttpConn, HttpStats, h2};
 
 const MAX_HEAD: usize = 512;
 const MAX_BODY: usize = 256;
@@ -21,6 +21,14 @@ const MAX_PENDING_BYTES: usize = 2048;
 /// one arriving) with a request and a response body each; the first bytes held while the
 /// orientation is undecided.
 const BOUND: usize = 2 * (MAX_HEAD + MAX_BODY) + (MAX_PENDING + 2) * 2 * MAX_BODY + 8;
+/// Once the bytes turned out to be HTTP/2: per direction the resync hold, a header block,
+/// a control frame and the HPACK table; per open stream two bodies and their fields.
+const H2_BOUND: usize = 2
+    * (h2::MAX_RESYNC_BYTES
+        + MAX_HEAD
+        + h2::MAX_CONTROL_PAYLOAD
+        + h2::hpack::MAX_TABLE_BYTES as usize)
+    + h2::MAX_STREAMS * (2 * MAX_BODY + 2 * 64 * (MAX_HEADERS + 1) + 512);
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
@@ -68,9 +76,10 @@ fuzz_target!(|data: &[u8]| {
             conn.data(&cfg, dir, &payload[pos..end], ts, &mut out, &mut stats);
             pos = end;
         }
+        let bound = if conn.h2().is_some() { H2_BOUND } else { BOUND };
         assert!(
-            conn.buffered_bytes() <= BOUND,
-            "{} > {BOUND}",
+            conn.buffered_bytes() <= bound,
+            "{} > {bound}",
             conn.buffered_bytes()
         );
         check(&out);

@@ -283,6 +283,29 @@ impl Summary {
             h.requests,
             h.responses
         ));
+        if !h.h2_connections.is_empty() {
+            let how: Vec<String> = h
+                .h2_connections
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let odd: Vec<String> = h
+                .h2_events
+                .iter()
+                .filter(|(k, _)| !matches!(**k, "rst-stream" | "goaway" | "resynced"))
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            s.push_str(&format!(
+                "  http/2: {} connections ({}){}\n",
+                h.h2_connections.values().sum::<u64>(),
+                how.join(", "),
+                if odd.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", odd.join(", "))
+                }
+            ));
+        }
         if h.tls_connections > 0 || self.detect.tls_fingerprinted_events > 0 {
             let unreadable: u64 = h.tls_errors.values().sum();
             s.push_str(&format!(

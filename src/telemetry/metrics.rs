@@ -60,6 +60,8 @@ pub const NAMES: &[&str] = &[
     "http_responses",
     "http_transactions",
     "http_anomalies",
+    "http2_connections",
+    "http2_events",
     "tls_connections",
     "tls_hellos",
     "tls_errors",
@@ -590,6 +592,26 @@ impl Collector for Hub {
             "http_transactions",
             "HTTP transactions (request and response) completed.",
             h.transactions,
+        )?;
+        e.labelled(
+            "http2_connections",
+            "Connections found to be HTTP/2 in clear, by how they were recognised.",
+            MetricType::Counter,
+            from_zero(
+                "how",
+                crate::http::h2::Start::LABELS.iter().copied(),
+                &h.h2_connections,
+            ),
+        )?;
+        e.labelled(
+            "http2_events",
+            "HTTP/2 frames and header blocks that were odd, malformed or hostile, by kind.",
+            MetricType::Counter,
+            from_zero(
+                "kind",
+                crate::http::h2::EVENTS.iter().copied(),
+                &h.h2_events,
+            ),
         )?;
         e.counter(
             "tls_connections",

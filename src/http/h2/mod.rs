@@ -78,6 +78,9 @@ pub enum Start {
 }
 
 impl Start {
+    /// Every value of [`Start::as_str`] (a bounded metric label).
+    pub const LABELS: &'static [&'static str] = &["prior-knowledge", "upgrade", "mid-stream"];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Start::PriorKnowledge => "prior-knowledge",
@@ -86,6 +89,32 @@ impl Start {
         }
     }
 }
+
+/// Every kind counted in `HttpStats::h2_events` (a bounded metric label).
+pub const EVENTS: &[&str] = &[
+    "malformed-frame",
+    "protocol-error",
+    "unknown-frame-type",
+    "frame-over-cap",
+    "interrupted-header-block",
+    "header-block-over-cap",
+    "header-list-over-cap",
+    "table-size-over-cap",
+    "hpack-truncated",
+    "hpack-integer-overflow",
+    "hpack-bad-huffman",
+    "hpack-zero-index",
+    "hpack-unknown-entry",
+    "hpack-bad-index",
+    "data-unknown-stream",
+    "bad-preface",
+    "rst-stream",
+    "rapid-reset-flood",
+    "goaway",
+    "gap",
+    "resynced",
+    "ends-swapped",
+];
 
 /// What an HTTP/2 transaction carries besides the HTTP/1.x fields.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -198,6 +227,17 @@ impl Stream {
         }
     }
 
+    /// What a header block of this stream said about itself.
+    fn note(&mut self, fields: &Fields) {
+        self.unknown_fields = self.unknown_fields.saturating_add(fields.unknown);
+        if fields.unknown > 0 {
+            self.anomalies.insert(Anomaly::H2UnknownFields);
+        }
+        if fields.too_many {
+            self.anomalies.insert(Anomaly::TooManyHeaders);
+        }
+    }
+
     fn held_bytes(&self) -> usize {
         self.request
             .as_ref()
@@ -240,6 +280,9 @@ struct Fields {
     headers: Vec<Header>,
     unknown: u16,
     bad: bool,
+    /// Most regular fields kept (`max_headers`); the rest are dropped and flagged.
+    max: usize,
+    too_many: bool,
 }
 
 impl H2Conn {
@@ -399,6 +442,9 @@ impl H2Conn {
         while let Some(s) = self.streams.pop_front() {
             finish(s, cx);
         }
+        self.streams = VecDeque::new();
+        self.client = Side::new(false, false);
+        self.server = Side::new(false, false);
     }
 
     fn side_mut(&mut self, end: End) -> &mut Side {
@@ -675,12 +721,20 @@ impl H2Conn {
         let mut end = end;
         let side = self.side_mut(end);
         let joined_late = side.joined_late;
-        let mut fields = Fields::default();
+        let mut fields = Fields {
+            max: cx.cfg.max_headers,
+            ..Fields::default()
+        };
         let outcome = side
             .hpack
             .decode(&block.buf, cx.cfg.max_head_bytes, &mut |(n, v)| {
                 fields.add(n, v)
             });
+        debug_assert!(EVENTS.contains(&if joined_late {
+            "hpack-unknown-entry"
+        } else {
+            "hpack-bad-index"
+        }));
         if let Some(e) = outcome.error {
             bump(cx, e.as_str());
             fields.bad = true;
@@ -750,10 +804,7 @@ impl H2Conn {
             }
         };
         let s = &mut self.streams[pos];
-        s.unknown_fields = s.unknown_fields.saturating_add(fields.unknown);
-        if fields.unknown > 0 {
-            s.anomalies.insert(Anomaly::H2UnknownFields);
-        }
+        s.note(&fields);
         match &mut s.request {
             None => {
                 cx.stats.requests += 1;
@@ -761,7 +812,10 @@ impl H2Conn {
             }
             Some(r) => {
                 // Trailers after the body.
-                r.body.trailers.extend(fields.headers);
+                let room = cx.cfg.max_headers.saturating_sub(r.body.trailers.len());
+                r.body
+                    .trailers
+                    .extend(fields.headers.into_iter().take(room));
             }
         }
         if end_stream {
@@ -775,10 +829,7 @@ impl H2Conn {
             None => self.open(id, cx),
         };
         let s = &mut self.streams[pos];
-        s.unknown_fields = s.unknown_fields.saturating_add(fields.unknown);
-        if fields.unknown > 0 {
-            s.anomalies.insert(Anomaly::H2UnknownFields);
-        }
+        s.note(&fields);
         match &mut s.response {
             None => {
                 if let Some(st @ 100..=199) = fields.status
@@ -799,7 +850,12 @@ impl H2Conn {
                     ts: cx.ts,
                 });
             }
-            Some(r) => r.body.trailers.extend(fields.headers),
+            Some(r) => {
+                let room = cx.cfg.max_headers.saturating_sub(r.body.trailers.len());
+                r.body
+                    .trailers
+                    .extend(fields.headers.into_iter().take(room));
+            }
         }
         if end_stream {
             self.end_stream(End::Server, id, cx);
@@ -989,6 +1045,7 @@ impl Fields {
             }
             b":scheme" | b":protocol" => {}
             _ if name.first() == Some(&b':') => self.bad = true,
+            _ if self.headers.len() >= self.max => self.too_many = true,
             _ => {
                 let Ok(n) = std::str::from_utf8(name) else {
                     self.bad = true;
@@ -1008,6 +1065,10 @@ impl Fields {
         if let Some(a) = self.authority
             && !headers.iter().any(|h| h.name.eq_ignore_ascii_case("host"))
         {
+            if headers.len() >= self.max {
+                // Host counts against the field cap like any other field.
+                headers.pop();
+            }
             headers.insert(
                 0,
                 Header {
@@ -1104,6 +1165,7 @@ pub fn is_preface_start(data: &[u8]) -> bool {
 }
 
 fn bump(cx: &mut Ctx<'_>, kind: &'static str) {
+    debug_assert!(EVENTS.contains(&kind), "{kind}");
     *cx.stats.h2_events.entry(kind).or_insert(0) += 1;
 }
 
