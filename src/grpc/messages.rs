@@ -14,7 +14,7 @@ const PREFIX: usize = 5;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caps {
     /// Most decoded (decompressed) payload bytes kept per body, as `[http]
-    /// max_decoded_bytes`.
+    /// max_decoded_body_bytes`.
     pub max_decoded_bytes: usize,
     /// Most decoded bytes per byte of body, as `[http] max_decompression_ratio`: a small
     /// compressed body can only cost this many times its size.

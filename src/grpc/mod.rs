@@ -11,9 +11,9 @@
 //! descriptor set loaded from config ([`Descriptors`]). Owns nothing between calls; pure
 //! functions, no I/O except [`Descriptors::load`] at config load.
 //!
-//! Limits: messages per body (`max_messages`), decompressed bytes per body
-//! (`max_decoded_bytes`) and the decompression ratio (`max_decompression_ratio`, as for HTTP
-//! bodies) bound [`decode_messages`]; [`MAX_DEPTH`] nesting and a node budget bound [`walk`],
+//! Limits: messages per body (`[grpc] max_messages`), decompressed bytes per body (`[http]
+//! max_decoded_body_bytes`) and the decompression ratio (`max_decompression_ratio`), as for
+//! HTTP bodies, bound [`decode_messages`]; [`MAX_DEPTH`] nesting and a node budget bound [`walk`],
 //! which reads each byte a bounded number of times (linear in the message, however it nests
 //! or whatever lengths it claims). Failure modes: a cut body keeps its complete messages and
 //! the part of the last one that arrived (`truncated`); a bad prefix, an unknown encoding, a
@@ -56,7 +56,7 @@ impl Default for GrpcConfig {
 
 impl GrpcConfig {
     /// The caps of [`decode_messages`]: bytes and ratio as the HTTP stage's
-    /// (`[http] max_decoded_bytes`, `max_decompression_ratio`), messages from here.
+    /// (`[http] max_decoded_body_bytes`, `max_decompression_ratio`), messages from here.
     pub fn caps(&self, max_decoded_bytes: usize, max_decompression_ratio: u32) -> Caps {
         Caps {
             max_decoded_bytes,
