@@ -37,6 +37,8 @@ pub mod http;
 
 pub mod tls;
 
+pub mod grpc;
+
 pub mod token;
 
 pub mod actor;

@@ -23,6 +23,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("reassembly", 1),
     ("http", 1),
     ("tls", 1),
+    ("grpc", 1),
     // 2 judges.
     ("token", 2),
     ("actor", 2),

@@ -32,6 +32,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// `[enforce]`: the check endpoint and decisions; `None` when the section is absent.
     pub enforce: Option<crate::enforce::EnforceConfig>,
+    /// `[grpc]`: message caps and descriptor sets (loaded).
+    pub grpc: crate::grpc::GrpcConfig,
 }
 
 /// Threads and queues (config section `[runtime]`).
@@ -101,6 +103,21 @@ struct RawConfig {
     /// `[tls]`: client fingerprints.
     #[serde(default)]
     tls: RawTls,
+    /// `[grpc]`: gRPC messages and their schemas.
+    #[serde(default)]
+    grpc: RawGrpc,
+}
+
+/// `[grpc]`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGrpc {
+    /// `.protoset` files (`protoc --include_imports --descriptor_set_out=FILE`): field
+    /// names for the methods they describe. Relative paths are from the working
+    /// directory, as every path key here.
+    descriptor_sets: Option<Vec<String>>,
+    /// Most length-prefixed messages decoded per body (default 4096).
+    max_messages: Option<usize>,
 }
 
 /// `[tls]`
@@ -697,6 +714,21 @@ impl Config {
             }
             tls.scripting = list.iter().cloned().collect();
         }
+        let g = &raw.grpc;
+        c.grpc.max_messages = positive("grpc.max_messages", g.max_messages, c.grpc.max_messages)?;
+        if let Some(sets) = &g.descriptor_sets {
+            for (i, p) in sets.iter().enumerate() {
+                // Each file on its own first, so the error points at its entry.
+                crate::grpc::Descriptors::load(&[p])
+                    .map_err(|e| err(&format!("grpc.descriptor_sets[{i}]"), &e.to_string()))?;
+            }
+            c.grpc.descriptor_sets = sets.iter().map(std::path::PathBuf::from).collect();
+            if !sets.is_empty() {
+                let d = crate::grpc::Descriptors::load(&c.grpc.descriptor_sets)
+                    .map_err(|e| err("grpc.descriptor_sets", &e.to_string()))?;
+                c.grpc.descriptors = Some(std::sync::Arc::new(d));
+            }
+        }
         if let Some(e) = &raw.enforce {
             c.enforce =
                 Some(crate::enforce::EnforceConfig::from_raw(e).map_err(|(k, m)| err(&k, &m))?);
@@ -776,6 +808,41 @@ mod tests {
         let c = Config::parse("", "x.toml").expect("valid");
         assert_eq!(c.decode.vxlan_ports, vec![4789]);
         assert_eq!(c.reassembly.idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn grpc_section_loads_descriptor_sets_and_names_bad_ones() {
+        let c = Config::parse("", "x.toml").expect("valid");
+        assert_eq!(c.grpc.max_messages, 4096);
+        assert!(c.grpc.descriptors.is_none());
+        // Tests run in the package root; relative paths are from the working directory.
+        let c = Config::parse(
+            "[grpc]\nmax_messages = 64\ndescriptor_sets = [\"tests/fixtures/grpc/shop.protoset\"]\n",
+            "g.toml",
+        )
+        .expect("valid");
+        assert_eq!(c.grpc.max_messages, 64);
+        let d = c.grpc.descriptors.as_ref().expect("loaded");
+        assert!(d.method("/shop.v1.Shop/Login").is_some());
+        let e = Config::parse(
+            "[grpc]\ndescriptor_sets = [\"tests/fixtures/grpc/shop.protoset\", \"nope.protoset\"]\n",
+            "g.toml",
+        )
+        .expect_err("missing file");
+        assert!(
+            e.to_string()
+                .starts_with("g.toml:2:57: grpc.descriptor_sets[1]: nope.protoset: cannot read"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[grpc]\ndescriptor_sets = [\"tests/fixtures/grpc/shop.proto\"]\n",
+            "g.toml",
+        )
+        .expect_err("a .proto is not a descriptor set");
+        assert!(e.to_string().contains("not a usable descriptor set"), "{e}");
+        let e = Config::parse("[grpc]\nmax_messages = 0\n", "g.toml").expect_err("zero");
+        assert!(e.to_string().contains("grpc.max_messages"), "{e}");
+        assert!(Config::parse("[grpc]\nmax_message = 3\n", "g.toml").is_err());
     }
 
     #[test]

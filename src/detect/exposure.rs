@@ -9,7 +9,10 @@
 //! internal IP address. Only field paths, classes and masked samples leave this
 //! module; values never do. JSON is walked in place, in one pass, by a hand-written reader
 //! that accepts exactly what serde_json accepted (the serde walker is its test oracle);
-//! its buffers are per-thread scratch, so a scan allocates only what it returns.
+//! its buffers are per-thread scratch, so a scan allocates only what it returns. gRPC
+//! responses ([`scan_grpc`]) are walked message by message as protobuf, by field names
+//! when the method's descriptor is known and by field numbers otherwise, into the same
+//! [`Scan`] under the same caps.
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -1184,6 +1187,150 @@ pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
     out
 }
 
+/// Scans a gRPC body: its messages in the normalised form of
+/// [`crate::grpc::decode_messages`], each walked as protobuf ([`crate::grpc::walk`]) under
+/// the same caps, classes and helpers as JSON. Paths start at `$` like JSON's: with the
+/// method's message descriptor they are field names (`$.email`, `$.address.street`,
+/// `$.orders[].card_number`), so findings, the field inventory and returned ids read as a
+/// REST API's would; without one they are field numbers (`$.3`, `$.5.1`) and values are
+/// classified by their shape alone (an e-mail, a `+` phone number, a card number, a
+/// token). `records` is the longest repeated field, or the number of messages of a
+/// streamed response when larger; ids are the `id` of each message (`None` field) and of
+/// the elements of repeated messages (the field's name), as for JSON.
+pub fn scan_grpc(
+    headers: &[Header],
+    body: &[u8],
+    desc: Option<&prost_reflect::MessageDescriptor>,
+    want_ids: bool,
+) -> Scan {
+    let mut out = Scan {
+        shared_cache: shared_cacheable(headers),
+        ..Scan::default()
+    };
+    if body.is_empty() {
+        return out;
+    }
+    if body.len() > MAX_SCAN_BYTES {
+        out.truncated = true;
+        return out;
+    }
+    SCRATCH.with(|s| {
+        let mut guard = s.try_borrow_mut();
+        let mut fresh = Scratch::default();
+        let s = match guard.as_deref_mut() {
+            Ok(s) => s,
+            Err(_) => &mut fresh,
+        };
+        s.seen.clear();
+        s.fields.clear();
+        std::mem::swap(&mut out.fields, &mut s.fields);
+        let mut w = Walker {
+            scan: &mut out,
+            nodes: 0,
+            seen: &mut s.seen,
+            names: &mut s.names,
+            want_ids,
+            id_field: None,
+        };
+        let (path, lower) = (&mut s.path, &mut s.lower);
+        let mut count: u32 = 0;
+        let mut records: u32 = 0;
+        for msg in crate::grpc::messages(body) {
+            count = count.saturating_add(1);
+            let Some(budget) = u32::try_from(MAX_NODES.saturating_sub(w.nodes))
+                .ok()
+                .filter(|b| *b > 0)
+            else {
+                w.scan.truncated = true;
+                break;
+            };
+            let limits = crate::grpc::Limits {
+                max_depth: MAX_DEPTH,
+                max_nodes: budget,
+            };
+            // Coordinates are a location once both of one message are seen: (parent
+            // path, path, value).
+            let mut lat: Option<(String, String, f64)> = None;
+            let mut lon: Option<(String, String, f64)> = None;
+            let stats = crate::grpc::walk_with(msg, desc, limits, &mut |p, v| {
+                path.clear();
+                path.push_str("$.");
+                path.push_str(p);
+                w.field(path);
+                let name = path.rsplit('.').next().unwrap_or_default();
+                let name = name.strip_suffix("[]").unwrap_or(name);
+                lower.clear();
+                lower.push_str(name);
+                lower.make_ascii_lowercase();
+                let name = lower.as_str();
+                match v {
+                    crate::grpc::Scalar::Str(v) => {
+                        if name == "id" && !v.is_empty() && v.len() <= 128 {
+                            w.returned_id(path, v);
+                        }
+                        if let Some(c) = classify(name, v) {
+                            w.add(path, c, v);
+                        }
+                    }
+                    crate::grpc::Scalar::Int(_) | crate::grpc::Scalar::Uint(_) => {
+                        let mut digits = itoa::Buffer::new();
+                        let (n, big) = match v {
+                            crate::grpc::Scalar::Int(i) => (digits.format(i), i >= 1_000_000),
+                            crate::grpc::Scalar::Uint(u) => (digits.format(u), u >= 1_000_000),
+                            _ => return,
+                        };
+                        if name == "id" && w.want_ids {
+                            w.returned_id(path, n);
+                        }
+                        // Only long integers can be sensitive (cards, national ids, phones).
+                        if big && let Some(c) = classify(name, n) {
+                            w.add(path, c, n);
+                        }
+                    }
+                    crate::grpc::Scalar::Float(f) => {
+                        let is_lat = is_any(name, LAT);
+                        if (is_lat || is_any(name, LON)) && precise(f) {
+                            let parent = path.rsplit_once('.').map_or("", |(a, _)| a);
+                            let (mine, other) = if is_lat {
+                                (&mut lat, &mut lon)
+                            } else {
+                                (&mut lon, &mut lat)
+                            };
+                            match other.take() {
+                                Some((op, opath, of)) if op == parent => {
+                                    let latitude = if is_lat { f } else { of };
+                                    if latitude.abs() <= 90.0 {
+                                        w.add(path, Class::Geolocation, &f.to_string());
+                                        w.add(&opath, Class::Geolocation, &of.to_string());
+                                    }
+                                }
+                                o => {
+                                    *other = o;
+                                    *mine = Some((parent.to_string(), path.clone(), f));
+                                }
+                            }
+                        }
+                    }
+                    crate::grpc::Scalar::Bytes(_) | crate::grpc::Scalar::Bool(_) => {}
+                }
+            });
+            w.nodes += usize::try_from(stats.nodes).unwrap_or(usize::MAX);
+            records = records.max(stats.records);
+            w.scan.truncated |= stats.truncated;
+        }
+        // A streamed response's messages are its records when they outnumber any list.
+        if count > 1 {
+            records = records.max(count);
+        }
+        w.scan.records = records;
+        std::mem::swap(&mut out.fields, &mut s.fields);
+        out.fields = s.fields.as_str().into();
+    });
+    out.findings
+        .sort_by(|a, b| (&a.path, a.class).cmp(&(&b.path, b.class)));
+    out
+}
+
 /// Value patterns over a text body (or one that turned out not to be JSON).
 fn scan_text(out: &mut Scan, ctype: &[u8], body: &[u8], want_ids: bool) {
     let texty = ctype.len() >= 5 && ctype[..5].eq_ignore_ascii_case(b"text/")
@@ -2042,5 +2189,206 @@ mod walker_equivalence {
             n += 1;
         }
         assert!(n > 0);
+    }
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    //! gRPC responses from tests/fixtures/grpc (encoded by Google's Python protobuf from
+    //! shop.proto, framed as grpcio frames them): scanned with and without the schema.
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::grpc::{Caps, Descriptors, decode_messages};
+
+    fn dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/grpc")
+    }
+
+    fn body(file: &str, enc: Option<&str>) -> Vec<u8> {
+        let raw = std::fs::read(dir().join(file)).expect("fixture");
+        let m = decode_messages(&raw, enc.map(str::as_bytes), &Caps::default());
+        assert_eq!(m.error, None);
+        m.data
+    }
+
+    fn output(method: &str) -> prost_reflect::MessageDescriptor {
+        let d = Descriptors::load(&[dir().join("shop.protoset")]).expect("protoset");
+        d.method(method).expect("method").1
+    }
+
+    fn found(s: &Scan) -> BTreeSet<(String, Class)> {
+        s.findings
+            .iter()
+            .map(|f| (f.path.to_string(), f.class))
+            .collect()
+    }
+
+    fn has(s: &Scan, want: &[(&str, Class)]) {
+        let got = found(s);
+        for (p, c) in want {
+            assert!(
+                got.contains(&(p.to_string(), *c)),
+                "{p} {c:?} not in {got:?}"
+            );
+        }
+    }
+
+    /// No personal value of the fixtures leaves the scan in clear.
+    fn no_values(s: &Scan) {
+        let text = format!("{:?}", s.findings);
+        for v in [
+            "jane.roe@example.com",
+            "7946 0958",
+            "jroe.backup@example.org",
+            "Baker Street",
+            "4111111111111111",
+            "5555555555554444",
+            "51.523767",
+            "correct horse",
+        ] {
+            assert!(!text.contains(v), "{v} in {text}");
+        }
+    }
+
+    #[test]
+    fn profile_with_schema_names_the_personal_fields_as_json_would() {
+        let b = body("profile.gzip.grpc", Some("gzip"));
+        let s = scan_grpc(&[], &b, Some(&output("/shop.v1.Shop/GetProfile")), true);
+        has(
+            &s,
+            &[
+                ("$.email", Class::Email),
+                ("$.phone", Class::Phone),
+                ("$.address.street", Class::StreetAddress),
+                ("$.attributes[].value", Class::Email),
+                ("$.home.lat", Class::Geolocation),
+                ("$.home.lng", Class::Geolocation),
+            ],
+        );
+        assert!(
+            !found(&s)
+                .iter()
+                .any(|(p, _)| p == "$.display_name" || p == "$.address.city")
+        );
+        no_values(&s);
+        let fields: BTreeSet<&str> = s.fields.lines().collect();
+        for f in [
+            "$.id",
+            "$.address.city",
+            "$.badge_ids[]",
+            "$.attributes[].key",
+            "$.tier",
+        ] {
+            assert!(fields.contains(f), "{f} not in {fields:?}");
+        }
+        assert_eq!(s.ids, [(None, Arc::from("u-1042"))]);
+        assert_eq!(s.records, 3, "three packed badge ids");
+        assert!(!s.truncated);
+    }
+
+    #[test]
+    fn profile_without_schema_names_them_by_number() {
+        let b = body("profile.gzip.grpc", Some("gzip"));
+        let s = scan_grpc(&[], &b, None, true);
+        has(
+            &s,
+            &[
+                ("$.3", Class::Email),
+                ("$.4", Class::Phone),
+                ("$.9.2", Class::Email),
+            ],
+        );
+        no_values(&s);
+        let fields: BTreeSet<&str> = s.fields.lines().collect();
+        for f in ["$.1", "$.5.1", "$.5.2", "$.11.1", "$.12"] {
+            assert!(fields.contains(f), "{f} not in {fields:?}");
+        }
+        // Without names there is no `id` to learn from.
+        assert!(s.ids.is_empty());
+    }
+
+    #[test]
+    fn order_lists_give_records_ids_and_cards() {
+        let b = body("orders.deflate.grpc", Some("deflate"));
+        let s = scan_grpc(&[], &b, Some(&output("/shop.v1.Shop/ListOrders")), true);
+        has(
+            &s,
+            &[
+                ("$.orders[].card_number", Class::PaymentCard),
+                ("$.orders[].ship_to.street", Class::StreetAddress),
+            ],
+        );
+        let cards = s
+            .findings
+            .iter()
+            .find(|f| &*f.path == "$.orders[].card_number")
+            .expect("cards");
+        assert_eq!(cards.digests.len(), 3, "three distinct cards");
+        assert_eq!(s.records, 3);
+        let ids: Vec<(Option<&str>, &str)> =
+            s.ids.iter().map(|(f, i)| (f.as_deref(), &**i)).collect();
+        assert_eq!(
+            ids,
+            [
+                (Some("orders"), "o-7000"),
+                (Some("orders"), "o-7001"),
+                (Some("orders"), "o-7002")
+            ]
+        );
+        no_values(&s);
+        // Ids only when asked for.
+        let s = scan_grpc(&[], &b, Some(&output("/shop.v1.Shop/ListOrders")), false);
+        assert!(s.ids.is_empty());
+        let s = scan_grpc(&[], &b, None, true);
+        has(&s, &[("$.1.4", Class::PaymentCard)]);
+    }
+
+    #[test]
+    fn a_server_stream_counts_its_messages_as_records() {
+        let b = body("stream_orders.grpc", None);
+        let s = scan_grpc(&[], &b, Some(&output("/shop.v1.Shop/StreamOrders")), true);
+        assert_eq!(s.records, 3);
+        has(&s, &[("$.card_number", Class::PaymentCard)]);
+        let ids: Vec<(Option<&str>, &str)> =
+            s.ids.iter().map(|(f, i)| (f.as_deref(), &**i)).collect();
+        assert_eq!(ids, [(None, "o-7000"), (None, "o-7001"), (None, "o-7002")]);
+        // One field list for all messages.
+        assert_eq!(s.fields.lines().filter(|f| *f == "$.id").count(), 1);
+    }
+
+    #[test]
+    fn a_login_request_shows_its_password_field() {
+        let d = Descriptors::load(&[dir().join("shop.protoset")]).expect("protoset");
+        let input = d.method("/shop.v1.Shop/Login").expect("login").0;
+        let s = scan_grpc(&[], &body("login.grpc", None), Some(&input), false);
+        has(
+            &s,
+            &[
+                ("$.password", Class::PasswordHash),
+                ("$.username", Class::Email),
+            ],
+        );
+        no_values(&s);
+    }
+
+    #[test]
+    fn caps_and_cache_headers_apply_as_for_json() {
+        let b = body("profile.gzip.grpc", Some("gzip"));
+        let h = [Header {
+            name: "cache-control".into(),
+            value: smallvec::SmallVec::from_slice(b"public, max-age=60"),
+        }];
+        assert!(scan_grpc(&h, &b, None, false).shared_cache);
+        let big = vec![0u8; MAX_SCAN_BYTES + 1];
+        let s = scan_grpc(&[], &big, None, false);
+        assert!(s.truncated && s.findings.is_empty());
+        assert_eq!(scan_grpc(&[], &[], None, false), Scan::default());
+        // Many messages: the node cap stops the walk.
+        let one: Vec<u8> = [0u8, 0, 0, 0, 2, 0x08, 0x01].to_vec();
+        let many: Vec<u8> = (0..MAX_NODES + 10).flat_map(|_| one.clone()).collect();
+        let s = scan_grpc(&[], &many, None, false);
+        assert!(s.truncated);
     }
 }
