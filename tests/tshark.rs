@@ -95,7 +95,7 @@ fn tshark_view(cap: &str) -> (Vec<(String, String)>, Vec<u64>) {
     // values in order, separated by the aggregator (a space: never inside a method or URI).
     args.extend([
         "-Y",
-        "http",
+        "http || http2",
         "-T",
         "fields",
         "-E",
@@ -108,6 +108,14 @@ fn tshark_view(cap: &str) -> (Vec<(String, String)>, Vec<u64>) {
         "http.request.uri",
         "-e",
         "http.response.code",
+        // HTTP/2 (h2c, gRPC): tshark's HTTP dissector hands a connection that starts with
+        // the preface to its HTTP/2 dissector.
+        "-e",
+        "http2.headers.method",
+        "-e",
+        "http2.headers.path",
+        "-e",
+        "http2.headers.status",
     ]);
     let out = tshark(&args);
     let mut requests = Vec::new();
@@ -119,15 +127,28 @@ fn tshark_view(cap: &str) -> (Vec<(String, String)>, Vec<u64>) {
                 .map(|c| c.split_whitespace().collect::<Vec<_>>())
                 .unwrap_or_default()
         };
-        let (methods, uris, codes) = (field(0), field(1), field(2));
-        assert_eq!(
-            methods.len(),
-            uris.len(),
-            "{cap}: tshark line {line:?} pairs methods and URIs unevenly"
-        );
-        for (m, u) in methods.iter().zip(&uris) {
-            requests.push((m.to_string(), strip_query(u)));
+        for (mi, ui, ci) in [(0, 1, 2), (3, 4, 5)] {
+            let (methods, uris, codes) = (field(mi), field(ui), field(ci));
+            assert_eq!(
+                methods.len(),
+                uris.len(),
+                "{cap}: tshark line {line:?} pairs methods and URIs unevenly"
+            );
+            for (m, u) in methods.iter().zip(&uris) {
+                requests.push((m.to_string(), strip_query(u)));
+            }
+            statuses.extend(final_statuses(cap, line, &codes));
         }
+    }
+    requests.sort();
+    statuses.sort_unstable();
+    (requests, statuses)
+}
+
+/// The final (non-1xx) status codes among `codes`.
+fn final_statuses(cap: &str, line: &str, codes: &[&str]) -> Vec<u64> {
+    let mut statuses = Vec::new();
+    {
         for c in codes {
             let code: u64 = c
                 .parse()
@@ -137,9 +158,7 @@ fn tshark_view(cap: &str) -> (Vec<(String, String)>, Vec<u64>) {
             }
         }
     }
-    requests.sort();
-    statuses.sort_unstable();
-    (requests, statuses)
+    statuses
 }
 
 /// Requests and statuses as shieldtap reports them.

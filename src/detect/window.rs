@@ -567,6 +567,15 @@ impl KeyState {
                 *count += 1;
                 *fired = true;
             }
+            // A ratio or mixed rule's follow-up reports the requests its condition picks
+            // (an account's unattested use), not the key's others (the genuine app's).
+            if matches!(
+                rule.detector.kind,
+                DetectorKind::Ratio { .. } | DetectorKind::Mixed { .. }
+            ) && !o.when
+            {
+                return None;
+            }
             let pending = self
                 .pending
                 .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));

@@ -72,6 +72,20 @@ struct TxRecord<'a> {
     /// HTTP/2: header fields lost to HPACK table entries never seen (joined late).
     #[serde(skip_serializing_if = "is_zero")]
     unknown_header_fields: u16,
+    /// gRPC calls: outcome and message counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc: Option<GrpcRecord>,
+}
+
+/// A gRPC call's outcome in its transaction record (`grpc-message` is left out: free text
+/// a server may fill with personal data).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct GrpcRecord {
+    /// `grpc-status`, when the answer carried one.
+    pub status: Option<u32>,
+    pub status_name: Option<&'static str>,
+    pub request_messages: u32,
+    pub response_messages: u32,
 }
 
 fn is_zero(n: &u16) -> bool {
@@ -111,6 +125,7 @@ pub fn write_transaction(
     user: Option<&UserId>,
     route: Option<&str>,
     ja4: Option<&str>,
+    grpc: Option<GrpcRecord>,
 ) {
     let (client, server) = if swapped {
         (conn.server, conn.client)
@@ -150,6 +165,7 @@ pub fn write_transaction(
         http_version: http_version(tx),
         stream_id: tx.h2.map(|h| h.stream_id),
         unknown_header_fields: tx.h2.map_or(0, |h| h.unknown_fields),
+        grpc,
     };
     // Serialising plain owned data into a Vec cannot fail.
     if serde_json::to_writer(&mut *out, &rec).is_ok() {

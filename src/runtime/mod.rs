@@ -16,6 +16,7 @@
 //! (`merge`), bounded by `[capture] split_window_ms` and `split_hold_max_mib`.
 
 mod check;
+mod grpc;
 mod merge;
 mod ordering;
 mod reload;
@@ -814,6 +815,8 @@ struct HttpHandler {
     names: crate::intern::Interner,
     /// The route being templated.
     route_buf: String,
+    /// gRPC message caps and descriptor sets (`[grpc]`).
+    grpc: crate::grpc::GrpcConfig,
 }
 
 impl HttpHandler {
@@ -835,6 +838,7 @@ impl HttpHandler {
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
             names: Default::default(),
             route_buf: String::new(),
+            grpc: cfg.grpc.clone(),
         }
     }
 
@@ -927,8 +931,10 @@ impl HttpHandler {
         let latency = self.batch_created.map(|c| c.elapsed().as_micros() as u64);
         // Routes are templated into one buffer, reused (interned where an event keeps one).
         let mut route_buf = std::mem::take(&mut self.route_buf);
-        for tx in self.txs.drain(..) {
+        let mut txs = std::mem::take(&mut self.txs);
+        for mut tx in txs.drain(..) {
             self.written += 1;
+            let call = grpc::call(&mut tx, &self.cfg, &self.grpc, &mut self.stats);
             st.seq += 1;
             if let (Some(us), Some(h)) = (latency, self.latency_us.as_mut()) {
                 h.saturating_record(us.max(1));
@@ -977,6 +983,7 @@ impl HttpHandler {
                 route.unwrap_or_default(),
                 att.as_ref(),
                 user.as_ref(),
+                call.as_ref(),
             ) {
                 if let Some(p) = &pinned {
                     ev.route = Some(p.clone());
@@ -1002,9 +1009,16 @@ impl HttpHandler {
                     user.as_ref(),
                     pinned.as_deref().or(route),
                     ja4.as_deref(),
+                    call.as_ref().map(|c| crate::output::GrpcRecord {
+                        status: c.status,
+                        status_name: c.status.map(crate::grpc::status_name),
+                        request_messages: c.request_messages,
+                        response_messages: c.response_messages,
+                    }),
                 );
             }
         }
+        self.txs = txs;
         self.route_buf = route_buf;
     }
 }
@@ -1029,23 +1043,37 @@ fn event(
     route: &str,
     att: Option<&Attestation>,
     user: Option<&UserId>,
+    call: Option<&grpc::Call>,
 ) -> Option<Event> {
     let req = tx.request.as_ref()?;
     let path = path_of(&req.target);
-    // Every response body is scanned once: for exposure, the inventory, and returned ids.
-    let objects = request_objects(&req.target, &req.headers, &req.body.data);
+    // A gRPC call names its object in the request message, not the path.
+    let grpc_object = call.and_then(|c| grpc::object(path, &req.body.data, c));
+    let objects = match (&grpc_object, call) {
+        (Some((o, _)), _) => vec![o.clone()],
+        (None, Some(_)) => Vec::new(),
+        (None, None) => request_objects(&req.target, &req.headers, &req.body.data),
+    };
     let want_ids = req.method == "POST" || !objects.is_empty();
+    // Every response body is scanned once: for exposure, the inventory, and returned ids.
     let scan = tx
         .response
         .as_ref()
         .filter(|r| scan_responses && !r.body.data.is_empty())
         .map(|r| {
-            Arc::new(crate::detect::exposure::scan_with(
-                &r.headers,
-                &r.body.data,
-                want_ids,
-            ))
+            Arc::new(match call {
+                Some(c) => crate::detect::exposure::scan_grpc(
+                    &r.headers,
+                    &r.body.data,
+                    c.output.as_ref(),
+                    want_ids,
+                ),
+                None => crate::detect::exposure::scan_with(&r.headers, &r.body.data, want_ids),
+            })
         });
+    // Login methods are named in CamelCase (`/auth.v1.Auth/Login`).
+    let login_route = login.routes.is_match(route)
+        || (call.is_some() && login.routes.is_match(&route.to_ascii_lowercase()));
     // Keyed by the header as sent: a host seen before costs a lookup, not two copies.
     let host = header(&req.headers, "host").map(|h| match std::str::from_utf8(h) {
         Ok(raw) => names.mapped(raw, |raw| host_name(raw.as_bytes())),
@@ -1057,7 +1085,10 @@ fn event(
         actor: actor::actor(attribution, client.ip(), &req.headers, att, user),
         method: Some(method_name(&req.method)),
         host,
-        status: tx.response.as_ref().map(|r| r.status),
+        status: match call {
+            Some(c) => grpc::status(c, tx.response.as_ref().map(|r| r.status)),
+            None => tx.response.as_ref().map(|r| r.status),
+        },
         family: att.map(|a| a.family.clone()),
         verdict: att.map_or(Verdict::Missing, |a| a.verdict),
         token: att.and_then(|a| a.token_hash),
@@ -1065,10 +1096,21 @@ fn event(
             .filter(|a| a.verdict == Verdict::Expired)
             .and_then(|a| a.exp)
             .map(|exp| (now - exp).max(0.0)),
-        object: Some(Arc::from(&*crate::redact::path(path))),
-        number: object_number(&req.target),
-        username: login_username(login, route, &req.headers, &req.body.data),
-        login: login.routes.is_match(route),
+        object: Some(match &grpc_object {
+            Some((o, _)) => Arc::from(&*crate::redact::path(&format!("{path}/{}", o.id))),
+            None => Arc::from(&*crate::redact::path(path)),
+        }),
+        number: match (&grpc_object, call) {
+            (Some((_, n)), _) => *n,
+            (None, Some(_)) => None,
+            (None, None) => object_number(&req.target),
+        },
+        username: match call {
+            Some(c) if login_route => grpc::username(&req.body.data, c, &login.fields),
+            Some(_) => None,
+            None => login_username(login, route, &req.headers, &req.body.data),
+        },
+        login: login_route,
         objects,
         returned: scan
             .as_ref()

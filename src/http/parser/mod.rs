@@ -120,6 +120,12 @@ pub struct HttpStats {
     /// (`malformed-frame`, `protocol-error`, `hpack-unknown-entry`, `rapid-reset-flood`...).
     #[serde(default)]
     pub h2_events: BTreeMap<&'static str, u64>,
+    /// gRPC calls by outcome (`grpc-status` name, `none` without one).
+    #[serde(default)]
+    pub grpc_calls: BTreeMap<&'static str, u64>,
+    /// gRPC bodies whose messages were not all decoded, by reason.
+    #[serde(default)]
+    pub grpc_errors: BTreeMap<&'static str, u64>,
 }
 
 impl HttpStats {
@@ -146,6 +152,8 @@ impl HttpStats {
             (&mut self.cap_hits, &other.cap_hits),
             (&mut self.h2_connections, &other.h2_connections),
             (&mut self.h2_events, &other.h2_events),
+            (&mut self.grpc_calls, &other.grpc_calls),
+            (&mut self.grpc_errors, &other.grpc_errors),
         ] {
             for (k, v) in theirs {
                 *mine.entry(k).or_insert(0) += v;
