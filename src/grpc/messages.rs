@@ -183,7 +183,9 @@ pub fn decode_messages(body: &[u8], grpc_encoding: Option<&[u8]>, caps: &Caps) -
             out.truncated = true;
             break;
         }
-        if usize::try_from(out.count + out.skipped).unwrap_or(usize::MAX) >= caps.max_messages {
+        if usize::try_from(out.count.saturating_add(out.skipped)).unwrap_or(usize::MAX)
+            >= caps.max_messages
+        {
             out.error.get_or_insert(GrpcError::TooManyMessages);
             out.truncated = true;
             break;
@@ -209,13 +211,13 @@ pub fn decode_messages(body: &[u8], grpc_encoding: Option<&[u8]>, caps: &Caps) -
             let Some(enc) = enc else {
                 out.data.truncate(at);
                 out.error.get_or_insert(GrpcError::UnknownEncoding);
-                out.skipped += 1;
+                out.skipped = out.skipped.saturating_add(1);
                 continue;
             };
             if inflate(enc, payload, left, &mut out.data).is_err() {
                 out.data.truncate(at);
                 out.error.get_or_insert(GrpcError::DecompressionFailed);
-                out.skipped += 1;
+                out.skipped = out.skipped.saturating_add(1);
                 continue;
             }
             out.compressed += 1;
@@ -231,7 +233,7 @@ pub fn decode_messages(body: &[u8], grpc_encoding: Option<&[u8]>, caps: &Caps) -
         let n32 = u32::try_from(n).unwrap_or(u32::MAX);
         out.data.truncate(at + PREFIX + n32 as usize);
         out.data[at + 1..at + PREFIX].copy_from_slice(&n32.to_be_bytes());
-        out.count += 1;
+        out.count = out.count.saturating_add(1);
         if decoded >= budget && !rest.is_empty() {
             // Nothing more can be kept: the rest of the body is not decoded.
             out.truncated = true;

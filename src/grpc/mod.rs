@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 pub use messages::{Caps, GrpcError, Messages, decode_messages, messages};
 pub use schema::{DescriptorError, Descriptors};
-pub use wire::{Limits, MAX_DEPTH, MAX_NODES, Scalar, WalkStats, walk, walk_with};
+pub use wire::{Limits, MAX_DEPTH, MAX_NODES, Scalar, WalkStats, string_field, walk, walk_with};
 
 /// The `[grpc]` config section, validated.
 #[derive(Clone, Debug)]

@@ -149,6 +149,25 @@ fn field<'a>(buf: &mut &'a [u8]) -> Result<(u32, Value<'a>), Malformed> {
     Ok((number, value))
 }
 
+/// The first string of the top-level field `name` of a message (a login request's
+/// `username`), by its descriptor; `None` when absent, not a string field, or when the
+/// bytes before it are not protobuf. Reads only the message's own keys.
+pub fn string_field<'a>(msg: &'a [u8], desc: &MessageDescriptor, name: &str) -> Option<&'a str> {
+    let fd = desc.get_field_by_name(name)?;
+    if !matches!(fd.kind(), Kind::String) {
+        return None;
+    }
+    let number = fd.number();
+    let mut buf = msg;
+    while !buf.is_empty() {
+        match field(&mut buf).ok()? {
+            (n, Value::Len(b)) if n == number => return std::str::from_utf8(b).ok(),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Whether `b` parses completely as a message (its own fields; children are checked when
 /// walked) and is not text.
 fn looks_like_message(b: &[u8]) -> bool {
@@ -605,6 +624,25 @@ mod tests {
         let (raw, stats) = collect(&orders[..130], None);
         assert!(stats.malformed);
         assert!(!raw.is_empty());
+    }
+
+    #[test]
+    fn login_usernames_are_read_by_field_name() {
+        let d = descriptors();
+        let login = std::fs::read(dir().join("login.bin")).expect("login");
+        let md = d.message("shop.v1.LoginRequest").expect("type");
+        assert_eq!(
+            string_field(&login, &md, "username"),
+            Some("jane.roe@example.com")
+        );
+        assert_eq!(string_field(&login, &md, "email"), None);
+        assert_eq!(string_field(&login[..20], &md, "device_id"), None);
+        let reply = d.message("shop.v1.LoginReply").expect("type");
+        assert_eq!(
+            string_field(&login, &reply, "expires_at"),
+            None,
+            "not a string"
+        );
     }
 
     #[test]
