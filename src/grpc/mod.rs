@@ -67,7 +67,7 @@ impl GrpcConfig {
 }
 
 /// Status names by code (`google.rpc.Code`), 0 to 16.
-const STATUS_NAMES: [&str; 17] = [
+pub const STATUS_NAMES: [&str; 17] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",

@@ -62,6 +62,8 @@ pub const NAMES: &[&str] = &[
     "http_anomalies",
     "http2_connections",
     "http2_events",
+    "grpc_calls",
+    "grpc_message_errors",
     "tls_connections",
     "tls_hellos",
     "tls_errors",
@@ -611,6 +613,26 @@ impl Collector for Hub {
                 "kind",
                 crate::http::h2::EVENTS.iter().copied(),
                 &h.h2_events,
+            ),
+        )?;
+        e.labelled(
+            "grpc_calls",
+            "gRPC calls, by grpc-status name (none: no status seen).",
+            MetricType::Counter,
+            from_zero(
+                "status",
+                crate::grpc::STATUS_NAMES.iter().copied().chain(["none"]),
+                &h.grpc_calls,
+            ),
+        )?;
+        e.labelled(
+            "grpc_message_errors",
+            "gRPC bodies whose length-prefixed messages were not all decoded, by reason.",
+            MetricType::Counter,
+            from_zero(
+                "reason",
+                crate::grpc::GrpcError::ALL.iter().map(|e| e.as_str()),
+                &h.grpc_errors,
             ),
         )?;
         e.counter(
