@@ -401,3 +401,122 @@ fn first_packet_time(pcap: &Path) -> f64 {
     .unwrap();
     first.unwrap()
 }
+
+/// samples/grpc: every call the clients made (grpcio 1.51, unary and server-streaming,
+/// gzip messages, trailers-only failures) with its grpc-status and the number of response
+/// messages the client received.
+#[test]
+fn grpc_calls_have_the_clients_status_and_messages() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/grpc");
+    let mut want: Vec<(String, String, u64, u64)> =
+        std::fs::read_to_string(root.join("expected.jsonl"))
+            .expect("expected.jsonl")
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["client_ip"].as_str().unwrap().to_string(),
+                    v["path"].as_str().unwrap().to_string(),
+                    v["grpc_status"].as_u64().unwrap(),
+                    v["response_messages"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_shieldtap"))
+        .arg("replay")
+        .arg(root.join("capture.pcap"))
+        .arg("--config")
+        .arg(root.join("shieldtap.toml"))
+        .args(["--transactions-out", "-", "--alerts-out", "/dev/null"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("runs shieldtap");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut got: Vec<(String, String, u64, u64)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("grpc").is_some())
+        .map(|v| {
+            (
+                v["client"]["ip"].as_str().unwrap().to_string(),
+                v["path"].as_str().unwrap().to_string(),
+                v["grpc"]["status"].as_u64().unwrap(),
+                v["grpc"]["response_messages"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    // Neither tokens, passwords nor the stuffer's usernames appear in the records.
+    for secret in ["eyJ", "Winter2026", "victim01@example.com", "correct-horse"] {
+        assert!(!text.contains(secret), "{secret} in clear");
+    }
+}
+
+/// The gRPC recording joined late: grpc-core sends tokens as literals and indexes paths
+/// and statuses after first use, so every call that begins after the cut comes out, with
+/// its path and grpc-status or the mark that a field was an entry from before the cut.
+#[test]
+fn grpc_mid_stream_pickup_gives_the_later_calls() {
+    if !tshark_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs tshark (editcap)"
+        );
+        eprintln!("skipped: editcap not installed");
+        return;
+    }
+    let pcap = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/grpc/capture.pcap");
+    let (full, _) = transactions_with_ports(&pcap, HttpConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    for from in [40, 200, 450] {
+        let out = dir.path().join(format!("grpc-{from}.pcap"));
+        cut(&pcap, from, &out);
+        let (txs, stats) = transactions_with_ports(&out, HttpConfig::default());
+        let first_ts = first_packet_time(&out);
+        let got = by_stream(&txs);
+        let mut later = 0;
+        for (p, t) in &full {
+            let req = t.request.as_ref().unwrap();
+            if req.ts.as_secs_f64() <= first_ts + 0.002 {
+                continue;
+            }
+            let k = (*p, t.h2.unwrap().stream_id);
+            let g = got
+                .get(&k)
+                .unwrap_or_else(|| panic!("grpc cut at {from}: call {k:?} missing"));
+            let grpc_status = |t: &Transaction| {
+                t.response
+                    .as_ref()
+                    .and_then(|r| {
+                        header(&r.body.trailers, "grpc-status")
+                            .or(header(&r.headers, "grpc-status"))
+                    })
+                    .map(<[u8]>::to_vec)
+            };
+            // grpc-core indexes grpc-status: an entry from before the cut is unknown, and
+            // the transaction says so.
+            assert!(
+                grpc_status(g) == grpc_status(t) || g.anomalies.contains(Anomaly::H2UnknownFields),
+                "grpc cut at {from}: {k:?}"
+            );
+            let gr = g.request.as_ref().expect("request");
+            assert!(
+                gr.target == req.target || g.anomalies.contains(Anomaly::H2UnknownFields),
+                "grpc cut at {from}: {k:?}"
+            );
+            later += 1;
+        }
+        assert!(
+            later > 10,
+            "grpc cut at {from}: {later} calls after the cut"
+        );
+        assert!(stats.h2_connections.values().sum::<u64>() > 0);
+    }
+}

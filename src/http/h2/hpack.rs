@@ -67,12 +67,23 @@ pub type Field<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 /// names are never empty).
 const UNKNOWN_NAME: &[u8] = b"";
 
+/// Huffman-coded literals remembered per direction: clients send some long values as
+/// literals on every request (`authorization` never indexed, tokens without indexing), and
+/// comparing bytes costs far less than decoding them again.
+const HUFFMAN_CACHE: usize = 4;
+/// Shortest and longest encoded literal worth remembering.
+const HUFFMAN_CACHE_MIN: usize = 24;
+const HUFFMAN_CACHE_MAX: usize = 4096;
+
 /// The HPACK decoder of one direction.
 pub struct Decoder {
     table: Table<'static>,
     /// Scratch for literal names and values.
     name: Vec<u8>,
     value: Vec<u8>,
+    /// Recent long Huffman literals: (encoded, decoded), replaced round robin.
+    huffman: Vec<(Vec<u8>, Vec<u8>)>,
+    huffman_next: usize,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -96,6 +107,8 @@ impl Decoder {
             table: Table::with_dynamic_size(DEFAULT_TABLE_BYTES),
             name: Vec::new(),
             value: Vec::new(),
+            huffman: Vec::new(),
+            huffman_next: 0,
         }
     }
 
@@ -109,6 +122,11 @@ impl Decoder {
     /// Heap bytes the table holds (its RFC 7541 size: names, values, 32 per entry).
     pub fn held_bytes(&self) -> usize {
         self.table.dynamic_size() as usize
+            + self
+                .huffman
+                .iter()
+                .map(|(e, d)| e.capacity() + d.capacity())
+                .sum::<usize>()
     }
 
     /// Entries in the dynamic table.
@@ -192,7 +210,7 @@ impl Decoder {
         let mut name_known = true;
         self.name.clear();
         if index == 0 {
-            string(block, pos, &mut self.name)?;
+            self.string(block, pos, true)?;
         } else {
             match self.table.get(index).and_then(|(n, _)| known(n)) {
                 Some(n) => self.name.extend_from_slice(n),
@@ -200,7 +218,7 @@ impl Decoder {
             }
         }
         self.value.clear();
-        string(block, pos, &mut self.value)?;
+        self.string(block, pos, false)?;
         let name = name_known.then_some(self.name.as_slice());
         report(name, Some(self.value.as_slice()), out);
         if indexing {
@@ -210,6 +228,47 @@ impl Decoder {
                 UNKNOWN_NAME.to_vec()
             };
             self.table.insert(name, self.value.clone());
+        }
+        Ok(())
+    }
+}
+
+impl Decoder {
+    /// A string literal (RFC 7541 §5.2) into the name or value scratch, Huffman-decoded
+    /// when flagged (long ones through the cache).
+    fn string(&mut self, buf: &[u8], pos: &mut usize, name: bool) -> Result<(), HpackError> {
+        let huffman = buf.get(*pos).ok_or(HpackError::Truncated)? & 0x80 != 0;
+        let len = integer(buf, pos, 7)? as usize;
+        let raw = buf
+            .get(*pos..pos.saturating_add(len))
+            .ok_or(HpackError::Truncated)?;
+        *pos += len;
+        let dst = if name {
+            &mut self.name
+        } else {
+            &mut self.value
+        };
+        if !huffman {
+            dst.extend_from_slice(raw);
+            return Ok(());
+        }
+        if !(HUFFMAN_CACHE_MIN..=HUFFMAN_CACHE_MAX).contains(&raw.len()) {
+            return httlib_huffman::decode(raw, dst, DecoderSpeed::FiveBits)
+                .map_err(|_| HpackError::Huffman);
+        }
+        if let Some((_, decoded)) = self.huffman.iter().find(|(e, _)| e.as_slice() == raw) {
+            dst.extend_from_slice(decoded);
+            return Ok(());
+        }
+        let start = dst.len();
+        httlib_huffman::decode(raw, dst, DecoderSpeed::FiveBits)
+            .map_err(|_| HpackError::Huffman)?;
+        let entry = (raw.to_vec(), dst[start..].to_vec());
+        if self.huffman.len() < HUFFMAN_CACHE {
+            self.huffman.push(entry);
+        } else {
+            self.huffman[self.huffman_next] = entry;
+            self.huffman_next = (self.huffman_next + 1) % HUFFMAN_CACHE;
         }
         Ok(())
     }
@@ -244,22 +303,6 @@ fn integer(buf: &[u8], pos: &mut usize, prefix: u8) -> Result<u32, HpackError> {
         if shift > 28 {
             return Err(HpackError::Overflow);
         }
-    }
-}
-
-/// A string literal (RFC 7541 §5.2), Huffman-decoded when flagged, appended to `dst`.
-fn string(buf: &[u8], pos: &mut usize, dst: &mut Vec<u8>) -> Result<(), HpackError> {
-    let huffman = buf.get(*pos).ok_or(HpackError::Truncated)? & 0x80 != 0;
-    let len = integer(buf, pos, 7)? as usize;
-    let raw = buf
-        .get(*pos..pos.saturating_add(len))
-        .ok_or(HpackError::Truncated)?;
-    *pos += len;
-    if huffman {
-        httlib_huffman::decode(raw, dst, DecoderSpeed::FiveBits).map_err(|_| HpackError::Huffman)
-    } else {
-        dst.extend_from_slice(raw);
-        Ok(())
     }
 }
 
@@ -425,6 +468,37 @@ mod tests {
         assert!(out.error.is_none());
         assert!(bytes <= 64 * 1024, "{bytes}");
         assert!(n > 1 && n < 20, "{n}");
+    }
+
+    /// `authorization` (static index 23) as a literal never indexed, Huffman-coded, as
+    /// nghttp2 sends it.
+    fn huffman_authorization(value: &str) -> Vec<u8> {
+        let mut coded = Vec::new();
+        httlib_huffman::encode(value.as_bytes(), &mut coded).unwrap();
+        // Index 23 with a 4-bit prefix: 15, then 8.
+        let mut b = vec![0x1f, 23 - 15];
+        assert!((127..127 + 128).contains(&coded.len()));
+        b.extend([0xff, (coded.len() - 127) as u8]);
+        b.extend(coded);
+        b
+    }
+
+    /// Long Huffman literals repeated on every request decode the same from the cache, and
+    /// a different literal of the same length is not mistaken for a remembered one.
+    #[test]
+    fn repeated_huffman_literals_decode_alike() {
+        let mut d = Decoder::new();
+        let a = format!("Bearer eyJhbGciOiJIUzI1NiJ9.{}.sig", "a".repeat(200));
+        let b = format!("Bearer eyJhbGciOiJIUzI1NiJ9.{}.sig", "b".repeat(200));
+        for v in [&a, &a, &b, &a, &b] {
+            let (f, o) = decode(&mut d, &huffman_authorization(v));
+            assert_eq!(o, BlockOutcome::default());
+            assert_eq!(
+                f,
+                vec![(Some(b"authorization".to_vec()), Some(v.as_bytes().to_vec()))]
+            );
+        }
+        assert_eq!(d.huffman.len(), 2);
     }
 
     proptest! {
