@@ -42,6 +42,8 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const MAX_STREAMS: usize = 256;
 /// Bytes a direction holds while it looks for a frame boundary.
 pub const MAX_RESYNC_BYTES: usize = 64 * 1024;
+/// New bytes a held resync buffer needs before it is searched again.
+const RESCAN_STEP: usize = 512;
 /// Largest payload buffered for a control frame (SETTINGS, GOAWAY with debug data...).
 pub const MAX_CONTROL_PAYLOAD: usize = 16 * 1024;
 /// Client resets of streams not yet answered before the connection counts as a rapid
@@ -166,6 +168,9 @@ struct Side {
     synced: bool,
     /// Bytes held while looking for a boundary.
     resync: Vec<u8>,
+    /// `resync.len()` at its last search: held bytes are searched again only after
+    /// [`RESCAN_STEP`] more arrived (tiny segments cannot make the hunt quadratic).
+    resync_searched: usize,
     head: [u8; 9],
     head_len: usize,
     frame: Option<Frame>,
@@ -181,6 +186,7 @@ impl Side {
             preface: if preface { PREFACE.len() } else { 0 },
             synced,
             resync: Vec::new(),
+            resync_searched: 0,
             head: [0; 9],
             head_len: 0,
             frame: None,
@@ -420,6 +426,7 @@ impl H2Conn {
         side.block = None;
         side.head_len = 0;
         side.resync.clear();
+        side.resync_searched = 0;
         side.hpack.forget();
         side.joined_late = true;
         for s in &mut self.streams {
@@ -437,6 +444,22 @@ impl H2Conn {
     pub(in crate::http) fn close(&mut self, cx: &mut Ctx<'_>) {
         if self.closed {
             return;
+        }
+        // Bytes still held by a hunt that was waiting for more: one last search.
+        for end in [End::Client, End::Server] {
+            let side = self.side_mut(end);
+            if side.synced || side.resync.is_empty() {
+                continue;
+            }
+            let held = std::mem::take(&mut side.resync);
+            if let Some(at) = find_frames(&held) {
+                side.synced = true;
+                cx.stats.bytes_skipped += at as u64;
+                bump(cx, "resynced");
+                // `read` takes the caller's end: the mapping is its own inverse.
+                let caller = self.map(end);
+                self.read(caller, &held[at..], cx);
+            }
         }
         self.closed = true;
         while let Some(s) = self.streams.pop_front() {
@@ -936,11 +959,21 @@ impl H2Conn {
         let take = data.len().min(MAX_RESYNC_BYTES);
         side.resync.extend_from_slice(&data[..take]);
         let rest = &data[take..];
+        // Searched every time while small, then every RESCAN_STEP new bytes: linear
+        // overall however the bytes are cut.
+        if side.resync.len() > RESCAN_STEP
+            && side.resync.len() < side.resync_searched + RESCAN_STEP
+            && side.resync.len() <= MAX_RESYNC_BYTES
+        {
+            return (None, rest);
+        }
+        side.resync_searched = side.resync.len();
         let held = std::mem::take(&mut side.resync);
         match find_frames(&held) {
             Some(at) => {
                 cx.stats.bytes_skipped += at as u64;
                 side.synced = true;
+                side.resync_searched = 0;
                 bump(cx, "resynced");
                 (Some(held[at..].to_vec()), rest)
             }
@@ -950,6 +983,7 @@ impl H2Conn {
                     let drop = held.len() - 9;
                     cx.stats.bytes_skipped += drop as u64;
                     side.resync = held[drop..].to_vec();
+                    side.resync_searched = 0;
                 } else {
                     side.resync = held;
                 }

@@ -356,6 +356,70 @@ fn a_gap_resyncs_at_the_next_frames() {
     assert!(out.iter().any(|t| t.anomalies.contains(Anomaly::Gap)));
 }
 
+/// Joined late behind 128 KiB of bytes that are not frames, fed a byte at a time: the hunt
+/// for frames stays linear (held bytes are searched again only every 512 new ones) and
+/// finds the frames after them.
+#[test]
+fn a_long_hunt_one_byte_at_a_time_finds_the_frames() {
+    let cfg = HttpConfig::default();
+    let mut conn = HttpConn::new();
+    let mut out = Vec::new();
+    let mut stats = HttpStats::default();
+    let ts = Timestamp::from_secs_nanos(0, 1);
+    let (c, s) = conversation(3);
+    // Joined after the SETTINGS: the server's answers first, then the client's bytes.
+    conn.data(&cfg, Dir::ToClient, &s[15..], ts, &mut out, &mut stats);
+    assert_eq!(
+        stats.h2_connections.get("mid-stream"),
+        Some(&1),
+        "{stats:?}"
+    );
+    let junk: Vec<u8> = (0..128 * 1024u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for b in junk.iter().chain(&c[PREFACE.len()..]) {
+        conn.data(
+            &cfg,
+            Dir::ToServer,
+            std::slice::from_ref(b),
+            ts,
+            &mut out,
+            &mut stats,
+        );
+    }
+    conn.close(&cfg, ts, &mut out, &mut stats);
+    assert!(
+        stats.h2_events.get("resynced").copied().unwrap_or(0) >= 1,
+        "{stats:?}"
+    );
+    assert_eq!(out.iter().filter(|t| t.paired()).count(), 3, "{out:?}");
+}
+
+/// Frames that arrive while a hunt waits for more bytes are still found when the
+/// connection closes.
+#[test]
+fn frames_held_at_close_are_read() {
+    let cfg = HttpConfig::default();
+    let mut conn = HttpConn::new();
+    let mut out = Vec::new();
+    let mut stats = HttpStats::default();
+    let ts = Timestamp::from_secs_nanos(0, 1);
+    let (c, s) = conversation(2);
+    conn.data(&cfg, Dir::ToClient, &s[15..], ts, &mut out, &mut stats);
+    let junk: Vec<u8> = (0..700u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for b in junk.iter().chain(&c[PREFACE.len()..]) {
+        conn.data(
+            &cfg,
+            Dir::ToServer,
+            std::slice::from_ref(b),
+            ts,
+            &mut out,
+            &mut stats,
+        );
+    }
+    assert!(out.is_empty());
+    conn.close(&cfg, ts, &mut out, &mut stats);
+    assert_eq!(out.iter().filter(|t| t.paired()).count(), 2, "{out:?}");
+}
+
 proptest! {
     /// Arbitrary bytes after the preface, or joined late, never panic and never hold
     /// more than the caps allow.
