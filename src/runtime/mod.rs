@@ -943,10 +943,16 @@ impl HttpHandler {
             let (att, user) = match &tx.request {
                 Some(req) => {
                     let now = req.ts.as_secs_f64();
-                    (
-                        Some(judges.verifier.attest(&req.headers, &req.target, now)),
-                        judges.verifier.identify(&req.headers, now),
-                    )
+                    let mut att = judges.verifier.attest(&req.headers, &req.target, now);
+                    // HTTP/2 joined late: the token may be one of the header fields that were
+                    // HPACK entries this monitor never saw. Not seeing it is not its absence:
+                    // `unverified`, which no rule counts as unattested.
+                    if att.verdict == Verdict::Missing
+                        && tx.h2.is_some_and(|h| h.unknown_fields > 0)
+                    {
+                        att.verdict = Verdict::Unverified;
+                    }
+                    (Some(att), judges.verifier.identify(&req.headers, now))
                 }
                 None => (None, None),
             };
