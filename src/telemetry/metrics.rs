@@ -926,6 +926,16 @@ impl Collector for Hub {
     }
 }
 
+/// One sample per decision scope, in `Scope::ALL` order.
+fn by_scope(
+    values: impl IntoIterator<Item = u64>,
+) -> impl Iterator<Item = (Vec<(&'static str, String)>, u64)> {
+    crate::enforce::decisions::Scope::ALL
+        .iter()
+        .zip(values)
+        .map(|(s, n)| (one("scope", s.as_str()), n))
+}
+
 /// The check endpoint's and the decisions' families (only when enforcement runs).
 fn encode_enforce(
     e: &mut Enc<'_, '_>,
@@ -994,10 +1004,7 @@ fn encode_enforce(
         "decisions_active",
         "Decisions in force, by scope.",
         MetricType::Gauge,
-        Scope::ALL
-            .iter()
-            .zip(active)
-            .map(|(s, n)| (one("scope", s.as_str()), n)),
+        by_scope(active),
     )?;
     let k = &store.counters;
     let mut added = Vec::new();
@@ -1019,19 +1026,13 @@ fn encode_enforce(
         "decisions_expired",
         "Decisions that ran out, by scope.",
         MetricType::Counter,
-        Scope::ALL
-            .iter()
-            .zip(&k.expired)
-            .map(|(s, n)| (one("scope", s.as_str()), n.load(Relaxed))),
+        by_scope(k.expired.iter().map(|n| n.load(Relaxed))),
     )?;
     e.labelled(
         "decisions_deleted",
         "Decisions lifted by hand, by scope.",
         MetricType::Counter,
-        Scope::ALL
-            .iter()
-            .zip(&k.deleted)
-            .map(|(s, n)| (one("scope", s.as_str()), n.load(Relaxed))),
+        by_scope(k.deleted.iter().map(|n| n.load(Relaxed))),
     )?;
     e.counter(
         "decisions_evicted",
