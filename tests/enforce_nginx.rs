@@ -41,13 +41,15 @@
 //! Needs root (namespaces, tc, capture), nginx, tc and PyJWT; skipped with a note elsewhere
 //! unless CI is set.
 
+#[path = "common/netlab.rs"]
+mod netlab;
+use netlab::{Lab, Proc, ROOT, is_root, ns, run, spawn, wait_until};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const SERVER: &str = "10.77.0.2";
 const CHECK: &str = "10.78.0.2:9478";
 const SCRAPER: &str = "10.77.0.66";
@@ -58,13 +60,6 @@ const SECRET_B64: &str = "c2hpZWxkdGFwLWVuZm9yY2UtdGVzdC1hY2NvdW50LXNlY3JldC0wMT
 const USER_SECRET_B64: &str = "c2hpZWxkdGFwLWVuZm9yY2UtdGVzdC11c2VyLXNlY3JldC00NTY3ODk=";
 /// Ban length of `token.concurrent-use` in this test's config.
 const BAN_SECS: u64 = 8;
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
 
 /// What this test needs beyond root: a tool or module that is missing.
 fn missing_tool() -> Option<&'static str> {
@@ -102,51 +97,6 @@ fn skip(what: &str) -> bool {
     );
     eprintln!("note: {why}, {what} skipped");
     true
-}
-
-fn run(args: &[&str]) -> Output {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .current_dir(ROOT)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
-    assert!(
-        o.status.success(),
-        "{} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn ns(name: &str, args: &[&str]) -> Output {
-    let mut v = vec!["ip", "netns", "exec", name];
-    v.extend_from_slice(args);
-    run(&v)
-}
-
-/// Namespaces removed on drop (their interfaces go with them).
-struct Lab {
-    names: Vec<String>,
-    id: String,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-impl Lab {
-    fn ns(&self, role: &str) -> String {
-        format!("st{role}{}", self.id)
-    }
-
-    fn dev(&self, role: &str) -> String {
-        format!("{role}{}", self.id)
-    }
 }
 
 /// The namespaces and links of the module doc.
@@ -222,61 +172,6 @@ fn gateway_lab() -> Lab {
         );
     }
     lab
-}
-
-struct Proc {
-    child: Child,
-    name: &'static str,
-}
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status();
-    }
-
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(start.elapsed() < limit, "{} did not exit", self.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(name: &'static str, netns: &str, args: &[&str], stderr: Option<&Path>) -> Proc {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns])
-        .args(args)
-        .current_dir(ROOT)
-        .stdout(Stdio::null());
-    match stderr {
-        Some(p) => cmd.stderr(std::fs::File::create(p).expect("log file")),
-        None => cmd.stderr(Stdio::null()),
-    };
-    Proc {
-        child: cmd.spawn().unwrap_or_else(|e| panic!("{name}: {e}")),
-        name,
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what} not ready after {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn shieldtap() -> &'static str {

@@ -19,21 +19,15 @@
 //! ones complete) and that analysis recovers when the load falls.
 //! Needs root (namespaces, tc, capture); skipped with a note elsewhere unless CI is set.
 
+#[path = "common/netlab.rs"]
+mod netlab;
+use netlab::{Lab, Proc, ROOT, is_root, ns, run, spawn, wait_until};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
 
 fn skip(what: &str) -> bool {
     if is_root() {
@@ -45,50 +39,6 @@ fn skip(what: &str) -> bool {
     );
     eprintln!("note: not root, {what} skipped");
     true
-}
-
-fn run(args: &[&str]) -> Output {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
-    assert!(
-        o.status.success(),
-        "{} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-fn ns(name: &str, args: &[&str]) -> Output {
-    let mut v = vec!["ip", "netns", "exec", name];
-    v.extend_from_slice(args);
-    run(&v)
-}
-
-/// Namespaces removed on drop (their interfaces go with them).
-struct Lab {
-    names: Vec<String>,
-    id: String,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-impl Lab {
-    fn ns(&self, role: &str) -> String {
-        format!("st{role}{}", self.id)
-    }
-
-    fn dev(&self, role: &str) -> String {
-        format!("{role}{}", self.id)
-    }
 }
 
 /// A lab's three namespaces (client, server, monitor), fresh, each with its loopback up.
@@ -166,61 +116,6 @@ fn mirror_lab(tag: &str) -> Lab {
         );
     }
     lab
-}
-
-struct Proc {
-    child: Child,
-    name: &'static str,
-}
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status();
-    }
-
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(start.elapsed() < limit, "{} did not exit", self.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(name: &'static str, netns: &str, args: &[&str], stderr: Option<&Path>) -> Proc {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns])
-        .args(args)
-        .current_dir(ROOT);
-    cmd.stdout(Stdio::null());
-    match stderr {
-        Some(p) => cmd.stderr(std::fs::File::create(p).expect("log file")),
-        None => cmd.stderr(Stdio::null()),
-    };
-    Proc {
-        child: cmd.spawn().unwrap_or_else(|e| panic!("{name}: {e}")),
-        name,
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what} not ready after {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn server_up(lab: &Lab) -> bool {
