@@ -24,6 +24,8 @@ pub mod intern;
 
 pub mod budget;
 
+pub mod secret;
+
 // Flow order (blank lines keep rustfmt from sorting them).
 pub mod config;
 

@@ -17,6 +17,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("object", 0),
     ("intern", 0),
     ("budget", 0),
+    ("secret", 0),
     // 1 parsers.
     ("capture", 1),
     ("decode", 1),

@@ -597,22 +597,13 @@ impl Config {
                 "alertmanager" => Format::Alertmanager,
                 _ => return Err(e("format", "expected json, slack or alertmanager")),
             };
-            let secret = match (&w.secret, &w.secret_file, &w.secret_env) {
-                (None, None, None) => None,
-                (Some(s), None, None) => Some(s.as_bytes().to_vec()),
-                (None, Some(f), None) => Some(
-                    std::fs::read(f)
-                        .map_err(|er| e("secret_file", &format!("cannot read {f}: {er}")))?
-                        .trim_ascii()
-                        .to_vec(),
-                ),
-                (None, None, Some(v)) => Some(
-                    std::env::var(v)
-                        .map_err(|_| e("secret_env", &format!("variable {v} is not set")))?
-                        .into_bytes(),
-                ),
-                _ => return Err(e("secret", "give one of secret, secret_file, secret_env")),
-            };
+            let secret = crate::secret::read(
+                "secret",
+                w.secret.as_deref(),
+                w.secret_file.as_deref(),
+                w.secret_env.as_deref(),
+            )
+            .map_err(|se| e(&se.key, &se.message))?;
             if secret.as_ref().is_some_and(|s| s.len() < 16) {
                 return Err(e("secret", "expected at least 16 bytes"));
             }

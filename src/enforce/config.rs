@@ -246,18 +246,13 @@ fn secret(
     file: &Option<String>,
     env: &Option<String>,
 ) -> Result<Option<String>, KeyError> {
-    let v = match (inline, file, env) {
-        (None, None, None) => return Ok(None),
-        (Some(s), None, None) => s.clone(),
-        (None, Some(f), None) => std::fs::read_to_string(f)
-            .map_err(|e| key_err(&format!("{k}_file"), format!("cannot read {f}: {e}")))?
-            .trim()
-            .to_string(),
-        (None, None, Some(v)) => std::env::var(v)
-            .map_err(|_| key_err(&format!("{k}_env"), format!("variable {v} is not set")))?,
-        _ => {
-            return Err(key_err(k, format!("give one of {k}, {k}_file, {k}_env")));
-        }
+    let Some(bytes) = crate::secret::read(k, inline.as_deref(), file.as_deref(), env.as_deref())
+        .map_err(|e| key_err(&e.key, e.message))?
+    else {
+        return Ok(None);
+    };
+    let Ok(v) = String::from_utf8(bytes) else {
+        return Err(key_err(k, "expected text"));
     };
     if v.len() < 16 || v.chars().any(|c| c.is_control() || c == ' ') {
         return Err(key_err(
