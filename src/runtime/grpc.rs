@@ -156,35 +156,31 @@ fn noun(path: &str) -> String {
         .map_or(lower.clone(), str::to_string)
 }
 
-/// The username a login call tries: the first of `fields` by name (with a descriptor),
-/// else the first string that looks like one (an e-mail address or a user name field 1).
+/// The username a login call tries: the first of `fields` the message has (by name, with
+/// a descriptor), else the first string that looks like one (an e-mail address, or field 1).
 pub(super) fn username(body: &[u8], call: &Call, fields: &[String]) -> Option<Arc<str>> {
     let first = grpc::messages(body).next()?;
-    let mut best: Option<(usize, String)> = None;
-    let named = call.input.is_some();
-    grpc::walk(first, call.input.as_ref(), &mut |p, v| {
-        let Scalar::Str(s) = v else { return };
+    let usable = |s: &str| {
         let s = s.trim();
-        if s.is_empty() || s.len() > 256 {
-            return;
-        }
+        (!s.is_empty() && s.len() <= 256).then(|| Arc::from(s))
+    };
+    if let Some(desc) = &call.input {
+        return fields
+            .iter()
+            .find_map(|f| grpc::string_field(first, desc, f).and_then(usable));
+    }
+    let mut best: Option<(bool, Arc<str>)> = None;
+    grpc::walk(first, None, &mut |p, v| {
+        let Scalar::Str(s) = v else { return };
+        let Some(s) = usable(s) else { return };
         let field = p.trim_start_matches('$').trim_start_matches('.');
-        let rank = if named {
-            fields.iter().position(|f| f == field)
-        } else if s.contains('@') {
-            Some(0)
-        } else if field == "1" {
-            Some(1)
-        } else {
-            None
-        };
-        if let Some(r) = rank
-            && best.as_ref().is_none_or(|(b, _)| r < *b)
-        {
-            best = Some((r, s.to_string()));
+        // An e-mail address anywhere wins over a first string field.
+        let email = s.contains('@');
+        if (email || field == "1") && best.as_ref().is_none_or(|(e, _)| email && !*e) {
+            best = Some((email, s));
         }
     });
-    best.map(|(_, s)| Arc::from(s.as_str()))
+    best.map(|(_, s)| s)
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //!
 //! Input: in-order bytes per direction of a connection that [`super::HttpConn`] found to
 //! be HTTP/2 (the client's connection preface, an `Upgrade: h2c` answered by 101, or frames
-//! recognised mid-stream), gaps and close. Output: [`Transaction`]s like HTTP/1.x's (pseudo
+//! recognised mid-stream), gaps and close. Output: [`super::Transaction`]s like HTTP/1.x's (pseudo
 //! headers become method, target and status; `:authority` stands in for a missing `Host`),
-//! each with its stream id in [`Transaction::h2`], pushed when both ends of the stream
+//! each with its stream id in [`super::Transaction::h2`], pushed when both ends of the stream
 //! have ended (or it was reset, or the connection closed). Bodies are kept and decoded
 //! under the same caps as HTTP/1.x's; trailers (gRPC status) go to `Body::trailers`.
 //!
@@ -32,8 +32,8 @@ mod tests;
 
 use std::collections::VecDeque;
 
-use super::parser::{Ctx, emit_h2};
-use super::{Anomaly, AnomalySet, Body, Header, HeaderValue, Request, Response, Transaction};
+use super::parser::{Ctx, decode_kept, emit_h2};
+use super::{Anomaly, AnomalySet, Body, Header, HeaderValue, Request, Response};
 use crate::capture::Timestamp;
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -285,7 +285,6 @@ struct Fields {
     status: Option<u16>,
     headers: Vec<Header>,
     unknown: u16,
-    bad: bool,
     /// Most regular fields kept (`max_headers`); the rest are dropped and flagged.
     max: usize,
     too_many: bool,
@@ -507,7 +506,7 @@ impl H2Conn {
                 bump(cx, "frame-over-cap");
             }
             if h.ty == DATA {
-                self.data_start(end, h.stream, cx);
+                self.data_start(h.stream, cx);
             }
             if h.len == 0 {
                 self.frame_done(end, cx);
@@ -545,7 +544,7 @@ impl H2Conn {
     }
 
     /// A DATA frame begins: the stream must be open on this side.
-    fn data_start(&mut self, end: End, stream: u32, cx: &mut Ctx<'_>) {
+    fn data_start(&mut self, stream: u32, cx: &mut Ctx<'_>) {
         if stream == 0 {
             bump(cx, "protocol-error");
             return;
@@ -553,7 +552,6 @@ impl H2Conn {
         if self.stream_pos(stream).is_none() {
             bump(cx, "data-unknown-stream");
         }
-        let _ = end;
     }
 
     /// Payload bytes of a DATA frame (padding removed) into the stream's body.
@@ -753,14 +751,8 @@ impl H2Conn {
             .decode(&block.buf, cx.cfg.max_head_bytes, &mut |(n, v)| {
                 fields.add(n, v)
             });
-        debug_assert!(EVENTS.contains(&if joined_late {
-            "hpack-unknown-entry"
-        } else {
-            "hpack-bad-index"
-        }));
         if let Some(e) = outcome.error {
             bump(cx, e.as_str());
-            fields.bad = true;
         }
         if outcome.unknown > 0 {
             fields.unknown = outcome.unknown;
@@ -769,7 +761,7 @@ impl H2Conn {
             } else {
                 "hpack-bad-index"
             };
-            *cx.stats.h2_events.entry(kind).or_insert(0) += u64::from(outcome.unknown);
+            bump_by(cx, kind, u64::from(outcome.unknown));
         }
         if outcome.capped {
             bump(cx, "header-list-over-cap");
@@ -1040,29 +1032,10 @@ fn finish(s: Stream, cx: &mut Ctx<'_>) {
 /// Undoes content codings on a finished body under the HTTP/1.x caps.
 fn decode_body(headers: &[Header], body: &mut Body, anomalies: &mut AnomalySet, cx: &mut Ctx<'_>) {
     let codings = super::body::framing_headers(headers).codings;
-    if !cx.cfg.decode_bodies || body.data.is_empty() || codings.is_empty() {
-        return;
-    }
-    if codings.unknown {
+    if codings.unknown && cx.cfg.decode_bodies && !body.data.is_empty() {
         anomalies.insert(Anomaly::UnknownEncoding);
-        return;
     }
-    match super::body::decode(&body.data, &codings, cx.cfg, body.truncated) {
-        Ok(d) => {
-            cx.stats.body_bytes_decoded += d.data.len() as u64;
-            body.data = d.data;
-            body.decoded = true;
-            if let Some(limit) = d.limit {
-                body.truncated = true;
-                bump_cap(cx, limit.cap_name());
-                anomalies.insert(match limit {
-                    super::body::DecodeLimit::Body => Anomaly::BodyCap,
-                    _ => Anomaly::DecodeCap,
-                });
-            }
-        }
-        Err(super::body::DecodeFailed) => anomalies.insert(Anomaly::DecodeFailed),
-    }
+    decode_kept(body, &codings, anomalies, cx);
 }
 
 impl Fields {
@@ -1078,11 +1051,12 @@ impl Fields {
                 self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
             }
             b":scheme" | b":protocol" => {}
-            _ if name.first() == Some(&b':') => self.bad = true,
+            // Pseudo-headers HTTP/2 does not define, and names that are not text, are
+            // dropped.
+            _ if name.first() == Some(&b':') => {}
             _ if self.headers.len() >= self.max => self.too_many = true,
             _ => {
                 let Ok(n) = std::str::from_utf8(name) else {
-                    self.bad = true;
                     return;
                 };
                 self.headers.push(Header {
@@ -1199,15 +1173,14 @@ pub fn is_preface_start(data: &[u8]) -> bool {
 }
 
 fn bump(cx: &mut Ctx<'_>, kind: &'static str) {
+    bump_by(cx, kind, 1);
+}
+
+fn bump_by(cx: &mut Ctx<'_>, kind: &'static str, n: u64) {
     debug_assert!(EVENTS.contains(&kind), "{kind}");
-    *cx.stats.h2_events.entry(kind).or_insert(0) += 1;
+    *cx.stats.h2_events.entry(kind).or_insert(0) += n;
 }
 
 fn bump_cap(cx: &mut Ctx<'_>, cap: &'static str) {
-    *cx.stats.cap_hits.entry(cap).or_insert(0) += 1;
-}
-
-/// The transaction's stream, when it came over HTTP/2.
-pub fn info(tx: &Transaction) -> Option<H2Info> {
-    tx.h2
+    super::parser::bump(&mut cx.stats.cap_hits, cap);
 }

@@ -4,7 +4,7 @@
 //! Recordings of real clients and servers are exercised in `tests/h2.rs`.
 
 use super::*;
-use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, header};
+use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
 use proptest::prelude::*;
 
 fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {

@@ -103,18 +103,31 @@ pub(super) fn length_framing(
 
 /// Undoes content codings on a finished body (kept bytes only), under the decode caps.
 pub(super) fn decode_body(m: &mut InFlight, cx: &mut Ctx<'_>) {
-    let codings = m.codings;
-    if !cx.cfg.decode_bodies || codings.unknown || codings.is_empty() {
-        return;
-    }
-    let body = match &mut m.msg {
+    let InFlight {
+        msg,
+        anomalies,
+        codings,
+        ..
+    } = m;
+    let body = match msg {
         Message::Request(r) => &mut r.body,
         Message::Response(r) => &mut r.body,
     };
-    if body.data.is_empty() {
+    decode_kept(body, codings, anomalies, cx);
+}
+
+/// Undoes `codings` on a body's kept bytes under the decode caps (HTTP/1.x and HTTP/2):
+/// the decoded bytes replace them; caps reached and failures are flagged and counted.
+pub(in crate::http) fn decode_kept(
+    body: &mut Body,
+    codings: &Codings,
+    anomalies: &mut AnomalySet,
+    cx: &mut Ctx<'_>,
+) {
+    if !cx.cfg.decode_bodies || codings.unknown || codings.is_empty() || body.data.is_empty() {
         return;
     }
-    match body::decode(&body.data, &codings, cx.cfg, body.truncated) {
+    match body::decode(&body.data, codings, cx.cfg, body.truncated) {
         Ok(d) => {
             cx.stats.body_bytes_decoded += d.data.len() as u64;
             body.data = d.data;
@@ -122,12 +135,12 @@ pub(super) fn decode_body(m: &mut InFlight, cx: &mut Ctx<'_>) {
             if let Some(limit) = d.limit {
                 body.truncated = true;
                 bump(&mut cx.stats.cap_hits, limit.cap_name());
-                m.anomalies.insert(match limit {
+                anomalies.insert(match limit {
                     body::DecodeLimit::Body => Anomaly::BodyCap,
                     body::DecodeLimit::Decoded | body::DecodeLimit::Ratio => Anomaly::DecodeCap,
                 });
             }
         }
-        Err(body::DecodeFailed) => m.anomalies.insert(Anomaly::DecodeFailed),
+        Err(body::DecodeFailed) => anomalies.insert(Anomaly::DecodeFailed),
     }
 }

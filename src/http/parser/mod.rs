@@ -45,6 +45,7 @@ mod resync;
 #[cfg(test)]
 mod tests;
 
+pub(in crate::http) use framing::decode_kept;
 use framing::*;
 use head::*;
 pub(in crate::http) use pairing::emit_h2;
@@ -162,7 +163,7 @@ impl HttpStats {
     }
 }
 
-fn bump(map: &mut BTreeMap<&'static str, u64>, key: &'static str) {
+pub(in crate::http) fn bump(map: &mut BTreeMap<&'static str, u64>, key: &'static str) {
     *map.entry(key).or_insert(0) += 1;
 }
 
@@ -1247,15 +1248,7 @@ impl HttpConn {
             if h2::is_preface_start(first) {
                 if n < 3 {
                     // "P" or "PR": too few to tell from PUT or POST; held.
-                    if self.stash_len == 0 {
-                        self.stash_dir = dir;
-                        self.stash_ts = cx.ts;
-                    }
-                    let at = self.stash_len;
-                    if let Some(dst) = self.stash.get_mut(at..at + data.len()) {
-                        dst.copy_from_slice(data);
-                    }
-                    self.stash_len = n;
+                    self.hold(dir, data, cx.ts);
                     return H2Probe::Held;
                 }
                 if self.orientation == Orientation::Unknown {
@@ -1403,21 +1396,27 @@ impl HttpConn {
                 true
             }
             None if self.stash_len + data.len() <= ORIENT_PROBE_LEN => {
-                if self.stash_len == 0 {
-                    self.stash_dir = dir;
-                    self.stash_ts = cx.ts;
-                }
-                let start = self.stash_len;
-                if let Some(dst) = self.stash.get_mut(start..start + data.len()) {
-                    dst.copy_from_slice(data);
-                }
-                self.stash_len += data.len();
+                self.hold(dir, data, cx.ts);
                 false
             }
             None => {
                 self.settle(Orientation::AsGiven, cx);
                 true
             }
+        }
+    }
+
+    /// Holds a connection's first bytes (they fit: at most `ORIENT_PROBE_LEN` in all) until
+    /// they can be told apart; the first held bytes' direction and time are kept.
+    fn hold(&mut self, dir: Dir, data: &[u8], ts: Timestamp) {
+        if self.stash_len == 0 {
+            self.stash_dir = dir;
+            self.stash_ts = ts;
+        }
+        let start = self.stash_len;
+        if let Some(dst) = self.stash.get_mut(start..start + data.len()) {
+            dst.copy_from_slice(data);
+            self.stash_len += data.len();
         }
     }
 
