@@ -329,12 +329,7 @@ fn cut(pcap: &Path, from: usize, out: &Path) {
 /// in which case the transaction says so (`hpack-unknown-fields`).
 #[test]
 fn mid_stream_pickup_gives_the_later_streams() {
-    if !tshark_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI installs tshark (editcap)"
-        );
-        eprintln!("skipped: editcap not installed");
+    if editcap_missing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -346,31 +341,19 @@ fn mid_stream_pickup_gives_the_later_streams() {
             .unwrap() as usize;
         for from in [6, 15, 30, packets / 3, packets / 2] {
             let out = dir.path().join(format!("{name}-{from}.pcap"));
-            cut(&pcap, from, &out);
-            let (txs, stats) = transactions_with_ports(&out, HttpConfig::default());
-            let first_ts = first_packet_time(&out);
-            let got = by_stream(&txs);
-            let mut later = 0;
-            for (p, t) in &full {
-                let req = t.request.as_ref().unwrap();
-                // Requests that begin well after the first packet kept.
-                if req.ts.as_secs_f64() <= first_ts + 0.002 {
-                    continue;
-                }
-                let k = (*p, t.h2.unwrap().stream_id);
-                let g = got
-                    .get(&k)
-                    .unwrap_or_else(|| panic!("{name} cut at {from}: stream {k:?} missing"));
-                let gr = g.request.as_ref().expect("request");
+            let label = format!("{name} cut at {from}");
+            let (later, stats) = later_streams(&pcap, &full, from, &out, &label);
+            for (k, t, g) in &later {
+                let (req, gr) = (t.request.as_ref().unwrap(), g.request.as_ref().unwrap());
                 assert_eq!(
                     g.response.as_ref().map(|r| r.status),
                     t.response.as_ref().map(|r| r.status),
-                    "{name} cut at {from}: {k:?}"
+                    "{label}: {k:?}"
                 );
                 if gr.method != req.method || gr.target != req.target {
                     assert!(
                         g.anomalies.contains(Anomaly::H2UnknownFields),
-                        "{name} cut at {from}: {k:?} differs unmarked: {} {} vs {} {}",
+                        "{label}: {k:?} differs unmarked: {} {} vs {} {}",
                         gr.method,
                         gr.target,
                         req.method,
@@ -378,9 +361,8 @@ fn mid_stream_pickup_gives_the_later_streams() {
                     );
                     assert!(g.h2.unwrap().unknown_fields > 0);
                 }
-                later += 1;
             }
-            assert!(later > 0, "{name} cut at {from}: nothing after the cut");
+            assert!(!later.is_empty(), "{label}: nothing after the cut");
             // A token that may have been an HPACK entry from before the cut is not judged
             // missing (that would make the genuine app look unattested).
             let o = Command::new(env!("CARGO_BIN_EXE_shieldtap"))
@@ -402,9 +384,54 @@ fn mid_stream_pickup_gives_the_later_streams() {
                 }
             }
             let recognised: u64 = stats.h2_connections.values().sum();
-            assert!(recognised > 0, "{name} cut at {from}: {stats:?}");
+            assert!(recognised > 0, "{label}: {stats:?}");
         }
     }
+}
+
+/// Skips (with a note) when editcap is not installed; CI installs it with tshark.
+fn editcap_missing() -> bool {
+    if tshark_available() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI installs tshark (editcap)"
+    );
+    eprintln!("skipped: editcap not installed");
+    true
+}
+
+/// A stream of the whole capture and the same stream in the cut one.
+type LaterStream = ((u16, u32), Transaction, Transaction);
+
+/// `pcap` cut at packet `from` (written to `out`): each transaction of the whole capture
+/// (`full`) whose request begins after the cut's first packet, with the cut capture's
+/// transaction of the same stream (a missing one fails the test), and the cut's counters.
+fn later_streams(
+    pcap: &Path,
+    full: &[(u16, Transaction)],
+    from: usize,
+    out: &Path,
+    label: &str,
+) -> (Vec<LaterStream>, shieldtap::http::HttpStats) {
+    cut(pcap, from, out);
+    let (txs, stats) = transactions_with_ports(out, HttpConfig::default());
+    let first_ts = first_packet_time(out);
+    let got = by_stream(&txs);
+    let later = full
+        .iter()
+        .filter(|(_, t)| t.request.as_ref().unwrap().ts.as_secs_f64() > first_ts + 0.002)
+        .map(|(p, t)| {
+            let k = (*p, t.h2.unwrap().stream_id);
+            let g = got
+                .get(&k)
+                .unwrap_or_else(|| panic!("{label}: stream {k:?} missing"));
+            assert!(g.request.is_some(), "{label}: {k:?} has no request");
+            (k, t.clone(), (*g).clone())
+        })
+        .collect();
+    (later, stats)
 }
 
 fn first_packet_time(pcap: &Path) -> f64 {
@@ -484,58 +511,41 @@ fn grpc_calls_have_the_clients_status_and_messages() {
 /// its path and grpc-status or the mark that a field was an entry from before the cut.
 #[test]
 fn grpc_mid_stream_pickup_gives_the_later_calls() {
-    if !tshark_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI installs tshark (editcap)"
-        );
-        eprintln!("skipped: editcap not installed");
+    if editcap_missing() {
         return;
     }
     let pcap = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/grpc/capture.pcap");
     let (full, _) = transactions_with_ports(&pcap, HttpConfig::default());
     let dir = tempfile::tempdir().unwrap();
+    let grpc_status = |t: &Transaction| {
+        t.response
+            .as_ref()
+            .and_then(|r| {
+                header(&r.body.trailers, "grpc-status").or(header(&r.headers, "grpc-status"))
+            })
+            .map(<[u8]>::to_vec)
+    };
     for from in [40, 200, 450] {
         let out = dir.path().join(format!("grpc-{from}.pcap"));
-        cut(&pcap, from, &out);
-        let (txs, stats) = transactions_with_ports(&out, HttpConfig::default());
-        let first_ts = first_packet_time(&out);
-        let got = by_stream(&txs);
-        let mut later = 0;
-        for (p, t) in &full {
-            let req = t.request.as_ref().unwrap();
-            if req.ts.as_secs_f64() <= first_ts + 0.002 {
-                continue;
-            }
-            let k = (*p, t.h2.unwrap().stream_id);
-            let g = got
-                .get(&k)
-                .unwrap_or_else(|| panic!("grpc cut at {from}: call {k:?} missing"));
-            let grpc_status = |t: &Transaction| {
-                t.response
-                    .as_ref()
-                    .and_then(|r| {
-                        header(&r.body.trailers, "grpc-status")
-                            .or(header(&r.headers, "grpc-status"))
-                    })
-                    .map(<[u8]>::to_vec)
-            };
+        let label = format!("grpc cut at {from}");
+        let (later, stats) = later_streams(&pcap, &full, from, &out, &label);
+        for (k, t, g) in &later {
             // grpc-core indexes grpc-status: an entry from before the cut is unknown, and
             // the transaction says so.
             assert!(
                 grpc_status(g) == grpc_status(t) || g.anomalies.contains(Anomaly::H2UnknownFields),
-                "grpc cut at {from}: {k:?}"
+                "{label}: {k:?}"
             );
-            let gr = g.request.as_ref().expect("request");
+            let (req, gr) = (t.request.as_ref().unwrap(), g.request.as_ref().unwrap());
             assert!(
                 gr.target == req.target || g.anomalies.contains(Anomaly::H2UnknownFields),
-                "grpc cut at {from}: {k:?}"
+                "{label}: {k:?}"
             );
-            later += 1;
         }
         assert!(
-            later > 10,
-            "grpc cut at {from}: {later} calls after the cut"
+            later.len() > 10,
+            "{label}: {} calls after the cut",
+            later.len()
         );
         assert!(stats.h2_connections.values().sum::<u64>() > 0);
     }

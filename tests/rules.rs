@@ -18,6 +18,16 @@ fn shieldtap(args: &[&str]) -> Output {
         .expect("runs")
 }
 
+/// No alert names any of the genuine clients (addresses, devices) in its actor.
+fn assert_no_genuine_actor(alerts: &[Value], genuine: &[&str]) {
+    for a in alerts {
+        let actor = a["actor"].to_string();
+        for g in genuine {
+            assert!(!actor.contains(g), "genuine client flagged: {a}");
+        }
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -321,18 +331,18 @@ fn bots_and_stuffing_sample_flags_every_attacker_and_no_genuine_device() {
             .is_some_and(|v| v.len() >= 8)
     );
     // No genuine device, address or login is named at medium or above (here: at all).
-    for a in &golden {
-        let actor = a["actor"].to_string();
-        for genuine in [
+    assert_no_genuine_actor(
+        &golden,
+        &[
             "127.0.0.10",
             "127.0.0.11",
             "127.0.0.12",
             "device-a",
             "device-b",
             "device-c",
-        ] {
-            assert!(!actor.contains(genuine), "genuine client flagged: {a}");
-        }
+        ],
+    );
+    for a in &golden {
         assert_ne!(a["actor"]["user"], "b***@example.com");
         assert_ne!(a["actor"]["user"], "c***@example.com");
     }
@@ -626,9 +636,9 @@ fn grpc_sample_flags_the_scraper_and_the_stuffer_and_no_genuine_user() {
         assert!(rules("127.0.0.40").contains(r), "{r}");
     }
     // No genuine address or device is named at all.
-    for a in &golden {
-        let actor = a["actor"].to_string();
-        for genuine in [
+    assert_no_genuine_actor(
+        &golden,
+        &[
             "127.0.0.10",
             "127.0.0.11",
             "127.0.0.12",
@@ -637,10 +647,8 @@ fn grpc_sample_flags_the_scraper_and_the_stuffer_and_no_genuine_user() {
             "device-b",
             "device-c",
             "device-d",
-        ] {
-            assert!(!actor.contains(genuine), "genuine client flagged: {a}");
-        }
-    }
+        ],
+    );
     // The exposure scan names the personal fields of the protobuf Profile by name.
     let exposed = |alerts: &[Value]| -> BTreeSet<(String, String)> {
         alerts
