@@ -17,7 +17,10 @@ use shieldtap::grpc::{self, Caps, Descriptors, Limits};
 fn descriptors() -> &'static Descriptors {
     static D: OnceLock<Descriptors> = OnceLock::new();
     D.get_or_init(|| {
-        let set = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/grpc/shop.protoset");
+        let set = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/grpc/shop.protoset"
+        );
         Descriptors::load(&[set]).expect("fixture descriptor set")
     })
 }
