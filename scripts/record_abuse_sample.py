@@ -463,20 +463,13 @@ ACTORS = [
 
 
 def main() -> None:
-    for attempt in range(1, ATTEMPTS + 1):
-        work = Path(tempfile.mkdtemp(prefix="shieldtap-bots-and-stuffing-"))
-        try:
-            record(work)
-            return
-        except rs.DroppedPackets as e:
-            rs.log(f"attempt {attempt} of {ATTEMPTS}: {e}")
-            if attempt == ATTEMPTS:
-                raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    rs.with_attempts("shieldtap-bots-and-stuffing-", ATTEMPTS, record)
 
 
-def run_actors(r: Recorder) -> None:
+def run_actors(r, actors: list | None = None) -> None:
+    """Runs each actor (name, fn, ...) of ``actors`` (default: this sample's) as ``fn(r)``
+    in its own thread; re-raises the first failure, or an actor still running after 120 s,
+    in the calling thread. A failing genuine-a releases the actors waiting for alice."""
     errors: list[BaseException] = []
 
     def wrap(name, fn) -> None:
@@ -487,7 +480,7 @@ def run_actors(r: Recorder) -> None:
             if name == "genuine-a":
                 r.alice_ready.set()
 
-    threads = [threading.Thread(target=wrap, args=(name, fn), name=name) for name, fn, *_ in ACTORS]
+    threads = [threading.Thread(target=wrap, args=(name, fn), name=name) for name, fn, *_ in (ACTORS if actors is None else actors)]
     for t in threads:
         t.start()
     for t in threads:

@@ -451,17 +451,7 @@ def run_actors(r: Recorder) -> None:
 
 def main() -> None:
     check_data()
-    for attempt in range(1, ATTEMPTS + 1):
-        work = Path(tempfile.mkdtemp(prefix="shieldtap-exposure-"))
-        try:
-            record(work)
-            return
-        except rs.DroppedPackets as e:
-            rs.log(f"attempt {attempt} of {ATTEMPTS}: {e}")
-            if attempt == ATTEMPTS:
-                raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    rs.with_attempts("shieldtap-exposure-", ATTEMPTS, record)
 
 
 def route(path: str) -> str:

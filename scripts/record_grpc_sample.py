@@ -72,7 +72,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import record_samples as rs  # noqa: E402  (shared capture helpers)
-from record_abuse_sample import SECRET, USER_SECRET, TokenSource, jwt, mint, now, user_jwt  # noqa: E402
+from record_abuse_sample import SECRET, USER_SECRET, TokenSource, jwt, mint, now, run_actors, user_jwt  # noqa: E402
 
 DEST = Path(__file__).resolve().parent.parent / "samples" / "grpc"
 PROTO = DEST / "shop.proto"
@@ -466,26 +466,6 @@ ACTORS = [
 ]  # fmt: skip
 
 
-def run_actors(r: Recorder) -> None:
-    errors: list[BaseException] = []
-
-    def wrap(name, fn) -> None:
-        try:
-            fn(r)
-        except BaseException as e:  # re-raised in the main thread
-            errors.append(RuntimeError(f"{name}: {e!r}"))
-            if name == "genuine-a":
-                r.alice_ready.set()
-
-    threads = [threading.Thread(target=wrap, args=(name, fn), name=name) for name, fn, *_ in ACTORS]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-        if t.is_alive():
-            errors.append(RuntimeError(f"{t.name}: still running after 120 s"))
-    if errors:
-        raise errors[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -548,7 +528,7 @@ def record(work: Path) -> None:
         with rs.Tcpdump("lo", pcap, f"tcp port {port}") as dump:
             r = Recorder(port)
             began = time.monotonic()
-            run_actors(r)
+            run_actors(r, ACTORS)
             took = time.monotonic() - began
             time.sleep(0.5)
             for f in r.forwarders:
@@ -669,19 +649,7 @@ def write_readme(r: Recorder, lines: list[dict], port: int, dump, took: float, s
 
 
 def main() -> None:
-    for attempt in range(1, ATTEMPTS + 1):
-        work = Path(tempfile.mkdtemp(prefix="shieldtap-grpc-"))
-        try:
-            record(work)
-            return
-        except rs.DroppedPackets as e:
-            rs.log(f"attempt {attempt} of {ATTEMPTS}: {e}")
-            if attempt == ATTEMPTS:
-                raise
-        finally:
-            if os.environ.get("KEEP_WORK"):  # debugging: keep the scratch files
-                shutil.copytree(work, os.environ["KEEP_WORK"], dirs_exist_ok=True)
-            shutil.rmtree(work, ignore_errors=True)
+    rs.with_attempts("shieldtap-grpc-", ATTEMPTS, record)
 
 
 if __name__ == "__main__":

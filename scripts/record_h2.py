@@ -706,19 +706,7 @@ and records how each side HPACK-encoded a few header fields (`hpack_representati
 
 def main() -> None:
     for name, fn in (("prior-knowledge", record_prior_knowledge), ("upgrade", record_upgrade)):
-        for attempt in range(1, ATTEMPTS + 1):
-            work = Path(tempfile.mkdtemp(prefix=f"shieldtap-h2-{name}-"))
-            try:
-                write(name, fn(work))
-                break
-            except rs.DroppedPackets as e:
-                rs.log(f"{name}: attempt {attempt} of {ATTEMPTS}: {e}")
-                if attempt == ATTEMPTS:
-                    raise
-            finally:
-                if os.environ.get("KEEP_WORK"):  # debugging: keep the scratch files
-                    shutil.copytree(work, Path(os.environ["KEEP_WORK"]) / name, dirs_exist_ok=True)
-                shutil.rmtree(work, ignore_errors=True)
+        write(name, rs.with_attempts(f"shieldtap-h2-{name}-", ATTEMPTS, fn, label=f"{name}: "))
     parts = [DEST / f"{n}.README.part" for n in ("prior-knowledge", "upgrade")]
     (DEST / "README.md").write_text(README_HEAD + "\n".join(p.read_text() for p in parts))
     for p in parts:

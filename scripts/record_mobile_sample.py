@@ -1421,17 +1421,7 @@ def main() -> None:
         sys.exit(check(args))
     if not 0.25 <= args.speed <= 10:
         ap.error("--speed: 0.25 to 10")
-    for attempt in range(1, ATTEMPTS + 1):
-        work = Path(tempfile.mkdtemp(prefix="shieldtap-mobile-"))
-        try:
-            record(work, args.speed)
-            return
-        except rs.DroppedPackets as e:
-            rs.log(f"attempt {attempt} of {ATTEMPTS}: {e}")
-            if attempt == ATTEMPTS:
-                raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    rs.with_attempts("shieldtap-mobile-", ATTEMPTS, lambda work: record(work, args.speed))
 
 
 if __name__ == "__main__":

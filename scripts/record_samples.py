@@ -148,6 +148,26 @@ class DroppedPackets(RuntimeError):
     """tcpdump reported packets dropped by the kernel: the capture is incomplete."""
 
 
+def with_attempts(prefix: str, attempts: int, fn: Callable[[Path], object], label: str = "") -> object:
+    """Runs ``fn(work)`` in a fresh scratch directory until it records without dropped
+    packets, at most ``attempts`` times (the last DroppedPackets is re-raised); returns what
+    it returns. The scratch directory is removed after each try, copied first to
+    ``$KEEP_WORK/<its name>`` when KEEP_WORK is set (debugging)."""
+    for attempt in range(1, attempts + 1):
+        work = Path(tempfile.mkdtemp(prefix=prefix))
+        try:
+            return fn(work)
+        except DroppedPackets as e:
+            log(f"{label}attempt {attempt} of {attempts}: {e}")
+            if attempt == attempts:
+                raise
+        finally:
+            if os.environ.get("KEEP_WORK"):
+                shutil.copytree(work, Path(os.environ["KEEP_WORK"]) / work.name, dirs_exist_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
+    raise AssertionError("attempts must be at least 1")
+
+
 class Tcpdump:
     """Runs tcpdump writing a capture file; ``stop()`` checks no packet was dropped.
 
