@@ -54,5 +54,7 @@ pub mod output;
 pub mod telemetry;
 
 pub mod enforce;
+// floor 4: scale-out over NATS JetStream (sensors publish shard messages, correlators run shards)
+pub mod export;
 
 pub mod runtime;

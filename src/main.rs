@@ -105,6 +105,34 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Scale-out: consume partitions of the NATS JetStream events stream that sensors
+    /// (`run`/`replay` with `[export]`) publish, run their detect shards and send the alerts
+    /// to the alerts stream and the usual outputs. Checkpoints its state; a restarted
+    /// correlator resumes where it left off. Runs until SIGINT or SIGTERM.
+    Correlate {
+        /// TOML config with `[nats]` and `[correlate]` (and the `[detect]` of the sensors).
+        #[arg(long)]
+        config: PathBuf,
+        /// Rules folder (default: the built-in pack): the sensors' rules.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Partitions to run, e.g. `0,1` (default: `[correlate] partitions`, else all).
+        #[arg(long, value_delimiter = ',')]
+        partitions: Vec<u32>,
+        /// Alerts as JSON lines, each with its stable `id` (`-` is stdout; a file is
+        /// appended to).
+        #[arg(long, default_value = "-")]
+        alerts_out: PathBuf,
+        /// End-of-run summary (per partition) as one JSON object.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (default 127.0.0.1:9478; `off`).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
+        /// Stop once every sensor of every partition has finished (replayed captures).
+        #[arg(long)]
+        until_finished: bool,
+    },
 }
 
 #[derive(Args)]
@@ -321,6 +349,7 @@ fn outputs(common: &Common, cfg: &Config, append: bool) -> anyhow::Result<Output
         metrics,
         webhooks,
         decisions,
+        export: None,
     })
 }
 
@@ -475,6 +504,127 @@ fn decisions_command(cmd: DecisionsCommand, admin: AdminArgs) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// A sensor (`[export]`): the detect shards become partitions of the NATS events stream.
+fn sensor(
+    cfg: &Config,
+    rules: &RuleSet,
+    live: bool,
+    outputs: &mut Outputs,
+) -> anyhow::Result<Option<Arc<shieldtap::export::ScaleStats>>> {
+    let (Some(nats), Some(export)) = (&cfg.nats, &cfg.export) else {
+        return Ok(None);
+    };
+    let stats = Arc::new(shieldtap::export::ScaleStats::default());
+    outputs.metrics.set_scale_source(stats.clone());
+    let host = shieldtap::export::NatsShards::start(nats, export, rules, live, stats.clone())
+        .context("starting the NATS export")?;
+    outputs.export = Some(Box::new(host));
+    Ok(Some(stats))
+}
+
+struct CorrelateArgs {
+    config: PathBuf,
+    rules: Option<PathBuf>,
+    partitions: Vec<u32>,
+    alerts_out: PathBuf,
+    summary_json: Option<PathBuf>,
+    metrics_listen: Option<String>,
+    until_finished: bool,
+}
+
+/// `shieldtap correlate`.
+fn correlate_command(a: CorrelateArgs) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(&a.config)?;
+    let rules = load_rules(a.rules.as_ref())?;
+    let Some(nats) = &cfg.nats else {
+        return Err(UsageError(format!(
+            "{}: correlate needs a [nats] section",
+            a.config.display()
+        ))
+        .into());
+    };
+    let mut cc = match &cfg.correlate {
+        Some(c) => c.clone(),
+        None => shieldtap::export::CorrelateConfig::from_raw(&Default::default(), nats.partitions)
+            .map_err(|(k, m)| UsageError(format!("{k}: {m}")))?,
+    };
+    if !a.partitions.is_empty() {
+        if let Some(p) = a.partitions.iter().find(|p| **p >= nats.partitions) {
+            return Err(UsageError(format!(
+                "--partitions: {p} is not below nats.partitions ({})",
+                nats.partitions
+            ))
+            .into());
+        }
+        cc.partitions = a.partitions.clone();
+        cc.partitions.sort_unstable();
+        cc.partitions.dedup();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let hub = Arc::new(Hub::default());
+    let stats = Arc::new(shieldtap::export::ScaleStats::default());
+    hub.set_scale_source(stats.clone());
+    let common = Common {
+        config: Some(a.config.clone()),
+        rules: a.rules.clone(),
+        alerts_out: a.alerts_out.clone(),
+        transactions_out: None,
+        summary_json: None,
+        workers: None,
+        inventory_out: None,
+        decisions_out: None,
+        metrics_listen: a.metrics_listen.clone(),
+    };
+    let server = metrics_server(&common, Some("127.0.0.1:9478"), &hub)?;
+    let webhooks = if cfg.webhooks.is_empty() {
+        None
+    } else {
+        let w = Arc::new(Webhooks::start(&cfg.webhooks)?);
+        let weak = Arc::downgrade(&w);
+        hub.set_webhook_source(Box::new(move || {
+            weak.upgrade().map(|w| w.snapshots()).unwrap_or_default()
+        }));
+        Some(w)
+    };
+    let sinks = shieldtap::export::correlator::Sinks {
+        alerts: Some(open_output(&a.alerts_out, true)?),
+        hooks: webhooks.clone(),
+    };
+    let report = shieldtap::export::correlator::correlate(
+        shieldtap::export::correlator::Setup {
+            nats,
+            correlate: &cc,
+            detect: &cfg.detect,
+            rules,
+            until_finished: a.until_finished,
+        },
+        sinks,
+        stats,
+        stop,
+    );
+    if let Some(w) = webhooks {
+        w.finish();
+    }
+    if let Some(server) = server {
+        server.stop();
+    }
+    let report = report?;
+    eprintln!(
+        "shieldtap correlate: {} alerts written; partitions {}",
+        report.alerts_written,
+        serde_json::to_string(&report.partitions).unwrap_or_default()
+    );
+    if let Some(p) = &a.summary_json {
+        let mut w = open_out(p)?;
+        serde_json::to_writer_pretty(&mut w, &report)?;
+        writeln!(w)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn wait_for_stop() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -583,6 +733,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => Ok(rules_check(dir.as_ref())),
         Command::Decisions { command, admin } => decisions_command(command, admin),
         Command::Enforce { config } => enforce_command(&config),
+        Command::Correlate {
+            config,
+            rules,
+            partitions,
+            alerts_out,
+            summary_json,
+            metrics_listen,
+            until_finished,
+        } => correlate_command(CorrelateArgs {
+            config,
+            rules,
+            partitions,
+            alerts_out,
+            summary_json,
+            metrics_listen,
+            until_finished,
+        }),
         Command::Replay {
             captures,
             common,
@@ -600,7 +767,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .sum();
             let bar = (!no_progress && std::io::stderr().is_terminal())
                 .then(|| spawn_progress(&progress, total));
-            let outputs = outputs(&common, &cfg, false)?;
+            let mut outputs = outputs(&common, &cfg, false)?;
+            let scale = sensor(&cfg, &rules, false, &mut outputs)?;
             let server = metrics_server(&common, None, &outputs.metrics)?;
             let hooks = outputs.webhooks.clone();
             let result = runtime::replay(&cfg, rules, &captures, workers, outputs, &progress);
@@ -615,6 +783,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             };
             summary.webhooks = delivered.unwrap_or_default();
+            summary.export = scale.map(|s| s.sensor.to_json());
             eprint!("{}", summary.human());
             write_summary(&common, &summary)?;
             if let Some(server) = server {
@@ -661,7 +830,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rules: common.rules.clone(),
             };
             tracing::info!(source = %rules.source, rules = rules.rules.len(), "rules loaded");
-            let outputs = outputs(&common, &cfg, true)?;
+            let mut outputs = outputs(&common, &cfg, true)?;
+            let scale = sensor(&cfg, &rules, true, &mut outputs)?;
             let server = metrics_server(&common, Some("127.0.0.1:9477"), &outputs.metrics)?;
             let hooks = outputs.webhooks.clone();
             let result =
@@ -669,6 +839,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let delivered = hooks.map(|h| h.finish());
             let mut summary = result?;
             summary.webhooks = delivered.unwrap_or_default();
+            summary.export = scale.map(|s| s.sensor.to_json());
             if let Some(server) = server {
                 server.stop();
             }

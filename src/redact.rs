@@ -61,7 +61,39 @@ impl<'de> serde::Deserialize<'de> for TokenHash {
 /// A token (attestation, bearer, API key) as it may be shown: the short hash of its text.
 /// The same token always gives the same hash, so it can be followed across alerts.
 pub fn token(text: &str) -> String {
+    if let Some((_, hash)) = unwrap_pseudonym(text) {
+        return hash.to_string();
+    }
     TokenHash::of(text).to_string()
+}
+
+/// Marks a pseudonym (a control character no identifier or username of real traffic
+/// carries in practice; a value that does is pseudonymized too).
+const PSEUDONYM: char = '\u{1}';
+
+/// A personal value as it may travel between shieldtap processes (scale-out messages):
+/// its mask and the short hash of its text. Two values stay apart (by the hash), and every
+/// output shows the pseudonym exactly as it would show the value: [`mask`] and
+/// [`identifier`] give the mask, [`token`] the hash.
+pub fn pseudonym(value: &str) -> String {
+    let masked = match unwrap_pseudonym(value) {
+        Some((m, _)) => m.to_string(),
+        None => mask(value),
+    };
+    format!("{PSEUDONYM}{masked}{PSEUDONYM}{}", token(value))
+}
+
+/// Whether a value would be masked when shown as an identifier (a user id that is an
+/// e-mail address, a card or a phone number), or is a pseudonym already.
+pub fn is_personal_identifier(id: &str) -> bool {
+    id.starts_with(PSEUDONYM) || identifier(id) != id
+}
+
+/// The mask and hash of a pseudonym.
+fn unwrap_pseudonym(v: &str) -> Option<(&str, &str)> {
+    let rest = v.strip_prefix(PSEUDONYM)?;
+    let (m, h) = rest.split_once(PSEUDONYM)?;
+    (h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit())).then_some((m, h))
 }
 
 /// What kind of personal value a string looks like.
@@ -106,6 +138,9 @@ pub fn kind(value: &str) -> Kind {
 /// `***89` for a phone number, and the first character then `***` for anything else
 /// (the length is hidden too, since it can identify short values).
 pub fn mask(value: &str) -> String {
+    if let Some((m, _)) = unwrap_pseudonym(value) {
+        return m.to_string();
+    }
     let v = value.trim();
     match kind(v) {
         Kind::Email => {
@@ -127,6 +162,9 @@ pub fn mask(value: &str) -> String {
 /// ids that are themselves personal data (an e-mail address, an international phone
 /// number, a card number used as the subject) are masked.
 pub fn identifier(id: &str) -> String {
+    if let Some((m, _)) = unwrap_pseudonym(id) {
+        return m.to_string();
+    }
     match kind(id) {
         Kind::Email | Kind::Card => mask(id),
         Kind::Phone if id.trim_start().starts_with('+') => mask(id),
@@ -193,6 +231,32 @@ fn luhn(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pseudonyms_show_as_their_values_and_keep_values_apart() {
+        for v in [
+            "alice@example.com",
+            "4111111111111111",
+            "+44 20 7946 0958",
+            "bob",
+        ] {
+            let p = pseudonym(v);
+            assert!(!p.contains(v), "{p:?} carries {v:?}");
+            assert_eq!(mask(&p), mask(v));
+            assert_eq!(identifier(&p), identifier(v).replace(v, &mask(v)));
+            assert_eq!(token(&p), token(v));
+            assert_eq!(pseudonym(&p), p, "a pseudonym of a pseudonym is itself");
+        }
+        assert_ne!(
+            pseudonym("alice@example.com"),
+            pseudonym("anne@example.com")
+        );
+        assert_eq!(mask("alice@example.com"), mask("anne@example.com"));
+        assert!(is_personal_identifier("alice@example.com"));
+        assert!(!is_personal_identifier("user-123"));
+        // Something that merely looks like one is shown as text.
+        assert_eq!(mask("\u{1}x\u{1}nothex"), "\u{1}***");
+    }
 
     #[test]
     fn emails_keep_first_letter_and_domain() {

@@ -34,6 +34,12 @@ pub struct Config {
     pub enforce: Option<crate::enforce::EnforceConfig>,
     /// `[grpc]`: message caps and descriptor sets (loaded).
     pub grpc: crate::grpc::GrpcConfig,
+    /// `[nats]`: the broker of a scale-out deployment; `None` when the section is absent.
+    pub nats: Option<crate::export::NatsConfig>,
+    /// `[export]`: this process is a sensor (needs `[nats]`).
+    pub export: Option<crate::export::ExportConfig>,
+    /// `[correlate]`: what `shieldtap correlate` consumes (defaults when absent).
+    pub correlate: Option<crate::export::CorrelateConfig>,
 }
 
 /// Threads and queues (config section `[runtime]`).
@@ -106,6 +112,12 @@ struct RawConfig {
     /// `[grpc]`: gRPC messages and their schemas.
     #[serde(default)]
     grpc: RawGrpc,
+    /// `[nats]`: the broker of a scale-out deployment.
+    nats: Option<crate::export::config::RawNats>,
+    /// `[export]`: `run`/`replay` publish detect events instead of running the rules.
+    export: Option<crate::export::config::RawExport>,
+    /// `[correlate]`: what `shieldtap correlate` consumes.
+    correlate: Option<crate::export::config::RawCorrelate>,
 }
 
 /// `[grpc]`
@@ -723,6 +735,28 @@ impl Config {
         if let Some(e) = &raw.enforce {
             c.enforce =
                 Some(crate::enforce::EnforceConfig::from_raw(e).map_err(|(k, m)| err(&k, &m))?);
+        }
+        if let Some(n) = &raw.nats {
+            c.nats = Some(crate::export::NatsConfig::from_raw(n).map_err(|(k, m)| err(&k, &m))?);
+        }
+        if let Some(e) = &raw.export {
+            if c.nats.is_none() {
+                return Err(err("export", "[export] needs a [nats] section (servers)"));
+            }
+            c.export =
+                Some(crate::export::ExportConfig::from_raw(e).map_err(|(k, m)| err(&k, &m))?);
+        }
+        if let Some(r) = &raw.correlate {
+            let Some(n) = &c.nats else {
+                return Err(err(
+                    "correlate",
+                    "[correlate] needs a [nats] section (servers)",
+                ));
+            };
+            c.correlate = Some(
+                crate::export::CorrelateConfig::from_raw(r, n.partitions)
+                    .map_err(|(k, m)| err(&k, &m))?,
+            );
         }
         c.detect.budget = c.runtime.budget;
         c.detect.shards = c.runtime.detect_shards;

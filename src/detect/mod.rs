@@ -47,6 +47,33 @@ pub use shard::{ShardHost, ShardMsg, Tagged};
 /// How often (packet time) idle keys are swept and due follow-up alerts emitted.
 const SWEEP_NANOS: u64 = 1_000_000_000;
 
+/// The sweep boundary after `now`: the next whole second of packet time. Boundaries fall
+/// on the packet clock alone, not on when the last sweep happened, so every sensor of a
+/// scale-out deployment sweeps at the same boundaries and a correlator merging their
+/// streams sweeps where one process reading all the traffic would.
+pub(crate) fn next_sweep_after(now: Timestamp) -> Timestamp {
+    Timestamp(
+        (now.0 / SWEEP_NANOS)
+            .saturating_add(1)
+            .saturating_mul(SWEEP_NANOS),
+    )
+}
+
+/// Where an event stands in the detect stage's packet-time order: the ordering buffer's
+/// key (completion time, request time, client, server, per-connection sequence). Sensors of
+/// a scale-out deployment carry it with each event, so a correlator merging several
+/// sensors' streams puts their events in the order one process would.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct StreamOrder {
+    pub at: Timestamp,
+    pub ts: Timestamp,
+    pub client: std::net::SocketAddr,
+    pub server: std::net::SocketAddr,
+    pub seq: u64,
+}
+
 /// What the detectors see of one transaction (and, enriched, what a detect shard is sent).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Event {
@@ -667,6 +694,12 @@ impl Engine {
         }
     }
 
+    /// The place of the next event in the packet-time order (shard hosts that carry events
+    /// elsewhere keep it with them).
+    pub fn note_order(&mut self, o: &StreamOrder) {
+        self.shards.note_order(o);
+    }
+
     /// A TLS handshake seen on the mirror: `client` sent fingerprint `ja4` at `ts`.
     /// Transactions behind an edge naming that viewer take it.
     pub fn hello(&mut self, client: std::net::SocketAddr, ja4: Arc<str>, ts: Timestamp) {
@@ -939,9 +972,12 @@ impl Engine {
     }
 
     /// Emits follow-ups that are due and evicts idle keys, at packet time `now` (live:
-    /// the clock moves on when actors fall silent).
+    /// the clock moves on when actors fall silent), once `now` reaches the next sweep
+    /// boundary.
     pub fn sweep(&mut self, now: Timestamp, out: &mut Vec<Alert>) {
-        self.sweep_all(now);
+        if now >= self.next_sweep {
+            self.sweep_all(now);
+        }
         if self.shards.inline() {
             self.settle(out);
         }
@@ -951,7 +987,7 @@ impl Engine {
         if now > self.now {
             self.now = now;
         }
-        self.next_sweep = Timestamp(self.now.0.saturating_add(SWEEP_NANOS));
+        self.next_sweep = next_sweep_after(self.now);
         self.seq += 1;
         for i in 0..self.shards.count() {
             self.shards.send(

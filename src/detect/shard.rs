@@ -726,6 +726,8 @@ pub trait ShardHost: Send {
     fn memory(&self) -> Vec<(Table, Usage)>;
     /// Keys held across rules, and the most one rule holds on one shard.
     fn tracked_keys(&self) -> (usize, usize);
+    /// The place of the next event in the packet-time order (see [`super::StreamOrder`]).
+    fn note_order(&mut self, _order: &super::StreamOrder) {}
 }
 
 /// Sums shards' usage per table.

@@ -206,6 +206,9 @@ pub struct Summary {
     /// The field inventory per route (written with `--inventory-out`, not in the summary).
     #[serde(skip)]
     pub inventory: serde_json::Value,
+    /// Sensors of a scale-out deployment (`[export]`): what was published to NATS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<serde_json::Value>,
 }
 
 /// Reloads of config and rules (`run`: SIGHUP or a change in the rules folder).

@@ -160,6 +160,7 @@ fn run_capture(
             metrics: Default::default(),
             webhooks: None,
             decisions: None,
+            export: None,
         };
         replay(
             &cfg,

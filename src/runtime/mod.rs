@@ -97,6 +97,9 @@ pub struct Outputs {
     pub webhooks: Option<Arc<Webhooks>>,
     /// Alerts become decisions (`run` with `[enforce]`; `replay --decisions-out`).
     pub decisions: Option<DecisionSink>,
+    /// A sensor (`[export]`): the detect shards are partitions of a NATS JetStream stream
+    /// (alerts come from the correlators).
+    pub export: Option<Box<dyn crate::detect::ShardHost>>,
 }
 
 /// Where alerts become decisions, and where each decision made is written (JSON lines).
@@ -1520,6 +1523,7 @@ impl Pipeline {
             let sink = std::mem::take(&mut outputs.alerts);
             let hooks = outputs.webhooks.clone();
             let decisions = outputs.decisions.take();
+            let export = outputs.export.take();
             thread::Builder::new()
                 .name("shieldtap-detect".into())
                 .spawn(move || {
@@ -1527,6 +1531,7 @@ impl Pipeline {
                         sink,
                         hooks,
                         decisions,
+                        export,
                     };
                     ordering::run(cfg, shared, workers, events_rx, to, live)
                 })

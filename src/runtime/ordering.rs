@@ -131,6 +131,8 @@ pub(super) struct AlertOutputs {
     pub sink: AlertSink,
     pub hooks: Option<Arc<Webhooks>>,
     pub decisions: Option<super::DecisionSink>,
+    /// A sensor's shards: partitions of the events stream.
+    pub export: Option<Box<dyn crate::detect::ShardHost>>,
 }
 
 pub(super) fn run(
@@ -145,13 +147,16 @@ pub(super) fn run(
         sink,
         hooks,
         mut decisions,
+        export,
     } = to;
     let mut rules = shared.rules.load_full();
     let held_limit = cfg.budget.share(Table::Ordering);
     // Live: the TLS fingerprints learned before a restart (replay always starts afresh,
     // so a replay's alerts depend on the capture alone).
     let fingerprints_file = cfg.tls.state_file.clone().filter(|_| live);
-    let mut engine = if cfg.shards > 1 {
+    let mut engine = if let Some(host) = export {
+        Engine::with_shards(cfg, &rules, host)
+    } else if cfg.shards > 1 {
         let configs = crate::detect::shard::configs(&cfg, cfg.shards);
         let threads = super::shards::ShardThreads::spawn(configs, &rules)?;
         Engine::with_shards(cfg, &rules, Box::new(threads))
@@ -221,7 +226,16 @@ pub(super) fn run(
                 *last = Some(k);
             }
             match o.item {
-                Item::Event(ev) => engine.observe_owned(*ev, alerts),
+                Item::Event(ev) => {
+                    engine.note_order(&crate::detect::StreamOrder {
+                        at: o.at,
+                        ts: o.ts,
+                        client: o.client,
+                        server: o.server,
+                        seq: o.seq,
+                    });
+                    engine.observe_owned(*ev, alerts)
+                }
                 Item::Hello(ja4) => engine.hello(o.client, ja4, o.ts),
             }
         };

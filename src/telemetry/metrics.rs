@@ -172,6 +172,8 @@ pub struct Hub {
     memory: Mutex<BTreeMap<MemorySource, Vec<(Table, Usage)>>>,
     /// The check endpoint and its decisions, when enforcement runs.
     enforce: Mutex<Option<std::sync::Arc<crate::enforce::check::Checker>>>,
+    /// A sensor's publisher or a correlator's partitions (scale-out over NATS).
+    scale: Mutex<Option<std::sync::Arc<crate::export::ScaleStats>>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -242,6 +244,12 @@ impl Hub {
     pub fn set_enforce_source(&self, c: std::sync::Arc<crate::enforce::check::Checker>) {
         if let Ok(mut t) = self.enforce.lock() {
             *t = Some(c);
+        }
+    }
+
+    pub fn set_scale_source(&self, s: std::sync::Arc<crate::export::ScaleStats>) {
+        if let Ok(mut t) = self.scale.lock() {
+            *t = Some(s);
         }
     }
 
@@ -922,8 +930,165 @@ impl Collector for Hub {
                 &crate::enforce::Store::new(1, None),
             )?,
         }
+        // Scale-out families, at zero in a process that neither publishes nor correlates.
+        let scale = self.scale.lock().ok().and_then(|c| c.clone());
+        encode_scale(&mut e, &scale.unwrap_or_default())?;
         Ok(())
     }
+}
+
+/// A sensor's publishing and a correlator's partitions.
+fn encode_scale(
+    e: &mut Enc<'_, '_>,
+    st: &crate::export::ScaleStats,
+) -> Result<(), std::fmt::Error> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &st.sensor;
+    e.counter(
+        "export_envelopes",
+        "Envelopes (batches of detect events for one partition) a sensor published to NATS and had acknowledged.",
+        s.envelopes.load(Relaxed),
+    )?;
+    e.counter(
+        "export_events",
+        "Detect events a sensor published to NATS and had acknowledged.",
+        s.events.load(Relaxed),
+    )?;
+    e.counter(
+        "export_bytes",
+        "Bytes of envelopes a sensor published to NATS.",
+        s.bytes.load(Relaxed),
+    )?;
+    e.counter(
+        "export_retries",
+        "Publishes a sensor retried (no acknowledgement: the broker slow or away).",
+        s.retries.load(Relaxed),
+    )?;
+    e.labelled(
+        "export_dropped",
+        "Live capture: envelopes and the events in them dropped at a full publish queue.",
+        MetricType::Counter,
+        [
+            (one("what", "envelopes"), s.dropped_envelopes.load(Relaxed)),
+            (one("what", "events"), s.dropped_events.load(Relaxed)),
+        ],
+    )?;
+    e.gauge(
+        "export_queue_envelopes",
+        "Envelopes waiting to be published.",
+        i64::try_from(s.queued.load(Relaxed)).unwrap_or(i64::MAX),
+    )?;
+    let parts = st.partitions();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let per = |f: &dyn Fn(&crate::export::stats::PartitionStats) -> u64| {
+        parts
+            .iter()
+            .map(|(p, s)| (one("partition", &p.to_string()), f(s)))
+            .collect::<Vec<_>>()
+    };
+    e.labelled(
+        "correlator_events",
+        "Detect events a correlator fed to a partition's shard.",
+        MetricType::Counter,
+        per(&|s| s.events),
+    )?;
+    e.labelled(
+        "correlator_envelopes",
+        "Envelopes a correlator consumed, per partition.",
+        MetricType::Counter,
+        per(&|s| s.envelopes),
+    )?;
+    e.labelled(
+        "correlator_lag_messages",
+        "Messages on a partition's subject not yet consumed.",
+        MetricType::Gauge,
+        per(&|s| s.lag),
+    )?;
+    e.labelled(
+        "correlator_checkpoint_age_seconds",
+        "Seconds since a partition's state was last checkpointed.",
+        MetricType::Gauge,
+        per(&|s| {
+            if s.checkpoint_unix > 0.0 {
+                (now - s.checkpoint_unix).max(0.0) as u64
+            } else {
+                0
+            }
+        }),
+    )?;
+    e.labelled(
+        "correlator_checkpoint_bytes",
+        "Size of a partition's last checkpoint.",
+        MetricType::Gauge,
+        per(&|s| s.checkpoint_bytes),
+    )?;
+    e.labelled(
+        "correlator_checkpoints",
+        "Checkpoints written, per partition.",
+        MetricType::Counter,
+        per(&|s| s.checkpoints),
+    )?;
+    e.labelled(
+        "correlator_redeliveries",
+        "Envelopes seen again (a consumer reset, a restart, a republish) and skipped.",
+        MetricType::Counter,
+        per(&|s| s.redelivered),
+    )?;
+    e.labelled(
+        "correlator_late",
+        "Messages that arrived behind a partition's merge (applied at once).",
+        MetricType::Counter,
+        per(&|s| s.late),
+    )?;
+    e.labelled(
+        "correlator_alerts",
+        "Alerts a correlator published to the alerts stream, per partition.",
+        MetricType::Counter,
+        per(&|s| s.alerts),
+    )?;
+    e.labelled(
+        "correlator_alerts_suppressed",
+        "Alerts re-derived after a restore that had already been published (not sent again).",
+        MetricType::Counter,
+        per(&|s| s.alerts_suppressed),
+    )?;
+    let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut waits = 0;
+    let mut missing = 0;
+    for s in parts.values() {
+        for (r, n) in &s.rejected {
+            let k = ["version", "protocol", "decode", "rules", "partitioning"]
+                .into_iter()
+                .find(|k| k == r)
+                .unwrap_or("other");
+            *rejected.entry(k).or_default() += n;
+        }
+        waits += s.waits_expired;
+        missing += s.batches_missing;
+    }
+    e.labelled(
+        "correlator_rejected",
+        "Envelopes a correlator could not use, by reason.",
+        MetricType::Counter,
+        from_zero(
+            "reason",
+            ["version", "protocol", "decode", "rules", "partitioning"],
+            &rejected,
+        ),
+    )?;
+    e.counter(
+        "correlator_waits_expired",
+        "Times a silent sensor stopped holding a partition's merge back (max_wait_secs).",
+        waits,
+    )?;
+    e.counter(
+        "correlator_batches_missing",
+        "Gaps in a sensor's envelope numbering given up after max_wait_secs.",
+        missing,
+    )?;
+    Ok(())
 }
 
 /// One sample per decision scope, in `Scope::ALL` order.
