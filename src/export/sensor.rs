@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -64,7 +65,12 @@ pub struct NatsShards {
     tx: tokio::sync::mpsc::Sender<Job>,
     stats: Arc<ScaleStats>,
     publisher: Option<std::thread::JoinHandle<()>>,
+    /// Live capture at shutdown: stop retrying what the broker has not acknowledged.
+    abandon: Arc<AtomicBool>,
 }
+
+/// Live capture at shutdown: how long the last envelopes may wait for the broker.
+const LIVE_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
@@ -98,7 +104,9 @@ impl NatsShards {
         let run = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let abandon = Arc::new(AtomicBool::new(false));
         let p = Publisher {
+            abandon: abandon.clone(),
             js,
             nats: nats.clone(),
             sensor: export.sensor.clone(),
@@ -125,6 +133,7 @@ impl NatsShards {
             tx,
             stats,
             publisher: Some(publisher),
+            abandon,
         })
     }
 
@@ -256,10 +265,18 @@ impl ShardHost for NatsShards {
 
     fn poll(&mut self, until: Option<u64>, _out: &mut Vec<Tagged>, done: &mut [u64]) {
         if until == Some(u64::MAX) {
-            // The end: wait until the broker has acknowledged everything.
+            // The end: wait until the broker has acknowledged everything (live capture: for
+            // a few seconds at most; what is still unacknowledged then is counted dropped).
             let (tx, rx) = std::sync::mpsc::channel();
             if self.tx.blocking_send(Job::Drain(tx)).is_ok() {
-                let _ = rx.recv();
+                if self.live {
+                    if rx.recv_timeout(LIVE_DRAIN).is_err() {
+                        tracing::warn!("the broker did not acknowledge the last envelopes; counted dropped");
+                        self.abandon.store(true, Relaxed);
+                    }
+                } else {
+                    let _ = rx.recv();
+                }
             }
         }
         done.iter_mut().for_each(|d| *d = u64::MAX);
@@ -280,7 +297,11 @@ impl ShardHost for NatsShards {
 
 impl Drop for NatsShards {
     fn drop(&mut self) {
-        // Closing the queue ends the publisher once it has published what it holds.
+        // Closing the queue ends the publisher once it has published what it holds (live
+        // capture: without retrying what the broker refuses; that is counted dropped).
+        if self.live {
+            self.abandon.store(true, Relaxed);
+        }
         let (tx, _) = tokio::sync::mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, tx));
         if let Some(h) = self.publisher.take() {
@@ -297,6 +318,7 @@ struct Outgoing {
 }
 
 struct Publisher {
+    abandon: Arc<AtomicBool>,
     js: jetstream::Context,
     nats: NatsConfig,
     sensor: String,
@@ -423,10 +445,21 @@ impl Publisher {
         }
     }
 
-    /// Publishes one envelope again and again until the broker acknowledges it.
+    /// Publishes one envelope again and again until the broker acknowledges it (or, live at
+    /// shutdown, until told to give up: then it is counted dropped).
     async fn until_acked(&mut self, o: Outgoing) {
         let mut wait = Duration::from_millis(50);
+        let mut warned = std::time::Instant::now();
         loop {
+            if self.abandon.load(Relaxed) {
+                self.stats.sensor.dropped_envelopes.fetch_add(1, Relaxed);
+                self.stats.sensor.dropped_events.fetch_add(o.events, Relaxed);
+                return;
+            }
+            if warned.elapsed() >= Duration::from_secs(10) {
+                warned = std::time::Instant::now();
+                tracing::warn!(subject = %o.subject, "the broker has not acknowledged for 10 s; still retrying");
+            }
             self.stats.sensor.retries.fetch_add(1, Relaxed);
             if let Some(ack) = self.send(&o).await
                 && ack.await.is_ok()

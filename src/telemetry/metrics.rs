@@ -110,6 +110,25 @@ pub const NAMES: &[&str] = &[
     "decisions_deleted",
     "decisions_evicted",
     "decisions_persist_failures",
+    "export_envelopes",
+    "export_events",
+    "export_bytes",
+    "export_retries",
+    "export_dropped",
+    "export_queue_envelopes",
+    "correlator_events",
+    "correlator_envelopes",
+    "correlator_lag_messages",
+    "correlator_checkpoint_age_seconds",
+    "correlator_checkpoint_bytes",
+    "correlator_checkpoints",
+    "correlator_redeliveries",
+    "correlator_late",
+    "correlator_alerts",
+    "correlator_alerts_suppressed",
+    "correlator_rejected",
+    "correlator_waits_expired",
+    "correlator_batches_missing",
 ];
 
 /// Latency histogram bucket bounds, in seconds.
@@ -982,7 +1001,12 @@ fn encode_scale(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
+    // A process that correlates nothing exports one `partition="none"` sample at zero, so
+    // dashboards and alerts on these families work before a correlator runs.
     let per = |f: &dyn Fn(&crate::export::stats::PartitionStats) -> u64| {
+        if parts.is_empty() {
+            return vec![(one("partition", "none"), 0)];
+        }
         parts
             .iter()
             .map(|(p, s)| (one("partition", &p.to_string()), f(s)))
