@@ -396,7 +396,7 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                 let v: Vec<Value> = ep
                     .exposed
                     .iter()
-                    .map(|(p, c, m)| json!({"path": p.as_ref(), "class": c, "sample": m.as_ref()}))
+                    .map(|(p, c, m)| json!({"path": p.as_ref(), "class": c.as_str(), "sample": m.as_ref()}))
                     .collect();
                 ("exposed_fields", Value::Array(v))
             }

@@ -270,8 +270,10 @@ fn hash_tuple<H: std::hash::Hasher>(parts: &[KeyValue], h: &mut H) {
     }
 }
 
-/// A value rules group by or count.
-#[derive(Clone, Debug, Eq, PartialOrd, Ord)]
+/// A value rules group by or count. Serializable for shard checkpoints; read back through
+/// [`SavedKey`], whose tuples hold single values only.
+#[derive(Clone, Debug, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(from = "SavedKey")]
 pub enum KeyValue {
     Ip(IpAddr),
     Str(Arc<str>),
@@ -281,6 +283,49 @@ pub enum KeyValue {
     Username(Arc<str>),
     /// Several fields (`group_by: [ip, endpoint]`), in the rule's order.
     Tuple(Arc<[KeyValue]>),
+}
+
+/// A [`KeyValue`] as read back: a tuple's parts are single values (rules group by a flat
+/// list of fields), so bytes nesting tuples in tuples are refused instead of recursing as
+/// deep as they nest. Variants in [`KeyValue`]'s order (serde numbers them).
+#[derive(serde::Deserialize)]
+enum SavedKey {
+    Ip(IpAddr),
+    Str(Arc<str>),
+    Token(TokenHash),
+    Username(Arc<str>),
+    Tuple(Vec<SavedPart>),
+}
+
+#[derive(serde::Deserialize)]
+enum SavedPart {
+    Ip(IpAddr),
+    Str(Arc<str>),
+    Token(TokenHash),
+    Username(Arc<str>),
+}
+
+impl From<SavedPart> for KeyValue {
+    fn from(p: SavedPart) -> KeyValue {
+        match p {
+            SavedPart::Ip(ip) => KeyValue::Ip(ip),
+            SavedPart::Str(s) => KeyValue::Str(s),
+            SavedPart::Token(t) => KeyValue::Token(t),
+            SavedPart::Username(u) => KeyValue::Username(u),
+        }
+    }
+}
+
+impl From<SavedKey> for KeyValue {
+    fn from(k: SavedKey) -> KeyValue {
+        match k {
+            SavedKey::Ip(ip) => KeyValue::Ip(ip),
+            SavedKey::Str(s) => KeyValue::Str(s),
+            SavedKey::Token(t) => KeyValue::Token(t),
+            SavedKey::Username(u) => KeyValue::Username(u),
+            SavedKey::Tuple(parts) => KeyValue::Tuple(parts.into_iter().map(Into::into).collect()),
+        }
+    }
 }
 
 // By hand: strings are mostly the same shared (interned) string, compared by address first.
@@ -355,8 +400,9 @@ impl KeyValue {
     }
 }
 
-/// Detection counters.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+/// Detection counters (also saved in shard checkpoints: a change of fields changes the
+/// checkpoint format).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DetectStats {
     pub events: u64,
     /// Events that matched at least one rule's conditions.

@@ -9,9 +9,13 @@
 //! rule go to the shard of their hash; baseline and outlier rules keyed by endpoint go by the
 //! endpoint alone (the endpoint's baseline is learned from all its keys), and other baseline
 //! rules stay on shard 0. Limits: the per-rule key cap and the keys' and baselines' shares of
-//! the memory budget are split evenly between shards.
+//! the memory budget are split evenly between shards. A shard's state can be saved and
+//! restored ([`Shard::checkpoint`], [`Shard::restore`]; see [`checkpoint`]).
 
 use std::sync::Arc;
+
+pub mod checkpoint;
+pub use checkpoint::{CHECKPOINT_VERSION, CheckpointError, RestoreNote};
 
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
@@ -559,7 +563,8 @@ impl Shard {
         let room = self.baseline_room();
         let now = self.now;
         let weigh = self.sweeps.is_multiple_of(WEIGH_EVERY);
-        self.sweeps += 1;
+        // Wrapping: a restored count is whatever the checkpoint said.
+        self.sweeps = self.sweeps.wrapping_add(1);
         let mut em = self.emitter(out, seq, Phase::Sweep);
         for (i, st) in self.rules.iter_mut().enumerate() {
             em.rule = i as u32;

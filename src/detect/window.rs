@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{DetectStats, Event, KeyValue, ObjectRef};
 use crate::capture::Timestamp;
+use crate::exposure_class::Class;
 use crate::rules::{Detector, DetectorKind, EvidenceField, Measure, Rule};
 use crate::token::{TokenHash, Verdict};
 
@@ -18,7 +19,7 @@ const MAX_LISTED: usize = 16;
 const MAX_ENDPOINTS: usize = 8;
 
 /// A value that is either unset, the same for every event so far, or mixed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) enum Same<T> {
     #[default]
     Unset,
@@ -63,7 +64,7 @@ impl<T: PartialEq> Same<T> {
 pub(super) type EndpointKey = (Arc<str>, Arc<str>);
 
 /// The requests an alert stands for, summarised with bounded memory.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Episode {
     pub count: u64,
     pub first: Timestamp,
@@ -95,7 +96,7 @@ pub(super) struct Episode {
     pub ja4s: Vec<Arc<str>>,
     pub succeeded: u32,
     /// Sensitive fields exposed: (path, class, a masked sample).
-    pub exposed: Vec<(Arc<str>, &'static str, Arc<str>)>,
+    pub exposed: Vec<(Arc<str>, Class, Arc<str>)>,
     pub records_max: u32,
     /// Ratio and mixed detectors: requests meeting `when`, and all requests, in the window.
     pub share: Option<(u64, u64)>,
@@ -210,7 +211,7 @@ impl Episode {
             + self.statuses.capacity() * size_of::<(u16, u32)>()
             + self.foreign_ids.capacity() * size_of::<ObjectRef>()
             + self.ja4s.capacity() * size_of::<Arc<str>>()
-            + self.exposed.capacity() * size_of::<(Arc<str>, &'static str, Arc<str>)>()
+            + self.exposed.capacity() * size_of::<(Arc<str>, Class, Arc<str>)>()
     }
 
     /// Adds a request; lists the rule's evidence does not show are not kept (this runs for
@@ -297,11 +298,11 @@ impl Episode {
             if !self
                 .exposed
                 .iter()
-                .any(|(p, c, _)| *p == f.path && *c == f.class.as_str())
+                .any(|(p, c, _)| *p == f.path && *c == f.class)
             {
                 if self.exposed.len() < 64 {
                     self.exposed
-                        .push((f.path.clone(), f.class.as_str(), f.masked.clone()));
+                        .push((f.path.clone(), f.class, f.masked.clone()));
                 } else {
                     self.truncated = true;
                 }
@@ -344,13 +345,17 @@ impl Episode {
 }
 
 /// What a key's detector keeps, by kind; each bounded (see the module doc).
+#[derive(serde::Serialize, serde::Deserialize)]
 enum Track {
     /// (bucket index, requests), oldest first: threshold detectors.
     Count(VecDeque<(u64, u32)>),
     /// All requests and those meeting `when`, as buckets: ratio and mixed detectors.
     Two(VecDeque<(u64, u32)>, VecDeque<(u64, u32)>),
     /// Value → last bucket index: distinct detectors (at most `threshold` entries).
-    Distinct(HashMap<KeyValue, u64, foldhash::fast::RandomState>),
+    Distinct(
+        #[serde(serialize_with = "sorted", deserialize_with = "from_pairs")]
+        HashMap<KeyValue, u64, foldhash::fast::RandomState>,
+    ),
     /// The last `threshold` gaps (seconds) and the last request time.
     Cadence {
         gaps: VecDeque<f64>,
@@ -376,6 +381,24 @@ enum Track {
         last: Option<KeyValue>,
         returns: VecDeque<Timestamp>,
     },
+}
+
+/// Saves a distinct set in value order, so the same state saves to the same bytes whatever
+/// the hash seed.
+fn sorted<S: serde::Serializer>(
+    m: &HashMap<KeyValue, u64, foldhash::fast::RandomState>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut v: Vec<(&KeyValue, &u64)> = m.iter().collect();
+    v.sort_unstable();
+    s.collect_seq(v)
+}
+
+fn from_pairs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<HashMap<KeyValue, u64, foldhash::fast::RandomState>, D::Error> {
+    let v: Vec<(KeyValue, u64)> = serde::Deserialize::deserialize(d)?;
+    Ok(v.into_iter().collect())
 }
 
 /// Adds a request to an episode, first noting (concurrent detectors over addresses) the
@@ -418,9 +441,13 @@ pub(super) struct Sample {
     pub wide: bool,
 }
 
-/// State of one key under one rule.
+/// State of one key under one rule. Serializable for shard checkpoints; the window sizes
+/// are not saved but set from the rule when read back ([`KeyState::restored`]).
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct KeyState {
+    #[serde(skip)]
     bucket_ns: u64,
+    #[serde(skip)]
     window_ns: u64,
     track: Track,
     /// Baseline detectors: the endpoint part of the key, to learn per endpoint.
@@ -517,6 +544,26 @@ impl KeyState {
             last_seen: Timestamp::ZERO,
             charged: 0,
         }
+    }
+
+    /// Completes a key read back from a checkpoint: the window sizes come from the rule's
+    /// detector (never from the bytes, which could make them zero); `false` when the state
+    /// kept is not the kind the detector keeps (the bytes are not this rule's).
+    pub fn restored(&mut self, det: &Detector) -> bool {
+        let fresh = KeyState::new(det, None);
+        self.bucket_ns = fresh.bucket_ns;
+        self.window_ns = fresh.window_ns;
+        std::mem::discriminant(&self.track) == std::mem::discriminant(&fresh.track)
+    }
+
+    /// Whether the key has an episode building towards an alert, and an open aggregate
+    /// (requests folded while suppressed), with their request counts.
+    #[cfg(test)]
+    pub fn open(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.episode.as_ref().map(|e| e.count),
+            self.pending.as_ref().map(|e| e.count),
+        )
     }
 
     /// Oldest bucket index still inside the window ending at bucket `cur`.
@@ -899,6 +946,11 @@ impl KeyState {
 
     pub fn last_seen(&self) -> Timestamp {
         self.last_seen
+    }
+
+    /// Whether requests folded while suppressed await their follow-up alert.
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// The open aggregate, at the end of input.
