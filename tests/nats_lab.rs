@@ -4,7 +4,8 @@
 //! rejoins when restarted with every message; an R3 key-value bucket survives a stopped
 //! follower and a crashed (SIGKILLed) leader; user/password and TLS refuse a client without the password or trusting another
 //! CA; a one-node broker stopped for 3 s and restarted keeps its stream and the client made
-//! before the outage publishes again. Each test prints its measured timings (`measured:`).
+//! before the outage publishes again; a test that panics leaves no server and no directory.
+//! Each test prints its measured timings (`measured:`).
 //! Skipped with a note when nats-server is missing, unless CI is set.
 
 #[path = "common/nats.rs"]
@@ -459,4 +460,36 @@ async fn a_client_outlives_a_three_second_broker_outage() {
         let msg = stream.get_raw_message(seq).await.expect("message");
         assert_eq!(msg.payload.as_ref(), payload(i).as_bytes(), "seq {seq}");
     }
+}
+
+#[test]
+fn a_panicking_test_leaves_no_server_behind() {
+    let opts = NatsOpts {
+        nodes: 3,
+        ..Default::default()
+    };
+    let outcome = std::panic::catch_unwind(|| {
+        let Some(lab) = NatsCluster::start(&opts) else {
+            return; // skipped: nats-server missing
+        };
+        let pids: Vec<u32> = (0..3).filter_map(|i| lab.pid(i)).collect();
+        assert_eq!(pids.len(), 3, "three nodes run");
+        let dir = lab.dir().to_owned();
+        std::panic::panic_any((pids, dir));
+    });
+    let Err(payload) = outcome else {
+        return;
+    };
+    let (pids, dir) = payload
+        .downcast_ref::<(Vec<u32>, std::path::PathBuf)>()
+        .expect("the lab's own panic");
+    for pid in pids {
+        // Reaped by the drop: the pid is gone, or reused by something that is not ours.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()),
+            "nats-server {pid} outlived its lab"
+        );
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }

@@ -7,8 +7,10 @@
 //! "cluster" restarted keeps its streams, which is how the tests make a sensor lose its broker
 //! for a few seconds. Dropping the cluster kills every node and removes the directory (on a
 //! panic it first prints each node's log tail; `NATS_LAB_KEEP=1` keeps the directory).
-//! Ports are chosen by binding 127.0.0.1:0; a start that loses a port to another process
-//! between that probe and the server's bind is retried with fresh ports.
+//! Ports are loopback ports found free below the kernel's ephemeral range (so no outgoing
+//! connection takes a stopped node's port) and not held by another lab of the process; a
+//! start that loses a port to another process before the server binds it is retried with
+//! fresh ports.
 //! Without nats-server (`$NATS_SERVER` when set, else on `PATH`, then in /usr/sbin) `start` returns
 //! `None` after a skip note, unless `CI` is set, where it fails. Waits are bounded and fail
 //! with the node's log tail. The control methods block (they poll the monitoring port):
@@ -16,10 +18,12 @@
 //! Include with `#[path = "common/nats.rs"] mod nats;`.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -123,12 +127,45 @@ pub fn write_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     files
 }
 
-/// A loopback port free at the time of asking (the listener is returned so several probes
-/// in a row get distinct ports; drop them just before the server binds).
-fn probe_port() -> (TcpListener, u16) {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let port = l.local_addr().expect("local addr").port();
-    (l, port)
+/// Ports handed to labs alive in this process: a node's ports stay its own while it is
+/// stopped, so another lab's pick skips them even though nothing listens there.
+static PORTS_IN_USE: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// The first port the kernel hands out as a connection's source port.
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// `count` loopback ports free now, below the ephemeral range: a port from `bind(:0)` lies
+/// in that range, and while its node is stopped any outgoing connection (a client, a route
+/// dial, the monitoring poll) may take it as source port and make the restart fail. Below
+/// it only an explicit bind can, and labs in this process skip each other's ports.
+fn pick_ports(count: usize) -> Vec<u16> {
+    const LOW: u16 = 10_000;
+    let high = ephemeral_start().max(LOW + 1_000);
+    let span = u32::from(high - LOW);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(7919);
+    let mut in_use = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut ports = Vec::with_capacity(count);
+    for step in 0..span {
+        if ports.len() == count {
+            break;
+        }
+        // `span` < 65536, so the offset fits the port range.
+        let port = LOW + ((seed.wrapping_add(step)) % span) as u16;
+        if !in_use.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            in_use.insert(port);
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), count, "no free loopback ports below {high}");
+    ports
 }
 
 /// A config string quoted for nats-server's config syntax (JSON-compatible strings).
@@ -204,16 +241,10 @@ impl NatsCluster {
             .expect("temp dir");
         let root = dir.path().to_owned();
         let tls = opts.tls.then(|| write_pki(&root));
-        let mut probes = Vec::new();
-        let mut ports = Vec::new();
-        for _ in 0..opts.nodes {
-            let (a, client) = probe_port();
-            let (b, cluster) = probe_port();
-            let (c, http) = probe_port();
-            probes.extend([a, b, c]);
-            ports.push((client, cluster, http));
-        }
-        drop(probes);
+        let ports: Vec<(u16, u16, u16)> = pick_ports(3 * opts.nodes)
+            .chunks(3)
+            .map(|c| (c[0], c[1], c[2]))
+            .collect();
         let mut nodes = Vec::new();
         for (i, &(client_port, cluster_port, http_port)) in ports.iter().enumerate() {
             let name = format!("n{i}");
@@ -417,6 +448,11 @@ impl NatsCluster {
         std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
 
+    /// Node `i`'s process id while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].child.is_some()
     }
@@ -567,6 +603,13 @@ impl Drop for NatsCluster {
                 let _ = child.wait();
             }
         }
+        let mut in_use = PORTS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        for node in &self.nodes {
+            for port in [node.client_port, node.cluster_port, node.http_port] {
+                in_use.remove(&port);
+            }
+        }
+        drop(in_use);
         let keep = std::env::var_os("NATS_LAB_KEEP").is_some_and(|v| v == "1");
         if std::thread::panicking() {
             for node in &self.nodes {
