@@ -565,26 +565,7 @@ async fn partition(ctx: Arc<Ctx>, p: u32) -> Result<(), CorrelateError> {
         ctx.stats.update(p, |s| *s = part.stats.clone());
         return Ok(());
     }
-    let stream = js
-        .get_stream(&ctx.nats.stream)
-        .await
-        .map_err(|e| perr(p, e))?;
-    let deliver = if part.stream_seq == 0 {
-        consumer::DeliverPolicy::All
-    } else {
-        consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: part.stream_seq + 1,
-        }
-    };
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: ctx.nats.events_subject(p),
-            deliver_policy: deliver,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| perr(p, e))?;
-    let mut messages = consumer.messages().await.map_err(|e| perr(p, e))?;
+    let mut messages = subscribe(&js, &ctx.nats, p, part.stream_seq).await;
     let started = Instant::now();
     part.tick(
         &ctx.correlate.sensors,
@@ -618,10 +599,16 @@ async fn partition(ctx: Arc<Ctx>, p: u32) -> Result<(), CorrelateError> {
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(partition = p, error = %e, "events consumer");
+                        // The broker restarted or the consumer's node went away: consume
+                        // again from the position reached.
+                        tracing::warn!(partition = p, error = %e, "events consumer lost; resubscribing");
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                        messages = subscribe(&js, &ctx.nats, p, part.stream_seq).await;
                     }
-                    None => return Err(perr(p, "events consumer ended")),
+                    None => {
+                        tracing::warn!(partition = p, "events consumer ended; resubscribing");
+                        messages = subscribe(&js, &ctx.nats, p, part.stream_seq).await;
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -642,6 +629,50 @@ async fn partition(ctx: Arc<Ctx>, p: u32) -> Result<(), CorrelateError> {
         ctx.stats.update(p, |s| *s = part.stats.clone());
         if stopping || (part.finished && ctx.until_finished) {
             return Ok(());
+        }
+    }
+}
+
+/// An ordered consumer of the partition's subject from the message after `after` (retried
+/// until the broker answers).
+async fn subscribe(
+    js: &jetstream::Context,
+    nats: &NatsConfig,
+    p: u32,
+    after: u64,
+) -> consumer::pull::Ordered {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let deliver = if after == 0 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            }
+        };
+        let r = async {
+            let stream = js
+                .get_stream(&nats.stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            let c = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: nats.events_subject(p),
+                    deliver_policy: deliver,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            c.messages().await.map_err(|e| e.to_string())
+        }
+        .await;
+        match r {
+            Ok(m) => return m,
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "cannot consume the events stream yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }
@@ -786,14 +817,4 @@ async fn published_since(
         }
     }
     Ok(ids)
-}
-
-// TEMPORARY until the shard checkpoint lands.
-impl Shard {
-    pub fn checkpoint(&self) -> Vec<u8> {
-        Vec::new()
-    }
-    pub fn restore(_c: ShardConfig, _s: &RuleSet, _b: &[u8]) -> Result<Shard, String> {
-        Err("not yet".into())
-    }
 }

@@ -271,7 +271,9 @@ impl ShardHost for NatsShards {
             if self.tx.blocking_send(Job::Drain(tx)).is_ok() {
                 if self.live {
                     if rx.recv_timeout(LIVE_DRAIN).is_err() {
-                        tracing::warn!("the broker did not acknowledge the last envelopes; counted dropped");
+                        tracing::warn!(
+                            "the broker did not acknowledge the last envelopes; counted dropped"
+                        );
                         self.abandon.store(true, Relaxed);
                     }
                 } else {
@@ -453,7 +455,10 @@ impl Publisher {
         loop {
             if self.abandon.load(Relaxed) {
                 self.stats.sensor.dropped_envelopes.fetch_add(1, Relaxed);
-                self.stats.sensor.dropped_events.fetch_add(o.events, Relaxed);
+                self.stats
+                    .sensor
+                    .dropped_events
+                    .fetch_add(o.events, Relaxed);
                 return;
             }
             if warned.elapsed() >= Duration::from_secs(10) {
