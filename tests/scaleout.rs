@@ -459,3 +459,123 @@ fn a_replaying_sensor_rides_out_a_broker_outage_without_loss() {
     let log = lab.log("a");
     assert!(log.contains("NATS connection lost"), "{log}");
 }
+
+#[test]
+fn a_live_sensor_counts_what_it_drops_while_the_broker_is_away() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "live capture needs root under CI"
+        );
+        eprintln!("skipped: live capture on lo needs root");
+        return;
+    }
+    let Some(mut lab) = Lab::start(1) else {
+        return;
+    };
+    // A small web server and a client on loopback, captured by a live sensor.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(
+        web.path().join("item.json"),
+        br#"{"id": 1, "name": "thing"}"#,
+    )
+    .unwrap();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(web.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cfg = lab.config("live", "queue_batches = 2\nmax_in_flight = 1");
+    let mut sensor = Command::new(BIN)
+        .args([
+            "run",
+            "--interface",
+            "lo",
+            "--metrics-listen",
+            "off",
+            "--workers",
+            "1",
+        ])
+        .args(["--bpf", &format!("tcp port {port}")])
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--alerts-out", "/dev/null"])
+        .arg("--summary-json")
+        .arg(lab.path("live.summary.json"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(lab.path("live.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !lab.log("live").contains("publishing detect events") {
+        assert!(Instant::now() < deadline, "{}", lab.log("live"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    lab.cluster.stop(0);
+    // Ten seconds of requests (a new connection each) while the broker is away.
+    let client = format!(
+        "import time, urllib.request\nend = time.time() + 10\nn = 0\nwhile time.time() < end:\n    urllib.request.urlopen('http://127.0.0.1:{port}/item.json').read()\n    n += 1\n    time.sleep(0.01)\nprint(n)\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &client])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // SIGTERM: the sensor stops within its drain bound although the broker never answers.
+    let stopped = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &sensor.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let st = loop {
+        if let Some(st) = sensor.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "live sensor did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(st.success(), "{}", lab.log("live"));
+    assert!(stopped.elapsed() < Duration::from_secs(20));
+    let s = summary(&lab, "live");
+    let dropped = s["export"]["events_dropped"].as_u64().unwrap();
+    let tx = s["http"]["transactions"].as_u64().unwrap();
+    assert!(tx * 10 >= requests * 9, "captured {tx} of {requests}: {s}");
+    assert!(
+        s["export"]["envelopes_dropped"].as_u64().unwrap() > 0 && dropped > 0,
+        "nothing counted dropped: {s}"
+    );
+    // An event goes to every partition owning one of its rules' keys (4 at most here),
+    // and each copy is counted.
+    assert!(
+        dropped + s["export"]["events_published"].as_u64().unwrap() <= 4 * tx,
+        "{s}"
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}

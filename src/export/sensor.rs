@@ -268,16 +268,31 @@ impl ShardHost for NatsShards {
             // The end: wait until the broker has acknowledged everything (live capture: for
             // a few seconds at most; what is still unacknowledged then is counted dropped).
             let (tx, rx) = std::sync::mpsc::channel();
-            if self.tx.blocking_send(Job::Drain(tx)).is_ok() {
-                if self.live {
-                    if rx.recv_timeout(LIVE_DRAIN).is_err() {
-                        tracing::warn!(
-                            "the broker did not acknowledge the last envelopes; counted dropped"
-                        );
-                        self.abandon.store(true, Relaxed);
-                    }
-                } else {
+            if !self.live {
+                if self.tx.blocking_send(Job::Drain(tx)).is_ok() {
                     let _ = rx.recv();
+                }
+            } else {
+                let deadline = std::time::Instant::now() + LIVE_DRAIN;
+                let mut job = Job::Drain(tx);
+                let sent = loop {
+                    match self.tx.try_send(job) {
+                        Ok(()) => break true,
+                        Err(tokio::sync::mpsc::error::TrySendError::Full(j))
+                            if std::time::Instant::now() < deadline =>
+                        {
+                            job = j;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(_) => break false,
+                    }
+                };
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if !sent || rx.recv_timeout(left).is_err() {
+                    tracing::warn!(
+                        "the broker did not acknowledge the last envelopes; counted dropped"
+                    );
+                    self.abandon.store(true, Relaxed);
                 }
             }
         }
@@ -415,6 +430,14 @@ impl Publisher {
     }
 
     async fn publish(&mut self, o: Outgoing) {
+        if self.abandon.load(Relaxed) {
+            self.stats.sensor.dropped_envelopes.fetch_add(1, Relaxed);
+            self.stats
+                .sensor
+                .dropped_events
+                .fetch_add(o.events, Relaxed);
+            return;
+        }
         self.settle(self.max_in_flight.saturating_sub(1)).await;
         match self.send(&o).await {
             Some(ack) => self.in_flight.push_back((o, ack)),
