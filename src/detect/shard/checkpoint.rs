@@ -789,4 +789,289 @@ mod tests {
             }
         }
     }
+
+    /// Alerts of one rule, as compared across rule sets: without the rule's index (its place
+    /// in the set) or the shard's emission counter (which counts other rules' alerts in
+    /// the same sweep).
+    fn of_rule(tagged: &[Tagged], id: &str) -> Vec<String> {
+        tagged
+            .iter()
+            .filter(|t| t.alert.rule.as_str() == id)
+            .map(|t| {
+                let mut v = Vec::new();
+                write_alert(&mut v, &t.alert).expect("write");
+                let k = &t.key;
+                format!(
+                    "{} {:?} {:?} {:?} {}",
+                    k.seq,
+                    k.phase,
+                    k.first,
+                    k.key,
+                    String::from_utf8(v).expect("utf-8")
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn restore_drops_the_state_of_removed_and_changed_rules_only() {
+        let rec = recorded();
+        let (msgs, cfg) = (&rec.msgs[0], rec.cfgs[0]);
+        let (head, tail) = msgs.split_at(msgs.len() / 2);
+        let mut x = Shard::new(cfg, &rec.rules);
+        feed(&mut x, head);
+        let bytes = x.checkpoint();
+        let held: Vec<(usize, usize)> = x
+            .rules
+            .iter()
+            .map(|st| {
+                let pending = st.keys.values().filter(|ks| ks.has_pending()).count();
+                (st.keys.len(), pending)
+            })
+            .collect();
+        let want = feed(&mut x, tail);
+        // A rule with keys at the cut and alerts after it changes; another with keys and an
+        // open aggregate goes.
+        let ids: Vec<&str> = rec.rules.rules.iter().map(|r| r.id.as_str()).collect();
+        let changed = (0..ids.len())
+            .find(|&i| held[i].0 > 0 && !of_rule(&want, ids[i]).is_empty())
+            .expect("a rule with state and later alerts");
+        let removed = (0..ids.len())
+            .find(|&i| i != changed && held[i].1 > 0)
+            .expect("another rule with an open aggregate");
+        let mut set = rec.rules.clone();
+        let mut r = (*set.rules[changed]).clone();
+        r.fingerprint.push_str("|threshold changed");
+        set.rules[changed] = Arc::new(r);
+        set.rules.remove(removed);
+        // The engine numbers rules by their place in the set.
+        let tail: Vec<ShardMsg> = tail
+            .iter()
+            .map(|m| match m {
+                ShardMsg::Event { seq, event, rules } => ShardMsg::Event {
+                    seq: *seq,
+                    event: event.clone(),
+                    rules: rules
+                        .iter()
+                        .filter(|&&i| usize::from(i) != removed)
+                        .map(|&i| if usize::from(i) > removed { i - 1 } else { i })
+                        .collect(),
+                },
+                m => m.clone(),
+            })
+            .collect();
+        let (mut y, note) = Shard::restore_noted(cfg, &set, &bytes).expect("restores");
+        assert_eq!(note.changed, vec![ids[changed].to_string()]);
+        assert_eq!(note.removed, vec![ids[removed].to_string()]);
+        assert_eq!(note.kept, ids.len() - 2);
+        assert!(note.fresh.is_empty());
+        assert_eq!(
+            note.dropped_keys,
+            (held[changed].0 + held[removed].0) as u64
+        );
+        assert_eq!(
+            note.dropped_aggregates,
+            (held[changed].1 + held[removed].1) as u64
+        );
+        let at = |id: &str| {
+            y.rules
+                .iter()
+                .position(|st| st.rule.id.as_str() == id)
+                .expect("rule")
+        };
+        let now_changed = at(ids[changed]);
+        assert!(y.rules[now_changed].keys.is_empty());
+        assert!(y.rules[now_changed].baselines.is_empty());
+        assert_eq!(y.rules[now_changed].heap, 0);
+        let got = feed(&mut y, &tail);
+        // Kept rules go on as if nothing happened.
+        let mut kept_alerts = 0;
+        for (i, id) in ids.iter().enumerate() {
+            if i == changed || i == removed {
+                continue;
+            }
+            assert_eq!(of_rule(&got, id), of_rule(&want, id), "{id}");
+            kept_alerts += of_rule(&want, id).len();
+        }
+        assert!(kept_alerts > 0);
+        // The changed rule starts empty at the cut, like a shard that starts there.
+        let mut z = Shard::new(cfg, &set);
+        let from_empty = feed(&mut z, &tail);
+        assert_eq!(
+            of_rule(&got, ids[changed]),
+            of_rule(&from_empty, ids[changed])
+        );
+        assert_ne!(of_rule(&got, ids[changed]), of_rule(&want, ids[changed]));
+        assert!(of_rule(&got, ids[removed]).is_empty());
+    }
+
+    fn restore(rec: &Recorded, bytes: &[u8]) -> Result<Shard, CheckpointError> {
+        Shard::restore(rec.cfgs[0], &rec.rules, bytes)
+    }
+
+    /// Version and state with a correct digest after them, as a corrupting writer that
+    /// also recomputed the digest would leave them.
+    fn resealed(version_and_state: &[u8]) -> Vec<u8> {
+        seal(version_and_state.to_vec())
+    }
+
+    /// A real checkpoint of shard 0, `n` messages into [`stream`].
+    fn real_checkpoint(rec: &Recorded, n: usize) -> Vec<u8> {
+        let mut x = Shard::new(rec.cfgs[0], &rec.rules);
+        feed(&mut x, &rec.msgs[0][..n]);
+        x.checkpoint()
+    }
+
+    #[test]
+    fn damaged_checkpoints_are_refused() {
+        let rec = recorded();
+        let bytes = real_checkpoint(&rec, rec.msgs[0].len() / 2);
+        assert!(restore(&rec, &bytes).is_ok());
+        let mut other = bytes.clone();
+        other[..2].copy_from_slice(&2u16.to_le_bytes());
+        assert!(matches!(
+            restore(&rec, &other),
+            Err(CheckpointError::Version {
+                found: 2,
+                expected: CHECKPOINT_VERSION
+            })
+        ));
+        // Truncated anywhere: every short prefix, then a sample through the whole.
+        let step = (bytes.len() / 500).max(1);
+        for n in (0..64).chain((64..bytes.len()).step_by(step)) {
+            assert!(restore(&rec, &bytes[..n]).is_err(), "prefix of {n} bytes");
+        }
+        // Flipped bits anywhere.
+        let step = (bytes.len() / 300).max(1);
+        for pos in (0..bytes.len())
+            .step_by(step)
+            .chain(bytes.len() - 16..bytes.len())
+        {
+            for mask in [0x01u8, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[pos] ^= mask;
+                assert!(restore(&rec, &b).is_err(), "byte {pos} ^ {mask:#x}");
+            }
+        }
+        // Bytes after the state.
+        let (sealed, _) = bytes.split_at(bytes.len() - DIGEST_BYTES);
+        let mut longer = sealed.to_vec();
+        longer.push(0);
+        assert!(matches!(
+            restore(&rec, &resealed(&longer)),
+            Err(CheckpointError::Trailing { extra: 1 })
+        ));
+    }
+
+    #[test]
+    fn corrupt_state_under_a_valid_digest_is_refused_or_harmless() {
+        let rec = recorded();
+        // A small state (60 messages in, already with keys of most rules): prefixes ending
+        // at every third byte, and changes at every sixth (every byte takes a minute in a
+        // debug build).
+        let n = 60;
+        let bytes = real_checkpoint(&rec, n);
+        let (sealed, _) = bytes.split_at(bytes.len() - DIGEST_BYTES);
+        for len in (VERSION_BYTES..sealed.len()).step_by(3) {
+            assert!(
+                matches!(
+                    restore(&rec, &resealed(&sealed[..len])),
+                    Err(CheckpointError::Decode(_))
+                ),
+                "state cut to {len} bytes"
+            );
+        }
+        // Any byte changed: refused, or a shard that goes on handling messages.
+        let rest = &rec.msgs[0][n..n + 100];
+        let (mut refused, mut accepted) = (0, 0);
+        for pos in (VERSION_BYTES..sealed.len()).step_by(6) {
+            for mask in [0x01u8, 0x80] {
+                let mut b = sealed.to_vec();
+                b[pos] ^= mask;
+                match restore(&rec, &resealed(&b)) {
+                    Err(_) => refused += 1,
+                    Ok(mut s) => {
+                        accepted += 1;
+                        let mut out = Vec::new();
+                        for m in rest {
+                            s.handle(m.clone(), &mut out);
+                        }
+                        s.handle(ShardMsg::Finish, &mut out);
+                        for t in &out {
+                            write_alert(&mut Vec::new(), &t.alert).expect("write");
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "{} bytes of state: {refused} changes refused, {accepted} accepted",
+            sealed.len()
+        );
+        assert!(refused > 0 && accepted > 0);
+    }
+
+    #[test]
+    fn keys_cannot_nest_tuples() {
+        let flat = KeyValue::Tuple(Arc::from(vec![
+            KeyValue::Ip("192.0.2.1".parse().expect("address")),
+            KeyValue::Str("GET /x".into()),
+            KeyValue::Username("jo@example.com".into()),
+            KeyValue::Token(TokenHash::of("t")),
+        ]));
+        let b = postcard::to_stdvec(&flat).expect("serialize");
+        assert_eq!(postcard::from_bytes::<KeyValue>(&b).expect("reads"), flat);
+        let nested = KeyValue::Tuple(Arc::from(vec![flat]));
+        let b = postcard::to_stdvec(&nested).expect("serialize");
+        assert!(postcard::from_bytes::<KeyValue>(&b).is_err());
+        // Deep nesting is refused at the second level, not recursed into.
+        let deep: Vec<u8> = std::iter::repeat_n([4u8, 1], 100_000).flatten().collect();
+        assert!(postcard::from_bytes::<KeyValue>(&deep).is_err());
+    }
+
+    #[test]
+    fn baselines_read_back_exactly() {
+        // As `learn` makes them: auto-resizing from 2 significant digits; counts, and body
+        // sizes that grew the range.
+        let mut small = Histogram::<u64>::new(2).expect("histogram");
+        for v in [3u64, 3, 7, 20, 20, 20, 31, 200] {
+            small.saturating_record(v);
+        }
+        let mut grown = Histogram::<u64>::new(2).expect("histogram");
+        for v in [4_000u64, 4_100, 4_000, 8 << 20, 1, 77] {
+            grown.record(v).expect("auto-resizes");
+        }
+        for h in [small, grown, Histogram::<u64>::new(2).expect("histogram")] {
+            let saved = SavedHistogram::of(&h);
+            let b = postcard::to_stdvec(&saved).expect("serialize");
+            let back = postcard::from_bytes::<SavedHistogram>(&b)
+                .expect("reads")
+                .histogram()
+                .expect("valid");
+            assert!(back == h);
+            assert_eq!(back.high(), h.high());
+            assert_eq!(back.distinct_values(), h.distinct_values());
+            assert_eq!(baseline_bytes(&back), baseline_bytes(&h));
+            assert_eq!(back.len(), h.len());
+            for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+                assert_eq!(back.value_at_quantile(q), h.value_at_quantile(q));
+            }
+            // It goes on growing as the original would.
+            let (mut a, mut b) = (back, h);
+            a.record(1 << 30).expect("auto-resizes");
+            b.record(1 << 30).expect("auto-resizes");
+            assert!(a == b && a.distinct_values() == b.distinct_values());
+        }
+        // Out of range: refused.
+        let wide = SavedHistogram {
+            high: u64::MAX,
+            counts: vec![(1, 1)],
+        };
+        assert!(wide.histogram().is_none());
+        let outside = SavedHistogram {
+            high: 2,
+            counts: vec![(1 << 20, 1)],
+        };
+        assert!(outside.histogram().is_none());
+    }
 }
