@@ -158,17 +158,23 @@ fn records(path: &Path) -> (Vec<u8>, Vec<Vec<u8>>) {
 struct Lab {
     dir: tempfile::TempDir,
     cluster: NatsCluster,
+    nkey_seed: Option<String>,
 }
 
 impl Lab {
     fn start(nodes: usize) -> Option<Lab> {
-        let cluster = NatsCluster::start(&NatsOpts {
+        Lab::with(&NatsOpts {
             nodes,
             ..Default::default()
-        })?;
+        })
+    }
+
+    fn with(opts: &NatsOpts) -> Option<Lab> {
+        let cluster = NatsCluster::start(opts)?;
         Some(Lab {
             dir: tempfile::tempdir().unwrap(),
             cluster,
+            nkey_seed: opts.nkey_seed.clone(),
         })
     }
 
@@ -186,8 +192,22 @@ impl Lab {
             .map(|u| format!("{u:?}"))
             .collect();
         let replicas = if self.cluster.urls().len() >= 3 { 3 } else { 1 };
+        let mut login = String::new();
+        if let Some((user, password)) = self.cluster.creds() {
+            let f = self.path("nats-password");
+            std::fs::write(&f, format!("{password}\n")).unwrap();
+            login.push_str(&format!("user = {user:?}\npassword_file = {f:?}\n"));
+        }
+        if let Some(seed) = &self.nkey_seed {
+            let f = self.path("nats-seed");
+            std::fs::write(&f, seed).unwrap();
+            login.push_str(&format!("nkey_seed_file = {f:?}\n"));
+        }
+        if let Some(ca) = self.cluster.ca_file() {
+            login.push_str(&format!("tls_ca = {ca:?}\n"));
+        }
         let text = format!(
-            "{base}\n[nats]\nservers = [{}]\npartitions = 4\nreplicas = {replicas}\nmax_stream_mib = 64\n\n[export]\nsensor = \"{sensor}\"\n{extra}\n\n[correlate]\nsensors = [\"a\", \"b\"]\ncheckpoint_interval_secs = 0.2\nmax_wait_secs = 60\n",
+            "{base}\n[nats]\nservers = [{}]\npartitions = 4\nreplicas = {replicas}\nmax_stream_mib = 64\n{login}\n[export]\nsensor = \"{sensor}\"\n{extra}\n\n[correlate]\nsensors = [\"a\", \"b\"]\ncheckpoint_interval_secs = 0.2\nmax_wait_secs = 60\n",
             servers.join(", ")
         );
         let p = self.path(&format!("{sensor}.toml"));
@@ -301,6 +321,34 @@ impl Lab {
         })
     }
 
+    /// Every message of the given streams, raw.
+    fn raw_messages(&self, streams: &[&str]) -> Vec<Vec<u8>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use futures_util::StreamExt;
+            let js = async_nats::jetstream::new(self.cluster.connect().await);
+            let mut out = Vec::new();
+            for name in streams {
+                let stream = js.get_stream(*name).await.unwrap();
+                let n = stream.get_info().await.unwrap().state.messages as usize;
+                let consumer = stream
+                    .create_consumer(
+                        async_nats::jetstream::consumer::pull::OrderedConfig::default(),
+                    )
+                    .await
+                    .unwrap();
+                let mut msgs = consumer.messages().await.unwrap().take(n);
+                while let Some(m) = msgs.next().await {
+                    out.push(m.unwrap().payload.to_vec());
+                }
+            }
+            out
+        })
+    }
+
     /// The deployment's alerts (stream and JSON lines) equal the golden ones, each once.
     fn assert_golden(&self, files: &[&str]) {
         let want = golden();
@@ -327,16 +375,7 @@ impl Lab {
 #[test]
 fn two_sensors_two_correlators_give_one_process_alerts() {
     let Some(lab) = Lab::start(3) else { return };
-    let (a, b) = lab.split();
-    let c1 = lab.correlator("c1", "0,1");
-    let c2 = lab.correlator("c2", "2,3");
-    let s1 = lab.sensor("a", Some(&a));
-    let s2 = lab.sensor("b", Some(&b));
-    lab.wait_ok(s1, "a");
-    lab.wait_ok(s2, "b");
-    lab.wait_ok(c1, "c1");
-    lab.wait_ok(c2, "c2");
-    lab.assert_golden(&["c1", "c2"]);
+    split_run(&lab);
     // What a sensor published is on record.
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lab.path("a.summary.json")).unwrap()).unwrap();
@@ -458,6 +497,101 @@ fn a_replaying_sensor_rides_out_a_broker_outage_without_loss() {
     // It did meet the outage (its client lost the connection and came back).
     let log = lab.log("a");
     assert!(log.contains("NATS connection lost"), "{log}");
+}
+
+/// Runs the split sample through two sensors and two correlators and checks the alerts.
+fn split_run(lab: &Lab) {
+    let (a, b) = lab.split();
+    let c1 = lab.correlator("c1", "0,1");
+    let c2 = lab.correlator("c2", "2,3");
+    let s1 = lab.sensor("a", Some(&a));
+    let s2 = lab.sensor("b", Some(&b));
+    lab.wait_ok(s1, "a");
+    lab.wait_ok(s2, "b");
+    lab.wait_ok(c1, "c1");
+    lab.wait_ok(c2, "c2");
+    lab.assert_golden(&["c1", "c2"]);
+}
+
+#[test]
+fn sensors_and_correlators_log_in_over_tls_and_messages_carry_no_secret_or_personal_value() {
+    let Some(lab) = Lab::with(&NatsOpts {
+        nodes: 1,
+        user: Some(("shieldtap".into(), "a-long-nats-password-0123".into())),
+        tls: true,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    assert!(lab.cluster.urls()[0].starts_with("tls://"));
+    split_run(&lab);
+    // What went over the wire: every event and alert message, raw.
+    let raw = lab.raw_messages(&["SHIELDTAP_EVENTS", "SHIELDTAP_ALERTS"]);
+    assert!(raw.len() > 20, "{} messages", raw.len());
+    let text: Vec<String> = raw
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    let capture = std::fs::read(sample().join("capture.pcap")).unwrap();
+    let capture = String::from_utf8_lossy(&capture);
+    // Tokens (JWTs: attestation and bearer) and e-mail addresses in clear in the capture...
+    let jwt =
+        regex::Regex::new(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]+").unwrap();
+    let email = regex::Regex::new(r"[A-Za-z0-9._%+-]{2,}@example\.com").unwrap();
+    let tokens: std::collections::BTreeSet<&str> =
+        jwt.find_iter(&capture).map(|m| m.as_str()).collect();
+    let emails: std::collections::BTreeSet<&str> = email
+        .find_iter(&capture)
+        .map(|m| m.as_str())
+        .filter(|e| !e.contains('*'))
+        .collect();
+    assert!(
+        tokens.len() > 5 && emails.len() > 5,
+        "{tokens:?} {emails:?}"
+    );
+    // ... never appear in any message.
+    for t in &text {
+        for tok in &tokens {
+            assert!(
+                !t.contains(&tok[..40.min(tok.len())]),
+                "a token in a message"
+            );
+        }
+        for e in &emails {
+            assert!(!t.contains(e), "{e} in a message");
+        }
+        assert!(!t.contains("a-long-nats-password-0123"));
+    }
+    // A wrong password is refused with a precise error that does not show it.
+    std::fs::write(lab.path("nats-password"), "not-the-password-0123\n").unwrap();
+    let cfg = std::fs::read_to_string(lab.path("a.toml")).unwrap();
+    let bad = lab.path("bad.toml");
+    std::fs::write(&bad, cfg).unwrap();
+    let out = Command::new(BIN)
+        .args(["replay", "--no-progress", "--metrics-listen", "off"])
+        .arg(sample().join("capture.pcap"))
+        .arg("--config")
+        .arg(&bad)
+        .args(["--alerts-out", "/dev/null"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+    assert!(!err.contains("not-the-password"), "{err}");
+}
+
+#[test]
+fn nkey_users_log_in() {
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    let Some(lab) = Lab::with(&NatsOpts {
+        nodes: 1,
+        nkey_seed: Some(seed),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    split_run(&lab);
 }
 
 #[test]

@@ -45,6 +45,9 @@ pub struct NatsOpts {
     pub user: Option<(String, String)>,
     /// TLS on the client ports (routes between nodes stay plain loopback TCP).
     pub tls: bool,
+    /// `authorization { users = [{ nkey }] }`: an NKey user's seed (its public key is
+    /// configured on the server; clients sign with the seed).
+    pub nkey_seed: Option<String>,
 }
 
 impl Default for NatsOpts {
@@ -53,6 +56,7 @@ impl Default for NatsOpts {
             nodes: 1,
             user: None,
             tls: false,
+            nkey_seed: None,
         }
     }
 }
@@ -267,6 +271,15 @@ impl NatsCluster {
                     "cluster {{\n  name: lab\n  listen: \"127.0.0.1:{cluster_port}\"\n  \
                      routes: [{}]\n}}\n",
                     routes.join(", ")
+                ));
+            }
+            if let Some(seed) = &opts.nkey_seed {
+                let public = nkeys::KeyPair::from_seed(seed)
+                    .expect("an NKey user seed")
+                    .public_key();
+                conf.push_str(&format!(
+                    "authorization {{\n  users = [ {{ nkey: {} }} ]\n}}\n",
+                    quoted(&public)
                 ));
             }
             if let Some((user, password)) = &opts.user {
@@ -546,6 +559,9 @@ impl NatsCluster {
         let mut o = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
         if let Some((user, password)) = &self.opts.user {
             o = o.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(seed) = &self.opts.nkey_seed {
+            o = o.nkey(seed.clone());
         }
         if let Some(ca) = &self.ca {
             o = o.add_root_certificates(ca.clone()).require_tls(true);
