@@ -346,6 +346,7 @@ async fn password_and_tls_refuse_strangers_and_admit_the_sensor() {
         nodes: 1,
         user: Some(("sensor".to_owned(), "s3cret pass\"word".to_owned())),
         tls: true,
+        ..Default::default()
     };
     let Some(lab) = NatsCluster::start(&opts) else {
         return;
