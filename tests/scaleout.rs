@@ -368,6 +368,16 @@ impl Lab {
         for f in files {
             lines.push_str(&std::fs::read_to_string(self.path(&format!("{f}.jsonl"))).unwrap());
         }
+        // Each alert's id is the one webhooks give it, on the stream and in the JSON lines.
+        let stream_ids: std::collections::BTreeSet<&String> =
+            stream.iter().map(|(i, _)| i).collect();
+        for l in lines.lines() {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let id = v.as_object_mut().unwrap().remove("id").unwrap();
+            let id = id.as_str().unwrap().to_string();
+            assert_eq!(id, shieldtap::output::webhook::alert_id(&v.to_string()), "{l}");
+            assert!(stream_ids.contains(&id), "{id} not on the stream");
+        }
         assert_same(&canon(&lines), &want, "correlators' JSON lines");
     }
 }

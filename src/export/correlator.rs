@@ -393,25 +393,17 @@ fn env_name(s: &BTreeMap<String, SensorQ>) -> String {
     s.keys().cloned().collect::<Vec<_>>().join(",")
 }
 
-/// An alert's stable id: the first 16 bytes of the SHA-256 of its record, in hex.
-pub fn alert_id(line: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line);
-    d.as_ref()
-        .iter()
-        .take(16)
-        .fold(String::with_capacity(32), |mut s, b| {
-            use std::fmt::Write as _;
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 /// The alert's record (one JSON line, newline included) with its id first.
 fn record(a: &Alert) -> (String, Vec<u8>) {
     let mut line = Vec::with_capacity(512);
     // Writing into a Vec cannot fail.
     let _ = write_alert(&mut line, a);
-    let id = alert_id(line.trim_ascii_end());
+    // The id webhooks give the same alert.
+    let id = crate::output::webhook::alert_id(
+        &serde_json::to_value(a)
+            .unwrap_or(serde_json::Value::Null)
+            .to_string(),
+    );
     let mut with = Vec::with_capacity(line.len() + 44);
     with.extend_from_slice(b"{\"id\":\"");
     with.extend_from_slice(id.as_bytes());
