@@ -237,7 +237,12 @@ fn learn(
     } else {
         1_000_000
     };
-    h.saturating_record(u64::from(s.count).min(high));
+    let v = u64::from(s.count).min(high);
+    // `record` grows the histogram to the value; `saturating_record` never grows it and
+    // would clamp anything past its first range (255 at 2 digits) to that range's bound.
+    if h.record(v).is_err() {
+        h.saturating_record(v);
+    }
     *bytes = (*bytes + baseline_bytes(h)).saturating_sub(before);
     stats.baseline_samples += 1;
 }

@@ -583,6 +583,41 @@ fn bulk_exposure_by_records_and_by_bytes_against_the_learned_level() {
 }
 
 #[test]
+fn body_size_levels_are_learned_past_the_histograms_first_range() {
+    // An export endpoint whose normal responses are 2 MiB: its level is 2 MiB, so a 3 MiB
+    // response is normal (under 10 times it) and a 40 MiB one stands out. Levels were once
+    // clamped to the histogram's first range (a few bytes), flagging every large response.
+    let set = crate::rules::builtin().unwrap();
+    let mut engine = Engine::new(DetectConfig::default(), &set);
+    let mut events: Vec<Event> = (0..60u32)
+        .map(|i| {
+            let ip = format!("192.0.2.{}", 1 + i % 50);
+            response(f64::from(i), &ip, "/api/v1/exports", 10, 2 << 20)
+        })
+        .collect();
+    events.push(response(
+        70.0,
+        "198.51.100.7",
+        "/api/v1/exports",
+        10,
+        3 << 20,
+    ));
+    events.push(response(
+        80.0,
+        "198.51.100.8",
+        "/api/v1/exports",
+        10,
+        40 << 20,
+    ));
+    let bytes: Vec<Option<String>> = run(&mut engine, &events)
+        .into_iter()
+        .filter(|a| a.rule.as_str() == "exposure.bulk-bytes")
+        .map(|a| a.actor.ip)
+        .collect();
+    assert_eq!(bytes, vec![Some("198.51.100.8".to_string())]);
+}
+
+#[test]
 fn deny_classes_override_expose_only_and_drive_denied_rules() {
     // The route lists `$.ssn` as used by the app; the rules deny national ids everywhere.
     let rules = |deny: &str| {

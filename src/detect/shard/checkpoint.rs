@@ -14,8 +14,8 @@
 //!
 //! Layout: the format version ([`CHECKPOINT_VERSION`], u16 little-endian), the state in
 //! postcard (varints), then the first 8 bytes of the SHA-256 of everything before. Restore
-//! refuses another version (no migration: a correlator of another version starts empty and
-//! the lead's replay from the stream rebuilds what it can), bytes whose digest does not
+//! refuses another version (there is no migration: the caller then starts empty or
+//! replays the stream), bytes whose digest does not
 //! match (truncated, corrupted), and state that contradicts the rule it is saved for. The
 //! digest catches corruption, not forgery: whoever can write the checkpoint store can blind
 //! the correlator anyway. Any change to a saved type (`KeyState`, `Episode`, `KeyValue`,
