@@ -375,7 +375,11 @@ impl Lab {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             let id = v.as_object_mut().unwrap().remove("id").unwrap();
             let id = id.as_str().unwrap().to_string();
-            assert_eq!(id, shieldtap::output::webhook::alert_id(&v.to_string()), "{l}");
+            assert_eq!(
+                id,
+                shieldtap::output::webhook::alert_id(&v.to_string()),
+                "{l}"
+            );
             assert!(stream_ids.contains(&id), "{id} not on the stream");
         }
         assert_same(&canon(&lines), &want, "correlators' JSON lines");

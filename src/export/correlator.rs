@@ -810,3 +810,107 @@ async fn published_since(
     }
     Ok(ids)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::wire::VERSION;
+
+    fn order(secs: u64) -> StreamOrder {
+        StreamOrder {
+            at: Timestamp(secs * 1_000_000_000),
+            ts: Timestamp(secs * 1_000_000_000),
+            client: std::net::SocketAddr::from(([10, 0, 0, 1], 40000)),
+            server: std::net::SocketAddr::from(([10, 0, 0, 2], 443)),
+            seq: 0,
+        }
+    }
+
+    fn env(sensor: &str, batch: u64, sweeps: &[u64], finished: bool, rules: u64) -> Envelope {
+        Envelope {
+            version: VERSION,
+            protocol: crate::detect::shard::PROTOCOL,
+            rules,
+            sensor: sensor.into(),
+            run: 1,
+            batch,
+            partition: 0,
+            partitions: 1,
+            clock: order(*sweeps.last().unwrap_or(&0)).at,
+            finished,
+            msgs: sweeps
+                .iter()
+                .map(|s| Msg::Sweep {
+                    order: order(*s),
+                    now: order(*s).at,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn sensors_merge_in_packet_time_whatever_the_arrival_order() {
+        let set = crate::rules::builtin().unwrap();
+        let cfg = crate::detect::shard::configs(&DetectConfig::default(), 1)[0];
+        let digest = rules_digest(&set);
+        let mut part = Part::fresh(0, Shard::new(cfg, &set), digest);
+        let now = Instant::now();
+        let expected = ["a".to_string(), "b".to_string()];
+        part.tick(&expected, Duration::from_secs(60), now, now);
+        let mut out = Vec::new();
+        // a's second envelope first: held until its first arrives.
+        part.take(env("a", 2, &[5], false, digest), now);
+        part.release(&mut out);
+        assert_eq!(part.stats.sweeps, 0);
+        part.take(env("b", 1, &[2, 4], false, digest), now);
+        part.take(env("a", 1, &[1, 3], false, digest), now);
+        part.take(env("a", 1, &[1, 3], false, digest), now);
+        assert_eq!(part.stats.redelivered, 1);
+        part.release(&mut out);
+        // 1, 2, 3, 4 cross a boundary each, in order; 5 waits for b (its clock is 4).
+        assert_eq!(part.stats.sweeps, 4);
+        assert_eq!(part.stats.late, 0);
+        assert!(!part.finished);
+        // Another rule set's envelope is refused (counted), its watermark still taken.
+        part.take(env("b", 2, &[6], false, digest ^ 1), now);
+        assert_eq!(part.stats.rejected.get("rules"), Some(&1));
+        part.release(&mut out);
+        assert_eq!(part.stats.sweeps, 5);
+        part.take(env("b", 3, &[], true, digest), now);
+        part.take(env("a", 3, &[7], true, digest), now);
+        part.release(&mut out);
+        assert_eq!(part.stats.sweeps, 6);
+        assert!(part.finished);
+        // A checkpoint restores the same merge state.
+        let bytes = part.checkpoint(1).unwrap();
+        let back = Part::restore(&bytes, 0, 1, cfg, &set).unwrap();
+        assert_eq!(back.seq, part.seq);
+        assert!(back.finished && back.stats.restored);
+        assert!(Part::restore(&bytes, 1, 1, cfg, &set).is_err());
+        assert!(Part::restore(&bytes[..bytes.len() / 2], 0, 1, cfg, &set).is_err());
+    }
+
+    #[test]
+    fn a_silent_sensor_stops_holding_the_merge_after_max_wait() {
+        let set = crate::rules::builtin().unwrap();
+        let cfg = crate::detect::shard::configs(&DetectConfig::default(), 1)[0];
+        let digest = rules_digest(&set);
+        let mut part = Part::fresh(0, Shard::new(cfg, &set), digest);
+        let start = Instant::now();
+        let expected = ["a".to_string(), "b".to_string()];
+        part.tick(&expected, Duration::from_secs(5), start, start);
+        let mut out = Vec::new();
+        part.take(env("a", 1, &[1, 2], false, digest), start);
+        part.release(&mut out);
+        assert_eq!(part.stats.sweeps, 0, "b has not spoken");
+        part.tick(
+            &expected,
+            Duration::from_secs(5),
+            start + Duration::from_secs(6),
+            start,
+        );
+        part.release(&mut out);
+        assert_eq!(part.stats.waits_expired, 1);
+        assert_eq!(part.stats.sweeps, 2);
+    }
+}
