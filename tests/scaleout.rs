@@ -216,10 +216,13 @@ impl Lab {
     }
 
     fn correlator(&self, name: &str, partitions: &str) -> Child {
+        // A file of its own: a sensor's config is rewritten while correlators may read.
+        let cfg = self.path(&format!("{name}.correlate.toml"));
+        std::fs::copy(self.config("a", ""), &cfg).unwrap();
         Command::new(BIN)
             .args(["correlate", "--until-finished", "--metrics-listen", "off"])
             .arg("--config")
-            .arg(self.config("a", ""))
+            .arg(&cfg)
             .args(["--partitions", partitions])
             .arg("--alerts-out")
             .arg(self.path(&format!("{name}.jsonl")))
@@ -318,6 +321,21 @@ impl Lab {
                 out.push((id, String::from_utf8(m.payload.to_vec()).unwrap()));
             }
             out
+        })
+    }
+
+    /// Whether the checkpoint store holds `name`.
+    fn has_checkpoint(&self, name: &str) -> bool {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let js = async_nats::jetstream::new(self.cluster.connect().await);
+            match js.get_object_store("shieldtap-checkpoints").await {
+                Ok(store) => store.info(name).await.is_ok(),
+                Err(_) => false,
+            }
         })
     }
 
@@ -430,28 +448,56 @@ fn a_correlator_killed_mid_stream_resumes_from_its_checkpoint_without_loss_or_re
     let (a, b) = lab.split();
     let c2 = lab.correlator("c2", "2,3");
     let mut c1 = Some(lab.correlator("c1", "0,1"));
+    let mut c3 = None;
     let s2 = lab.sensor("b", Some(&b));
     let s1 = lab.sensor("a", None);
     let s1 = feed(s1, &a, 8, |k| {
-        if k == 4 {
-            // SIGKILL: no chance to checkpoint or flush.
+        if k == 6 {
+            // Once it has checkpointed both partitions and sent alerts, SIGKILL: no chance
+            // to checkpoint again or flush.
+            let deadline = Instant::now() + WAIT;
+            let sent =
+                || std::fs::read_to_string(lab.path("c1.jsonl")).is_ok_and(|t| !t.is_empty());
+            while !(lab.has_checkpoint("p0") && lab.has_checkpoint("p1") && sent()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "no checkpoint: {}",
+                    lab.log("c1")
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(300));
             let mut c = c1.take().unwrap();
             c.kill().unwrap();
             c.wait().unwrap();
         }
-        if k == 5 {
-            c1 = Some(lab.correlator("c1", "0,1"));
+        if k == 7 {
+            // Another correlator takes its partitions over.
+            c3 = Some(lab.correlator("c3", "0,1"));
         }
     });
     lab.wait_ok(s1, "a");
     lab.wait_ok(s2, "b");
-    lab.wait_ok(c1.take().unwrap(), "c1");
+    lab.wait_ok(c3.take().unwrap(), "c3");
     lab.wait_ok(c2, "c2");
-    lab.assert_golden(&["c1", "c2"]);
-    let s = summary(&lab, "c1");
+    lab.assert_golden(&["c1", "c2", "c3"]);
+    let s = summary(&lab, "c3");
     for p in ["0", "1"] {
         assert_eq!(s["partitions"][p]["restored"], true, "{s}");
     }
+    // The killed one had sent alerts before it died, the new one after.
+    let count = |f: &str| {
+        std::fs::read_to_string(lab.path(&format!("{f}.jsonl")))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert!(
+        count("c1") > 0 && count("c3") > 0,
+        "{} / {}",
+        count("c1"),
+        count("c3")
+    );
 }
 
 #[test]
