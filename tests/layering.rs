@@ -34,6 +34,7 @@ const FLOORS: &[(&str, u8)] = &[
     // 4 outputs.
     ("output", 4),
     ("enforce", 4),
+    ("export", 4),
     // 5 wiring.
     ("telemetry", 5),
     ("runtime", 5),

@@ -1005,4 +1005,53 @@ mod tests {
             "{e}"
         );
     }
+
+    mod nats {
+        use super::Config;
+
+        fn err(text: &str) -> String {
+            Config::parse(text, "s.toml").expect_err(text).to_string()
+        }
+
+        #[test]
+        fn nats_sections_parse_and_bad_ones_are_named() {
+            let c = Config::parse(
+                "[nats]\nservers = [\"nats://127.0.0.1:4222\"]\nuser = \"u\"\npassword = \"p-0123456789\"\npartitions = 8\n[export]\nsensor = \"zone-a\"\n[correlate]\npartitions = [7, 1, 1]\nsensors = [\"zone-a\"]\n",
+                "s.toml",
+            )
+            .unwrap();
+            let n = c.nats.as_ref().unwrap();
+            assert_eq!(n.partitions, 8);
+            assert_eq!(n.events_subject(3), "shieldtap.events.p3");
+            assert!(!n.require_tls);
+            // The password never shows in a debug print.
+            assert!(!format!("{:?}", n.auth).contains("p-0123456789"));
+            assert_eq!(c.export.as_ref().unwrap().sensor, "zone-a");
+            assert_eq!(c.correlate.as_ref().unwrap().partitions, vec![1, 7]);
+            let tls = Config::parse("[nats]\nservers = [\"tls://h:4222\"]\n", "s.toml").unwrap();
+            assert!(tls.nats.unwrap().require_tls);
+
+            assert!(err("[export]\nsensor = \"a\"\n").contains("needs a [nats] section"));
+            assert!(err("[nats]\nservers = []\n").contains("nats.servers"));
+            assert!(err("[nats]\nservers = [\"http://h:1\"]\n").contains("nats.servers[0]"));
+            assert!(
+                err("[nats]\nservers = [\"nats://h:1\"]\nuser = \"u\"\n").contains("nats.password")
+            );
+            assert!(
+                err("[nats]\nservers = [\"nats://h:1\"]\nnkey_seed = \"SUnot-a-seed\"\n")
+                    .contains("nats.nkey_seed")
+            );
+            assert!(
+                err("[nats]\nservers = [\"nats://h:1\"]\npartitions = 2\n[correlate]\npartitions = [2]\n")
+                    .contains("correlate.partitions")
+            );
+            assert!(
+                err("[nats]\nservers = [\"nats://h:1\"]\n[export]\nsensor = \"a b\"\n")
+                    .contains("export.sensor")
+            );
+            assert!(
+                err("[nats]\nservers = [\"nats://h:1\"]\nreplicas = 7\n").contains("nats.replicas")
+            );
+        }
+    }
 }

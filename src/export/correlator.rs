@@ -49,6 +49,9 @@ use crate::rules::RuleSet;
 const CHECKPOINT_VERSION: u16 = 1;
 /// Out-of-order envelopes held per sensor before the gap is given up.
 const MAX_EARLY: usize = 4096;
+/// Messages a partition's merge holds at most while it waits for a lagging sensor; past it
+/// the oldest go on without waiting (counted `merge_forced`).
+const MAX_QUEUED: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CorrelateError {
@@ -327,7 +330,11 @@ impl Part {
                 *n != name && s.queue.is_empty() && !s.finished && !s.expired && s.clock <= key.0.at
             });
             if blocked {
-                break;
+                let queued: usize = self.sensors.values().map(|s| s.queue.len()).sum();
+                if queued <= MAX_QUEUED {
+                    break;
+                }
+                self.stats.merge_forced += 1;
             }
             let Some(m) = self
                 .sensors

@@ -49,6 +49,8 @@ pub struct PartitionStats {
     pub waits_expired: u64,
     /// Batches given up as missing (a gap in a sensor's numbering that never filled).
     pub batches_missing: u64,
+    /// Messages released without waiting for a lagging sensor: the merge held too many.
+    pub merge_forced: u64,
     pub alerts: u64,
     /// Alerts re-derived after a restart that had already been published: not sent again.
     pub alerts_suppressed: u64,

@@ -129,6 +129,7 @@ pub const NAMES: &[&str] = &[
     "correlator_rejected",
     "correlator_waits_expired",
     "correlator_batches_missing",
+    "correlator_merge_forced",
 ];
 
 /// Latency histogram bucket bounds, in seconds.
@@ -970,7 +971,7 @@ fn encode_scale(
     )?;
     e.counter(
         "export_events",
-        "Detect events a sensor published to NATS and had acknowledged.",
+        "Detect events a sensor published to NATS and had acknowledged (one per partition an event went to).",
         s.events.load(Relaxed),
     )?;
     e.counter(
@@ -1081,6 +1082,7 @@ fn encode_scale(
     let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut waits = 0;
     let mut missing = 0;
+    let mut forced = 0;
     for s in parts.values() {
         for (r, n) in &s.rejected {
             let k = ["version", "protocol", "decode", "rules", "partitioning"]
@@ -1091,6 +1093,7 @@ fn encode_scale(
         }
         waits += s.waits_expired;
         missing += s.batches_missing;
+        forced += s.merge_forced;
     }
     e.labelled(
         "correlator_rejected",
@@ -1111,6 +1114,11 @@ fn encode_scale(
         "correlator_batches_missing",
         "Gaps in a sensor's envelope numbering given up after max_wait_secs.",
         missing,
+    )?;
+    e.counter(
+        "correlator_merge_forced",
+        "Messages a correlator released without waiting for a lagging sensor (its merge held over a million).",
+        forced,
     )?;
     Ok(())
 }
