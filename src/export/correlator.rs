@@ -203,7 +203,13 @@ impl Part {
         if c.rules != rules {
             return Err("checkpoint made under other rules".into());
         }
-        let shard = Shard::restore(cfg, set, &c.shard).map_err(|e| e.to_string())?;
+        let (shard, note) = Shard::restore_noted(cfg, set, &c.shard).map_err(|e| e.to_string())?;
+        if note.saved_shard != p {
+            return Err(format!(
+                "shard state of partition {}, not {p}",
+                note.saved_shard
+            ));
+        }
         let now = Instant::now();
         let mut sensors = c.sensors;
         for s in sensors.values_mut() {
@@ -617,7 +623,11 @@ async fn partition(ctx: Arc<Ctx>, p: u32) -> Result<(), CorrelateError> {
         part.release(&mut tagged);
         if !tagged.is_empty() {
             tagged.sort();
-            emit(&ctx, &js, &mut part, &mut sent, &mut tagged).await;
+            if !emit(&ctx, &js, &mut part, &mut sent, &mut tagged).await {
+                // Stopped while the broker was away: no checkpoint past unsent alerts (the
+                // next start derives them again from the last checkpoint).
+                return Ok(());
+            }
         }
         let due = last_checkpoint.elapsed() >= ctx.correlate.checkpoint_interval;
         let stopping = ctx.stop.load(Ordering::Relaxed);
@@ -676,14 +686,15 @@ async fn subscribe(
     }
 }
 
-/// Publishes the alerts (acknowledged, with their ids), then hands them to the outputs.
+/// Publishes the alerts (acknowledged, with their ids), then hands them to the outputs;
+/// false when asked to stop while the broker would not take them.
 async fn emit(
     ctx: &Ctx,
     js: &jetstream::Context,
     part: &mut Part,
     sent: &mut HashSet<String>,
     tagged: &mut Vec<Tagged>,
-) {
+) -> bool {
     let subject = ctx.nats.alerts_subject(part.p);
     let mut local: Vec<(Alert, Vec<u8>)> = Vec::new();
     for t in tagged.drain(..) {
@@ -707,6 +718,10 @@ async fn emit(
                 },
                 Err(e) => tracing::debug!(error = %e, "alert publish failed; retrying"),
             }
+            if ctx.stop.load(Ordering::Relaxed) {
+                // Dropping the drain drops the alerts not sent.
+                return false;
+            }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(1));
         }
@@ -714,7 +729,7 @@ async fn emit(
         local.push((t.alert, line));
     }
     if local.is_empty() {
-        return;
+        return true;
     }
     if let Ok(mut o) = ctx.out.lock() {
         if let Some(w) = &mut o.alerts {
@@ -731,6 +746,7 @@ async fn emit(
             h.submit(&alerts);
         }
     }
+    true
 }
 
 async fn load(store: &jetstream::object_store::ObjectStore, name: &str) -> Option<Vec<u8>> {

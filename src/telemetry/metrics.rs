@@ -1249,6 +1249,50 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// A sensor's and a correlator's counters as they are scraped: per partition, and at
+    /// `partition="none"` in a process that correlates nothing.
+    #[test]
+    fn scale_out_counters_are_exported_per_partition() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let hub = Arc::new(Hub::default());
+        assert!(
+            hub.render()
+                .contains("shieldtap_correlator_lag_messages{partition=\"none\"} 0")
+        );
+        let st = Arc::new(crate::export::ScaleStats::default());
+        st.sensor.events.store(1234, Relaxed);
+        st.sensor.dropped_events.store(7, Relaxed);
+        st.update(2, |p| {
+            p.lag = 5;
+            p.redelivered = 3;
+            p.events = 99;
+            p.rejected.insert("rules".into(), 4);
+            p.checkpoint_unix = 1.0;
+        });
+        hub.set_scale_source(st);
+        let text = hub.render();
+        for want in [
+            "shieldtap_export_events_total 1234",
+            "shieldtap_export_dropped_total{what=\"events\"} 7",
+            "shieldtap_correlator_lag_messages{partition=\"2\"} 5",
+            "shieldtap_correlator_redeliveries_total{partition=\"2\"} 3",
+            "shieldtap_correlator_events_total{partition=\"2\"} 99",
+            "shieldtap_correlator_rejected_total{reason=\"rules\"} 4",
+            "shieldtap_correlator_rejected_total{reason=\"version\"} 0",
+        ] {
+            assert!(text.contains(want), "{want} not in:\n{text}");
+        }
+        // A checkpoint written at Unix second 1 is decades old.
+        let age = text
+            .lines()
+            .find(|l| l.starts_with("shieldtap_correlator_checkpoint_age_seconds{partition=\"2\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap();
+        assert!(age > 1e9, "{age}");
+        assert!(!text.contains("partition=\"none\""));
+    }
+
     /// Families whose label values are known are exported at 0 before anything happened:
     /// every decode layer, HTTP anomaly kind, method and status class, and per receiver.
     #[test]
