@@ -529,43 +529,28 @@ fn perr(p: u32, e: impl std::fmt::Display) -> CorrelateError {
 async fn partition(ctx: Arc<Ctx>, p: u32) -> Result<(), CorrelateError> {
     let client = super::connect::connect(&ctx.nats, &format!("shieldtap-correlator-p{p}")).await?;
     let js = jetstream::new(client);
-    super::connect::events_stream(&js, &ctx.nats).await?;
-    super::connect::alerts_stream(&js, &ctx.nats).await?;
-    let store = super::connect::checkpoint_store(&js, &ctx.nats).await?;
     let n = ctx.nats.partitions;
     let cfg = crate::detect::shard::configs(&ctx.detect, n as usize)
         .into_iter()
         .nth(p as usize)
         .ok_or_else(|| perr(p, "no such partition"))?;
-    let digest = rules_digest(&ctx.rules);
     let name = format!("p{p}");
-    let mut part = match load(&store, &name).await {
-        Some(bytes) => match Part::restore(&bytes, p, n, cfg, &ctx.rules) {
-            Ok(part) => {
-                tracing::info!(
-                    partition = p,
-                    stream_seq = part.stream_seq,
-                    "checkpoint restored"
-                );
-                part
-            }
+    // A cluster electing a leader, or a node just lost, answers with timeouts for a while:
+    // keep trying (never start afresh because a checkpoint could not be read).
+    let mut wait = Duration::from_millis(200);
+    let (store, mut part, mut sent) = loop {
+        match start(&ctx, &js, p, cfg, &name).await {
+            Ok(x) => break x,
             Err(e) => {
-                tracing::warn!(partition = p, error = %e, "checkpoint not usable: starting from the stream's start");
-                Part::fresh(p, Shard::new(cfg, &ctx.rules), digest)
+                tracing::warn!(partition = p, error = %e, "cannot start the partition yet; retrying");
+                if ctx.stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
-        },
-        None => Part::fresh(p, Shard::new(cfg, &ctx.rules), digest),
+        }
     };
-    let mut sent = published_since(&js, &ctx.nats, p, part.alerts_seq)
-        .await
-        .map_err(|e| perr(p, e))?;
-    if !sent.is_empty() {
-        tracing::info!(
-            partition = p,
-            alerts = sent.len(),
-            "alerts already published after the checkpoint: not sent again"
-        );
-    }
     if part.finished && ctx.until_finished {
         ctx.stats.update(p, |s| *s = part.stats.clone());
         return Ok(());
@@ -640,6 +625,54 @@ async fn partition(ctx: Arc<Ctx>, p: u32) -> Result<(), CorrelateError> {
             return Ok(());
         }
     }
+}
+
+/// The streams and the store, the partition's state (restored from its checkpoint when there
+/// is one) and the ids of the alerts published since that checkpoint.
+async fn start(
+    ctx: &Ctx,
+    js: &jetstream::Context,
+    p: u32,
+    cfg: ShardConfig,
+    name: &str,
+) -> Result<(jetstream::object_store::ObjectStore, Part, HashSet<String>), String> {
+    let n = ctx.nats.partitions;
+    super::connect::events_stream(js, &ctx.nats)
+        .await
+        .map_err(|e| e.to_string())?;
+    super::connect::alerts_stream(js, &ctx.nats)
+        .await
+        .map_err(|e| e.to_string())?;
+    let store = super::connect::checkpoint_store(js, &ctx.nats)
+        .await
+        .map_err(|e| e.to_string())?;
+    let digest = rules_digest(&ctx.rules);
+    let part = match load(&store, name).await? {
+        Some(bytes) => match Part::restore(&bytes, p, n, cfg, &ctx.rules) {
+            Ok(part) => {
+                tracing::info!(
+                    partition = p,
+                    stream_seq = part.stream_seq,
+                    "checkpoint restored"
+                );
+                part
+            }
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "checkpoint not usable: starting from the stream's start");
+                Part::fresh(p, Shard::new(cfg, &ctx.rules), digest)
+            }
+        },
+        None => Part::fresh(p, Shard::new(cfg, &ctx.rules), digest),
+    };
+    let sent = published_since(js, &ctx.nats, p, part.alerts_seq).await?;
+    if !sent.is_empty() {
+        tracing::info!(
+            partition = p,
+            alerts = sent.len(),
+            "alerts already published after the checkpoint: not sent again"
+        );
+    }
+    Ok((store, part, sent))
 }
 
 /// An ordered consumer of the partition's subject from the message after `after` (retried
@@ -749,16 +782,21 @@ async fn emit(
     true
 }
 
-async fn load(store: &jetstream::object_store::ObjectStore, name: &str) -> Option<Vec<u8>> {
-    let mut obj = store.get(name).await.ok()?;
+/// The checkpoint `name`; `None` when there is none (an error when it cannot be read).
+async fn load(
+    store: &jetstream::object_store::ObjectStore,
+    name: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    let mut obj = match store.get(name).await {
+        Ok(o) => o,
+        Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("checkpoint {name}: {e}")),
+    };
     let mut buf = Vec::new();
-    match obj.read_to_end(&mut buf).await {
-        Ok(_) => Some(buf),
-        Err(e) => {
-            tracing::warn!(object = name, error = %e, "cannot read checkpoint");
-            None
-        }
-    }
+    obj.read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("checkpoint {name}: {e}"))?;
+    Ok(Some(buf))
 }
 
 async fn save(
@@ -804,7 +842,15 @@ async fn published_since(
         .map_err(|e| e.to_string())?;
     let last = match stream.get_last_raw_message_by_subject(&subject).await {
         Ok(m) => m.sequence,
-        Err(_) => return Ok(HashSet::new()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+            ) =>
+        {
+            return Ok(HashSet::new());
+        }
+        Err(e) => return Err(format!("alerts published on {subject}: {e}")),
     };
     let mut ids = HashSet::new();
     if last <= after {
