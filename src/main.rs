@@ -589,6 +589,32 @@ fn correlate_command(a: CorrelateArgs) -> anyhow::Result<ExitCode> {
         }));
         Some(w)
     };
+    // The usual detect metrics (alerts per rule, keys) from the correlator's shards.
+    let rule_labels: Vec<(String, &'static str, &'static str)> = rules
+        .rules
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str().to_string(),
+                r.category.as_str(),
+                r.severity.as_str(),
+            )
+        })
+        .collect();
+    let publishing = Arc::new(AtomicBool::new(true));
+    let publisher = {
+        let (hub, stats, on) = (hub.clone(), stats.clone(), publishing.clone());
+        std::thread::spawn(move || {
+            while on.load(Ordering::Relaxed) {
+                hub.publish_detect(shieldtap::telemetry::metrics::DetectSnapshot {
+                    stats: stats.detect(),
+                    actors: Default::default(),
+                    rules: rule_labels.clone(),
+                });
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
     let sinks = shieldtap::export::correlator::Sinks {
         alerts: Some(open_output(&a.alerts_out, true)?),
         hooks: webhooks.clone(),
@@ -598,13 +624,15 @@ fn correlate_command(a: CorrelateArgs) -> anyhow::Result<ExitCode> {
             nats,
             correlate: &cc,
             detect: &cfg.detect,
-            rules,
+            rules: rules.clone(),
             until_finished: a.until_finished,
         },
         sinks,
         stats,
         stop,
     );
+    publishing.store(false, Ordering::Relaxed);
+    let _ = publisher.join();
     if let Some(w) = webhooks {
         w.finish();
     }

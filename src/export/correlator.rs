@@ -564,6 +564,7 @@ async fn partition(ctx: Arc<Ctx>, p: u32) -> Result<(), CorrelateError> {
         started,
     );
     let mut last_checkpoint = Instant::now();
+    let mut last_detect = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut tagged = Vec::new();
     loop {
@@ -621,6 +622,10 @@ async fn partition(ctx: Arc<Ctx>, p: u32) -> Result<(), CorrelateError> {
             last_checkpoint = Instant::now();
         }
         ctx.stats.update(p, |s| *s = part.stats.clone());
+        if last_detect.elapsed() >= Duration::from_millis(250) || part.finished || stopping {
+            last_detect = Instant::now();
+            ctx.stats.set_detect(p, part.shard.stats());
+        }
         if stopping || (part.finished && ctx.until_finished) {
             return Ok(());
         }

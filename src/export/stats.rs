@@ -69,6 +69,9 @@ pub struct PartitionStats {
 pub struct ScaleStats {
     pub sensor: SensorStats,
     pub partitions: Mutex<BTreeMap<u32, PartitionStats>>,
+    /// A correlator's shards' own counters (alerts per rule, keys), per partition: the usual
+    /// detect metrics of a process that runs shards fed over NATS.
+    pub detect: Mutex<BTreeMap<u32, crate::detect::DetectStats>>,
 }
 
 impl ScaleStats {
@@ -76,6 +79,23 @@ impl ScaleStats {
         if let Ok(mut m) = self.partitions.lock() {
             f(m.entry(p).or_default());
         }
+    }
+
+    pub fn set_detect(&self, p: u32, s: &crate::detect::DetectStats) {
+        if let Ok(mut m) = self.detect.lock() {
+            m.insert(p, s.clone());
+        }
+    }
+
+    /// The shards' counters summed over partitions.
+    pub fn detect(&self) -> crate::detect::DetectStats {
+        let mut out = crate::detect::DetectStats::default();
+        if let Ok(m) = self.detect.lock() {
+            for s in m.values() {
+                out.merge(s);
+            }
+        }
+        out
     }
 
     pub fn partitions(&self) -> BTreeMap<u32, PartitionStats> {
