@@ -194,13 +194,18 @@ impl Lab {
         let replicas = if self.cluster.urls().len() >= 3 { 3 } else { 1 };
         let mut login = String::new();
         if let Some((user, password)) = self.cluster.creds() {
+            // Written once: processes started earlier may be reading it.
             let f = self.path("nats-password");
-            std::fs::write(&f, format!("{password}\n")).unwrap();
+            if !f.exists() {
+                std::fs::write(&f, format!("{password}\n")).unwrap();
+            }
             login.push_str(&format!("user = {user:?}\npassword_file = {f:?}\n"));
         }
         if let Some(seed) = &self.nkey_seed {
             let f = self.path("nats-seed");
-            std::fs::write(&f, seed).unwrap();
+            if !f.exists() {
+                std::fs::write(&f, seed).unwrap();
+            }
             login.push_str(&format!("nkey_seed_file = {f:?}\n"));
         }
         if let Some(ca) = self.cluster.ca_file() {
@@ -210,8 +215,11 @@ impl Lab {
             "{base}\n[nats]\nservers = [{}]\npartitions = 4\nreplicas = {replicas}\nmax_stream_mib = 64\n{login}\n[export]\nsensor = \"{sensor}\"\n{extra}\n\n[correlate]\nsensors = [\"a\", \"b\"]\ncheckpoint_interval_secs = 0.2\nmax_wait_secs = 60\n",
             servers.join(", ")
         );
+        // Atomically: a process started earlier may be reading it.
         let p = self.path(&format!("{sensor}.toml"));
-        std::fs::write(&p, text).unwrap();
+        let tmp = self.path(&format!("{sensor}.toml.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
         p
     }
 
