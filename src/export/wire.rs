@@ -121,3 +121,74 @@ pub fn rules_digest(set: &RuleSet) -> u64 {
     }
     h.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        let order = StreamOrder {
+            at: Timestamp(5_000_000_000),
+            ts: Timestamp(4_900_000_000),
+            client: std::net::SocketAddr::from(([10, 0, 0, 1], 40000)),
+            server: std::net::SocketAddr::from(([10, 0, 0, 2], 443)),
+            seq: 3,
+        };
+        Envelope {
+            version: VERSION,
+            protocol: crate::detect::shard::PROTOCOL,
+            rules: 42,
+            sensor: "zone-a".into(),
+            run: 7,
+            batch: 9,
+            partition: 1,
+            partitions: 4,
+            clock: order.at,
+            finished: false,
+            msgs: vec![
+                Msg::Sweep {
+                    order,
+                    now: order.at,
+                },
+                Msg::Sweep {
+                    order,
+                    now: Timestamp(6_000_000_000),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_broken_ones_are_refused_without_panic() {
+        let bytes = envelope().encode().unwrap();
+        let back = Envelope::decode(&bytes).unwrap();
+        assert_eq!(back.sensor, "zone-a");
+        assert_eq!(back.msgs.len(), 2);
+        assert_eq!(back.msgs[1].key().0.seq, 3);
+        // Every prefix and every flipped byte: an error or a decoded envelope, never a
+        // panic or an unbounded allocation.
+        for n in 0..bytes.len() {
+            assert!(Envelope::decode(&bytes[..n]).is_err(), "prefix {n}");
+        }
+        for i in 0..bytes.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut b = bytes.clone();
+                b[i] ^= bit;
+                let _ = Envelope::decode(&b);
+            }
+        }
+        // A length prefix claiming far more than there is.
+        let mut huge = bytes.clone();
+        huge.extend_from_slice(&[0xff; 16]);
+        let _ = Envelope::decode(&huge);
+        // Another version or shard protocol is named, not misread.
+        let mut other = envelope();
+        other.version = VERSION + 1;
+        let e = Envelope::decode(&other.encode().unwrap()).unwrap_err();
+        assert_eq!(e.reason(), "version");
+        let mut other = envelope();
+        other.protocol += 1;
+        let e = Envelope::decode(&other.encode().unwrap()).unwrap_err();
+        assert_eq!(e.reason(), "protocol");
+    }
+}
