@@ -299,6 +299,19 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
     })
 }
 
+/// The `[[webhook]]` receivers, started, with their counters on the metrics hub.
+fn start_webhooks(cfg: &Config, hub: &Arc<Hub>) -> anyhow::Result<Option<Arc<Webhooks>>> {
+    if cfg.webhooks.is_empty() {
+        return Ok(None);
+    }
+    let w = Arc::new(Webhooks::start(&cfg.webhooks)?);
+    let weak = Arc::downgrade(&w);
+    hub.set_webhook_source(Box::new(move || {
+        weak.upgrade().map(|w| w.snapshots()).unwrap_or_default()
+    }));
+    Ok(Some(w))
+}
+
 fn outputs(common: &Common, cfg: &Config, append: bool) -> anyhow::Result<Outputs> {
     let transactions = common
         .transactions_out
@@ -307,16 +320,7 @@ fn outputs(common: &Common, cfg: &Config, append: bool) -> anyhow::Result<Output
         .transpose()?;
     let alerts = AlertSink::Writer(open_output(&common.alerts_out, append)?);
     let metrics = Arc::new(Hub::default());
-    let webhooks = if cfg.webhooks.is_empty() {
-        None
-    } else {
-        let w = Arc::new(Webhooks::start(&cfg.webhooks)?);
-        let weak = Arc::downgrade(&w);
-        metrics.set_webhook_source(Box::new(move || {
-            weak.upgrade().map(|w| w.snapshots()).unwrap_or_default()
-        }));
-        Some(w)
-    };
+    let webhooks = start_webhooks(cfg, &metrics)?;
     // `run` with `[enforce]`: decisions are kept (and saved) for the check endpoint; else,
     // with --decisions-out, they are only written.
     let decisions = match (&cfg.enforce, append, &common.decisions_out) {
@@ -355,11 +359,11 @@ fn outputs(common: &Common, cfg: &Config, append: bool) -> anyhow::Result<Output
 
 /// Starts the metrics endpoint when asked (or by default for `run`).
 fn metrics_server(
-    common: &Common,
+    listen: Option<&str>,
     default: Option<&str>,
     hub: &Arc<Hub>,
 ) -> anyhow::Result<Option<MetricsServer>> {
-    let Some(addr) = common.metrics_listen.as_deref().or(default) else {
+    let Some(addr) = listen.or(default) else {
         return Ok(None);
     };
     if addr == "off" {
@@ -567,40 +571,10 @@ fn correlate_command(a: CorrelateArgs) -> anyhow::Result<ExitCode> {
     let hub = Arc::new(Hub::default());
     let stats = Arc::new(shieldtap::export::ScaleStats::default());
     hub.set_scale_source(stats.clone());
-    let common = Common {
-        config: Some(a.config.clone()),
-        rules: a.rules.clone(),
-        alerts_out: a.alerts_out.clone(),
-        transactions_out: None,
-        summary_json: None,
-        workers: None,
-        inventory_out: None,
-        decisions_out: None,
-        metrics_listen: a.metrics_listen.clone(),
-    };
-    let server = metrics_server(&common, Some("127.0.0.1:9478"), &hub)?;
-    let webhooks = if cfg.webhooks.is_empty() {
-        None
-    } else {
-        let w = Arc::new(Webhooks::start(&cfg.webhooks)?);
-        let weak = Arc::downgrade(&w);
-        hub.set_webhook_source(Box::new(move || {
-            weak.upgrade().map(|w| w.snapshots()).unwrap_or_default()
-        }));
-        Some(w)
-    };
+    let server = metrics_server(a.metrics_listen.as_deref(), Some("127.0.0.1:9478"), &hub)?;
+    let webhooks = start_webhooks(&cfg, &hub)?;
     // The usual detect metrics (alerts per rule, keys) from the correlator's shards.
-    let rule_labels: Vec<(String, &'static str, &'static str)> = rules
-        .rules
-        .iter()
-        .map(|r| {
-            (
-                r.id.as_str().to_string(),
-                r.category.as_str(),
-                r.severity.as_str(),
-            )
-        })
-        .collect();
+    let rule_labels = shieldtap::telemetry::metrics::rule_labels(&rules);
     let publishing = Arc::new(AtomicBool::new(true));
     let publisher = {
         let (hub, stats, on) = (hub.clone(), stats.clone(), publishing.clone());
@@ -797,7 +771,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .then(|| spawn_progress(&progress, total));
             let mut outputs = outputs(&common, &cfg, false)?;
             let scale = sensor(&cfg, &rules, false, &mut outputs)?;
-            let server = metrics_server(&common, None, &outputs.metrics)?;
+            let server = metrics_server(common.metrics_listen.as_deref(), None, &outputs.metrics)?;
             let hooks = outputs.webhooks.clone();
             let result = runtime::replay(&cfg, rules, &captures, workers, outputs, &progress);
             let delivered = hooks.map(|h| h.finish());
@@ -860,7 +834,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(source = %rules.source, rules = rules.rules.len(), "rules loaded");
             let mut outputs = outputs(&common, &cfg, true)?;
             let scale = sensor(&cfg, &rules, true, &mut outputs)?;
-            let server = metrics_server(&common, Some("127.0.0.1:9477"), &outputs.metrics)?;
+            let server = metrics_server(
+                common.metrics_listen.as_deref(),
+                Some("127.0.0.1:9477"),
+                &outputs.metrics,
+            )?;
             let hooks = outputs.webhooks.clone();
             let result =
                 runtime::run_live(&cfg, rules, &interfaces, workers, outputs, stop, reload);

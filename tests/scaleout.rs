@@ -12,6 +12,8 @@
 
 #[path = "common/nats.rs"]
 mod nats;
+#[path = "common/netlab.rs"]
+mod netlab;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -664,7 +666,7 @@ fn nkey_users_log_in() {
 
 #[test]
 fn a_live_sensor_counts_what_it_drops_while_the_broker_is_away() {
-    if !is_root() {
+    if !netlab::is_root() {
         assert!(
             std::env::var_os("CI").is_none(),
             "live capture needs root under CI"
@@ -773,11 +775,4 @@ fn a_live_sensor_counts_what_it_drops_while_the_broker_is_away() {
         dropped + s["export"]["events_published"].as_u64().unwrap() <= 4 * tx,
         "{s}"
     );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }

@@ -20,7 +20,9 @@ fn rule(kind: &str, extra: &str, threshold: u32, window: u32, suppress: u32) -> 
     )
 }
 
-fn ev(secs: f64, ip: &str) -> Event {
+/// A valid request of device `dev`, user `u` at `secs` after the epoch's 1000th second
+/// (the checkpoint tests build theirs from it).
+pub(super) fn ev(secs: f64, ip: &str) -> Event {
     Event {
         ts: Timestamp((secs * 1e9) as u64 + 1_000 * SEC),
         actor: Actor {

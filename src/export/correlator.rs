@@ -104,6 +104,25 @@ struct SensorQ {
     gap_since: Option<Instant>,
 }
 
+impl SensorQ {
+    /// Moves the envelopes next in numbering from `early` into the queue (their clock and
+    /// finish taken); returns how many were refused for being routed under other rules.
+    fn drain_early(&mut self, rules: u64) -> u64 {
+        let mut rejected = 0;
+        while let Some(e) = self.early.remove(&self.next_batch) {
+            self.next_batch += 1;
+            self.clock = self.clock.max(e.clock);
+            self.finished |= e.finished;
+            if e.rules == rules {
+                self.queue.extend(e.msgs);
+            } else {
+                rejected += 1;
+            }
+        }
+        rejected
+    }
+}
+
 /// What a checkpoint holds besides the shard.
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
@@ -237,7 +256,6 @@ impl Part {
     /// Takes one envelope into its sensor's queue (in numbering order).
     fn take(&mut self, env: Envelope, now: Instant) {
         self.stats.envelopes += 1;
-        let rules = self.rules;
         let s = self.sensors.entry(env.sensor.clone()).or_default();
         s.heard = Some(now);
         s.expired = false;
@@ -262,26 +280,25 @@ impl Part {
             self.stats.batches_missing += 1;
             Self::skip_gap(s);
         }
+        let name = env.sensor.clone();
         s.early.insert(env.batch, env);
-        let mut rejected_rules = 0u64;
-        while let Some(e) = s.early.remove(&s.next_batch) {
-            s.next_batch += 1;
-            s.clock = s.clock.max(e.clock);
-            s.finished |= e.finished;
-            if e.rules == rules {
-                s.queue.extend(e.msgs);
-            } else {
-                rejected_rules += 1;
-            }
-        }
+        let rejected = s.drain_early(self.rules);
         s.gap_since = if s.early.is_empty() {
             None
         } else {
             s.gap_since.or(Some(now))
         };
-        if rejected_rules > 0 {
-            *self.stats.rejected.entry("rules".into()).or_default() += rejected_rules;
-            tracing::error!(partition = self.p, sensor = %env_name(&self.sensors), "envelopes routed under other rules than this correlator's: dropped (run the same rules everywhere)");
+        self.note_rejected(&name, rejected);
+    }
+
+    fn note_rejected(&mut self, sensor: &str, rejected: u64) {
+        if rejected > 0 {
+            *self.stats.rejected.entry("rules".into()).or_default() += rejected;
+            tracing::error!(
+                partition = self.p,
+                sensor,
+                "envelopes routed under other rules than this correlator's: dropped (run the same rules everywhere)"
+            );
         }
     }
 
@@ -301,24 +318,23 @@ impl Part {
                 ..SensorQ::default()
             });
         }
-        for s in self.sensors.values_mut() {
+        let mut rejected = Vec::new();
+        for (name, s) in self.sensors.iter_mut() {
             if let Some(g) = s.gap_since
                 && now.duration_since(g) >= max_wait
             {
                 self.stats.batches_missing += 1;
                 Self::skip_gap(s);
-                while let Some(e) = s.early.remove(&s.next_batch) {
-                    s.next_batch += 1;
-                    s.clock = s.clock.max(e.clock);
-                    s.finished |= e.finished;
-                    s.queue.extend(e.msgs);
-                }
+                rejected.push((name.clone(), s.drain_early(self.rules)));
             }
             let silent = s.heard.is_none_or(|h| now.duration_since(h) >= max_wait);
             if silent && !s.finished && !s.expired && s.queue.is_empty() {
                 s.expired = true;
                 self.stats.waits_expired += 1;
             }
+        }
+        for (name, n) in rejected {
+            self.note_rejected(&name, n);
         }
     }
 
@@ -400,10 +416,6 @@ impl Part {
             }
         }
     }
-}
-
-fn env_name(s: &BTreeMap<String, SensorQ>) -> String {
-    s.keys().cloned().collect::<Vec<_>>().join(",")
 }
 
 /// The alert's record (one JSON line, newline included) with its id first.

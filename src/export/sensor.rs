@@ -142,10 +142,7 @@ impl NatsShards {
             return;
         };
         let msgs = std::mem::take(p);
-        let events = msgs
-            .iter()
-            .filter(|m| matches!(m, Msg::Event { .. }))
-            .count() as u64;
+        let events = event_count(&msgs);
         if let Some(c) = self.sent_clock.get_mut(partition) {
             *c = self.clock;
         }
@@ -187,6 +184,26 @@ impl NatsShards {
     }
 }
 
+/// The place of a message that follows no event (a live clock sweep, or an event without
+/// a noted order): its own time.
+fn order_at(ts: Timestamp) -> StreamOrder {
+    let none = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    StreamOrder {
+        at: ts,
+        ts,
+        client: none,
+        server: none,
+        seq: 0,
+    }
+}
+
+/// Events among the messages (each counted once per partition it goes to).
+fn event_count(msgs: &[Msg]) -> u64 {
+    msgs.iter()
+        .filter(|m| matches!(m, Msg::Event { .. }))
+        .count() as u64
+}
+
 impl ShardHost for NatsShards {
     fn count(&self) -> usize {
         self.parts as usize
@@ -204,13 +221,7 @@ impl ShardHost for NatsShards {
     fn send(&mut self, shard: usize, msg: ShardMsg) {
         match msg {
             ShardMsg::Event { event, rules, .. } => {
-                let order = self.order.unwrap_or(StreamOrder {
-                    at: event.ts,
-                    ts: event.ts,
-                    client: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                    server: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                    seq: 0,
-                });
+                let order = self.order.unwrap_or_else(|| order_at(event.ts));
                 self.order_used = true;
                 let event = super::pseudonymize(event);
                 self.push(
@@ -227,13 +238,7 @@ impl ShardHost for NatsShards {
                 // a live clock sweep stands at its own time.
                 let order = match self.order {
                     Some(o) if !self.order_used => o,
-                    _ => StreamOrder {
-                        at: now,
-                        ts: now,
-                        client: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                        server: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                        seq: 0,
-                    },
+                    _ => order_at(now),
                 };
                 self.push(shard, Msg::Sweep { order, now });
             }
@@ -386,10 +391,7 @@ impl Publisher {
         let Some(next) = self.next.get_mut(partition as usize) else {
             return;
         };
-        let events = msgs
-            .iter()
-            .filter(|m| matches!(m, Msg::Event { .. }))
-            .count() as u64;
+        let events = event_count(&msgs);
         let mut env = Envelope {
             version: VERSION,
             protocol: PROTOCOL,

@@ -203,17 +203,7 @@ pub(super) fn run(
         shared.hub.publish_detect(DetectSnapshot {
             stats: engine.stats(),
             actors: engine.actor_stats(),
-            rules: rules
-                .rules
-                .iter()
-                .map(|r| {
-                    (
-                        r.id.as_str().to_string(),
-                        r.category.as_str(),
-                        r.severity.as_str(),
-                    )
-                })
-                .collect(),
+            rules: crate::telemetry::metrics::rule_labels(rules),
         });
     };
     publish(&engine, &rules, &ordering);

@@ -169,6 +169,20 @@ pub struct DetectSnapshot {
 
 pub use crate::output::webhook::WebhookSnapshot;
 
+/// Each rule's id, category and severity: the labels of its alert counters.
+pub fn rule_labels(set: &crate::rules::RuleSet) -> Vec<(String, &'static str, &'static str)> {
+    set.rules
+        .iter()
+        .map(|r| {
+            (
+                r.id.as_str().to_string(),
+                r.category.as_str(),
+                r.severity.as_str(),
+            )
+        })
+        .collect()
+}
+
 type Source<T> = Box<dyn Fn() -> T + Send + Sync>;
 
 /// Who owns a table's share: a worker (flows, streams, HTTP) or a detect shard (keys,

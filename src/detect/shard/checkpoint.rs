@@ -380,44 +380,19 @@ mod tests {
     use crate::redact::TokenHash;
     use crate::token::Verdict;
 
-    const T0: u64 = 1_000;
-
     fn ev(secs: f64, ip: &str, route: &str) -> Event {
         Event {
-            ts: Timestamp((secs * 1e9) as u64 + T0 * 1_000_000_000),
             actor: Actor {
                 ip: ip.parse().expect("test address"),
                 device: None,
                 user: None,
             },
-            method: Some("GET".into()),
             host: Some("api.example.com".into()),
             route: Some(route.into()),
-            endpoint: None,
-            principal_key: None,
-            body_bytes: None,
-            status: Some(200),
+            object: Some(route.into()),
             family: None,
             verdict: Verdict::Missing,
-            token: None,
-            expired_for: None,
-            object: Some(route.into()),
-            number: None,
-            username: None,
-            login: false,
-            objects: Vec::new(),
-            returned: Vec::new(),
-            ownership: None,
-            cross_user: false,
-            exposure: None,
-            exposed: Vec::new(),
-            denied: false,
-            foreign: Vec::new(),
-            attested: false,
-            shared_devices: 0,
-            ja4: None,
-            viewer: None,
-            fingerprint: 0,
+            ..crate::detect::tests::ev(secs, ip)
         }
     }
 
