@@ -22,8 +22,16 @@ struct Field {
 #[derive(Default)]
 struct Route {
     responses: u64,
-    fields: BTreeMap<String, Field>,
+    /// Field path → its place in `stats`.
+    fields: BTreeMap<String, usize>,
+    stats: Vec<Field>,
     fields_over_cap: u64,
+    /// The field list of the last response, and the places of those of its paths that are
+    /// held: an endpoint answers with the same fields response after response, and a
+    /// repeat then costs one comparison of the list and a count per field, not a tree
+    /// search per path.
+    last_shape: String,
+    last_held: Vec<usize>,
 }
 
 /// Bytes one field path costs (its tree node, path text and class counts, typically).
@@ -36,6 +44,8 @@ pub struct Inventory {
     /// Field paths held over all routes, and the most allowed (the memory budget).
     fields: usize,
     max_fields: usize,
+    /// The `METHOD /route` being looked up (reused).
+    key: String,
 }
 
 impl Default for Inventory {
@@ -52,6 +62,7 @@ impl Inventory {
             routes_over_cap: 0,
             fields: 0,
             max_fields: max_fields.max(1),
+            key: String::new(),
         }
     }
 
@@ -64,32 +75,65 @@ impl Inventory {
     }
 
     pub fn add(&mut self, method: &str, route: &str, scan: &Scan) {
-        let key = format!("{method} {route}");
-        if !self.routes.contains_key(&key) && self.routes.len() >= MAX_ROUTES {
-            self.routes_over_cap += 1;
-            return;
-        }
-        let r = self.routes.entry(key).or_default();
-        r.responses += 1;
-        for f in scan.fields.split('\n').filter(|f| !f.is_empty()) {
-            if let Some(x) = r.fields.get_mut(f) {
-                x.seen += 1;
-            } else if r.fields.len() >= MAX_FIELDS || self.fields >= self.max_fields {
-                r.fields_over_cap += 1;
-            } else {
-                self.fields += 1;
-                r.fields.entry(f.to_string()).or_default().seen += 1;
+        self.key.clear();
+        self.key.push_str(method);
+        self.key.push(' ');
+        self.key.push_str(route);
+        if !self.routes.contains_key(self.key.as_str()) {
+            if self.routes.len() >= MAX_ROUTES {
+                self.routes_over_cap += 1;
+                return;
             }
+            self.routes.insert(self.key.clone(), Route::default());
+        }
+        let Some(r) = self.routes.get_mut(self.key.as_str()) else {
+            return;
+        };
+        r.responses += 1;
+        if !r.last_shape.is_empty() && r.last_shape == scan.fields {
+            // Paths held stay held, and paths refused stay refused (the caps only fill).
+            for &i in &r.last_held {
+                r.stats[i].seen += 1;
+            }
+            let listed = scan.fields.split('\n').filter(|f| !f.is_empty()).count();
+            r.fields_over_cap += listed.saturating_sub(r.last_held.len()) as u64;
+        } else {
+            r.last_held.clear();
+            for f in scan.fields.split('\n').filter(|f| !f.is_empty()) {
+                let i = match r.fields.get(f) {
+                    Some(&i) => i,
+                    None if r.fields.len() >= MAX_FIELDS || self.fields >= self.max_fields => {
+                        r.fields_over_cap += 1;
+                        continue;
+                    }
+                    None => {
+                        self.fields += 1;
+                        r.stats.push(Field::default());
+                        r.fields.insert(f.to_string(), r.stats.len() - 1);
+                        r.stats.len() - 1
+                    }
+                };
+                r.stats[i].seen += 1;
+                r.last_held.push(i);
+            }
+            r.last_shape.clear();
+            r.last_shape.push_str(&scan.fields);
         }
         for fi in &scan.findings {
-            if let Some(field) = r.fields.get_mut(&*fi.path) {
-                *field.classes.entry(fi.class.as_str()).or_default() += 1;
-            } else if r.fields.len() < MAX_FIELDS && self.fields < self.max_fields {
-                self.fields += 1;
-                let field = r.fields.entry(fi.path.to_string()).or_default();
-                field.seen += 1;
-                *field.classes.entry(fi.class.as_str()).or_default() += 1;
-            }
+            let i = match r.fields.get(&*fi.path) {
+                Some(&i) => i,
+                None if r.fields.len() < MAX_FIELDS && self.fields < self.max_fields => {
+                    self.fields += 1;
+                    r.stats.push(Field {
+                        seen: 1,
+                        classes: BTreeMap::new(),
+                    });
+                    r.fields.insert(fi.path.to_string(), r.stats.len() - 1);
+                    r.stats.len() - 1
+                }
+                None => continue,
+            };
+            *r.stats[i].classes.entry(fi.class.as_str()).or_default() += 1;
         }
     }
 
@@ -102,7 +146,10 @@ impl Inventory {
                 let fields: serde_json::Map<String, Value> = r
                     .fields
                     .iter()
-                    .map(|(p, f)| (p.clone(), json!({"seen": f.seen, "classes": f.classes})))
+                    .map(|(p, &i)| {
+                        let f = &r.stats[i];
+                        (p.clone(), json!({"seen": f.seen, "classes": f.classes}))
+                    })
                     .collect();
                 (
                     k.clone(),
@@ -111,5 +158,65 @@ impl Inventory {
             })
             .collect();
         json!({"routes": routes, "routes_over_cap": self.routes_over_cap})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::exposure::{Class, Finding};
+    use std::sync::Arc;
+
+    fn scan(fields: &[&str], found: &[(&str, Class)]) -> Scan {
+        Scan {
+            fields: fields.join("\n"),
+            findings: found
+                .iter()
+                .map(|(p, c)| Finding {
+                    path: Arc::from(*p),
+                    class: *c,
+                    masked: Arc::from("x***"),
+                    digests: smallvec::smallvec![1],
+                })
+                .collect(),
+            ..Scan::default()
+        }
+    }
+
+    fn field(inv: &Inventory, route: &str, path: &str) -> Value {
+        inv.to_json()["routes"][route]["fields"][path].clone()
+    }
+
+    /// Repeated shapes (served from the memo), alternating shapes and a cap that fills
+    /// midway all count as if every path were looked up on its own.
+    #[test]
+    fn counts_hold_across_repeated_and_alternating_shapes_and_caps() {
+        let mut inv = Inventory::with_limit(3);
+        let a = scan(&["$.id", "$.email"], &[("$.email", Class::Email)]);
+        let b = scan(&["$.id", "$.name", "$.phone"], &[]);
+        for _ in 0..3 {
+            inv.add("GET", "/users/{id}", &a);
+        }
+        // `$.phone` does not fit: three paths are the limit.
+        inv.add("GET", "/users/{id}", &b);
+        inv.add("GET", "/users/{id}", &b);
+        inv.add("GET", "/users/{id}", &a);
+        let j = inv.to_json();
+        let r = &j["routes"]["GET /users/{id}"];
+        assert_eq!(r["responses"], 6);
+        assert_eq!(r["fields_over_cap"], 2);
+        assert_eq!(field(&inv, "GET /users/{id}", "$.id")["seen"], 6);
+        assert_eq!(field(&inv, "GET /users/{id}", "$.email")["seen"], 4);
+        assert_eq!(
+            field(&inv, "GET /users/{id}", "$.email")["classes"]["email"],
+            4
+        );
+        assert_eq!(field(&inv, "GET /users/{id}", "$.name")["seen"], 2);
+        assert!(field(&inv, "GET /users/{id}", "$.phone").is_null());
+        assert_eq!(inv.usage().1, 3);
+        // Another route starts full: everything it lists is over the cap.
+        inv.add("GET", "/orders", &b);
+        inv.add("GET", "/orders", &b);
+        assert_eq!(inv.to_json()["routes"]["GET /orders"]["fields_over_cap"], 6);
     }
 }

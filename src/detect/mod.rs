@@ -162,10 +162,26 @@ impl Event {
 
     /// Who acts: the user when known, else the device, else the address.
     pub fn principal(&self) -> String {
+        let mut s = String::new();
+        self.write_principal(&mut s);
+        s
+    }
+
+    /// [`Self::principal`] appended to `out`.
+    pub fn write_principal(&self, out: &mut String) {
+        use std::fmt::Write;
         match (&self.actor.user, &self.actor.device) {
-            (Some(u), _) => format!("user:{u}"),
-            (None, Some(d)) => format!("device:{d}"),
-            (None, None) => format!("ip:{}", self.actor.ip),
+            (Some(u), _) => {
+                out.push_str("user:");
+                out.push_str(u);
+            }
+            (None, Some(d)) => {
+                out.push_str("device:");
+                out.push_str(d);
+            }
+            (None, None) => {
+                let _ = write!(out, "ip:{}", self.actor.ip);
+            }
         }
     }
 }
@@ -548,6 +564,10 @@ pub struct Engine {
     inventory: inventory::Inventory,
     /// Endpoint and route strings shared across events.
     names: intern::Interner,
+    /// Principals (`user:…`, `device:…`, `ip:…`) shared across their requests, and the
+    /// buffer one is spelled in: an actor's requests cost a lookup, not an allocation.
+    principals: intern::Interner,
+    principal_buf: String,
     /// Classes that are exposure wherever they appear (`deny_classes`).
     deny: Vec<exposure::Class>,
     /// The rules (their matchers run here) and how their keys spread over shards.
@@ -626,6 +646,8 @@ impl Engine {
                 b.share(Table::Inventory) / 2 / inventory::FIELD_BYTES,
             ),
             names: intern::Interner::default(),
+            principals: intern::Interner::default(),
+            principal_buf: String::new(),
             deny: Vec::new(),
             cfg,
             rules: Vec::new(),
@@ -860,7 +882,9 @@ impl Engine {
         if let (Some(m), Some(r)) = (&e.method, &e.route) {
             e.endpoint = Some(self.names.endpoint(m, r));
         }
-        let principal: Arc<str> = e.principal().into();
+        self.principal_buf.clear();
+        e.write_principal(&mut self.principal_buf);
+        let principal = self.principals.name(&self.principal_buf);
         e.principal_key = Some(principal.clone());
         if !(e.objects.is_empty() && e.returned.is_empty()) {
             self.judge_ownership(&mut e, &principal, public, &declared_users);

@@ -70,8 +70,15 @@ impl PartialOrd for Ordered {
     }
 }
 impl Ord for Ordered {
+    /// [`Ordered::key`]'s order, compared field by field: the times almost always decide,
+    /// and the heap compares on every push and pop.
     fn cmp(&self, o: &Self) -> Ordering {
-        self.key().cmp(&o.key())
+        self.at
+            .cmp(&o.at)
+            .then_with(|| self.ts.cmp(&o.ts))
+            .then_with(|| self.client.cmp(&o.client))
+            .then_with(|| self.server.cmp(&o.server))
+            .then_with(|| self.seq.cmp(&o.seq))
     }
 }
 

@@ -37,7 +37,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(86_400);
 pub type Digest = [u8; 32];
 
 /// Entries each thread keeps in front of the shared cache (a power of two).
-const NEAR_SLOTS: usize = 1024;
+const NEAR_SLOTS: usize = 4096;
 /// Longest token kept in a near table (longer ones go straight to the shared cache).
 const NEAR_MAX_TOKEN: usize = 2048;
 
@@ -80,7 +80,7 @@ impl Near {
 /// Near hits between touches of the shared cache: its admission policy judges entries by
 /// how often they are read, and a token served from near tables would otherwise look
 /// unused there and lose its place to a flood of one-off tokens.
-const TOUCH_EVERY: u32 = 4;
+const TOUCH_EVERY: u32 = 8;
 
 /// A near hit: the digest, the entry, and whether this hit should also be a read of the
 /// shared cache (every [`TOUCH_EVERY`]th).

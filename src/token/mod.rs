@@ -493,9 +493,51 @@ impl Family {
     }
 }
 
+/// Binding values (one header's) whose digests each thread keeps (a power of two): a device
+/// sends the same `Authorization` for many requests, and a hit costs a comparison of the
+/// value instead of a SHA-256 over it.
+const BINDING_SLOTS: usize = 1024;
+/// Longest value whose digest is kept.
+const BINDING_MAX_VALUE: usize = 4096;
+
+type BindingSlots = Vec<Option<(Box<[u8]>, [u8; 32])>>;
+
+thread_local! {
+    static BINDINGS: std::cell::RefCell<(BindingSlots, foldhash::fast::RandomState)> =
+        std::cell::RefCell::new((
+            std::iter::repeat_with(|| None).take(BINDING_SLOTS).collect(),
+            foldhash::fast::RandomState::default(),
+        ));
+}
+
+/// [`binding_digest_of`], remembered per thread for single-header bindings (found by the
+/// value's exact bytes).
+fn binding_digest(headers: &[Header], names: &[String]) -> [u8; 32] {
+    let [name] = names else {
+        return binding_digest_of(headers, names);
+    };
+    let value = header(headers, name).unwrap_or_default();
+    if value.len() > BINDING_MAX_VALUE {
+        return binding_digest_of(headers, names);
+    }
+    BINDINGS.with(|b| {
+        use std::hash::BuildHasher;
+        let (slots, hasher) = &mut *b.borrow_mut();
+        let i = (hasher.hash_one(value) as usize) & (BINDING_SLOTS - 1);
+        match &slots[i] {
+            Some((v, d)) if **v == *value => *d,
+            _ => {
+                let d = binding_digest_of(headers, names);
+                slots[i] = Some((value.into(), d));
+                d
+            }
+        }
+    })
+}
+
 /// SHA-256 over the binding headers' values in order, without separators; a header that is
 /// absent contributes nothing. Streamed, so no buffer is built per request.
-fn binding_digest(headers: &[Header], names: &[String]) -> [u8; 32] {
+fn binding_digest_of(headers: &[Header], names: &[String]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for name in names {
         if let Some(v) = header(headers, name) {
@@ -795,6 +837,39 @@ mod tests {
         let doc: Doc = toml::from_str(&text).unwrap();
         Verifier::new(TokenConfig::from_raw_with_env(&doc.attestation, None, &|_| None).unwrap())
             .unwrap()
+    }
+
+    /// The per-thread binding digests give what hashing the headers gives, whichever
+    /// values share a slot, for absent headers, and for bindings over two headers.
+    #[test]
+    fn remembered_binding_digests_equal_fresh_ones() {
+        let one = vec!["Authorization".to_string()];
+        let two = vec!["Authorization".to_string(), "X-Session".to_string()];
+        for round in 0..2 {
+            for i in 0..(3 * BINDING_SLOTS) {
+                let hs = [
+                    h("Authorization", &format!("Bearer user-{i}")),
+                    h("X-Session", &format!("s{}", i % 7)),
+                ];
+                assert_eq!(
+                    binding_digest(&hs, &one),
+                    binding_digest_of(&hs, &one),
+                    "round {round}, value {i}"
+                );
+                assert_eq!(binding_digest(&hs, &two), binding_digest_of(&hs, &two));
+            }
+        }
+        let absent = [h("X-Other", "1")];
+        assert_eq!(
+            binding_digest(&absent, &one),
+            binding_digest_of(&absent, &one)
+        );
+        assert_eq!(binding_digest(&absent, &one), {
+            let d = digest::digest(&digest::SHA256, b"");
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        });
     }
 
     fn h(name: &str, value: &str) -> Header {
