@@ -48,8 +48,9 @@ pub struct RuntimeConfig {
     /// Worker threads; `None` means one per core.
     pub workers: Option<usize>,
     /// Batches in flight per worker queue; a full queue blocks the capture thread
-    /// (replay) or is counted as a queue drop (live).
-    pub queue_batches: usize,
+    /// (replay) or is counted as a queue drop (live). `None`: [`LIVE_QUEUE_BATCHES`]
+    /// live, [`REPLAY_QUEUE_BATCHES`] in replay (see [`RuntimeConfig::queue_batches`]).
+    pub queue_batches: Option<usize>,
     /// Connections tracked across all workers (split evenly between them).
     pub max_flows: usize,
     /// Memory for everything that grows with traffic (`memory_budget_mib`), split into a
@@ -63,11 +64,30 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             workers: None,
-            queue_batches: 64,
+            queue_batches: None,
             max_flows: 1_000_000,
             budget: crate::budget::Budget::default(),
             detect_shards: 1,
         }
+    }
+}
+
+/// Worker queue depth live: a burst on the mirror is absorbed here before load is shed.
+pub const LIVE_QUEUE_BATCHES: usize = 64;
+/// Worker queue depth in replay: the capture thread waits for a full queue, so a few
+/// batches keep the workers busy, and a deeper queue only holds packets in memory (up to
+/// half a MiB per batch).
+pub const REPLAY_QUEUE_BATCHES: usize = 16;
+
+impl RuntimeConfig {
+    /// Batches in flight per worker queue: `queue_batches` when set, else the default of
+    /// the mode.
+    pub fn queue_batches(&self, live: bool) -> usize {
+        self.queue_batches.unwrap_or(if live {
+            LIVE_QUEUE_BATCHES
+        } else {
+            REPLAY_QUEUE_BATCHES
+        })
     }
 }
 
@@ -470,11 +490,13 @@ impl Config {
             }
             c.runtime.workers = Some(w);
         }
-        c.runtime.queue_batches = positive(
-            "runtime.queue_batches",
-            rt.queue_batches,
-            c.runtime.queue_batches,
-        )?;
+        if rt.queue_batches.is_some() {
+            c.runtime.queue_batches = Some(positive(
+                "runtime.queue_batches",
+                rt.queue_batches,
+                LIVE_QUEUE_BATCHES,
+            )?);
+        }
         c.runtime.max_flows = positive("runtime.max_flows", rt.max_flows, c.runtime.max_flows)?;
         if let Some(m) = rt.memory_budget_mib {
             if !(crate::budget::MIN_MIB..=1 << 20).contains(&m) {
@@ -833,6 +855,18 @@ mod tests {
         let c = Config::parse("", "x.toml").expect("valid");
         assert_eq!(c.decode.vxlan_ports, vec![4789]);
         assert_eq!(c.reassembly.idle_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn queue_depth_defaults_by_mode_and_a_set_value_holds_in_both() {
+        let c = Config::parse("", "x.toml").expect("valid");
+        assert_eq!(c.runtime.queue_batches(true), LIVE_QUEUE_BATCHES);
+        assert_eq!(c.runtime.queue_batches(false), REPLAY_QUEUE_BATCHES);
+        let c = Config::parse("[runtime]\nqueue_batches = 3\n", "x.toml").expect("valid");
+        assert_eq!(c.runtime.queue_batches(true), 3);
+        assert_eq!(c.runtime.queue_batches(false), 3);
+        let e = Config::parse("[runtime]\nqueue_batches = 0\n", "x.toml").expect_err("zero");
+        assert!(e.to_string().contains("runtime.queue_batches"), "{e}");
     }
 
     #[test]

@@ -1549,7 +1549,7 @@ impl Pipeline {
         let pool = Arc::new(BatchPool::default());
         let mut handles = Vec::new();
         for i in 0..workers {
-            let (tx, rx) = sync_channel::<Batch>(cfg.runtime.queue_batches);
+            let (tx, rx) = sync_channel::<Batch>(cfg.runtime.queue_batches(live));
             senders.push(tx);
             let cfg = cfg.clone();
             let io = WorkerIo {
