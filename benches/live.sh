@@ -73,7 +73,7 @@ for rate in $rates; do
     log=$out/shieldtap-$rate.log
     ip netns exec "$ns" "$bin" run --interface rx0 --config "$dir/shieldtap.toml" \
         --workers "$workers" --buffer-size-mib 256 --alerts-out "$out/alerts-$rate.jsonl" \
-        --summary-json "$summary" --metrics-listen off --no-progress >"$log" 2>&1 &
+        --summary-json "$summary" --metrics-listen off >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do
         grep -q "capture started" "$log" && break
