@@ -512,6 +512,43 @@ impl Shard {
                 }
                 _ => {}
             }
+            // An outlier detector keeps nothing per key until it fires (each response is
+            // judged on its own against its endpoint's level): a key that is not held and
+            // does not fire now is judged on a scratch state and never stored, so the
+            // table holds only keys under suppression, not every (endpoint, client) seen.
+            let fresh_outlier =
+                matches!(det.kind, DetectorKind::Outlier { .. }) && !st.keys.contains_key(&key);
+            if fresh_outlier {
+                let endpoint = ev.key(KeyField::Endpoint);
+                let mut ks = KeyState::new(det, endpoint);
+                let mut samples = Vec::new();
+                let fired = ks.observe(&rule, o, &mut self.stats, &mut |s| samples.push(s));
+                for s in samples {
+                    learn(
+                        &mut st.baselines,
+                        &mut st.baseline_bytes,
+                        room,
+                        s,
+                        &mut self.stats,
+                    );
+                }
+                let Some(episode) = fired else {
+                    continue;
+                };
+                if st.keys.len() >= cap {
+                    sweep_rule(st, now, room, false, &mut self.stats, &mut em);
+                    if st.keys.len() >= cap {
+                        self.stats.keys_over_cap += 1;
+                        evict_oldest(st, &mut self.stats, &mut em);
+                    }
+                }
+                let k = KeyValue::from(&key);
+                ks.charged = key_heap(&k) + FRESH_KEY_BYTES;
+                st.heap += ks.charged;
+                st.keys.insert(k, ks);
+                em.emit(&rule, &(&key).into(), episode, false, &mut self.stats);
+                continue;
+            }
             if st.keys.len() >= cap && !st.keys.contains_key(&key) {
                 sweep_rule(st, now, room, false, &mut self.stats, &mut em);
                 if st.keys.len() >= cap {

@@ -584,6 +584,64 @@ fn bulk_exposure_by_records_and_by_bytes_against_the_learned_level() {
     );
 }
 
+/// An outlier detector holds a key only from the response that stands out (for its
+/// suppression): the thousands of (endpoint, client) pairs that only teach the level are
+/// never stored, and the one that fired is suppressed, with a follow-up of its later
+/// bulk responses.
+#[test]
+fn outlier_keys_are_held_only_once_they_fire() {
+    let set = set("rules:
+  - id: bulk
+    description: d
+    category: data-exposure
+    severity: medium
+    detector:
+      kind: outlier
+      group_by: [endpoint, ip]
+      threshold: 100
+      window_secs: 3600
+      factor: 10
+      quantile: 0.99
+      learn_min_samples: 50
+    suppress_secs: 60
+    summary: \"{endpoint} {ip}\"
+    evidence: [statuses]
+");
+    let mut engine = Engine::new(DetectConfig::default(), &set);
+    let mut events = Vec::new();
+    for i in 0..2_000u32 {
+        let ip = format!("10.{}.{}.{}", i / 65_536, (i / 256) % 256, i % 256);
+        events.push(response(
+            f64::from(i) * 0.01,
+            &ip,
+            "/api/v1/orders",
+            20,
+            4_000,
+        ));
+    }
+    assert!(run(&mut engine, &events).is_empty());
+    assert_eq!(
+        engine.tracked_keys(),
+        (0, 0),
+        "learning responses hold no key"
+    );
+    let big = [
+        response(30.0, "198.51.100.9", "/api/v1/orders", 5_000, 8 << 20),
+        response(31.0, "198.51.100.9", "/api/v1/orders", 6_000, 9 << 20),
+        response(32.0, "198.51.100.9", "/api/v1/orders", 20, 4_000),
+    ];
+    let alerts = run(&mut engine, &big);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].actor.ip.as_deref(), Some("198.51.100.9"));
+    assert_eq!(engine.tracked_keys(), (1, 1), "the key that fired is held");
+    // Past the suppression, the follow-up reports what was held back.
+    let later = [response(100.0, "192.0.2.1", "/api/v1/orders", 20, 4_000)];
+    let follow = run(&mut engine, &later);
+    assert_eq!(follow.len(), 1, "{follow:?}");
+    assert_eq!(follow[0].actor.ip.as_deref(), Some("198.51.100.9"));
+    assert_eq!(engine.tracked_keys(), (1, 1));
+}
+
 #[test]
 fn body_size_levels_are_learned_past_the_histograms_first_range() {
     // An export endpoint whose normal responses are 2 MiB: its level is 2 MiB, so a 3 MiB
