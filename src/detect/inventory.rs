@@ -32,6 +32,8 @@ struct Route {
     /// search per path.
     last_shape: String,
     last_held: Vec<usize>,
+    /// Paths of that shape refused by the caps.
+    last_refused: u64,
 }
 
 /// Bytes one field path costs (its tree node, path text and class counts, typically).
@@ -44,8 +46,6 @@ pub struct Inventory {
     /// Field paths held over all routes, and the most allowed (the memory budget).
     fields: usize,
     max_fields: usize,
-    /// The `METHOD /route` being looked up (reused).
-    key: String,
 }
 
 impl Default for Inventory {
@@ -62,7 +62,6 @@ impl Inventory {
             routes_over_cap: 0,
             fields: 0,
             max_fields: max_fields.max(1),
-            key: String::new(),
         }
     }
 
@@ -74,19 +73,16 @@ impl Inventory {
         )
     }
 
-    pub fn add(&mut self, method: &str, route: &str, scan: &Scan) {
-        self.key.clear();
-        self.key.push_str(method);
-        self.key.push(' ');
-        self.key.push_str(route);
-        if !self.routes.contains_key(self.key.as_str()) {
+    /// Counts one response of `endpoint` (`METHOD /route`).
+    pub fn add(&mut self, endpoint: &str, scan: &Scan) {
+        if !self.routes.contains_key(endpoint) {
             if self.routes.len() >= MAX_ROUTES {
                 self.routes_over_cap += 1;
                 return;
             }
-            self.routes.insert(self.key.clone(), Route::default());
+            self.routes.insert(endpoint.to_string(), Route::default());
         }
-        let Some(r) = self.routes.get_mut(self.key.as_str()) else {
+        let Some(r) = self.routes.get_mut(endpoint) else {
             return;
         };
         r.responses += 1;
@@ -95,15 +91,16 @@ impl Inventory {
             for &i in &r.last_held {
                 r.stats[i].seen += 1;
             }
-            let listed = scan.fields.split('\n').filter(|f| !f.is_empty()).count();
-            r.fields_over_cap += listed.saturating_sub(r.last_held.len()) as u64;
+            r.fields_over_cap += r.last_refused;
         } else {
             r.last_held.clear();
+            r.last_refused = 0;
             for f in scan.fields.split('\n').filter(|f| !f.is_empty()) {
                 let i = match r.fields.get(f) {
                     Some(&i) => i,
                     None if r.fields.len() >= MAX_FIELDS || self.fields >= self.max_fields => {
                         r.fields_over_cap += 1;
+                        r.last_refused += 1;
                         continue;
                     }
                     None => {
@@ -195,12 +192,12 @@ mod tests {
         let a = scan(&["$.id", "$.email"], &[("$.email", Class::Email)]);
         let b = scan(&["$.id", "$.name", "$.phone"], &[]);
         for _ in 0..3 {
-            inv.add("GET", "/users/{id}", &a);
+            inv.add("GET /users/{id}", &a);
         }
         // `$.phone` does not fit: three paths are the limit.
-        inv.add("GET", "/users/{id}", &b);
-        inv.add("GET", "/users/{id}", &b);
-        inv.add("GET", "/users/{id}", &a);
+        inv.add("GET /users/{id}", &b);
+        inv.add("GET /users/{id}", &b);
+        inv.add("GET /users/{id}", &a);
         let j = inv.to_json();
         let r = &j["routes"]["GET /users/{id}"];
         assert_eq!(r["responses"], 6);
@@ -215,8 +212,8 @@ mod tests {
         assert!(field(&inv, "GET /users/{id}", "$.phone").is_null());
         assert_eq!(inv.usage().1, 3);
         // Another route starts full: everything it lists is over the cap.
-        inv.add("GET", "/orders", &b);
-        inv.add("GET", "/orders", &b);
+        inv.add("GET /orders", &b);
+        inv.add("GET /orders", &b);
         assert_eq!(inv.to_json()["routes"]["GET /orders"]["fields_over_cap"], 6);
     }
 }

@@ -933,8 +933,8 @@ impl Engine {
                 .cloned()
                 .collect();
             e.denied = e.exposed.iter().any(|f| self.deny.contains(&f.class));
-            if let (Some(route), Some(m)) = (&e.route, &e.method) {
-                self.inventory.add(m, route, &scan);
+            if let Some(endpoint) = &e.endpoint {
+                self.inventory.add(endpoint, &scan);
             }
         }
         e

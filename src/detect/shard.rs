@@ -160,6 +160,43 @@ const KEY_SLOT_BYTES: usize = (std::mem::size_of::<(KeyValue, KeyState)>() + 1) 
 /// with a few evidence entries.
 const FRESH_KEY_BYTES: usize = 1024;
 
+/// The endpoint a new key of a baseline or outlier detector learns and reads levels
+/// under; `None` for other kinds.
+fn baseline_endpoint(det: &crate::rules::Detector, ev: &Event) -> Option<KeyValue> {
+    matches!(
+        det.kind,
+        DetectorKind::Baseline { .. } | DetectorKind::Outlier { .. }
+    )
+    .then(|| ev.key(KeyField::Endpoint))
+    .flatten()
+}
+
+/// Charges a key about to be stored a typical key's bytes (every sweep weighs the keys
+/// afresh, so growth between sweeps is bounded by a second of traffic).
+fn charge_new(k: &KeyValue, ks: &mut KeyState, heap: &mut usize) {
+    ks.charged = key_heap(k) + FRESH_KEY_BYTES;
+    *heap += ks.charged;
+}
+
+/// Makes room for one more key of a rule at its cap: idle keys are swept first, then
+/// the least recently seen tenth is evicted.
+fn make_room(
+    st: &mut RuleState,
+    cap: usize,
+    now: Timestamp,
+    room: bool,
+    stats: &mut DetectStats,
+    em: &mut Emit<'_>,
+) {
+    if st.keys.len() >= cap {
+        sweep_rule(st, now, room, false, stats, em);
+        if st.keys.len() >= cap {
+            stats.keys_over_cap += 1;
+            evict_oldest(st, stats, em);
+        }
+    }
+}
+
 /// What a key owns beyond its slot: a tuple's parts (strings are shared, not counted).
 fn key_heap(k: &KeyValue) -> usize {
     match k {
@@ -519,8 +556,7 @@ impl Shard {
             let fresh_outlier =
                 matches!(det.kind, DetectorKind::Outlier { .. }) && !st.keys.contains_key(&key);
             if fresh_outlier {
-                let endpoint = ev.key(KeyField::Endpoint);
-                let mut ks = KeyState::new(det, endpoint);
+                let mut ks = KeyState::new(det, baseline_endpoint(det, ev));
                 let mut samples = Vec::new();
                 let fired = ks.observe(&rule, o, &mut self.stats, &mut |s| samples.push(s));
                 for s in samples {
@@ -535,26 +571,15 @@ impl Shard {
                 let Some(episode) = fired else {
                     continue;
                 };
-                if st.keys.len() >= cap {
-                    sweep_rule(st, now, room, false, &mut self.stats, &mut em);
-                    if st.keys.len() >= cap {
-                        self.stats.keys_over_cap += 1;
-                        evict_oldest(st, &mut self.stats, &mut em);
-                    }
-                }
+                make_room(st, cap, now, room, &mut self.stats, &mut em);
                 let k = KeyValue::from(&key);
-                ks.charged = key_heap(&k) + FRESH_KEY_BYTES;
-                st.heap += ks.charged;
+                charge_new(&k, &mut ks, &mut st.heap);
                 st.keys.insert(k, ks);
                 em.emit(&rule, &(&key).into(), episode, false, &mut self.stats);
                 continue;
             }
-            if st.keys.len() >= cap && !st.keys.contains_key(&key) {
-                sweep_rule(st, now, room, false, &mut self.stats, &mut em);
-                if st.keys.len() >= cap {
-                    self.stats.keys_over_cap += 1;
-                    evict_oldest(st, &mut self.stats, &mut em);
-                }
+            if !st.keys.contains_key(&key) {
+                make_room(st, cap, now, room, &mut self.stats, &mut em);
             }
             let RuleState {
                 keys,
@@ -563,22 +588,12 @@ impl Shard {
                 baseline_bytes,
                 ..
             } = st;
-            // A new key is charged a typical key's bytes; every sweep (each second of
-            // packet time) weighs the keys afresh, so growth between sweeps is bounded by a
-            // second of traffic.
             let ks = match keys.get_mut(&key) {
                 Some(ks) => ks,
                 None => {
-                    let endpoint = matches!(
-                        det.kind,
-                        DetectorKind::Baseline { .. } | DetectorKind::Outlier { .. }
-                    )
-                    .then(|| ev.key(KeyField::Endpoint))
-                    .flatten();
                     let k = KeyValue::from(&key);
-                    let mut ks = KeyState::new(det, endpoint);
-                    ks.charged = key_heap(&k) + FRESH_KEY_BYTES;
-                    *heap += ks.charged;
+                    let mut ks = KeyState::new(det, baseline_endpoint(det, ev));
+                    charge_new(&k, &mut ks, heap);
                     keys.entry(k).or_insert(ks)
                 }
             };

@@ -70,15 +70,8 @@ impl PartialOrd for Ordered {
     }
 }
 impl Ord for Ordered {
-    /// [`Ordered::key`]'s order, compared field by field: the times almost always decide,
-    /// and the heap compares on every push and pop.
     fn cmp(&self, o: &Self) -> Ordering {
-        self.at
-            .cmp(&o.at)
-            .then_with(|| self.ts.cmp(&o.ts))
-            .then_with(|| self.client.cmp(&o.client))
-            .then_with(|| self.server.cmp(&o.server))
-            .then_with(|| self.seq.cmp(&o.seq))
+        self.key().cmp(&o.key())
     }
 }
 
