@@ -77,10 +77,31 @@ fn missing_tool() -> Option<&'static str> {
     if !ok(&["tc", "-V"]) {
         return Some("tc (iproute2)");
     }
-    if !ok(&["python3", "-c", "import jwt"]) {
+    if python().is_none() {
         return Some("PyJWT (python3-jwt)");
     }
     None
+}
+
+/// The first Python that has PyJWT: `python3` on the PATH, else Debian's own. A pyenv or
+/// virtualenv `python3` ahead of `/usr/bin` does not see the `python3-jwt` package.
+fn python() -> Option<&'static str> {
+    static FOUND: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        ["python3", "/usr/bin/python3"].into_iter().find(|py| {
+            Command::new(py)
+                .args(["-c", "import jwt"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    })
+}
+
+/// `python() scripts/enforce_lab.py`, once `skip` has said a Python with PyJWT exists.
+fn lab_script() -> [&'static str; 2] {
+    [python().expect("checked by skip"), "scripts/enforce_lab.py"]
 }
 
 fn skip(what: &str) -> bool {
@@ -190,7 +211,7 @@ struct Req {
 }
 
 fn clients(lab: &Lab, args: &[&str]) -> Vec<Req> {
-    let mut v = vec!["python3", "scripts/enforce_lab.py"];
+    let mut v = lab_script().to_vec();
     v.extend_from_slice(args);
     let o = ns(&lab.ns("c"), &v);
     String::from_utf8_lossy(&o.stdout)
@@ -428,7 +449,7 @@ fn nginx_auth_request_enforces_attestation_and_the_mirror_bans_a_stolen_token() 
     let _api = spawn(
         "api",
         &lab.ns("s"),
-        &["python3", "scripts/enforce_lab.py", "api", "9480"],
+        &[&lab_script()[..], &["api", "9480"]].concat(),
         None,
     );
     let nginx_log = dir.join("nginx.stderr");
