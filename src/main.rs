@@ -246,9 +246,25 @@ struct Common {
 }
 
 /// Exit status per INTERFACE.md: 0 success, 2 usage or config error, 1 other failure.
+/// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` asks for
+/// them. mimalloc advises huge pages on its eagerly committed arenas, and the kernel then
+/// backs a table that is partly used, or a page freed and touched again, with a whole 2 MiB
+/// page: on the realistic capture that alone was 45 to 55 MiB of peak RSS (about 215 against
+/// 170 MiB) for no measurable CPU gain, and resident memory is what the budget promises. The
+/// flag holds for the whole process and every later fault.
+fn no_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some_and(|v| v != "0") {
+        return;
+    }
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::debug!(error = %e, "could not turn transparent huge pages off");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format, &cli.log_level);
+    no_huge_pages();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
