@@ -59,9 +59,11 @@ fn digest(value: &str) -> u64 {
 pub struct Scan {
     /// Sensitive fields, one per (path, class).
     pub findings: Vec<Finding>,
-    /// Every field path of the JSON body (for the inventory), up to 64 KiB of them.
-    /// One allocation for all of them: paths separated by newlines.
-    pub fields: String,
+    /// Every field path of the JSON body (for the inventory), up to 64 KiB of them,
+    /// separated by newlines. Shared: an endpoint answers with the same few shapes, so the
+    /// worker hands out one copy per shape (no allocation per response, a reference in
+    /// every event the ordering buffer holds) and the inventory knows a shape by pointer.
+    pub fields: Arc<str>,
     /// The longest array: records per response.
     pub records: u32,
     /// A cap cut the walk short.
@@ -471,6 +473,8 @@ fn masked(class: Class, v: &str) -> Arc<str> {
 
 struct Walker<'a> {
     scan: &'a mut Scan,
+    /// The field list being built (the scan's is set from it, shared, at the end).
+    fields: &'a mut String,
     nodes: usize,
     /// Hashes of the field paths already listed: arrays repeat the same paths, and
     /// comparing hashes keeps the walk linear in the body.
@@ -541,20 +545,19 @@ impl Walker<'_> {
     }
 
     fn field(&mut self, path: &str) {
-        let s = &mut *self.scan;
         let h = {
             use std::hash::BuildHasher;
             foldhash::fast::FixedState::with_seed(7).hash_one(path)
         };
         if !self.seen.contains(&h) {
             self.seen.push(h);
-            if s.fields.len() < 64 * 1024 {
-                if !s.fields.is_empty() {
-                    s.fields.push('\n');
+            if self.fields.len() < 64 * 1024 {
+                if !self.fields.is_empty() {
+                    self.fields.push('\n');
                 }
-                s.fields.push_str(path);
+                self.fields.push_str(path);
             } else {
-                s.truncated = true;
+                self.scan.truncated = true;
             }
         }
     }
@@ -593,7 +596,7 @@ struct Scratch {
     /// Open containers of a value skipped past a cap (`[` or `{`), so skipping is not
     /// recursive however deep the body nests.
     frames: Vec<u8>,
-    /// The field list being built (copied out at its final size).
+    /// The field list being built (then shared through `names`).
     fields: String,
     /// Shared field paths (bounded: see [`crate::intern`]).
     names: crate::intern::Interner,
@@ -1134,6 +1137,7 @@ fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
             i: 0,
             w: Walker {
                 scan: out,
+                fields: &mut s.fields,
                 nodes: 0,
                 seen: &mut s.seen,
                 names: &mut s.names,
@@ -1147,11 +1151,9 @@ fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
             remaining: SERDE_DEPTH,
             utf8: std::str::from_utf8(body).ok(),
         };
-        // The field list is built in scratch and copied out once, at its size.
-        std::mem::swap(&mut j.w.scan.fields, &mut s.fields);
         let walked = j.value(Name(0, 0), 0);
-        std::mem::swap(&mut out.fields, &mut s.fields);
-        out.fields = s.fields.as_str().into();
+        // The field list is built in scratch; the scan shares the shape's one copy.
+        out.fields = s.names.name(&s.fields);
         walked
     })
 }
@@ -1223,9 +1225,9 @@ pub fn scan_grpc(
         };
         s.seen.clear();
         s.fields.clear();
-        std::mem::swap(&mut out.fields, &mut s.fields);
         let mut w = Walker {
             scan: &mut out,
+            fields: &mut s.fields,
             nodes: 0,
             seen: &mut s.seen,
             names: &mut s.names,
@@ -1323,8 +1325,7 @@ pub fn scan_grpc(
             records = records.max(count);
         }
         w.scan.records = records;
-        std::mem::swap(&mut out.fields, &mut s.fields);
-        out.fields = s.fields.as_str().into();
+        out.fields = s.names.name(&s.fields);
     });
     out.findings
         .sort_by(|a, b| (&a.path, a.class).cmp(&(&b.path, b.class)));
@@ -1341,6 +1342,7 @@ fn scan_text(out: &mut Scan, ctype: &[u8], body: &[u8], want_ids: bool) {
         let mut seen = Vec::new();
         let mut w = Walker {
             scan: out,
+            fields: &mut String::new(),
             nodes: 0,
             seen: &mut seen,
             names: &mut Default::default(),
@@ -1543,8 +1545,10 @@ mod oracle {
         let jsonish =
             crate::http::mentions_json(ctype) || matches!(body.first(), Some(b'{' | b'['));
         if jsonish {
+            let mut fields = String::new();
             let mut w = Walker {
                 scan: &mut out,
+                fields: &mut fields,
                 nodes: 0,
                 seen: &mut Vec::new(),
                 names: &mut Default::default(),
@@ -1562,6 +1566,7 @@ mod oracle {
                 },
                 &mut de,
             );
+            out.fields = fields.into();
             if walked.is_ok() {
                 out.findings
                     .sort_by(|a, b| (&a.path, a.class).cmp(&(&b.path, b.class)));
@@ -1576,6 +1581,7 @@ mod oracle {
             let text = String::from_utf8_lossy(body);
             let mut w = Walker {
                 scan: &mut out,
+                fields: &mut String::new(),
                 nodes: 0,
                 seen: &mut Vec::new(),
                 names: &mut Default::default(),

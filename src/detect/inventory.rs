@@ -3,6 +3,7 @@
 //! holding only paths and class names, never values. Written with `--inventory-out`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -28,9 +29,9 @@ struct Route {
     fields_over_cap: u64,
     /// The field list of the last response, and the places of those of its paths that are
     /// held: an endpoint answers with the same fields response after response, and a
-    /// repeat then costs one comparison of the list and a count per field, not a tree
-    /// search per path.
-    last_shape: String,
+    /// repeat then costs a pointer comparison (workers share one copy per shape) and a
+    /// count per field, not a tree search per path.
+    last_shape: Arc<str>,
     last_held: Vec<usize>,
     /// Paths of that shape refused by the caps.
     last_refused: u64,
@@ -86,7 +87,9 @@ impl Inventory {
             return;
         };
         r.responses += 1;
-        if !r.last_shape.is_empty() && r.last_shape == scan.fields {
+        if !r.last_shape.is_empty()
+            && (Arc::ptr_eq(&r.last_shape, &scan.fields) || r.last_shape == scan.fields)
+        {
             // Paths held stay held, and paths refused stay refused (the caps only fill).
             for &i in &r.last_held {
                 r.stats[i].seen += 1;
@@ -113,8 +116,7 @@ impl Inventory {
                 r.stats[i].seen += 1;
                 r.last_held.push(i);
             }
-            r.last_shape.clear();
-            r.last_shape.push_str(&scan.fields);
+            r.last_shape = scan.fields.clone();
         }
         for fi in &scan.findings {
             let i = match r.fields.get(&*fi.path) {
@@ -166,7 +168,7 @@ mod tests {
 
     fn scan(fields: &[&str], found: &[(&str, Class)]) -> Scan {
         Scan {
-            fields: fields.join("\n"),
+            fields: fields.join("\n").into(),
             findings: found
                 .iter()
                 .map(|(p, c)| Finding {

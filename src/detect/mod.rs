@@ -149,9 +149,7 @@ impl Event {
     pub fn bytes(&self) -> usize {
         use std::mem::size_of;
         let scan = self.exposure.as_deref().map_or(0, |s| {
-            size_of::<exposure::Scan>()
-                + s.findings.capacity() * size_of::<exposure::Finding>()
-                + s.fields.capacity()
+            size_of::<exposure::Scan>() + s.findings.capacity() * size_of::<exposure::Finding>()
         });
         size_of::<Event>()
             + (self.objects.capacity() + self.returned.capacity() + self.foreign.capacity())
