@@ -164,12 +164,12 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
     // A copy of a token in use alongside the genuine holder carries the holder's device id
     // and user: naming those would point at (and block) the victim. The actor is the
     // copy's address; the holder's address and identity stay in the evidence.
-    if let Some(origin) = ep.origin {
+    if let Some(origin) = ep.measured().origin {
         actor.device = None;
         actor.user = None;
         subjects.device = None;
         subjects.user = None;
-        let copy = match ep.copy {
+        let copy = match ep.measured().copy {
             crate::detect::window::Same::One(ip) if ip != origin => Some(ip),
             _ => None,
         };
@@ -250,12 +250,16 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
         json!(rule.detector.window.as_secs_f64()),
     );
     evidence.insert("threshold".into(), json!(rule.detector.threshold));
-    if let (DetectorKind::Distinct(distinct), Some(n)) = (&rule.detector.kind, ep.distinct) {
+    if let (DetectorKind::Distinct(distinct), Some(n)) =
+        (&rule.detector.kind, ep.measured().distinct)
+    {
         evidence.insert(format!("distinct_{}", distinct.as_str()), json!(n));
     }
-    if let (DetectorKind::Concurrent { field, overlap }, Some(n), Some(r)) =
-        (&rule.detector.kind, ep.distinct, ep.returns)
-    {
+    if let (DetectorKind::Concurrent { field, overlap }, Some(n), Some(r)) = (
+        &rule.detector.kind,
+        ep.measured().distinct,
+        ep.measured().returns,
+    ) {
         evidence.insert(
             "concurrent".into(),
             json!({
@@ -265,9 +269,11 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
             }),
         );
     }
-    if let (Some(origin), Some(Value::Object(c))) = (ep.origin, evidence.get_mut("concurrent")) {
+    if let (Some(origin), Some(Value::Object(c))) =
+        (ep.measured().origin, evidence.get_mut("concurrent"))
+    {
         c.insert("first_address".into(), json!(origin.to_string()));
-        if let crate::detect::window::Same::One(ip) = ep.copy {
+        if let crate::detect::window::Same::One(ip) = ep.measured().copy {
             c.insert("copy_address".into(), json!(ip.to_string()));
         }
     }
@@ -277,21 +283,21 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
             json!({"attested_devices": ep.shared_devices}),
         );
     }
-    if let Some((hits, all)) = ep.share {
+    if let Some((hits, all)) = ep.measured().share {
         evidence.insert("requests".into(), json!(all));
         evidence.insert("matching".into(), json!(hits));
         evidence.insert("share".into(), json!(round3(share(hits, all))));
     }
-    if let Some((mean, cv, n)) = ep.cadence {
+    if let Some((mean, cv, n)) = ep.measured().cadence {
         evidence.insert(
             "cadence".into(),
             json!({"mean_gap_secs": round3(mean), "cv": round3(cv), "gaps": n}),
         );
     }
-    if let Some((a, b)) = ep.run {
+    if let Some((a, b)) = ep.measured().run {
         evidence.insert("walk".into(), json!({"from": a, "to": b}));
     }
-    if let Some((level, count)) = ep.baseline {
+    if let Some((level, count)) = ep.measured().baseline {
         evidence.insert(
             "baseline".into(),
             json!({"learned": round3(level), "count": count}),
@@ -411,7 +417,11 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
             }
             EvidenceField::ExpiredForSecs => (
                 "expired_for_secs",
-                json!(ep.expired_for_max.map(|e| (e * 1000.0).round() / 1000.0)),
+                json!(
+                    ep.measured()
+                        .expired_for_max
+                        .map(|e| (e * 1000.0).round() / 1000.0)
+                ),
             ),
         };
         evidence.insert(name.into(), value);
@@ -467,7 +477,11 @@ fn render(
             Piece::Text(t) => summary.push_str(t),
             Piece::Field(f) => summary.push_str(&match f {
                 Placeholder::Count => ep.count.to_string(),
-                Placeholder::Distinct => ep.distinct.map_or(ep.count as usize, |d| d).to_string(),
+                Placeholder::Distinct => ep
+                    .measured()
+                    .distinct
+                    .map_or(ep.count as usize, |d| d)
+                    .to_string(),
                 Placeholder::Threshold => rule.detector.threshold.to_string(),
                 Placeholder::Window => secs_text(rule.detector.window),
                 Placeholder::Key => key
@@ -484,23 +498,28 @@ fn render(
                 Placeholder::User => actor.user.clone().unwrap_or_else(|| "-".into()),
                 Placeholder::Endpoint => endpoint.unwrap_or("several endpoints").to_string(),
                 Placeholder::Verdicts => verdicts.to_string(),
-                Placeholder::Share => ep.share.map_or_else(
+                Placeholder::Share => ep.measured().share.map_or_else(
                     || "-".into(),
                     |(h, a)| format!("{:.0}%", share(h, a) * 100.0),
                 ),
                 Placeholder::MeanGap => ep
+                    .measured()
                     .cadence
                     .map_or_else(|| "-".into(), |(m, _, _)| format!("{m:.3}s")),
                 Placeholder::Cv => ep
+                    .measured()
                     .cadence
                     .map_or_else(|| "-".into(), |(_, cv, _)| format!("{cv:.2}")),
                 Placeholder::Run => ep
+                    .measured()
                     .run
                     .map_or_else(|| "-".into(), |(a, b)| format!("{a} to {b}")),
                 Placeholder::Baseline => ep
+                    .measured()
                     .baseline
                     .map_or_else(|| "-".into(), |(l, _)| format!("{l:.0}")),
                 Placeholder::ExpiredFor => ep
+                    .measured()
                     .expired_for_max
                     .map_or_else(|| "-".into(), |e| format!("{}s", e.round() as u64)),
             }),

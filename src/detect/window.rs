@@ -5,6 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use thin_vec::ThinVec;
+
 use super::{DetectStats, Event, KeyValue, ObjectRef};
 use crate::capture::Timestamp;
 use crate::exposure_class::Class;
@@ -63,41 +65,64 @@ impl<T: PartialEq> Same<T> {
 /// `(method, route)` of a request.
 pub(super) type EndpointKey = (Arc<str>, Arc<str>);
 
-/// The requests an alert stands for, summarised with bounded memory.
+/// The requests an alert stands for, summarised with bounded memory. Every key of every
+/// rule holds one while its window is open, and a rule lists only a few kinds of
+/// evidence: the lists are thin (one pointer each while empty, where a `Vec` is three
+/// words), which is a quarter of a typical key's bytes.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Episode {
     pub count: u64,
     pub first: Timestamp,
     pub last: Timestamp,
-    /// Distinct values counted when a distinct detector fired.
-    pub distinct: Option<usize>,
     pub verdicts: [u32; Verdict::ALL.len()],
-    pub endpoints: Vec<(EndpointKey, u32)>,
+    pub endpoints: ThinVec<(EndpointKey, u32)>,
     pub endpoints_other: u32,
-    pub addresses: Vec<IpAddr>,
-    pub devices: Vec<Arc<str>>,
-    pub users: Vec<Arc<str>>,
-    pub tokens: Vec<TokenHash>,
-    pub families: Vec<(Arc<str>, u32)>,
-    pub statuses: Vec<(u16, u32)>,
+    pub addresses: ThinVec<IpAddr>,
+    pub devices: ThinVec<Arc<str>>,
+    pub users: ThinVec<Arc<str>>,
+    pub tokens: ThinVec<TokenHash>,
+    pub families: ThinVec<(Arc<str>, u32)>,
+    pub statuses: ThinVec<(u16, u32)>,
     /// More distinct values were seen than listed, per list.
     pub truncated: bool,
-    pub expired_for_max: Option<f64>,
     pub ip: Same<IpAddr>,
     pub device: Same<Option<Arc<str>>>,
     pub user: Same<Option<Arc<str>>>,
     pub endpoint: Same<Option<EndpointKey>>,
-    pub objects: Vec<Arc<str>>,
-    pub usernames: Vec<Arc<str>>,
+    pub objects: ThinVec<Arc<str>>,
+    pub usernames: ThinVec<Arc<str>>,
     /// Requests by ownership of their objects, and the other principals' objects touched.
     pub ownership: [u32; 6],
-    pub foreign_ids: Vec<ObjectRef>,
+    pub foreign_ids: ThinVec<ObjectRef>,
     /// Distinct TLS fingerprints (JA4).
-    pub ja4s: Vec<Arc<str>>,
+    pub ja4s: ThinVec<Arc<str>>,
     pub succeeded: u32,
     /// Sensitive fields exposed: (path, class, a masked sample).
-    pub exposed: Vec<(Arc<str>, Class, Arc<str>)>,
+    pub exposed: ThinVec<(Arc<str>, Class, Arc<str>)>,
     pub records_max: u32,
+    /// What the detector measured, and expiry: most episodes (threshold and baseline
+    /// detectors of tokens that are valid) never set any of it.
+    pub measured: Option<Box<Measured>>,
+    /// Requests that carried the genuine app's attestation.
+    pub attested: u32,
+    /// The most attested devices seen behind the client address (shared addresses).
+    pub shared_devices: u32,
+}
+
+/// The heap buffer of an evidence list: its header (length and capacity) and its slots;
+/// nothing while empty (an empty list is one pointer to a shared header).
+fn listed<T>(v: &ThinVec<T>) -> usize {
+    match v.capacity() {
+        0 => 0,
+        n => 2 * std::mem::size_of::<usize>() + n * std::mem::size_of::<T>(),
+    }
+}
+
+/// The part of an [`Episode`] only some detectors or requests set.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Measured {
+    /// Distinct values counted when a distinct detector fired.
+    pub distinct: Option<usize>,
     /// Ratio and mixed detectors: requests meeting `when`, and all requests, in the window.
     pub share: Option<(u64, u64)>,
     /// Cadence detectors: mean gap (seconds) and coefficient of variation over `n` gaps.
@@ -113,14 +138,25 @@ pub(super) struct Episode {
     /// from (the copy), if just one.
     pub origin: Option<IpAddr>,
     pub copy: Same<IpAddr>,
-    /// Requests that carried the genuine app's attestation.
-    pub attested: u32,
-    /// The most attested devices seen behind the client address (shared addresses).
-    pub shared_devices: u32,
+    /// Longest time past `exp` of the expired tokens among the requests.
+    pub expired_for_max: Option<f64>,
 }
 
+/// What an episode that measured nothing reads.
+static NOTHING_MEASURED: Measured = Measured {
+    distinct: None,
+    share: None,
+    cadence: None,
+    run: None,
+    baseline: None,
+    returns: None,
+    origin: None,
+    copy: Same::Unset,
+    expired_for_max: None,
+};
+
 /// Lists `x` (cloned only when new) unless listed; past the cap, notes truncation.
-fn push_distinct<T: PartialEq + Clone>(v: &mut Vec<T>, x: &T, truncated: &mut bool) {
+fn push_distinct<T: PartialEq + Clone>(v: &mut ThinVec<T>, x: &T, truncated: &mut bool) {
     if !v.contains(x) {
         if v.len() < MAX_LISTED {
             v.push(x.clone());
@@ -131,13 +167,13 @@ fn push_distinct<T: PartialEq + Clone>(v: &mut Vec<T>, x: &T, truncated: &mut bo
 }
 
 /// Counts `k` (cloned only when new); `false` when it is new and the list is full.
-fn bump<K: PartialEq + Clone>(v: &mut Vec<(K, u32)>, k: &K, cap: usize) -> bool {
+fn bump<K: PartialEq + Clone>(v: &mut ThinVec<(K, u32)>, k: &K, cap: usize) -> bool {
     bump_with(v, |x| x == k, || k.clone(), cap)
 }
 
 /// [`bump`] for a key found by `is` and made by `make` only when it is new.
 fn bump_with<K>(
-    v: &mut Vec<(K, u32)>,
+    v: &mut ThinVec<(K, u32)>,
     is: impl Fn(&K) -> bool,
     make: impl FnOnce() -> K,
     cap: usize,
@@ -159,37 +195,29 @@ impl Episode {
             count: 0,
             first: ts,
             last: ts,
-            distinct: None,
             verdicts: [0; Verdict::ALL.len()],
-            endpoints: Vec::new(),
+            endpoints: ThinVec::new(),
             endpoints_other: 0,
-            addresses: Vec::new(),
-            devices: Vec::new(),
-            users: Vec::new(),
-            tokens: Vec::new(),
-            families: Vec::new(),
-            statuses: Vec::new(),
+            addresses: ThinVec::new(),
+            devices: ThinVec::new(),
+            users: ThinVec::new(),
+            tokens: ThinVec::new(),
+            families: ThinVec::new(),
+            statuses: ThinVec::new(),
             truncated: false,
-            expired_for_max: None,
             ip: Same::Unset,
             device: Same::Unset,
             user: Same::Unset,
             endpoint: Same::Unset,
-            objects: Vec::new(),
-            usernames: Vec::new(),
+            objects: ThinVec::new(),
+            usernames: ThinVec::new(),
             ownership: [0; 6],
-            foreign_ids: Vec::new(),
-            ja4s: Vec::new(),
+            foreign_ids: ThinVec::new(),
+            ja4s: ThinVec::new(),
             succeeded: 0,
-            exposed: Vec::new(),
+            exposed: ThinVec::new(),
             records_max: 0,
-            share: None,
-            cadence: None,
-            run: None,
-            baseline: None,
-            returns: None,
-            origin: None,
-            copy: Same::Unset,
+            measured: None,
             attested: 0,
             shared_devices: 0,
         }
@@ -197,21 +225,32 @@ impl Episode {
 
     /// Bytes held (inline and the lists' buffers; shared strings are not counted).
     fn bytes(&self) -> usize {
-        use std::mem::size_of;
-        size_of::<Episode>()
-            + self.endpoints.capacity() * size_of::<(EndpointKey, u32)>()
-            + self.addresses.capacity() * size_of::<IpAddr>()
-            + (self.devices.capacity()
-                + self.users.capacity()
-                + self.objects.capacity()
-                + self.usernames.capacity())
-                * size_of::<Arc<str>>()
-            + self.tokens.capacity() * size_of::<TokenHash>()
-            + self.families.capacity() * size_of::<(Arc<str>, u32)>()
-            + self.statuses.capacity() * size_of::<(u16, u32)>()
-            + self.foreign_ids.capacity() * size_of::<ObjectRef>()
-            + self.ja4s.capacity() * size_of::<Arc<str>>()
-            + self.exposed.capacity() * size_of::<(Arc<str>, Class, Arc<str>)>()
+        std::mem::size_of::<Episode>()
+            + self
+                .measured
+                .as_ref()
+                .map_or(0, |_| std::mem::size_of::<Measured>())
+            + listed(&self.endpoints)
+            + listed(&self.addresses)
+            + listed(&self.devices)
+            + listed(&self.users)
+            + listed(&self.objects)
+            + listed(&self.usernames)
+            + listed(&self.tokens)
+            + listed(&self.families)
+            + listed(&self.statuses)
+            + listed(&self.foreign_ids)
+            + listed(&self.ja4s)
+            + listed(&self.exposed)
+    }
+
+    /// What the detector measured (nothing, for most).
+    pub fn measured(&self) -> &Measured {
+        self.measured.as_deref().unwrap_or(&NOTHING_MEASURED)
+    }
+
+    fn measured_mut(&mut self) -> &mut Measured {
+        self.measured.get_or_insert_with(Box::default)
     }
 
     /// Adds a request; lists the rule's evidence does not show are not kept (this runs for
@@ -327,11 +366,14 @@ impl Episode {
             self.truncated = true;
         }
         if let Some(e) = ev.expired_for {
-            self.expired_for_max = Some(self.expired_for_max.map_or(e, |m| m.max(e)));
+            let m = self.measured_mut();
+            m.expired_for_max = Some(m.expired_for_max.map_or(e, |m| m.max(e)));
         }
         self.ip.add(ev.actor.ip);
-        if self.origin.is_some_and(|o| o != ev.actor.ip) {
-            self.copy.add(ev.actor.ip);
+        if let Some(m) = &mut self.measured
+            && m.origin.is_some_and(|o| o != ev.actor.ip)
+        {
+            m.copy.add(ev.actor.ip);
         }
         self.device.add_ref(&ev.actor.device);
         self.user.add_ref(&ev.actor.user);
@@ -408,7 +450,7 @@ fn from_pairs<'de, D: serde::Deserializer<'de>>(
 /// address the key was first seen at, so the episode can tell the holder from a copy.
 fn record(ep: &mut Episode, track: &Track, window_ns: u64, ev: &Event, evidence: &[EvidenceField]) {
     if let Some(origin) = track.origin(ev.ts.0.saturating_sub(window_ns)) {
-        ep.origin = Some(origin);
+        ep.measured_mut().origin = Some(origin);
     }
     ep.add(ev, evidence);
 }
@@ -872,14 +914,15 @@ impl KeyState {
         record(episode, &self.track, self.window_ns, ev, &rule.evidence);
         match extra {
             Extra::Nothing => {}
-            Extra::Share(h, n) => episode.share = Some((h, n)),
-            Extra::Distinct(n) => episode.distinct = Some(n),
-            Extra::Cadence(m, cv, k) => episode.cadence = Some((m, cv, k)),
-            Extra::Run(a, b) => episode.run = Some((a, b)),
-            Extra::Baseline(l, c) => episode.baseline = Some((l, c)),
+            Extra::Share(h, n) => episode.measured_mut().share = Some((h, n)),
+            Extra::Distinct(n) => episode.measured_mut().distinct = Some(n),
+            Extra::Cadence(m, cv, k) => episode.measured_mut().cadence = Some((m, cv, k)),
+            Extra::Run(a, b) => episode.measured_mut().run = Some((a, b)),
+            Extra::Baseline(l, c) => episode.measured_mut().baseline = Some((l, c)),
             Extra::Concurrent(values, returns) => {
-                episode.distinct = Some(values);
-                episode.returns = Some(returns);
+                let m = episode.measured_mut();
+                m.distinct = Some(values);
+                m.returns = Some(returns);
             }
         }
         if !fired {

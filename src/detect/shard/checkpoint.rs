@@ -45,8 +45,9 @@ use crate::detect::window::KeyState;
 use crate::detect::{DetectStats, KeyValue};
 use crate::rules::{Rule, RuleSet};
 
-/// Version of the checkpoint format: restore refuses any other.
-pub const CHECKPOINT_VERSION: u16 = 1;
+/// Version of the checkpoint format: restore refuses any other. 2: an episode keeps what
+/// its detector measured in one optional part (`Measured`).
+pub const CHECKPOINT_VERSION: u16 = 2;
 
 /// Bytes of the version before the state and of the digest after it.
 const VERSION_BYTES: usize = 2;
@@ -903,13 +904,14 @@ mod tests {
         let bytes = real_checkpoint(&rec, rec.msgs[0].len() / 2);
         assert!(restore(&rec, &bytes).is_ok());
         let mut other = bytes.clone();
-        other[..2].copy_from_slice(&2u16.to_le_bytes());
+        let older = CHECKPOINT_VERSION - 1;
+        other[..2].copy_from_slice(&older.to_le_bytes());
         assert!(matches!(
             restore(&rec, &other),
             Err(CheckpointError::Version {
-                found: 2,
+                found,
                 expected: CHECKPOINT_VERSION
-            })
+            }) if found == older
         ));
         // Truncated anywhere: every short prefix, then a sample through the whole.
         let step = (bytes.len() / 500).max(1);
