@@ -155,11 +155,20 @@ static NOTHING_MEASURED: Measured = Measured {
     expired_for_max: None,
 };
 
+/// Appends to an evidence list that starts at one slot and doubles: most keys list one
+/// address, one device, one user (a `Vec` or `ThinVec` would start at four).
+fn grow_push<T>(v: &mut ThinVec<T>, x: T) {
+    if v.len() == v.capacity() {
+        v.reserve_exact(v.len().max(1));
+    }
+    v.push(x);
+}
+
 /// Lists `x` (cloned only when new) unless listed; past the cap, notes truncation.
 fn push_distinct<T: PartialEq + Clone>(v: &mut ThinVec<T>, x: &T, truncated: &mut bool) {
     if !v.contains(x) {
         if v.len() < MAX_LISTED {
-            v.push(x.clone());
+            grow_push(v, x.clone());
         } else {
             *truncated = true;
         }
@@ -182,7 +191,7 @@ fn bump_with<K>(
         e.1 += 1;
         true
     } else if v.len() < cap {
-        v.push((make(), 1));
+        grow_push(v, (make(), 1));
         true
     } else {
         false
