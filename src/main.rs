@@ -245,7 +245,6 @@ struct Common {
     metrics_listen: Option<String>,
 }
 
-/// Exit status per INTERFACE.md: 0 success, 2 usage or config error, 1 other failure.
 /// Turns transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` asks for
 /// them. mimalloc advises huge pages on its eagerly committed arenas, and the kernel then
 /// backs a table that is partly used, or a page freed and touched again, with a whole 2 MiB
@@ -261,6 +260,7 @@ fn no_huge_pages() {
     }
 }
 
+/// Exit status per INTERFACE.md: 0 success, 2 usage or config error, 1 other failure.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format, &cli.log_level);

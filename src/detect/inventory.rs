@@ -29,8 +29,9 @@ struct Route {
     fields_over_cap: u64,
     /// The field list of the last response, and the places of those of its paths that are
     /// held: an endpoint answers with the same fields response after response, and a
-    /// repeat then costs a pointer comparison (workers share one copy per shape) and a
-    /// count per field, not a tree search per path.
+    /// repeat then costs a pointer comparison (workers share one copy per shape, and
+    /// `Arc<str>`'s `==` compares pointers first) and a count per field, not a tree search
+    /// per path.
     last_shape: Arc<str>,
     last_held: Vec<usize>,
     /// Paths of that shape refused by the caps.
@@ -87,9 +88,7 @@ impl Inventory {
             return;
         };
         r.responses += 1;
-        if !r.last_shape.is_empty()
-            && (Arc::ptr_eq(&r.last_shape, &scan.fields) || r.last_shape == scan.fields)
-        {
+        if !r.last_shape.is_empty() && r.last_shape == scan.fields {
             // Paths held stay held, and paths refused stay refused (the caps only fill).
             for &i in &r.last_held {
                 r.stats[i].seen += 1;

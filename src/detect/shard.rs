@@ -240,6 +240,26 @@ const MAX_BASELINES: usize = 4096;
 /// Learns a closed window's sample. New endpoints are refused (counted) at the rule's cap
 /// or when baselines reach `room` bytes: routes are templated, so the endpoints learned
 /// first are the API's, and a later flood of invented ones must not push them out.
+/// Runs one event through a key's detector and learns the baseline sample it gave (a
+/// closed window, or a response that did not stand out). One at most per event: kept
+/// inline, as outlier rules give one for nearly every response.
+fn observe_learning(
+    ks: &mut KeyState,
+    rule: &Rule,
+    o: Observed<'_>,
+    baselines: &mut Baselines,
+    baseline_bytes: &mut usize,
+    room: bool,
+    stats: &mut DetectStats,
+) -> Option<Episode> {
+    let mut samples = smallvec::SmallVec::<[Sample; 1]>::new();
+    let fired = ks.observe(rule, o, stats, &mut |s| samples.push(s));
+    for s in samples {
+        learn(baselines, baseline_bytes, room, s, stats);
+    }
+    fired
+}
+
 fn learn(
     baselines: &mut Baselines,
     bytes: &mut usize,
@@ -557,17 +577,15 @@ impl Shard {
                 matches!(det.kind, DetectorKind::Outlier { .. }) && !st.keys.contains_key(&key);
             if fresh_outlier {
                 let mut ks = KeyState::new(det, baseline_endpoint(det, ev));
-                let mut samples = Vec::new();
-                let fired = ks.observe(&rule, o, &mut self.stats, &mut |s| samples.push(s));
-                for s in samples {
-                    learn(
-                        &mut st.baselines,
-                        &mut st.baseline_bytes,
-                        room,
-                        s,
-                        &mut self.stats,
-                    );
-                }
+                let fired = observe_learning(
+                    &mut ks,
+                    &rule,
+                    o,
+                    &mut st.baselines,
+                    &mut st.baseline_bytes,
+                    room,
+                    &mut self.stats,
+                );
                 let Some(episode) = fired else {
                     continue;
                 };
@@ -601,11 +619,7 @@ impl Shard {
             if let Some(episode) = ks.due_follow_up(ev.ts, &rule) {
                 em.emit(&rule, &(&key).into(), episode, true, stats);
             }
-            let mut samples = Vec::new();
-            let fired = ks.observe(&rule, o, stats, &mut |s| samples.push(s));
-            for s in samples {
-                learn(baselines, baseline_bytes, room, s, stats);
-            }
+            let fired = observe_learning(ks, &rule, o, baselines, baseline_bytes, room, stats);
             if let Some(episode) = fired {
                 em.emit(&rule, &(&key).into(), episode, false, stats);
             }
