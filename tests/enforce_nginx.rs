@@ -61,16 +61,18 @@ const USER_SECRET_B64: &str = "c2hpZWxkdGFwLWVuZm9yY2UtdGVzdC11c2VyLXNlY3JldC00N
 /// Ban length of `token.concurrent-use` in this test's config.
 const BAN_SECS: u64 = 8;
 
+/// Whether the command runs and exits 0 (its output discarded).
+fn ok(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// What this test needs beyond root: a tool or module that is missing.
 fn missing_tool() -> Option<&'static str> {
-    let ok = |args: &[&str]| {
-        Command::new(args[0])
-            .args(&args[1..])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
     if !ok(&["nginx", "-v"]) {
         return Some("nginx (Debian package nginx-light)");
     }
@@ -88,14 +90,9 @@ fn missing_tool() -> Option<&'static str> {
 fn python() -> Option<&'static str> {
     static FOUND: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
     *FOUND.get_or_init(|| {
-        ["python3", "/usr/bin/python3"].into_iter().find(|py| {
-            Command::new(py)
-                .args(["-c", "import jwt"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        ["python3", "/usr/bin/python3"]
+            .into_iter()
+            .find(|py| ok(&[py, "-c", "import jwt"]))
     })
 }
 
