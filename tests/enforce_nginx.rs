@@ -301,7 +301,7 @@ fn start_shieldtap(lab: &Lab, cfg: &Path, alerts: &Path, log: &Path) -> Proc {
         ],
         Some(log),
     );
-    wait_until("shieldtap capture", Duration::from_secs(15), || {
+    wait_until("shieldtap capture", Duration::from_secs(60), || {
         std::fs::read_to_string(log).is_ok_and(|l| l.contains("capture started"))
     });
     wait_until("shieldtap check endpoint", Duration::from_secs(10), || {

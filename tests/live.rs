@@ -3,7 +3,6 @@
 //! transaction and the summary with the kernel's counters, and exits 0. Needs CAP_NET_RAW
 //! (root in CI); skipped with a note elsewhere unless CI is set.
 
-use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,6 +63,7 @@ fn live_capture_on_loopback_then_sigterm() {
     std::fs::write(dir.path().join("hello.json"), b"{\"hello\":\"world\"}").expect("write file");
     let tx = dir.path().join("tx.jsonl");
     let summary = dir.path().join("summary.json");
+    let log = dir.path().join("shieldtap.log");
     let mut st = Command::new(env!("CARGO_BIN_EXE_shieldtap"))
         .args([
             "run",
@@ -80,10 +80,10 @@ fn live_capture_on_loopback_then_sigterm() {
         .arg(&tx)
         .arg("--summary-json")
         .arg(&summary)
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("shieldtap run");
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_capturing(&log);
     // Three requests on one keep-alive connection, by curl.
     let base = format!("http://127.0.0.1:{port}");
     let curl = Command::new("curl")
@@ -126,10 +126,7 @@ fn live_capture_on_loopback_then_sigterm() {
     };
     let _ = server.kill();
     let _ = server.wait();
-    let mut err = String::new();
-    if let Some(mut e) = st.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{err}");
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&tx)
         .expect("transactions")
@@ -174,6 +171,20 @@ fn curl_hello(port: u16, n: usize) {
             .status()
             .expect("curl");
         assert!(ok.success());
+    }
+}
+
+/// Waits for `run` to log that its capture is open. The kernel sets up the capture ring
+/// first: a fixed pause raced it on a cold CI machine, where the ring took over 10 s.
+fn wait_capturing(log: &std::path::Path) {
+    let start = Instant::now();
+    while !std::fs::read_to_string(log).is_ok_and(|l| l.contains("capture started")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "shieldtap never started capturing: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -252,7 +263,7 @@ fn rules_reload_keeps_old_rules_on_error_and_applies_fixed_ones() {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("shieldtap run");
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_capturing(&log);
     // Each phase waits past the ordering delay (3 s of packet time) so its requests are
     // judged by the rules of that phase.
     let settle = Duration::from_millis(5000);

@@ -723,7 +723,10 @@ fn a_live_sensor_counts_what_it_drops_while_the_broker_is_away() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + WAIT;
-    while !lab.log("live").contains("publishing detect events") {
+    // Both the broker link and the capture ring (which the kernel may take seconds to set up).
+    while !(lab.log("live").contains("publishing detect events")
+        && lab.log("live").contains("capture started"))
+    {
         assert!(Instant::now() < deadline, "{}", lab.log("live"));
         std::thread::sleep(Duration::from_millis(50));
     }
