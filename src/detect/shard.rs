@@ -267,12 +267,14 @@ fn learn(
     s: Sample,
     stats: &mut DetectStats,
 ) {
-    if !baselines.contains_key(&s.endpoint) && (baselines.len() >= MAX_BASELINES || !room) {
-        stats.baselines_over_cap += 1;
-        return;
-    }
     let mut fresh = false;
+    let baselines_len = baselines.len();
+    // One probe: a known endpoint (nearly every sample) is found by the entry itself.
     let h = match baselines.entry(s.endpoint) {
+        std::collections::hash_map::Entry::Vacant(_) if baselines_len >= MAX_BASELINES || !room => {
+            stats.baselines_over_cap += 1;
+            return;
+        }
         std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
         std::collections::hash_map::Entry::Vacant(v) => {
             // Auto-resizing at 2 significant digits: memory follows the largest value
@@ -596,7 +598,9 @@ impl Shard {
                 em.emit(&rule, &(&key).into(), episode, false, &mut self.stats);
                 continue;
             }
-            if !st.keys.contains_key(&key) {
+            // Below the cap (nearly always) a new key needs no room made: one probe finds
+            // the key or its slot.
+            if st.keys.len() >= cap && !st.keys.contains_key(&key) {
                 make_room(st, cap, now, room, &mut self.stats, &mut em);
             }
             let RuleState {
@@ -606,13 +610,13 @@ impl Shard {
                 baseline_bytes,
                 ..
             } = st;
-            let ks = match keys.get_mut(&key) {
-                Some(ks) => ks,
-                None => {
+            let ks = match keys.entry_ref(&key) {
+                hashbrown::hash_map::EntryRef::Occupied(o) => o.into_mut(),
+                hashbrown::hash_map::EntryRef::Vacant(v) => {
                     let k = KeyValue::from(&key);
                     let mut ks = KeyState::new(det, baseline_endpoint(det, ev));
                     charge_new(&k, &mut ks, heap);
-                    keys.entry(k).or_insert(ks)
+                    v.insert_with_key(k, ks)
                 }
             };
             let stats = &mut self.stats;

@@ -166,6 +166,11 @@ fn grow_push<T>(v: &mut ThinVec<T>, x: T) {
 
 /// Lists `x` (cloned only when new) unless listed; past the cap, notes truncation.
 fn push_distinct<T: PartialEq + Clone>(v: &mut ThinVec<T>, x: &T, truncated: &mut bool) {
+    // A full list of an episode already marked truncated has nothing left to learn: a busy
+    // key skips the scan.
+    if *truncated && v.len() >= MAX_LISTED {
+        return;
+    }
     if !v.contains(x) {
         if v.len() < MAX_LISTED {
             grow_push(v, x.clone());
@@ -724,15 +729,18 @@ impl KeyState {
             (DetectorKind::Distinct(_), Track::Distinct(map)) => {
                 // The engine skips distinct rules for events without the counted value.
                 let value = o.distinct?;
-                let fresh = !map.contains_key(&value);
-                if fresh && map.len() + 1 >= threshold as usize {
-                    map.retain(|_, i| *i >= horizon);
+                // One probe for a value already counted (a set is never empty then).
+                if let Some(slot) = map.get_mut(&value) {
+                    *slot = (*slot).max(cur);
+                } else {
+                    if map.len() + 1 >= threshold as usize {
+                        map.retain(|_, i| *i >= horizon);
+                    }
+                    if map.is_empty() {
+                        self.episode = None;
+                    }
+                    map.insert(value, cur);
                 }
-                if map.is_empty() {
-                    self.episode = None;
-                }
-                let slot = map.entry(value).or_insert(cur);
-                *slot = (*slot).max(cur);
                 fired = map.len() >= threshold as usize;
                 extra = Extra::Distinct(map.len());
             }
