@@ -365,9 +365,105 @@ fn placeholder(v: &str) -> bool {
         || WORDS.iter().any(|p| w.eq_ignore_ascii_case(p))
 }
 
-/// The class of one value under a field name (lower case), if it is sensitive. Cheap byte
-/// tests come first: this runs on every string and number of every response.
+/// What a field name (lower case) says about its values, worked out once per name: the
+/// JSON walker meets the same names in every record of every response, and the word
+/// searches are most of what classifying a value under a name costs.
+#[derive(Clone, Copy, Default)]
+pub struct NameFlags(u8);
+
+impl NameFlags {
+    /// A password's name, for a hex digest under it.
+    const PASSWORD_HEX: u8 = 1;
+    /// [`password_field`].
+    const PASSWORD: u8 = 1 << 1;
+    const SECRET: u8 = 1 << 2;
+    const NATIONAL_ID: u8 = 1 << 3;
+    const BIRTH: u8 = 1 << 4;
+    const PHONE: u8 = 1 << 5;
+    const ADDRESS: u8 = 1 << 6;
+
+    pub fn of(name: &str) -> NameFlags {
+        let mut f = 0;
+        let mut set = |bit: u8, on: bool| {
+            if on {
+                f |= bit;
+            }
+        };
+        set(
+            Self::PASSWORD_HEX,
+            name_has(
+                name,
+                &["password", "passwd", "pwd", "pass_hash", "passhash"],
+            ),
+        );
+        set(Self::PASSWORD, password_field(name));
+        set(
+            Self::SECRET,
+            name_has(
+                name,
+                &[
+                    "secret",
+                    "api_key",
+                    "apikey",
+                    "access_key",
+                    "private_key",
+                    "client_secret",
+                    "access_token",
+                    "refresh_token",
+                ],
+            ),
+        );
+        set(
+            Self::NATIONAL_ID,
+            name_has(name, &["ssn", "social_security"]),
+        );
+        set(Self::BIRTH, name_has(name, &["birth", "dob", "birthday"]));
+        set(
+            Self::PHONE,
+            name_has(name, &["phone", "mobile", "msisdn", "tel", "cell"]),
+        );
+        set(
+            Self::ADDRESS,
+            name_has(name, &["address", "street", "addr_line", "address_line"]),
+        );
+        NameFlags(f)
+    }
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+/// Field names' [`NameFlags`], kept per thread: a JSON API has a few hundred names, so the
+/// memo stays small; a body inventing names by the thousand only makes it start over.
+#[derive(Default)]
+struct NameMemo(std::collections::HashMap<Box<str>, NameFlags, foldhash::fast::RandomState>);
+
+/// Names the memo holds before it starts over.
+const NAME_MEMO_MAX: usize = 4096;
+
+impl NameMemo {
+    fn get(&mut self, name: &str) -> NameFlags {
+        if let Some(f) = self.0.get(name) {
+            return *f;
+        }
+        let f = NameFlags::of(name);
+        if self.0.len() >= NAME_MEMO_MAX {
+            self.0.clear();
+        }
+        self.0.insert(name.into(), f);
+        f
+    }
+}
+
+/// The class of one value under a field name (lower case), if it is sensitive.
 pub fn classify(name: &str, value: &str) -> Option<Class> {
+    classify_named(NameFlags::of(name), value)
+}
+
+/// [`classify`] with the name's flags already worked out. Cheap byte tests come first:
+/// this runs on every string and number of every response.
+fn classify_named(name: NameFlags, value: &str) -> Option<Class> {
     let v = value.trim();
     let b = v.as_bytes();
     if b.is_empty() || b.len() > 4096 {
@@ -382,12 +478,7 @@ pub fn classify(name: &str, value: &str) -> Option<Class> {
         return Some(Class::PasswordHash);
     }
     let hex = hexlike(v);
-    if hex
-        && name_has(
-            name,
-            &["password", "passwd", "pwd", "pass_hash", "passhash"],
-        )
-    {
+    if hex && name.has(NameFlags::PASSWORD_HEX) {
         return Some(Class::PasswordHash);
     }
     if (b.starts_with(b"eyJ") && jwt().is_match(v))
@@ -398,23 +489,11 @@ pub fn classify(name: &str, value: &str) -> Option<Class> {
     }
     // Under a password's name anything is one (plaintext, a hex or base64 digest, an
     // ASP.NET Identity blob), unless it is a mask or placeholder.
-    if password_field(name) && !placeholder(v) {
+    if name.has(NameFlags::PASSWORD) && !placeholder(v) {
         return Some(Class::PasswordHash);
     }
     if b.len() >= 16
-        && name_has(
-            name,
-            &[
-                "secret",
-                "api_key",
-                "apikey",
-                "access_key",
-                "private_key",
-                "client_secret",
-                "access_token",
-                "refresh_token",
-            ],
-        )
+        && name.has(NameFlags::SECRET)
         && b.iter().any(u8::is_ascii_digit)
         && b.iter().any(u8::is_ascii_alphabetic)
     {
@@ -433,15 +512,15 @@ pub fn classify(name: &str, value: &str) -> Option<Class> {
         return Some(Class::Iban);
     }
     if (b.len() == 11 && b[3] == b'-' && ssn_valid(v))
-        || (b.len() == 9 && digits == 9 && name_has(name, &["ssn", "social_security"]))
+        || (b.len() == 9 && digits == 9 && name.has(NameFlags::NATIONAL_ID))
     {
         return Some(Class::NationalId);
     }
-    if digits >= 6 && name_has(name, &["birth", "dob", "birthday"]) && date().is_match(v) {
+    if digits >= 6 && name.has(NameFlags::BIRTH) && date().is_match(v) {
         return Some(Class::DateOfBirth);
     }
     if digits >= 7
-        && (first == b'+' || name_has(name, &["phone", "mobile", "msisdn", "tel", "cell"]))
+        && (first == b'+' || name.has(NameFlags::PHONE))
         && redact::kind(v) == redact::Kind::Phone
     {
         return Some(Class::Phone);
@@ -449,7 +528,7 @@ pub fn classify(name: &str, value: &str) -> Option<Class> {
     if digits > 0
         && b.contains(&b' ')
         && !at
-        && name_has(name, &["address", "street", "addr_line", "address_line"])
+        && name.has(NameFlags::ADDRESS)
         && v.chars().any(char::is_alphabetic)
     {
         return Some(Class::StreetAddress);
@@ -600,6 +679,8 @@ struct Scratch {
     fields: String,
     /// Shared field paths (bounded: see [`crate::intern`]).
     names: crate::intern::Interner,
+    /// What the field names seen say about their values.
+    memo: NameMemo,
 }
 
 thread_local! {
@@ -628,6 +709,7 @@ struct Json<'b, 'w, 'a> {
     lower: &'w mut String,
     text: &'w mut String,
     frames: &'w mut Vec<u8>,
+    memo: &'w mut NameMemo,
     /// Containers that may still open before serde_json's limit.
     remaining: u8,
     /// The whole body when it is valid UTF-8 (checked once; strings are then slices of
@@ -923,7 +1005,7 @@ impl<'b> Json<'b, '_, '_> {
                 if name == "id" && !v.is_empty() && v.len() <= 128 {
                     self.w.returned_id(self.path, v);
                 }
-                if let Some(c) = classify(name, v) {
+                if let Some(c) = classify_named(self.memo.get(name), v) {
                     self.w.add(self.path, c, v);
                 }
                 return Ok(());
@@ -941,7 +1023,7 @@ impl<'b> Json<'b, '_, '_> {
                     }
                     // Only long integers can be sensitive (cards, national ids, phones).
                     if v >= 1_000_000
-                        && let Some(c) = classify(name, t)
+                        && let Some(c) = classify_named(self.memo.get(name), t)
                     {
                         self.w.add(self.path, c, t);
                     }
@@ -1148,6 +1230,7 @@ fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
             lower: &mut s.lower,
             text: &mut s.text,
             frames: &mut s.frames,
+            memo: &mut s.memo,
             remaining: SERDE_DEPTH,
             utf8: std::str::from_utf8(body).ok(),
         };
