@@ -722,7 +722,7 @@ fn sweep_rule(
         if let Some(e) = ks.due_follow_up(now, rule) {
             due.push((k.clone(), e));
         }
-        if let Some(s) = ks.closed_sample(now) {
+        if let Some(s) = ks.closed_sample(now, &rule.detector) {
             samples.push((k.clone(), s));
         }
         let keep = !ks.idle(now, window);

@@ -403,23 +403,25 @@ impl Episode {
     }
 }
 
+/// (bucket index, requests), oldest first.
+type Buckets = VecDeque<(u64, u32)>;
+
 /// What a key's detector keeps, by kind; each bounded (see the module doc).
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Track {
     /// (bucket index, requests), oldest first: threshold detectors.
     Count(VecDeque<(u64, u32)>),
     /// All requests and those meeting `when`, as buckets: ratio and mixed detectors.
-    Two(VecDeque<(u64, u32)>, VecDeque<(u64, u32)>),
+    /// Boxed, like the other kinds a few rules use: every key's inline state is as large
+    /// as its largest kind, and threshold keys are most of the table.
+    Two(Box<(Buckets, Buckets)>),
     /// Value → last bucket index: distinct detectors (at most `threshold` entries).
     Distinct(
         #[serde(serialize_with = "sorted", deserialize_with = "from_pairs")]
         HashMap<KeyValue, u64, foldhash::fast::RandomState>,
     ),
     /// The last `threshold` gaps (seconds) and the last request time.
-    Cadence {
-        gaps: VecDeque<f64>,
-        last: Option<Timestamp>,
-    },
+    Cadence(Box<Cadence>),
     /// The walk so far: last number and time, its length, its first number and direction.
     Sequence {
         last: Option<(u64, Timestamp)>,
@@ -434,12 +436,29 @@ enum Track {
     /// The values (addresses) the key was last seen from, with when (at most
     /// `MAX_ALTERNATES`), the value of its latest request, and the times of returns
     /// within the window (at most `threshold`).
-    Concurrent {
-        /// (value, last seen, first seen).
-        seen: Vec<(KeyValue, Timestamp, Timestamp)>,
-        last: Option<KeyValue>,
-        returns: VecDeque<Timestamp>,
-    },
+    Concurrent(Box<Concurrent>),
+}
+
+/// See [`Track::Cadence`].
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Cadence {
+    gaps: VecDeque<f64>,
+    last: Option<Timestamp>,
+}
+
+/// See [`Track::Concurrent`].
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Concurrent {
+    /// (value, last seen, first seen).
+    seen: Vec<(KeyValue, Timestamp, Timestamp)>,
+    last: Option<KeyValue>,
+    returns: VecDeque<Timestamp>,
+}
+
+/// A detector's bucket and window widths in ns, never zero.
+fn spans(det: &Detector) -> (u64, u64) {
+    let window_ns = u64::try_from(det.window.as_nanos()).unwrap_or(u64::MAX);
+    ((window_ns / BUCKETS).max(1), window_ns.max(1))
 }
 
 /// Saves a distinct set in value order, so the same state saves to the same bytes whatever
@@ -473,10 +492,11 @@ impl Track {
     /// Concurrent detectors over addresses: the address the key was first seen at among
     /// those seen since `since` (ns): the genuine holder's, the copies came later.
     fn origin(&self, since: u64) -> Option<IpAddr> {
-        let Track::Concurrent { seen, .. } = self else {
+        let Track::Concurrent(c) = self else {
             return None;
         };
-        match seen
+        match c
+            .seen
             .iter()
             .filter(|(_, last, _)| last.0 >= since)
             .min_by_key(|(_, _, first)| *first)
@@ -504,10 +524,6 @@ pub(super) struct Sample {
 /// are not saved but set from the rule when read back ([`KeyState::restored`]).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct KeyState {
-    #[serde(skip)]
-    bucket_ns: u64,
-    #[serde(skip)]
-    window_ns: u64,
     track: Track,
     /// Baseline detectors: the endpoint part of the key, to learn per endpoint.
     endpoint: Option<KeyValue>,
@@ -563,17 +579,11 @@ pub(super) struct Observed<'a> {
 
 impl KeyState {
     pub fn new(det: &Detector, endpoint: Option<KeyValue>) -> KeyState {
-        let window_ns = u64::try_from(det.window.as_nanos()).unwrap_or(u64::MAX);
         let track = match &det.kind {
             DetectorKind::Threshold => Track::Count(VecDeque::new()),
-            DetectorKind::Ratio { .. } | DetectorKind::Mixed { .. } => {
-                Track::Two(VecDeque::new(), VecDeque::new())
-            }
+            DetectorKind::Ratio { .. } | DetectorKind::Mixed { .. } => Track::Two(Box::default()),
             DetectorKind::Distinct(_) => Track::Distinct(HashMap::default()),
-            DetectorKind::Cadence { .. } => Track::Cadence {
-                gaps: VecDeque::new(),
-                last: None,
-            },
+            DetectorKind::Cadence { .. } => Track::Cadence(Box::default()),
             DetectorKind::Sequence => Track::Sequence {
                 last: None,
                 run: 0,
@@ -581,11 +591,7 @@ impl KeyState {
                 up: true,
             },
             DetectorKind::Outlier { .. } => Track::Outlier,
-            DetectorKind::Concurrent { .. } => Track::Concurrent {
-                seen: Vec::new(),
-                last: None,
-                returns: VecDeque::new(),
-            },
+            DetectorKind::Concurrent { .. } => Track::Concurrent(Box::default()),
             DetectorKind::Baseline { .. } => Track::Tumble {
                 index: 0,
                 count: 0,
@@ -593,8 +599,6 @@ impl KeyState {
             },
         };
         KeyState {
-            bucket_ns: (window_ns / BUCKETS).max(1),
-            window_ns: window_ns.max(1),
             track,
             endpoint,
             episode: None,
@@ -605,13 +609,11 @@ impl KeyState {
         }
     }
 
-    /// Completes a key read back from a checkpoint: the window sizes come from the rule's
-    /// detector (never from the bytes, which could make them zero); `false` when the state
-    /// kept is not the kind the detector keeps (the bytes are not this rule's).
-    pub fn restored(&mut self, det: &Detector) -> bool {
+    /// Checks a key read back from a checkpoint (its window sizes are always the rule's
+    /// detector's, never the bytes'): `false` when the state kept is not the kind the
+    /// detector keeps (the bytes are not this rule's).
+    pub fn restored(&self, det: &Detector) -> bool {
         let fresh = KeyState::new(det, None);
-        self.bucket_ns = fresh.bucket_ns;
-        self.window_ns = fresh.window_ns;
         std::mem::discriminant(&self.track) == std::mem::discriminant(&fresh.track)
     }
 
@@ -640,6 +642,7 @@ impl KeyState {
         learn: &mut dyn FnMut(Sample),
     ) -> Option<Episode> {
         let ev = o.ev;
+        let (bucket_ns, window_ns) = spans(&rule.detector);
         self.last_seen = self.last_seen.max(ev.ts);
         // A baseline window closes whatever the suppression state.
         if let Track::Tumble {
@@ -648,7 +651,7 @@ impl KeyState {
             fired,
         } = &mut self.track
         {
-            let cur = ev.ts.0 / self.window_ns;
+            let cur = ev.ts.0 / window_ns;
             if cur != *index {
                 if *count > 0
                     && !*fired
@@ -685,13 +688,13 @@ impl KeyState {
             let pending = self
                 .pending
                 .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));
-            record(pending, &self.track, self.window_ns, ev, &rule.evidence);
+            record(pending, &self.track, window_ns, ev, &rule.evidence);
             stats.aggregated_events += 1;
             return None;
         }
         let det = &rule.detector;
         let threshold = det.threshold;
-        let cur = ev.ts.0 / self.bucket_ns;
+        let cur = ev.ts.0 / bucket_ns;
         let horizon = Self::horizon(cur);
         let mut fired = false;
         let mut extra = Extra::Nothing;
@@ -704,10 +707,8 @@ impl KeyState {
                 add(b, cur);
                 fired = total(b) >= u64::from(threshold);
             }
-            (
-                kind @ (DetectorKind::Ratio { .. } | DetectorKind::Mixed { .. }),
-                Track::Two(all, hits),
-            ) => {
+            (kind @ (DetectorKind::Ratio { .. } | DetectorKind::Mixed { .. }), Track::Two(two)) => {
+                let (all, hits) = &mut **two;
                 prune(all, horizon);
                 prune(hits, horizon);
                 if all.is_empty() {
@@ -749,11 +750,12 @@ impl KeyState {
                     max_cv,
                     min_mean_gap,
                 },
-                Track::Cadence { gaps, last },
+                Track::Cadence(c),
             ) => {
+                let Cadence { gaps, last } = &mut **c;
                 if let Some(prev) = *last {
                     let gap = ev.ts.0.saturating_sub(prev.0);
-                    if gap > self.window_ns {
+                    if gap > window_ns {
                         // A pause longer than the window starts a new session.
                         gaps.clear();
                         self.episode = None;
@@ -793,7 +795,7 @@ impl KeyState {
                 let n = ev.number?;
                 match *last {
                     Some((prev, at))
-                        if ev.ts.0.saturating_sub(at.0) <= self.window_ns
+                        if ev.ts.0.saturating_sub(at.0) <= window_ns
                             && (n == prev + 1 || n + 1 == prev) =>
                     {
                         let dir = n > prev;
@@ -806,8 +808,7 @@ impl KeyState {
                         *run += 1;
                     }
                     // The same object again: neither extends nor breaks the walk.
-                    Some((prev, at))
-                        if n == prev && ev.ts.0.saturating_sub(at.0) <= self.window_ns => {}
+                    Some((prev, at)) if n == prev && ev.ts.0.saturating_sub(at.0) <= window_ns => {}
                     _ => {
                         *run = 1;
                         *start = n;
@@ -870,18 +871,16 @@ impl KeyState {
                     return None;
                 }
             }
-            (
-                DetectorKind::Concurrent { overlap, .. },
-                Track::Concurrent {
+            (DetectorKind::Concurrent { overlap, .. }, Track::Concurrent(c)) => {
+                let Concurrent {
                     seen,
                     last,
                     returns,
-                },
-            ) => {
+                } = &mut **c;
                 // The engine skips concurrent rules for events without the value.
                 let value = o.distinct?;
                 let overlap_ns = u64::try_from(overlap.as_nanos()).unwrap_or(u64::MAX);
-                let window_start = ev.ts.0.saturating_sub(self.window_ns);
+                let window_start = ev.ts.0.saturating_sub(window_ns);
                 while returns.front().is_some_and(|t| t.0 < window_start) {
                     returns.pop_front();
                 }
@@ -928,7 +927,7 @@ impl KeyState {
         let episode = self
             .episode
             .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));
-        record(episode, &self.track, self.window_ns, ev, &rule.evidence);
+        record(episode, &self.track, window_ns, ev, &rule.evidence);
         match extra {
             Extra::Nothing => {}
             Extra::Share(h, n) => episode.measured_mut().share = Some((h, n)),
@@ -948,9 +947,9 @@ impl KeyState {
         let episode = *self.episode.take()?;
         match &mut self.track {
             Track::Count(b) => b.clear(),
-            Track::Two(a, b) => {
-                a.clear();
-                b.clear();
+            Track::Two(two) => {
+                two.0.clear();
+                two.1.clear();
             }
             Track::Distinct(m) => m.clear(),
             _ => {}
@@ -962,7 +961,8 @@ impl KeyState {
     }
 
     /// A baseline window that has ended by `now` with no event since: its sample.
-    pub fn closed_sample(&mut self, now: Timestamp) -> Option<Sample> {
+    pub fn closed_sample(&mut self, now: Timestamp, det: &Detector) -> Option<Sample> {
+        let (_, window_ns) = spans(det);
         let Track::Tumble {
             index,
             count,
@@ -971,7 +971,7 @@ impl KeyState {
         else {
             return None;
         };
-        if now.0 / self.window_ns == *index || *count == 0 {
+        if now.0 / window_ns == *index || *count == 0 {
             return None;
         }
         let sample = match (&self.endpoint, *fired) {
@@ -1027,13 +1027,17 @@ impl KeyState {
         use std::mem::size_of;
         let track = match &self.track {
             Track::Count(b) => b.capacity() * size_of::<(u64, u32)>(),
-            Track::Two(a, b) => (a.capacity() + b.capacity()) * size_of::<(u64, u32)>(),
+            Track::Two(two) => {
+                size_of::<(Buckets, Buckets)>()
+                    + (two.0.capacity() + two.1.capacity()) * size_of::<(u64, u32)>()
+            }
             // A hash table entry: the pair plus a control byte, at 7/8 load at most.
             Track::Distinct(m) => m.capacity() * (size_of::<(KeyValue, u64)>() + 1) * 8 / 7,
-            Track::Cadence { gaps, .. } => gaps.capacity() * size_of::<f64>(),
-            Track::Concurrent { seen, returns, .. } => {
-                seen.capacity() * size_of::<(KeyValue, Timestamp, Timestamp)>()
-                    + returns.capacity() * size_of::<Timestamp>()
+            Track::Cadence(c) => size_of::<Cadence>() + c.gaps.capacity() * size_of::<f64>(),
+            Track::Concurrent(c) => {
+                size_of::<Concurrent>()
+                    + c.seen.capacity() * size_of::<(KeyValue, Timestamp, Timestamp)>()
+                    + c.returns.capacity() * size_of::<Timestamp>()
             }
             Track::Sequence { .. } | Track::Tumble { .. } | Track::Outlier => 0,
         };

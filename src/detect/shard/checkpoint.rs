@@ -338,7 +338,7 @@ fn rule_state(rule: &Arc<Rule>, saved: SavedRule) -> Result<RuleState, Checkpoin
     let id = rule.id.as_str();
     let mut st = RuleState::new(rule.clone());
     st.keys.reserve(saved.keys.len());
-    for (k, mut ks) in saved.keys {
+    for (k, ks) in saved.keys {
         if !ks.restored(&rule.detector) {
             return Err(invalid(
                 id,
