@@ -219,12 +219,7 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
             _ => {}
         }
     }
-    let endpoint = ep
-        .endpoint
-        .one()
-        .cloned()
-        .flatten()
-        .map(|e| endpoint_text(&e));
+    let endpoint = ep.endpoint.one().cloned().flatten().map(|e| e.to_string());
 
     let verdicts: Vec<(&'static str, u32)> = Verdict::ALL
         .iter()

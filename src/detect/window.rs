@@ -88,7 +88,9 @@ pub(super) struct Episode {
     pub ip: Same<IpAddr>,
     pub device: Same<Option<Arc<str>>>,
     pub user: Same<Option<Arc<str>>>,
-    pub endpoint: Same<Option<EndpointKey>>,
+    /// `METHOD /route` (the engine's shared text): one reference where a pair of them
+    /// made the episode a size class larger.
+    pub endpoint: Same<Option<Arc<str>>>,
     pub objects: ThinVec<Arc<str>>,
     pub usernames: ThinVec<Arc<str>>,
     /// Requests by ownership of their objects, and the other principals' objects touched.
@@ -391,14 +393,12 @@ impl Episode {
         }
         self.device.add_ref(&ev.actor.device);
         self.user.add_ref(&ev.actor.user);
-        match &mut self.endpoint {
-            Same::Unset => {
-                self.endpoint = Same::One(ev.method.clone().zip(ev.route.clone()));
-            }
-            Same::One(Some(e)) if same_endpoint(e) => {}
-            Same::One(None) if ev.method.is_none() || ev.route.is_none() => {}
-            Same::One(_) => self.endpoint = Same::Mixed,
-            Same::Mixed => {}
+        match (&self.endpoint, &ev.endpoint) {
+            // The engine's shared `METHOD /route`: most requests of a key repeat it.
+            (Same::One(Some(e)), Some(x)) if Arc::ptr_eq(e, x) || e == x => {}
+            _ => self
+                .endpoint
+                .add(ev.endpoint.clone().or_else(|| ev.endpoint().map(Arc::from))),
         }
     }
 }

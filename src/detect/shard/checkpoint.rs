@@ -46,8 +46,9 @@ use crate::detect::{DetectStats, KeyValue};
 use crate::rules::{Rule, RuleSet};
 
 /// Version of the checkpoint format: restore refuses any other. 2: an episode keeps what
-/// its detector measured in one optional part (`Measured`).
-pub const CHECKPOINT_VERSION: u16 = 2;
+/// its detector measured in one optional part (`Measured`). 3: an episode's one endpoint is
+/// its `METHOD /route` text.
+pub const CHECKPOINT_VERSION: u16 = 3;
 
 /// Bytes of the version before the state and of the digest after it.
 const VERSION_BYTES: usize = 2;
