@@ -106,10 +106,6 @@ pub fn write_alert(out: &mut impl Write, a: &Alert) -> std::io::Result<()> {
     out.write_all(b"\n")
 }
 
-fn endpoint_text(e: &(std::sync::Arc<str>, std::sync::Arc<str>)) -> String {
-    format!("{} {}", e.0, e.1)
-}
-
 pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -> Alert {
     let fields = &rule.detector.group_by;
     let mut actor = AlertActor {
@@ -315,7 +311,7 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
                 eps.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 let mut v: Vec<Value> = eps
                     .iter()
-                    .map(|(e, n)| json!({"endpoint": endpoint_text(e), "count": n}))
+                    .map(|(e, n)| json!({"endpoint": e, "count": n}))
                     .collect();
                 if ep.endpoints_other > 0 {
                     v.push(json!({"endpoint": "other", "count": ep.endpoints_other}));

@@ -62,9 +62,6 @@ impl<T: PartialEq> Same<T> {
     }
 }
 
-/// `(method, route)` of a request.
-pub(super) type EndpointKey = (Arc<str>, Arc<str>);
-
 /// The requests an alert stands for, summarised with bounded memory. Every key of every
 /// rule holds one while its window is open, and a rule lists only a few kinds of
 /// evidence: the lists are thin (one pointer each while empty, where a `Vec` is three
@@ -75,7 +72,8 @@ pub(super) struct Episode {
     pub first: Timestamp,
     pub last: Timestamp,
     pub verdicts: [u32; Verdict::ALL.len()],
-    pub endpoints: ThinVec<(EndpointKey, u32)>,
+    /// Requests by `METHOD /route` (the engine's shared text).
+    pub endpoints: ThinVec<(Arc<str>, u32)>,
     pub endpoints_other: u32,
     pub addresses: ThinVec<IpAddr>,
     pub devices: ThinVec<Arc<str>>,
@@ -286,16 +284,12 @@ impl Episode {
         if let Some(c) = self.verdicts.get_mut(ev.verdict as usize) {
             *c += 1;
         }
-        let same_endpoint = |e: &EndpointKey| {
-            ev.method.as_ref().is_some_and(|m| e.0 == *m)
-                && ev.route.as_ref().is_some_and(|r| e.1 == *r)
-        };
         if wants(EvidenceField::Endpoints)
-            && let (Some(m), Some(r)) = (&ev.method, &ev.route)
+            && let Some(e) = ev.endpoint.clone().or_else(|| ev.endpoint().map(Arc::from))
             && !bump_with(
                 &mut self.endpoints,
-                same_endpoint,
-                || (m.clone(), r.clone()),
+                |x| Arc::ptr_eq(x, &e) || *x == e,
+                || e.clone(),
                 MAX_ENDPOINTS,
             )
         {

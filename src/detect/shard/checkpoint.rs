@@ -46,8 +46,8 @@ use crate::detect::{DetectStats, KeyValue};
 use crate::rules::{Rule, RuleSet};
 
 /// Version of the checkpoint format: restore refuses any other. 2: an episode keeps what
-/// its detector measured in one optional part (`Measured`). 3: an episode's one endpoint is
-/// its `METHOD /route` text.
+/// its detector measured in one optional part (`Measured`). 3: an episode's endpoints are
+/// their `METHOD /route` texts.
 pub const CHECKPOINT_VERSION: u16 = 3;
 
 /// Bytes of the version before the state and of the digest after it.
