@@ -35,6 +35,7 @@ use crate::budget::{Budget, Table, Usage};
 use crate::capture::Timestamp;
 use crate::rules::{KeyField, Matcher, Rule, RuleSet};
 use crate::token::{TokenHash, Verdict};
+use thin_vec::ThinVec;
 
 pub use alert::{Alert, AlertActor, write_alert};
 pub use extract::{LoginConfig, login_username, object_number};
@@ -91,7 +92,9 @@ pub struct Event {
     /// Set by the engine: [`Event::principal`], made once for every rule keyed by it.
     pub principal_key: Option<Arc<str>>,
     /// Response body bytes on the wire (after de-chunking, before content decoding).
-    pub body_bytes: Option<u64>,
+    /// Saturated at `u32::MAX` (4 GiB): the outlier detectors learn sizes up to there, and
+    /// the event is a size class smaller than with a `u64`.
+    pub body_bytes: Option<u32>,
     pub status: Option<u16>,
     pub family: Option<Arc<str>>,
     pub verdict: Verdict,
@@ -109,9 +112,9 @@ pub struct Event {
     /// The route is a login route (`[detect] login_routes`).
     pub login: bool,
     /// Objects the request names (path ids, `*_id` parameters and body fields).
-    pub objects: Vec<ObjectRef>,
+    pub objects: ThinVec<ObjectRef>,
     /// Objects its JSON response returned.
-    pub returned: Vec<ObjectRef>,
+    pub returned: ThinVec<ObjectRef>,
     /// Set by the engine: how the objects relate to the principal, and whether a 2xx
     /// answer carried someone else's.
     pub ownership: Option<Ownership>,
@@ -119,11 +122,11 @@ pub struct Event {
     /// What the response body gave away (sensitive field paths and classes, masked).
     pub exposure: Option<Arc<exposure::Scan>>,
     /// Set by the engine: the findings the route's `expose_only` does not allow.
-    pub exposed: Vec<exposure::Finding>,
+    pub exposed: ThinVec<exposure::Finding>,
     /// Set by the engine: some exposed finding is of a class the rules deny everywhere.
     pub denied: bool,
     /// Set by the engine: the objects judged someone else's.
-    pub foreign: Vec<ObjectRef>,
+    pub foreign: ThinVec<ObjectRef>,
     /// Set by the engine: the request carries the genuine app's attestation: a `valid`
     /// token, or one that expired no more than `[detect] refresh_grace_secs` earlier (the
     /// SDK refreshes a little late on a slow network).
@@ -135,9 +138,10 @@ pub struct Event {
     /// joined from the handshake the viewer made.
     #[serde(default)]
     pub ja4: Option<Arc<str>>,
-    /// The edge's viewer (`CloudFront-Viewer-Address`), to join with its handshake.
+    /// The edge's viewer (`CloudFront-Viewer-Address`), to join with its handshake (boxed:
+    /// rare, and every event waiting in the ordering buffer would carry its 32 bytes).
     #[serde(default)]
-    pub viewer: Option<std::net::SocketAddr>,
+    pub viewer: Option<Box<std::net::SocketAddr>>,
     /// Set by the engine: the fingerprint's marks (`fingerprint::APP`, ...).
     #[serde(default)]
     pub fingerprint: u8,
@@ -732,7 +736,7 @@ impl Engine {
             self.shared
                 .observe(ev.ts, ev.actor.ip, ev.actor.device.as_deref(), ev.attested);
         if ev.ja4.is_none()
-            && let Some(v) = ev.viewer
+            && let Some(v) = ev.viewer.as_deref().copied()
         {
             ev.ja4 = self.prints.joined(v, ev.ts);
         }

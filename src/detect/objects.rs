@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use thin_vec::ThinVec;
 
 use serde_json::Value;
 
@@ -48,9 +49,9 @@ fn segments(path: &str) -> impl Iterator<Item = (&str, bool)> {
 
 /// Objects a request names: id segments of its path (collection: the literal before),
 /// `id` / `*_id` query parameters, and `id` / `*_id` fields of a JSON body.
-pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<ObjectRef> {
+pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec<ObjectRef> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut out = Vec::new();
+    let mut out = ThinVec::new();
     let mut last_literal: Option<&str> = None;
     for (s, is_id) in segments(path) {
         if is_id {
@@ -107,15 +108,15 @@ pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<Obj
 
 /// Ids a JSON response returns: its own `id`, and the `id`s of objects in its arrays
 /// (collection: the array's field name, or the path's last literal segment).
-pub fn returned_objects(target: &str, headers: &[Header], body: &[u8]) -> Vec<ObjectRef> {
+pub fn returned_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec<ObjectRef> {
     if body.is_empty() || body.len() > MAX_JSON_BYTES || !is_json(headers, body) {
-        return Vec::new();
+        return ThinVec::new();
     }
     returned_from_scan(target, &super::exposure::scan(headers, body))
 }
 
 /// The returned objects of a body already scanned (the worker scans each body once).
-pub fn returned_from_scan(target: &str, scan: &super::exposure::Scan) -> Vec<ObjectRef> {
+pub fn returned_from_scan(target: &str, scan: &super::exposure::Scan) -> ThinVec<ObjectRef> {
     let path = target.split('?').next().unwrap_or(target);
     let last = path
         .rsplit('/')
@@ -213,7 +214,7 @@ pub struct Judged {
     /// A 2xx answer carried an object owned by someone else.
     pub cross_user: bool,
     /// The objects judged `other`, for evidence.
-    pub foreign: Vec<ObjectRef>,
+    pub foreign: ThinVec<ObjectRef>,
 }
 
 /// Who owns what.

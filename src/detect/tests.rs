@@ -45,14 +45,14 @@ pub(super) fn ev(secs: f64, ip: &str) -> Event {
         number: None,
         username: None,
         login: false,
-        objects: Vec::new(),
-        returned: Vec::new(),
+        objects: thin_vec::ThinVec::new(),
+        returned: thin_vec::ThinVec::new(),
         ownership: None,
         cross_user: false,
         exposure: None,
-        exposed: Vec::new(),
+        exposed: thin_vec::ThinVec::new(),
         denied: false,
-        foreign: Vec::new(),
+        foreign: thin_vec::ThinVec::new(),
         attested: false,
         shared_devices: 0,
         ja4: None,
@@ -407,7 +407,7 @@ fn pinned_routes_name_parameters_and_declare_owners() {
     // another principal's list returned them.
     let mut created = bola_event(2.0, "78", "/api/v1/stores", 201);
     created.method = Some("POST".into());
-    created.returned = vec![crate::detect::ObjectRef {
+    created.returned = thin_vec::thin_vec![crate::detect::ObjectRef {
         collection: "store".into(),
         id: "9".into(),
     }];
@@ -482,7 +482,7 @@ fn looked_up_keys_hash_and_compare_as_stored_keys() {
 }
 
 /// A response to `route` from `ip` carrying `records` records in `bytes` body bytes.
-fn response(secs: f64, ip: &str, route: &str, records: u32, bytes: u64) -> Event {
+fn response(secs: f64, ip: &str, route: &str, records: u32, bytes: u32) -> Event {
     let mut e = ev(secs, ip);
     e.route = Some(route.into());
     e.object = Some(route.into());
@@ -531,7 +531,7 @@ fn bulk_exposure_by_records_and_by_bytes_against_the_learned_level() {
             &ip,
             "/api/v1/orders",
             20,
-            4_000 + u64::from(i),
+            4_000 + i,
         ));
     }
     // Above 10 times the level but under the thresholds (100 records, 1 MiB): quiet (and
@@ -796,7 +796,7 @@ fn mixed_stream() -> Vec<Event> {
         let id = 1000 + (i * 7 + actor * 13) % 500;
         e.object = Some(format!("/api/v1/orders/{id}").into());
         e.number = Some(id);
-        e.objects = vec![ObjectRef {
+        e.objects = thin_vec::thin_vec![ObjectRef {
             collection: "orders".into(),
             id: id.to_string().into(),
         }];

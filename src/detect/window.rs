@@ -842,9 +842,7 @@ impl KeyState {
             ) => {
                 let size = match measure {
                     Measure::Records => ev.exposure.as_ref().map_or(0, |s| s.records),
-                    Measure::Bytes => ev
-                        .body_bytes
-                        .map_or(0, |b| u32::try_from(b).unwrap_or(u32::MAX)),
+                    Measure::Bytes => ev.body_bytes.unwrap_or(0),
                 };
                 self.episode = None;
                 if size >= threshold

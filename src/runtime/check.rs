@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use thin_vec::ThinVec;
 
 use super::{AlertSink, Outputs, replay};
 use crate::actor::Actor;
@@ -81,7 +82,10 @@ fn test_event(tx: &TestTransaction) -> Event {
         )))),
         endpoint: None,
         principal_key: None,
-        body_bytes: tx.body.as_ref().map(|b| b.to_string().len() as u64),
+        body_bytes: tx
+            .body
+            .as_ref()
+            .map(|b| u32::try_from(b.to_string().len()).unwrap_or(u32::MAX)),
         status: tx.status,
         family: (verdict != Verdict::Missing).then(|| Arc::from(tx.family.as_str())),
         verdict,
@@ -117,9 +121,9 @@ fn test_event(tx: &TestTransaction) -> Event {
                 b.to_string().as_bytes(),
             ))
         }),
-        exposed: Vec::new(),
+        exposed: ThinVec::new(),
         denied: false,
-        foreign: Vec::new(),
+        foreign: ThinVec::new(),
         attested: false,
         shared_devices: 0,
         login: tx.login.unwrap_or_else(|| {

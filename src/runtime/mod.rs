@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
+use thin_vec::ThinVec;
 
 use crate::actor::{self, Attribution};
 use crate::budget::{Table, Usage};
@@ -1059,8 +1060,8 @@ fn event(
     // A gRPC call names its object in the request message, not the path.
     let grpc_object = call.and_then(|c| grpc::object(path, &req.body.data, c));
     let objects = match (&grpc_object, call) {
-        (Some((o, _)), _) => vec![o.clone()],
-        (None, Some(_)) => Vec::new(),
+        (Some((o, _)), _) => thin_vec::thin_vec![o.clone()],
+        (None, Some(_)) => ThinVec::new(),
         (None, None) => request_objects(&req.target, &req.headers, &req.body.data),
     };
     let want_ids = req.method == "POST" || !objects.is_empty();
@@ -1128,22 +1129,25 @@ fn event(
         ownership: None,
         cross_user: false,
         exposure: scan,
-        exposed: Vec::new(),
+        exposed: ThinVec::new(),
         denied: false,
-        foreign: Vec::new(),
+        foreign: ThinVec::new(),
         attested: false,
         shared_devices: 0,
         route: Some(names.name(route)),
         endpoint: None,
         principal_key: None,
-        body_bytes: tx.response.as_ref().map(|r| r.body.wire_len),
+        body_bytes: tx
+            .response
+            .as_ref()
+            .map(|r| u32::try_from(r.body.wire_len).unwrap_or(u32::MAX)),
         ja4: edge_ja4(tls, &req.headers),
         viewer: tls
             .viewer_address_header
             .as_deref()
             .and_then(|h| header(&req.headers, h))
             .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.trim().parse().ok()),
+            .and_then(|v| v.trim().parse().ok().map(Box::new)),
         fingerprint: 0,
     })
 }

@@ -408,7 +408,7 @@ mod tests {
         e.token = Some(TokenHash::of(token));
         e.object = Some(format!("/api/v1/orders/{id}").into());
         e.number = Some(id);
-        e.objects = vec![ObjectRef {
+        e.objects = thin_vec::thin_vec![ObjectRef {
             collection: "orders".into(),
             id: id.to_string().into(),
         }];
@@ -500,7 +500,7 @@ mod tests {
             e.actor.user = Some("user-3".into());
             out.push(e);
         }
-        let report = |secs: f64, ip: &str, records: u32, bytes: u64| {
+        let report = |secs: f64, ip: &str, records: u32, bytes: u32| {
             let mut e = ev(secs, ip, "/api/v1/reports");
             e.exposure = Some(Arc::new(exposure::Scan {
                 records,
@@ -509,9 +509,9 @@ mod tests {
             e.body_bytes = Some(bytes);
             e
         };
-        for k in 0..60u64 {
+        for k in 0..60u32 {
             out.push(report(
-                50.0 + k as f64 * 2.0,
+                50.0 + f64::from(k) * 2.0,
                 &format!("10.3.0.{}", k % 50 + 1),
                 20,
                 4_000 + k,
