@@ -441,9 +441,15 @@ struct NameMemo(std::collections::HashMap<Box<str>, NameFlags, foldhash::fast::R
 
 /// Names the memo holds before it starts over.
 const NAME_MEMO_MAX: usize = 4096;
+/// Longest name the memo keeps (a hostile body's megabyte-long keys are worked out each
+/// time instead: the memo stays within `NAME_MEMO_MAX` short names).
+const NAME_MEMO_MAX_LEN: usize = 64;
 
 impl NameMemo {
     fn get(&mut self, name: &str) -> NameFlags {
+        if name.len() > NAME_MEMO_MAX_LEN {
+            return NameFlags::of(name);
+        }
         if let Some(f) = self.0.get(name) {
             return *f;
         }
@@ -1863,6 +1869,47 @@ mod tests {
             let name: String = parts.concat();
             proptest::prop_assert_eq!(password_field(&name), password_field_unfiltered(&name), "{}", name);
         }
+    }
+
+    #[test]
+    fn name_memo_gives_each_names_flags_and_stays_bounded() {
+        let mut memo = NameMemo::default();
+        let names = [
+            "password",
+            "user_password_hash",
+            "phone",
+            "mobile_number",
+            "date_of_birth",
+            "street_address",
+            "ssn",
+            "client_secret",
+            "title",
+            "id",
+        ];
+        for n in names {
+            // Worked out, then read back from the memo.
+            for _ in 0..2 {
+                assert_eq!(memo.get(n).0, NameFlags::of(n).0, "{n}");
+            }
+        }
+        for (n, v) in [
+            ("password", "hunter22"),
+            ("phone", "07700 900123"),
+            ("street_address", "221 Baker Street"),
+            ("client_secret", "s3cr3tValue0123456789"),
+            ("title", "07700 900123"),
+        ] {
+            assert!(classify(n, v).is_some() || n == "title", "{n}");
+            assert_eq!(classify_named(memo.get(n), v), classify(n, v), "{n}");
+        }
+        // A hostile body's long keys are judged but never kept.
+        let long = "password".repeat(1000);
+        assert!(memo.get(&long).has(NameFlags::PASSWORD_HEX));
+        assert!(!memo.0.contains_key(long.as_str()));
+        for i in 0..NAME_MEMO_MAX + 10 {
+            memo.get(&format!("field_{i}"));
+        }
+        assert!(memo.0.len() <= NAME_MEMO_MAX);
     }
 
     #[test]
