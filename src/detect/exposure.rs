@@ -369,7 +369,7 @@ fn placeholder(v: &str) -> bool {
 /// JSON walker meets the same names in every record of every response, and the word
 /// searches are most of what classifying a value under a name costs.
 #[derive(Clone, Copy, Default)]
-pub struct NameFlags(u8);
+struct NameFlags(u8);
 
 impl NameFlags {
     /// A password's name, for a hex digest under it.
@@ -382,7 +382,7 @@ impl NameFlags {
     const PHONE: u8 = 1 << 5;
     const ADDRESS: u8 = 1 << 6;
 
-    pub fn of(name: &str) -> NameFlags {
+    fn of(name: &str) -> NameFlags {
         let mut f = 0;
         let mut set = |bit: u8, on: bool| {
             if on {

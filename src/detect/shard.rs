@@ -238,9 +238,6 @@ impl RuleState {
 /// fewer; the cap holds against route-explosion traffic).
 const MAX_BASELINES: usize = 4096;
 
-/// Learns a closed window's sample. New endpoints are refused (counted) at the rule's cap
-/// or when baselines reach `room` bytes: routes are templated, so the endpoints learned
-/// first are the API's, and a later flood of invented ones must not push them out.
 /// Runs one event through a key's detector and learns the baseline sample it gave (a
 /// closed window, or a response that did not stand out). One at most per event: kept
 /// inline, as outlier rules give one for nearly every response.
@@ -261,6 +258,9 @@ fn observe_learning(
     fired
 }
 
+/// Learns a closed window's sample. New endpoints are refused (counted) at the rule's cap
+/// or when baselines reach `room` bytes: routes are templated, so the endpoints learned
+/// first are the API's, and a later flood of invented ones must not push them out.
 fn learn(
     baselines: &mut Baselines,
     bytes: &mut usize,

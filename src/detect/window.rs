@@ -182,21 +182,11 @@ fn push_distinct<T: PartialEq + Clone>(v: &mut ThinVec<T>, x: &T, truncated: &mu
 
 /// Counts `k` (cloned only when new); `false` when it is new and the list is full.
 fn bump<K: PartialEq + Clone>(v: &mut ThinVec<(K, u32)>, k: &K, cap: usize) -> bool {
-    bump_with(v, |x| x == k, || k.clone(), cap)
-}
-
-/// [`bump`] for a key found by `is` and made by `make` only when it is new.
-fn bump_with<K>(
-    v: &mut ThinVec<(K, u32)>,
-    is: impl Fn(&K) -> bool,
-    make: impl FnOnce() -> K,
-    cap: usize,
-) -> bool {
-    if let Some(e) = v.iter_mut().find(|(x, _)| is(x)) {
+    if let Some(e) = v.iter_mut().find(|(x, _)| x == k) {
         e.1 += 1;
         true
     } else if v.len() < cap {
-        grow_push(v, (make(), 1));
+        grow_push(v, (k.clone(), 1));
         true
     } else {
         false
@@ -284,14 +274,19 @@ impl Episode {
         if let Some(c) = self.verdicts.get_mut(ev.verdict as usize) {
             *c += 1;
         }
+        // The engine's shared `METHOD /route` (made here only for an event it did not
+        // enrich); `Arc<str>`'s `==` compares pointers first.
+        let made;
+        let endpoint = match &ev.endpoint {
+            Some(_) => &ev.endpoint,
+            None => {
+                made = ev.endpoint().map(Arc::<str>::from);
+                &made
+            }
+        };
         if wants(EvidenceField::Endpoints)
-            && let Some(e) = ev.endpoint.clone().or_else(|| ev.endpoint().map(Arc::from))
-            && !bump_with(
-                &mut self.endpoints,
-                |x| Arc::ptr_eq(x, &e) || *x == e,
-                || e.clone(),
-                MAX_ENDPOINTS,
-            )
+            && let Some(e) = endpoint
+            && !bump(&mut self.endpoints, e, MAX_ENDPOINTS)
         {
             self.endpoints_other += 1;
         }
@@ -387,13 +382,7 @@ impl Episode {
         }
         self.device.add_ref(&ev.actor.device);
         self.user.add_ref(&ev.actor.user);
-        match (&self.endpoint, &ev.endpoint) {
-            // The engine's shared `METHOD /route`: most requests of a key repeat it.
-            (Same::One(Some(e)), Some(x)) if Arc::ptr_eq(e, x) || e == x => {}
-            _ => self
-                .endpoint
-                .add(ev.endpoint.clone().or_else(|| ev.endpoint().map(Arc::from))),
-        }
+        self.endpoint.add_ref(endpoint);
     }
 }
 
@@ -403,8 +392,8 @@ type Buckets = VecDeque<(u64, u32)>;
 /// What a key's detector keeps, by kind; each bounded (see the module doc).
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Track {
-    /// (bucket index, requests), oldest first: threshold detectors.
-    Count(VecDeque<(u64, u32)>),
+    /// Threshold detectors.
+    Count(Buckets),
     /// All requests and those meeting `when`, as buckets: ratio and mixed detectors.
     /// Boxed, like the other kinds a few rules use: every key's inline state is as large
     /// as its largest kind, and threshold keys are most of the table.
@@ -515,7 +504,7 @@ pub(super) struct Sample {
 }
 
 /// State of one key under one rule. Serializable for shard checkpoints; the window sizes
-/// are not saved but set from the rule when read back ([`KeyState::restored`]).
+/// are the rule's ([`spans`]), never kept per key.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct KeyState {
     track: Track,
@@ -531,13 +520,13 @@ pub(super) struct KeyState {
     pub charged: usize,
 }
 
-fn prune(b: &mut VecDeque<(u64, u32)>, horizon: u64) {
+fn prune(b: &mut Buckets, horizon: u64) {
     while b.front().is_some_and(|(i, _)| *i < horizon) {
         b.pop_front();
     }
 }
 
-fn add(b: &mut VecDeque<(u64, u32)>, cur: u64) {
+fn add(b: &mut Buckets, cur: u64) {
     match b.back_mut() {
         // Events older than the newest bucket (out of order) count in it.
         Some((i, n)) if *i >= cur => *n += 1,
@@ -545,7 +534,7 @@ fn add(b: &mut VecDeque<(u64, u32)>, cur: u64) {
     }
 }
 
-fn total(b: &VecDeque<(u64, u32)>) -> u64 {
+fn total(b: &Buckets) -> u64 {
     b.iter().map(|(_, n)| u64::from(*n)).sum()
 }
 
