@@ -19,7 +19,8 @@
 #
 # Environment: SHIELDTAP (binary, default target/release/shieldtap), SHIELDTAP_BENCH_DIR,
 # SCALE (default 1), RATES (packets per second, default "25000 50000 100000"), WORKERS
-# (default 2), KEEP_RESULTS=DIR (keep summaries and logs there).
+# (default 2), NICE (the capture threads' `[capture] nice`, e.g. -10; default unset),
+# KEEP_RESULTS=DIR (keep summaries and logs there).
 # Exit status: 0; 1 when a tool is missing, the capture is absent or a run fails.
 set -euo pipefail
 
@@ -54,7 +55,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "shieldtap: $bin ($("$bin" --version 2>/dev/null || echo '?')), $workers workers, $(nproc) cores"
+config=$dir/shieldtap.toml
+if [[ -n ${NICE:-} ]]; then
+    config=$out/shieldtap.toml
+    { cat "$dir/shieldtap.toml"; printf '\n[capture]\nnice = %s\n' "$NICE"; } >"$config"
+fi
+
+echo "shieldtap: $bin ($("$bin" --version 2>/dev/null || echo '?')), $workers workers, $(nproc) cores${NICE:+, capture nice $NICE}"
 python3 - "$dir/manifest.json" <<'EOF'
 import json, sys
 m = json.load(open(sys.argv[1]))
@@ -71,7 +78,7 @@ for rate in $rates; do
     done
     summary=$out/summary-$rate.json
     log=$out/shieldtap-$rate.log
-    ip netns exec "$ns" "$bin" run --interface rx0 --config "$dir/shieldtap.toml" \
+    ip netns exec "$ns" "$bin" run --interface rx0 --config "$config" \
         --workers "$workers" --buffer-size-mib 256 --alerts-out "$out/alerts-$rate.jsonl" \
         --summary-json "$summary" --metrics-listen off >"$log" 2>&1 &
     pid=$!

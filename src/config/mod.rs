@@ -256,6 +256,8 @@ struct RawCapture {
     split_window_ms: Option<u64>,
     /// Payload each worker may hold for that merge, in MiB (default 64).
     split_hold_max_mib: Option<usize>,
+    /// Scheduling niceness of the capture threads (-20 to 19; unset leaves it alone).
+    nice: Option<i32>,
 }
 
 /// `[decode]`
@@ -381,6 +383,12 @@ impl Config {
                 return Err(err("capture.split_hold_max_mib", "expected 1 to 65536"));
             }
             c.capture.split_hold_max_bytes = m << 20;
+        }
+        if let Some(n) = rc.nice {
+            if !(-20..=19).contains(&n) {
+                return Err(err("capture.nice", "expected -20 to 19"));
+            }
+            c.capture.nice = Some(n);
         }
 
         let d = &raw.decode;
@@ -931,6 +939,24 @@ mod tests {
         assert_eq!(c.capture.split_hold_max_bytes, 8 << 20);
         let e = Config::parse("[capture]\nsplit_window_ms = 0\n", "x.toml").expect_err("zero");
         assert!(e.to_string().contains("capture.split_window_ms"), "{e}");
+    }
+
+    #[test]
+    fn capture_nice_is_a_niceness() {
+        assert_eq!(
+            Config::parse("", "x.toml").expect("valid").capture.nice,
+            None
+        );
+        for n in [-20, -10, 0, 19] {
+            let c = Config::parse(&format!("[capture]\nnice = {n}\n"), "x.toml").expect("valid");
+            assert_eq!(c.capture.nice, Some(n));
+        }
+        for n in [-21, 20, 100] {
+            let e = Config::parse(&format!("[capture]\nnice = {n}\n"), "x.toml")
+                .expect_err("out of range");
+            assert!(e.to_string().contains("capture.nice"), "{e}");
+            assert!(e.to_string().contains("-20 to 19"), "{e}");
+        }
     }
 
     #[test]

@@ -315,6 +315,10 @@ struct Dispatcher {
     /// Live capture: the wall-clock instant the last packet arrived, so an idle port's
     /// clock still moves (held events and follow-up alerts fall due); replay never uses it.
     last_arrival: Option<(Timestamp, Instant)>,
+    /// How long the kernel may hold a packet before handing it over (a ring block's
+    /// timeout): an idle input's clock stays that far behind the wall clock, so packets
+    /// still in a partly filled block are not behind the clock it reported.
+    idle_lag: std::time::Duration,
     /// Live capture: load shedding by connection.
     shedding: Shedding,
     side: CaptureSide,
@@ -478,6 +482,7 @@ impl Dispatcher {
             last_heartbeat: Timestamp::ZERO,
             heartbeat_nanos: HEARTBEAT_NANOS,
             last_arrival: None,
+            idle_lag: std::time::Duration::ZERO,
             shedding: Shedding {
                 shed: vec![Shedder::new(); n],
                 flows: Default::default(),
@@ -614,7 +619,7 @@ impl Dispatcher {
     /// kernel timestamp, so idle workers expire flows and held events are released.
     fn idle(&mut self) {
         if let Some((ts, at)) = self.last_arrival {
-            let moved = ts.saturating_add(at.elapsed());
+            let moved = ts.saturating_add(at.elapsed().saturating_sub(self.idle_lag));
             if moved > self.now {
                 self.now = moved;
             }
@@ -1782,6 +1787,7 @@ pub fn run_live(
                 let mut d =
                     Dispatcher::new(&cfg, senders, pool, true, index, hub, progress.clone());
                 d.heartbeat_nanos = heartbeat_nanos;
+                d.idle_lag = capture::delivery_lag(&cfg.capture);
                 let mut stats = CaptureStats::default();
                 let r = {
                     // Both callbacks need the dispatcher; they never run at the same time.
