@@ -253,10 +253,6 @@ fn internal_ip(v: &str) -> bool {
     }
 }
 
-fn hexlike(v: &str) -> bool {
-    matches!(v.len(), 32 | 40 | 56 | 64 | 96 | 128) && v.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// Whether a field name (lower case) names a password, passphrase or password hash:
 /// separators dropped, up to two qualifiers stripped from each end (`hashed_password`,
 /// `user_password_hash`, `encrypted_password`, `password_digest`, `userPassword`), what is
@@ -476,14 +472,15 @@ fn classify_named(name: NameFlags, value: &str) -> Option<Class> {
         return None;
     }
     let first = b[0];
+    let shape = Shape::of(b);
     // Every format in `password_hash` holds a `$`, or starts with `{`, `*` or `md5`.
     if b.len() >= 20
-        && (b.contains(&b'$') || matches!(first, b'{' | b'*') || b.starts_with(b"md5"))
+        && (shape.has(Shape::DOLLAR) || matches!(first, b'{' | b'*') || b.starts_with(b"md5"))
         && password_hash().is_match(v)
     {
         return Some(Class::PasswordHash);
     }
-    let hex = hexlike(v);
+    let hex = matches!(b.len(), 32 | 40 | 56 | 64 | 96 | 128) && !shape.has(Shape::NOT_HEX);
     if hex && name.has(NameFlags::PASSWORD_HEX) {
         return Some(Class::PasswordHash);
     }
@@ -498,15 +495,11 @@ fn classify_named(name: NameFlags, value: &str) -> Option<Class> {
     if name.has(NameFlags::PASSWORD) && !placeholder(v) {
         return Some(Class::PasswordHash);
     }
-    if b.len() >= 16
-        && name.has(NameFlags::SECRET)
-        && b.iter().any(u8::is_ascii_digit)
-        && b.iter().any(u8::is_ascii_alphabetic)
-    {
+    let digits = shape.digits;
+    if b.len() >= 16 && name.has(NameFlags::SECRET) && digits > 0 && shape.has(Shape::ALPHA) {
         return Some(Class::Secret);
     }
-    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
-    let at = b.contains(&b'@');
+    let at = shape.has(Shape::AT);
     if at || digits >= 7 {
         match redact::kind(v) {
             redact::Kind::Email => return Some(Class::Email),
@@ -532,17 +525,79 @@ fn classify_named(name: NameFlags, value: &str) -> Option<Class> {
         return Some(Class::Phone);
     }
     if digits > 0
-        && b.contains(&b' ')
+        && shape.has(Shape::SPACE)
         && !at
         && name.has(NameFlags::ADDRESS)
         && v.chars().any(char::is_alphabetic)
     {
         return Some(Class::StreetAddress);
     }
-    if digits >= 2 && (b.contains(&b'.') || b.contains(&b':')) && b.len() <= 45 && internal_ip(v) {
+    if digits >= 2 && shape.has(Shape::DOT_OR_COLON) && b.len() <= 45 && internal_ip(v) {
         return Some(Class::InternalIp);
     }
     None
+}
+
+/// What [`classify_named`] asks of a value's bytes, gathered in one pass (it ran up to
+/// eight scans of every string of every response).
+struct Shape {
+    /// ASCII digits.
+    digits: usize,
+    flags: u8,
+}
+
+/// Per byte: the [`Shape`] flags it sets (bit 0 marks a digit, counted apart).
+static BYTE_SHAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let mut f = 0;
+        if b.is_ascii_digit() {
+            f |= Shape::DIGIT;
+        }
+        if b.is_ascii_alphabetic() {
+            f |= Shape::ALPHA;
+        }
+        if !b.is_ascii_hexdigit() {
+            f |= Shape::NOT_HEX;
+        }
+        f |= match b {
+            b'$' => Shape::DOLLAR,
+            b'@' => Shape::AT,
+            b' ' => Shape::SPACE,
+            b'.' | b':' => Shape::DOT_OR_COLON,
+            _ => 0,
+        };
+        t[c] = f;
+        c += 1;
+    }
+    t
+};
+
+impl Shape {
+    const DIGIT: u8 = 1;
+    const ALPHA: u8 = 1 << 1;
+    const NOT_HEX: u8 = 1 << 2;
+    const DOLLAR: u8 = 1 << 3;
+    const AT: u8 = 1 << 4;
+    const SPACE: u8 = 1 << 5;
+    const DOT_OR_COLON: u8 = 1 << 6;
+
+    fn of(b: &[u8]) -> Shape {
+        let mut digits = 0;
+        let mut flags = 0;
+        for &c in b {
+            let f = BYTE_SHAPE[usize::from(c)];
+            digits += usize::from(f & Shape::DIGIT);
+            flags |= f;
+        }
+        Shape { digits, flags }
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
 }
 
 fn masked(class: Class, v: &str) -> Arc<str> {
@@ -1868,6 +1923,23 @@ mod tests {
         ) {
             let name: String = parts.concat();
             proptest::prop_assert_eq!(password_field(&name), password_field_unfiltered(&name), "{}", name);
+        }
+
+        /// The one-pass shape of a value says what the scans it replaced said.
+        #[test]
+        fn value_shape_matches_scanning(
+            v in proptest::string::string_regex("[ -~]{0,40}|[0-9a-fA-F]{32}|[0-9a-fA-F $@.:xyz]{64}|.{0,12}")
+                .expect("pattern"),
+        ) {
+            let b = v.as_bytes();
+            let s = Shape::of(b);
+            proptest::prop_assert_eq!(s.digits, b.iter().filter(|c| c.is_ascii_digit()).count());
+            proptest::prop_assert_eq!(s.has(Shape::ALPHA), b.iter().any(u8::is_ascii_alphabetic));
+            proptest::prop_assert_eq!(s.has(Shape::DOLLAR), b.contains(&b'$'));
+            proptest::prop_assert_eq!(s.has(Shape::AT), b.contains(&b'@'));
+            proptest::prop_assert_eq!(s.has(Shape::SPACE), b.contains(&b' '));
+            proptest::prop_assert_eq!(s.has(Shape::DOT_OR_COLON), b.contains(&b'.') || b.contains(&b':'));
+            proptest::prop_assert_eq!(!s.has(Shape::NOT_HEX), b.iter().all(u8::is_ascii_hexdigit));
         }
     }
 
