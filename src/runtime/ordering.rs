@@ -75,6 +75,99 @@ impl Ord for Ordered {
     }
 }
 
+/// Events waiting for packet-time order. The heap orders small entries (the two packet
+/// times and a slot) and the events stay put in slots, so a push or pop moves 24 bytes per
+/// level instead of a whole [`Ordered`]. Events whose two packet times are equal (rare:
+/// nanosecond stamps) are taken out together and released by their full key, so the
+/// order is exactly [`Ordered`]'s.
+#[derive(Default)]
+struct Held {
+    heap: BinaryHeap<Reverse<(Timestamp, Timestamp, u32)>>,
+    slots: Vec<Option<Ordered>>,
+    free: Vec<u32>,
+    /// Every held event whose packet times equal the least held, by full key, greatest
+    /// first (released from the end).
+    ties: Vec<Ordered>,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.heap.len() + self.ties.len()
+    }
+
+    fn push(&mut self, o: Ordered) {
+        if let Some(t) = self.ties.last() {
+            match (o.at, o.ts).cmp(&(t.at, t.ts)) {
+                Ordering::Greater => {}
+                Ordering::Equal => {
+                    let at = self.ties.partition_point(|x| x.key() > o.key());
+                    self.ties.insert(at, o);
+                    return;
+                }
+                // Earlier than the ties (a late event): they go back to the heap.
+                Ordering::Less => {
+                    for t in std::mem::take(&mut self.ties) {
+                        self.enheap(t);
+                    }
+                }
+            }
+        }
+        self.enheap(o);
+    }
+
+    fn enheap(&mut self, o: Ordered) {
+        let key = (o.at, o.ts);
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(o);
+                i
+            }
+            None => {
+                self.slots.push(Some(o));
+                // More than 4 billion events held is far past any budget's share.
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.heap.push(Reverse((key.0, key.1, slot)));
+    }
+
+    fn take(&mut self, slot: u32) -> Option<Ordered> {
+        let o = self.slots.get_mut(slot as usize)?.take();
+        self.free.push(slot);
+        o
+    }
+
+    /// The least held event's completion time.
+    fn first_at(&self) -> Option<Timestamp> {
+        match self.ties.last() {
+            Some(t) => Some(t.at),
+            None => self.heap.peek().map(|Reverse((at, _, _))| *at),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Ordered> {
+        if let Some(t) = self.ties.pop() {
+            return Some(t);
+        }
+        let Reverse((at, ts, slot)) = self.heap.pop()?;
+        let first = self.take(slot);
+        while let Some(Reverse((a, t, s))) = self.heap.peek().copied()
+            && (a, t) == (at, ts)
+        {
+            self.heap.pop();
+            if let Some(o) = self.take(s) {
+                self.ties.push(o);
+            }
+        }
+        if self.ties.is_empty() {
+            return first;
+        }
+        self.ties.extend(first);
+        self.ties.sort_unstable_by_key(|o| Reverse(o.key()));
+        self.ties.pop()
+    }
+}
+
 /// What a worker sends after each batch it processed.
 pub(super) struct EventBatch {
     pub worker: usize,
@@ -182,7 +275,7 @@ pub(super) fn run(
             }
         }
     }
-    let mut heap: BinaryHeap<Reverse<Ordered>> = BinaryHeap::new();
+    let mut heap = Held::default();
     // Bytes of the events held (charged to the ordering buffer's share), the most held,
     // and events released early because the buffer was full.
     let mut held = 0usize;
@@ -240,7 +333,7 @@ pub(super) fn run(
         }
         for o in batch.events {
             held += o.bytes;
-            heap.push(Reverse(o));
+            heap.push(o);
         }
         if held as u64 > ordering.bytes {
             ordering.bytes = held as u64;
@@ -248,15 +341,15 @@ pub(super) fn run(
         }
         let low = marks.iter().copied().min().unwrap_or_default();
         let ready = Timestamp(low.0.saturating_sub(LATENESS_NANOS));
-        while let Some(Reverse(top)) = heap.peek() {
+        while let Some(top_at) = heap.first_at() {
             let full = heap.len() > MAX_HELD || held > held_limit;
-            if top.at > ready && !full {
+            if top_at > ready && !full {
                 break;
             }
-            if top.at > ready {
+            if top_at > ready {
                 ordering.evictions += 1;
             }
-            let Some(Reverse(o)) = heap.pop() else { break };
+            let Some(o) = heap.pop() else { break };
             held = held.saturating_sub(o.bytes);
             release(o, &mut engine, &mut last, &mut alerts);
         }
@@ -285,7 +378,7 @@ pub(super) fn run(
             publish(&engine, &rules, &ordering);
         }
     }
-    while let Some(Reverse(o)) = heap.pop() {
+    while let Some(o) = heap.pop() {
         release(o, &mut engine, &mut last, &mut alerts);
     }
     if let Some(p) = &fingerprints_file {
@@ -326,6 +419,60 @@ pub(super) fn run(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(at: u64, ts: u64, port: u16, seq: u64) -> Ordered {
+        Ordered {
+            at: Timestamp(at),
+            ts: Timestamp(ts),
+            client: SocketAddr::from(([10, 0, 0, 1], port)),
+            server: SocketAddr::from(([10, 0, 0, 2], 443)),
+            seq,
+            bytes: 0,
+            item: Item::Hello(Arc::from("t")),
+        }
+    }
+
+    proptest! {
+        /// Pushes and pops in any interleaving, with many equal packet times (ties) and
+        /// late events: the buffer releases exactly what a heap of whole entries would.
+        #[test]
+        fn held_releases_in_full_key_order(
+            ops in prop::collection::vec(
+                prop_oneof![
+                    (0u64..6, 0u64..3, 0u16..4, 0u64..3).prop_map(Some),
+                    Just(None),
+                ],
+                0..200,
+            ),
+        ) {
+            let mut held = Held::default();
+            let mut reference: BinaryHeap<Reverse<Ordered>> = BinaryHeap::new();
+            for op in ops {
+                match op {
+                    Some((at, ts, port, seq)) => {
+                        held.push(entry(at, ts, port, seq));
+                        reference.push(Reverse(entry(at, ts, port, seq)));
+                    }
+                    None => {
+                        prop_assert_eq!(
+                            held.first_at(),
+                            reference.peek().map(|Reverse(o)| o.at)
+                        );
+                        let (a, b) = (held.pop(), reference.pop().map(|Reverse(o)| o));
+                        prop_assert_eq!(a.map(|o| o.key()), b.map(|o| o.key()));
+                    }
+                }
+                prop_assert_eq!(held.len(), reference.len());
+            }
+            while let Some(Reverse(o)) = reference.pop() {
+                prop_assert_eq!(held.pop().map(|o| o.key()), Some(o.key()));
+            }
+            prop_assert!(held.pop().is_none());
+        }
+    }
+
     #[test]
     fn held_entries_stay_small() {
         // What the ordering heap moves per sift step.
