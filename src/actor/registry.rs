@@ -8,7 +8,6 @@
 //! evicted and counted, so a flood of spoofed addresses or invented device ids ages out
 //! only the quietest state. Times are packet times.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -39,11 +38,12 @@ impl<T> Default for Links<T> {
     }
 }
 
-impl<T: PartialEq> Links<T> {
-    fn add(&mut self, v: T) {
-        if !self.items.contains(&v) {
+impl<T: PartialEq + Clone> Links<T> {
+    /// Cloned only when listed: ids are shared strings another thread also counts.
+    fn add(&mut self, v: &T) {
+        if !self.items.contains(v) {
             if self.items.len() < MAX_LINKS {
-                self.items.push(v);
+                self.items.push(v.clone());
             } else {
                 self.more = self.more.saturating_add(1);
             }
@@ -120,7 +120,7 @@ pub struct ActorSummary {
     pub top: Vec<ActorRisk>,
 }
 
-type Map<K> = HashMap<K, Profile, foldhash::fast::RandomState>;
+type Map<K> = hashbrown::HashMap<K, Profile, foldhash::fast::RandomState>;
 
 /// Profiles of addresses, devices and users.
 pub struct Registry {
@@ -169,6 +169,26 @@ fn make_room<K: Clone + Ord + std::hash::Hash + Eq>(m: &mut Map<K>, max: usize) 
     victims.len() as u64
 }
 
+/// The profile of `k`: found with one probe, or made (room first, at the cap) with a
+/// clone of the key. Ids are shared strings a worker also counts: cloning them for every
+/// request only to drop the copy moved their counts between cores.
+fn profile<'m, K: Clone + Ord + std::hash::Hash + Eq>(
+    m: &'m mut Map<K>,
+    k: &K,
+    max: usize,
+    evicted: &mut u64,
+) -> &'m mut Profile {
+    if m.len() >= max && !m.contains_key(k) {
+        *evicted += make_room(m, max);
+    }
+    match m.entry_ref(k) {
+        hashbrown::hash_map::EntryRef::Occupied(o) => o.into_mut(),
+        hashbrown::hash_map::EntryRef::Vacant(v) => {
+            v.insert_with_key(k.clone(), Profile::default())
+        }
+    }
+}
+
 /// The least recently seen tenth (at least one) of `(last seen, key)` pairs, oldest first:
 /// what every bounded map of traffic-made keys evicts at its cap (actor profiles, detector
 /// keys, the ownership map). Linear time; ties are broken by key, so the choice does not
@@ -195,9 +215,9 @@ impl Registry {
     pub fn new(max_actors: usize) -> Registry {
         Registry {
             max: max_actors.max(1),
-            ips: HashMap::default(),
-            devices: HashMap::default(),
-            users: HashMap::default(),
+            ips: Map::default(),
+            devices: Map::default(),
+            users: Map::default(),
             evicted: 0,
         }
     }
@@ -211,37 +231,29 @@ impl Registry {
         user: Option<&Arc<str>>,
         attested: bool,
     ) {
-        if !self.ips.contains_key(&ip) {
-            self.evicted += make_room(&mut self.ips, self.max);
-        }
-        let p = self.ips.entry(ip).or_default();
+        let (max, evicted) = (self.max, &mut self.evicted);
+        let p = profile(&mut self.ips, &ip, max, evicted);
         p.touch(ts, attested);
         if let Some(d) = device {
-            p.devices.add(d.clone());
+            p.devices.add(d);
         }
         if let Some(u) = user {
-            p.users.add(u.clone());
+            p.users.add(u);
         }
         if let Some(d) = device {
-            if !self.devices.contains_key(d) {
-                self.evicted += make_room(&mut self.devices, self.max);
-            }
-            let p = self.devices.entry(d.clone()).or_default();
+            let p = profile(&mut self.devices, d, max, evicted);
             p.touch(ts, attested);
-            p.addresses.add(ip);
+            p.addresses.add(&ip);
             if let Some(u) = user {
-                p.users.add(u.clone());
+                p.users.add(u);
             }
         }
         if let Some(u) = user {
-            if !self.users.contains_key(u) {
-                self.evicted += make_room(&mut self.users, self.max);
-            }
-            let p = self.users.entry(u.clone()).or_default();
+            let p = profile(&mut self.users, u, max, evicted);
             p.touch(ts, attested);
-            p.addresses.add(ip);
+            p.addresses.add(&ip);
             if let Some(d) = device {
-                p.devices.add(d.clone());
+                p.devices.add(d);
             }
         }
     }

@@ -107,7 +107,7 @@ impl SharedAddresses {
     ) -> u32 {
         let horizon = Timestamp(ts.0.saturating_sub(nanos(self.cfg.window)));
         if let (true, Some(d)) = (attested, device) {
-            if !self.map.contains_key(&ip) && self.map.len() >= self.cfg.max_addresses {
+            if self.map.len() >= self.cfg.max_addresses && !self.map.contains_key(&ip) {
                 self.evict();
             }
             let h = self.hasher.hash_one(d);
@@ -130,6 +130,12 @@ impl SharedAddresses {
                 }
                 a.shared_until = Some(ts.saturating_add(self.cfg.window));
             }
+            // Its window was just pruned: what follows would find the same entry.
+            return if a.shared_until.is_some_and(|u| ts <= u) {
+                (a.devices.len() as u32).max(1)
+            } else {
+                0
+            };
         }
         match self.map.get_mut(&ip) {
             Some(a) if a.shared_until.is_some_and(|u| ts <= u) => {
