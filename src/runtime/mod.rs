@@ -318,7 +318,7 @@ struct Dispatcher {
     /// How long the kernel may hold a packet before handing it over (a ring block's
     /// timeout): an idle input's clock stays that far behind the wall clock, so packets
     /// still in a partly filled block are not behind the clock it reported.
-    idle_lag: std::time::Duration,
+    idle_lag: Duration,
     /// Live capture: load shedding by connection.
     shedding: Shedding,
     side: CaptureSide,
@@ -482,7 +482,7 @@ impl Dispatcher {
             last_heartbeat: Timestamp::ZERO,
             heartbeat_nanos: HEARTBEAT_NANOS,
             last_arrival: None,
-            idle_lag: std::time::Duration::ZERO,
+            idle_lag: Duration::ZERO,
             shedding: Shedding {
                 shed: vec![Shedder::new(); n],
                 flows: Default::default(),
