@@ -325,7 +325,7 @@ pub struct LiveConfig {
     /// libpcap's immediate mode: every packet handed over at once. Off by default: ring
     /// blocks are then handed over when full or after `poll_timeout_ms`, and on this
     /// project's live bench (100,000 packets/s on two shared cores) the kernel ring lost
-    /// packets in 10 of 15 runs with immediate mode and in none of 16 without it.
+    /// packets in 9 of 15 runs with immediate mode and in none of 16 without it.
     pub immediate: bool,
     pub bpf: Option<String>,
     /// libpcap's read timeout, in milliseconds: outside immediate mode, the longest a
