@@ -77,7 +77,8 @@ import json, sys
 m = json.load(open(sys.argv[1]))
 print(f"{sys.argv[2]}: {m['transactions']:,} transactions, {m['packets']:,} packets, {m['capture_bytes'] / 1e6:,.0f} MB, "
       f"{m['packet_time']['span_secs']:.0f} s of packet time; {m['client_addresses']:,} addresses, {m['devices']:,} devices, "
-      f"{m['users']:,} users; gzip {m['gzip_share']:.0%}, chunked {m['chunked_share']:.0%}, IPv6 {m['ipv6_share']:.0%}")
+      f"{m['users']:,} users; gzip {m['gzip_share']:.0%}, chunked {m['chunked_share']:.0%}, IPv6 {m['ipv6_share']:.0%}; "
+      f"{m['transactions'] / m['packet_time']['span_secs']:,.0f} transactions per packet-time second")
 EOF
     cat "$dir/capture.pcap" >/dev/null # warm the page cache
     for w in $workers_list; do
@@ -97,3 +98,14 @@ EOF
 done
 echo
 python3 "$root/benches/realistic_run.py" table "$out/results.jsonl"
+# The 3x/1x peak RSS ratio is about duration only when both captures carry the same rate.
+manifests=()
+for s in $scales; do manifests+=("$bench_dir/${s}x/manifest.json"); done
+python3 - "${manifests[@]}" <<'EOF'
+import json, sys
+rates = {p: (m := json.load(open(p)))["transactions"] / m["packet_time"]["span_secs"] for p in sys.argv[1:]}
+if rates and max(rates.values()) > 1.1 * min(rates.values()):
+    print("warning: the captures' rates differ by more than 10% (" +
+          ", ".join(f"{p}: {r:,.0f}/s" for p, r in rates.items()) +
+          "): one was recorded late; delete its directory to record it again")
+EOF
