@@ -102,6 +102,50 @@ fn threshold_fires_only_within_the_window() {
     assert!(a.is_empty());
 }
 
+/// A key whose window emptied starts its episode afresh (restarted in place): the alert
+/// counts, times and lists only the requests of the window that fired, whether the old
+/// episode's lists were small (kept and emptied) or large (given back), truncated or not.
+#[test]
+fn an_emptied_window_restarts_the_episode() {
+    let s = set(&rule("threshold", "", 20, 10, 0));
+    for before in [2u32, 5, 19] {
+        let mut e = Engine::new(DetectConfig::default(), &s);
+        // `before` requests of as many users within 10 s: under the threshold.
+        let old: Vec<Event> = (0..before)
+            .map(|i| {
+                let mut x = ev(f64::from(i) * 0.5, "10.0.0.1");
+                x.actor.user = Some(format!("old{i}").into());
+                x
+            })
+            .collect();
+        assert!(run(&mut e, &old).is_empty(), "{before}");
+        // A minute later, 20 requests of three users within 10 s.
+        let new: Vec<Event> = (0..20)
+            .map(|i| {
+                let mut x = ev(100.0 + f64::from(i) * 0.25, "10.0.0.1");
+                x.actor.user = Some(format!("new{}", i % 3).into());
+                x
+            })
+            .collect();
+        let a = run(&mut e, &new);
+        assert_eq!(a.len(), 1, "{before}: {a:?}");
+        assert_eq!(a[0].count, 20, "{before}");
+        assert_eq!(a[0].first_seen, new[0].ts, "{before}");
+        assert_eq!(a[0].last_seen, new[19].ts, "{before}");
+        assert_eq!(
+            a[0].evidence.get("users"),
+            Some(&serde_json::json!(["new0", "new1", "new2"])),
+            "{before}"
+        );
+        assert_eq!(
+            a[0].evidence.get("lists_truncated"),
+            None,
+            "{before}: {:?}",
+            a[0].evidence
+        );
+    }
+}
+
 #[test]
 fn suppression_aggregates_into_follow_ups() {
     let s = set(&rule("threshold", "", 1, 60, 100));

@@ -17,6 +17,8 @@ use crate::token::{TokenHash, Verdict};
 const BUCKETS: u64 = 128;
 /// Distinct values listed in evidence.
 const MAX_LISTED: usize = 16;
+/// Slots of an evidence list a restarted episode keeps (most keys list one or two values).
+const KEPT_SLOTS: usize = 4;
 /// Endpoints listed in evidence (the rest are counted as `other`).
 const MAX_ENDPOINTS: usize = 8;
 
@@ -227,6 +229,80 @@ impl Episode {
         }
     }
 
+    /// Empties the episode in place, as [`Episode::new`] would make it (its first request
+    /// sets its times): a key whose window emptied keeps its box, what it measured (reset)
+    /// and its lists' buffers of up to [`KEPT_SLOTS`] slots, instead of freeing them to
+    /// allocate them again on its next request (over a million times on the realistic
+    /// capture).
+    fn restart(&mut self) {
+        fn emptied<T>(v: &mut ThinVec<T>) {
+            if v.capacity() <= KEPT_SLOTS {
+                v.clear();
+            } else {
+                *v = ThinVec::new();
+            }
+        }
+        // Every field named: a new one must say how it restarts.
+        let Episode {
+            count,
+            first: _,
+            last: _,
+            verdicts,
+            endpoints,
+            endpoints_other,
+            addresses,
+            devices,
+            users,
+            tokens,
+            families,
+            statuses,
+            truncated,
+            ip,
+            device,
+            user,
+            endpoint,
+            objects,
+            usernames,
+            ownership,
+            foreign_ids,
+            ja4s,
+            succeeded,
+            exposed,
+            records_max,
+            measured,
+            attested,
+            shared_devices,
+        } = self;
+        *count = 0;
+        *verdicts = [0; Verdict::ALL.len()];
+        emptied(endpoints);
+        *endpoints_other = 0;
+        emptied(addresses);
+        emptied(devices);
+        emptied(users);
+        emptied(tokens);
+        emptied(families);
+        emptied(statuses);
+        *truncated = false;
+        *ip = Same::Unset;
+        *device = Same::Unset;
+        *user = Same::Unset;
+        *endpoint = Same::Unset;
+        emptied(objects);
+        emptied(usernames);
+        *ownership = [0; 6];
+        emptied(foreign_ids);
+        emptied(ja4s);
+        *succeeded = 0;
+        emptied(exposed);
+        *records_max = 0;
+        if let Some(m) = measured {
+            **m = Measured::default();
+        }
+        *attested = 0;
+        *shared_devices = 0;
+    }
+
     /// Bytes held (inline and the lists' buffers; shared strings are not counted).
     fn bytes(&self) -> usize {
         std::mem::size_of::<Episode>()
@@ -264,6 +340,11 @@ impl Episode {
         // request, and a mask is one test where the list is a scan.
         let mask = evidence.iter().fold(0u32, |m, f| m | 1 << (*f as u32));
         let wants = |f: EvidenceField| mask & (1 << (f as u32)) != 0;
+        if self.count == 0 {
+            // A new or restarted episode starts at its first request.
+            self.first = ev.ts;
+            self.last = ev.ts;
+        }
         self.count += 1;
         if ev.attested {
             self.attested += 1;
@@ -383,6 +464,13 @@ impl Episode {
         self.device.add_ref(&ev.actor.device);
         self.user.add_ref(&ev.actor.user);
         self.endpoint.add_ref(endpoint);
+    }
+}
+
+/// A key's window emptied: its episode starts again (in place, see [`Episode::restart`]).
+fn restart(episode: &mut Option<Box<Episode>>) {
+    if let Some(e) = episode {
+        e.restart();
     }
 }
 
@@ -649,7 +737,7 @@ impl KeyState {
                 *index = cur;
                 *count = 0;
                 *fired = false;
-                self.episode = None;
+                restart(&mut self.episode);
             }
         }
         if let Some(until) = self.suppressed_until
@@ -685,7 +773,7 @@ impl KeyState {
             (DetectorKind::Threshold, Track::Count(b)) => {
                 prune(b, horizon);
                 if b.is_empty() {
-                    self.episode = None;
+                    restart(&mut self.episode);
                 }
                 add(b, cur);
                 fired = total(b) >= u64::from(threshold);
@@ -695,7 +783,7 @@ impl KeyState {
                 prune(all, horizon);
                 prune(hits, horizon);
                 if all.is_empty() {
-                    self.episode = None;
+                    restart(&mut self.episode);
                 }
                 add(all, cur);
                 if o.when {
@@ -721,7 +809,7 @@ impl KeyState {
                         map.retain(|_, i| *i >= horizon);
                     }
                     if map.is_empty() {
-                        self.episode = None;
+                        restart(&mut self.episode);
                     }
                     map.insert(value, cur);
                 }
@@ -741,7 +829,7 @@ impl KeyState {
                     if gap > window_ns {
                         // A pause longer than the window starts a new session.
                         gaps.clear();
-                        self.episode = None;
+                        restart(&mut self.episode);
                     } else {
                         gaps.push_back(gap as f64 / 1e9);
                         while gaps.len() > threshold as usize {
@@ -749,7 +837,7 @@ impl KeyState {
                         }
                     }
                 } else {
-                    self.episode = None;
+                    restart(&mut self.episode);
                 }
                 *last = Some(last.map_or(ev.ts, |l| l.max(ev.ts)));
                 if gaps.len() >= threshold as usize {
@@ -785,7 +873,7 @@ impl KeyState {
                         if *run >= 2 && dir != *up {
                             *run = 1;
                             *start = prev;
-                            self.episode = None;
+                            restart(&mut self.episode);
                         }
                         *up = dir;
                         *run += 1;
@@ -795,7 +883,7 @@ impl KeyState {
                     _ => {
                         *run = 1;
                         *start = n;
-                        self.episode = None;
+                        restart(&mut self.episode);
                     }
                 }
                 *last = Some((n, ev.ts));
@@ -833,7 +921,7 @@ impl KeyState {
                     Measure::Records => ev.exposure.as_ref().map_or(0, |s| s.records),
                     Measure::Bytes => ev.body_bytes.unwrap_or(0),
                 };
-                self.episode = None;
+                restart(&mut self.episode);
                 if size >= threshold
                     && let Some(level) = o.level
                     && f64::from(size) > factor * level
@@ -866,7 +954,7 @@ impl KeyState {
                     returns.pop_front();
                 }
                 if returns.is_empty() {
-                    self.episode = None;
+                    restart(&mut self.episode);
                 }
                 let moved = last.as_ref().is_some_and(|l| *l != value);
                 let full = seen.len() >= MAX_ALTERNATES;
