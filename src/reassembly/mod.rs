@@ -140,6 +140,9 @@ pub enum CloseReason {
     EndOfCapture,
     /// A new connection (a SYN with a new sequence number) took over its addresses and ports.
     Reused,
+    /// Load shedding cut it while it was being analysed (live capture): its later segments
+    /// are not analysed.
+    Shed,
 }
 
 impl CloseReason {
@@ -151,6 +154,7 @@ impl CloseReason {
             CloseReason::Evicted => "evicted",
             CloseReason::EndOfCapture => "end-of-capture",
             CloseReason::Reused => "reused",
+            CloseReason::Shed => "shed",
         }
     }
 }
@@ -806,6 +810,12 @@ impl<H: StreamHandler> FlowTable<H> {
         handler.close(flow.state, &flow.info, reason, ts);
     }
 
+    /// Load shedding cut the connection of `key` (if tracked): what is buffered in order
+    /// is handed over, then the handler closes it with [`CloseReason::Shed`].
+    pub fn cut(&mut self, key: &FlowKey, handler: &mut H) {
+        self.close_flow(key, CloseReason::Shed, handler);
+    }
+
     /// Packet time advanced without a segment for this worker (a heartbeat from the
     /// capture thread): run timeouts.
     pub fn advance(&mut self, now: Timestamp, handler: &mut H) {
@@ -1235,6 +1245,37 @@ mod tests {
             ms(2),
             r,
         );
+    }
+
+    /// A connection cut by load shedding hands over what it holds in order, closes with
+    /// reason `shed` (counted) and is forgotten: its later segments start a mid-stream
+    /// connection of their own. A cut of a connection not tracked does nothing.
+    #[test]
+    fn a_cut_closes_the_connection_as_shed() {
+        let mut t = FlowTable::new(ReassemblyConfig::default());
+        let mut r = Recorder::default();
+        handshake(&mut t, &mut r, ISN_C, ISN_S);
+        t.process(
+            &seg(C, S, ISN_C + 1, ISN_S + 1, A, b"GET /1 "),
+            ms(3),
+            &mut r,
+        );
+        // Out of order: held until the hole before it fills, handed over at the cut.
+        t.process(
+            &seg(C, S, ISN_C + 12, ISN_S + 1, A, b"\r\n\r\n"),
+            ms(4),
+            &mut r,
+        );
+        t.cut(&FlowKey::new(TunnelId(0), S, C), &mut r);
+        assert_eq!(r.closes(), vec![CloseReason::Shed]);
+        assert_eq!(r.stream(Direction::ClientToServer), b"GET /1 ????\r\n\r\n");
+        assert_eq!(t.active_flows(), 0);
+        assert_eq!(t.stats().flows_closed.get("shed"), Some(&1));
+        t.cut(&FlowKey::new(TunnelId(0), C, S), &mut r);
+        let other: SocketAddr = "10.0.0.9:40001".parse().unwrap();
+        t.cut(&FlowKey::new(TunnelId(0), other, S), &mut r);
+        assert_eq!(r.closes(), vec![CloseReason::Shed]);
+        assert_eq!(t.stats().flows_closed.get("shed"), Some(&1));
     }
 
     #[test]

@@ -210,6 +210,7 @@ mod tests {
             wire_payload_len: 1,
             start: 0,
             len: 0,
+            cut: false,
         }
     }
 

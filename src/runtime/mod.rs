@@ -217,6 +217,9 @@ struct SegMeta {
     wire_payload_len: u32,
     start: u32,
     len: u32,
+    /// Not a segment: load shedding cut this connection here (live capture), and the
+    /// worker ends its analysis ([`FlowTable::cut`]).
+    cut: bool,
 }
 
 #[derive(Default)]
@@ -345,12 +348,12 @@ impl Shedding {
         flags: TcpFlags,
         ts: Timestamp,
         q: &mut QueueStats,
-    ) -> bool {
+    ) -> Shed {
         let Some(s) = self.shed.get(w).copied() else {
-            return false;
+            return Shed::No;
         };
         if s.level == 0 && self.flows.is_empty() {
-            return false;
+            return Shed::No;
         }
         let bucket = shed_bucket(h);
         // A SYN opens a connection (or reuses the addresses of an old one): judged anew.
@@ -359,7 +362,7 @@ impl Shedding {
             if !(opens && bucket >= s.level) {
                 *last = ts;
                 q.shed_packets += 1;
-                return true;
+                return Shed::Yes;
             }
             self.flows.remove(&h);
         }
@@ -367,16 +370,21 @@ impl Shedding {
         // Without room to remember shed connections, the range alone decides.
         let cut = if remembered { s.cut } else { s.level };
         if bucket < cut || (opens && bucket < s.level) {
+            q.shed_packets += 1;
             if remembered {
                 self.flows.insert(h, ts);
                 q.shed_flows += 1;
+                // A connection shed past its opening may be under analysis: its worker
+                // is told to end it there, so it reports no half transactions.
+                if !opens {
+                    return Shed::Cut;
+                }
             } else if opens {
                 q.shed_flows += 1;
             }
-            q.shed_packets += 1;
-            return true;
+            return Shed::Yes;
         }
-        false
+        Shed::No
     }
 
     /// Lowers levels after calm; forgets shed connections unseen for the idle timeout.
@@ -397,6 +405,18 @@ impl Shedding {
         };
         (top(|s| s.level), top(|s| s.peak))
     }
+}
+
+/// What load shedding does with a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shed {
+    /// Analysed.
+    No,
+    /// Shed.
+    Yes,
+    /// Shed, and the first shed of a connection that was not opening: its worker gets a
+    /// cut marker in the segment's place.
+    Cut,
 }
 
 /// One worker's load shedding, driven by its queue: raised while the queue refuses
@@ -542,12 +562,31 @@ impl Dispatcher {
         let mut write = 0usize;
         for i in 0..b.segs.len() {
             let m = b.segs[i];
+            if m.cut {
+                b.segs[kept] = SegMeta {
+                    start: write as u32,
+                    ..m
+                };
+                kept += 1;
+                continue;
+            }
             let h = self.hash_of(&m);
-            if self
+            match self
                 .shedding
                 .segment(w, h, m.flags, m.ts, &mut self.side.queue)
             {
-                continue;
+                Shed::No => {}
+                Shed::Yes => continue,
+                Shed::Cut => {
+                    b.segs[kept] = SegMeta {
+                        start: write as u32,
+                        len: 0,
+                        cut: true,
+                        ..m
+                    };
+                    kept += 1;
+                    continue;
+                }
             }
             let (start, len) = (m.start as usize, m.len as usize);
             b.arena.copy_within(start..start + len, write);
@@ -590,7 +629,12 @@ impl Dispatcher {
                 let key = FlowKey::new(seg.tunnel, seg.src, seg.dst);
                 let h = hasher.hash_one(key);
                 let w = (h % batches.len() as u64) as usize;
-                if *lossy && shedding.segment(w, h, seg.flags, f.ts, &mut side.queue) {
+                let shed = if *lossy {
+                    shedding.segment(w, h, seg.flags, f.ts, &mut side.queue)
+                } else {
+                    Shed::No
+                };
+                if shed == Shed::Yes {
                     break 'seg None;
                 }
                 let b = &mut batches[w];
@@ -598,10 +642,14 @@ impl Dispatcher {
                     b.created = Some(Instant::now());
                 }
                 let start = b.arena.len() as u32;
-                b.arena.extend_from_slice(seg.payload);
+                let cut = shed == Shed::Cut;
+                if !cut {
+                    b.arena.extend_from_slice(seg.payload);
+                }
                 b.segs.push(SegMeta {
                     start,
-                    len: seg.payload.len() as u32,
+                    len: if cut { 0 } else { seg.payload.len() as u32 },
+                    cut,
                     ..copy_meta(&seg, f.ts)
                 });
                 (b.segs.len() >= BATCH_SEGMENTS || b.arena.len() >= BATCH_BYTES).then_some(w)
@@ -778,6 +826,7 @@ fn copy_meta(seg: &TcpSegment<'_>, ts: Timestamp) -> SegMeta {
         wire_payload_len: seg.wire_payload_len,
         start: 0,
         len: 0,
+        cut: false,
     }
 }
 
@@ -1279,8 +1328,13 @@ impl StreamHandler for HttpHandler {
         st.http.held_bytes() + tls
     }
 
-    fn close(&mut self, mut st: ConnState, conn: &ConnInfo, _reason: CloseReason, ts: Timestamp) {
-        st.http.close(&self.cfg, ts, &mut self.txs, &mut self.stats);
+    fn close(&mut self, mut st: ConnState, conn: &ConnInfo, reason: CloseReason, ts: Timestamp) {
+        if reason == CloseReason::Shed {
+            st.http
+                .abandon(&self.cfg, ts, &mut self.txs, &mut self.stats);
+        } else {
+            st.http.close(&self.cfg, ts, &mut self.txs, &mut self.stats);
+        }
         if !self.txs.is_empty() {
             self.drain(&mut st, conn, ts);
         }
@@ -1413,6 +1467,10 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
                    handler: &mut HttpHandler,
                    m: &SegMeta,
                    arena: &[u8]| {
+        if m.cut {
+            table.cut(&FlowKey::new(m.tunnel, m.src, m.dst), handler);
+            return;
+        }
         let start = m.start as usize;
         let payload = arena.get(start..start + m.len as usize).unwrap_or(&[]);
         let seg = TcpSegment {
@@ -1859,6 +1917,43 @@ mod tests {
             name: name.into(),
             value: value.as_bytes().into(),
         }
+    }
+
+    /// Load shedding tells a connection it cuts past its opening apart from the rest: the
+    /// first of its shed segments becomes a cut marker for its worker (it may be under
+    /// analysis), later ones are shed silently; a connection shed at its SYN never
+    /// reached the worker and gets no marker; below the shed range nothing is shed.
+    #[test]
+    fn a_connection_cut_past_its_opening_is_marked_once() {
+        let mut shedder = Shedder::new();
+        shedder.level = SHED_STEPS / 2;
+        shedder.cut = SHED_STEPS / 2;
+        let mut sh = Shedding {
+            shed: vec![shedder],
+            flows: Default::default(),
+            idle: Duration::from_secs(60),
+        };
+        let mut q = QueueStats::default();
+        // Hashes whose bucket (bits 40 and up, modulo the steps) is inside and outside
+        // the shed range.
+        let inside = |i: u64| (i << 40) | 7;
+        let outside = |i: u64| ((u64::from(SHED_STEPS) / 2 + i) << 40) | 7;
+        let (ack, syn) = (TcpFlags(TcpFlags::ACK), TcpFlags(TcpFlags::SYN));
+        let t = Timestamp(1_000_000_000);
+        assert_eq!(sh.segment(0, inside(1), ack, t, &mut q), Shed::Cut);
+        assert_eq!(sh.segment(0, inside(1), ack, t, &mut q), Shed::Yes);
+        assert_eq!(sh.segment(0, inside(2), syn, t, &mut q), Shed::Yes);
+        assert_eq!(sh.segment(0, inside(2), ack, t, &mut q), Shed::Yes);
+        assert_eq!(sh.segment(0, outside(1), ack, t, &mut q), Shed::No);
+        assert_eq!(sh.segment(0, outside(1), syn, t, &mut q), Shed::No);
+        assert_eq!((q.shed_flows, q.shed_packets), (2, 4));
+        // Back to no shedding: remembered connections stay shed until they go idle,
+        // then a later segment of theirs is analysed again.
+        sh.shed[0].level = 0;
+        sh.shed[0].cut = 0;
+        assert_eq!(sh.segment(0, inside(1), ack, t, &mut q), Shed::Yes);
+        sh.relax(Timestamp(t.0 + 61_000_000_000));
+        assert_eq!(sh.segment(0, inside(1), ack, t, &mut q), Shed::No);
     }
 
     /// The edge's JA4 header is taken when it is a JA4 (36 characters of its alphabet), in

@@ -101,6 +101,12 @@ pub struct HttpStats {
     /// hold responses of the connection's typical size (each also flagged `gap` and
     /// `request-without-response`).
     pub gap_unanswered: u64,
+    /// Requests of connections cut by load shedding while they were being analysed
+    /// (live capture, backlog at its cap) that were not emitted: their answer, or the
+    /// rest of their own body, was shed, not lost. Counted in `requests`, never in
+    /// `transactions`.
+    #[serde(default)]
+    pub shed_unanswered: u64,
     /// Bytes produced by content decoding.
     pub body_bytes_decoded: u64,
     /// Connections that began with a TLS handshake (not parsed as HTTP), their
@@ -140,6 +146,7 @@ impl HttpStats {
         self.bytes_skipped += other.bytes_skipped;
         self.unparsable_heads += other.unparsable_heads;
         self.gap_unanswered += other.gap_unanswered;
+        self.shed_unanswered += other.shed_unanswered;
         self.body_bytes_decoded += other.body_bytes_decoded;
         self.tls_connections += other.tls_connections;
         self.tls_hellos += other.tls_hellos;
@@ -1145,6 +1152,15 @@ impl Side {
         self.scan = 0;
     }
 
+    /// Forgets the message being read and the bytes buffered, without finishing them
+    /// (the connection was cut by load shedding).
+    fn drop_partial(&mut self) {
+        self.msg = None;
+        self.phase = Phase::Resync;
+        self.buf = Vec::new();
+        self.scan = 0;
+    }
+
     /// Heap bytes this direction holds: its line buffer and the message being read.
     fn held_bytes(&self) -> usize {
         self.buf.capacity()
@@ -1574,6 +1590,33 @@ impl HttpConn {
         out: &mut Vec<Transaction>,
         stats: &mut HttpStats,
     ) {
+        self.finish_connection(cfg, ts, out, stats, false);
+    }
+
+    /// The connection was cut by load shedding: its later bytes are not analysed. What is
+    /// complete (requests with their responses) is emitted as on [`HttpConn::close`]; a
+    /// message still being read is dropped, and a request still waiting for its response
+    /// (or for the rest of its body) is counted in `shed_unanswered` instead of being
+    /// emitted as unanswered: under overload the transactions shieldtap reports stay
+    /// whole, and what it shed is counted. HTTP/2 connections close as usual.
+    pub fn abandon(
+        &mut self,
+        cfg: &HttpConfig,
+        ts: Timestamp,
+        out: &mut Vec<Transaction>,
+        stats: &mut HttpStats,
+    ) {
+        self.finish_connection(cfg, ts, out, stats, true);
+    }
+
+    fn finish_connection(
+        &mut self,
+        cfg: &HttpConfig,
+        ts: Timestamp,
+        out: &mut Vec<Transaction>,
+        stats: &mut HttpStats,
+        shed: bool,
+    ) {
         if self.closed {
             return;
         }
@@ -1592,8 +1635,13 @@ impl HttpConn {
             self.settle(Orientation::AsGiven, &mut cx);
         }
         self.closed = true;
-        self.req.on_close(&mut self.shared, &mut cx);
-        self.resp.on_close(&mut self.shared, &mut cx);
+        if shed {
+            self.req.drop_partial();
+            self.resp.drop_partial();
+        } else {
+            self.req.on_close(&mut self.shared, &mut cx);
+            self.resp.on_close(&mut self.shared, &mut cx);
+        }
         // Response bytes lost since the last response head: what waits from before the
         // loss may have been answered in it.
         let lost_before = self.shared.hole.take().map_or(0, |h| h.before_event);
@@ -1603,6 +1651,8 @@ impl HttpConn {
                 (Some(req), Some((resp, resp_an))) => {
                     emit(&mut cx, Some(req), Some(resp), AnomalySet(an.0 | resp_an.0))
                 }
+                // Not whole: the rest was shed.
+                _ if shed => cx.stats.shed_unanswered += 1,
                 (Some(req), None) => {
                     if p.first_event < lost_before {
                         an.insert(Anomaly::Gap);

@@ -1701,3 +1701,54 @@ fn held_bytes_follow_pending_messages_and_bodies() {
     // Only reusable line buffers remain.
     assert!(conn.held_bytes() < 1024, "{}", conn.held_bytes());
 }
+
+/// A connection cut by load shedding emits what is whole and counts the rest as shed:
+/// where closing it would report a request waiting for its answer, one whose answer was
+/// cut mid-body and one whose own body was cut, all as unanswered or truncated.
+#[test]
+fn a_connection_cut_by_shedding_reports_only_whole_transactions() {
+    let cfg = HttpConfig::default();
+    let post = curl_post("/4", br#"{"item": 42, "qty": 1}"#);
+    let mut client: Vec<u8> = (1..=3).flat_map(|i| curl_get(&format!("/{i}"))).collect();
+    client.extend_from_slice(&post[..post.len() - 5]);
+    let a2 = ok_json(b"answer two, cut in its body");
+    let server = [ok_json(b"one"), a2[..a2.len() - 6].to_vec()].concat();
+    let feed = |conn: &mut HttpConn, out: &mut Vec<Transaction>, stats: &mut HttpStats| {
+        conn.data(&cfg, Dir::ToServer, &client, ts_of(0), out, stats);
+        conn.data(&cfg, Dir::ToClient, &server, ts_of(1), out, stats);
+    };
+
+    let (mut conn, mut out, mut stats) = (HttpConn::new(), Vec::new(), HttpStats::default());
+    feed(&mut conn, &mut out, &mut stats);
+    conn.abandon(&cfg, ts_of(2), &mut out, &mut stats);
+    assert_eq!(pairs(&out), vec![(Some("/1"), Some(&b"one"[..]))]);
+    assert!(out[0].anomalies.is_empty(), "{:?}", anomalies(&out[0]));
+    assert_eq!(stats.requests, 4);
+    assert_eq!(stats.transactions, 1);
+    assert_eq!(stats.paired, 1);
+    assert_eq!(stats.shed_unanswered, 3);
+    assert!(
+        stats.anomalies_by_kind.is_empty(),
+        "{:?}",
+        stats.anomalies_by_kind
+    );
+    assert_eq!(conn.shared.pending_bytes, 0);
+    // Nothing more once ended, either way.
+    conn.close(&cfg, ts_of(3), &mut out, &mut stats);
+    conn.abandon(&cfg, ts_of(3), &mut out, &mut stats);
+    assert_eq!(out.len(), 1);
+
+    // Closed instead (FIN, timeout): the same bytes give four transactions, three of
+    // them incomplete, and nothing counted as shed.
+    let (mut conn, mut out, mut stats) = (HttpConn::new(), Vec::new(), HttpStats::default());
+    feed(&mut conn, &mut out, &mut stats);
+    conn.close(&cfg, ts_of(2), &mut out, &mut stats);
+    assert_eq!(out.len(), 4, "{:?}", pairs(&out));
+    assert_eq!(stats.shed_unanswered, 0);
+    assert!(
+        stats
+            .anomalies_by_kind
+            .contains_key("request-without-response")
+    );
+    assert!(stats.anomalies_by_kind.contains_key("truncated-body"));
+}
