@@ -95,6 +95,7 @@ pub const NAMES: &[&str] = &[
     "shed_flows",
     "shed_packets",
     "shed_level",
+    "shed_unanswered",
     "enforce_checks",
     "enforce_check_reasons",
     "enforce_check_verdicts",
@@ -636,6 +637,11 @@ impl Collector for Hub {
             "http_transactions",
             "HTTP transactions (request and response) completed.",
             h.transactions,
+        )?;
+        e.counter(
+            "shed_unanswered",
+            "Requests of connections load shedding cut while they were analysed, counted instead of reported (live capture).",
+            h.shed_unanswered,
         )?;
         e.labelled(
             "http2_connections",
