@@ -611,6 +611,10 @@ fn masked(class: Class, v: &str) -> Arc<str> {
     })
 }
 
+/// Hashes of the field paths listed so far in one body: a set, as a page of records looks
+/// every path up once per record.
+type SeenPaths = hashbrown::HashSet<u64, foldhash::fast::FixedState>;
+
 struct Walker<'a> {
     scan: &'a mut Scan,
     /// The field list being built (the scan's is set from it, shared, at the end).
@@ -618,7 +622,7 @@ struct Walker<'a> {
     nodes: usize,
     /// Hashes of the field paths already listed: arrays repeat the same paths, and
     /// comparing hashes keeps the walk linear in the body.
-    seen: &'a mut Vec<u64>,
+    seen: &'a mut SeenPaths,
     /// Field paths and array names, shared across responses (an endpoint answers with
     /// the same paths every time): a finding costs a reference count, not a copy.
     names: &'a mut crate::intern::Interner,
@@ -689,8 +693,7 @@ impl Walker<'_> {
             use std::hash::BuildHasher;
             foldhash::fast::FixedState::with_seed(7).hash_one(path)
         };
-        if !self.seen.contains(&h) {
-            self.seen.push(h);
+        if self.seen.insert(h) {
             if self.fields.len() < 64 * 1024 {
                 if !self.fields.is_empty() {
                     self.fields.push('\n');
@@ -730,7 +733,7 @@ struct Scratch {
     /// a range of it.
     lower: String,
     /// Hashes of the field paths listed so far.
-    seen: Vec<u64>,
+    seen: SeenPaths,
     /// A string value with escapes, unescaped.
     text: String,
     /// Open containers of a value skipped past a cap (`[` or `{`), so skipping is not
@@ -811,7 +814,12 @@ fn json_str<'b>(b: &'b [u8], i: &mut usize, strict: bool, utf8: bool) -> Walked<
     loop {
         let rest = b.get(*i..).unwrap_or_default();
         let at = memchr::memchr2(b'"', b'\\', rest).ok_or(NotJson)?;
-        if rest[..at].iter().any(|&c| c < 0x20) {
+        // Not short-circuiting, so it vectorises: strings are short and rarely hold one.
+        if rest[..at]
+            .iter()
+            .fold(0u8, |bad, &c| bad | u8::from(c < 0x20))
+            != 0
+        {
             return Err(NotJson);
         }
         *i += at + 1;
@@ -1293,7 +1301,7 @@ fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
             frames: &mut s.frames,
             memo: &mut s.memo,
             remaining: SERDE_DEPTH,
-            utf8: std::str::from_utf8(body).ok(),
+            utf8: simdutf8::basic::from_utf8(body).ok(),
         };
         let walked = j.value(Name(0, 0), 0);
         // The field list is built in scratch; the scan shares the shape's one copy.
@@ -1483,7 +1491,7 @@ fn scan_text(out: &mut Scan, ctype: &[u8], body: &[u8], want_ids: bool) {
         || ctype.is_empty();
     if texty {
         let text = String::from_utf8_lossy(body);
-        let mut seen = Vec::new();
+        let mut seen = SeenPaths::default();
         let mut w = Walker {
             scan: out,
             fields: &mut String::new(),
@@ -1694,7 +1702,7 @@ mod oracle {
                 scan: &mut out,
                 fields: &mut fields,
                 nodes: 0,
-                seen: &mut Vec::new(),
+                seen: &mut SeenPaths::default(),
                 names: &mut Default::default(),
                 want_ids,
                 id_field: None,
@@ -1727,7 +1735,7 @@ mod oracle {
                 scan: &mut out,
                 fields: &mut String::new(),
                 nodes: 0,
-                seen: &mut Vec::new(),
+                seen: &mut SeenPaths::default(),
                 names: &mut Default::default(),
                 want_ids,
                 id_field: None,

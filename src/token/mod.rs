@@ -402,7 +402,7 @@ impl Family {
             self.oversize.fetch_add(1, Ordering::Relaxed);
             return Judgement::bare(Verdict::Malformed, self.binding_shape(None));
         }
-        let Ok(text) = std::str::from_utf8(token) else {
+        let Ok(text) = simdutf8::basic::from_utf8(token) else {
             return Judgement::bare(Verdict::Malformed, self.binding_shape(None));
         };
         if !text.contains('.')
