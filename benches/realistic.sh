@@ -23,7 +23,11 @@
 #
 # Environment: SHIELDTAP (binary, default target/release/shieldtap), SHIELDTAP_BENCH_DIR,
 # RUNS (repeats of each replay, default 1; the table shows medians), SCALES (default "1 3"),
-# WORKERS (default "1 2"), KEEP_RESULTS=DIR (keep alerts, summaries and results.jsonl there).
+# WORKERS (default "1 2"), KEEP_RESULTS=DIR (keep alerts, summaries and results.jsonl there),
+# BASELINE (a second binary to compare against: each replay runs with both, back to back,
+# the order alternating between runs, and the table adds candidate/baseline ratios of CPU
+# seconds, per thread and of peak RSS over the pairs; use RUNS=3 or more. A VM's speed
+# drifts by 10% or more within an hour, so builds measured an hour apart do not compare).
 # Exit status: 0; 1 when a tool is missing, a capture cannot be made or a replay fails;
 # 3 when alerts differ between worker counts.
 set -euo pipefail
@@ -34,10 +38,12 @@ bench_dir=${SHIELDTAP_BENCH_DIR:-/var/tmp/shieldtap-bench}
 runs=${RUNS:-1}
 scales=${SCALES:-1 3}
 workers_list=${WORKERS:-1 2}
+baseline=${BASELINE:-}
 
 die() { echo "$0: $*" >&2; exit 1; }
 command -v python3 >/dev/null || die "python3 is not installed (apt-get install -y python3)"
 [[ -x $bin ]] || die "no $bin: run cargo build --release first (or set SHIELDTAP)"
+[[ -z $baseline || -x $baseline ]] || die "BASELINE=$baseline is not an executable"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$runs'"
 [[ -r /proc/self/task ]] || die "/proc is not mounted: per-thread CPU cannot be read"
 
@@ -69,6 +75,7 @@ for s in $scales; do
 done
 
 echo "shieldtap: $bin ($("$bin" --version 2>/dev/null || echo '?'))"
+[[ -z $baseline ]] || echo "baseline: $baseline (runs alternate with the candidate above)"
 echo "host: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for s in $scales; do
     dir=$bench_dir/${s}x
@@ -83,16 +90,29 @@ EOF
     cat "$dir/capture.pcap" >/dev/null # warm the page cache
     for w in $workers_list; do
         for ((r = 1; r <= runs; r++)); do
-            tag=${s}x-w$w-r$r
-            python3 "$root/benches/realistic_run.py" run --label "${s}x" --capture-dir "$dir" --workers "$w" \
-                --summary "$out/$tag.summary.json" --alerts "$out/$tag.alerts.jsonl" --stderr "$out/$tag.stderr" \
-                --out "$out/results.jsonl" -- \
-                "$bin" replay "$dir/capture.pcap" --config "$dir/shieldtap.toml" --no-progress \
-                --alerts-out "$out/$tag.alerts.jsonl" --summary-json "$out/$tag.summary.json" \
-                --metrics-listen off --workers "$w" || {
-                cat "$out/$tag.stderr" >&2
-                die "replay of $dir with $w worker(s) failed"
-            }
+            # With a baseline, the two builds run back to back, the first of the pair
+            # alternating from run to run.
+            if [[ -z $baseline ]]; then
+                order=("-:$bin")
+            elif ((r % 2)); then
+                order=("baseline:$baseline" "candidate:$bin")
+            else
+                order=("candidate:$bin" "baseline:$baseline")
+            fi
+            for entry in "${order[@]}"; do
+                build=${entry%%:*} exe=${entry#*:}
+                tag=${s}x-w$w-r$r${baseline:+-$build}
+                python3 "$root/benches/realistic_run.py" run --label "${s}x" --capture-dir "$dir" --workers "$w" \
+                    ${baseline:+--build "$build"} --run "$r" \
+                    --summary "$out/$tag.summary.json" --alerts "$out/$tag.alerts.jsonl" --stderr "$out/$tag.stderr" \
+                    --out "$out/results.jsonl" -- \
+                    "$exe" replay "$dir/capture.pcap" --config "$dir/shieldtap.toml" --no-progress \
+                    --alerts-out "$out/$tag.alerts.jsonl" --summary-json "$out/$tag.summary.json" \
+                    --metrics-listen off --workers "$w" || {
+                    cat "$out/$tag.stderr" >&2
+                    die "replay of $dir with $w worker(s) by $exe failed"
+                }
+            done
         done
     done
 done

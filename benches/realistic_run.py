@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Helper of benches/realistic.sh: measures one shieldtap run, and prints the table.
 
-    realistic_run.py run --label L --capture-dir D --workers W --summary S --alerts A --out RESULTS.jsonl -- CMD...
+    realistic_run.py run --label L --capture-dir D --workers W [--build B --run N] --summary S --alerts A --out RESULTS.jsonl -- CMD...
     realistic_run.py table RESULTS.jsonl
 
 `run` starts CMD, polls /proc/PID/task/*/stat every 100 ms (the last utime+stime seen per
@@ -11,7 +11,12 @@ the order they appeared), reaps it with wait4 (user+sys CPU over all threads, pe
 reads the summary JSON (transactions, token verdicts) and the sha256 of the alerts file,
 and appends one JSON line to RESULTS. `table` prints one row per run and the ratios:
 1 -> 2 worker scaling (transactions per wall second), 3x/1x peak RSS, alerts identical
-between worker counts.
+between worker counts. When runs name a `--build` (`baseline` and `candidate`, as
+realistic.sh's BASELINE does), each build gets its own rows, and the comparison pairs
+runs of the same capture, worker count and run number (run back to back, so the host's
+speed, which drifts by 10% or more within an hour on a VM, is alike for both): the
+median over pairs of candidate/baseline CPU seconds, per thread too, and of peak RSS,
+and whether both builds wrote the same alerts.
 """
 
 from __future__ import annotations
@@ -86,6 +91,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     tok = summary.get("token", {})
     rec = {
         "label": a.label,
+        "build": a.build,
+        "run": a.run,
         "capture_dir": a.capture_dir,
         "workers": a.workers,
         "transactions": summary["http"]["transactions"],
@@ -111,7 +118,8 @@ THREAD_NAMES = ["worker", "detect", "writer", "capture", "metrics", "jwks", "rel
 
 def short(comm: str) -> str:
     base, _, num = comm.partition("#")
-    if base == "shieldtap":
+    if not base.startswith("shieldtap-"):
+        # The main thread carries the binary's file name (a copied build may be renamed).
         name = "main"
     else:
         rest = base.removeprefix("shieldtap-")
@@ -129,44 +137,84 @@ def cmd_table(a: argparse.Namespace) -> int:
     if not recs:
         print("no results", file=sys.stderr)
         return 1
-    groups: dict[tuple[str, int], list[dict]] = {}
+    builds = sorted({r.get("build") or "" for r in recs})
+    ab = builds == ["baseline", "candidate"]
+    groups: dict[tuple[str, int, str], list[dict]] = {}
     for r in recs:
-        groups.setdefault((r["label"], r["workers"]), []).append(r)
+        groups.setdefault((r["label"], r["workers"], r.get("build") or ""), []).append(r)
 
     def med(rs: list[dict], k: str) -> float:
         return statistics.median(r[k] for r in rs)
 
-    print(f"{'capture':8} {'W':>2} {'transactions':>12} {'wall s':>7} {'CPU s':>7} {'tx/CPU s':>9} "
+    build_col = f"{'build':10} " if ab else ""
+    print(f"{'capture':8} {'W':>2} {build_col}{'transactions':>12} {'wall s':>7} {'CPU s':>7} {'tx/CPU s':>9} "
           f"{'tx/wall s':>9} {'peak RSS MiB':>12}  CPU s per thread")
-    rows: dict[tuple[str, int], dict] = {}
-    for (label, w), rs in groups.items():
+    rows: dict[tuple[str, int, str], dict] = {}
+    for (label, w, build), rs in groups.items():
         best = min(rs, key=lambda r: r["wall_secs"])
         row = {"tx": rs[0]["transactions"], "wall": med(rs, "wall_secs"), "cpu": med(rs, "cpu_secs"),
                "rss": max(r["peak_rss_mib"] for r in rs)}
-        rows[(label, w)] = row
+        rows[(label, w, build)] = row
         runs = f" (median of {len(rs)})" if len(rs) > 1 else ""
-        print(f"{label:8} {w:>2} {row['tx']:>12,} {row['wall']:>7.2f} {row['cpu']:>7.2f} "
+        cell = f"{build:10} " if ab else ""
+        print(f"{label:8} {w:>2} {cell}{row['tx']:>12,} {row['wall']:>7.2f} {row['cpu']:>7.2f} "
               f"{row['tx'] / row['cpu']:>9,.0f} {row['tx'] / row['wall']:>9,.0f} {row['rss']:>12.0f}  "
               f"{fmt_threads(best['threads'])}{runs}")
     print()
     labels = sorted({k[0] for k in rows})
+    # Ratios below are of the candidate when comparing builds, else of the one build.
+    main_build = "candidate" if ab else builds[0]
     for label in labels:
-        if (label, 1) in rows and (label, 2) in rows:
-            r1, r2 = rows[(label, 1)], rows[(label, 2)]
+        if (label, 1, main_build) in rows and (label, 2, main_build) in rows:
+            r1, r2 = rows[(label, 1, main_build)], rows[(label, 2, main_build)]
             print(f"{label}: 1 -> 2 workers: {r2['tx'] / r2['wall'] / (r1['tx'] / r1['wall']):.2f}x transactions "
                   f"per wall second, {r2['tx'] / r2['cpu'] / (r1['tx'] / r1['cpu']):.2f}x per CPU second")
         shas = {r["alerts_sha256"] for r in recs if r["label"] == label}
         counts = sorted({r["alerts"] for r in recs if r["label"] == label})
         verdict = "identical" if len(shas) == 1 else f"DIFFERENT ({len(shas)} distinct files)"
-        print(f"{label}: alerts over all runs and worker counts: {verdict} ({'/'.join(map(str, counts))} alerts)")
+        across = "runs, worker counts and builds" if ab else "runs and worker counts"
+        print(f"{label}: alerts over all {across}: {verdict} ({'/'.join(map(str, counts))} alerts)")
         r = next(r for r in recs if r["label"] == label)
         print(f"{label}: Approov verdicts {r['approov_verdicts']}; user-token verdicts {r['user_verdicts']}")
     if "1x" in labels and "3x" in labels:
         for w in sorted({k[1] for k in rows}):
-            if ("1x", w) in rows and ("3x", w) in rows:
-                print(f"3x/1x peak RSS with {w} worker(s): {rows[('3x', w)]['rss'] / rows[('1x', w)]['rss']:.2f}")
+            if ("1x", w, main_build) in rows and ("3x", w, main_build) in rows:
+                ratio = rows[("3x", w, main_build)]["rss"] / rows[("1x", w, main_build)]["rss"]
+                print(f"3x/1x peak RSS with {w} worker(s): {ratio:.2f}")
+    if ab:
+        print()
+        compare(recs)
     differ = any(len({r["alerts_sha256"] for r in recs if r["label"] == lb}) > 1 for lb in labels)
     return 3 if differ else 0
+
+
+def compare(recs: list[dict]) -> None:
+    """Candidate against baseline, pair by pair (same capture, workers and run number)."""
+    pairs: dict[tuple[str, int], list[tuple[dict, dict]]] = {}
+    by_key = {(r["label"], r["workers"], r.get("run"), r.get("build")): r for r in recs}
+    for (label, w, run, build), c in sorted(by_key.items(), key=lambda kv: str(kv[0])):
+        if build != "candidate":
+            continue
+        b = by_key.get((label, w, run, "baseline"))
+        if b is not None:
+            pairs.setdefault((label, w), []).append((b, c))
+    for (label, w), ps in sorted(pairs.items()):
+        cpu = [c["cpu_secs"] / b["cpu_secs"] for b, c in ps]
+        rss = [c["peak_rss_mib"] / b["peak_rss_mib"] for b, c in ps]
+        threads = sorted({short(k) for b, c in ps for k in b["threads"]} & {short(k) for b, c in ps for k in c["threads"]})
+        per_thread = []
+        for t in threads:
+            ratios = []
+            for b, c in ps:
+                tb = sum(v for k, v in b["threads"].items() if short(k) == t)
+                tc = sum(v for k, v in c["threads"].items() if short(k) == t)
+                if tb >= 0.05:
+                    ratios.append(tc / tb)
+            if ratios:
+                per_thread.append(f"{t} {statistics.median(ratios):.3f}")
+        print(f"{label} W{w}: candidate/baseline over {len(ps)} pair(s): CPU s {statistics.median(cpu):.3f} "
+              f"(pairs {min(cpu):.3f} to {max(cpu):.3f}), peak RSS {statistics.median(rss):.3f}; "
+              f"per thread: {', '.join(per_thread)}")
 
 
 def main() -> int:
@@ -176,6 +224,8 @@ def main() -> int:
     r.add_argument("--label", required=True)
     r.add_argument("--capture-dir", required=True)
     r.add_argument("--workers", type=int, required=True)
+    r.add_argument("--build", help="which of two builds compared this run is (baseline, candidate)")
+    r.add_argument("--run", type=int, help="run number, to pair the builds' runs")
     r.add_argument("--summary", required=True)
     r.add_argument("--alerts", required=True)
     r.add_argument("--stderr")

@@ -1,0 +1,128 @@
+//! `benches/realistic_run.py table`: comparing two builds pairs their runs by capture,
+//! worker count and run number, and reports the median of the pairs' ratios.
+//!
+//! The inputs are result lines as `realistic_run.py run` writes them (hand-written here:
+//! the arithmetic under test is the table's, and real replays take minutes).
+
+use std::path::Path;
+use std::process::Command;
+
+fn record(build: &str, run: u32, cpu: f64, worker: f64, rss: f64, sha: &str) -> String {
+    serde_json::json!({
+        "label": "1x", "capture_dir": "/nonexistent", "workers": 1,
+        "build": build, "run": run,
+        "transactions": 400_000, "wall_secs": cpu / 1.7, "user_secs": cpu, "sys_secs": 0.0,
+        "cpu_secs": cpu, "peak_rss_mib": rss,
+        // The main thread carries the binary's (possibly renamed) file name.
+        "threads": {"st-copy": 0.5, "shieldtap-detec": cpu - worker - 0.5, "shieldtap-worke": worker},
+        "alerts": 4970, "alerts_sha256": sha,
+        "approov_verdicts": {"valid": 10}, "user_verdicts": {"valid": 10},
+    })
+    .to_string()
+}
+
+fn table(lines: &[String]) -> (i32, String) {
+    let dir = tempfile_dir();
+    let path = dir.join("results.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write results");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/realistic_run.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("table")
+        .arg(&path)
+        .output()
+        .expect("python3 runs (apt-get install -y python3)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.code().is_some(),
+        "table was killed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "shieldtap-bench-tools-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+#[test]
+fn two_builds_are_compared_pair_by_pair() {
+    // Pairs (baseline, candidate) CPU s: (10, 9), (12, 12), (10, 8): ratios 0.9, 1.0, 0.8.
+    // Worker thread: (6, 5), (7, 7), (6, 4.8): 0.833, 1.0, 0.8.
+    let lines = vec![
+        record("baseline", 1, 10.0, 6.0, 140.0, "a"),
+        record("candidate", 1, 9.0, 5.0, 140.0, "a"),
+        record("candidate", 2, 12.0, 7.0, 147.0, "a"),
+        record("baseline", 2, 12.0, 7.0, 140.0, "a"),
+        record("baseline", 3, 10.0, 6.0, 140.0, "a"),
+        record("candidate", 3, 8.0, 4.8, 140.0, "a"),
+    ];
+    let (code, out) = table(&lines);
+    assert_eq!(code, 0, "{out}");
+    let cmp = out
+        .lines()
+        .find(|l| l.starts_with("1x W1: candidate/baseline"))
+        .unwrap_or_else(|| panic!("no comparison line in:\n{out}"));
+    assert!(
+        cmp.contains("over 3 pair(s): CPU s 0.900 (pairs 0.800 to 1.000)"),
+        "{cmp}"
+    );
+    assert!(cmp.contains("peak RSS 1.000"), "{cmp}");
+    assert!(cmp.contains("worker 0.833"), "{cmp}");
+    // Each build has its own row: the candidate's median CPU is 9 s, the baseline's 10.
+    let row = |b: &str| {
+        out.lines()
+            .find(|l| l.starts_with("1x") && l.contains(b) && l.contains("400,000"))
+            .unwrap_or_else(|| panic!("no {b} row in:\n{out}"))
+            .to_string()
+    };
+    assert!(row("candidate").contains(" 9.00 "), "{}", row("candidate"));
+    assert!(row("baseline").contains(" 10.00 "), "{}", row("baseline"));
+    assert!(
+        row("candidate").contains("main 0.5"),
+        "{}",
+        row("candidate")
+    );
+    assert!(out.contains("alerts over all runs, worker counts and builds: identical"));
+}
+
+#[test]
+fn builds_that_alert_differently_fail_the_table() {
+    let lines = vec![
+        record("baseline", 1, 10.0, 6.0, 140.0, "a"),
+        record("candidate", 1, 9.0, 5.0, 140.0, "b"),
+    ];
+    let (code, out) = table(&lines);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("DIFFERENT (2 distinct files)"), "{out}");
+}
+
+#[test]
+fn one_build_keeps_the_plain_table() {
+    let mut one: Vec<String> = (1..=2u32)
+        .map(|i| record("", i, 9.0 + f64::from(i), 6.0, 140.0, "a"))
+        .collect();
+    // Records written before runs named their build have neither field.
+    one.push(
+        serde_json::from_str::<serde_json::Value>(&record("", 3, 11.0, 6.0, 141.0, "a"))
+            .map(|mut v| {
+                let o = v.as_object_mut().expect("object");
+                o.remove("build");
+                o.remove("run");
+                v.to_string()
+            })
+            .expect("json"),
+    );
+    let (code, out) = table(&one);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("candidate/baseline"), "{out}");
+    assert!(!out.contains(" build "), "{out}");
+    assert!(out.contains(" 11.00 "), "median of 10, 11, 11: {out}");
+}
