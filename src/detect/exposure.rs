@@ -246,9 +246,17 @@ fn ssn_valid(v: &str) -> bool {
 }
 
 fn internal_ip(v: &str) -> bool {
+    let v4 = |a: std::net::Ipv4Addr| a.is_private() || a.is_loopback() || a.is_link_local();
     match v.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => a.is_private() || a.is_loopback() || a.is_link_local(),
-        Ok(IpAddr::V6(a)) => (a.segments()[0] & 0xfe00) == 0xfc00 || a.is_loopback(),
+        Ok(IpAddr::V4(a)) => v4(a),
+        // Unique local, loopback, link local, or an internal IPv4 address written mapped
+        // (`::ffff:10.0.0.1`).
+        Ok(IpAddr::V6(a)) => {
+            (a.segments()[0] & 0xfe00) == 0xfc00
+                || a.is_loopback()
+                || a.is_unicast_link_local()
+                || a.to_ipv4_mapped().is_some_and(v4)
+        }
         Err(_) => false,
     }
 }
@@ -500,7 +508,10 @@ fn classify_named(name: NameFlags, value: &str) -> Option<Class> {
         return Some(Class::Secret);
     }
     let at = shape.has(Shape::AT);
-    if at || digits >= 7 {
+    // Without an `@`, a letter makes `kind` answer `Other` (timestamps, ids, prices with
+    // a currency): only a value of digits and separators can be a card or a phone.
+    let numeric = !shape.has(Shape::ALPHA);
+    if at || (digits >= 7 && numeric) {
         match redact::kind(v) {
             redact::Kind::Email => return Some(Class::Email),
             redact::Kind::Card => return Some(Class::PaymentCard),
@@ -519,6 +530,7 @@ fn classify_named(name: NameFlags, value: &str) -> Option<Class> {
         return Some(Class::DateOfBirth);
     }
     if digits >= 7
+        && numeric
         && (first == b'+' || name.has(NameFlags::PHONE))
         && redact::kind(v) == redact::Kind::Phone
     {
@@ -532,7 +544,12 @@ fn classify_named(name: NameFlags, value: &str) -> Option<Class> {
     {
         return Some(Class::StreetAddress);
     }
-    if digits >= 2 && shape.has(Shape::DOT_OR_COLON) && b.len() <= 45 && internal_ip(v) {
+    if digits >= 2
+        && shape.has(Shape::DOT_OR_COLON)
+        && !shape.has(Shape::NOT_IP)
+        && b.len() <= 45
+        && internal_ip(v)
+    {
         return Some(Class::InternalIp);
     }
     None
@@ -562,6 +579,10 @@ static BYTE_SHAPE: [u8; 256] = {
         if !b.is_ascii_hexdigit() {
             f |= Shape::NOT_HEX;
         }
+        // What an IP address is made of (all `IpAddr::from_str` accepts).
+        if !(b.is_ascii_hexdigit() || b == b'.' || b == b':') {
+            f |= Shape::NOT_IP;
+        }
         f |= match b {
             b'$' => Shape::DOLLAR,
             b'@' => Shape::AT,
@@ -583,6 +604,7 @@ impl Shape {
     const AT: u8 = 1 << 4;
     const SPACE: u8 = 1 << 5;
     const DOT_OR_COLON: u8 = 1 << 6;
+    const NOT_IP: u8 = 1 << 7;
 
     fn of(b: &[u8]) -> Shape {
         let mut digits = 0;
@@ -1948,7 +1970,50 @@ mod tests {
             proptest::prop_assert_eq!(s.has(Shape::SPACE), b.contains(&b' '));
             proptest::prop_assert_eq!(s.has(Shape::DOT_OR_COLON), b.contains(&b'.') || b.contains(&b':'));
             proptest::prop_assert_eq!(!s.has(Shape::NOT_HEX), b.iter().all(u8::is_ascii_hexdigit));
+            proptest::prop_assert_eq!(
+                !s.has(Shape::NOT_IP),
+                b.iter().all(|c| c.is_ascii_hexdigit() || *c == b'.' || *c == b':')
+            );
         }
+
+        /// What `classify_named`'s shortcuts assume: a value outside an IP address's bytes
+        /// is no IP address, and without an `@` a letter leaves `redact::kind` at `Other`.
+        #[test]
+        fn classify_shortcuts_change_no_verdict(
+            v in proptest::string::string_regex(
+                "[0-9.:a-fA-F]{1,45}|[0-9 +()./:-]{7,24}[a-zA-Z]?|[0-9 .+-]{0,10}[g-zG-Z][0-9 .+-]{0,10}|[0-9 .:@a-z+-]{0,30}|.{0,16}",
+            )
+            .expect("pattern"),
+        ) {
+            let t = v.trim();
+            let s = Shape::of(t.as_bytes());
+            if s.has(Shape::NOT_IP) {
+                proptest::prop_assert!(t.parse::<IpAddr>().is_err(), "{}", t);
+            }
+            if !s.has(Shape::AT) && s.has(Shape::ALPHA) {
+                proptest::prop_assert_eq!(redact::kind(t), redact::Kind::Other, "{}", t);
+            }
+        }
+    }
+
+    #[test]
+    fn card_phone_and_address_values_are_still_classified_past_the_shortcuts() {
+        let c = |name: &str, v: &str| classify(name, v).map(|c| c.as_str());
+        assert_eq!(c("card", "4111 1111 1111 1111"), Some("payment-card"));
+        assert_eq!(c("x", "+44 20 7946 0958"), Some("phone"));
+        assert_eq!(c("mobile", "(020) 7946-0958"), Some("phone"));
+        assert_eq!(c("upstream", "192.168.10.7"), Some("internal-ip"));
+        assert_eq!(c("upstream", "::ffff:10.0.0.1"), Some("internal-ip"));
+        assert_eq!(
+            c("upstream", "fe80::1ff:fe23:4567:890a"),
+            Some("internal-ip")
+        );
+        assert_eq!(c("upstream", "::ffff:8.8.8.8"), None);
+        assert_eq!(c("contact", "jane@example.com"), Some("email"));
+        // Letters end each shortcut's candidates: none of these is a card, phone or address.
+        assert_eq!(c("created", "2026-12-04T10:00:00Z"), None);
+        assert_eq!(c("mobile", "ext 7946-0958"), None);
+        assert_eq!(c("upstream", "10.0.0.1x"), None);
     }
 
     #[test]
