@@ -300,7 +300,7 @@ fn tshark_sees_the_same_streams() {
                 (
                     (*p, t.h2.unwrap().stream_id),
                     (
-                        r.method.clone(),
+                        r.method.to_string(),
                         path_without_query(&r.target).to_string(),
                         t.response.as_ref().unwrap().status.to_string(),
                     ),

@@ -62,7 +62,7 @@ fn view(t: &Transaction) -> View {
     let r = t.response.as_ref().expect("a response");
     let mut an: Vec<String> = t.anomalies.iter().map(|a| a.as_str().to_owned()).collect();
     an.sort();
-    (q.target.clone(), r.status, r.body.data.clone(), an)
+    (q.target.to_string(), r.status, r.body.data.clone(), an)
 }
 
 #[test]

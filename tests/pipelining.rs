@@ -88,7 +88,7 @@ fn full_capture_pairs_all_thousand() {
     let (txs, stats) = pcap_http::transactions(&fixture("capture.pcap"), HttpConfig::default());
     let paths: Vec<String> = txs
         .iter()
-        .filter_map(|t| t.request.as_ref().map(|r| r.target.clone()))
+        .filter_map(|t| t.request.as_ref().map(|r| r.target.to_string()))
         .collect();
     assert_eq!(paths, expected_paths());
     assert_eq!(check_pairs(&txs), (vec![], vec![]));

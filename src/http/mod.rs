@@ -106,11 +106,12 @@ pub struct Body {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
-    pub method: String,
+    /// Inline (no allocation), as is a target of up to 24 bytes.
+    pub method: compact_str::CompactString,
     /// Request target exactly as sent (path and query); empty when the request line had
     /// none (`request-line-no-target`), spaces kept when it had some inside
     /// (`request-line-space-in-target`).
-    pub target: String,
+    pub target: compact_str::CompactString,
     /// Minor version: 0 for HTTP/1.0 and for a request line without a version (HTTP/0.9
     /// style, flagged `request-line-no-version`), 1 for HTTP/1.1.
     pub version: u8,

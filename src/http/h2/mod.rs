@@ -1086,8 +1086,8 @@ impl Fields {
             );
         }
         Request {
-            method: self.method.unwrap_or_default(),
-            target: self.path.unwrap_or_default(),
+            method: self.method.unwrap_or_default().into(),
+            target: self.path.unwrap_or_default().into(),
             version: 2,
             headers,
             body: Body::default(),

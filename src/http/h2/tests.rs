@@ -91,10 +91,10 @@ fn summary(txs: &[Transaction]) -> Vec<(u32, String, String, u16, Vec<u8>)> {
                 t.h2.map_or(0, |h| h.stream_id),
                 t.request
                     .as_ref()
-                    .map_or(String::new(), |r| r.method.clone()),
+                    .map_or(String::new(), |r| r.method.to_string()),
                 t.request
                     .as_ref()
-                    .map_or(String::new(), |r| r.target.clone()),
+                    .map_or(String::new(), |r| r.target.to_string()),
                 t.response.as_ref().map_or(0, |r| r.status),
                 t.response
                     .as_ref()

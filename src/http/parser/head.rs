@@ -8,8 +8,8 @@ use super::*;
 #[derive(Debug)]
 pub(super) enum StartLine {
     Request {
-        method: String,
-        target: String,
+        method: compact_str::CompactString,
+        target: compact_str::CompactString,
         version: u8,
     },
     Response {
@@ -169,8 +169,8 @@ pub(super) fn parse_once(
             let status = config.parse_request_with_uninit_headers(&mut req, head, slots);
             if let Ok(httparse::Status::Complete(_)) = status {
                 let line = StartLine::Request {
-                    method: req.method.unwrap_or_default().to_owned(),
-                    target: req.path.unwrap_or_default().to_owned(),
+                    method: req.method.unwrap_or_default().into(),
+                    target: req.path.unwrap_or_default().into(),
                     version: req.version.unwrap_or(1),
                 };
                 return Ok((line, owned_headers(req.headers)));
@@ -334,8 +334,8 @@ pub(super) fn lenient_start_line(role: Role, line: &[u8]) -> Option<LenientLine>
             }
             Some(LenientLine {
                 line: StartLine::Request {
-                    method: String::from_utf8_lossy(method).into_owned(),
-                    target: String::from_utf8_lossy(target).into_owned(),
+                    method: String::from_utf8_lossy(method).into(),
+                    target: String::from_utf8_lossy(target).into(),
                     version: version.unwrap_or(0),
                 },
                 anomalies,
@@ -379,8 +379,8 @@ pub(super) fn start_line_only(role: Role, partial: &[u8]) -> Option<(StartLine, 
             let mut req = httparse::Request::new(&mut []);
             let _ = config.parse_request(&mut req, partial);
             StartLine::Request {
-                method: req.method?.to_owned(),
-                target: req.path?.to_owned(),
+                method: req.method?.into(),
+                target: req.path?.into(),
                 version: req.version.unwrap_or(1),
             }
         }
