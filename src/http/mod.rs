@@ -149,6 +149,48 @@ impl Transaction {
     }
 }
 
+/// Header vectors handed back by transactions that are done with (see [`recycle_headers`]),
+/// for the next heads parsed on this thread: each message allocated one.
+const RECYCLED_KEPT: usize = 64;
+/// Vectors grown past this many headers (a hostile head) are freed, not kept.
+const RECYCLED_MAX_CAPACITY: usize = 64;
+
+thread_local! {
+    static RECYCLED: std::cell::RefCell<Vec<Vec<Header>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty header vector, reused when this thread has one.
+pub(crate) fn recycled_headers() -> Vec<Header> {
+    RECYCLED
+        .try_with(|r| r.try_borrow_mut().ok().and_then(|mut r| r.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Takes back the header vectors of a transaction that is done with (kept per thread, at
+/// most [`RECYCLED_KEPT`], their headers dropped).
+pub fn recycle_headers(tx: &mut Transaction) {
+    let vecs = [
+        tx.request.as_mut().map(|r| std::mem::take(&mut r.headers)),
+        tx.response.as_mut().map(|r| std::mem::take(&mut r.headers)),
+    ];
+    for mut v in vecs.into_iter().flatten() {
+        if v.capacity() == 0 || v.capacity() > RECYCLED_MAX_CAPACITY {
+            continue;
+        }
+        v.clear();
+        let _ = RECYCLED.try_with(|r| {
+            if let Ok(mut r) = r.try_borrow_mut()
+                && r.len() < RECYCLED_KEPT
+            {
+                r.push(v);
+            }
+        });
+    }
+}
+
 /// Request/response header lookup helpers.
 pub fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
     headers
@@ -228,5 +270,49 @@ impl AnomalySet {
             .iter()
             .copied()
             .filter(move |a| self.contains(*a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(headers: usize) -> Transaction {
+        let h = |i: usize| Header {
+            name: format!("x-h{i}").into(),
+            value: HeaderValue::from_slice(b"v"),
+        };
+        Transaction {
+            request: Some(Request {
+                method: "GET".into(),
+                target: "/".into(),
+                version: 1,
+                headers: (0..headers).map(h).collect(),
+                body: Body::default(),
+                ts: Timestamp(0),
+            }),
+            response: None,
+            anomalies: AnomalySet::default(),
+            h2: None,
+        }
+    }
+
+    #[test]
+    fn header_vectors_come_back_empty_and_the_pool_stays_bounded() {
+        // Each test runs on its own thread: the pool starts empty.
+        assert_eq!(recycled_headers().capacity(), 0);
+        let mut t = tx(5);
+        recycle_headers(&mut t);
+        assert!(t.request.as_ref().is_some_and(|r| r.headers.is_empty()));
+        let v = recycled_headers();
+        assert!(v.is_empty() && v.capacity() >= 5, "reused, emptied: {v:?}");
+        // A vector grown past the cap is freed, not kept.
+        recycle_headers(&mut tx(RECYCLED_MAX_CAPACITY + 1));
+        assert_eq!(recycled_headers().capacity(), 0);
+        for _ in 0..RECYCLED_KEPT + 10 {
+            recycle_headers(&mut tx(3));
+        }
+        let kept = RECYCLED.with(|r| r.borrow().len());
+        assert_eq!(kept, RECYCLED_KEPT);
     }
 }

@@ -1081,6 +1081,7 @@ impl HttpHandler {
                     }),
                 );
             }
+            crate::http::recycle_headers(&mut tx);
         }
         self.txs = txs;
         self.route_buf = route_buf;

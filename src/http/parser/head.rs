@@ -139,13 +139,12 @@ pub(super) fn first_lines(head: &[u8], lines: usize) -> Vec<u8> {
 }
 
 pub(super) fn owned_headers(parsed: &[httparse::Header<'_>]) -> Vec<Header> {
-    parsed
-        .iter()
-        .map(|h| Header {
-            name: h.name.into(),
-            value: HeaderValue::from_slice(h.value),
-        })
-        .collect()
+    let mut out = crate::http::recycled_headers();
+    out.extend(parsed.iter().map(|h| Header {
+        name: h.name.into(),
+        value: HeaderValue::from_slice(h.value),
+    }));
+    out
 }
 
 pub(super) fn parse_once(
