@@ -562,36 +562,25 @@ impl Dispatcher {
         let mut write = 0usize;
         for i in 0..b.segs.len() {
             let m = b.segs[i];
-            if m.cut {
-                b.segs[kept] = SegMeta {
-                    start: write as u32,
-                    ..m
-                };
-                kept += 1;
-                continue;
-            }
-            let h = self.hash_of(&m);
-            match self
-                .shedding
-                .segment(w, h, m.flags, m.ts, &mut self.side.queue)
-            {
-                Shed::No => {}
-                Shed::Yes => continue,
-                Shed::Cut => {
-                    b.segs[kept] = SegMeta {
-                        start: write as u32,
-                        len: 0,
-                        cut: true,
-                        ..m
-                    };
-                    kept += 1;
-                    continue;
+            // A cut marker, already or made now, keeps its place and carries no bytes.
+            let cut = m.cut || {
+                let h = self.hash_of(&m);
+                match self
+                    .shedding
+                    .segment(w, h, m.flags, m.ts, &mut self.side.queue)
+                {
+                    Shed::No => false,
+                    Shed::Yes => continue,
+                    Shed::Cut => true,
                 }
-            }
-            let (start, len) = (m.start as usize, m.len as usize);
+            };
+            let start = m.start as usize;
+            let len = if cut { 0 } else { m.len as usize };
             b.arena.copy_within(start..start + len, write);
             b.segs[kept] = SegMeta {
                 start: write as u32,
+                len: len as u32,
+                cut,
                 ..m
             };
             write += len;
