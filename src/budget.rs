@@ -3,7 +3,7 @@
 //!
 //! Each table (flows, reassembly buffers, pending HTTP messages, the token cache, the
 //! ordering buffer, per-rule keys, actors, objects, baselines, the route inventory, shared
-//! addresses) accounts its own bytes (an estimate per entry: the entry's inline size plus
+//! addresses, the workers' memos of recent response scans) accounts its own bytes (an estimate per entry: the entry's inline size plus
 //! what it owns on the heap), evicts its least recently used entries when it reaches its
 //! share, and counts what it evicted. Tables owned per worker or per detect shard split
 //! their share evenly between them. Ground floor: vocabulary only, no stage is imported.
@@ -40,11 +40,13 @@ pub enum Table {
     Inventory,
     /// Addresses tracked for sharing (carrier NAT).
     Shared,
+    /// Recent response scans, by body (per worker).
+    Scans,
 }
 
 impl Table {
     /// Every table, in the order outputs list them.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Flows,
         Table::Streams,
         Table::Http,
@@ -56,6 +58,7 @@ impl Table {
         Table::Baselines,
         Table::Inventory,
         Table::Shared,
+        Table::Scans,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +74,7 @@ impl Table {
             Table::Baselines => "baselines",
             Table::Inventory => "inventory",
             Table::Shared => "shared",
+            Table::Scans => "scans",
         }
     }
 
@@ -78,7 +82,7 @@ impl Table {
     fn permille(self) -> usize {
         match self {
             Table::Flows => 120,
-            Table::Streams => 160,
+            Table::Streams => 140,
             Table::Http => 100,
             Table::Tokens => 40,
             Table::Ordering => 80,
@@ -88,6 +92,7 @@ impl Table {
             Table::Baselines => 40,
             Table::Inventory => 20,
             Table::Shared => 20,
+            Table::Scans => 20,
         }
     }
 }

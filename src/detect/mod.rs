@@ -20,6 +20,7 @@ pub use crate::intern;
 mod inventory;
 mod objects;
 mod publicity;
+pub mod scan_memo;
 pub mod shard;
 pub mod shared;
 mod window;

@@ -852,6 +852,8 @@ struct HttpHandler {
     events: Vec<ordering::Ordered>,
     login: LoginConfig,
     scan_responses: bool,
+    /// Response scans by body: a body met again is not scanned again.
+    scans: crate::detect::scan_memo::ScanMemo,
     /// Edge headers naming the client's TLS fingerprint and viewer address (`[tls]`).
     tls: Arc<crate::detect::fingerprint::TlsConfig>,
     /// When the batch being processed started its way through the pipeline.
@@ -867,7 +869,8 @@ struct HttpHandler {
 }
 
 impl HttpHandler {
-    fn new(cfg: &Config, shared: Arc<Shared>, write_lines: bool) -> HttpHandler {
+    /// `scans`: the bytes its memo of response scans may hold.
+    fn new(cfg: &Config, shared: Arc<Shared>, write_lines: bool, scans: usize) -> HttpHandler {
         HttpHandler {
             cfg: cfg.http.clone(),
             shared,
@@ -879,6 +882,7 @@ impl HttpHandler {
             events: Vec::new(),
             login: cfg.detect.login.clone(),
             scan_responses: cfg.detect.scan_responses,
+            scans: crate::detect::scan_memo::ScanMemo::new(scans),
             tls: Arc::new(cfg.detect.tls.clone()),
             batch_created: None,
             // 1 µs to 60 s at 2 significant digits.
@@ -1029,7 +1033,7 @@ impl HttpHandler {
                 names,
                 &judges.attribution,
                 &self.login,
-                self.scan_responses,
+                self.scan_responses.then_some(&mut self.scans),
                 &self.tls,
                 client,
                 &tx,
@@ -1074,6 +1078,8 @@ impl HttpHandler {
         }
         self.txs = txs;
         self.route_buf = route_buf;
+        self.stats.response_scans = self.scans.hits + self.scans.misses;
+        self.stats.response_scans_memoized = self.scans.hits;
     }
 }
 
@@ -1090,7 +1096,7 @@ fn event(
     names: &mut crate::intern::Interner,
     attribution: &Attribution,
     login: &LoginConfig,
-    scan_responses: bool,
+    scans: Option<&mut crate::detect::scan_memo::ScanMemo>,
     tls: &crate::detect::fingerprint::TlsConfig,
     client: SocketAddr,
     tx: &Transaction,
@@ -1110,21 +1116,19 @@ fn event(
     };
     let want_ids = req.method == "POST" || !objects.is_empty();
     // Every response body is scanned once: for exposure, the inventory, and returned ids.
-    let scan = tx
-        .response
-        .as_ref()
-        .filter(|r| scan_responses && !r.body.data.is_empty())
-        .map(|r| {
-            Arc::new(match call {
-                Some(c) => crate::detect::exposure::scan_grpc(
-                    &r.headers,
-                    &r.body.data,
-                    c.output.as_ref(),
-                    want_ids,
-                ),
-                None => crate::detect::exposure::scan_with(&r.headers, &r.body.data, want_ids),
-            })
-        });
+    // A body scanned before (the same product page for every shopper) is not scanned again.
+    let scan = match (&tx.response, scans) {
+        (Some(r), Some(memo)) if !r.body.data.is_empty() => Some(match call {
+            Some(c) => Arc::new(crate::detect::exposure::scan_grpc(
+                &r.headers,
+                &r.body.data,
+                c.output.as_ref(),
+                want_ids,
+            )),
+            None => memo.scan(&r.headers, &r.body.data, want_ids),
+        }),
+        _ => None,
+    };
     // Login methods are named in CamelCase (`/auth.v1.Auth/Login`).
     let login_route = login.routes.is_match(route)
         || (call.is_some() && login.routes.is_match(&route.to_ascii_lowercase()));
@@ -1346,7 +1350,7 @@ impl PacketPath {
         PacketPath {
             decoder: Decoder::new(cfg.decode.clone()),
             table: FlowTable::new(cfg.reassembly.clone()),
-            handler: HttpHandler::new(cfg, shared, false),
+            handler: HttpHandler::new(cfg, shared, false, cfg.runtime.budget.share(Table::Scans)),
         }
     }
 
@@ -1358,6 +1362,11 @@ impl PacketPath {
         if let Ok(Decoded::Tcp(seg)) = self.decoder.decode(link, f.data, f.ts) {
             self.table.process(&seg, f.ts, &mut self.handler);
         }
+    }
+
+    /// Forgets the response scans made so far (the memo starts empty, as in a new run).
+    pub fn forget_scans(&mut self) {
+        self.handler.scans = self.handler.scans.emptied();
     }
 
     /// Packet time moves on: idle flows expire.
@@ -1379,9 +1388,15 @@ impl PacketPath {
     }
 }
 
+/// The tables a worker owns: its flow table's and its memo of response scans.
+fn worker_usage(table: &FlowTable<HttpHandler>, handler: &HttpHandler) -> [(Table, Usage); 4] {
+    let [flows, streams, http] = table.usage();
+    [flows, streams, http, handler.scans.usage()]
+}
+
 struct WorkerResult {
     /// The worker's tables at the end of the capture, before the final flush.
-    memory: [(Table, Usage); 3],
+    memory: [(Table, Usage); 4],
     split: SplitStats,
     reassembly: ReassemblyStats,
     http: HttpStats,
@@ -1400,6 +1415,8 @@ struct WorkerIo {
     inputs: usize,
     /// Its shares of the memory budget.
     budget: FlowBudget,
+    /// Workers in all (the memo of response scans takes its share of the budget).
+    workers: usize,
 }
 
 fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerIo) -> WorkerResult {
@@ -1411,6 +1428,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         events_tx,
         inputs,
         budget,
+        workers,
     } = io;
     let mut merger = (inputs > 1).then(|| {
         merge::Merger::new(
@@ -1423,7 +1441,8 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
     rcfg.max_flows = per_worker_flows;
     rcfg.budget = budget;
     let mut table: FlowTable<HttpHandler> = FlowTable::new(rcfg);
-    let mut handler = HttpHandler::new(&cfg, shared, lines_tx.is_some());
+    let scans = cfg.runtime.budget.share_of(Table::Scans, workers);
+    let mut handler = HttpHandler::new(&cfg, shared, lines_tx.is_some(), scans);
     let hub = handler.shared.hub.clone();
     let mut last_publish = Instant::now();
     let publish =
@@ -1438,7 +1457,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
                     latency_us: handler.latency_us.clone(),
                 },
             );
-            hub.publish_memory(MemorySource::Worker(index), &table.usage());
+            hub.publish_memory(MemorySource::Worker(index), &worker_usage(table, handler));
         };
     let flush = |handler: &mut HttpHandler, force: bool| {
         if let Some(tx) = &lines_tx
@@ -1519,7 +1538,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         }
     }
     handler.batch_created = None;
-    let memory = table.usage();
+    let memory = worker_usage(&table, &handler);
     table.flush_all(&mut handler);
     publish(&handler, &table, &merger);
     flush(&mut handler, true);
@@ -1617,6 +1636,7 @@ impl Pipeline {
                 events_tx: events_tx.clone(),
                 inputs,
                 budget,
+                workers,
             };
             let shared = shared.clone();
             let h = thread::Builder::new()

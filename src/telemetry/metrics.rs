@@ -96,6 +96,8 @@ pub const NAMES: &[&str] = &[
     "shed_packets",
     "shed_level",
     "shed_unanswered",
+    "response_scans",
+    "response_scans_memoized",
     "enforce_checks",
     "enforce_check_reasons",
     "enforce_check_verdicts",
@@ -642,6 +644,16 @@ impl Collector for Hub {
             "shed_unanswered",
             "Requests of connections load shedding cut while they were analysed, counted instead of reported (live capture).",
             h.shed_unanswered,
+        )?;
+        e.counter(
+            "response_scans",
+            "Response bodies scanned for personal data, returned ids and the field inventory.",
+            h.response_scans,
+        )?;
+        e.counter(
+            "response_scans_memoized",
+            "Response scans answered by a worker's memo of recent scans (the same bytes scanned before).",
+            h.response_scans_memoized,
         )?;
         e.labelled(
             "http2_connections",

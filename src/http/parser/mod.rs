@@ -109,6 +109,12 @@ pub struct HttpStats {
     pub shed_unanswered: u64,
     /// Bytes produced by content decoding.
     pub body_bytes_decoded: u64,
+    /// Response bodies scanned for personal data and the inventory, and how many of them
+    /// were answered by the worker's memo of recent scans (the same bytes scanned before).
+    #[serde(default)]
+    pub response_scans: u64,
+    #[serde(default)]
+    pub response_scans_memoized: u64,
     /// Connections that began with a TLS handshake (not parsed as HTTP), their
     /// ClientHellos fingerprinted, and hellos that could not be read (by reason).
     #[serde(default)]
@@ -148,6 +154,8 @@ impl HttpStats {
         self.gap_unanswered += other.gap_unanswered;
         self.shed_unanswered += other.shed_unanswered;
         self.body_bytes_decoded += other.body_bytes_decoded;
+        self.response_scans += other.response_scans;
+        self.response_scans_memoized += other.response_scans_memoized;
         self.tls_connections += other.tls_connections;
         self.tls_hellos += other.tls_hellos;
         for (k, v) in &other.tls_errors {
