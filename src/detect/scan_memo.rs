@@ -106,9 +106,14 @@ impl ScanMemo {
         }
     }
 
-    /// An empty memo with the same share.
+    /// An empty memo with the same share; the counts of scans carry on.
     pub fn emptied(&self) -> ScanMemo {
-        ScanMemo::new(self.limit)
+        ScanMemo {
+            hits: self.hits,
+            misses: self.misses,
+            evictions: self.evictions,
+            ..ScanMemo::new(self.limit)
+        }
     }
 
     /// The scan of a response body: the one made before for the same bytes, headers that

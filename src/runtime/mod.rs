@@ -1386,6 +1386,27 @@ impl PacketPath {
     pub fn transactions(&self) -> u64 {
         self.handler.written
     }
+
+    /// Takes the transactions' events built since the last call, as the detect thread
+    /// would receive them (TLS hellos left out).
+    pub fn events(&mut self) -> Vec<crate::detect::Event> {
+        self.handler
+            .events
+            .drain(..)
+            .filter_map(|o| match o.item {
+                ordering::Item::Event(e) => Some(*e),
+                ordering::Item::Hello(_) => None,
+            })
+            .collect()
+    }
+
+    /// Response scans made and answered by the memo of recent scans, so far.
+    pub fn response_scans(&self) -> (u64, u64) {
+        (
+            self.handler.stats.response_scans,
+            self.handler.stats.response_scans_memoized,
+        )
+    }
 }
 
 /// The tables a worker owns: its flow table's and its memo of response scans.
