@@ -3,10 +3,11 @@
 //!
 //! Each table (flows, reassembly buffers, pending HTTP messages, the token cache, the
 //! ordering buffer, per-rule keys, actors, objects, baselines, the route inventory, shared
-//! addresses, the workers' memos of recent response scans) accounts its own bytes (an estimate per entry: the entry's inline size plus
-//! what it owns on the heap), evicts its least recently used entries when it reaches its
-//! share, and counts what it evicted. Tables owned per worker or per detect shard split
-//! their share evenly between them. Ground floor: vocabulary only, no stage is imported.
+//! addresses, the workers' memos of recent response scans) accounts its own bytes (an
+//! estimate per entry: the entry's inline size plus what it owns on the heap), evicts its
+//! least recently used entries when it reaches its share, and counts what it evicted.
+//! Tables owned per worker or per detect shard split their share evenly between them.
+//! Ground floor: vocabulary only, no stage is imported.
 
 use serde::Serialize;
 

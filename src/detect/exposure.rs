@@ -1340,8 +1340,15 @@ pub fn scan(headers: &[Header], body: &[u8]) -> Scan {
 /// [`scan`], collecting returned ids only when `want_ids` (a POST, or a request naming an
 /// object: the only ones ownership can learn from).
 pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
+    let ctype = header(headers, "content-type").unwrap_or_default();
+    scan_typed(ctype, shared_cacheable(headers), body, want_ids)
+}
+
+/// [`scan_with`] on what it reads of the headers: the `Content-Type` value and
+/// [`shared_cacheable`].
+pub(crate) fn scan_typed(ctype: &[u8], shared_cache: bool, body: &[u8], want_ids: bool) -> Scan {
     let mut out = Scan {
-        shared_cache: shared_cacheable(headers),
+        shared_cache,
         ..Scan::default()
     };
     if body.is_empty() {
@@ -1351,7 +1358,6 @@ pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
         out.truncated = true;
         return out;
     }
-    let ctype = header(headers, "content-type").unwrap_or_default();
     let jsonish = crate::http::mentions_json(ctype) || matches!(body.first(), Some(b'{' | b'['));
     // A body that is not JSON after all keeps what was found; it is scanned as text.
     if jsonish && walk_json(&mut out, body, want_ids).is_ok() {

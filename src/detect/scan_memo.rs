@@ -106,13 +106,10 @@ impl ScanMemo {
         }
     }
 
-    /// An empty memo with the same share; the counts of scans carry on.
-    pub fn emptied(&self) -> ScanMemo {
-        ScanMemo {
-            hits: self.hits,
-            misses: self.misses,
-            evictions: self.evictions,
-            ..ScanMemo::new(self.limit)
+    /// Forgets every scan kept (as in a new run); the counts carry on.
+    pub fn clear(&mut self) {
+        for i in 0..self.slots.len() {
+            self.take(i);
         }
     }
 
@@ -140,15 +137,15 @@ impl ScanMemo {
             return Arc::clone(&e.scan);
         }
         self.misses += 1;
-        let scan = Arc::new(exposure::scan_with(headers, body, want_ids));
-        let mut key = Vec::with_capacity(ctype.len() + body.len());
-        key.extend_from_slice(ctype);
-        key.extend_from_slice(body);
-        let bytes = size_of::<Entry>() + key.len() + scan_bytes(&scan);
+        let scan = Arc::new(exposure::scan_typed(ctype, shared, body, want_ids));
+        let bytes = size_of::<Entry>() + ctype.len() + body.len() + scan_bytes(&scan);
         // An entry is at most a sixteenth of the share: one body cannot flush the memo.
         if bytes > self.limit / 16 {
             return scan;
         }
+        let mut key = Vec::with_capacity(ctype.len() + body.len());
+        key.extend_from_slice(ctype);
+        key.extend_from_slice(body);
         self.take(i);
         while self.held + bytes > self.limit && self.entries > 0 {
             let j = self.hand;

@@ -1366,7 +1366,7 @@ impl PacketPath {
 
     /// Forgets the response scans made so far (the memo starts empty, as in a new run).
     pub fn forget_scans(&mut self) {
-        self.handler.scans = self.handler.scans.emptied();
+        self.handler.scans.clear();
     }
 
     /// Packet time moves on: idle flows expire.
