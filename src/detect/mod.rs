@@ -892,7 +892,9 @@ impl Engine {
         if !(e.objects.is_empty() && e.returned.is_empty()) {
             self.judge_ownership(&mut e, &principal, public, &declared_users);
         }
-        if let Some(scan) = e.exposure.clone() {
+        // Taken out and put back rather than cloned: the scan may be shared with a
+        // worker's memo, and a count change on its `Arc` would bounce between cores.
+        if let Some(scan) = e.exposure.take() {
             let route = e.route.clone();
             // Learned first, so the answer that shows a value is everyone's is not itself
             // reported. Only answers that took nobody else's objects teach, and never
@@ -939,6 +941,7 @@ impl Engine {
             if let Some(endpoint) = &e.endpoint {
                 self.inventory.add(endpoint, &scan);
             }
+            e.exposure = Some(scan);
         }
         e
     }

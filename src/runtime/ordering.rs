@@ -2,13 +2,14 @@
 //! rules, writes alerts.
 //!
 //! Workers emit events in their own order; how connections are spread over workers must not
-//! change the alerts, so events are held in a heap and released in (emission time, request
-//! time, client, server, per-connection sequence) order once every worker has reported a
-//! clock ([`EventBatch::watermark`]) past them by the ordering lateness. The heap is capped;
+//! change the alerts, so events are held (in a few sorted runs, [`Held`]) and released in
+//! (emission time, request time, client, server, per-connection sequence) order once every
+//! worker has reported a clock ([`EventBatch::watermark`]) past them by the ordering
+//! lateness. The buffer is capped;
 //! beyond it the oldest events are released early and counted as late.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,8 +39,9 @@ pub(super) struct Ordered {
     pub seq: u64,
     /// What the event holds ([`Event::bytes`]), charged to the ordering buffer.
     pub bytes: usize,
-    /// Boxed: the heap moves entries on every push and pop, and an event is several
-    /// hundred bytes (a busy port holds seconds of them).
+    /// Boxed: the buffer moves entries on every push and pop (and the spill heap on every
+    /// sift step), and an event is several hundred bytes (a busy port holds seconds of
+    /// them).
     pub item: Item,
 }
 
@@ -52,8 +54,11 @@ pub(super) enum Item {
     Hello(Arc<str>),
 }
 
+/// The full ordering key: completion time, request time, client, server, sequence.
+type Key = (Timestamp, Timestamp, SocketAddr, SocketAddr, u64);
+
 impl Ordered {
-    fn key(&self) -> (Timestamp, Timestamp, SocketAddr, SocketAddr, u64) {
+    fn key(&self) -> Key {
         (self.at, self.ts, self.client, self.server, self.seq)
     }
 }
@@ -75,96 +80,89 @@ impl Ord for Ordered {
     }
 }
 
-/// Events waiting for packet-time order. The heap orders small entries (the two packet
-/// times and a slot) and the events stay put in slots, so a push or pop moves 24 bytes per
-/// level instead of a whole [`Ordered`]. Events whose two packet times are equal (rare:
-/// nanosecond stamps) are taken out together and released by their full key, so the
-/// order is exactly [`Ordered`]'s.
+/// Sorted runs a buffer keeps at most before arrivals that fit none go to the spill heap.
+const MAX_RUNS: usize = 8;
+
+/// Events waiting for packet-time order. Each worker sends its events nearly in order
+/// (a connection closed by a timeout is stamped a little behind), so they are kept in a
+/// few sorted runs: an arrival joins the run whose last event is the latest not after it,
+/// and the least held event is the least of the runs' first events. Pushing and popping
+/// cost a look at each run (one per worker, nearly always) instead of a heap's sift over
+/// everything held. The rare arrival that fits no run, once [`MAX_RUNS`] exist, goes to
+/// a heap. Release order is exactly [`Ordered`]'s.
 #[derive(Default)]
 struct Held {
-    heap: BinaryHeap<Reverse<(Timestamp, Timestamp, u32)>>,
-    slots: Vec<Option<Ordered>>,
-    free: Vec<u32>,
-    /// Every held event whose packet times equal the least held, by full key, greatest
-    /// first (released from the end).
-    ties: Vec<Ordered>,
+    runs: Vec<VecDeque<Ordered>>,
+    spill: BinaryHeap<Reverse<Ordered>>,
+    len: usize,
+}
+
+/// Where the least held event is.
+#[derive(Clone, Copy)]
+enum Least {
+    Run(usize),
+    Spill,
 }
 
 impl Held {
     fn len(&self) -> usize {
-        self.heap.len() + self.ties.len()
+        self.len
     }
 
     fn push(&mut self, o: Ordered) {
-        if let Some(t) = self.ties.last() {
-            match (o.at, o.ts).cmp(&(t.at, t.ts)) {
-                Ordering::Greater => {}
-                Ordering::Equal => {
-                    let at = self.ties.partition_point(|x| x.key() > o.key());
-                    self.ties.insert(at, o);
-                    return;
-                }
-                // Earlier than the ties (a late event): they go back to the heap.
-                Ordering::Less => {
-                    for t in std::mem::take(&mut self.ties) {
-                        self.enheap(t);
+        self.len += 1;
+        let k = o.key();
+        let mut fit: Option<(usize, Key)> = None;
+        let mut empty = None;
+        for (i, r) in self.runs.iter().enumerate() {
+            match r.back() {
+                Some(last) => {
+                    let lk = last.key();
+                    if lk <= k && fit.as_ref().is_none_or(|(_, f)| lk > *f) {
+                        fit = Some((i, lk));
                     }
+                }
+                None => empty = empty.or(Some(i)),
+            }
+        }
+        match (fit, empty) {
+            (Some((i, _)), _) | (None, Some(i)) => self.runs[i].push_back(o),
+            (None, None) if self.runs.len() < MAX_RUNS => self.runs.push(VecDeque::from([o])),
+            (None, None) => self.spill.push(Reverse(o)),
+        }
+    }
+
+    fn least(&self) -> Option<(Least, Key)> {
+        let mut best: Option<(Least, Key)> = None;
+        for (i, r) in self.runs.iter().enumerate() {
+            if let Some(f) = r.front() {
+                let fk = f.key();
+                if best.as_ref().is_none_or(|(_, b)| fk < *b) {
+                    best = Some((Least::Run(i), fk));
                 }
             }
         }
-        self.enheap(o);
-    }
-
-    fn enheap(&mut self, o: Ordered) {
-        let key = (o.at, o.ts);
-        let slot = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(o);
-                i
+        if let Some(Reverse(s)) = self.spill.peek() {
+            let sk = s.key();
+            if best.as_ref().is_none_or(|(_, b)| sk < *b) {
+                best = Some((Least::Spill, sk));
             }
-            None => {
-                self.slots.push(Some(o));
-                // More than 4 billion events held is far past any budget's share.
-                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
-            }
-        };
-        self.heap.push(Reverse((key.0, key.1, slot)));
-    }
-
-    fn take(&mut self, slot: u32) -> Option<Ordered> {
-        let o = self.slots.get_mut(slot as usize)?.take();
-        self.free.push(slot);
-        o
+        }
+        best
     }
 
     /// The least held event's completion time.
     fn first_at(&self) -> Option<Timestamp> {
-        match self.ties.last() {
-            Some(t) => Some(t.at),
-            None => self.heap.peek().map(|Reverse((at, _, _))| *at),
-        }
+        self.least().map(|(_, k)| k.0)
     }
 
     fn pop(&mut self) -> Option<Ordered> {
-        if let Some(t) = self.ties.pop() {
-            return Some(t);
-        }
-        let Reverse((at, ts, slot)) = self.heap.pop()?;
-        let first = self.take(slot);
-        while let Some(Reverse((a, t, s))) = self.heap.peek().copied()
-            && (a, t) == (at, ts)
-        {
-            self.heap.pop();
-            if let Some(o) = self.take(s) {
-                self.ties.push(o);
-            }
-        }
-        if self.ties.is_empty() {
-            return first;
-        }
-        self.ties.extend(first);
-        self.ties.sort_unstable_by_key(|o| Reverse(o.key()));
-        self.ties.pop()
+        let o = match self.least()?.0 {
+            Least::Run(i) => self.runs.get_mut(i)?.pop_front(),
+            Least::Spill => self.spill.pop().map(|Reverse(o)| o),
+        };
+        self.len -= usize::from(o.is_some());
+        o
     }
 }
 
@@ -275,7 +273,7 @@ pub(super) fn run(
             }
         }
     }
-    let mut heap = Held::default();
+    let mut waiting = Held::default();
     // Bytes of the events held (charged to the ordering buffer's share), the most held,
     // and events released early because the buffer was full.
     let mut held = 0usize;
@@ -333,23 +331,23 @@ pub(super) fn run(
         }
         for o in batch.events {
             held += o.bytes;
-            heap.push(o);
+            waiting.push(o);
         }
         if held as u64 > ordering.bytes {
             ordering.bytes = held as u64;
-            ordering.entries = heap.len() as u64;
+            ordering.entries = waiting.len() as u64;
         }
         let low = marks.iter().copied().min().unwrap_or_default();
         let ready = Timestamp(low.0.saturating_sub(LATENESS_NANOS));
-        while let Some(top_at) = heap.first_at() {
-            let full = heap.len() > MAX_HELD || held > held_limit;
+        while let Some(top_at) = waiting.first_at() {
+            let full = waiting.len() > MAX_HELD || held > held_limit;
             if top_at > ready && !full {
                 break;
             }
             if top_at > ready {
                 ordering.evictions += 1;
             }
-            let Some(o) = heap.pop() else { break };
+            let Some(o) = waiting.pop() else { break };
             held = held.saturating_sub(o.bytes);
             release(o, &mut engine, &mut last, &mut alerts);
         }
@@ -378,7 +376,7 @@ pub(super) fn run(
             publish(&engine, &rules, &ordering);
         }
     }
-    while let Some(o) = heap.pop() {
+    while let Some(o) = waiting.pop() {
         release(o, &mut engine, &mut last, &mut alerts);
     }
     if let Some(p) = &fingerprints_file {
@@ -473,9 +471,32 @@ mod tests {
         }
     }
 
+    /// Two workers' streams, each in order but for a connection closed by a timeout and
+    /// stamped behind: they keep to a few runs, nothing spills, and the merge is in order.
+    #[test]
+    fn nearly_ordered_streams_keep_to_few_runs() {
+        let mut held = Held::default();
+        for i in 0..1000u64 {
+            held.push(entry(10 * i, 10 * i, 1, i));
+            held.push(entry(10 * i + 5, 10 * i, 2, i));
+            if i % 100 == 50 {
+                held.push(entry(10 * i - 300, 10 * i - 400, 3, i));
+            }
+        }
+        assert!(held.runs.len() <= 3, "{} runs", held.runs.len());
+        assert!(held.spill.is_empty());
+        assert_eq!(held.len(), 2010);
+        let mut last = None;
+        while let Some(o) = held.pop() {
+            assert!(last.is_none_or(|l| l <= o.key()));
+            last = Some(o.key());
+        }
+        assert_eq!(held.len(), 0);
+    }
+
     #[test]
     fn held_entries_stay_small() {
-        // What the ordering heap moves per sift step.
+        // What the ordering buffer moves per push, pop and sift step.
         assert!(std::mem::size_of::<super::Ordered>() <= 128);
     }
 }
