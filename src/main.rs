@@ -1,5 +1,6 @@
 //! The `shieldtap` command line: parses flags, loads config, hands over to the runtime.
-#![forbid(unsafe_code)]
+// One audited call into the allocator ([`prompt_purge`]); nothing else may be unsafe.
+#![deny(unsafe_code)]
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -260,11 +261,35 @@ fn no_huge_pages() {
     }
 }
 
+/// Index of `mi_option_purge_delay` in the bundled mimalloc v3 header (`mi_option_t`); the
+/// bindings name no constant for it. Test `purge_delay_index_names_the_purge_delay` checks
+/// it against the option's default, and `Cargo.toml` pins the bindings' version.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the OS within 10 ms instead of mimalloc v3's default second,
+/// unless `MIMALLOC_PURGE_DELAY` says otherwise. Events are allocated by the workers and
+/// freed by the detect thread, so a second of them (tens of MiB on a busy port) sat
+/// resident after use: on the realistic capture this lowers peak RSS by about 4 MiB (3
+/// paired runs: 146 to 142 MiB with 1 worker, 159 to 155 MiB with 2), CPU within noise.
+fn prompt_purge() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `mi_option_set` stores an integer in mimalloc's option table: no pointers,
+    // no allocation, and mimalloc allows it from any thread at any time. The index is
+    // the purge delay's (see `MI_OPTION_PURGE_DELAY`), whose values are milliseconds.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10);
+    }
+}
+
 /// Exit status per INTERFACE.md: 0 success, 2 usage or config error, 1 other failure.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format, &cli.log_level);
     no_huge_pages();
+    prompt_purge();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -902,4 +927,26 @@ fn spawn_progress(
         bar.finish_and_clear();
     });
     (stop, h)
+}
+
+#[cfg(test)]
+mod tests {
+    /// `MI_OPTION_PURGE_DELAY` reads the purge delay: mimalloc v3's default for it is
+    /// 1000 ms, which no other option of that version has, and a value set there reads
+    /// back.
+    #[test]
+    #[allow(unsafe_code)]
+    fn purge_delay_index_names_the_purge_delay() {
+        // SAFETY: integer reads and writes of mimalloc's option table, as in `prompt_purge`.
+        let default = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(default, 1000);
+        }
+        super::prompt_purge();
+        // SAFETY: as above.
+        let now = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(now, 10);
+        }
+    }
 }
