@@ -88,8 +88,9 @@ const MAX_RUNS: usize = 8;
 /// few sorted runs: an arrival joins the run whose last event is the latest not after it,
 /// and the least held event is the least of the runs' first events. Pushing and popping
 /// cost a look at each run (one per worker, nearly always) instead of a heap's sift over
-/// everything held. The rare arrival that fits no run, once [`MAX_RUNS`] exist, goes to
-/// a heap. Release order is exactly [`Ordered`]'s.
+/// everything held. An arrival that fits no run once [`MAX_RUNS`] exist goes to a heap:
+/// rare with up to 8 workers; past them, the streams beyond the first runs' pay a heap's
+/// sift again, as before the runs. Release order is exactly [`Ordered`]'s.
 #[derive(Default)]
 struct Held {
     runs: Vec<VecDeque<Ordered>>,
