@@ -193,15 +193,11 @@ impl ScanMemo {
             }
             return scan;
         };
-        let mut key = Vec::with_capacity(ctype.len() + body.len());
-        key.extend_from_slice(ctype);
-        key.extend_from_slice(body);
         self.take(i);
         // Over the share, the clock hand gives up entries unused since it last passed
-        // (clearing the mark of those used); two turns always free room.
-        let mut steps = 2 * self.slots.len();
-        while self.held + bytes > self.limit && self.entries > 0 && steps > 0 {
-            steps -= 1;
+        // (clearing the mark of those used): nothing is marked meanwhile, so within two
+        // turns it has given up every entry.
+        while self.held + bytes > self.limit && self.entries > 0 {
             let j = self.hand;
             self.hand = (self.hand + 1) & (self.slots.len() - 1);
             if let Some(e) = &mut self.slots[j]
@@ -213,9 +209,13 @@ impl ScanMemo {
                 self.evictions += 1;
             }
         }
+        // Still over only when the empty slots alone nearly fill the share.
         if self.held + bytes > self.limit {
             return scan;
         }
+        let mut key = Vec::with_capacity(ctype.len() + body.len());
+        key.extend_from_slice(ctype);
+        key.extend_from_slice(body);
         self.held += bytes;
         self.entries += 1;
         self.slots[i] = Some(Entry {

@@ -95,7 +95,6 @@ const MAX_RUNS: usize = 8;
 struct Held {
     runs: Vec<VecDeque<Ordered>>,
     spill: BinaryHeap<Reverse<Ordered>>,
-    len: usize,
 }
 
 /// Where the least held event is.
@@ -107,11 +106,10 @@ enum Least {
 
 impl Held {
     fn len(&self) -> usize {
-        self.len
+        self.runs.iter().map(VecDeque::len).sum::<usize>() + self.spill.len()
     }
 
     fn push(&mut self, o: Ordered) {
-        self.len += 1;
         let k = o.key();
         let mut fit: Option<(usize, Key)> = None;
         let mut empty = None;
@@ -133,6 +131,7 @@ impl Held {
         }
     }
 
+    /// Where the least held event is, and its key.
     fn least(&self) -> Option<(Least, Key)> {
         let mut best: Option<(Least, Key)> = None;
         for (i, r) in self.runs.iter().enumerate() {
@@ -152,18 +151,17 @@ impl Held {
         best
     }
 
-    /// The least held event's completion time.
-    fn first_at(&self) -> Option<Timestamp> {
-        self.least().map(|(_, k)| k.0)
+    /// Takes the event [`Held::least`] found.
+    fn take(&mut self, at: Least) -> Option<Ordered> {
+        match at {
+            Least::Run(i) => self.runs.get_mut(i)?.pop_front(),
+            Least::Spill => self.spill.pop().map(|Reverse(o)| o),
+        }
     }
 
     fn pop(&mut self) -> Option<Ordered> {
-        let o = match self.least()?.0 {
-            Least::Run(i) => self.runs.get_mut(i)?.pop_front(),
-            Least::Spill => self.spill.pop().map(|Reverse(o)| o),
-        };
-        self.len -= usize::from(o.is_some());
-        o
+        let (at, _) = self.least()?;
+        self.take(at)
     }
 }
 
@@ -340,7 +338,7 @@ pub(super) fn run(
         }
         let low = marks.iter().copied().min().unwrap_or_default();
         let ready = Timestamp(low.0.saturating_sub(LATENESS_NANOS));
-        while let Some(top_at) = waiting.first_at() {
+        while let Some((least, (top_at, ..))) = waiting.least() {
             let full = waiting.len() > MAX_HELD || held > held_limit;
             if top_at > ready && !full {
                 break;
@@ -348,7 +346,7 @@ pub(super) fn run(
             if top_at > ready {
                 ordering.evictions += 1;
             }
-            let Some(o) = waiting.pop() else { break };
+            let Some(o) = waiting.take(least) else { break };
             held = held.saturating_sub(o.bytes);
             release(o, &mut engine, &mut last, &mut alerts);
         }
@@ -456,7 +454,7 @@ mod tests {
                     }
                     None => {
                         prop_assert_eq!(
-                            held.first_at(),
+                            held.least().map(|(_, k)| k.0),
                             reference.peek().map(|Reverse(o)| o.at)
                         );
                         let (a, b) = (held.pop(), reference.pop().map(|Reverse(o)| o));
