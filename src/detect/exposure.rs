@@ -1538,10 +1538,12 @@ fn scan_text(out: &mut Scan, ctype: &[u8], body: &[u8], want_ids: bool) {
     }
 }
 
-#[cfg(test)]
-mod oracle {
-    //! The serde_json walker this scanner replaced, kept as the oracle the hand-written
-    //! walker is compared with (same findings, fields, ids, records and caps).
+/// The serde_json walker this scanner replaced, kept as the oracle the hand-written walker
+/// is compared with (same findings, fields, ids, records and caps): by the tests, and by
+/// the `scan` fuzz target through the `oracle` feature, never in a production build.
+#[cfg(any(test, feature = "oracle"))]
+#[doc(hidden)]
+pub mod oracle {
     use super::*;
     use serde_json::Value;
 
