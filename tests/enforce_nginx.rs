@@ -520,7 +520,9 @@ fn nginx_auth_request_enforces_attestation_and_the_mirror_bans_a_stolen_token() 
     genuine_seen.extend(reqs.into_iter().filter(|r| r.actor.starts_with("genuine")));
 
     // 2 and 3. A scraper with device-a's token, caught on the mirror, banned, then free again.
-    let reqs = clients(&lab, &["scrape", SERVER, "8080", "10.77.0.", "40"]);
+    // Long enough for the copy to alternate with device-a past the rule's 45 s linger, the
+    // ban (8 s) and its expiry.
+    let reqs = clients(&lab, &["scrape", SERVER, "8080", "10.77.0.", "80"]);
     let scraper: Vec<&Req> = reqs.iter().filter(|r| r.actor == "scraper").collect();
     assert!(!scraper.is_empty(), "the scraper never ran");
     let all_alerts = alerts(&alerts_a);

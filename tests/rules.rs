@@ -67,6 +67,9 @@ fn broken_rule_files_are_reported_with_exact_positions() {
         "unknown-key.yaml:10:7: unknown field `window_sec`",
         "unknown-verdict.yaml:7:33: verdicts: unknown verdict `forged`",
         "bad-yaml.yaml:3:18: ",
+        // Negative seconds are refused, not turned into a duration (which panicked).
+        "wrong-params.yaml:54:21: overlap_secs: expected more than 0",
+        "wrong-params.yaml:55:20: linger_secs: expected more than 0",
     ] {
         assert!(want.contains(needle), "fixture lacks {needle}");
     }

@@ -246,19 +246,30 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
     {
         evidence.insert(format!("distinct_{}", distinct.as_str()), json!(n));
     }
-    if let (DetectorKind::Concurrent { field, overlap }, Some(n), Some(r)) = (
+    if let (
+        DetectorKind::Concurrent {
+            field,
+            overlap,
+            linger,
+        },
+        Some(n),
+        Some(r),
+    ) = (
         &rule.detector.kind,
         ep.measured().distinct,
         ep.measured().returns,
     ) {
-        evidence.insert(
-            "concurrent".into(),
-            json!({
-                format!("distinct_{}", field.as_str()): n,
-                "returns": r,
-                "overlap_secs": overlap.as_secs_f64(),
-            }),
-        );
+        let mut c = json!({
+            format!("distinct_{}", field.as_str()): n,
+            "returns": r,
+            "overlap_secs": overlap.as_secs_f64(),
+        });
+        if !linger.is_zero()
+            && let Some(c) = c.as_object_mut()
+        {
+            c.insert("linger_secs".into(), json!(linger.as_secs_f64()));
+        }
+        evidence.insert("concurrent".into(), c);
     }
     if let (Some(origin), Some(Value::Object(c))) =
         (ep.measured().origin, evidence.get_mut("concurrent"))

@@ -524,6 +524,8 @@ struct Concurrent {
     seen: Vec<(KeyValue, Timestamp, Timestamp)>,
     last: Option<KeyValue>,
     returns: VecDeque<Timestamp>,
+    /// The alternation under way: (its first return, its latest return).
+    alternating: Option<(Timestamp, Timestamp)>,
 }
 
 /// A detector's bucket and window widths in ns, never zero.
@@ -940,11 +942,17 @@ impl KeyState {
                     return None;
                 }
             }
-            (DetectorKind::Concurrent { overlap, .. }, Track::Concurrent(c)) => {
+            (
+                DetectorKind::Concurrent {
+                    overlap, linger, ..
+                },
+                Track::Concurrent(c),
+            ) => {
                 let Concurrent {
                     seen,
                     last,
                     returns,
+                    alternating,
                 } = &mut **c;
                 // The engine skips concurrent rules for events without the value.
                 let value = o.distinct?;
@@ -975,9 +983,27 @@ impl KeyState {
                 }
                 *last = Some(value);
                 if back {
-                    returns.push_back(ev.ts);
-                    while returns.len() > threshold as usize {
-                        returns.pop_front();
+                    // Returns at most `overlap` or `linger` apart (the longer) are one
+                    // alternation; they count once it has lasted `linger` (a handover's
+                    // interleaving ends sooner).
+                    let linger_ns = u64::try_from(linger.as_nanos()).unwrap_or(u64::MAX);
+                    let since = match alternating {
+                        Some((first, latest))
+                            if ev.ts.0.saturating_sub(latest.0) <= overlap_ns.max(linger_ns) =>
+                        {
+                            *latest = (*latest).max(ev.ts);
+                            *first
+                        }
+                        _ => {
+                            *alternating = Some((ev.ts, ev.ts));
+                            ev.ts
+                        }
+                    };
+                    if ev.ts.0.saturating_sub(since.0) >= linger_ns {
+                        returns.push_back(ev.ts);
+                        while returns.len() > threshold as usize {
+                            returns.pop_front();
+                        }
                     }
                 }
                 fired = returns.len() >= threshold as usize;

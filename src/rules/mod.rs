@@ -279,8 +279,16 @@ pub enum DetectorKind {
     /// request from a value the key left at most `overlap` before, after a request from
     /// another, is a *return*; `threshold` returns within the window fire. A phone roaming
     /// Wi-Fi → cellular → Wi-Fi moves in sequence and comes back after minutes; a copy of
-    /// its token used elsewhere at the same time interleaves within seconds.
-    Concurrent { field: KeyField, overlap: Duration },
+    /// its token used elsewhere at the same time interleaves within seconds. With `linger`,
+    /// returns count only once the key has kept alternating for that long (returns at most
+    /// `overlap` or `linger` apart, whichever is longer, are one alternation): a handover
+    /// interleaves only while the old network lingers (Android keeps it 30 s) and the
+    /// phone's old connections finish.
+    Concurrent {
+        field: KeyField,
+        overlap: Duration,
+        linger: Duration,
+    },
     /// Requests per key per (tumbling) window above `factor` times the `quantile` of what
     /// keys of the same endpoint did in past windows, once `learn_min` windows were learned;
     /// and at least `threshold`.
@@ -858,8 +866,11 @@ fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
     Ok(out)
 }
 
+/// Seconds as a duration; zero for what no duration can be (negative, NaN, too large),
+/// which the schema has already reported as an error by then (a rule file saying
+/// `overlap_secs: -5` is refused, not a panic).
 fn secs(v: f64) -> Duration {
-    Duration::from_secs_f64(v)
+    Duration::try_from_secs_f64(v).unwrap_or(Duration::ZERO)
 }
 
 /// Shared by the schema: a position-carrying value.

@@ -158,6 +158,9 @@ struct RawDetector {
     /// `concurrent`: a key coming back to a value it left at most this many seconds
     /// before counts as concurrent use.
     overlap_secs: Option<S<f64>>,
+    /// `concurrent`: returns count only once the key has kept alternating this long (a
+    /// handover's old network lingers; default 0, every return counts).
+    linger_secs: Option<S<f64>>,
 }
 
 /// `group_by: ip` or `group_by: [ip, endpoint]`.
@@ -721,6 +724,11 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
         "overlap_secs",
         &["concurrent"],
     );
+    only_for(
+        d.linger_secs.as_ref().map(|x| x.referenced),
+        "linger_secs",
+        &["concurrent"],
+    );
     only_for(d.ratio.as_ref().map(|x| x.referenced), "ratio", &["ratio"]);
     only_for(
         d.when.as_ref().map(|x| x.referenced),
@@ -866,9 +874,11 @@ fn compile_detector(ctx: &mut Ctx<'_>, d: &RawDetector) -> Option<Detector> {
                 );
                 return None;
             };
+            let linger = in_range(ctx, &d.linger_secs, "linger_secs", 0.0, 3600.0);
             DetectorKind::Concurrent {
                 field: field.value,
                 overlap: secs(overlap),
+                linger: linger.map_or(std::time::Duration::ZERO, secs),
             }
         }
         "baseline" => {

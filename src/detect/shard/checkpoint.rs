@@ -47,8 +47,9 @@ use crate::rules::{Rule, RuleSet};
 
 /// Version of the checkpoint format: restore refuses any other. 2: an episode keeps what
 /// its detector measured in one optional part (`Measured`). 3: an episode's endpoints are
-/// their `METHOD /route` texts.
-pub const CHECKPOINT_VERSION: u16 = 3;
+/// their `METHOD /route` texts. 4: a concurrent detector's key remembers the alternation
+/// under way (`linger_secs`).
+pub const CHECKPOINT_VERSION: u16 = 4;
 
 /// Bytes of the version before the state and of the digest after it.
 const VERSION_BYTES: usize = 2;
