@@ -71,6 +71,10 @@ pub struct Scan {
     /// Object ids the body returns (BOLA): the top-level `id` (field `None`), and the `id`
     /// of objects in arrays (field: the array's name; `None` for a top-level array).
     pub ids: Vec<(Option<Arc<str>>, Arc<str>)>,
+    /// The first top-level owner field of a JSON object body (`$.user_id`, `$.owner_id`,
+    /// `$.customer_id`, `$.account_id`, or their camelCase), when ids are wanted: whose
+    /// object this is, by the server's own answer.
+    pub owner: Option<Arc<str>>,
     /// The response says any cache may keep it and serve it to anyone
     /// (`Cache-Control: public` or `s-maxage`, without `private` or `no-store`): the
     /// server declares it nobody's in particular, like a store locator's answer.
@@ -103,6 +107,18 @@ pub fn shared_cacheable(headers: &[Header]) -> bool {
 
 /// Most returned ids kept per body.
 const MAX_IDS: usize = 64;
+
+/// Top-level fields naming the owner of the object a response describes (lower-cased).
+const OWNER_FIELDS: &[&str] = &[
+    "user_id",
+    "userid",
+    "owner_id",
+    "ownerid",
+    "customer_id",
+    "customerid",
+    "account_id",
+    "accountid",
+];
 
 fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
     // The patterns are constants of this file; a test compiles every one.
@@ -682,6 +698,18 @@ impl Walker<'_> {
         }
     }
 
+    /// A top-level field at `path` named `name` (lower-cased) holding `v`: the response's
+    /// owner when the name is one of [`OWNER_FIELDS`] and none came before.
+    fn owner_field(&mut self, path: &str, name: &str, v: &str) {
+        if !self.want_ids || self.scan.owner.is_some() || !OWNER_FIELDS.contains(&name) {
+            return;
+        }
+        match path.strip_prefix("$.") {
+            Some(key) if !key.contains(['.', '[']) => self.scan.owner = Some(Arc::from(v)),
+            _ => {}
+        }
+    }
+
     /// An `id` at `path` (`$.id`, `$[].id`, `$.orders[].id`): a returned object.
     fn returned_id(&mut self, path: &str, id: &str) {
         if !self.want_ids {
@@ -1093,8 +1121,11 @@ impl<'b> Json<'b, '_, '_> {
                 };
                 let name = &self.lower[name.0..name.1];
                 self.w.field(self.path);
-                if name == "id" && !v.is_empty() && v.len() <= 128 {
-                    self.w.returned_id(self.path, v);
+                if !v.is_empty() && v.len() <= 128 {
+                    if name == "id" {
+                        self.w.returned_id(self.path, v);
+                    }
+                    self.w.owner_field(self.path, name, v);
                 }
                 if let Some(c) = classify_named(self.memo.get(name), v) {
                     self.w.add(self.path, c, v);
@@ -1112,6 +1143,7 @@ impl<'b> Json<'b, '_, '_> {
                     if name == "id" && self.w.want_ids {
                         self.w.returned_id(self.path, t);
                     }
+                    self.w.owner_field(self.path, name, t);
                     // Only long integers can be sensitive (cards, national ids, phones).
                     if v >= 1_000_000
                         && let Some(c) = classify_named(self.memo.get(name), t)
@@ -1602,8 +1634,11 @@ pub mod oracle {
 
         fn visit_str<E>(self, v: &str) -> Result<(), E> {
             self.w.field(self.path);
-            if self.name == "id" && !v.is_empty() && v.len() <= 128 {
-                self.w.returned_id(self.path, v);
+            if !v.is_empty() && v.len() <= 128 {
+                if self.name == "id" {
+                    self.w.returned_id(self.path, v);
+                }
+                self.w.owner_field(self.path, self.name, v);
             }
             if let Some(c) = classify(self.name, v) {
                 self.w.add(self.path, c, v);
@@ -1616,6 +1651,10 @@ pub mod oracle {
             if self.name == "id" && self.w.want_ids {
                 let mut buf = itoa::Buffer::new();
                 self.w.returned_id(self.path, buf.format(v));
+            }
+            if self.w.want_ids {
+                let mut buf = itoa::Buffer::new();
+                self.w.owner_field(self.path, self.name, buf.format(v));
             }
             // Only long integers can be sensitive (cards, national ids, phone numbers).
             if v >= 1_000_000 {
@@ -1805,6 +1844,34 @@ mod tests {
 
     fn c(name: &str, v: &str) -> Option<&'static str> {
         classify(name, v).map(Class::as_str)
+    }
+
+    #[test]
+    fn the_top_level_owner_field_names_whose_object_is_answered() {
+        let json = |b: &str, ids: bool| {
+            let h = [Header {
+                name: "Content-Type".into(),
+                value: b"application/json".as_slice().into(),
+            }];
+            scan_with(&h, b.as_bytes(), ids).owner
+        };
+        let order = r#"{"id":500123,"user_id":100521,"items":[{"id":1,"owner_id":7}]}"#;
+        assert_eq!(json(order, true).as_deref(), Some("100521"));
+        assert_eq!(
+            json(r#"{"customerId":"c-42","id":"o-1"}"#, true).as_deref(),
+            Some("c-42")
+        );
+        assert_eq!(
+            json(r#"{"User_ID":"9","user_id":"10"}"#, true).as_deref(),
+            Some("9")
+        );
+        // Only at the top level, only when ids are wanted, only scalars.
+        assert_eq!(json(r#"{"order":{"user_id":1}}"#, true), None);
+        assert_eq!(json(r#"[{"user_id":1}]"#, true), None);
+        assert_eq!(json(r#"{"user_id":{"id":1}}"#, true), None);
+        assert_eq!(json(r#"{"user_id":""}"#, true), None);
+        assert_eq!(json(r#"{"user_id":-3}"#, true), None);
+        assert_eq!(json(order, false), None);
     }
 
     #[test]
@@ -2234,6 +2301,8 @@ mod walker_equivalence {
         "id",
         "ID",
         "Id",
+        "user_id",
+        "customerId",
         "email",
         "Email",
         "phone",

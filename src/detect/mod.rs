@@ -960,6 +960,7 @@ impl Engine {
             e.actor.user.as_deref(),
             &e.objects,
             &e.returned,
+            e.exposure.as_ref().and_then(|s| s.owner.as_deref()),
             e.method.as_deref(),
             e.status,
             &|_| public,

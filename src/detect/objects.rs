@@ -284,7 +284,12 @@ impl Owners {
     }
 
     /// Judges a request by `principal` (`user:…`, `device:…` or `ip:…`; `user_id` when the
-    /// user is known), then learns from it.
+    /// user is known), then learns from it. `response_owner`: the owner field of the JSON
+    /// object answered (`user_id`, ...): a request naming one object whose successful
+    /// answer names the requester as its owner reads its own object, even one never seen
+    /// before (an old order missing from the user's list). Only ever to the requester's
+    /// favour: an answer naming someone else accuses nobody (a public review names its
+    /// author too), and nothing is learned from it.
     #[allow(clippy::too_many_arguments)]
     pub fn judge(
         &mut self,
@@ -293,12 +298,15 @@ impl Owners {
         user_id: Option<&str>,
         objects: &[ObjectRef],
         returned: &[ObjectRef],
+        response_owner: Option<&str>,
         method: Option<&str>,
         status: Option<u16>,
         declared_public: &dyn Fn(&ObjectRef) -> bool,
         declared_user_record: &dyn Fn(&ObjectRef) -> bool,
     ) -> Judged {
         let ok = status.is_some_and(|s| (200..300).contains(&s));
+        let answered_as_own =
+            ok && objects.len() == 1 && user_id.is_some() && response_owner == user_id;
         let mut j = Judged::default();
         let mut classes = Vec::with_capacity(objects.len());
         for o in objects {
@@ -329,6 +337,7 @@ impl Owners {
                     Some(e) if e.public => Ownership::Public,
                     Some(e) if e.owner.as_deref() == Some(principal) => Ownership::Own,
                     Some(Entry { owner: Some(_), .. }) => Ownership::Other,
+                    _ if answered_as_own => Ownership::Own,
                     _ if user_record && keyed_by_user && ok && user_id.is_some() => {
                         Ownership::Other
                     }
@@ -499,11 +508,66 @@ mod tests {
             uid,
             objs,
             ret,
+            None,
             Some(method),
             Some(status),
             &|_| false,
             &|_| false,
         )
+    }
+
+    #[test]
+    fn an_answer_naming_the_requester_as_owner_is_their_own_object_and_accuses_nobody() {
+        let mut o = Owners::new(OwnersConfig::default());
+        let order = || r("order", "500123");
+        let read = |o: &mut Owners, who: &str, uid: &str, owner: Option<&str>, status: u16| {
+            o.judge(
+                Timestamp(1),
+                who,
+                Some(uid),
+                &[order()],
+                &[],
+                owner,
+                Some("GET"),
+                Some(status),
+                &|_| false,
+                &|_| false,
+            )
+        };
+        // Orders have owners: user 5 lists theirs (`/users/5/orders`).
+        o.judge(
+            Timestamp(1),
+            "user:5",
+            Some("5"),
+            &[r("user", "5")],
+            &[r("order", "400001")],
+            None,
+            Some("GET"),
+            Some(200),
+            &|_| false,
+            &|_| false,
+        );
+        // Never listed nor created in sight: unknown, unless the answer says whose it is.
+        assert_eq!(
+            read(&mut o, "user:7", "7", None, 200).ownership,
+            Some(Ownership::Unknown)
+        );
+        let j = read(&mut o, "user:7", "7", Some("7"), 200);
+        assert_eq!(j.ownership, Some(Ownership::Own));
+        assert!(!j.cross_user);
+        // Someone else named as owner: no accusation (a public review names its author).
+        let j = read(&mut o, "user:8", "8", Some("7"), 200);
+        assert_eq!(j.ownership, Some(Ownership::Unknown));
+        assert!(!j.cross_user);
+        // A refused answer proves nothing; nothing was learned from the owner field either.
+        assert_eq!(
+            read(&mut o, "user:8", "8", Some("8"), 404).ownership,
+            Some(Ownership::Unknown)
+        );
+        assert_eq!(
+            read(&mut o, "user:9", "9", None, 200).ownership,
+            Some(Ownership::Unknown)
+        );
     }
 
     #[test]
@@ -657,6 +721,7 @@ mod tests {
             Some("9"),
             &[r("item", "8")],
             &[],
+            None,
             Some("GET"),
             Some(200),
             &|x| &*x.collection == "item",

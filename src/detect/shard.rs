@@ -27,8 +27,9 @@ use crate::capture::Timestamp;
 use crate::rules::{DetectorKind, Rule, RuleId, RuleSet};
 
 /// Version of the shard messages: a shard refuses messages of another version. 2: an
-/// event's `body_bytes` is a `u32` (saturated).
-pub const PROTOCOL: u16 = 2;
+/// event's `body_bytes` is a `u32` (saturated). 3: a response scan carries its owner field
+/// (`Scan::owner`).
+pub const PROTOCOL: u16 = 3;
 
 /// One message to a shard. Serializable (with [`PROTOCOL`] as its version) so that a shard
 /// can run in another process; a rule set swap is not sent over the wire (every shard
