@@ -698,8 +698,9 @@ impl Walker<'_> {
         }
     }
 
-    /// A top-level field at `path` named `name` (lower-cased) holding `v`: the response's
-    /// owner when the name is one of [`OWNER_FIELDS`] and none came before.
+    /// A field at `path` named `name` (lower-cased) holding `v`, one level down (callers
+    /// skip deeper values, a cheap first cut): the response's owner when it is a top-level
+    /// field (`$.name`), the name is one of [`OWNER_FIELDS`] and none came before.
     fn owner_field(&mut self, path: &str, name: &str, v: &str) {
         if !self.want_ids || self.scan.owner.is_some() || !OWNER_FIELDS.contains(&name) {
             return;
@@ -1125,7 +1126,9 @@ impl<'b> Json<'b, '_, '_> {
                     if name == "id" {
                         self.w.returned_id(self.path, v);
                     }
-                    self.w.owner_field(self.path, name, v);
+                    if depth == 1 {
+                        self.w.owner_field(self.path, name, v);
+                    }
                 }
                 if let Some(c) = classify_named(self.memo.get(name), v) {
                     self.w.add(self.path, c, v);
@@ -1143,7 +1146,9 @@ impl<'b> Json<'b, '_, '_> {
                     if name == "id" && self.w.want_ids {
                         self.w.returned_id(self.path, t);
                     }
-                    self.w.owner_field(self.path, name, t);
+                    if depth == 1 {
+                        self.w.owner_field(self.path, name, t);
+                    }
                     // Only long integers can be sensitive (cards, national ids, phones).
                     if v >= 1_000_000
                         && let Some(c) = classify_named(self.memo.get(name), t)
@@ -1638,7 +1643,9 @@ pub mod oracle {
                 if self.name == "id" {
                     self.w.returned_id(self.path, v);
                 }
-                self.w.owner_field(self.path, self.name, v);
+                if self.depth == 1 {
+                    self.w.owner_field(self.path, self.name, v);
+                }
             }
             if let Some(c) = classify(self.name, v) {
                 self.w.add(self.path, c, v);
@@ -1652,7 +1659,7 @@ pub mod oracle {
                 let mut buf = itoa::Buffer::new();
                 self.w.returned_id(self.path, buf.format(v));
             }
-            if self.w.want_ids {
+            if self.w.want_ids && self.depth == 1 {
                 let mut buf = itoa::Buffer::new();
                 self.w.owner_field(self.path, self.name, buf.format(v));
             }
@@ -1872,6 +1879,17 @@ mod tests {
         assert_eq!(json(r#"{"user_id":""}"#, true), None);
         assert_eq!(json(r#"{"user_id":-3}"#, true), None);
         assert_eq!(json(order, false), None);
+        // The serde walker (the oracle) reads it alike.
+        let h = [Header {
+            name: "Content-Type".into(),
+            value: b"application/json".as_slice().into(),
+        }];
+        assert_eq!(
+            oracle::scan_with(&h, order.as_bytes(), true)
+                .owner
+                .as_deref(),
+            Some("100521")
+        );
     }
 
     #[test]
