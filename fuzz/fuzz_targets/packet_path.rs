@@ -29,6 +29,9 @@ use shieldtap::detect::{DetectConfig, Engine, write_alert};
 use shieldtap::runtime::{PacketPath, Shared};
 use shieldtap::telemetry::metrics::Hub;
 
+#[path = "../harness/jws.rs"]
+mod jws;
+
 const CLIENTS: [[u8; 4]; 3] = [[10, 0, 0, 1], [10, 0, 0, 2], [127, 0, 0, 3]];
 const SERVER: [u8; 4] = [127, 0, 0, 9];
 /// Ethernet linktype.
@@ -117,41 +120,27 @@ impl Wire {
     }
 }
 
-/// Three base64url segments: a token, as opposed to text the fuzzer copied out of an
-/// alert (it sees the comparisons made, so it can write a header value that equals a
-/// timestamp of the alert JSON; that is not a leak).
-fn jws_shaped(v: &[u8]) -> bool {
-    let parts: Vec<&[u8]> = v.split(|b| *b == b'.').collect();
-    parts.len() == 3
-        && parts.iter().all(|p| {
-            p.len() >= 4
-                && p.iter()
-                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
-        })
+/// The value of a `name: value` line, trimmed.
+fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let colon = line.iter().position(|b| *b == b':')?;
+    line[..colon]
+        .trim_ascii()
+        .eq_ignore_ascii_case(name)
+        .then(|| line[colon + 1..].trim_ascii())
 }
 
-/// The values of `name` headers written in the stream bytes (`Bearer ` cut), that appear
-/// nowhere else in them: a value also written as a path or a body field may be shown as
-/// that.
+/// The values of `name` headers written in the stream bytes (`Bearer ` cut), token-shaped
+/// (`jws_shaped`), that appear nowhere else in them: a value also written as a path or a
+/// body field may be shown as that.
 fn secrets_in(payload: &[u8], name: &[u8]) -> Vec<Vec<u8>> {
-    let is_secret_line = |line: &[u8]| {
-        line.iter()
-            .position(|b| *b == b':')
-            .is_some_and(|colon| line[..colon].trim_ascii().eq_ignore_ascii_case(name))
-    };
-    let others: Vec<&[u8]> = payload
+    let (secret_lines, others): (Vec<&[u8]>, Vec<&[u8]>) = payload
         .split(|b| *b == b'\n')
-        .filter(|line| !is_secret_line(line))
-        .collect();
-    payload
-        .split(|b| *b == b'\n')
-        .filter(|line| is_secret_line(line))
-        .filter_map(|line| {
-            let colon = line.iter().position(|b| *b == b':')?;
-            let v = line[colon + 1..].trim_ascii();
-            Some(v.strip_prefix(b"Bearer ").unwrap_or(v).to_vec())
-        })
-        .filter(|v| v.len() >= MIN_ECHO_CHECK && jws_shaped(v))
+        .partition(|line| header_value(line, name).is_some());
+    secret_lines
+        .into_iter()
+        .filter_map(|line| header_value(line, name))
+        .map(|v| v.strip_prefix(b"Bearer ").unwrap_or(v).to_vec())
+        .filter(|v| v.len() >= MIN_ECHO_CHECK && jws::jws_shaped(v))
         .filter(|v| {
             !others
                 .iter()

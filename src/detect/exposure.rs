@@ -1655,21 +1655,19 @@ pub mod oracle {
 
         fn visit_u64<E>(self, v: u64) -> Result<(), E> {
             self.w.field(self.path);
+            let mut buf = itoa::Buffer::new();
+            let t = buf.format(v);
             if self.name == "id" && self.w.want_ids {
-                let mut buf = itoa::Buffer::new();
-                self.w.returned_id(self.path, buf.format(v));
+                self.w.returned_id(self.path, t);
             }
-            if self.w.want_ids && self.depth == 1 {
-                let mut buf = itoa::Buffer::new();
-                self.w.owner_field(self.path, self.name, buf.format(v));
+            if self.depth == 1 {
+                self.w.owner_field(self.path, self.name, t);
             }
             // Only long integers can be sensitive (cards, national ids, phone numbers).
-            if v >= 1_000_000 {
-                let mut buf = itoa::Buffer::new();
-                let t = buf.format(v);
-                if let Some(c) = classify(self.name, t) {
-                    self.w.add(self.path, c, t);
-                }
+            if v >= 1_000_000
+                && let Some(c) = classify(self.name, t)
+            {
+                self.w.add(self.path, c, t);
             }
             Ok(())
         }
@@ -1855,13 +1853,11 @@ mod tests {
 
     #[test]
     fn the_top_level_owner_field_names_whose_object_is_answered() {
-        let json = |b: &str, ids: bool| {
-            let h = [Header {
-                name: "Content-Type".into(),
-                value: b"application/json".as_slice().into(),
-            }];
-            scan_with(&h, b.as_bytes(), ids).owner
-        };
+        let h = [Header {
+            name: "Content-Type".into(),
+            value: b"application/json".as_slice().into(),
+        }];
+        let json = |b: &str, ids: bool| scan_with(&h, b.as_bytes(), ids).owner;
         let order = r#"{"id":500123,"user_id":100521,"items":[{"id":1,"owner_id":7}]}"#;
         assert_eq!(json(order, true).as_deref(), Some("100521"));
         assert_eq!(
@@ -1880,10 +1876,6 @@ mod tests {
         assert_eq!(json(r#"{"user_id":-3}"#, true), None);
         assert_eq!(json(order, false), None);
         // The serde walker (the oracle) reads it alike.
-        let h = [Header {
-            name: "Content-Type".into(),
-            value: b"application/json".as_slice().into(),
-        }];
         assert_eq!(
             oracle::scan_with(&h, order.as_bytes(), true)
                 .owner

@@ -957,6 +957,7 @@ impl KeyState {
                 // The engine skips concurrent rules for events without the value.
                 let value = o.distinct?;
                 let overlap_ns = u64::try_from(overlap.as_nanos()).unwrap_or(u64::MAX);
+                let linger_ns = u64::try_from(linger.as_nanos()).unwrap_or(u64::MAX);
                 let window_start = ev.ts.0.saturating_sub(window_ns);
                 while returns.front().is_some_and(|t| t.0 < window_start) {
                     returns.pop_front();
@@ -986,7 +987,6 @@ impl KeyState {
                     // Returns at most `overlap` or `linger` apart (the longer) are one
                     // alternation; they count once it has lasted `linger` (a handover's
                     // interleaving ends sooner).
-                    let linger_ns = u64::try_from(linger.as_nanos()).unwrap_or(u64::MAX);
                     let since = match alternating {
                         Some((first, latest))
                             if ev.ts.0.saturating_sub(latest.0) <= overlap_ns.max(linger_ns) =>
