@@ -43,11 +43,13 @@ pub enum Table {
     Shared,
     /// Recent response scans, by body (per worker).
     Scans,
+    /// Recent content decodings, by encoded body (per worker).
+    Decodes,
 }
 
 impl Table {
     /// Every table, in the order outputs list them.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Flows,
         Table::Streams,
         Table::Http,
@@ -60,6 +62,7 @@ impl Table {
         Table::Inventory,
         Table::Shared,
         Table::Scans,
+        Table::Decodes,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Table {
             Table::Inventory => "inventory",
             Table::Shared => "shared",
             Table::Scans => "scans",
+            Table::Decodes => "decodes",
         }
     }
 
@@ -83,7 +87,7 @@ impl Table {
     fn permille(self) -> usize {
         match self {
             Table::Flows => 120,
-            Table::Streams => 140,
+            Table::Streams => 120,
             Table::Http => 100,
             Table::Tokens => 40,
             Table::Ordering => 80,
@@ -94,6 +98,7 @@ impl Table {
             Table::Inventory => 20,
             Table::Shared => 20,
             Table::Scans => 20,
+            Table::Decodes => 20,
         }
     }
 }

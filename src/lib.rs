@@ -26,6 +26,8 @@ pub mod budget;
 
 pub mod secret;
 
+pub mod memo;
+
 // Flow order (blank lines keep rustfmt from sorting them).
 pub mod config;
 

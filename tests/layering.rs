@@ -13,6 +13,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("route", 0),
     ("redact", 0),
     ("exposure_class", 0),
+    ("memo", 0),
     ("severity", 0),
     ("object", 0),
     ("intern", 0),

@@ -9,19 +9,9 @@
 //! time (one `Arc`, shared with the events that carry it) instead of being walked,
 //! classified and allocated again.
 //!
-//! Found by the exact bytes, never by a hash alone: a crafted body cannot borrow another
-//! body's findings. Two-way (a body may sit in either slot of a pair; a hit only marks its
-//! entry used), bounded by the worker's share of the memory budget (table `scans`). Most
-//! bodies are met once (a user's own cart, a search nobody repeats), so what is kept is
-//! chosen:
-//! - a body is kept the second time it is met while its hash is remembered (four per
-//!   bucket of one word per slot in all), so bodies met once never push out the ones met
-//!   again;
-//! - it takes an empty slot of its pair, else one whose entry went unused since it lost
-//!   its mark; when both entries were used, they lose their marks and it is not kept (a
-//!   second chance);
-//! - past the share, a clock hand gives up entries not used since it last passed, and
-//!   clears the mark of those used (CLOCK), counted as evictions.
+//! Kept in a [`Memo`] (found by the exact bytes; two-way; a body kept the second time it
+//! is met; CLOCK eviction), bounded by the worker's share of the memory budget (table
+//! `scans`).
 //!
 //! On the realistic capture, with one worker's share, 59.1% of scans are answered from the
 //! memo, against 52.9% when it was direct-mapped, kept every new body in place of what its
@@ -29,49 +19,20 @@
 //! halves); evictions fall from 80,091 to 31,576. Bodies over [`MAX_BODY`] are scanned
 //! every time and never kept.
 
-use std::hash::BuildHasher;
 use std::mem::size_of;
 use std::sync::Arc;
 
 use crate::budget::{Table, Usage};
 use crate::detect::exposure::{self, Finding, Scan};
 use crate::http::{Header, header};
+use crate::memo::{Key, Memo};
 
 /// Largest body kept (a large body is rarely repeated and would crowd out many small ones).
 pub const MAX_BODY: usize = 16 * 1024;
-/// Slots per KiB of the memo's share (an entry holds about a KiB on typical API traffic).
-const SLOTS_PER_KIB: usize = 1;
-/// Hashes remembered per bucket of bodies met once.
-const SEEN_WAYS: usize = 4;
-/// Slot counts, at least and at most (powers of two).
-const MIN_SLOTS: usize = 64;
-const MAX_SLOTS: usize = 1 << 16;
-
-struct Entry {
-    hash: u64,
-    /// The `Content-Type` value, then the body.
-    key: Box<[u8]>,
-    ctype_len: usize,
-    want_ids: bool,
-    shared_cache: bool,
-    scan: Arc<Scan>,
-    /// What the entry is accounted as.
-    bytes: usize,
-    /// Answered a scan since the clock hand (or a newcomer for its slot) last passed it.
-    used: bool,
-}
-
-impl Entry {
-    fn is(&self, hash: u64, ctype: &[u8], body: &[u8], want_ids: bool, shared: bool) -> bool {
-        self.hash == hash
-            && self.want_ids == want_ids
-            && self.shared_cache == shared
-            && self.ctype_len == ctype.len()
-            && self.key.len() == ctype.len() + body.len()
-            && self.key[..ctype.len()] == *ctype
-            && self.key[ctype.len()..] == *body
-    }
-}
+/// Bytes of the memo's share per slot (an entry holds about a KiB on typical API traffic).
+const BYTES_PER_SLOT: usize = 1024;
+/// Placement seed (fixed: see [`crate::memo`]).
+const SEED: u64 = 0x7363_616e_6d65_6d6f;
 
 /// Bytes a scan holds (its findings, their masked samples and the returned ids; the field
 /// list is shared per response shape and not counted here).
@@ -85,175 +46,60 @@ fn scan_bytes(s: &Scan) -> usize {
 
 /// Recent scans of one worker. See the module documentation.
 pub struct ScanMemo {
-    slots: Vec<Option<Entry>>,
-    /// Hashes of bodies scanned once and not kept, four to a bucket picked by the hash's
-    /// high half, newest first: two bodies sharing a bucket do not forget each other.
-    seen: Vec<[u64; SEEN_WAYS]>,
-    /// Fixed seed: hits never change a result, and a fixed placement keeps the summary's
-    /// counts the same from one replay to the next.
-    hasher: foldhash::fast::FixedState,
-    /// The next slot to give up its entry when the memo is over its share.
-    hand: usize,
-    held: usize,
-    entries: usize,
-    limit: usize,
-    evictions: u64,
-    /// Scans answered from the memo, and scans made (kept or not).
-    pub hits: u64,
-    pub misses: u64,
+    memo: Memo<Arc<Scan>>,
+    /// The key's head: the flags byte, then the `Content-Type` value (reused).
+    head: Vec<u8>,
 }
 
 impl ScanMemo {
     /// A memo holding at most `limit` bytes (none at all when 0).
     pub fn new(limit: usize) -> ScanMemo {
-        let slots = if limit == 0 {
-            0
-        } else {
-            (limit / 1024 * SLOTS_PER_KIB)
-                .clamp(MIN_SLOTS, MAX_SLOTS)
-                .next_power_of_two()
-        };
         ScanMemo {
-            // The slots themselves are held from the start.
-            held: slots * (size_of::<Option<Entry>>() + size_of::<u64>()),
-            slots: std::iter::repeat_with(|| None).take(slots).collect(),
-            seen: vec![[0; SEEN_WAYS]; (slots / SEEN_WAYS).max(1)],
-            hasher: foldhash::fast::FixedState::with_seed(0x7363_616e_6d65_6d6f),
-            hand: 0,
-            entries: 0,
-            limit,
-            evictions: 0,
-            hits: 0,
-            misses: 0,
+            memo: Memo::new(limit, BYTES_PER_SLOT, MAX_BODY, SEED),
+            head: Vec::new(),
         }
     }
 
     /// Forgets every scan kept (as in a new run); the counts carry on.
     pub fn clear(&mut self) {
-        for i in 0..self.slots.len() {
-            self.take(i);
-        }
-        self.seen.fill([0; SEEN_WAYS]);
-        self.hand = 0;
+        self.memo.clear();
+    }
+
+    /// Scans answered from the memo.
+    pub fn hits(&self) -> u64 {
+        self.memo.hits
+    }
+
+    /// Scans made (kept or not).
+    pub fn misses(&self) -> u64 {
+        self.memo.misses
     }
 
     /// The scan of a response body: the one made before for the same bytes, headers that
     /// matter and `want_ids`, else a new one (kept for next time).
     pub fn scan(&mut self, headers: &[Header], body: &[u8], want_ids: bool) -> Arc<Scan> {
-        if self.slots.is_empty() || body.len() > MAX_BODY || body.is_empty() {
-            self.misses += 1;
-            return Arc::new(exposure::scan_with(headers, body, want_ids));
-        }
         let ctype = header(headers, "content-type").unwrap_or_default();
         let shared = exposure::shared_cacheable(headers);
-        let hash = {
-            let mut h = self.hasher.build_hasher();
-            std::hash::Hasher::write(&mut h, ctype);
-            std::hash::Hasher::write_u8(&mut h, u8::from(want_ids) | u8::from(shared) << 1);
-            std::hash::Hasher::write(&mut h, body);
-            std::hash::Hasher::finish(&h)
+        self.head.clear();
+        self.head.push(u8::from(want_ids) | u8::from(shared) << 1);
+        self.head.extend_from_slice(ctype);
+        let k = Key {
+            head: &self.head,
+            body,
         };
-        // Two slots a body may sit in (a pair; one when the memo has a single slot).
-        let first = (hash as usize) & (self.slots.len() - 1) & !1;
-        let pair = first..(first + 2).min(self.slots.len());
-        for e in self.slots[pair.clone()].iter_mut().flatten() {
-            if e.is(hash, ctype, body, want_ids, shared) {
-                self.hits += 1;
-                e.used = true;
-                return Arc::clone(&e.scan);
+        match self.memo.get(k) {
+            Ok(scan) => scan,
+            Err(miss) => {
+                let scan = Arc::new(exposure::scan_typed(ctype, shared, body, want_ids));
+                self.memo.offer(miss, k, &scan, scan_bytes(&scan));
+                scan
             }
-        }
-        self.misses += 1;
-        let scan = Arc::new(exposure::scan_typed(ctype, shared, body, want_ids));
-        let bytes = size_of::<Entry>() + ctype.len() + body.len() + scan_bytes(&scan);
-        // An entry is at most a sixteenth of the share: one body cannot flush the memo.
-        if bytes > self.limit / 16 {
-            return scan;
-        }
-        // A body is kept the second time it is met (recently): most bodies met once are
-        // never met again, and keeping them pushed out the ones that are.
-        let k = ((hash >> 32) as usize) & (self.seen.len() - 1);
-        let recent = &mut self.seen[k];
-        if !recent.contains(&hash) {
-            recent.rotate_right(1);
-            recent[0] = hash;
-            return scan;
-        }
-        // An empty slot of the pair, else one whose entry went unused since it lost its
-        // mark. Entries that answered scans get a second chance: they stay and lose their
-        // mark, and the newcomer is not kept.
-        let free = pair.clone().find(|&j| self.slots[j].is_none());
-        let unused = || {
-            pair.clone()
-                .find(|&j| self.slots[j].as_ref().is_some_and(|e| !e.used))
-        };
-        let Some(i) = free.or_else(unused) else {
-            for e in self.slots[pair].iter_mut().flatten() {
-                e.used = false;
-            }
-            return scan;
-        };
-        self.take(i);
-        // Over the share, the clock hand gives up entries unused since it last passed
-        // (clearing the mark of those used): nothing is marked meanwhile, so within two
-        // turns it has given up every entry.
-        while self.held + bytes > self.limit && self.entries > 0 {
-            let j = self.hand;
-            self.hand = (self.hand + 1) & (self.slots.len() - 1);
-            if let Some(e) = &mut self.slots[j]
-                && std::mem::take(&mut e.used)
-            {
-                continue;
-            }
-            if self.take(j) {
-                self.evictions += 1;
-            }
-        }
-        // Still over only when the empty slots alone nearly fill the share.
-        if self.held + bytes > self.limit {
-            return scan;
-        }
-        let mut key = Vec::with_capacity(ctype.len() + body.len());
-        key.extend_from_slice(ctype);
-        key.extend_from_slice(body);
-        self.held += bytes;
-        self.entries += 1;
-        self.slots[i] = Some(Entry {
-            hash,
-            key: key.into_boxed_slice(),
-            ctype_len: ctype.len(),
-            want_ids,
-            shared_cache: shared,
-            scan: Arc::clone(&scan),
-            bytes,
-            used: false,
-        });
-        scan
-    }
-
-    /// Empties slot `i`; true when it held an entry.
-    fn take(&mut self, i: usize) -> bool {
-        match self.slots[i].take() {
-            Some(e) => {
-                self.held -= e.bytes;
-                self.entries -= 1;
-                true
-            }
-            None => false,
         }
     }
 
     /// What the memo holds now and has evicted (table `scans`).
     pub fn usage(&self) -> (Table, Usage) {
-        (
-            Table::Scans,
-            Usage {
-                bytes: self.held as u64,
-                limit: self.limit as u64,
-                entries: self.entries as u64,
-                evictions: self.evictions,
-            },
-        )
+        (Table::Scans, self.memo.usage())
     }
 }
 
@@ -284,15 +130,15 @@ mod tests {
         let once = m.scan(&json(), PROFILE, true);
         assert!(!once.findings.is_empty(), "the profile has personal data");
         // Met once, it is only remembered; met again, it is scanned and kept.
-        assert_eq!(m.entries, 0);
+        assert_eq!(m.usage().1.entries, 0);
         let first = m.scan(&json(), PROFILE, true);
         assert!(!Arc::ptr_eq(&once, &first));
         assert_eq!(*first, *once);
-        assert_eq!(m.entries, 1);
+        assert_eq!(m.usage().1.entries, 1);
         let again = m.scan(&json(), PROFILE, true);
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(*again, exposure::scan_with(&json(), PROFILE, true));
-        assert_eq!((m.hits, m.misses), (1, 2));
+        assert_eq!((m.hits(), m.misses()), (1, 2));
 
         let other =
             br#"{"id":"u-2","email":"bo.kim@example.com","phone":"+44 7700 900124","name":"Bo"}"#;
@@ -327,14 +173,14 @@ mod tests {
                 true
             )
         );
-        assert_eq!(m.hits, 1, "{} hits", m.hits);
+        assert_eq!(m.hits(), 1, "{} hits", m.hits());
     }
 
     /// Bodies that share a slot replace each other and are told apart by their bytes.
     #[test]
     fn bodies_sharing_a_slot_are_told_apart() {
         let mut m = ScanMemo::new(64 * 1024);
-        let slots = m.slots.len();
+        let slots = m.memo.slots();
         let bodies: Vec<Vec<u8>> = (0..slots * 4)
             .map(|i| format!(r#"{{"id":{i},"email":"user{i}@example.com"}}"#).into_bytes())
             .collect();
@@ -345,10 +191,10 @@ mod tests {
             }
         }
         assert!(
-            m.hits < bodies.len() as u64,
+            m.hits() < bodies.len() as u64,
             "four bodies a slot cannot all stay"
         );
-        assert_eq!(m.hits + m.misses, 2 * bodies.len() as u64);
+        assert_eq!(m.hits() + m.misses(), 2 * bodies.len() as u64);
     }
 
     /// Bodies met again and again stay while a stream of others passes through: bodies
@@ -362,12 +208,12 @@ mod tests {
         let mut passing = 0u32;
         let mut popular_hits = 0;
         for round in 0..200 {
-            let hits = m.hits;
+            let hits = m.hits();
             for b in &popular {
                 m.scan(&json(), b, false);
             }
             if round >= 2 {
-                popular_hits += m.hits - hits;
+                popular_hits += m.hits() - hits;
             }
             // Between two visits to the catalogue: 20 one-off carts, and 5 bodies met
             // twice in a row (kept, then never used).
@@ -404,20 +250,20 @@ mod tests {
             // Met twice, so that it is kept.
             for _ in 0..2 {
                 m.scan(&json(), b.as_bytes(), i % 2 == 0);
-                assert!(m.held <= limit, "{} bytes held", m.held);
+                assert!(m.usage().1.bytes <= limit as u64, "{:?}", m.usage());
             }
         }
         let (t, u) = m.usage();
         assert_eq!(t, Table::Scans);
         assert!(u.evictions > 0, "{u:?}");
-        assert!(u.entries > 0 && u.entries <= m.slots.len() as u64);
+        assert!(u.entries > 0 && u.entries <= m.memo.slots() as u64);
 
         let big = format!(r#"{{"blob":"{}"}}"#, "y".repeat(MAX_BODY));
-        let held = m.entries;
+        let held = m.usage().1.entries;
         let s = m.scan(&json(), big.as_bytes(), true);
         assert_eq!(*s, exposure::scan_with(&json(), big.as_bytes(), true));
         m.scan(&json(), big.as_bytes(), true);
-        assert!(m.entries <= held);
+        assert!(m.usage().1.entries <= held);
 
         let mut off = ScanMemo::new(0);
         let a = off.scan(&json(), PROFILE, true);

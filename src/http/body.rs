@@ -9,11 +9,23 @@
 //! decompression bomb costs at most that much memory and work. Failure modes: malformed
 //! lengths and chunk lines are reported to the caller (which flags and resyncs); a body
 //! that does not decode is reported as failed and the caller keeps the raw bytes.
+//!
+//! Each thread keeps a memo of recent decodings ([`decode_memoized`], a [`Memo`] sized by
+//! [`set_decode_memo`]): an API compresses the same page the same way for every client, so
+//! a body met again, byte for byte with the same codings, cut and limits, gets the bytes
+//! decoded the first time instead of being inflated again. Decoding is a pure function of
+//! those, so nothing downstream changes. On the realistic bench capture, 89.7% of the
+//! 100,000 bodies decoded are bytes decoded before (10,324 distinct), and inflating was 7%
+//! of all cycles.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::Read;
+use std::sync::Arc;
 
 use super::{Header, HttpConfig};
+use crate::budget::Usage;
+use crate::memo::{Key, Memo};
 
 /// Most content codings undone on one body (`gzip, br` is two). Deeper stacks are only
 /// seen from attackers multiplying decode work, so they count as unknown.
@@ -27,6 +39,7 @@ const BROTLI_BUFFER: usize = 4096;
 
 /// A content (or non-chunked transfer) coding this module can undo.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Coding {
     Gzip,
     Deflate,
@@ -229,15 +242,86 @@ impl DecodeLimit {
 }
 
 /// A decoded body, possibly cut short by a limit.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Decoded {
     pub data: Vec<u8>,
     pub limit: Option<DecodeLimit>,
 }
 
 /// The body did not decode (corrupt, or wrong coding named).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct DecodeFailed;
+
+/// Largest encoded body the memo keeps.
+const MEMO_MAX_BODY: usize = 16 * 1024;
+/// Bytes of the memo's limit per slot (an encoded body and what it decodes to).
+const MEMO_BYTES_PER_SLOT: usize = 1024;
+/// Placement seed (fixed: see [`crate::memo`]).
+const MEMO_SEED: u64 = 0x6465_636f_6465_6d6f;
+
+type Outcome = Arc<Result<Decoded, DecodeFailed>>;
+
+thread_local! {
+    /// This thread's memo of decodings (none until [`set_decode_memo`]).
+    static MEMO: RefCell<Memo<Outcome>> =
+        RefCell::new(Memo::new(0, MEMO_BYTES_PER_SLOT, MEMO_MAX_BODY, MEMO_SEED));
+}
+
+/// Gives this thread a new, empty memo of decodings holding at most `limit` bytes (none
+/// at all when 0). A worker calls it as it starts, with its share of table `decodes`.
+pub fn set_decode_memo(limit: usize) {
+    MEMO.with(|m| {
+        *m.borrow_mut() = Memo::new(limit, MEMO_BYTES_PER_SLOT, MEMO_MAX_BODY, MEMO_SEED)
+    });
+}
+
+/// Forgets the decodings this thread's memo keeps (as in a new run).
+pub fn forget_decodes() {
+    MEMO.with(|m| m.borrow_mut().clear());
+}
+
+/// What this thread's memo of decodings holds now and has given up.
+pub fn decode_memo_usage() -> Usage {
+    MEMO.with(|m| m.borrow().usage())
+}
+
+/// [`decode`], answered from this thread's memo when the same input was decoded before
+/// with the same codings, cut and limits; true when it was.
+pub(crate) fn decode_memoized(
+    input: &[u8],
+    codings: &Codings,
+    cfg: &HttpConfig,
+    input_cut: bool,
+) -> (Result<Decoded, DecodeFailed>, bool) {
+    // What the result depends on besides the input.
+    let mut head = [0u8; 2 + MAX_CODINGS + 4 + 8 + 8];
+    head[0] = u8::from(input_cut);
+    head[1] = codings.len as u8;
+    for (slot, c) in head[2..2 + MAX_CODINGS].iter_mut().zip(codings.iter()) {
+        *slot = c as u8 + 1;
+    }
+    let limits = &mut head[2 + MAX_CODINGS..];
+    limits[..4].copy_from_slice(&cfg.max_decompression_ratio.to_le_bytes());
+    limits[4..12].copy_from_slice(&(cfg.max_decoded_bytes as u64).to_le_bytes());
+    limits[12..].copy_from_slice(&(cfg.max_body_bytes as u64).to_le_bytes());
+    let k = Key {
+        head: &head,
+        body: input,
+    };
+    let miss = match MEMO.with(|m| m.borrow_mut().get(k)) {
+        Ok(hit) => return ((*hit).clone(), true),
+        Err(miss) => miss,
+    };
+    let outcome = Arc::new(decode(input, codings, cfg, input_cut));
+    let bytes = match &*outcome {
+        Ok(d) => d.data.capacity(),
+        Err(_) => 0,
+    };
+    MEMO.with(|m| m.borrow_mut().offer(miss, k, &outcome, bytes));
+    // Moved out when the memo did not keep it.
+    let owned = Arc::try_unwrap(outcome).unwrap_or_else(|kept| (*kept).clone());
+    (owned, false)
+}
 
 /// Undoes `codings` (listed in application order) on `input`. `input_cut` says the body
 /// is known to be incomplete, so running out of input mid-stream is expected: the bytes
@@ -477,6 +561,63 @@ mod tests {
         assert!(decode(half, &codings(&[Coding::Gzip]), &cfg, false).is_err());
         let d = decode(half, &codings(&[Coding::Gzip]), &cfg, true).unwrap();
         assert!(!d.data.is_empty() && big.starts_with(&d.data));
+    }
+
+    /// The memo gives what decoding gives, for the same bytes, codings, cut and limits
+    /// only: a body is kept the second time it is met and answered from the third.
+    #[test]
+    fn the_memo_gives_what_decoding_gives() {
+        set_decode_memo(8 << 20);
+        let default = HttpConfig::default();
+        let ratio = HttpConfig {
+            max_decompression_ratio: 10,
+            ..Default::default()
+        };
+        let gz = codings(&[Coding::Gzip]);
+        let br_gz = codings(&[Coding::Br, Coding::Gzip]);
+        let page = gzip(JSON);
+        let mut corrupt = page.clone();
+        let mid = corrupt.len() / 2;
+        corrupt[mid] ^= 0x5a;
+        let bomb = gzip(&vec![0u8; 200_000]);
+        let cases: [(&[u8], &Codings, &HttpConfig, bool); 7] = [
+            (&page, &gz, &default, false),
+            // The same bytes cut, under other limits, or named with other codings.
+            (&page, &gz, &default, true),
+            (&page, &gz, &ratio, false),
+            (&page, &br_gz, &default, false),
+            (&page[..page.len() - 12], &gz, &default, true),
+            (&corrupt, &gz, &default, false),
+            (&bomb, &gz, &ratio, false),
+        ];
+        for round in 0..3 {
+            for (i, (input, c, cfg, cut)) in cases.iter().enumerate() {
+                let (got, hit) = decode_memoized(input, c, cfg, *cut);
+                assert_eq!(got, decode(input, c, cfg, *cut), "case {i}, round {round}");
+                assert_eq!(hit, round == 2, "case {i}, round {round}");
+            }
+        }
+        assert!(decode(&corrupt, &gz, &default, false).is_err());
+        assert_eq!(
+            decode(&bomb, &gz, &ratio, false).map(|d| d.limit),
+            Ok(Some(DecodeLimit::Ratio))
+        );
+        let u = decode_memo_usage();
+        assert_eq!(u.entries, cases.len() as u64, "{u:?}");
+        assert!(u.bytes > 200_000 / 10 && u.bytes <= u.limit, "{u:?}");
+
+        forget_decodes();
+        assert_eq!(decode_memo_usage().entries, 0);
+        assert!(!decode_memoized(&page, &gz, &default, false).1);
+
+        // Off: nothing is kept, and decoding still works.
+        set_decode_memo(0);
+        for _ in 0..3 {
+            let (got, hit) = decode_memoized(&page, &gz, &default, false);
+            assert!(!hit);
+            assert_eq!(got.map(|d| d.data), Ok(JSON.to_vec()));
+        }
+        assert_eq!(decode_memo_usage(), Usage::default());
     }
 
     #[test]

@@ -869,8 +869,17 @@ struct HttpHandler {
 }
 
 impl HttpHandler {
-    /// `scans`: the bytes its memo of response scans may hold.
-    fn new(cfg: &Config, shared: Arc<Shared>, write_lines: bool, scans: usize) -> HttpHandler {
+    /// `scans`: the bytes its memo of response scans may hold; `decodes`: the bytes the
+    /// calling thread's memo of content decodings may hold (it is emptied: the handler
+    /// runs on the thread that makes it).
+    fn new(
+        cfg: &Config,
+        shared: Arc<Shared>,
+        write_lines: bool,
+        scans: usize,
+        decodes: usize,
+    ) -> HttpHandler {
+        crate::http::set_decode_memo(decodes);
         HttpHandler {
             cfg: cfg.http.clone(),
             shared,
@@ -1078,8 +1087,8 @@ impl HttpHandler {
         }
         self.txs = txs;
         self.route_buf = route_buf;
-        self.stats.response_scans = self.scans.hits + self.scans.misses;
-        self.stats.response_scans_memoized = self.scans.hits;
+        self.stats.response_scans = self.scans.hits() + self.scans.misses();
+        self.stats.response_scans_memoized = self.scans.hits();
     }
 }
 
@@ -1350,7 +1359,13 @@ impl PacketPath {
         PacketPath {
             decoder: Decoder::new(cfg.decode.clone()),
             table: FlowTable::new(cfg.reassembly.clone()),
-            handler: HttpHandler::new(cfg, shared, false, cfg.runtime.budget.share(Table::Scans)),
+            handler: HttpHandler::new(
+                cfg,
+                shared,
+                false,
+                cfg.runtime.budget.share(Table::Scans),
+                cfg.runtime.budget.share(Table::Decodes),
+            ),
         }
     }
 
@@ -1364,9 +1379,19 @@ impl PacketPath {
         }
     }
 
-    /// Forgets the response scans made so far (the memo starts empty, as in a new run).
+    /// Forgets the response scans and content decodings made so far (the memos start
+    /// empty, as in a new run).
     pub fn forget_scans(&mut self) {
         self.handler.scans.clear();
+        crate::http::forget_decodes();
+    }
+
+    /// Bodies content-decoded and answered by the memo of recent decodings, so far.
+    pub fn body_decodes(&self) -> (u64, u64) {
+        (
+            self.handler.stats.body_decodes,
+            self.handler.stats.body_decodes_memoized,
+        )
     }
 
     /// Packet time moves on: idle flows expire.
@@ -1409,15 +1434,22 @@ impl PacketPath {
     }
 }
 
-/// The tables a worker owns: its flow table's and its memo of response scans.
-fn worker_usage(table: &FlowTable<HttpHandler>, handler: &HttpHandler) -> [(Table, Usage); 4] {
+/// The tables a worker owns: its flow table's, its memo of response scans and (on the
+/// worker's thread) its memo of content decodings.
+fn worker_usage(table: &FlowTable<HttpHandler>, handler: &HttpHandler) -> [(Table, Usage); 5] {
     let [flows, streams, http] = table.usage();
-    [flows, streams, http, handler.scans.usage()]
+    [
+        flows,
+        streams,
+        http,
+        handler.scans.usage(),
+        (Table::Decodes, crate::http::decode_memo_usage()),
+    ]
 }
 
 struct WorkerResult {
     /// The worker's tables at the end of the capture, before the final flush.
-    memory: [(Table, Usage); 4],
+    memory: [(Table, Usage); 5],
     split: SplitStats,
     reassembly: ReassemblyStats,
     http: HttpStats,
@@ -1463,7 +1495,8 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
     rcfg.budget = budget;
     let mut table: FlowTable<HttpHandler> = FlowTable::new(rcfg);
     let scans = cfg.runtime.budget.share_of(Table::Scans, workers);
-    let mut handler = HttpHandler::new(&cfg, shared, lines_tx.is_some(), scans);
+    let decodes = cfg.runtime.budget.share_of(Table::Decodes, workers);
+    let mut handler = HttpHandler::new(&cfg, shared, lines_tx.is_some(), scans, decodes);
     let hub = handler.shared.hub.clone();
     let mut last_publish = Instant::now();
     let publish =

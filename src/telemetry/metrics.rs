@@ -98,6 +98,8 @@ pub const NAMES: &[&str] = &[
     "shed_unanswered",
     "response_scans",
     "response_scans_memoized",
+    "body_decodes",
+    "body_decodes_memoized",
     "enforce_checks",
     "enforce_check_reasons",
     "enforce_check_verdicts",
@@ -654,6 +656,16 @@ impl Collector for Hub {
             "response_scans_memoized",
             "Response scans answered by a worker's memo of recent scans (the same bytes scanned before).",
             h.response_scans_memoized,
+        )?;
+        e.counter(
+            "body_decodes",
+            "Message bodies content-decoded (gzip, deflate, br).",
+            h.body_decodes,
+        )?;
+        e.counter(
+            "body_decodes_memoized",
+            "Content decodings answered by a worker's memo of recent decodings (the same bytes decoded before).",
+            h.body_decodes_memoized,
         )?;
         e.labelled(
             "http2_connections",

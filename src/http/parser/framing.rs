@@ -127,7 +127,10 @@ pub(in crate::http) fn decode_kept(
     if !cx.cfg.decode_bodies || codings.unknown || codings.is_empty() || body.data.is_empty() {
         return;
     }
-    match body::decode(&body.data, codings, cx.cfg, body.truncated) {
+    let (decoded, memoized) = body::decode_memoized(&body.data, codings, cx.cfg, body.truncated);
+    cx.stats.body_decodes += 1;
+    cx.stats.body_decodes_memoized += u64::from(memoized);
+    match decoded {
         Ok(d) => {
             cx.stats.body_bytes_decoded += d.data.len() as u64;
             body.data = d.data;

@@ -109,6 +109,12 @@ pub struct HttpStats {
     pub shed_unanswered: u64,
     /// Bytes produced by content decoding.
     pub body_bytes_decoded: u64,
+    /// Bodies content-decoded, and how many of them the thread's memo of recent decodings
+    /// answered (the same bytes decoded before).
+    #[serde(default)]
+    pub body_decodes: u64,
+    #[serde(default)]
+    pub body_decodes_memoized: u64,
     /// Response bodies scanned for personal data and the inventory, and how many of them
     /// were answered by the worker's memo of recent scans (the same bytes scanned before).
     #[serde(default)]
@@ -154,6 +160,8 @@ impl HttpStats {
         self.gap_unanswered += other.gap_unanswered;
         self.shed_unanswered += other.shed_unanswered;
         self.body_bytes_decoded += other.body_bytes_decoded;
+        self.body_decodes += other.body_decodes;
+        self.body_decodes_memoized += other.body_decodes_memoized;
         self.response_scans += other.response_scans;
         self.response_scans_memoized += other.response_scans_memoized;
         self.tls_connections += other.tls_connections;

@@ -1,0 +1,346 @@
+//! A bounded memo of what was computed from a byte string, found again by the exact bytes.
+//!
+//! An API sends the same bytes to many clients: a product page, a catalogue page or a
+//! search result to every shopper, compressed the same way each time. Work that is a pure
+//! function of those bytes (inflating them, scanning them) is done once and its result
+//! handed out again. Used per worker, never shared: for response scans
+//! ([`crate::detect::scan_memo`]) and for undoing content codings ([`crate::http`]).
+//!
+//! A key is a short `head` (whatever else the result depends on: a content type, flags,
+//! limits) and the `body`. Entries are found by the exact bytes, never by a hash alone: a
+//! crafted body cannot borrow another body's result. Two-way (a body may sit in either
+//! slot of a pair; a hit only marks its entry used), bounded in bytes. Most bodies are met
+//! once (a user's own cart, a search nobody repeats), so what is kept is chosen:
+//! - a body is kept the second time it is met while its hash is remembered (four per
+//!   bucket of one word per slot in all), so bodies met once never push out the ones met
+//!   again;
+//! - it takes an empty slot of its pair, else one whose entry went unused since it lost
+//!   its mark; when both entries were used, they lose their marks and it is not kept (a
+//!   second chance);
+//! - past the limit, a clock hand gives up entries not used since it last passed, and
+//!   clears the mark of those used (CLOCK), counted as evictions;
+//! - an entry over a sixteenth of the limit is never kept (one body cannot flush the
+//!   memo), nor is a body over the memo's largest body.
+//!
+//! The hash has a fixed seed: a hit never changes a result, and a fixed placement keeps
+//! the counts a summary reports the same from one replay to the next. A crafted stream of
+//! colliding bodies can at worst make the memo miss.
+
+use std::hash::{BuildHasher, Hasher};
+use std::mem::size_of;
+
+use crate::budget::Usage;
+
+/// Hashes remembered per bucket of bodies met once.
+const SEEN_WAYS: usize = 4;
+/// Slot counts, at least and at most (powers of two).
+const MIN_SLOTS: usize = 64;
+const MAX_SLOTS: usize = 1 << 16;
+
+/// A memo key: what the result depends on besides the body, and the body.
+#[derive(Clone, Copy, Debug)]
+pub struct Key<'a> {
+    pub head: &'a [u8],
+    pub body: &'a [u8],
+}
+
+struct Entry<V> {
+    hash: u64,
+    /// The head, then the body.
+    key: Box<[u8]>,
+    head_len: usize,
+    value: V,
+    /// What the entry is accounted as.
+    bytes: usize,
+    /// Answered a lookup since the clock hand (or a newcomer for its slot) last passed it.
+    used: bool,
+}
+
+impl<V> Entry<V> {
+    fn is(&self, hash: u64, k: Key<'_>) -> bool {
+        self.hash == hash
+            && self.head_len == k.head.len()
+            && self.key.len() == k.head.len() + k.body.len()
+            && self.key[..k.head.len()] == *k.head
+            && self.key[k.head.len()..] == *k.body
+    }
+}
+
+/// The two of `slots` (a power of two) a body may sit in (one when there is one slot).
+fn pair(slots: usize, hash: u64) -> std::ops::Range<usize> {
+    let first = (hash as usize) & (slots - 1) & !1;
+    first..(first + 2).min(slots)
+}
+
+/// A memo of values computed from keys. See the module documentation.
+pub struct Memo<V> {
+    slots: Vec<Option<Entry<V>>>,
+    /// Hashes of bodies met once and not kept, four to a bucket picked by the hash's high
+    /// half, newest first: two bodies sharing a bucket do not forget each other.
+    seen: Vec<[u64; SEEN_WAYS]>,
+    hasher: foldhash::fast::FixedState,
+    /// The next slot to give up its entry when the memo is over its limit.
+    hand: usize,
+    held: usize,
+    entries: usize,
+    limit: usize,
+    /// Largest body kept (a large body is rarely repeated and would crowd out many small
+    /// ones).
+    max_body: usize,
+    evictions: u64,
+    /// Lookups answered, and lookups not answered (including bodies never kept).
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// A lookup that found nothing: offer the value made for it with [`Memo::offer`].
+#[must_use]
+pub struct Miss {
+    hash: u64,
+    keep: bool,
+}
+
+impl<V: Clone> Memo<V> {
+    /// A memo holding at most `limit` bytes (none at all when 0), with a slot per
+    /// `bytes_per_slot` of the limit, keeping bodies up to `max_body` bytes; `seed` picks
+    /// the placement (fixed per use, see the module documentation).
+    pub fn new(limit: usize, bytes_per_slot: usize, max_body: usize, seed: u64) -> Memo<V> {
+        let slots = if limit == 0 {
+            0
+        } else {
+            (limit / bytes_per_slot.max(1))
+                .clamp(MIN_SLOTS, MAX_SLOTS)
+                .next_power_of_two()
+        };
+        Memo {
+            // The slots themselves are held from the start.
+            held: slots * (size_of::<Option<Entry<V>>>() + size_of::<u64>()),
+            slots: std::iter::repeat_with(|| None).take(slots).collect(),
+            seen: vec![[0; SEEN_WAYS]; (slots / SEEN_WAYS).max(1)],
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+            hand: 0,
+            entries: 0,
+            limit,
+            max_body,
+            evictions: 0,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// The value kept for `k`, else a [`Miss`] to offer the value made.
+    pub fn get(&mut self, k: Key<'_>) -> Result<V, Miss> {
+        if self.slots.is_empty() || k.body.len() > self.max_body || k.body.is_empty() {
+            self.misses += 1;
+            return Err(Miss {
+                hash: 0,
+                keep: false,
+            });
+        }
+        let hash = {
+            let mut h = self.hasher.build_hasher();
+            h.write(k.head);
+            h.write(k.body);
+            h.finish()
+        };
+        let pair = pair(self.slots.len(), hash);
+        for e in self.slots[pair].iter_mut().flatten() {
+            if e.is(hash, k) {
+                self.hits += 1;
+                e.used = true;
+                return Ok(e.value.clone());
+            }
+        }
+        self.misses += 1;
+        Err(Miss { hash, keep: true })
+    }
+
+    /// Offers `value`, made for `k` after `miss`, holding `value_bytes` beyond the entry
+    /// and the key; kept or not by the policy of the module documentation.
+    pub fn offer(&mut self, miss: Miss, k: Key<'_>, value: &V, value_bytes: usize) {
+        if !miss.keep {
+            return;
+        }
+        let hash = miss.hash;
+        let bytes = size_of::<Entry<V>>() + k.head.len() + k.body.len() + value_bytes;
+        if bytes > self.limit / 16 {
+            return;
+        }
+        let b = ((hash >> 32) as usize) & (self.seen.len() - 1);
+        let recent = &mut self.seen[b];
+        if !recent.contains(&hash) {
+            recent.rotate_right(1);
+            recent[0] = hash;
+            return;
+        }
+        let pair = pair(self.slots.len(), hash);
+        let free = pair.clone().find(|&j| self.slots[j].is_none());
+        let unused = || {
+            pair.clone()
+                .find(|&j| self.slots[j].as_ref().is_some_and(|e| !e.used))
+        };
+        let Some(i) = free.or_else(unused) else {
+            for e in self.slots[pair].iter_mut().flatten() {
+                e.used = false;
+            }
+            return;
+        };
+        self.take(i);
+        // Over the limit, the clock hand gives up entries unused since it last passed
+        // (clearing the mark of those used): nothing is marked meanwhile, so within two
+        // turns it has given up every entry.
+        while self.held + bytes > self.limit && self.entries > 0 {
+            let j = self.hand;
+            self.hand = (self.hand + 1) & (self.slots.len() - 1);
+            if let Some(e) = &mut self.slots[j]
+                && std::mem::take(&mut e.used)
+            {
+                continue;
+            }
+            if self.take(j) {
+                self.evictions += 1;
+            }
+        }
+        // Still over only when the empty slots alone nearly fill the limit.
+        if self.held + bytes > self.limit {
+            return;
+        }
+        let mut key = Vec::with_capacity(k.head.len() + k.body.len());
+        key.extend_from_slice(k.head);
+        key.extend_from_slice(k.body);
+        self.held += bytes;
+        self.entries += 1;
+        self.slots[i] = Some(Entry {
+            hash,
+            key: key.into_boxed_slice(),
+            head_len: k.head.len(),
+            value: value.clone(),
+            bytes,
+            used: false,
+        });
+    }
+
+    /// Empties slot `i`; true when it held an entry.
+    fn take(&mut self, i: usize) -> bool {
+        match self.slots[i].take() {
+            Some(e) => {
+                self.held -= e.bytes;
+                self.entries -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every value kept (as in a new run); the counts carry on.
+    pub fn clear(&mut self) {
+        for i in 0..self.slots.len() {
+            self.take(i);
+        }
+        self.seen.fill([0; SEEN_WAYS]);
+        self.hand = 0;
+    }
+
+    /// Slots the memo has.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// What the memo holds now and has given up (evictions: entries the clock hand gave
+    /// up).
+    pub fn usage(&self) -> Usage {
+        Usage {
+            bytes: self.held as u64,
+            limit: self.limit as u64,
+            entries: self.entries as u64,
+            evictions: self.evictions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key<'a>(head: &'a [u8], body: &'a [u8]) -> Key<'a> {
+        Key { head, body }
+    }
+
+    /// Looks `k` up; on a miss, offers `value`. True on a hit.
+    fn visit(m: &mut Memo<u32>, k: Key<'_>, value: u32) -> bool {
+        match m.get(k) {
+            Ok(v) => {
+                assert_eq!(v, value, "a hit gives the value kept for these bytes");
+                true
+            }
+            Err(miss) => {
+                m.offer(miss, k, &value, 0);
+                false
+            }
+        }
+    }
+
+    /// Kept the second time a body is met; found by head and body, never across the
+    /// boundary between them.
+    #[test]
+    fn kept_when_met_again_and_found_by_exact_bytes() {
+        let mut m = Memo::new(1 << 20, 1024, 4096, 1);
+        assert!(!visit(&mut m, key(b"a", b"bc"), 1));
+        assert_eq!(m.usage().entries, 0, "met once: only remembered");
+        assert!(!visit(&mut m, key(b"a", b"bc"), 1));
+        assert_eq!(m.usage().entries, 1);
+        assert!(visit(&mut m, key(b"a", b"bc"), 1));
+        // The same bytes split differently are another key.
+        assert!(m.get(key(b"ab", b"c")).is_err());
+        assert!(m.get(key(b"a", b"bd")).is_err());
+        assert_eq!((m.hits, m.misses), (1, 4));
+        m.clear();
+        assert_eq!(m.usage().entries, 0);
+        assert!(m.get(key(b"a", b"bc")).is_err());
+    }
+
+    /// Bodies met again and again stay while a stream of others passes through, and the
+    /// memo stays within its limit, counting what it gave up.
+    #[test]
+    fn popular_bodies_stay_within_the_limit() {
+        let limit = 256 * 1024;
+        let mut m = Memo::new(limit, 1024, 4096, 2);
+        let popular: Vec<Vec<u8>> = (0..8).map(|i| vec![b'p' ^ i; 700]).collect();
+        let mut popular_hits = 0;
+        for round in 0..300u32 {
+            for (i, b) in popular.iter().enumerate() {
+                let hit = visit(&mut m, key(b"", b), i as u32);
+                if round >= 2 {
+                    popular_hits += u32::from(hit);
+                }
+            }
+            for j in 0..6u32 {
+                let page = format!("{round}-{j}-{}", "x".repeat(1900));
+                visit(&mut m, key(b"", page.as_bytes()), 0);
+                visit(&mut m, key(b"", page.as_bytes()), 0);
+                assert!(m.usage().bytes <= limit as u64, "{:?}", m.usage());
+            }
+        }
+        assert!(
+            m.usage().evictions > 0,
+            "the passing bodies overflow the limit"
+        );
+        assert_eq!(popular_hits, 298 * 8);
+        // Over the largest body, or a sixteenth of the limit: never kept.
+        let big = vec![b'b'; 4097];
+        for _ in 0..3 {
+            assert!(!visit(&mut m, key(b"", &big), 9));
+        }
+        let mut small = Memo::new(32 * 1024, 1024, 4096, 3);
+        let over_a_sixteenth = vec![b's'; 3000];
+        for _ in 0..3 {
+            assert!(!visit(&mut small, key(b"", &over_a_sixteenth), 9));
+        }
+        assert_eq!(small.usage().entries, 0);
+        let mut off = Memo::<u32>::new(0, 1024, 4096, 3);
+        for _ in 0..3 {
+            assert!(!visit(&mut off, key(b"", b"x"), 1));
+        }
+        assert_eq!(off.usage(), Usage::default());
+    }
+}
