@@ -214,10 +214,31 @@ fn key_extra(k: &KeyValue, ks: &KeyState) -> usize {
 
 /// Bytes of one learned baseline: its slot and the histogram's counts.
 fn baseline_bytes(h: &Histogram<u64>) -> usize {
-    std::mem::size_of::<(KeyValue, Histogram<u64>)>() + 1 + h.distinct_values() * 8
+    std::mem::size_of::<(KeyValue, Baseline)>() + 1 + h.distinct_values() * 8
 }
 
-type Baselines = HashMap<KeyValue, Histogram<u64>, foldhash::fast::RandomState>;
+/// One endpoint's learned samples, and its level at the rule's quantile: read for every
+/// request of the endpoint, changed only when a window closes, so it is computed once per
+/// change rather than walked out of the histogram per request.
+pub(super) struct Baseline {
+    pub hist: Histogram<u64>,
+    level: Option<u64>,
+}
+
+impl Baseline {
+    pub(super) fn new(hist: Histogram<u64>) -> Baseline {
+        Baseline { hist, level: None }
+    }
+
+    /// The level at quantile `q` (always the same `q`: the rule's).
+    fn level(&mut self, q: f64) -> u64 {
+        *self
+            .level
+            .get_or_insert_with(|| self.hist.value_at_quantile(q))
+    }
+}
+
+type Baselines = HashMap<KeyValue, Baseline, foldhash::fast::RandomState>;
 
 impl RuleState {
     fn new(rule: Arc<Rule>) -> RuleState {
@@ -272,7 +293,7 @@ fn learn(
     let mut fresh = false;
     let baselines_len = baselines.len();
     // One probe: a known endpoint (nearly every sample) is found by the entry itself.
-    let h = match baselines.entry(s.endpoint) {
+    let b = match baselines.entry(s.endpoint) {
         std::collections::hash_map::Entry::Vacant(_) if baselines_len >= MAX_BASELINES || !room => {
             stats.baselines_over_cap += 1;
             return;
@@ -285,12 +306,14 @@ fn learn(
             match Histogram::new(2) {
                 Ok(h) => {
                     fresh = true;
-                    v.insert(h)
+                    v.insert(Baseline::new(h))
                 }
                 Err(_) => return,
             }
         }
     };
+    b.level = None;
+    let h = &mut b.hist;
     let before = if fresh { 0 } else { baseline_bytes(h) };
     // Counts up to a million per window; body sizes up to 4 GiB.
     let high = if s.wide {
@@ -567,9 +590,9 @@ impl Shard {
                 } => {
                     o.level = ev
                         .key(KeyField::Endpoint)
-                        .and_then(|e| st.baselines.get(&e))
-                        .filter(|h| h.len() >= u64::from(*learn_min))
-                        .map(|h| h.value_at_quantile(*quantile) as f64);
+                        .and_then(|e| st.baselines.get_mut(&e))
+                        .filter(|b| b.hist.len() >= u64::from(*learn_min))
+                        .map(|b| b.level(*quantile) as f64);
                 }
                 _ => {}
             }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::{RuleState, Shard, ShardConfig, baseline_bytes};
+use super::{Baseline, RuleState, Shard, ShardConfig, baseline_bytes};
 use crate::capture::Timestamp;
 use crate::detect::window::KeyState;
 use crate::detect::{DetectStats, KeyValue};
@@ -205,7 +205,7 @@ impl Shard {
                 let mut keys: Vec<(&KeyValue, &KeyState)> = st.keys.iter().collect();
                 keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 let mut baselines: Vec<(&KeyValue, &Histogram<u64>)> =
-                    st.baselines.iter().collect();
+                    st.baselines.iter().map(|(k, b)| (k, &b.hist)).collect();
                 baselines.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 RuleRef {
                     id: st.rule.id.as_str(),
@@ -364,7 +364,7 @@ fn rule_state(rule: &Arc<Rule>, saved: SavedRule) -> Result<RuleState, Checkpoin
             ));
         };
         st.baseline_bytes = st.baseline_bytes.saturating_add(baseline_bytes(&h));
-        if st.baselines.insert(k, h).is_some() {
+        if st.baselines.insert(k, Baseline::new(h)).is_some() {
             return Err(invalid(id, "a baseline is saved twice"));
         }
     }
@@ -680,7 +680,7 @@ mod tests {
                 r.0 += usize::from(episode.is_some_and(|n| n >= 2));
                 r.1 += usize::from(pending.is_some());
             }
-            r.2 += st.baselines.values().filter(|h| h.len() >= 50).count();
+            r.2 += st.baselines.values().filter(|b| b.hist.len() >= 50).count();
         }
         r
     }
