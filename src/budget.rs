@@ -87,7 +87,7 @@ impl Table {
     fn permille(self) -> usize {
         match self {
             Table::Flows => 120,
-            Table::Streams => 120,
+            Table::Streams => 125,
             Table::Http => 100,
             Table::Tokens => 40,
             Table::Ordering => 80,
@@ -98,7 +98,7 @@ impl Table {
             Table::Inventory => 20,
             Table::Shared => 20,
             Table::Scans => 20,
-            Table::Decodes => 20,
+            Table::Decodes => 15,
         }
     }
 }

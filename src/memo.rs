@@ -155,9 +155,10 @@ impl<V: Clone> Memo<V> {
         Err(Miss { hash, keep: true })
     }
 
-    /// Offers `value`, made for `k` after `miss`, holding `value_bytes` beyond the entry
-    /// and the key; kept or not by the policy of the module documentation.
-    pub fn offer(&mut self, miss: Miss, k: Key<'_>, value: &V, value_bytes: usize) {
+    /// Offers the value made for `k` after `miss`, holding `value_bytes` beyond the entry
+    /// and the key; kept or not by the policy of the module documentation. `make` gives
+    /// the value to keep, and is called only when it is kept.
+    pub fn offer(&mut self, miss: Miss, k: Key<'_>, value_bytes: usize, make: impl FnOnce() -> V) {
         if !miss.keep {
             return;
         }
@@ -214,7 +215,7 @@ impl<V: Clone> Memo<V> {
             hash,
             key: key.into_boxed_slice(),
             head_len: k.head.len(),
-            value: value.clone(),
+            value: make(),
             bytes,
             used: false,
         });
@@ -274,7 +275,7 @@ mod tests {
                 true
             }
             Err(miss) => {
-                m.offer(miss, k, &value, 0);
+                m.offer(miss, k, 0, || value);
                 false
             }
         }

@@ -91,7 +91,8 @@ impl ScanMemo {
             Ok(scan) => scan,
             Err(miss) => {
                 let scan = Arc::new(exposure::scan_typed(ctype, shared, body, want_ids));
-                self.memo.offer(miss, k, &scan, scan_bytes(&scan));
+                self.memo
+                    .offer(miss, k, scan_bytes(&scan), || Arc::clone(&scan));
                 scan
             }
         }

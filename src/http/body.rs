@@ -312,15 +312,14 @@ pub(crate) fn decode_memoized(
         Ok(hit) => return ((*hit).clone(), true),
         Err(miss) => miss,
     };
-    let outcome = Arc::new(decode(input, codings, cfg, input_cut));
-    let bytes = match &*outcome {
-        Ok(d) => d.data.capacity(),
-        Err(_) => 0,
-    };
-    MEMO.with(|m| m.borrow_mut().offer(miss, k, &outcome, bytes));
-    // Moved out when the memo did not keep it.
-    let owned = Arc::try_unwrap(outcome).unwrap_or_else(|kept| (*kept).clone());
-    (owned, false)
+    let outcome = decode(input, codings, cfg, input_cut);
+    // A copy is kept (allocated to its length: decoding grows its buffer by doubling).
+    let bytes = outcome.as_ref().map_or(0, |d| d.data.len());
+    MEMO.with(|m| {
+        m.borrow_mut()
+            .offer(miss, k, bytes, || Arc::new(outcome.clone()))
+    });
+    (outcome, false)
 }
 
 /// Undoes `codings` (listed in application order) on `input`. `input_cut` says the body
