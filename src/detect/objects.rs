@@ -15,8 +15,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use thin_vec::ThinVec;
 
-use serde_json::Value;
-
 use crate::capture::Timestamp;
 use crate::http::{Header, header};
 
@@ -26,14 +24,6 @@ const MAX_REFS: usize = 64;
 const MAX_JSON_BYTES: usize = 256 * 1024;
 use crate::object::USER_COLLECTIONS;
 pub use crate::object::{ObjectRef, collection, is_user_collection};
-
-fn id_text(v: &Value) -> Option<Arc<str>> {
-    match v {
-        Value::Number(n) => Some(Arc::from(n.to_string())),
-        Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(Arc::from(s.as_str())),
-        _ => None,
-    }
-}
 
 fn is_json(headers: &[Header], body: &[u8]) -> bool {
     header(headers, "content-type").is_some_and(crate::http::mentions_json)
@@ -88,15 +78,12 @@ pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec
     if !body.is_empty()
         && body.len() <= MAX_JSON_BYTES
         && is_json(headers, body)
-        && let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body)
+        && let Ok(BodyIds(ids)) = serde_json::from_slice::<BodyIds>(body)
     {
-        for (k, v) in &o {
-            let lk = k.to_ascii_lowercase();
-            if lk.ends_with("_id")
-                && let Some(id) = id_text(v)
-            {
+        for (k, id) in ids {
+            if let Some(id) = id {
                 out.push(ObjectRef {
-                    collection: collection(&lk),
+                    collection: collection(&k.to_ascii_lowercase()),
                     id,
                 });
             }
@@ -104,6 +91,132 @@ pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec
     }
     out.truncate(MAX_REFS);
     out
+}
+
+/// The `*_id` fields of a JSON object body as a parsed `Value::Object` holds them: in key
+/// order, a repeated key's last value, `None` for values that are not ids ([`IdValue`]).
+/// Read with serde without building the body's tree: the other fields are only checked for
+/// syntax, at any depth (a tree stops at 128 levels, so deep nesting beside an id hid it);
+/// a body that is not one valid JSON object is an error.
+struct BodyIds(Vec<(String, Option<Arc<str>>)>);
+
+impl<'de> serde::Deserialize<'de> for BodyIds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BodyIds, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = BodyIds;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<BodyIds, A::Error> {
+                let mut ids: Vec<(String, Option<Arc<str>>)> = Vec::new();
+                while let Some(FieldName(k)) = map.next_key()? {
+                    let b = k.as_bytes();
+                    if b.len() >= 3 && b[b.len() - 3..].eq_ignore_ascii_case(b"_id") {
+                        let IdValue(id) = map.next_value()?;
+                        ids.push((k.into_owned(), id));
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                // As a map of the fields would hold them: by key, the last value of each.
+                ids.reverse();
+                ids.sort_by(|a, b| a.0.cmp(&b.0));
+                ids.dedup_by(|later, first| later.0 == first.0);
+                Ok(BodyIds(ids))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// A field name, borrowed from the body unless it holds escapes.
+struct FieldName<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FieldName<'de>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                s: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(FieldName(std::borrow::Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One `*_id` field's value as an id: a number, or a string of 1 to 128 bytes; anything
+/// else is no id (and is only checked for syntax).
+struct IdValue(Option<Arc<str>>);
+
+impl<'de> serde::Deserialize<'de> for IdValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IdValue, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IdValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<IdValue, E> {
+                Ok(IdValue(
+                    (!s.is_empty() && s.len() <= 128).then(|| Arc::from(s)),
+                ))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<IdValue, E> {
+                Ok(IdValue(Some(Arc::from(
+                    serde_json::Number::from(n).to_string(),
+                ))))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<IdValue, E> {
+                Ok(IdValue(Some(Arc::from(
+                    serde_json::Number::from(n).to_string(),
+                ))))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<IdValue, E> {
+                // A float JSON can hold (it parsed), shown as a parsed `Value` shows it.
+                Ok(IdValue(
+                    serde_json::Number::from_f64(n).map(|n| Arc::from(n.to_string())),
+                ))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<IdValue, E> {
+                Ok(IdValue(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<IdValue, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(IdValue(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<IdValue, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(IdValue(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Ids a JSON response returns: its own `id`, and the `id`s of objects in its arrays
@@ -439,6 +552,128 @@ mod tests {
             collection: c.into(),
             id: id.into(),
         }
+    }
+
+    /// The body's ids as read before [`BodyIds`]: from a parsed `Value::Object`.
+    fn body_ids_from_value(body: &[u8]) -> Vec<ObjectRef> {
+        use serde_json::Value;
+        let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
+            return Vec::new();
+        };
+        o.iter()
+            .filter_map(|(k, v)| {
+                let lk = k.to_ascii_lowercase();
+                let id: Arc<str> = match v {
+                    _ if !lk.ends_with("_id") => return None,
+                    Value::Number(n) => Arc::from(n.to_string()),
+                    Value::String(s) if !s.is_empty() && s.len() <= 128 => Arc::from(s.as_str()),
+                    _ => return None,
+                };
+                Some(ObjectRef {
+                    collection: collection(&lk),
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    fn body_ids(body: &[u8]) -> Vec<ObjectRef> {
+        request_objects("/api/v1/transfers", &json_hdr(), body).to_vec()
+    }
+
+    /// Reading the ids without building the body's tree gives what the tree gave: key
+    /// order, a repeated key's last value, escaped and non-ASCII names, every number form,
+    /// ids too long or not scalars, and bodies that are not one valid JSON object.
+    #[test]
+    fn body_ids_as_a_parsed_object_gives_them() {
+        let deep = format!(
+            "{{\"a_id\":1,\"x\":{}1{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let long = format!(
+            r#"{{"a_id":"{}","b_id":"{}"}}"#,
+            "x".repeat(128),
+            "y".repeat(129)
+        );
+        let bodies: Vec<&[u8]> = vec![
+            br#"{"to_account_id":"AC-9","from_account_id":12,"amount":5}"#,
+            br#"{"order_id":1,"Order_Id":2,"order_id":3}"#,
+            br#"{"order_id":1,"order_id":{"id":2}}"#,
+            br#"{"order_id":{"id":2},"order_id":"7"}"#,
+            br#"{"order\u005fid":"esc","\u00e9_id":"e","\u00e9":"no","_id":"bare","ID":"up","x_ID":5}"#,
+            "{\"caf\u{e9}_id\":\"k\",\"\u{e9}\":1,\"\u{e9}d\":2}".as_bytes(),
+            br#"{"a_id":1.5,"b_id":1e2,"c_id":-0,"d_id":-12,"e_id":18446744073709551615,"f_id":-9223372036854775808,"g_id":2.0}"#,
+            br#"{"a_id":"","b_id":null,"c_id":true,"d_id":[1],"e_id":{},"f_id":" "}"#,
+            long.as_bytes(),
+            br#"{"nested":{"user_id":1},"list":[{"order_id":2}],"card_id":3}"#,
+            br#"{"a_id":1,}"#,
+            br#"{"a_id":1} x"#,
+            br#"{"a_id":1e400}"#,
+            br#"[{"a_id":1}]"#,
+            br#""a_id""#,
+            br#"{"a_id":"\ud800"}"#,
+            br#"{"a_id":"tab\there"}"#,
+            b"{}",
+        ];
+        for body in bodies {
+            assert_eq!(
+                body_ids(body),
+                body_ids_from_value(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            body_ids(br#"{"order_id":1,"Order_Id":2,"order_id":3}"#),
+            vec![r("order", "2"), r("order", "3")]
+        );
+        // Where they differ: fields nested deeper than serde_json builds a tree (128
+        // levels) no longer hide the ids beside them.
+        assert_eq!(body_ids_from_value(deep.as_bytes()), vec![]);
+        assert_eq!(body_ids(deep.as_bytes()), vec![r("a", "1")]);
+    }
+
+    proptest::proptest! {
+        /// Any object of scalars, arrays and objects, with `*_id` names among others.
+        #[test]
+        fn body_ids_match_the_parsed_object(body in json_object()) {
+            let bytes = body.as_bytes();
+            proptest::prop_assert_eq!(body_ids(bytes), body_ids_from_value(bytes));
+        }
+    }
+
+    /// JSON text of an object whose fields may repeat (which a `Value` cannot hold).
+    fn json_object() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| format!("{f:e}")),
+            "[a-zA-Z0-9 _\\-]{0,140}".prop_map(|s| format!("{s:?}")),
+        ];
+        let value = leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec(("[a-z]{1,3}(_id|_ID|Id)?", inner), 0..4).prop_map(|v| {
+                    let fields: Vec<String> =
+                        v.into_iter().map(|(k, x)| format!("{k:?}:{x}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        });
+        proptest::collection::vec(("(order|user|a|b)(_id|_ID|_Id|Id|)", value), 0..8).prop_map(
+            |v| {
+                let fields: Vec<String> =
+                    v.into_iter().map(|(k, x)| format!("{k:?}:{x}")).collect();
+                format!("{{{}}}", fields.join(","))
+            },
+        )
     }
 
     #[test]
