@@ -1,6 +1,7 @@
 //! What detectors need from a request beyond its head: the object number a walk steps
 //! through, and the username a login attempt tries. Bounded work: only login routes'
-//! bodies are parsed, only up to the body cap the HTTP stage already applied.
+//! bodies are read (their top-level fields, without building a tree), only up to the body
+//! cap the HTTP stage already applied.
 
 use std::sync::Arc;
 
@@ -68,10 +69,15 @@ pub fn login_username(
         .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
         .unwrap_or_default();
     let found = if ctype.contains("json") || body.first() == Some(&b'{') {
-        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
-        cfg.fields
-            .iter()
-            .find_map(|f| v.get(f).and_then(|x| x.as_str()).map(str::to_string))
+        // The first configured field whose value (its last, if repeated) is a string.
+        let named = super::json_fields::top_level(body, |k| cfg.fields.iter().any(|f| f == k))?;
+        let named = super::json_fields::last_of_each(named);
+        cfg.fields.iter().find_map(|f| {
+            named.iter().find_map(|(k, v)| match v {
+                super::json_fields::Scalar::Str(s) if k == f => Some(s.to_string()),
+                _ => None,
+            })
+        })
     } else if ctype.contains("x-www-form-urlencoded") {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(body)
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -138,6 +144,32 @@ mod tests {
             Some("a@b.co")
         );
         assert_eq!(login_username(&cfg, "/login", &json, b"{not json"), None);
+        // Padding the body with nesting deeper than a parsed tree allows (which servers
+        // accept) does not hide the username; a repeated field's last value counts, and
+        // the first configured field holding a string.
+        let padded = format!(
+            r#"{{"password":"x","pad":{}{},"username":"v2@example.com"}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        assert_eq!(
+            login_username(&cfg, "/login", &json, padded.as_bytes()).as_deref(),
+            Some("v2@example.com")
+        );
+        assert_eq!(
+            login_username(
+                &cfg,
+                "/login",
+                &json,
+                br#"{"username":"first","email":"e@x.co","username":"last"}"#
+            )
+            .as_deref(),
+            Some("last")
+        );
+        assert_eq!(
+            login_username(&cfg, "/login", &json, br#"{"username":7,"email":"e@x.co"}"#).as_deref(),
+            Some("e@x.co")
+        );
         assert_eq!(
             login_username(&cfg, "/login", &json, br#"{"password":"x"}"#),
             None

@@ -18,6 +18,7 @@ mod extract;
 pub mod fingerprint;
 pub use crate::intern;
 mod inventory;
+mod json_fields;
 mod objects;
 mod publicity;
 pub mod scan_memo;

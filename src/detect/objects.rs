@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use thin_vec::ThinVec;
 
+use super::json_fields::{self, Scalar};
 use crate::capture::Timestamp;
 use crate::http::{Header, header};
 
@@ -78,145 +79,29 @@ pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec
     if !body.is_empty()
         && body.len() <= MAX_JSON_BYTES
         && is_json(headers, body)
-        && let Ok(BodyIds(ids)) = serde_json::from_slice::<BodyIds>(body)
+        && let Some(fields) = json_fields::top_level(body, names_id)
     {
-        for (k, id) in ids {
-            if let Some(id) = id {
-                out.push(ObjectRef {
-                    collection: collection(&k.to_ascii_lowercase()),
-                    id,
-                });
-            }
+        // As a parsed object holds them: by name, each name's last value.
+        for (k, v) in json_fields::last_of_each(fields) {
+            let id: Arc<str> = match v {
+                Scalar::Num(n) => Arc::from(n.to_string()),
+                Scalar::Str(s) if !s.is_empty() && s.len() <= 128 => Arc::from(&*s),
+                _ => continue,
+            };
+            out.push(ObjectRef {
+                collection: collection(&k.to_ascii_lowercase()),
+                id,
+            });
         }
     }
     out.truncate(MAX_REFS);
     out
 }
 
-/// The `*_id` fields of a JSON object body as a parsed `Value::Object` holds them: in key
-/// order, a repeated key's last value, `None` for values that are not ids ([`IdValue`]).
-/// Read with serde without building the body's tree: the other fields are only checked for
-/// syntax, at any depth (a tree stops at 128 levels, so deep nesting beside an id hid it);
-/// a body that is not one valid JSON object is an error.
-struct BodyIds(Vec<(String, Option<Arc<str>>)>);
-
-impl<'de> serde::Deserialize<'de> for BodyIds {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BodyIds, D::Error> {
-        struct Fields;
-        impl<'de> serde::de::Visitor<'de> for Fields {
-            type Value = BodyIds;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<BodyIds, A::Error> {
-                let mut ids: Vec<(String, Option<Arc<str>>)> = Vec::new();
-                while let Some(FieldName(k)) = map.next_key()? {
-                    let b = k.as_bytes();
-                    if b.len() >= 3 && b[b.len() - 3..].eq_ignore_ascii_case(b"_id") {
-                        let IdValue(id) = map.next_value()?;
-                        ids.push((k.into_owned(), id));
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                }
-                // As a map of the fields would hold them: by key, the last value of each.
-                ids.reverse();
-                ids.sort_by(|a, b| a.0.cmp(&b.0));
-                ids.dedup_by(|later, first| later.0 == first.0);
-                Ok(BodyIds(ids))
-            }
-        }
-        d.deserialize_map(Fields)
-    }
-}
-
-/// A field name, borrowed from the body unless it holds escapes.
-struct FieldName<'de>(std::borrow::Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for FieldName<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<FieldName<'de>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = FieldName<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                s: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(FieldName(std::borrow::Cow::Borrowed(s)))
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(FieldName(std::borrow::Cow::Owned(s.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// One `*_id` field's value as an id: a number, or a string of 1 to 128 bytes; anything
-/// else is no id (and is only checked for syntax).
-struct IdValue(Option<Arc<str>>);
-
-impl<'de> serde::Deserialize<'de> for IdValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IdValue, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = IdValue;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<IdValue, E> {
-                Ok(IdValue(
-                    (!s.is_empty() && s.len() <= 128).then(|| Arc::from(s)),
-                ))
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<IdValue, E> {
-                Ok(IdValue(Some(Arc::from(
-                    serde_json::Number::from(n).to_string(),
-                ))))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<IdValue, E> {
-                Ok(IdValue(Some(Arc::from(
-                    serde_json::Number::from(n).to_string(),
-                ))))
-            }
-            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<IdValue, E> {
-                // A float JSON can hold (it parsed), shown as a parsed `Value` shows it.
-                Ok(IdValue(
-                    serde_json::Number::from_f64(n).map(|n| Arc::from(n.to_string())),
-                ))
-            }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<IdValue, E> {
-                Ok(IdValue(None))
-            }
-            fn visit_unit<E: serde::de::Error>(self) -> Result<IdValue, E> {
-                Ok(IdValue(None))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<IdValue, A::Error> {
-                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(IdValue(None))
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<IdValue, A::Error> {
-                while a
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(IdValue(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
+/// A JSON body field that names an object: `*_id`, in any case.
+fn names_id(k: &str) -> bool {
+    let b = k.as_bytes();
+    b.len() >= 3 && b[b.len() - 3..].eq_ignore_ascii_case(b"_id")
 }
 
 /// Ids a JSON response returns: its own `id`, and the `id`s of objects in its arrays
@@ -554,7 +439,7 @@ mod tests {
         }
     }
 
-    /// The body's ids as read before [`BodyIds`]: from a parsed `Value::Object`.
+    /// The body's ids as read before `json_fields`: from a parsed `Value::Object`.
     fn body_ids_from_value(body: &[u8]) -> Vec<ObjectRef> {
         use serde_json::Value;
         let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
