@@ -131,8 +131,9 @@ fn packet_path_allocations_per_transaction() {
         frames.last().map_or(0, |f| f.ts.0) + shift - 1_000_000_000,
     ));
     path.take_events();
-    // The second pass repeats the first's bodies: the memo of response scans would answer
-    // every one. Emptied, it holds only what this pass scans, as in a run of its own.
+    // The second pass repeats the first's bodies: the memos of response scans and content
+    // decodings would answer every one. Emptied, they hold only what this pass scans and
+    // decodes, as in a run of its own.
     path.forget_scans();
     let (txs, allocs, bytes) = counted(|| pass(&mut path, &frames, shift));
     assert!(warm > 2000, "the sample has its 2801 transactions: {warm}");
@@ -149,8 +150,9 @@ fn packet_path_allocations_per_transaction() {
     );
 }
 
-/// Measured 14.5 on this sample with the memo of response scans emptied before the counted
-/// pass, with a little room: 13.9 before the memo kept a body only the second time it is
+/// Measured 13.7 on this sample with the memos of response scans and decodings emptied
+/// before the counted pass, with a little room: 14.5 before the memo of decodings (a body
+/// decoded again allocated flate2's inflate state and window), 13.9 before the memo kept a body only the second time it is
 /// met (a body met twice in the pass is now scanned twice); 17.3 before the memo (34.6 before the scanner and event building
 /// reused their buffers, 21.2 before a request's method and target were kept inline when
 /// short, 19.3 before header vectors were recycled). What stays, per transaction:
@@ -158,8 +160,9 @@ fn packet_path_allocations_per_transaction() {
 ///   bytes, and the header values too long to sit inline (tokens, Authorization,
 ///   User-Agent): the transaction owns its messages until the event is built; header
 ///   vectors go back to the parser (`http::recycle_headers`), bodies do not yet.
-/// - content decoding (0.4, but most of the bytes): flate2's gzip reader allocates its
-///   inflate state and window per body; it takes no reusable `Decompress`.
+/// - content decoding (0.4 before the memo of decodings, but most of the bytes): flate2's
+///   gzip reader allocates its inflate state and window per body (it takes no reusable
+///   `Decompress`); a body decoded before costs one copy of the decoded bytes instead.
 /// - the response scan (about 9 for a body not scanned before, none for one the memo
 ///   holds): the `Scan` the event shares (one `Arc`), its field list (one copy at its
 ///   final size), findings (masked samples) and returned ids, which the detect thread
