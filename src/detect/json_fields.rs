@@ -51,7 +51,12 @@ impl<'de, W: Fn(&str) -> bool> Visitor<'de> for Fields<'_, W> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(Name(k)) = map.next_key()? {
+        // A key is read as a value would be: JSON keys are strings, borrowed from the body
+        // unless they hold escapes.
+        while let Some(k) = map.next_key::<Scalar<'de>>()? {
+            let Scalar::Str(k) = k else {
+                return Err(A::Error::custom("a field name that is not a string"));
+            };
             if (self.0)(&k) {
                 let v: Scalar<'de> = map.next_value()?;
                 out.push((k, v));
@@ -60,28 +65,6 @@ impl<'de, W: Fn(&str) -> bool> Visitor<'de> for Fields<'_, W> {
             }
         }
         Ok(out)
-    }
-}
-
-/// A field name, borrowed from the body unless it holds escapes.
-struct Name<'de>(Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Name<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Name<'de>, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Name<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_borrowed_str<E: Error>(self, s: &'de str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Borrowed(s)))
-            }
-            fn visit_str<E: Error>(self, s: &str) -> Result<Name<'de>, E> {
-                Ok(Name(Cow::Owned(s.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 

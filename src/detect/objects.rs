@@ -57,10 +57,8 @@ pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec
         }
     }
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        let b = k.as_bytes();
-        let names_id = b.eq_ignore_ascii_case(b"id")
-            || (b.len() > 3 && b[b.len() - 3..].eq_ignore_ascii_case(b"_id"));
-        if !names_id {
+        // `id`, or `*_id` with something before the suffix.
+        if !(k.eq_ignore_ascii_case("id") || (k.len() > 3 && names_id(&k))) {
             continue;
         }
         let lk = k.to_ascii_lowercase();
@@ -545,20 +543,21 @@ mod tests {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4)
                     .prop_map(|v| format!("[{}]", v.join(","))),
-                proptest::collection::vec(("[a-z]{1,3}(_id|_ID|Id)?", inner), 0..4).prop_map(|v| {
-                    let fields: Vec<String> =
-                        v.into_iter().map(|(k, x)| format!("{k:?}:{x}")).collect();
-                    format!("{{{}}}", fields.join(","))
-                }),
+                proptest::collection::vec(("[a-z]{1,3}(_id|_ID|Id)?", inner), 0..4)
+                    .prop_map(object_text),
             ]
         });
-        proptest::collection::vec(("(order|user|a|b)(_id|_ID|_Id|Id|)", value), 0..8).prop_map(
-            |v| {
-                let fields: Vec<String> =
-                    v.into_iter().map(|(k, x)| format!("{k:?}:{x}")).collect();
-                format!("{{{}}}", fields.join(","))
-            },
-        )
+        proptest::collection::vec(("(order|user|a|b)(_id|_ID|_Id|Id|)", value), 0..8)
+            .prop_map(object_text)
+    }
+
+    /// `{"name":value,...}` of fields given as names and JSON texts.
+    fn object_text(fields: Vec<(String, String)>) -> String {
+        let fields: Vec<String> = fields
+            .into_iter()
+            .map(|(k, x)| format!("{k:?}:{x}"))
+            .collect();
+        format!("{{{}}}", fields.join(","))
     }
 
     #[test]
