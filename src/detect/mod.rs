@@ -231,29 +231,101 @@ impl Event {
         }
     }
 
+    /// A field's value borrowed from the event where it is held, made only when it is
+    /// derived (a field set, an endpoint or principal the engine did not set).
+    fn key_ref(&self, f: KeyField) -> Option<KeyRef<'_>> {
+        fn str_of(s: &Option<Arc<str>>) -> Option<KeyRef<'_>> {
+            s.as_ref().map(KeyRef::Str)
+        }
+        match f {
+            KeyField::Ip => Some(KeyRef::Ip(self.actor.ip)),
+            KeyField::Device => str_of(&self.actor.device),
+            KeyField::User => str_of(&self.actor.user),
+            KeyField::Token => self.token.map(KeyRef::Token),
+            KeyField::Endpoint if self.endpoint.is_some() => str_of(&self.endpoint),
+            KeyField::Principal if self.principal_key.is_some() => str_of(&self.principal_key),
+            KeyField::Object => str_of(&self.object),
+            KeyField::Username => self.username.as_ref().map(KeyRef::Username),
+            KeyField::Ja4 => str_of(&self.ja4),
+            KeyField::Endpoint | KeyField::Principal | KeyField::FieldSet => {
+                self.key(f).map(KeyRef::Owned)
+            }
+        }
+    }
+
     /// The key of a rule (one field, or a tuple of several, all present) as looked up in
-    /// its key table: built without allocating (a tuple's parts stay inline); the owned
-    /// key is made only for a new key.
-    fn lookup_key(&self, fields: &[KeyField]) -> Option<Lookup> {
+    /// its key table: built without allocating or counting references (its values are
+    /// borrowed from the event, a tuple's parts stay inline); the owned key is made only
+    /// for a new key.
+    fn lookup_key(&self, fields: &[KeyField]) -> Option<Lookup<'_>> {
         match fields {
-            [one] => self.key(*one).map(Lookup::One),
+            [one] => self.key_ref(*one).map(Lookup::One),
             many => many
                 .iter()
-                .map(|f| self.key(*f))
+                .map(|f| self.key_ref(*f))
                 .collect::<Option<smallvec::SmallVec<_>>>()
                 .map(Lookup::Many),
         }
     }
 }
 
-/// A rule's key before it is stored: one value, or a tuple's parts inline. Hashes and
-/// compares exactly as the [`KeyValue`] it stands for.
-enum Lookup {
-    One(KeyValue),
-    Many(smallvec::SmallVec<[KeyValue; 3]>),
+/// A [`KeyValue`] borrowed from an event: hashes and compares exactly as the value it
+/// stands for.
+enum KeyRef<'a> {
+    Ip(IpAddr),
+    Str(&'a Arc<str>),
+    Token(TokenHash),
+    Username(&'a Arc<str>),
+    /// A value derived for the lookup.
+    Owned(KeyValue),
 }
 
-impl std::hash::Hash for Lookup {
+impl std::hash::Hash for KeyRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            KeyRef::Ip(ip) => hash_ip(ip, h),
+            KeyRef::Str(s) => hash_str(1, s, h),
+            KeyRef::Token(t) => hash_token(t, h),
+            KeyRef::Username(u) => hash_str(3, u, h),
+            KeyRef::Owned(k) => k.hash(h),
+        }
+    }
+}
+
+impl hashbrown::Equivalent<KeyValue> for KeyRef<'_> {
+    fn equivalent(&self, key: &KeyValue) -> bool {
+        match (self, key) {
+            (KeyRef::Ip(a), KeyValue::Ip(b)) => a == b,
+            (KeyRef::Str(a), KeyValue::Str(b)) | (KeyRef::Username(a), KeyValue::Username(b)) => {
+                Arc::ptr_eq(a, b) || ***a == **b
+            }
+            (KeyRef::Token(a), KeyValue::Token(b)) => a == b,
+            (KeyRef::Owned(a), b) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl From<&KeyRef<'_>> for KeyValue {
+    fn from(k: &KeyRef<'_>) -> KeyValue {
+        match k {
+            KeyRef::Ip(ip) => KeyValue::Ip(*ip),
+            KeyRef::Str(s) => KeyValue::Str(Arc::clone(s)),
+            KeyRef::Token(t) => KeyValue::Token(*t),
+            KeyRef::Username(u) => KeyValue::Username(Arc::clone(u)),
+            KeyRef::Owned(k) => k.clone(),
+        }
+    }
+}
+
+/// A rule's key before it is stored: one value, or a tuple's parts inline. Hashes and
+/// compares exactly as the [`KeyValue`] it stands for.
+enum Lookup<'a> {
+    One(KeyRef<'a>),
+    Many(smallvec::SmallVec<[KeyRef<'a>; 3]>),
+}
+
+impl std::hash::Hash for Lookup<'_> {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         match self {
             Lookup::One(k) => k.hash(h),
@@ -262,26 +334,46 @@ impl std::hash::Hash for Lookup {
     }
 }
 
-impl hashbrown::Equivalent<KeyValue> for Lookup {
+impl hashbrown::Equivalent<KeyValue> for Lookup<'_> {
     fn equivalent(&self, key: &KeyValue) -> bool {
         match (self, key) {
-            (Lookup::One(a), b) => a == b,
-            (Lookup::Many(parts), KeyValue::Tuple(t)) => parts[..] == t[..],
+            (Lookup::One(a), b) => a.equivalent(b),
+            (Lookup::Many(parts), KeyValue::Tuple(t)) => {
+                parts.len() == t.len() && parts.iter().zip(t.iter()).all(|(a, b)| a.equivalent(b))
+            }
             (Lookup::Many(_), _) => false,
         }
     }
 }
 
-impl From<&Lookup> for KeyValue {
-    fn from(l: &Lookup) -> KeyValue {
+impl From<&Lookup<'_>> for KeyValue {
+    fn from(l: &Lookup<'_>) -> KeyValue {
         match l {
-            Lookup::One(k) => k.clone(),
-            Lookup::Many(parts) => KeyValue::Tuple(parts.iter().cloned().collect()),
+            Lookup::One(k) => k.into(),
+            Lookup::Many(parts) => KeyValue::Tuple(parts.iter().map(KeyValue::from).collect()),
         }
     }
 }
 
-fn hash_tuple<H: std::hash::Hasher>(parts: &[KeyValue], h: &mut H) {
+fn hash_ip<H: std::hash::Hasher>(ip: &IpAddr, h: &mut H) {
+    use std::hash::Hash;
+    0u8.hash(h);
+    ip.hash(h);
+}
+
+fn hash_str<H: std::hash::Hasher>(tag: u8, s: &str, h: &mut H) {
+    use std::hash::Hash;
+    tag.hash(h);
+    s.hash(h);
+}
+
+fn hash_token<H: std::hash::Hasher>(t: &TokenHash, h: &mut H) {
+    use std::hash::Hash;
+    2u8.hash(h);
+    t.hash(h);
+}
+
+fn hash_tuple<T: std::hash::Hash, H: std::hash::Hasher>(parts: &[T], h: &mut H) {
     use std::hash::Hash;
     4u8.hash(h);
     parts.len().hash(h);
@@ -366,22 +458,10 @@ impl PartialEq for KeyValue {
 impl std::hash::Hash for KeyValue {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         match self {
-            KeyValue::Ip(ip) => {
-                0u8.hash(h);
-                ip.hash(h);
-            }
-            KeyValue::Str(s) => {
-                1u8.hash(h);
-                s.hash(h);
-            }
-            KeyValue::Token(t) => {
-                2u8.hash(h);
-                t.hash(h);
-            }
-            KeyValue::Username(u) => {
-                3u8.hash(h);
-                u.hash(h);
-            }
+            KeyValue::Ip(ip) => hash_ip(ip, h),
+            KeyValue::Str(s) => hash_str(1, s, h),
+            KeyValue::Token(t) => hash_token(t, h),
+            KeyValue::Username(u) => hash_str(3, u, h),
             KeyValue::Tuple(parts) => hash_tuple(parts, h),
         }
     }

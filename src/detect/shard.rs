@@ -555,8 +555,9 @@ impl Shard {
                 sub: 0,
                 sorted: false,
             };
-            let rule = st.rule.clone();
-            let det = &rule.detector;
+            // The rule is borrowed from its state, not cloned: an `Arc` count changed for
+            // every rule of every event is measurable.
+            let det = &st.rule.detector;
             let Some(key) = ev.lookup_key(&det.group_by) else {
                 continue;
             };
@@ -606,7 +607,7 @@ impl Shard {
                 let mut ks = KeyState::new(det, baseline_endpoint(det, ev));
                 let fired = observe_learning(
                     &mut ks,
-                    &rule,
+                    &st.rule,
                     o,
                     &mut st.baselines,
                     &mut st.baseline_bytes,
@@ -620,7 +621,7 @@ impl Shard {
                 let k = KeyValue::from(&key);
                 charge_new(&k, &mut ks, &mut st.heap);
                 st.keys.insert(k, ks);
-                em.emit(&rule, &(&key).into(), episode, false, &mut self.stats);
+                em.emit(&st.rule, &(&key).into(), episode, false, &mut self.stats);
                 continue;
             }
             // Below the cap (nearly always) a new key needs no room made: one probe finds
@@ -629,12 +630,13 @@ impl Shard {
                 make_room(st, cap, now, room, &mut self.stats, &mut em);
             }
             let RuleState {
+                rule,
                 keys,
                 heap,
                 baselines,
                 baseline_bytes,
-                ..
             } = st;
+            let det = &rule.detector;
             let ks = match keys.entry_ref(&key) {
                 hashbrown::hash_map::EntryRef::Occupied(o) => o.into_mut(),
                 hashbrown::hash_map::EntryRef::Vacant(v) => {
@@ -645,12 +647,12 @@ impl Shard {
                 }
             };
             let stats = &mut self.stats;
-            if let Some(episode) = ks.due_follow_up(ev.ts, &rule) {
-                em.emit(&rule, &(&key).into(), episode, true, stats);
+            if let Some(episode) = ks.due_follow_up(ev.ts, rule) {
+                em.emit(rule, &(&key).into(), episode, true, stats);
             }
-            let fired = observe_learning(ks, &rule, o, baselines, baseline_bytes, room, stats);
+            let fired = observe_learning(ks, rule, o, baselines, baseline_bytes, room, stats);
             if let Some(episode) = fired {
-                em.emit(&rule, &(&key).into(), episode, false, stats);
+                em.emit(rule, &(&key).into(), episode, false, stats);
             }
         }
     }

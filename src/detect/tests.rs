@@ -515,7 +515,7 @@ fn looked_up_keys_hash_and_compare_as_stored_keys() {
     assert_eq!(table.len(), 4);
     // A tuple of one field's value is not that value.
     let single = Lookup::Many(
-        [KeyValue::Ip("10.0.0.7".parse().unwrap())]
+        [KeyRef::Ip("10.0.0.7".parse().unwrap())]
             .into_iter()
             .collect(),
     );
