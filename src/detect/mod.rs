@@ -669,7 +669,7 @@ pub struct Engine {
     done: Vec<u64>,
     tagged: Vec<Tagged>,
     /// Per shard: the matched rules it owns the key of, for the event at hand.
-    routed: Vec<smallvec::SmallVec<[u16; 16]>>,
+    routed: Vec<shard::RuleList>,
 }
 
 impl Engine {
@@ -806,7 +806,14 @@ impl Engine {
     }
 
     /// [`Engine::observe`] for an event the caller gives up (no copy is made).
-    pub fn observe_owned(&mut self, mut ev: Event, out: &mut Vec<Alert>) {
+    pub fn observe_owned(&mut self, ev: Event, out: &mut Vec<Alert>) {
+        self.observe_shared(Arc::new(ev), out);
+    }
+
+    /// [`Engine::observe_owned`] for an event already in the `Arc` the shards are sent:
+    /// the engine enriches it in place (it is not shared yet, so nothing is copied).
+    pub fn observe_shared(&mut self, mut shared: Arc<Event>, out: &mut Vec<Alert>) {
+        let ev = Arc::make_mut(&mut shared);
         ev.attested = match ev.verdict {
             Verdict::Valid => true,
             Verdict::Expired => ev
@@ -839,8 +846,8 @@ impl Engine {
             ev.actor.user.as_ref(),
             ev.verdict == Verdict::Valid,
         );
-        let judged = self.judge_objects(ev);
-        self.route(judged);
+        self.judge_objects(ev);
+        self.route(shared);
         if self.shards.inline() {
             self.settle(out);
         }
@@ -875,7 +882,7 @@ impl Engine {
 
     /// Sends the event to the shards owning the keys of the rules it matched (after a
     /// sweep, when one is due).
-    fn route(&mut self, ev: Event) {
+    fn route(&mut self, ev: Arc<Event>) {
         if ev.ts > self.now {
             self.now = ev.ts;
         }
@@ -900,7 +907,6 @@ impl Engine {
         if matched {
             self.stats.matched += 1;
         }
-        let ev = Arc::new(ev);
         for (s, list) in self.routed.iter_mut().enumerate() {
             if !list.is_empty() {
                 self.shards.send(
@@ -943,7 +949,7 @@ impl Engine {
     }
 
     /// Applies pinned route templates and ownership to the event.
-    fn judge_objects(&mut self, mut e: Event) -> Event {
+    fn judge_objects(&mut self, e: &mut Event) {
         let pinned = e.object.as_deref().and_then(|p| {
             self.routes
                 .iter()
@@ -971,7 +977,7 @@ impl Engine {
         let principal = self.principals.name(&self.principal_buf);
         e.principal_key = Some(principal.clone());
         if !(e.objects.is_empty() && e.returned.is_empty()) {
-            self.judge_ownership(&mut e, &principal, public, &declared_users);
+            self.judge_ownership(e, &principal, public, &declared_users);
         }
         // Taken out and put back rather than cloned: the scan may be shared with a
         // worker's memo, and a count change on its `Arc` would bounce between cores.
@@ -1024,7 +1030,6 @@ impl Engine {
             }
             e.exposure = Some(scan);
         }
-        e
     }
 
     /// Judges the objects of a request against the ownership map.

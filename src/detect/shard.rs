@@ -31,6 +31,11 @@ use crate::rules::{DetectorKind, Rule, RuleId, RuleSet};
 /// (`Scan::owner`).
 pub const PROTOCOL: u16 = 3;
 
+/// The rules of one event a shard runs (indexes into the rule set), inline up to 16: the
+/// built-in pack matches 8 to 10 rules for 97% of the realistic capture's requests (19 at
+/// most). Serialized as a plain sequence, whatever the inline size.
+pub type RuleList = smallvec::SmallVec<[u16; 16]>;
+
 /// One message to a shard. Serializable (with [`PROTOCOL`] as its version) so that a shard
 /// can run in another process; a rule set swap is not sent over the wire (every shard
 /// loads the same rules), so its variant is skipped.
@@ -45,7 +50,7 @@ pub enum ShardMsg {
     Event {
         seq: u64,
         event: Arc<Event>,
-        rules: smallvec::SmallVec<[u16; 16]>,
+        rules: RuleList,
     },
     /// Everything up to `seq` has been sent.
     Mark { seq: u64 },

@@ -31,7 +31,7 @@ pub enum Msg {
     Event {
         order: StreamOrder,
         event: Arc<Event>,
-        rules: smallvec::SmallVec<[u16; 16]>,
+        rules: crate::detect::shard::RuleList,
     },
 }
 

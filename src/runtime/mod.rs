@@ -1062,7 +1062,7 @@ impl HttpHandler {
                     server,
                     seq: st.seq,
                     bytes: ev.bytes(),
-                    item: ordering::Item::Event(Box::new(ev)),
+                    item: ordering::Item::Event(Arc::new(ev)),
                 });
             }
             if self.write_lines {
@@ -1419,7 +1419,7 @@ impl PacketPath {
             .events
             .drain(..)
             .filter_map(|o| match o.item {
-                ordering::Item::Event(e) => Some(*e),
+                ordering::Item::Event(e) => Some(Arc::unwrap_or_clone(e)),
                 ordering::Item::Hello(_) => None,
             })
             .collect()

@@ -39,16 +39,16 @@ pub(super) struct Ordered {
     pub seq: u64,
     /// What the event holds ([`Event::bytes`]), charged to the ordering buffer.
     pub bytes: usize,
-    /// Boxed: the buffer moves entries on every push and pop (and the spill heap on every
-    /// sift step), and an event is several hundred bytes (a busy port holds seconds of
-    /// them).
+    /// Behind a pointer: the buffer moves entries on every push and pop (and the spill
+    /// heap on every sift step), and an event is several hundred bytes (a busy port holds
+    /// seconds of them).
     pub item: Item,
 }
 
 /// What a worker hands to detection, in packet-time order.
 pub(super) enum Item {
-    /// A transaction.
-    Event(Box<Event>),
+    /// A transaction, in the `Arc` the detect shards are sent (made once, by the worker).
+    Event(Arc<Event>),
     /// A TLS ClientHello: the client sent this JA4 fingerprint (joined with transactions
     /// behind an edge that names the client's address and port).
     Hello(Arc<str>),
@@ -314,7 +314,7 @@ pub(super) fn run(
                         server: o.server,
                         seq: o.seq,
                     });
-                    engine.observe_owned(*ev, alerts)
+                    engine.observe_shared(ev, alerts)
                 }
                 Item::Hello(ja4) => engine.hello(o.client, ja4, o.ts),
             }
