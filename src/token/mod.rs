@@ -1067,6 +1067,12 @@ mod tests {
             v.identify(&[h("Authorization", "Bearer opaque-token")], NOW)
                 .is_none()
         );
+        // Not three parts (one dot, or five parts like a JWE's): not judged, not counted.
+        for not_jws in ["Bearer a.b", &format!("Bearer {user}.x.y")] {
+            assert!(v.identify(&[h("Authorization", not_jws)], NOW).is_none());
+        }
+        let judged: u64 = v.stats().identity_verdicts.values().sum();
+        assert_eq!(judged, 1, "only the JWT was judged");
         assert!(v.identify(&[], NOW).is_none());
         // Default family without key: unverified, but expiry still judged.
         let t = hs256(
