@@ -525,6 +525,81 @@ fn looked_up_keys_hash_and_compare_as_stored_keys() {
     assert!(e.lookup_key(&[KeyField::Ip, KeyField::Device]).is_none());
 }
 
+/// Every field a rule can group by, alone and in tuples, looked up from an event whose
+/// strings are other allocations than the stored keys' (the usual case: a device's next
+/// token brings its id in a new string) finds the stored key, by content; derived values
+/// (an endpoint or principal the engine did not set, a field set) too; and a username is
+/// never the same key as an equal string of another field.
+#[test]
+fn borrowed_lookups_find_keys_stored_from_other_allocations() {
+    use std::hash::BuildHasher;
+    let all = [
+        KeyField::Ip,
+        KeyField::Device,
+        KeyField::User,
+        KeyField::Token,
+        KeyField::Endpoint,
+        KeyField::Object,
+        KeyField::Username,
+        KeyField::Principal,
+        KeyField::FieldSet,
+        KeyField::Ja4,
+    ];
+    let event = || {
+        let mut e = ev(1.0, "2001:db8::7");
+        e.actor.device = Some(String::from("dev-1").into());
+        e.actor.user = Some(String::from("alice").into());
+        e.token = Some(crate::token::TokenHash::of("a.b.c"));
+        e.username = Some(String::from("alice").into());
+        e.ja4 = Some(String::from("t13d1516h2_8daaf6152771_b0da82dd1658").into());
+        e.exposed.push(exposure::Finding {
+            path: String::from("$.email").into(),
+            class: crate::exposure_class::Class::Email,
+            masked: String::from("a***@example.com").into(),
+            digests: Default::default(),
+        });
+        e
+    };
+    let (stored, fresh) = (event(), event());
+    let state = foldhash::fast::RandomState::default();
+    let mut table: hashbrown::HashMap<KeyValue, usize, _> = hashbrown::HashMap::with_hasher(state);
+    let mut shapes: Vec<Vec<KeyField>> = all.iter().map(|f| vec![*f]).collect();
+    shapes.extend(all.windows(2).map(<[KeyField]>::to_vec));
+    shapes.push(vec![
+        KeyField::Principal,
+        KeyField::Endpoint,
+        KeyField::Username,
+    ]);
+    for (i, fields) in shapes.iter().enumerate() {
+        let look = stored.lookup_key(fields).unwrap();
+        let owned = KeyValue::from(&look);
+        assert_eq!(
+            table.hasher().hash_one(&look),
+            table.hasher().hash_one(&owned),
+            "{fields:?}"
+        );
+        assert!(
+            table.insert(owned, i).is_none(),
+            "{fields:?} is another shape's key"
+        );
+    }
+    for (i, fields) in shapes.iter().enumerate() {
+        let look = fresh.lookup_key(fields).unwrap();
+        assert_eq!(table.get(&look), Some(&i), "{fields:?}");
+    }
+    // The user "alice" and the username "alice" are different keys.
+    let user = stored.lookup_key(&[KeyField::User]).unwrap();
+    let username = KeyValue::from(&stored.lookup_key(&[KeyField::Username]).unwrap());
+    assert!(!hashbrown::Equivalent::equivalent(&user, &username));
+    // Another value of any one field is another key.
+    let mut other = event();
+    other.actor.device = Some("dev-2".into());
+    assert_eq!(
+        table.get(&other.lookup_key(&[KeyField::Device]).unwrap()),
+        None
+    );
+}
+
 /// A response to `route` from `ip` carrying `records` records in `bytes` body bytes.
 fn response(secs: f64, ip: &str, route: &str, records: u32, bytes: u32) -> Event {
     let mut e = ev(secs, ip);
