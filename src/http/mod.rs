@@ -87,7 +87,10 @@ pub struct Header {
 }
 
 /// A header value's bytes.
-pub type HeaderValue = smallvec::SmallVec<[u8; 32]>;
+pub type HeaderValue = smallvec::SmallVec<[u8; HEADER_VALUE_INLINE]>;
+
+/// Header value bytes kept inline.
+const HEADER_VALUE_INLINE: usize = 32;
 
 /// A message body as kept for detectors.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -156,9 +159,36 @@ const RECYCLED_KEPT: usize = 64;
 /// Vectors grown past this many headers (a hostile head) are freed, not kept.
 const RECYCLED_MAX_CAPACITY: usize = 64;
 
+/// Heap buffers of header values too long to sit inline (tokens, `Authorization`,
+/// `User-Agent`: a few per request), kept per thread for the next heads' long values, at
+/// most this many...
+const RECYCLED_VALUES_KEPT: usize = 128;
+/// ...and none larger than this (a hostile value is freed, not kept): at most 512 KiB
+/// per thread, about 100 KiB on an API's traffic.
+const RECYCLED_VALUE_MAX_CAPACITY: usize = 4096;
+
 thread_local! {
     static RECYCLED: std::cell::RefCell<Vec<Vec<Header>>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    static RECYCLED_VALUES: std::cell::RefCell<Vec<Vec<u8>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A header value's bytes, in a heap buffer this thread used before when they are too
+/// long to sit inline.
+pub(crate) fn header_value(bytes: &[u8]) -> HeaderValue {
+    if bytes.len() <= HEADER_VALUE_INLINE {
+        return HeaderValue::from_slice(bytes);
+    }
+    let mut buf = RECYCLED_VALUES
+        .try_with(|r| r.try_borrow_mut().ok().and_then(|mut r| r.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    buf.clear();
+    buf.extend_from_slice(bytes);
+    // Longer than the inline size: `from_vec` keeps the buffer rather than copying.
+    HeaderValue::from_vec(buf)
 }
 
 /// An empty header vector, reused when this thread has one.
@@ -171,13 +201,26 @@ pub(crate) fn recycled_headers() -> Vec<Header> {
 }
 
 /// Takes back the header vectors of a transaction that is done with (kept per thread, at
-/// most [`RECYCLED_KEPT`], their headers dropped).
+/// most [`RECYCLED_KEPT`], their headers dropped), and the buffers of its long header
+/// values (at most [`RECYCLED_VALUES_KEPT`]).
 pub fn recycle_headers(tx: &mut Transaction) {
     let vecs = [
         tx.request.as_mut().map(|r| std::mem::take(&mut r.headers)),
         tx.response.as_mut().map(|r| std::mem::take(&mut r.headers)),
     ];
     for mut v in vecs.into_iter().flatten() {
+        let _ = RECYCLED_VALUES.try_with(|r| {
+            if let Ok(mut r) = r.try_borrow_mut() {
+                for h in &mut v {
+                    if r.len() >= RECYCLED_VALUES_KEPT {
+                        break;
+                    }
+                    if h.value.spilled() && h.value.capacity() <= RECYCLED_VALUE_MAX_CAPACITY {
+                        r.push(std::mem::take(&mut h.value).into_vec());
+                    }
+                }
+            }
+        });
         if v.capacity() == 0 || v.capacity() > RECYCLED_MAX_CAPACITY {
             continue;
         }
@@ -315,5 +358,53 @@ mod tests {
         }
         let kept = RECYCLED.with(|r| r.borrow().len());
         assert_eq!(kept, RECYCLED_KEPT);
+    }
+
+    /// A transaction with these header values (in buffers of their own).
+    fn tx_with(values: &[&[u8]]) -> Transaction {
+        let mut t = tx(0);
+        if let Some(r) = t.request.as_mut() {
+            r.headers = values
+                .iter()
+                .map(|v| Header {
+                    name: "x-v".into(),
+                    value: HeaderValue::from_slice(v),
+                })
+                .collect();
+        }
+        t
+    }
+
+    #[test]
+    fn long_header_values_reuse_the_buffers_of_done_transactions() {
+        let pooled = || RECYCLED_VALUES.with(|r| r.borrow().len());
+        let token = vec![b't'; 700];
+        // Short values sit inline and never touch the pool.
+        let short = header_value(b"application/json");
+        assert!(!short.spilled());
+        assert_eq!(&short[..], b"application/json");
+        // A long value's buffer comes back with its transaction and is the next long
+        // value's, whatever its bytes.
+        let mut t = tx_with(&[&token, b"short"]);
+        let first = t.request.as_ref().map(|r| r.headers[0].value.as_ptr());
+        recycle_headers(&mut t);
+        assert_eq!(pooled(), 1, "only the spilled value's buffer is kept");
+        let other = vec![b'u'; 650];
+        let v = header_value(&other);
+        assert_eq!(Some(v.as_ptr()), first, "the same buffer");
+        assert_eq!(&v[..], &other[..], "with only the new bytes");
+        assert_eq!(pooled(), 0);
+        // Just past the inline size is a long value too.
+        assert!(header_value(&[b'x'; HEADER_VALUE_INLINE + 1]).spilled());
+        // A huge value's buffer is freed, not kept; the pool stays bounded.
+        recycle_headers(&mut tx_with(&[&vec![
+            b'h';
+            RECYCLED_VALUE_MAX_CAPACITY + 1
+        ]]));
+        assert_eq!(pooled(), 0);
+        for _ in 0..RECYCLED_VALUES_KEPT + 10 {
+            recycle_headers(&mut tx_with(&[&token, &token]));
+        }
+        assert_eq!(pooled(), RECYCLED_VALUES_KEPT);
     }
 }

@@ -1061,7 +1061,7 @@ impl Fields {
                 };
                 self.headers.push(Header {
                     name: n.into(),
-                    value: HeaderValue::from_slice(value),
+                    value: crate::http::header_value(value),
                 });
             }
         }

@@ -142,7 +142,7 @@ pub(super) fn owned_headers(parsed: &[httparse::Header<'_>]) -> Vec<Header> {
     let mut out = crate::http::recycled_headers();
     out.extend(parsed.iter().map(|h| Header {
         name: h.name.into(),
-        value: HeaderValue::from_slice(h.value),
+        value: crate::http::header_value(h.value),
     }));
     out
 }

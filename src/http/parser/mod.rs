@@ -33,9 +33,7 @@ use memchr::{memchr, memchr_iter, memchr3};
 
 use super::body::{self, Codings, ContentLength, TransferEncoding};
 use super::h2::{self, H2Conn};
-use super::{
-    Anomaly, AnomalySet, Body, Dir, Header, HeaderValue, HttpConfig, Request, Response, Transaction,
-};
+use super::{Anomaly, AnomalySet, Body, Dir, Header, HttpConfig, Request, Response, Transaction};
 use crate::capture::Timestamp;
 
 mod framing;
