@@ -130,6 +130,12 @@ impl<V: Clone> Memo<V> {
 
     /// The value kept for `k`, else a [`Miss`] to offer the value made.
     pub fn get(&mut self, k: Key<'_>) -> Result<V, Miss> {
+        self.get_with(k, V::clone)
+    }
+
+    /// [`Memo::get`] that hands the kept value to `copy` (to copy it into memory of the
+    /// caller's choosing) rather than cloning it.
+    pub fn get_with<R>(&mut self, k: Key<'_>, copy: impl FnOnce(&V) -> R) -> Result<R, Miss> {
         if self.slots.is_empty() || k.body.len() > self.max_body || k.body.is_empty() {
             self.misses += 1;
             return Err(Miss {
@@ -148,7 +154,7 @@ impl<V: Clone> Memo<V> {
             if e.is(hash, k) {
                 self.hits += 1;
                 e.used = true;
-                return Ok(e.value.clone());
+                return Ok(copy(&e.value));
             }
         }
         self.misses += 1;

@@ -305,7 +305,19 @@ pub(crate) fn decode_memoized(
         head: &head,
         body: input,
     };
-    let miss = match MEMO.with(|m| m.borrow_mut().get(k)) {
+    // A hit is copied into a body buffer this thread used before.
+    let copy = |kept: &Result<Decoded, DecodeFailed>| match kept {
+        Ok(d) => {
+            let mut data = crate::http::body_buffer();
+            data.extend_from_slice(&d.data);
+            Ok(Decoded {
+                data,
+                limit: d.limit,
+            })
+        }
+        Err(e) => Err(e.clone()),
+    };
+    let miss = match MEMO.with(|m| m.borrow_mut().get_with(k, copy)) {
         Ok(hit) => return (hit, true),
         Err(miss) => miss,
     };

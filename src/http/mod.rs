@@ -153,7 +153,7 @@ impl Transaction {
     }
 }
 
-/// Header vectors handed back by transactions that are done with (see [`recycle_headers`]),
+/// Header vectors handed back by transactions that are done with (see [`recycle`]),
 /// for the next heads parsed on this thread: each message allocated one.
 const RECYCLED_KEPT: usize = 64;
 /// Vectors grown past this many headers (a hostile head) are freed, not kept.
@@ -167,11 +167,45 @@ const RECYCLED_VALUES_KEPT: usize = 128;
 /// per thread, about 100 KiB on an API's traffic.
 const RECYCLED_VALUE_MAX_CAPACITY: usize = 4096;
 
+/// Body buffers of transactions done with, kept per thread for the next bodies kept or
+/// decoded (a body grown segment by segment reallocated several times), at most this
+/// many...
+const RECYCLED_BODIES_KEPT: usize = 16;
+/// ...and none larger than this: at most 256 KiB per thread.
+const RECYCLED_BODY_MAX_CAPACITY: usize = 16 * 1024;
+
 thread_local! {
+    static RECYCLED_BODIES: std::cell::RefCell<Vec<Vec<u8>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
     static RECYCLED: std::cell::RefCell<Vec<Vec<Header>>> =
         const { std::cell::RefCell::new(Vec::new()) };
     static RECYCLED_VALUES: std::cell::RefCell<Vec<Vec<u8>>> =
         const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer for a body, one a transaction done with gave back when this thread has
+/// one.
+pub(crate) fn body_buffer() -> Vec<u8> {
+    RECYCLED_BODIES
+        .try_with(|r| r.try_borrow_mut().ok().and_then(|mut r| r.pop()))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps a body's buffer for [`body_buffer`] (freed when there are enough, or it is large).
+pub(crate) fn recycle_body(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > RECYCLED_BODY_MAX_CAPACITY {
+        return;
+    }
+    buf.clear();
+    let _ = RECYCLED_BODIES.try_with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut()
+            && r.len() < RECYCLED_BODIES_KEPT
+        {
+            r.push(buf);
+        }
+    });
 }
 
 /// A header value's bytes, in a heap buffer this thread used before when they are too
@@ -201,9 +235,19 @@ pub(crate) fn recycled_headers() -> Vec<Header> {
 }
 
 /// Takes back the header vectors of a transaction that is done with (kept per thread, at
-/// most [`RECYCLED_KEPT`], their headers dropped), and the buffers of its long header
-/// values (at most [`RECYCLED_VALUES_KEPT`]).
-pub fn recycle_headers(tx: &mut Transaction) {
+/// most [`RECYCLED_KEPT`], their headers dropped), the buffers of its long header values
+/// (at most [`RECYCLED_VALUES_KEPT`]) and its bodies' buffers (at most
+/// [`RECYCLED_BODIES_KEPT`]), for the next messages parsed on this thread.
+pub fn recycle(tx: &mut Transaction) {
+    let bodies = [
+        tx.request
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.body.data)),
+        tx.response
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.body.data)),
+    ];
+    bodies.into_iter().flatten().for_each(recycle_body);
     let vecs = [
         tx.request.as_mut().map(|r| std::mem::take(&mut r.headers)),
         tx.response.as_mut().map(|r| std::mem::take(&mut r.headers)),
@@ -346,15 +390,15 @@ mod tests {
         // Each test runs on its own thread: the pool starts empty.
         assert_eq!(recycled_headers().capacity(), 0);
         let mut t = tx(5);
-        recycle_headers(&mut t);
+        recycle(&mut t);
         assert!(t.request.as_ref().is_some_and(|r| r.headers.is_empty()));
         let v = recycled_headers();
         assert!(v.is_empty() && v.capacity() >= 5, "reused, emptied: {v:?}");
         // A vector grown past the cap is freed, not kept.
-        recycle_headers(&mut tx(RECYCLED_MAX_CAPACITY + 1));
+        recycle(&mut tx(RECYCLED_MAX_CAPACITY + 1));
         assert_eq!(recycled_headers().capacity(), 0);
         for _ in 0..RECYCLED_KEPT + 10 {
-            recycle_headers(&mut tx(3));
+            recycle(&mut tx(3));
         }
         let kept = RECYCLED.with(|r| r.borrow().len());
         assert_eq!(kept, RECYCLED_KEPT);
@@ -376,6 +420,34 @@ mod tests {
     }
 
     #[test]
+    fn body_buffers_of_done_transactions_carry_the_next_bodies() {
+        let pooled = || RECYCLED_BODIES.with(|r| r.borrow().len());
+        let with_body = |len: usize| {
+            let mut t = tx(0);
+            if let Some(r) = t.request.as_mut() {
+                r.body.data = vec![b'{'; len];
+            }
+            t
+        };
+        let mut t = with_body(600);
+        let first = t.request.as_ref().map(|r| r.body.data.as_ptr());
+        recycle(&mut t);
+        assert!(t.request.as_ref().is_some_and(|r| r.body.data.is_empty()));
+        let b = body_buffer();
+        assert_eq!(Some(b.as_ptr()), first, "the same buffer");
+        assert!(b.is_empty() && b.capacity() >= 600);
+        assert_eq!(pooled(), 0);
+        assert_eq!(body_buffer().capacity(), 0, "none left: a new, empty one");
+        // A large body's buffer is freed, not kept; the pool stays bounded.
+        recycle(&mut with_body(RECYCLED_BODY_MAX_CAPACITY + 1));
+        assert_eq!(pooled(), 0);
+        for _ in 0..RECYCLED_BODIES_KEPT + 5 {
+            recycle(&mut with_body(100));
+        }
+        assert_eq!(pooled(), RECYCLED_BODIES_KEPT);
+    }
+
+    #[test]
     fn long_header_values_reuse_the_buffers_of_done_transactions() {
         let pooled = || RECYCLED_VALUES.with(|r| r.borrow().len());
         let token = vec![b't'; 700];
@@ -387,7 +459,7 @@ mod tests {
         // value's, whatever its bytes.
         let mut t = tx_with(&[&token, b"short"]);
         let first = t.request.as_ref().map(|r| r.headers[0].value.as_ptr());
-        recycle_headers(&mut t);
+        recycle(&mut t);
         assert_eq!(pooled(), 1, "only the spilled value's buffer is kept");
         let other = vec![b'u'; 650];
         let v = header_value(&other);
@@ -397,13 +469,13 @@ mod tests {
         // Just past the inline size is a long value too.
         assert!(header_value(&[b'x'; HEADER_VALUE_INLINE + 1]).spilled());
         // A huge value's buffer is freed, not kept; the pool stays bounded.
-        recycle_headers(&mut tx_with(&[&vec![
+        recycle(&mut tx_with(&[&vec![
             b'h';
             RECYCLED_VALUE_MAX_CAPACITY + 1
         ]]));
         assert_eq!(pooled(), 0);
         for _ in 0..RECYCLED_VALUES_KEPT + 10 {
-            recycle_headers(&mut tx_with(&[&token, &token]));
+            recycle(&mut tx_with(&[&token, &token]));
         }
         assert_eq!(pooled(), RECYCLED_VALUES_KEPT);
     }

@@ -1083,7 +1083,7 @@ impl HttpHandler {
                     }),
                 );
             }
-            crate::http::recycle_headers(&mut tx);
+            crate::http::recycle(&mut tx);
         }
         self.txs = txs;
         self.route_buf = route_buf;

@@ -133,7 +133,7 @@ pub(in crate::http) fn decode_kept(
     match decoded {
         Ok(d) => {
             cx.stats.body_bytes_decoded += d.data.len() as u64;
-            body.data = d.data;
+            crate::http::recycle_body(std::mem::replace(&mut body.data, d.data));
             body.decoded = true;
             if let Some(limit) = d.limit {
                 body.truncated = true;

@@ -324,6 +324,9 @@ impl InFlight {
             return;
         }
         let room = cap.saturating_sub(body.data.len());
+        if body.data.capacity() == 0 && room > 0 && !bytes.is_empty() {
+            body.data = crate::http::body_buffer();
+        }
         match bytes.get(..room) {
             None => body.data.extend_from_slice(bytes),
             Some(kept) => {
@@ -907,7 +910,11 @@ impl Side {
                         .unwrap_or(usize::MAX)
                         .min(cx.cfg.max_body_bytes)
                         .min(64 * 1024);
-                    m.body_mut().data.reserve(hint);
+                    let data = &mut m.body_mut().data;
+                    if data.capacity() == 0 && hint > 0 {
+                        *data = crate::http::body_buffer();
+                    }
+                    data.reserve(hint);
                 }
                 m.framing = f;
                 self.msg = Some(Box::new(m));
