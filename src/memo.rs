@@ -67,7 +67,7 @@ impl<V> Entry<V> {
 }
 
 /// The two of `slots` (a power of two) a body may sit in (one when there is one slot).
-fn pair(slots: usize, hash: u64) -> std::ops::Range<usize> {
+pub fn pair(slots: usize, hash: u64) -> std::ops::Range<usize> {
     let first = (hash as usize) & (slots - 1) & !1;
     first..(first + 2).min(slots)
 }
