@@ -77,8 +77,11 @@ pub const LIVE_QUEUE_BATCHES: usize = 64;
 /// Worker queue depth in replay: the capture thread waits for a full queue, so a few
 /// batches keep the workers busy, and a deeper queue only holds packets in memory (up to
 /// half a MiB per batch, per worker): on the realistic capture with 2 workers, 16 held
-/// 8 to 11 MiB more at peak than 8, and 8 replays as fast.
-pub const REPLAY_QUEUE_BATCHES: usize = 8;
+/// 8 to 11 MiB more at peak than 8, and 8 held 3 to 5 MiB more than 4 (159 to 160 MiB
+/// against 155 to 157; 2 held 151 to 153), each replaying as fast. Not 2: one worker
+/// slowed by a large body would leave the capture thread waiting on its queue while the
+/// others' ran dry.
+pub const REPLAY_QUEUE_BATCHES: usize = 4;
 
 impl RuntimeConfig {
     /// Batches in flight per worker queue: `queue_batches` when set, else the default of
