@@ -174,6 +174,9 @@ const RECYCLED_BODIES_KEPT: usize = 16;
 /// ...and none larger than this: at most 256 KiB per thread.
 const RECYCLED_BODY_MAX_CAPACITY: usize = 16 * 1024;
 
+/// One thread's pool of buffers given back for reuse.
+type Pool<T> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
+
 thread_local! {
     static RECYCLED_BODIES: std::cell::RefCell<Vec<Vec<u8>>> =
         const { std::cell::RefCell::new(Vec::new()) };
@@ -183,14 +186,30 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// An empty buffer for a body, one a transaction done with gave back when this thread has
-/// one.
-pub(crate) fn body_buffer() -> Vec<u8> {
-    RECYCLED_BODIES
-        .try_with(|r| r.try_borrow_mut().ok().and_then(|mut r| r.pop()))
+/// The buffer this thread gave `pool` last, else a new one (also while the thread's
+/// locals are being torn down).
+fn take_pooled<T: Default>(pool: &'static Pool<T>) -> T {
+    pool.try_with(|r| r.try_borrow_mut().ok().and_then(|mut r| r.pop()))
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// Gives `buf` to this thread's `pool`, or drops it when the pool holds `kept` already.
+fn give_pooled<T>(pool: &'static Pool<T>, buf: T, kept: usize) {
+    let _ = pool.try_with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut()
+            && r.len() < kept
+        {
+            r.push(buf);
+        }
+    });
+}
+
+/// An empty buffer for a body, one a transaction done with gave back when this thread has
+/// one.
+pub(crate) fn body_buffer() -> Vec<u8> {
+    take_pooled(&RECYCLED_BODIES)
 }
 
 /// Keeps a body's buffer for [`body_buffer`] (freed when there are enough, or it is large).
@@ -199,13 +218,7 @@ pub(crate) fn recycle_body(mut buf: Vec<u8>) {
         return;
     }
     buf.clear();
-    let _ = RECYCLED_BODIES.try_with(|r| {
-        if let Ok(mut r) = r.try_borrow_mut()
-            && r.len() < RECYCLED_BODIES_KEPT
-        {
-            r.push(buf);
-        }
-    });
+    give_pooled(&RECYCLED_BODIES, buf, RECYCLED_BODIES_KEPT);
 }
 
 /// A header value's bytes, in a heap buffer this thread used before when they are too
@@ -214,11 +227,7 @@ pub(crate) fn header_value(bytes: &[u8]) -> HeaderValue {
     if bytes.len() <= HEADER_VALUE_INLINE {
         return HeaderValue::from_slice(bytes);
     }
-    let mut buf = RECYCLED_VALUES
-        .try_with(|r| r.try_borrow_mut().ok().and_then(|mut r| r.pop()))
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+    let mut buf = take_pooled(&RECYCLED_VALUES);
     buf.clear();
     buf.extend_from_slice(bytes);
     // Longer than the inline size: `from_vec` keeps the buffer rather than copying.
@@ -227,11 +236,7 @@ pub(crate) fn header_value(bytes: &[u8]) -> HeaderValue {
 
 /// An empty header vector, reused when this thread has one.
 pub(crate) fn recycled_headers() -> Vec<Header> {
-    RECYCLED
-        .try_with(|r| r.try_borrow_mut().ok().and_then(|mut r| r.pop()))
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    take_pooled(&RECYCLED)
 }
 
 /// Takes back the header vectors of a transaction that is done with (kept per thread, at
@@ -239,43 +244,24 @@ pub(crate) fn recycled_headers() -> Vec<Header> {
 /// (at most [`RECYCLED_VALUES_KEPT`]) and its bodies' buffers (at most
 /// [`RECYCLED_BODIES_KEPT`]), for the next messages parsed on this thread.
 pub fn recycle(tx: &mut Transaction) {
-    let bodies = [
-        tx.request
-            .as_mut()
-            .map(|r| std::mem::take(&mut r.body.data)),
-        tx.response
-            .as_mut()
-            .map(|r| std::mem::take(&mut r.body.data)),
+    let parts = [
+        tx.request.as_mut().map(|r| (&mut r.headers, &mut r.body)),
+        tx.response.as_mut().map(|r| (&mut r.headers, &mut r.body)),
     ];
-    bodies.into_iter().flatten().for_each(recycle_body);
-    let vecs = [
-        tx.request.as_mut().map(|r| std::mem::take(&mut r.headers)),
-        tx.response.as_mut().map(|r| std::mem::take(&mut r.headers)),
-    ];
-    for mut v in vecs.into_iter().flatten() {
-        let _ = RECYCLED_VALUES.try_with(|r| {
-            if let Ok(mut r) = r.try_borrow_mut() {
-                for h in &mut v {
-                    if r.len() >= RECYCLED_VALUES_KEPT {
-                        break;
-                    }
-                    if h.value.spilled() && h.value.capacity() <= RECYCLED_VALUE_MAX_CAPACITY {
-                        r.push(std::mem::take(&mut h.value).into_vec());
-                    }
-                }
+    for (headers, body) in parts.into_iter().flatten() {
+        recycle_body(std::mem::take(&mut body.data));
+        let mut v = std::mem::take(headers);
+        for h in &mut v {
+            if h.value.spilled() && h.value.capacity() <= RECYCLED_VALUE_MAX_CAPACITY {
+                let buf = std::mem::take(&mut h.value).into_vec();
+                give_pooled(&RECYCLED_VALUES, buf, RECYCLED_VALUES_KEPT);
             }
-        });
+        }
         if v.capacity() == 0 || v.capacity() > RECYCLED_MAX_CAPACITY {
             continue;
         }
         v.clear();
-        let _ = RECYCLED.try_with(|r| {
-            if let Ok(mut r) = r.try_borrow_mut()
-                && r.len() < RECYCLED_KEPT
-            {
-                r.push(v);
-            }
-        });
+        give_pooled(&RECYCLED, v, RECYCLED_KEPT);
     }
 }
 

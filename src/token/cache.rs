@@ -81,10 +81,20 @@ thread_local! {
 static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Near {
-    /// The two slots `token` may sit in.
-    fn pair(&self, token: &[u8]) -> std::ops::Range<usize> {
+    /// A use of `token`'s slots: the two slots it may sit in, and the use's time on this
+    /// table's clock ([`NearEntry::used`]).
+    fn touch(&mut self, token: &[u8]) -> (std::ops::Range<usize>, u64) {
         use std::hash::BuildHasher;
-        crate::memo::pair(NEAR_SLOTS, self.hasher.hash_one(token))
+        self.uses += 1;
+        let pair = crate::memo::pair(NEAR_SLOTS, self.hasher.hash_one(token));
+        (pair, self.uses)
+    }
+}
+
+impl NearEntry {
+    /// Whether this is `token` from cache `cache`.
+    fn is(&self, cache: u64, token: &[u8]) -> bool {
+        self.cache == cache && *self.token == *token
     }
 }
 
@@ -98,14 +108,13 @@ const TOUCH_EVERY: u32 = 8;
 fn near_get(cache: u64, token: &[u8]) -> Option<(Digest, Arc<Entry>, bool)> {
     NEAR.with(|n| {
         let n = &mut *n.borrow_mut();
-        let pair = n.pair(token);
-        n.uses += 1;
+        let (pair, now) = n.touch(token);
         let e = n.slots[pair]
             .iter_mut()
             .flatten()
-            .find(|e| e.cache == cache && *e.token == *token)?;
+            .find(|e| e.is(cache, token))?;
         e.hits = e.hits.wrapping_add(1);
-        e.used = n.uses;
+        e.used = now;
         Some((
             e.digest,
             Arc::clone(&e.entry),
@@ -120,13 +129,11 @@ fn near_put(cache: u64, token: &[u8], digest: &Digest, entry: &Arc<Entry>) {
     }
     NEAR.with(|n| {
         let n = &mut *n.borrow_mut();
-        let pair = n.pair(token);
-        n.uses += 1;
-        let used = n.uses;
+        let (pair, used) = n.touch(token);
         // The token's own slot (stored again after a decoding for display), else an empty
         // one, else the less recently used (the first of equals).
         let Some(slot) = n.slots[pair].iter_mut().min_by_key(|s| match s {
-            Some(e) if e.cache == cache && *e.token == *token => (0, 0),
+            Some(e) if e.is(cache, token) => (0, 0),
             Some(e) => (1, e.used),
             None => (0, 1),
         }) else {
