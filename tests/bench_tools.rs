@@ -126,3 +126,77 @@ fn one_build_keeps_the_plain_table() {
     assert!(!out.contains(" build "), "{out}");
     assert!(out.contains(" 11.00 "), "median of 10, 11, 11: {out}");
 }
+
+/// `scripts/pgo-build.sh` checks, before building anything, that `llvm-profdata` is of
+/// rustc's LLVM: another version's profile format would fail late or train nothing.
+#[test]
+fn pgo_build_refuses_a_profdata_of_another_llvm() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile_dir();
+    let fake = dir.join("llvm-profdata");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'Ubuntu LLVM version 1.0.0'\necho '  Optimized build.'\n",
+    )
+    .expect("write fake llvm-profdata");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A `cargo` that fails at once: a broken guard fails the test in a moment instead of
+    // building for minutes.
+    let cargo = dir.join("cargo");
+    std::fs::write(&cargo, "#!/bin/sh\necho 'fake cargo ran' >&2\nexit 3\n").expect("write");
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let target = dir.join("pgo");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pgo-build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("LLVM_PROFDATA", &fake)
+        .env("PGO_TARGET_DIR", &target)
+        .env("BOLT", "0")
+        .env("PATH", path)
+        .output()
+        .expect("bash runs");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("is LLVM 1, rustc is LLVM") && err.contains("profile formats differ"),
+        "stderr: {err}"
+    );
+    assert!(!err.contains("instrumented build"), "built anyway: {err}");
+}
+
+/// Every shell script of the benches and scripts parses (`bash -n`): most of them need
+/// root, minutes and packages the tests do not have, so this is what runs here.
+#[test]
+fn shell_scripts_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for d in ["scripts", "benches", ".ci"] {
+        for e in std::fs::read_dir(root.join(d)).expect("read dir") {
+            let p = e.expect("dir entry").path();
+            let is_sh = p.extension().is_some_and(|x| x == "sh")
+                || (d == ".ci" && p.file_name().is_some_and(|f| f == "run"));
+            if !is_sh {
+                continue;
+            }
+            let out = Command::new("bash")
+                .arg("-n")
+                .arg(&p)
+                .output()
+                .expect("bash runs");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                p.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 8, "found only {n} shell scripts");
+}
