@@ -6,6 +6,7 @@
 # basic blocks and functions and splits cold code away from hot.
 #
 # Usage: scripts/pgo-build.sh            -> prints the path of the result, target/pgo/shieldtap
+# (of the working tree as it is: a source edit made while it runs ends up in the build)
 #
 # Training traffic, never the benchmark recordings (a profile trained on the capture it is
 # then measured on would flatter it):
@@ -122,7 +123,7 @@ dist_build() {
 raw=$tdir/profraw
 merged=$tdir/shieldtap.profdata
 # Cargo does not track the profile's contents: the optimised build always starts clean.
-rm -rf "$raw" "$tdir/fdata" "$tdir/use"
+rm -rf "$raw" "$tdir/fdata" "$tdir/use" "$tdir/shieldtap"
 mkdir -p "$raw"
 
 echo "pgo: instrumented build ..." >&2

@@ -62,7 +62,19 @@ pub fn login_username(
     headers: &[Header],
     body: &[u8],
 ) -> Option<Arc<str>> {
-    if body.is_empty() || !cfg.routes.is_match(route) {
+    if !cfg.routes.is_match(route) {
+        return None;
+    }
+    login_route_username(cfg, headers, body)
+}
+
+/// [`login_username`] of a request whose route the caller already knows is a login route.
+pub fn login_route_username(
+    cfg: &LoginConfig,
+    headers: &[Header],
+    body: &[u8],
+) -> Option<Arc<str>> {
+    if body.is_empty() {
         return None;
     }
     let ctype = header(headers, "content-type")

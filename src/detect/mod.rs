@@ -40,7 +40,7 @@ use crate::token::{TokenHash, Verdict};
 use thin_vec::ThinVec;
 
 pub use alert::{Alert, AlertActor, write_alert};
-pub use extract::{LoginConfig, login_username, object_number};
+pub use extract::{LoginConfig, login_route_username, login_username, object_number};
 pub use objects::{
     ObjectRef, OwnersConfig, Ownership, collection as objects_collection, request_objects,
     returned_from_scan, returned_objects,

@@ -47,7 +47,8 @@ use crate::capture::{
 use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LinkType, TcpFlags, TcpSegment, TunnelId};
 use crate::detect::{
-    Alert, Event, LoginConfig, login_username, object_number, request_objects, returned_from_scan,
+    Alert, Event, LoginConfig, login_route_username, object_number, request_objects,
+    returned_from_scan,
 };
 use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
 use crate::output::webhook::Webhooks;
@@ -862,6 +863,8 @@ struct HttpHandler {
     latency_us: Option<Histogram<u64>>,
     /// Routes and hosts, shared rather than allocated per transaction.
     names: crate::intern::Interner,
+    /// Templated routes seen, with whether each is a login route.
+    routes: RouteNames,
     /// The route being templated.
     route_buf: String,
     /// gRPC message caps and descriptor sets (`[grpc]`).
@@ -897,6 +900,7 @@ impl HttpHandler {
             // 1 µs to 60 s at 2 significant digits.
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 2).ok(),
             names: Default::default(),
+            routes: RouteNames::default(),
             route_buf: String::new(),
             grpc: cfg.grpc.clone(),
         }
@@ -1038,6 +1042,9 @@ impl HttpHandler {
             });
             // The edge's JA4, read once: the event and the record both carry it.
             let mut ja4 = None;
+            let seen = self
+                .routes
+                .get(names, &self.login, route.unwrap_or_default());
             if let Some(mut ev) = event(
                 names,
                 &judges.attribution,
@@ -1046,7 +1053,7 @@ impl HttpHandler {
                 &self.tls,
                 client,
                 &tx,
-                route.unwrap_or_default(),
+                seen,
                 att.as_ref(),
                 user.as_ref(),
                 call.as_ref(),
@@ -1099,6 +1106,39 @@ fn http_dir(d: Direction) -> Dir {
     }
 }
 
+/// Routes a handler remembers before it starts over.
+const MAX_ROUTES: usize = 8192;
+
+/// The templated routes a handler has seen: each one's shared name and whether the login
+/// globs (`[detect] login_routes`, a regex set) match it, worked out once per route rather
+/// than per transaction. The login configuration is the handler's for its lifetime.
+/// Bounded: past [`MAX_ROUTES`] it starts over.
+#[derive(Default)]
+struct RouteNames {
+    seen: std::collections::HashMap<Arc<str>, bool, foldhash::fast::RandomState>,
+}
+
+impl RouteNames {
+    /// `route`'s shared name and whether it is a login route.
+    fn get(
+        &mut self,
+        names: &mut crate::intern::Interner,
+        login: &LoginConfig,
+        route: &str,
+    ) -> (Arc<str>, bool) {
+        if let Some((name, is_login)) = self.seen.get_key_value(route) {
+            return (Arc::clone(name), *is_login);
+        }
+        if self.seen.len() >= MAX_ROUTES {
+            self.seen.clear();
+        }
+        let name = names.name(route);
+        let is_login = login.routes.is_match(route);
+        self.seen.insert(Arc::clone(&name), is_login);
+        (name, is_login)
+    }
+}
+
 /// What detection sees of a transaction that has a request.
 #[allow(clippy::too_many_arguments)]
 fn event(
@@ -1109,7 +1149,7 @@ fn event(
     tls: &crate::detect::fingerprint::TlsConfig,
     client: SocketAddr,
     tx: &Transaction,
-    route: &str,
+    (route_name, login_route): (Arc<str>, bool),
     att: Option<&Attestation>,
     user: Option<&UserId>,
     call: Option<&grpc::Call>,
@@ -1138,9 +1178,10 @@ fn event(
         }),
         _ => None,
     };
+    let route: &str = &route_name;
     // Login methods are named in CamelCase (`/auth.v1.Auth/Login`).
-    let login_route = login.routes.is_match(route)
-        || (call.is_some() && login.routes.is_match(&route.to_ascii_lowercase()));
+    let login_route =
+        login_route || (call.is_some() && login.routes.is_match(&route.to_ascii_lowercase()));
     // Keyed by the header as sent: a host seen before costs a lookup, not two copies.
     let host = header(&req.headers, "host").map(|h| match std::str::from_utf8(h) {
         Ok(raw) => names.mapped(raw, |raw| host_name(raw.as_bytes())),
@@ -1175,7 +1216,8 @@ fn event(
         username: match call {
             Some(c) if login_route => grpc::username(&req.body.data, c, &login.fields),
             Some(_) => None,
-            None => login_username(login, route, &req.headers, &req.body.data),
+            None if login_route => login_route_username(login, &req.headers, &req.body.data),
+            None => None,
         },
         login: login_route,
         objects,
@@ -1191,7 +1233,7 @@ fn event(
         foreign: ThinVec::new(),
         attested: false,
         shared_devices: 0,
-        route: Some(names.name(route)),
+        route: Some(Arc::clone(&route_name)),
         endpoint: None,
         principal_key: None,
         body_bytes: tx
@@ -2039,5 +2081,46 @@ mod tests {
             assert_eq!(edge_ja4(&tls, &[h("X-JA4", bad)]), None, "{bad:?}");
         }
         assert_eq!(edge_ja4(&tls, &[h("X-Other", ja4)]), None);
+    }
+
+    /// A route's login flag is the login globs' answer, worked out once: the default globs
+    /// and configured ones, the same shared name as the interner's on every call, and a
+    /// bounded table that starts over and still answers right.
+    #[test]
+    fn route_names_remember_login_routes() {
+        let mut names = crate::intern::Interner::default();
+        let mut routes = RouteNames::default();
+        let login = LoginConfig::default();
+        for (route, want) in [
+            ("/api/v1/login", true),
+            ("/oauth/token", true),
+            ("/api/v1/sessions", true),
+            ("/api/v1/orders/{id}", false),
+            ("/api/v1/login/help", false),
+        ] {
+            let (first, is_login) = routes.get(&mut names, &login, route);
+            assert_eq!(is_login, want, "{route}");
+            assert_eq!(&*first, route);
+            let (again, is_login) = routes.get(&mut names, &login, route);
+            assert_eq!(is_login, want, "{route} again");
+            assert!(Arc::ptr_eq(&first, &again), "{route}: one shared name");
+            assert!(
+                Arc::ptr_eq(&first, &names.name(route)),
+                "{route}: the interner's"
+            );
+        }
+        let custom = LoginConfig {
+            routes: regex::RegexSet::new([r"^/v2/auth/[^/]*$"]).expect("pattern"),
+            ..LoginConfig::default()
+        };
+        let mut other = RouteNames::default();
+        assert!(other.get(&mut names, &custom, "/v2/auth/password").1);
+        assert!(!other.get(&mut names, &custom, "/api/v1/login").1);
+        for n in 0..2 * MAX_ROUTES {
+            let r = format!("/r/{n}/login");
+            assert!(routes.get(&mut names, &login, &r).1, "{r}");
+            assert!(routes.seen.len() <= MAX_ROUTES);
+        }
+        assert!(!routes.get(&mut names, &login, "/api/v1/orders/{id}").1);
     }
 }
