@@ -133,18 +133,19 @@ fn one_build_keeps_the_plain_table() {
 fn pgo_build_refuses_a_profdata_of_another_llvm() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile_dir();
-    let fake = dir.join("llvm-profdata");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\necho 'Ubuntu LLVM version 1.0.0'\necho '  Optimized build.'\n",
-    )
-    .expect("write fake llvm-profdata");
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let tool = |name: &str, script: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{script}")).expect("write fake tool");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        p
+    };
+    let fake = tool(
+        "llvm-profdata",
+        "echo 'Ubuntu LLVM version 1.0.0'\necho '  Optimized build.'\n",
+    );
     // A `cargo` that fails at once: a broken guard fails the test in a moment instead of
     // building for minutes.
-    let cargo = dir.join("cargo");
-    std::fs::write(&cargo, "#!/bin/sh\necho 'fake cargo ran' >&2\nexit 3\n").expect("write");
-    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    tool("cargo", "echo 'fake cargo ran' >&2\nexit 3\n");
     let path = format!(
         "{}:{}",
         dir.display(),
