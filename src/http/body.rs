@@ -24,7 +24,7 @@ use std::io::Read;
 
 use super::{Header, HttpConfig};
 use crate::budget::Usage;
-use crate::memo::{Key, Memo};
+use crate::memo::{Identity, Key, Memo};
 
 /// Most content codings undone on one body (`gzip, br` is two). Deeper stacks are only
 /// seen from attackers multiplying decode work, so they count as unknown.
@@ -257,18 +257,29 @@ const MEMO_MAX_BODY: usize = 16 * 1024;
 const MEMO_BYTES_PER_SLOT: usize = 1024;
 /// Placement seed (fixed: see [`crate::memo`]).
 const MEMO_SEED: u64 = 0x6465_636f_6465_6d6f;
+/// Entries told apart by a keyed digest (see [`crate::memo`]) rather than a copy of the
+/// encoded body: a quarter of an entry's bytes on the realistic capture, where the share
+/// then holds 3,582 decodings rather than 2,599 and 73,475 of 108,155 decodings are
+/// answered from it rather than 69,880.
+const MEMO_IDENTITY: Identity = Identity::Digest;
 
 thread_local! {
     /// This thread's memo of decodings (none until [`set_decode_memo`]).
     static MEMO: RefCell<Memo<Result<Decoded, DecodeFailed>>> =
-        RefCell::new(Memo::new(0, MEMO_BYTES_PER_SLOT, MEMO_MAX_BODY, MEMO_SEED));
+        RefCell::new(Memo::new(0, MEMO_BYTES_PER_SLOT, MEMO_MAX_BODY, MEMO_SEED, MEMO_IDENTITY));
 }
 
 /// Gives this thread a new, empty memo of decodings holding at most `limit` bytes (none
 /// at all when 0). A worker calls it as it starts, with its share of table `decodes`.
 pub fn set_decode_memo(limit: usize) {
     MEMO.with(|m| {
-        *m.borrow_mut() = Memo::new(limit, MEMO_BYTES_PER_SLOT, MEMO_MAX_BODY, MEMO_SEED)
+        *m.borrow_mut() = Memo::new(
+            limit,
+            MEMO_BYTES_PER_SLOT,
+            MEMO_MAX_BODY,
+            MEMO_SEED,
+            MEMO_IDENTITY,
+        )
     });
 }
 
