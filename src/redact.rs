@@ -113,16 +113,18 @@ pub fn kind(value: &str) -> Kind {
     if is_email(v) {
         return Kind::Email;
     }
+    // Bytes, not chars: every character a card or phone number may hold is ASCII, and any
+    // other (a letter, or any byte of a non-ASCII character) settles it. Most values
+    // classified (path segments, names, words) settle at their first letter.
     let mut digits = 0usize;
-    let mut other = false;
-    for c in v.chars() {
-        match c {
-            '0'..='9' => digits += 1,
-            ' ' | '-' | '.' | '(' | ')' | '+' => {}
-            _ => other = true,
+    for b in v.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b' ' | b'-' | b'.' | b'(' | b')' | b'+' => {}
+            _ => return Kind::Other,
         }
     }
-    if other || digits == 0 {
+    if digits == 0 {
         return Kind::Other;
     }
     if (13..=19).contains(&digits) && luhn(v) && !v.starts_with('+') {
@@ -272,6 +274,52 @@ mod tests {
         assert_eq!(mask("5500-0000-0000-0004"), "****0004");
         // 16 digits failing Luhn: a phone-length check does not apply, so it is "other".
         assert_eq!(kind("4111111111111112"), Kind::Other);
+    }
+
+    proptest::proptest! {
+        /// Classified by bytes, a value gets the kind a walk over its characters gives:
+        /// digits, the separators of numbers, and anything else (letters, other scripts'
+        /// digits, tabs) settling it as "other".
+        #[test]
+        fn kinds_are_those_of_a_walk_over_characters(
+            v in "[0-9 ()+.\\-]{0,20}|[0-9 \t\u{663}\u{e9}-]{0,20}|[0-9a-z@.+ ]{0,24}"
+        ) {
+            let t = v.trim();
+            let by_chars = if is_email(t) {
+                Kind::Email
+            } else {
+                let digits = t.chars().filter(char::is_ascii_digit).count();
+                let other = t
+                    .chars()
+                    .any(|c| !c.is_ascii_digit() && !" -.()+".contains(c));
+                if other || digits == 0 {
+                    Kind::Other
+                } else if (13..=19).contains(&digits) && luhn(t) && !t.starts_with('+') {
+                    Kind::Card
+                } else if (7..=15).contains(&digits) {
+                    Kind::Phone
+                } else {
+                    Kind::Other
+                }
+            };
+            proptest::prop_assert_eq!(kind(&v), by_chars, "{:?}", v);
+        }
+    }
+
+    /// Characters that settle a value as "other" anywhere in it, however many digits it
+    /// has: a tab, another script's digit, a letter with an accent.
+    #[test]
+    fn digits_with_anything_else_are_other() {
+        assert_eq!(kind("020 7946 0958"), Kind::Phone);
+        for v in [
+            "020\t7946 0958",
+            "020 7946 095\u{663}",
+            "020 7946 0958\u{e9}x",
+        ] {
+            assert_eq!(kind(v), Kind::Other, "{v:?}");
+        }
+        assert_eq!(kind("4111 1111 1111 1111"), Kind::Card);
+        assert_eq!(kind("4111 1111 1111 111\u{663}"), Kind::Other);
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub fn returned_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVe
 
 /// The returned objects of a body already scanned (the worker scans each body once).
 pub fn returned_from_scan(target: &str, scan: &super::exposure::Scan) -> ThinVec<ObjectRef> {
+    // Most answers return no ids: the path is read only for those that do.
+    if scan.ids.is_empty() {
+        return ThinVec::new();
+    }
     let path = target.split('?').next().unwrap_or(target);
     let last = path
         .rsplit('/')
