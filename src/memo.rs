@@ -85,24 +85,23 @@ enum Check {
 }
 
 /// The keyed digest of `k` (see the module documentation).
-fn digest(secret: (u64, u64), k: Key<'_>) -> u128 {
-    let mut h = SipHasher13::new_with_keys(secret.0, secret.1);
+fn digest(secret: &Secret, k: Key<'_>) -> u128 {
+    let mut h = SipHasher13::new_with_key(secret);
     h.write_u64(k.head.len() as u64);
     h.write(k.head);
     h.write(k.body);
     h.finish128().as_u128()
 }
 
+/// The key of [`digest`].
+type Secret = [u8; 16];
+
 /// A key for [`digest`] from the operating system's random source.
-fn secret() -> Option<(u64, u64)> {
+fn secret() -> Option<Secret> {
     use aws_lc_rs::rand::SecureRandom;
     let mut b = [0u8; 16];
     aws_lc_rs::rand::SystemRandom::new().fill(&mut b).ok()?;
-    let (k0, k1) = b.split_at(8);
-    Some((
-        u64::from_le_bytes(k0.try_into().ok()?),
-        u64::from_le_bytes(k1.try_into().ok()?),
-    ))
+    Some(b)
 }
 
 struct Entry<V> {
@@ -118,7 +117,7 @@ struct Entry<V> {
 impl<V> Entry<V> {
     /// The entry is `k`'s, given its placement hash matched; `d` is `k`'s digest, made
     /// when first needed.
-    fn is(&self, k: Key<'_>, d: &mut Option<u128>, secret: Option<(u64, u64)>) -> bool {
+    fn is(&self, k: Key<'_>, d: &mut Option<u128>, secret: Option<&Secret>) -> bool {
         match (&self.check, secret) {
             (Check::Bytes { key, head_len }, _) => {
                 *head_len == k.head.len()
@@ -146,7 +145,7 @@ pub struct Memo<V> {
     seen: Vec<[u64; SEEN_WAYS]>,
     hasher: foldhash::fast::FixedState,
     /// The digest's key, when entries are told apart by digest.
-    secret: Option<(u64, u64)>,
+    secret: Option<Secret>,
     /// The next slot to give up its entry when the memo is over its limit.
     hand: usize,
     held: usize,
@@ -209,6 +208,14 @@ impl<V: Clone> Memo<V> {
         }
     }
 
+    /// `k`'s placement hash (fixed seed: see the module documentation).
+    fn place(&self, k: Key<'_>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(k.head);
+        h.write(k.body);
+        h.finish()
+    }
+
     /// The value kept for `k`, else a [`Miss`] to offer the value made.
     pub fn get(&mut self, k: Key<'_>) -> Result<V, Miss> {
         self.get_with(k, V::clone)
@@ -225,16 +232,11 @@ impl<V: Clone> Memo<V> {
                 digest: None,
             });
         }
-        let hash = {
-            let mut h = self.hasher.build_hasher();
-            h.write(k.head);
-            h.write(k.body);
-            h.finish()
-        };
+        let hash = self.place(k);
         let pair = pair(self.slots.len(), hash);
         let mut d = None;
         for e in self.slots[pair].iter_mut().flatten() {
-            if e.hash == hash && e.is(k, &mut d, self.secret) {
+            if e.hash == hash && e.is(k, &mut d, self.secret.as_ref()) {
                 self.hits += 1;
                 e.used = true;
                 return Ok(copy(&e.value));
@@ -304,7 +306,7 @@ impl<V: Clone> Memo<V> {
             return;
         }
         let check = match self.secret {
-            Some(s) => Check::Digest(miss.digest.unwrap_or_else(|| digest(s, k))),
+            Some(s) => Check::Digest(miss.digest.unwrap_or_else(|| digest(&s, k))),
             None => {
                 let mut key = Vec::with_capacity(k.head.len() + k.body.len());
                 key.extend_from_slice(k.head);
@@ -422,12 +424,7 @@ mod tests {
 
         // An entry whose placement hash is another body's: the digest tells them apart
         // (the hash is forged here; a crafted body cannot forge the digest's key).
-        let hash = {
-            let mut h = m.hasher.build_hasher();
-            h.write(b"a");
-            h.write(b"bc");
-            h.finish()
-        };
+        let hash = m.place(key(b"a", b"bc"));
         for e in m.slots.iter_mut().flatten() {
             assert_eq!(e.hash, hash);
             assert!(matches!(e.check, Check::Digest(_)));
@@ -436,23 +433,23 @@ mod tests {
         let mut d = None;
         let forged = Entry {
             hash,
-            check: Check::Digest(digest(m.secret.unwrap(), key(b"a", b"bc"))),
+            check: Check::Digest(digest(&m.secret.unwrap(), key(b"a", b"bc"))),
             value: 7u32,
             bytes: 0,
             used: false,
         };
-        assert!(!forged.is(k, &mut d, m.secret));
+        assert!(!forged.is(k, &mut d, m.secret.as_ref()));
         assert_eq!(
             d,
-            Some(digest(m.secret.unwrap(), k)),
+            Some(digest(&m.secret.unwrap(), k)),
             "made once, handed back"
         );
-        assert!(forged.is(key(b"a", b"bc"), &mut None, m.secret));
+        assert!(forged.is(key(b"a", b"bc"), &mut None, m.secret.as_ref()));
 
         // Another secret gives other digests of the same bytes.
         let (a, b) = (secret().unwrap(), secret().unwrap());
         assert_ne!(a, b);
-        assert_ne!(digest(a, k), digest(b, k));
+        assert_ne!(digest(&a, k), digest(&b, k));
 
         // The same bodies, kept by bytes and by digest in the same limit.
         let limit = 128 * 1024;

@@ -266,21 +266,24 @@ const MEMO_IDENTITY: Identity = Identity::Digest;
 thread_local! {
     /// This thread's memo of decodings (none until [`set_decode_memo`]).
     static MEMO: RefCell<Memo<Result<Decoded, DecodeFailed>>> =
-        RefCell::new(Memo::new(0, MEMO_BYTES_PER_SLOT, MEMO_MAX_BODY, MEMO_SEED, MEMO_IDENTITY));
+        RefCell::new(decode_memo(0));
+}
+
+/// A memo of decodings holding at most `limit` bytes (none at all when 0).
+fn decode_memo(limit: usize) -> Memo<Result<Decoded, DecodeFailed>> {
+    Memo::new(
+        limit,
+        MEMO_BYTES_PER_SLOT,
+        MEMO_MAX_BODY,
+        MEMO_SEED,
+        MEMO_IDENTITY,
+    )
 }
 
 /// Gives this thread a new, empty memo of decodings holding at most `limit` bytes (none
 /// at all when 0). A worker calls it as it starts, with its share of table `decodes`.
 pub fn set_decode_memo(limit: usize) {
-    MEMO.with(|m| {
-        *m.borrow_mut() = Memo::new(
-            limit,
-            MEMO_BYTES_PER_SLOT,
-            MEMO_MAX_BODY,
-            MEMO_SEED,
-            MEMO_IDENTITY,
-        )
-    });
+    MEMO.with(|m| *m.borrow_mut() = decode_memo(limit));
 }
 
 /// Forgets the decodings this thread's memo keeps (as in a new run).
