@@ -256,7 +256,10 @@ pub fn read_file(
                     }
                     PcapBlockOwned::NG(_) => {}
                 }
-                reader.consume(offset);
+                // Not `consume`, which moves the unread half of the buffer to its start
+                // whenever half is read (a second copy of every byte of the capture):
+                // `refill` moves only the partial record left at the end.
+                reader.consume_noshift(offset);
             }
             Err(PcapError::Eof) => return Ok(FileEnd::Complete),
             Err(PcapError::Incomplete(_)) => {
