@@ -2,7 +2,7 @@
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use etherparse::PacketBuilder;
 use shieldtap::capture::Timestamp;
-use shieldtap::decode::{DecodeConfig, Decoded, Decoder, LinkType};
+use shieldtap::decode::{Checksums, DecodeConfig, Decoded, Decoder, LinkType};
 
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -36,9 +36,9 @@ fn bench(c: &mut Criterion) {
         ("vlan", &vlan),
         ("vxlan", &vxlan),
     ] {
-        for (verify, suffix) in [(true, ""), (false, "_no_checksum")] {
+        for (checksums, suffix) in [(Checksums::Always, ""), (Checksums::Never, "_no_checksum")] {
             let mut d = Decoder::new(DecodeConfig {
-                verify_checksums: verify,
+                checksums,
                 ..Default::default()
             });
             g.bench_function(format!("{name}{suffix}"), |b| {

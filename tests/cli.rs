@@ -252,3 +252,61 @@ fn snaplen_cut_capture_is_counted_not_fatal() {
         );
     }
 }
+
+/// Replays `capture` with `config` text (if any) and returns the summary, the
+/// transactions written and stderr.
+fn replay_summary(capture: &str, config: Option<&str>) -> (serde_json::Value, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sum = dir.path().join("summary.json");
+    let tx = dir.path().join("tx.jsonl");
+    let cfg = dir.path().join("shieldtap.toml");
+    let mut args = vec![
+        "replay".to_string(),
+        capture.to_string(),
+        "--summary-json".into(),
+        sum.to_str().expect("utf-8").into(),
+        "--transactions-out".into(),
+        tx.to_str().expect("utf-8").into(),
+        "--metrics-listen".into(),
+        "off".into(),
+    ];
+    if let Some(text) = config {
+        std::fs::write(&cfg, text).expect("config");
+        args.extend(["--config".into(), cfg.to_str().expect("utf-8").into()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = shieldtap(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s = serde_json::from_str(&std::fs::read_to_string(&sum).expect("summary")).expect("json");
+    (s, std::fs::read_to_string(&tx).expect("tx"), stderr(&o))
+}
+
+/// The sample was recorded on loopback, where the kernel leaves TCP checksums to an
+/// offload that never happens: "auto" verifies the first 1,000 segments, finds them all
+/// failing, says so once and verifies no more; `true` verifies (and counts) every one.
+/// What is analysed is the same either way.
+#[test]
+fn offloaded_checksums_are_verified_for_a_probe_only() {
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/samples/mobile-network/capture.pcap"
+    );
+    let (auto, auto_tx, auto_err) = replay_summary(sample, None);
+    let d = &auto["decode"];
+    let segments = d["tcp_segments"].as_u64().expect("segments");
+    assert!(segments > 5_000, "{d}");
+    assert_eq!(d["bad_tcp_checksum"], 1000, "{d}");
+    assert_eq!(d["tcp_checksums_unverified"], segments - 1000, "{d}");
+    assert!(
+        auto_err.contains("TCP checksums fail on 1000 of the first 1000 segments"),
+        "{auto_err}"
+    );
+    let (all, all_tx, all_err) =
+        replay_summary(sample, Some("[decode]\nverify_checksums = true\n"));
+    let d = &all["decode"];
+    assert_eq!(d["tcp_checksums_unverified"], 0, "{d}");
+    assert!(d["bad_tcp_checksum"].as_u64().expect("count") > 1000, "{d}");
+    assert!(!all_err.contains("TCP checksums fail"), "{all_err}");
+    assert_eq!(auto_tx, all_tx);
+    assert!(auto_tx.lines().count() > 1000);
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::capture::LiveConfig;
-use crate::decode::DecodeConfig;
+use crate::decode::{Checksums, DecodeConfig};
 use crate::detect::DetectConfig;
 use crate::http::HttpConfig;
 use crate::output::webhook::{Format, WebhookConfig};
@@ -273,7 +273,36 @@ struct RawDecode {
     ip_fragment_max_datagrams: Option<usize>,
     ip_fragment_max_bytes: Option<usize>,
     ip_fragment_timeout_secs: Option<f64>,
-    verify_checksums: Option<bool>,
+    verify_checksums: Option<RawChecksums>,
+}
+
+/// `decode.verify_checksums`: `true`, `false` or `"auto"`.
+struct RawChecksums(Checksums);
+
+impl<'de> Deserialize<'de> for RawChecksums {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawChecksums;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"auto\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawChecksums, E> {
+                Ok(RawChecksums(if v {
+                    Checksums::Always
+                } else {
+                    Checksums::Never
+                }))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawChecksums, E> {
+                match v {
+                    "auto" => Ok(RawChecksums(Checksums::Auto)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[reassembly]`
@@ -421,7 +450,9 @@ impl Config {
             d.ip_fragment_timeout_secs,
             c.decode.frag_timeout,
         )?;
-        c.decode.verify_checksums = d.verify_checksums.unwrap_or(c.decode.verify_checksums);
+        if let Some(RawChecksums(v)) = d.verify_checksums {
+            c.decode.checksums = v;
+        }
 
         let r = &raw.reassembly;
         let ra = &mut c.reassembly;
@@ -926,6 +957,31 @@ mod tests {
         assert_eq!(c.decode.vxlan_ports, vec![4789, 8472]);
         assert_eq!(c.reassembly.idle_timeout, Duration::from_secs(30));
         assert_eq!(c.runtime.workers, Some(3));
+    }
+
+    #[test]
+    fn checksum_verification_is_true_false_or_auto() {
+        let c = Config::parse("", "x.toml").expect("valid");
+        assert_eq!(c.decode.checksums, Checksums::Auto);
+        for (text, want) in [
+            ("true", Checksums::Always),
+            ("false", Checksums::Never),
+            ("\"auto\"", Checksums::Auto),
+        ] {
+            let c = Config::parse(&format!("[decode]\nverify_checksums = {text}\n"), "x.toml")
+                .expect("valid");
+            assert_eq!(c.decode.checksums, want, "{text}");
+        }
+        for bad in ["\"sometimes\"", "1"] {
+            let e = Config::parse(&format!("[decode]\nverify_checksums = {bad}\n"), "c.toml")
+                .expect_err(bad);
+            let e = e.to_string();
+            assert!(e.starts_with("c.toml:2:20: "), "{bad}: {e}");
+            assert!(
+                e.ends_with("expected true, false or \"auto\""),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -74,9 +74,30 @@ pub struct DecodeConfig {
     pub frag_max_bytes: usize,
     /// A datagram whose fragments do not complete within this packet time is discarded.
     pub frag_timeout: Duration,
-    /// Verify IPv4 header and TCP checksums (mismatches are only counted).
-    pub verify_checksums: bool,
+    /// Which checksums to verify (mismatches are only counted, never dropped).
+    pub checksums: Checksums,
 }
+
+/// `[decode] verify_checksums`: `true`, `false` or `"auto"` (the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Checksums {
+    /// IPv4 header and TCP checksums, every packet.
+    Always,
+    /// None.
+    Never,
+    /// IPv4 header checksums always; TCP checksums of the first [`CHECKSUM_PROBE`]
+    /// segments, and of the rest only if fewer than a tenth of those failed. A capture
+    /// made on a host that offloads checksums to its NIC (loopback, a container, the API
+    /// server itself) fails nearly all of them, and verifying every segment would only
+    /// count that again at the cost of a pass over every payload; a mirror port's packets
+    /// crossed a wire and carry real checksums. The way Suricata's `checksum-validation:
+    /// auto` decides.
+    #[default]
+    Auto,
+}
+
+/// TCP segments whose checksums [`Checksums::Auto`] verifies before deciding.
+pub const CHECKSUM_PROBE: u32 = 1000;
 
 impl Default for DecodeConfig {
     fn default() -> Self {
@@ -87,7 +108,7 @@ impl Default for DecodeConfig {
             frag_max_datagrams: 1024,
             frag_max_bytes: 4 << 20,
             frag_timeout: Duration::from_secs(30),
-            verify_checksums: true,
+            checksums: Checksums::Auto,
         }
     }
 }

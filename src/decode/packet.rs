@@ -10,7 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{LaxIpSlice, LenSource, TcpSlice};
 
-use super::{DecodeConfig, DecodeError, Decoded, Layer, LinkType, TcpFlags, TcpSegment, TunnelId};
+use super::{
+    CHECKSUM_PROBE, Checksums, DecodeConfig, DecodeError, Decoded, Layer, LinkType, TcpFlags,
+    TcpSegment, TunnelId,
+};
 use crate::capture::Timestamp;
 
 /// Decoder counters (summary JSON and metrics).
@@ -44,6 +47,9 @@ pub struct DecodeStats {
     pub ipv6_fragments: u64,
     pub bad_ipv4_checksum: u64,
     pub bad_tcp_checksum: u64,
+    /// TCP segments whose checksum was not verified: `verify_checksums = false`, or
+    /// `"auto"` found the capture's checksums offloaded (left unfilled by the sender).
+    pub tcp_checksums_unverified: u64,
     pub snaplen_cut: u64,
 }
 
@@ -74,6 +80,7 @@ impl DecodeStats {
         self.ipv6_fragments += o.ipv6_fragments;
         self.bad_ipv4_checksum += o.bad_ipv4_checksum;
         self.bad_tcp_checksum += o.bad_tcp_checksum;
+        self.tcp_checksums_unverified += o.tcp_checksums_unverified;
         self.snaplen_cut += o.snaplen_cut;
     }
 }
@@ -204,12 +211,52 @@ struct Walker {
     last_expiry: Timestamp,
     /// A datagram completed by the last fragment, handed to the decoder.
     done: Vec<u8>,
+    tcp_checks: TcpChecks,
+}
+
+/// Whether TCP checksums are verified now: [`Checksums::Auto`] decides after a probe.
+struct TcpChecks {
+    verify: bool,
+    /// `Auto` still probing: segments verified and failed so far.
+    probe: Option<(u32, u32)>,
+}
+
+impl TcpChecks {
+    fn new(mode: Checksums) -> TcpChecks {
+        TcpChecks {
+            verify: mode != Checksums::Never,
+            probe: (mode == Checksums::Auto).then_some((0, 0)),
+        }
+    }
+
+    /// Notes a verified segment; at the end of the probe, stops verifying if a tenth or
+    /// more failed.
+    fn note(&mut self, bad: bool) {
+        let Some((n, failed)) = &mut self.probe else {
+            return;
+        };
+        *n += 1;
+        *failed += u32::from(bad);
+        if *n < CHECKSUM_PROBE {
+            return;
+        }
+        if *failed * 10 >= *n {
+            self.verify = false;
+            tracing::info!(
+                "TCP checksums fail on {failed} of the first {n} segments: checksum offload \
+                 on the capturing host left them unfilled; they are no longer verified \
+                 (decode.verify_checksums = true verifies every segment)"
+            );
+        }
+        self.probe = None;
+    }
 }
 
 impl Decoder {
     pub fn new(cfg: DecodeConfig) -> Self {
         Decoder {
             walker: Walker {
+                tcp_checks: TcpChecks::new(cfg.checksums),
                 cfg,
                 stats: DecodeStats::default(),
                 frags: HashMap::with_hasher(foldhash::fast::RandomState::default()),
@@ -249,9 +296,8 @@ impl Decoder {
                 let data: &'a Vec<u8> = reassembled;
                 match proto {
                     IPPROTO_TCP => {
-                        let verify = walker.cfg.verify_checksums;
-                        let stats = &mut walker.stats;
-                        tcp_segment(stats, verify, data, Some(data.len()), src, dst, tunnel)
+                        let (stats, checks) = (&mut walker.stats, &mut walker.tcp_checks);
+                        tcp_segment(stats, checks, data, Some(data.len()), src, dst, tunnel)
                             .map(Step::Done)
                     }
                     IPPROTO_UDP => walker.udp(data, tunnel, depth, ts),
@@ -448,7 +494,7 @@ impl Walker {
         let wire_ip_payload = match &ip {
             LaxIpSlice::Ipv4(v4) => {
                 let h = v4.header();
-                if self.cfg.verify_checksums
+                if self.cfg.checksums != Checksums::Never
                     && h.to_header().calc_header_checksum() != h.header_checksum()
                 {
                     self.stats.bad_ipv4_checksum += 1;
@@ -502,7 +548,7 @@ impl Walker {
         match proto {
             IPPROTO_TCP => tcp_segment(
                 &mut self.stats,
-                self.cfg.verify_checksums,
+                &mut self.tcp_checks,
                 pl.payload,
                 wire_ip_payload,
                 src,
@@ -530,7 +576,7 @@ impl Walker {
 /// Slices the TCP header and payload out of an IP payload.
 fn tcp_segment<'a>(
     stats: &mut DecodeStats,
-    verify_checksums: bool,
+    checks: &mut TcpChecks,
     d: &'a [u8],
     wire_ip_payload: Option<usize>,
     src: IpAddr,
@@ -555,15 +601,19 @@ fn tcp_segment<'a>(
     let payload = &captured[..captured.len().min(wire)];
     if wire > payload.len() {
         stats.snaplen_cut += 1;
-    } else if verify_checksums {
+    } else if checks.verify {
         let sum = match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => tcp.calc_checksum_ipv4(s.octets(), d.octets()).ok(),
             (IpAddr::V6(s), IpAddr::V6(d)) => tcp.calc_checksum_ipv6(s.octets(), d.octets()).ok(),
             _ => None,
         };
-        if sum.is_some_and(|s| s != tcp.checksum()) {
+        let bad = sum.is_some_and(|s| s != tcp.checksum());
+        if bad {
             stats.bad_tcp_checksum += 1;
         }
+        checks.note(bad);
+    } else {
+        stats.tcp_checksums_unverified += 1;
     }
     let mut flags = 0;
     for (on, bit) in [
@@ -1476,6 +1526,75 @@ mod tests {
         assert_eq!(p, b"offload");
         assert_eq!(d.stats().bad_tcp_checksum, 1);
         assert_eq!(d.stats().bad_ipv4_checksum, 1);
+    }
+
+    /// A frame whose TCP checksum is wrong (as a sender offloading checksums leaves it),
+    /// or right.
+    fn checksummed(bad: bool) -> Vec<u8> {
+        let mut f = eth_tcp(b"GET / HTTP/1.1\r\n");
+        if bad {
+            f[14 + 20 + 16] ^= 0xff;
+        }
+        f
+    }
+
+    fn decode_all(d: &mut Decoder, frames: impl IntoIterator<Item = Vec<u8>>) {
+        for f in frames {
+            tcp_of(d, LinkType::Ethernet, &f);
+        }
+    }
+
+    #[test]
+    fn auto_checksums_stop_after_a_probe_of_offloaded_segments() {
+        let probe = CHECKSUM_PROBE as u64;
+        let mut d = dec();
+        decode_all(&mut d, (0..probe + 500).map(|_| checksummed(true)));
+        let st = d.stats();
+        assert_eq!(st.bad_tcp_checksum, probe);
+        assert_eq!(st.tcp_checksums_unverified, 500);
+        // IPv4 header checksums are still verified.
+        let mut f = checksummed(false);
+        f[14 + 10] ^= 0xff;
+        tcp_of(&mut d, LinkType::Ethernet, &f);
+        assert_eq!(d.stats().bad_ipv4_checksum, 1);
+    }
+
+    #[test]
+    fn auto_checksums_go_on_below_a_tenth_failed() {
+        let probe = CHECKSUM_PROBE as u64;
+        // One segment in eleven fails: under a tenth, so every segment is verified after
+        // the probe too (a mirror port's rare corrupt packet is still counted).
+        let mut d = dec();
+        decode_all(&mut d, (0..probe + 1100).map(|i| checksummed(i % 11 == 0)));
+        assert_eq!(d.stats().bad_tcp_checksum, (probe + 1100).div_ceil(11));
+        assert_eq!(d.stats().tcp_checksums_unverified, 0);
+        // Exactly a tenth is offload.
+        let mut d = dec();
+        decode_all(&mut d, (0..probe + 10).map(|i| checksummed(i % 10 == 0)));
+        assert_eq!(d.stats().bad_tcp_checksum, probe / 10);
+        assert_eq!(d.stats().tcp_checksums_unverified, 10);
+    }
+
+    #[test]
+    fn checksums_always_and_never() {
+        let n = u64::from(CHECKSUM_PROBE) * 2;
+        let mut always = Decoder::new(DecodeConfig {
+            checksums: Checksums::Always,
+            ..DecodeConfig::default()
+        });
+        decode_all(&mut always, (0..n).map(|_| checksummed(true)));
+        assert_eq!(always.stats().bad_tcp_checksum, n);
+        assert_eq!(always.stats().tcp_checksums_unverified, 0);
+        let mut never = Decoder::new(DecodeConfig {
+            checksums: Checksums::Never,
+            ..DecodeConfig::default()
+        });
+        let mut f = checksummed(true);
+        f[14 + 10] ^= 0xff;
+        decode_all(&mut never, (0..3).map(|_| f.clone()));
+        assert_eq!(never.stats().bad_tcp_checksum, 0);
+        assert_eq!(never.stats().bad_ipv4_checksum, 0);
+        assert_eq!(never.stats().tcp_checksums_unverified, 3);
     }
 
     proptest::proptest! {

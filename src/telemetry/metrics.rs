@@ -527,6 +527,16 @@ impl Collector for Hub {
                 (one("result", "ipv6-seen"), dec.ipv6_fragments),
             ],
         )?;
+        e.labelled(
+            "decode_checksums",
+            "Checksums that failed to verify (counted, never dropped), and TCP segments not verified (decode.verify_checksums = false, or \"auto\" found them offloaded).",
+            MetricType::Counter,
+            [
+                (one("result", "bad-ipv4"), dec.bad_ipv4_checksum),
+                (one("result", "bad-tcp"), dec.bad_tcp_checksum),
+                (one("result", "tcp-unverified"), dec.tcp_checksums_unverified),
+            ],
+        )?;
         let r = &w.reassembly;
         e.gauge(
             "flows_active",
