@@ -222,12 +222,28 @@ fn baseline_bytes(h: &Histogram<u64>) -> usize {
     std::mem::size_of::<(KeyValue, Baseline)>() + 1 + h.distinct_values() * 8
 }
 
-/// One endpoint's learned samples, and its level at the rule's quantile: read for every
-/// request of the endpoint, changed only when a window closes, so it is computed once per
-/// change rather than walked out of the histogram per request.
+/// One endpoint's learned samples, and its level at the rule's quantile. The level is read
+/// for every request of the endpoint and an outlier rule learns a sample from nearly every
+/// response, so once read it is kept up to date sample by sample (a step from one bucket
+/// to the next at most, nearly always none) instead of walked out of the histogram again
+/// after each: that walk was 1.3% of all cycles on the realistic capture.
 pub(super) struct Baseline {
     pub hist: Histogram<u64>,
-    level: Option<u64>,
+    level: Option<Level>,
+}
+
+/// [`Histogram::value_at_quantile`] kept current: the value it returns, and how many
+/// samples lie in buckets below that value's bucket. With `target` the rank it looks for
+/// (`ceil(q * samples)`, at least 1), `below < target <= below + count_at(value)`.
+#[derive(Clone, Copy, Debug)]
+struct Level {
+    value: u64,
+    below: u64,
+}
+
+/// The rank [`Histogram::value_at_quantile`] looks for: the same arithmetic.
+fn quantile_rank(q: f64, samples: u64) -> u64 {
+    ((q.min(1.0) * samples as f64).ceil() as u64).max(1)
 }
 
 impl Baseline {
@@ -237,9 +253,70 @@ impl Baseline {
 
     /// The level at quantile `q` (always the same `q`: the rule's).
     fn level(&mut self, q: f64) -> u64 {
-        *self
-            .level
-            .get_or_insert_with(|| self.hist.value_at_quantile(q))
+        if let Some(l) = self.level {
+            return l.value;
+        }
+        let value = self.hist.value_at_quantile(q);
+        // Quantile 0 is the lowest value of its bucket, not the highest: walked each time.
+        if q > 0.0 && !self.hist.is_empty() {
+            let low = self.hist.lowest_equivalent(value);
+            let below = match low.checked_sub(1) {
+                Some(top) => self.hist.count_between(0, top),
+                None => 0,
+            };
+            self.level = Some(Level { value, below });
+        }
+        value
+    }
+
+    /// Records sample `v` (at most `high`), keeping the level at quantile `q` current.
+    fn record(&mut self, v: u64, high: u64, q: f64) {
+        let v = v.min(high);
+        // `record` grows the histogram to the value; `saturating_record` never grows it and
+        // would clamp anything past its first range (255 at 2 digits) to that range's bound.
+        if self.hist.record(v).is_err() {
+            self.hist.saturating_record(v);
+            // Where the sample landed is not known: walked afresh when next read.
+            self.level = None;
+            return;
+        }
+        let Some(mut l) = self.level.take() else {
+            return;
+        };
+        let h = &self.hist;
+        if h.lowest_equivalent(v) < h.lowest_equivalent(l.value) {
+            l.below += 1;
+        }
+        let target = quantile_rank(q, h.len());
+        // One step nearly always; bounded by the buckets in any case (never a hang, should
+        // the counts disagree: then the level is walked afresh).
+        for _ in 0..=h.distinct_values() {
+            let here = h.count_at(l.value);
+            if l.below + here < target {
+                l.below += here;
+                l.value = h.highest_equivalent(h.next_non_equivalent(l.value));
+            } else if l.below >= target {
+                let Some(lower) = h.lowest_equivalent(l.value).checked_sub(1) else {
+                    return;
+                };
+                l.value = h.highest_equivalent(lower);
+                l.below = l.below.saturating_sub(h.count_at(l.value));
+            } else {
+                self.level = Some(l);
+                return;
+            }
+        }
+    }
+}
+
+/// The quantile a baseline or outlier rule's level is read at (0 for other kinds, which
+/// learn nothing).
+fn rule_quantile(rule: &Rule) -> f64 {
+    match rule.detector.kind {
+        DetectorKind::Baseline { quantile, .. } | DetectorKind::Outlier { quantile, .. } => {
+            quantile
+        }
+        _ => 0.0,
     }
 }
 
@@ -280,7 +357,14 @@ fn observe_learning(
     let mut samples = smallvec::SmallVec::<[Sample; 1]>::new();
     let fired = ks.observe(rule, o, stats, &mut |s| samples.push(s));
     for s in samples {
-        learn(baselines, baseline_bytes, room, s, stats);
+        learn(
+            baselines,
+            baseline_bytes,
+            room,
+            s,
+            rule_quantile(rule),
+            stats,
+        );
     }
     fired
 }
@@ -293,6 +377,7 @@ fn learn(
     bytes: &mut usize,
     room: bool,
     s: Sample,
+    quantile: f64,
     stats: &mut DetectStats,
 ) {
     let mut fresh = false;
@@ -317,22 +402,15 @@ fn learn(
             }
         }
     };
-    b.level = None;
-    let h = &mut b.hist;
-    let before = if fresh { 0 } else { baseline_bytes(h) };
+    let before = if fresh { 0 } else { baseline_bytes(&b.hist) };
     // Counts up to a million per window; body sizes up to 4 GiB.
     let high = if s.wide {
         u64::from(u32::MAX)
     } else {
         1_000_000
     };
-    let v = u64::from(s.count).min(high);
-    // `record` grows the histogram to the value; `saturating_record` never grows it and
-    // would clamp anything past its first range (255 at 2 digits) to that range's bound.
-    if h.record(v).is_err() {
-        h.saturating_record(v);
-    }
-    *bytes = (*bytes + baseline_bytes(h)).saturating_sub(before);
+    b.record(u64::from(s.count), high, quantile);
+    *bytes = (*bytes + baseline_bytes(&b.hist)).saturating_sub(before);
     stats.baseline_samples += 1;
 }
 
@@ -774,8 +852,16 @@ fn sweep_rule(
     };
     // Learned in key order, so nothing depends on hash order.
     samples.sort_by(|a, b| a.0.cmp(&b.0));
+    let quantile = rule_quantile(&st.rule);
     for (_, s) in samples {
-        learn(&mut st.baselines, &mut st.baseline_bytes, room, s, stats);
+        learn(
+            &mut st.baselines,
+            &mut st.baseline_bytes,
+            room,
+            s,
+            quantile,
+            stats,
+        );
     }
     due.sort_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
     for (k, e) in due {
@@ -917,5 +1003,62 @@ impl ShardHost for LocalShards {
             .iter()
             .map(Shard::tracked_keys)
             .fold((0, 0), |(a, b), (x, y)| (a + x, b.max(y)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn baseline() -> Baseline {
+        Baseline::new(Histogram::new(2).expect("histogram"))
+    }
+
+    #[test]
+    fn level_steps_with_each_sample_as_the_walk_gives_it() {
+        // Hand-picked: a flat run, a jump into a far bucket, values past the first range
+        // (the histogram grows), one past `high` (clamped), and back down.
+        let mut b = baseline();
+        let q = 0.9;
+        let mut levels = Vec::new();
+        for v in [
+            3, 3, 3, 3, 3, 3, 3, 3, 3, 900, 900, 70_000, 5, 2_000_000, 1, 1, 1, 1, 1, 1,
+        ] {
+            b.record(v, 1_000_000, q);
+            let got = b.level(q);
+            assert_eq!(got, b.hist.value_at_quantile(q), "after {v}");
+            levels.push(got);
+        }
+        // The level moved: the test walks more than one bucket.
+        levels.dedup();
+        assert!(levels.len() >= 3, "{levels:?}");
+    }
+
+    proptest::proptest! {
+        /// After any samples, the kept level is the one `value_at_quantile` walks out, at
+        /// any quantile, whether read after every sample or now and then.
+        #[test]
+        fn kept_level_matches_the_walk(
+            samples in proptest::collection::vec(
+                proptest::prop_oneof![0u64..50, 0u64..5_000, 0u64..2_000_000],
+                1..400,
+            ),
+            q in proptest::prop_oneof![
+                proptest::strategy::Just(1.0),
+                proptest::strategy::Just(0.5),
+                proptest::strategy::Just(0.0),
+                0.0f64..1.0,
+            ],
+            every in 1usize..7,
+        ) {
+            let mut b = baseline();
+            for (i, v) in samples.iter().enumerate() {
+                b.record(*v, 1_000_000, q);
+                if i % every == 0 {
+                    proptest::prop_assert_eq!(b.level(q), b.hist.value_at_quantile(q));
+                }
+            }
+            proptest::prop_assert_eq!(b.level(q), b.hist.value_at_quantile(q));
+        }
     }
 }
