@@ -984,3 +984,34 @@ fn shards_give_the_same_alerts_as_one_engine_even_over_the_wire() {
         assert_eq!(wired, one, "{n} shards over the wire");
     }
 }
+
+/// A token replayed from a second address while its holder keeps using it: the built-in
+/// `token.concurrent-use` names the copy's address as the actor, never the holder's
+/// device or user (naming those would block the victim). The copy is learnt from the
+/// requests the episode adds.
+#[test]
+fn concurrent_use_names_the_copy_not_the_holder() {
+    let s = rules::builtin().unwrap();
+    let mut e = Engine::new(DetectConfig::default(), &s);
+    let token = TokenHash::of("shared");
+    let mut out = Vec::new();
+    // The holder first, then both alternating every 5 s for five minutes.
+    for i in 0..60u32 {
+        let ip = if i % 2 == 0 { "10.0.0.1" } else { "10.0.0.2" };
+        let mut x = ev(f64::from(i) * 5.0, ip);
+        x.token = Some(token);
+        e.observe(&x, &mut out);
+    }
+    let a = out
+        .iter()
+        .find(|a| a.rule.as_str() == "token.concurrent-use" && !a.follow_up)
+        .unwrap_or_else(|| panic!("{out:#?}"));
+    assert_eq!(a.actor.ip.as_deref(), Some("10.0.0.2"), "{a:#?}");
+    assert_eq!(a.actor.device, None, "{a:#?}");
+    assert_eq!(a.actor.user, None, "{a:#?}");
+    assert_eq!(
+        a.evidence["concurrent"]["first_address"],
+        serde_json::json!("10.0.0.1"),
+        "{a:#?}"
+    );
+}
