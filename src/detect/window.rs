@@ -558,9 +558,10 @@ fn from_pairs<'de, D: serde::Deserializer<'de>>(
 }
 
 /// Adds a request to an episode, first noting (concurrent detectors over addresses) the
-/// address the key was first seen at, so the episode can tell the holder from a copy.
-fn record(ep: &mut Episode, track: &Track, window_ns: u64, ev: &Event, evidence: &[EvidenceField]) {
-    if let Some(origin) = track.origin(ev.ts.0.saturating_sub(window_ns)) {
+/// address the key was first seen at among those seen since `since` (ns), so the episode
+/// can tell the holder from a copy.
+fn record(ep: &mut Episode, track: &Track, since: u64, ev: &Event, evidence: &[EvidenceField]) {
+    if let Some(origin) = track.origin(since) {
         ep.measured_mut().origin = Some(origin);
     }
     ep.add(ev, evidence, matches!(track, Track::Concurrent(_)));
@@ -766,7 +767,12 @@ impl KeyState {
             let pending = self
                 .pending
                 .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));
-            record(pending, &self.track, window_ns, ev, &rule.evidence);
+            // The track is not updated while suppressed: the addresses it knew when it
+            // fired all count, however long ago, so the holder is still the address first
+            // seen. (Only those within the window counted before, and once suppression
+            // outlasted the window the follow-up knew no holder: it named no copy, and an
+            // `auto` ban fell back to the token, the genuine holder's.)
+            record(pending, &self.track, 0, ev, &rule.evidence);
             stats.aggregated_events += 1;
             return None;
         }
@@ -1027,7 +1033,8 @@ impl KeyState {
         let episode = self
             .episode
             .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));
-        record(episode, &self.track, window_ns, ev, &rule.evidence);
+        let since = ev.ts.0.saturating_sub(window_ns);
+        record(episode, &self.track, since, ev, &rule.evidence);
         match extra {
             Extra::Nothing => {}
             Extra::Share(h, n) => episode.measured_mut().share = Some((h, n)),
