@@ -1013,7 +1013,17 @@ fn concurrent_use_names_the_copy_not_the_holder() {
         concurrent.iter().filter(|a| a.follow_up).count() >= 2,
         "{out:#?}"
     );
+    let decider = crate::enforce::Decider::new(
+        Arc::new(crate::enforce::EnforceConfig::default()),
+        Arc::new(crate::enforce::decisions::Store::new(100, None)),
+    );
     for a in concurrent {
+        let d = decider.observe(a, a.ts.0 / SEC).expect("a ban");
+        assert_eq!(
+            (d.scope, d.value.as_str()),
+            (crate::enforce::decisions::Scope::Ip, "10.0.0.2"),
+            "{a:#?}"
+        );
         assert_eq!(a.actor.ip.as_deref(), Some("10.0.0.2"), "{a:#?}");
         assert_eq!(a.actor.device, None, "{a:#?}");
         assert_eq!(a.actor.user, None, "{a:#?}");
