@@ -307,6 +307,12 @@ fn offloaded_checksums_are_verified_for_a_probe_only() {
     assert_eq!(d["tcp_checksums_unverified"], 0, "{d}");
     assert!(d["bad_tcp_checksum"].as_u64().expect("count") > 1000, "{d}");
     assert!(!all_err.contains("TCP checksums fail"), "{all_err}");
-    assert_eq!(auto_tx, all_tx);
+    // The same transactions (workers write theirs in whatever order they finish).
+    let sorted = |t: &str| {
+        let mut v: Vec<String> = t.lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&auto_tx), sorted(&all_tx));
     assert!(auto_tx.lines().count() > 1000);
 }

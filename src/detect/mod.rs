@@ -1268,4 +1268,4 @@ fn secs_text(d: Duration) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -167,3 +167,32 @@ impl Decider {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of a genuine device's token in use beside its holder: the `auto` ban of
+    /// `token.concurrent-use` is the copy's address, for the alert and for every
+    /// follow-up, never the token (the holder's).
+    #[test]
+    fn concurrent_use_bans_the_copy_never_the_holders_token() {
+        let alerts = crate::detect::tests::concurrent_use_alerts();
+        assert!(
+            alerts.iter().filter(|a| a.follow_up).count() >= 2,
+            "{alerts:#?}"
+        );
+        let decider = Decider::new(
+            Arc::new(EnforceConfig::default()),
+            Arc::new(Store::new(100, None)),
+        );
+        for a in &alerts {
+            let d = decider.observe(a, a.ts.0 / 1_000_000_000).expect("a ban");
+            assert_eq!(
+                (d.scope, d.value.as_str()),
+                (Scope::Ip, "10.0.0.2"),
+                "{a:#?}"
+            );
+        }
+    }
+}
