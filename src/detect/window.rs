@@ -334,9 +334,8 @@ impl Episode {
     }
 
     /// Adds a request; lists the rule's evidence does not show are not kept (this runs for
-    /// every rule a request matches). `copies`: the detector tells a token's holder from
-    /// its copies (concurrent detectors; only they set [`Measured::origin`]).
-    fn add(&mut self, ev: &Event, evidence: &[EvidenceField], copies: bool) {
+    /// every rule a request matches).
+    fn add(&mut self, ev: &Event, evidence: &[EvidenceField]) {
         // One bit per field the evidence shows: this runs for every matching rule of every
         // request, and a mask is one test where the list is a scan.
         let mask = evidence.iter().fold(0u32, |m, f| m | 1 << (*f as u32));
@@ -457,15 +456,6 @@ impl Episode {
             m.expired_for_max = Some(m.expired_for_max.map_or(e, |m| m.max(e)));
         }
         self.ip.add(ev.actor.ip);
-        // Asked first: `measured` is a box of its own, and reading it for every request of
-        // every episode that measured something was a cache miss in a sixth of this
-        // function's time.
-        if copies
-            && let Some(m) = &mut self.measured
-            && m.origin.is_some_and(|o| o != ev.actor.ip)
-        {
-            m.copy.add(ev.actor.ip);
-        }
         self.device.add_ref(&ev.actor.device);
         self.user.add_ref(&ev.actor.user);
         self.endpoint.add_ref(endpoint);
@@ -557,14 +547,24 @@ fn from_pairs<'de, D: serde::Deserializer<'de>>(
     Ok(v.into_iter().collect())
 }
 
-/// Adds a request to an episode, first noting (concurrent detectors over addresses) the
-/// address the key was first seen at among those seen since `since` (ns), so the episode
-/// can tell the holder from a copy.
+/// Adds a request to an episode. Concurrent detectors over addresses also note the address
+/// the key was first seen at among those seen since `since` (ns), and the one other
+/// address its requests came from, so the episode can tell the holder from a copy.
 fn record(ep: &mut Episode, track: &Track, since: u64, ev: &Event, evidence: &[EvidenceField]) {
+    ep.add(ev, evidence);
+    // Only concurrent tracks have an origin: other episodes never read their `measured`
+    // box here (a cache miss per request when it was read for every episode).
+    if !matches!(track, Track::Concurrent(_)) {
+        return;
+    }
     if let Some(origin) = track.origin(since) {
         ep.measured_mut().origin = Some(origin);
     }
-    ep.add(ev, evidence, matches!(track, Track::Concurrent(_)));
+    if let Some(m) = &mut ep.measured
+        && m.origin.is_some_and(|o| o != ev.actor.ip)
+    {
+        m.copy.add(ev.actor.ip);
+    }
 }
 
 impl Track {
