@@ -96,6 +96,22 @@ fn unwrap_pseudonym(v: &str) -> Option<(&str, &str)> {
     (h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit())).then_some((m, h))
 }
 
+/// Whether `v` may be an e-mail address or a card number by [`kind`]: it holds an `@`, or
+/// 13 digits or more. False settles it; true needs [`kind`].
+fn may_be_email_or_card(v: &str) -> bool {
+    const CARD_DIGITS: usize = 13;
+    let b = v.as_bytes();
+    memchr::memchr(b'@', b).is_some()
+        || (b.len() >= CARD_DIGITS
+            && b.iter().filter(|c| c.is_ascii_digit()).count() >= CARD_DIGITS)
+}
+
+/// `matches!(kind(v), Kind::Email | Kind::Card)`, settled without classifying `v` when it
+/// has neither an `@` nor enough digits (most path segments and paths).
+pub fn is_email_or_card(v: &str) -> bool {
+    may_be_email_or_card(v) && matches!(kind(v), Kind::Email | Kind::Card)
+}
+
 /// What kind of personal value a string looks like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -178,7 +194,12 @@ pub fn identifier(id: &str) -> String {
 /// masked (`/users/j***@example.com/orders`); everything else, ids included, is kept.
 /// Borrowed unchanged in the common case.
 pub fn path(p: &str) -> std::borrow::Cow<'_, str> {
-    let personal = |seg: &str| matches!(kind(seg), Kind::Email | Kind::Card);
+    // A segment's `@` or its digits are the whole path's too: most paths are settled here,
+    // without classifying each segment.
+    if !may_be_email_or_card(p) {
+        return std::borrow::Cow::Borrowed(p);
+    }
+    let personal = |seg: &str| is_email_or_card(seg);
     if !p.split('/').any(personal) {
         return std::borrow::Cow::Borrowed(p);
     }
@@ -304,6 +325,48 @@ mod tests {
             };
             proptest::prop_assert_eq!(kind(&v), by_chars, "{:?}", v);
         }
+    }
+
+    proptest::proptest! {
+        /// The prefilter never settles a value [`kind`] calls an e-mail or a card, and
+        /// paths are masked as segment by segment classification says.
+        #[test]
+        fn email_or_card_prefilter_agrees_with_kind(
+            v in "[0-9 ()+.@a-z\\-]{0,24}|[0-9]{11,20}|[0-9 -]{12,24}|[a-z0-9./@-]{0,40}"
+        ) {
+            proptest::prop_assert_eq!(
+                is_email_or_card(&v),
+                matches!(kind(&v), Kind::Email | Kind::Card),
+                "{:?}", v
+            );
+            let by_segment: Vec<String> = v
+                .split('/')
+                .map(|s| if matches!(kind(s), Kind::Email | Kind::Card) { mask(s) } else { s.to_string() })
+                .collect();
+            proptest::prop_assert_eq!(path(&v).into_owned(), by_segment.join("/"));
+        }
+    }
+
+    #[test]
+    fn paths_mask_emails_and_cards_only() {
+        assert!(matches!(
+            path("/v1/users/1234/orders"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // 13 digits in all, but no segment a card.
+        assert!(matches!(
+            path("/v1/users/123456/orders/1234567"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            path("/v1/users/jane@example.com/cart"),
+            "/v1/users/j***@example.com/cart"
+        );
+        assert_eq!(path("/v1/cards/4111111111111111"), "/v1/cards/****1111");
+        assert_eq!(
+            path("/v1/cards/4111111111111112"),
+            "/v1/cards/4111111111111112"
+        );
     }
 
     /// Characters that settle a value as "other" anywhere in it, however many digits it

@@ -45,7 +45,7 @@ pub fn is_id_segment(s: &str) -> bool {
     }
     // Personal values used as ids (`/users/jane@example.com`) are ids, and must not reach
     // routes, which alerts and metrics show.
-    if matches!(redact::kind(s), redact::Kind::Email | redact::Kind::Card) {
+    if redact::is_email_or_card(s) {
         return true;
     }
     let is_uuid = b.len() == 36
