@@ -6,8 +6,9 @@ use crate::redact;
 
 /// The path part of a request target, without the query string or fragment.
 pub fn path_of(target: &str) -> &str {
-    let end = target.find(['?', '#']).unwrap_or(target.len());
-    &target[..end]
+    // A byte search (vectorised): both are ASCII, so the cut is on a char boundary.
+    let end = memchr::memchr2(b'?', b'#', target.as_bytes()).unwrap_or(target.len());
+    target.get(..end).unwrap_or(target)
 }
 
 /// Route template of a path: numeric, UUID, long hex and long base64-ish segments become

@@ -132,11 +132,16 @@ pub(crate) fn framing_headers(headers: &[Header]) -> FramingHeaders {
     let mut te_seen = false;
     let mut te_last_chunked = false;
     for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
+        // Told apart by length first: most headers are none of the three.
+        let name = h.name.as_str();
+        if !matches!(name.len(), 14 | 16 | 17) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
             for part in h.value.split(|&b| b == b',') {
                 cl = merge_length(cl, parse_decimal(part.trim_ascii()));
             }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.is_empty() {
@@ -152,7 +157,7 @@ pub(crate) fn framing_headers(headers: &[Header]) -> FramingHeaders {
                     transfer.add_list(token);
                 }
             }
-        } else if h.name.eq_ignore_ascii_case("content-encoding") {
+        } else if name.eq_ignore_ascii_case("content-encoding") {
             content.add_list(&h.value);
         }
     }

@@ -243,11 +243,36 @@ impl ReassemblyStats {
 }
 
 /// Both directions of a connection: the tunnel and the two endpoints in canonical order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     pub tunnel: TunnelId,
     pub lo: SocketAddr,
     pub hi: SocketAddr,
+}
+
+/// Hashed as four words (each address as 128 bits, the ports and families, the tunnel): a
+/// key is hashed for every packet, and `SocketAddr`'s own hash is a write per field
+/// (family, address, port, and IPv6's flow label and scope). Equal keys hash alike, as they
+/// must: the words are a function of the fields.
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        fn ip(a: &SocketAddr) -> u128 {
+            match a {
+                SocketAddr::V4(v4) => u128::from(v4.ip().to_bits()),
+                SocketAddr::V6(v6) => v6.ip().to_bits(),
+            }
+        }
+        state.write_u128(ip(&self.lo));
+        state.write_u128(ip(&self.hi));
+        // The families too: 10.0.0.1 and ::a00:1 are the same 128 bits.
+        state.write_u64(
+            u64::from(self.lo.port()) << 16
+                | u64::from(self.hi.port())
+                | u64::from(self.lo.is_ipv4()) << 32
+                | u64::from(self.hi.is_ipv4()) << 33,
+        );
+        state.write_u64(self.tunnel.0);
+    }
 }
 
 impl FlowKey {
@@ -1142,6 +1167,41 @@ fn slice_piece(from: u64, to: u64, seg_off: u64, payload: &[u8]) -> Piece {
 mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
+
+    /// A flow's key is the same both ways and hashes alike; changing any one field (either
+    /// address, either port, the tunnel, the family) changes the hash.
+    #[test]
+    fn flow_keys_hash_by_every_field_and_both_directions_alike() {
+        use std::hash::BuildHasher;
+        let h = |k: FlowKey| foldhash::fast::FixedState::with_seed(1).hash_one(k);
+        let a: SocketAddr = "10.0.0.1:40000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:443".parse().unwrap();
+        let base = FlowKey::new(TunnelId(0), a, b);
+        assert_eq!(base, FlowKey::new(TunnelId(0), b, a));
+        assert_eq!(h(base), h(FlowKey::new(TunnelId(0), b, a)));
+        let others = [
+            FlowKey::new(TunnelId(7), a, b),
+            FlowKey::new(TunnelId(0), "10.0.0.3:40000".parse().unwrap(), b),
+            FlowKey::new(TunnelId(0), a, "10.0.0.4:443".parse().unwrap()),
+            FlowKey::new(TunnelId(0), "10.0.0.1:40001".parse().unwrap(), b),
+            FlowKey::new(TunnelId(0), a, "10.0.0.2:444".parse().unwrap()),
+            // The ports swapped between the same two addresses.
+            FlowKey::new(
+                TunnelId(0),
+                "10.0.0.1:443".parse().unwrap(),
+                "10.0.0.2:40000".parse().unwrap(),
+            ),
+            FlowKey::new(
+                TunnelId(0),
+                "[::a00:1]:40000".parse().unwrap(),
+                "[::a00:2]:443".parse().unwrap(),
+            ),
+        ];
+        for k in others {
+            assert_ne!(k, base);
+            assert_ne!(h(k), h(base), "{k:?}");
+        }
+    }
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Event {
