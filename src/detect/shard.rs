@@ -353,7 +353,7 @@ fn observe_learning(
     baseline_bytes: &mut usize,
     room: bool,
     stats: &mut DetectStats,
-) -> Option<Episode> {
+) -> Option<Box<Episode>> {
     let mut samples = smallvec::SmallVec::<[Sample; 1]>::new();
     let fired = ks.observe(rule, o, stats, &mut |s| samples.push(s));
     for s in samples {
@@ -704,7 +704,7 @@ impl Shard {
                 let k = KeyValue::from(&key);
                 charge_new(&k, &mut ks, &mut st.heap);
                 st.keys.insert(k, ks);
-                em.emit(&st.rule, &(&key).into(), episode, false, &mut self.stats);
+                em.emit(&st.rule, &(&key).into(), *episode, false, &mut self.stats);
                 continue;
             }
             // Below the cap (nearly always) a new key needs no room made: one probe finds
@@ -735,7 +735,7 @@ impl Shard {
             }
             let fired = observe_learning(ks, rule, o, baselines, baseline_bytes, room, stats);
             if let Some(episode) = fired {
-                em.emit(rule, &(&key).into(), episode, false, stats);
+                em.emit(rule, &(&key).into(), *episode, false, stats);
             }
         }
     }

@@ -711,7 +711,9 @@ impl KeyState {
         cur.saturating_sub(BUCKETS - 1)
     }
 
-    /// Takes one matching event; `Some` when the detector fires (the episode to alert on).
+    /// Takes one matching event; `Some` when the detector fires (the episode to alert on,
+    /// in its box: moved out by value, the few hundred bytes of an `Option<Episode>` were
+    /// copied through each caller for every event, fired or not).
     /// A baseline window that closed is handed to `learn`.
     pub fn observe(
         &mut self,
@@ -719,7 +721,7 @@ impl KeyState {
         o: Observed<'_>,
         stats: &mut DetectStats,
         learn: &mut dyn FnMut(Sample),
-    ) -> Option<Episode> {
+    ) -> Option<Box<Episode>> {
         let ev = o.ev;
         let (bucket_ns, window_ns) = spans(&rule.detector);
         self.last_seen = self.last_seen.max(ev.ts);
@@ -1051,7 +1053,7 @@ impl KeyState {
         if !fired {
             return None;
         }
-        let episode = *self.episode.take()?;
+        let episode = self.episode.take()?;
         match &mut self.track {
             Track::Count(b) => b.clear(),
             Track::Two(two) => {
