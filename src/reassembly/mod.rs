@@ -684,20 +684,21 @@ impl<H: StreamHandler> FlowTable<H> {
                 }
             }
         }
-        if !self.flows.contains_key(&key) {
-            if seg.flags.has(TcpFlags::RST) {
-                // A reset for a connection we do not track carries nothing to reassemble.
-                return;
-            }
-            if self.flows.len() >= self.cfg.max_flows {
-                self.stats.cap_hit("flows");
-                self.evict_least_recent(handler);
-            }
-            let info = self.new_conn(seg, ts);
-            let state = handler.open(&info);
-            self.flows.insert(
-                key,
-                Flow {
+        // One probe for a known flow (nearly every segment).
+        let flow = match self.flows.get_mut(&key) {
+            Some(flow) => flow,
+            None => {
+                if seg.flags.has(TcpFlags::RST) {
+                    // A reset for a connection we do not track carries nothing to reassemble.
+                    return;
+                }
+                if self.flows.len() >= self.cfg.max_flows {
+                    self.stats.cap_hit("flows");
+                    self.evict_least_recent(handler);
+                }
+                let info = self.new_conn(seg, ts);
+                let state = handler.open(&info);
+                self.flows.entry(key).or_insert(Flow {
                     info,
                     halves: [Half::default(), Half::default()],
                     last_ts: ts,
@@ -705,11 +706,8 @@ impl<H: StreamHandler> FlowTable<H> {
                     held_syn: None,
                     held: 0,
                     state,
-                },
-            );
-        }
-        let Some(flow) = self.flows.get_mut(&key) else {
-            return;
+                })
+            }
         };
         flow.last_ts = ts;
         let dir = if seg.src == flow.info.client {
