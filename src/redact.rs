@@ -199,7 +199,7 @@ pub fn path(p: &str) -> std::borrow::Cow<'_, str> {
     if !may_be_email_or_card(p) {
         return std::borrow::Cow::Borrowed(p);
     }
-    let personal = |seg: &str| is_email_or_card(seg);
+    let personal = is_email_or_card;
     if !p.split('/').any(personal) {
         return std::borrow::Cow::Borrowed(p);
     }

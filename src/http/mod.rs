@@ -269,11 +269,7 @@ pub fn recycle(tx: &mut Transaction) {
 pub fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
     headers
         .iter()
-        .find(|h| {
-            // Lengths first: most names differ in length, and a length is read without
-            // taking the inline-or-heap branch of the name's bytes.
-            h.name.len() == name.len() && h.name.as_bytes().eq_ignore_ascii_case(name.as_bytes())
-        })
+        .find(|h| h.name.eq_ignore_ascii_case(name))
         .map(|h| h.value.as_slice())
 }
 

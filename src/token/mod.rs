@@ -527,23 +527,19 @@ fn binding_digest(headers: &[Header], names: &[String]) -> [u8; 32] {
     BINDINGS.with(|b| {
         use std::hash::BuildHasher;
         let (slots, hasher) = &mut *b.borrow_mut();
-        let i = (hasher.hash_one(value) as usize) & (BINDING_SLOTS - 2);
-        let is = |slot: &Option<(Box<[u8]>, [u8; 32])>| {
-            slot.as_ref().is_some_and(|(v, _)| **v == *value)
-        };
-        let set = &mut slots[i..i + 2];
-        if !is(&set[0]) {
-            if is(&set[1]) {
-                set.swap(0, 1);
-            } else {
-                let d = binding_digest_of(headers, names);
-                set.swap(0, 1);
-                set[0] = Some((value.into(), d));
-            }
+        let set = &mut slots[crate::memo::pair(BINDING_SLOTS, hasher.hash_one(value))];
+        let held = set.iter().enumerate().find_map(|(i, slot)| match slot {
+            Some((v, d)) if **v == *value => Some((i, *d)),
+            _ => None,
+        });
+        if let Some((i, d)) = held {
+            set.swap(0, i);
+            return d;
         }
-        set[0]
-            .as_ref()
-            .map_or_else(|| binding_digest_of(headers, names), |(_, d)| *d)
+        let d = binding_digest_of(headers, names);
+        set.rotate_right(1);
+        set[0] = Some((value.into(), d));
+        d
     })
 }
 
