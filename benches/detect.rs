@@ -61,6 +61,7 @@ fn events() -> Vec<Event> {
                 cross_user: false,
                 exposure: None,
                 exposed: thin_vec::ThinVec::new(),
+                field_set: None,
                 denied: false,
                 foreign: thin_vec::ThinVec::new(),
                 attested: false,

@@ -22,7 +22,14 @@ pub fn route_of(path: &str) -> String {
 /// [`route_of`] written into `out` (cleared first): a reused buffer, no allocation.
 pub fn route_into(path: &str, out: &mut String) {
     out.clear();
-    for (i, seg) in path.split('/').enumerate() {
+    // `split('/')` by byte search: `str::split` runs a char searcher per segment, a
+    // measurable share of every request on short paths.
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'/', path.as_bytes()).chain(std::iter::once(path.len()));
+    for (i, end) in ends.enumerate() {
+        // `/` is ASCII: both ends are character boundaries.
+        let seg = path.get(start..end).unwrap_or_default();
+        start = end + 1;
         if i > 0 {
             out.push('/');
         }
@@ -63,4 +70,43 @@ pub fn is_id_segment(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
         && b.iter().any(u8::is_ascii_digit);
     is_uuid || is_hex || is_b64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The route by `str::split`, as it was built before the byte search.
+    fn route_by_split(path: &str) -> String {
+        path.split('/')
+            .map(|seg| if is_id_segment(seg) { "{id}" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    proptest! {
+        /// Any path (empty segments, leading and trailing slashes, multi-byte characters,
+        /// ids of every kind) gets the route `str::split` gives, in a reused buffer.
+        #[test]
+        fn routes_match_splitting_on_slashes(
+            segs in proptest::collection::vec(
+                prop_oneof![
+                    Just(String::new()),
+                    "[0-9]{1,12}",
+                    "[a-z]{1,10}",
+                    "[0-9a-f]{16,20}",
+                    "[a-z0-9._%+-]{1,8}@[a-z]{2,6}\\.com",
+                    "\\PC{0,6}",
+                ],
+                0..8,
+            ),
+        ) {
+            let path = segs.join("/");
+            let mut out = String::from("stale");
+            route_into(&path, &mut out);
+            prop_assert_eq!(&out, &route_by_split(&path));
+            prop_assert_eq!(route_of(&path), out);
+        }
+    }
 }

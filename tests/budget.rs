@@ -63,6 +63,7 @@ fn event(i: u64, ts: Timestamp, verdict: Verdict) -> Event {
         cross_user: false,
         exposure: None,
         exposed: thin_vec::ThinVec::new(),
+        field_set: None,
         denied: false,
         foreign: thin_vec::ThinVec::new(),
         attested: false,

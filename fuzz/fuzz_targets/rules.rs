@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
             cross_user: false,
             exposure: None,
             exposed: Default::default(),
+            field_set: None,
             denied: false,
             foreign: Default::default(),
             attested: false,

@@ -125,6 +125,12 @@ pub struct Event {
     pub exposure: Option<Arc<exposure::Scan>>,
     /// Set by the engine: the findings the route's `expose_only` does not allow.
     pub exposed: ThinVec<exposure::Finding>,
+    /// Set by the engine: the `field_set` key of `exposed` (made once, shared across
+    /// events with the same set, rather than once for every rule keyed by it). Not sent
+    /// to a shard in another process, which makes it from `exposed` (the wire format
+    /// stays as it was).
+    #[serde(skip)]
+    pub field_set: Option<Arc<str>>,
     /// Set by the engine: some exposed finding is of a class the rules deny everywhere.
     pub denied: bool,
     /// Set by the engine: the objects judged someone else's.
@@ -147,6 +153,21 @@ pub struct Event {
     /// Set by the engine: the fingerprint's marks (`fingerprint::APP`, ...).
     #[serde(default)]
     pub fingerprint: u8,
+}
+
+/// The `field_set` key of exposed findings: `path=class` of each, sorted, without
+/// repeats, joined by commas; `None` when nothing is exposed.
+fn field_set(exposed: &[exposure::Finding]) -> Option<String> {
+    if exposed.is_empty() {
+        return None;
+    }
+    let mut v: Vec<String> = exposed
+        .iter()
+        .map(|f| format!("{}={}", f.path, f.class.as_str()))
+        .collect();
+    v.sort();
+    v.dedup();
+    Some(v.join(","))
 }
 
 impl Event {
@@ -218,16 +239,11 @@ impl Event {
                     .unwrap_or_else(|| self.principal().into()),
             )),
             KeyField::Ja4 => self.ja4.clone().map(KeyValue::Str),
-            KeyField::FieldSet => (!self.exposed.is_empty()).then(|| {
-                let mut v: Vec<String> = self
-                    .exposed
-                    .iter()
-                    .map(|f| format!("{}={}", f.path, f.class.as_str()))
-                    .collect();
-                v.sort();
-                v.dedup();
-                KeyValue::Str(v.join(",").into())
-            }),
+            KeyField::FieldSet => self
+                .field_set
+                .clone()
+                .or_else(|| field_set(&self.exposed).map(Arc::from))
+                .map(KeyValue::Str),
         }
     }
 
@@ -244,6 +260,7 @@ impl Event {
             KeyField::Token => self.token.map(KeyRef::Token),
             KeyField::Endpoint if self.endpoint.is_some() => str_of(&self.endpoint),
             KeyField::Principal if self.principal_key.is_some() => str_of(&self.principal_key),
+            KeyField::FieldSet if self.field_set.is_some() => str_of(&self.field_set),
             KeyField::Object => str_of(&self.object),
             KeyField::Username => self.username.as_ref().map(KeyRef::Username),
             KeyField::Ja4 => str_of(&self.ja4),
@@ -651,6 +668,8 @@ pub struct Engine {
     /// Principals (`user:…`, `device:…`, `ip:…`) shared across their requests, and the
     /// buffer one is spelled in: an actor's requests cost a lookup, not an allocation.
     principals: intern::Interner,
+    /// Shared `field_set` keys (an endpoint exposes the same few sets).
+    field_sets: intern::Interner,
     principal_buf: String,
     /// Classes that are exposure wherever they appear (`deny_classes`).
     deny: Vec<exposure::Class>,
@@ -731,6 +750,7 @@ impl Engine {
             ),
             names: intern::Interner::default(),
             principals: intern::Interner::default(),
+            field_sets: intern::Interner::default(),
             principal_buf: String::new(),
             deny: Vec::new(),
             cfg,
@@ -1025,6 +1045,7 @@ impl Engine {
                 .cloned()
                 .collect();
             e.denied = e.exposed.iter().any(|f| self.deny.contains(&f.class));
+            e.field_set = field_set(&e.exposed).map(|s| self.field_sets.name(&s));
             if let Some(endpoint) = &e.endpoint {
                 self.inventory.add(endpoint, &scan);
             }

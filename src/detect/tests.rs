@@ -51,6 +51,7 @@ pub(crate) fn ev(secs: f64, ip: &str) -> Event {
         cross_user: false,
         exposure: None,
         exposed: thin_vec::ThinVec::new(),
+        field_set: None,
         denied: false,
         foreign: thin_vec::ThinVec::new(),
         attested: false,

@@ -122,6 +122,7 @@ fn test_event(tx: &TestTransaction) -> Event {
             ))
         }),
         exposed: ThinVec::new(),
+        field_set: None,
         denied: false,
         foreign: ThinVec::new(),
         attested: false,

@@ -1229,6 +1229,7 @@ fn event(
         cross_user: false,
         exposure: scan,
         exposed: ThinVec::new(),
+        field_set: None,
         denied: false,
         foreign: ThinVec::new(),
         attested: false,
