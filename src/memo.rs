@@ -132,6 +132,15 @@ impl<V> Entry<V> {
     }
 }
 
+/// `k`'s placement hash under `hasher` (a memo's is a fixed seed's: see the module
+/// documentation).
+pub fn placement(hasher: &foldhash::fast::FixedState, k: Key<'_>) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write(k.head);
+    h.write(k.body);
+    h.finish()
+}
+
 /// The two of `slots` (a power of two) a body may sit in (one when there is one slot).
 pub fn pair(slots: usize, hash: u64) -> std::ops::Range<usize> {
     let first = (hash as usize) & (slots - 1) & !1;
@@ -211,10 +220,7 @@ impl<V: Clone> Memo<V> {
 
     /// `k`'s placement hash (fixed seed: see the module documentation).
     fn place(&self, k: Key<'_>) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write(k.head);
-        h.write(k.body);
-        h.finish()
+        placement(&self.hasher, k)
     }
 
     /// The value kept for `k`, else a [`Miss`] to offer the value made.
@@ -225,7 +231,24 @@ impl<V: Clone> Memo<V> {
     /// [`Memo::get`] that hands the kept value to `copy` (to copy it into memory of the
     /// caller's choosing) rather than cloning it.
     pub fn get_with<R>(&mut self, k: Key<'_>, copy: impl FnOnce(&V) -> R) -> Result<R, Miss> {
-        if self.slots.is_empty() || k.body.len() > self.max_body || k.body.is_empty() {
+        let hash = if self.may_keep(k) { self.place(k) } else { 0 };
+        self.get_placed(k, hash, copy)
+    }
+
+    /// Whether `k` could be kept at all (the memo has room and the body is within bounds).
+    fn may_keep(&self, k: Key<'_>) -> bool {
+        !(self.slots.is_empty() || k.body.len() > self.max_body || k.body.is_empty())
+    }
+
+    /// [`Memo::get_with`] for a key whose placement hash the caller made with
+    /// [`placement`] and this memo's seed (to pick one of several memos by it first).
+    pub fn get_placed<R>(
+        &mut self,
+        k: Key<'_>,
+        hash: u64,
+        copy: impl FnOnce(&V) -> R,
+    ) -> Result<R, Miss> {
+        if !self.may_keep(k) {
             self.misses += 1;
             return Err(Miss {
                 hash: 0,
@@ -233,7 +256,6 @@ impl<V: Clone> Memo<V> {
                 digest: None,
             });
         }
-        let hash = self.place(k);
         let pair = pair(self.slots.len(), hash);
         let mut d = None;
         for e in self.slots[pair].iter_mut().flatten() {
@@ -259,6 +281,15 @@ impl<V: Clone> Memo<V> {
             return;
         }
         let hash = miss.hash;
+        // Kept since the lookup missed (a memo shared by threads: another made it too).
+        let mut d = miss.digest;
+        if self.slots[pair(self.slots.len(), hash)]
+            .iter()
+            .flatten()
+            .any(|e| e.hash == hash && e.is(k, &mut d, self.secret.as_ref()))
+        {
+            return;
+        }
         let copied = match self.secret {
             Some(_) => 0,
             None => k.head.len() + k.body.len(),
@@ -307,7 +338,7 @@ impl<V: Clone> Memo<V> {
             return;
         }
         let check = match self.secret {
-            Some(s) => Check::Digest(miss.digest.unwrap_or_else(|| digest(&s, k))),
+            Some(s) => Check::Digest(d.unwrap_or_else(|| digest(&s, k))),
             None => {
                 let mut key = Vec::with_capacity(k.head.len() + k.body.len());
                 key.extend_from_slice(k.head);

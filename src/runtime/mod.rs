@@ -872,14 +872,14 @@ struct HttpHandler {
 }
 
 impl HttpHandler {
-    /// `scans`: the bytes its memo of response scans may hold; `decodes`: the bytes the
-    /// calling thread's memo of content decodings may hold (it is emptied: the handler
-    /// runs on the thread that makes it).
+    /// `scans`: its use of the memo of response scans; `decodes`: the bytes the calling
+    /// thread's memo of content decodings may hold (it is emptied: the handler runs on the
+    /// thread that makes it).
     fn new(
         cfg: &Config,
         shared: Arc<Shared>,
         write_lines: bool,
-        scans: usize,
+        scans: crate::detect::scan_memo::ScanMemo,
         decodes: usize,
     ) -> HttpHandler {
         crate::http::set_decode_memo(decodes);
@@ -894,7 +894,7 @@ impl HttpHandler {
             events: Vec::new(),
             login: cfg.detect.login.clone(),
             scan_responses: cfg.detect.scan_responses,
-            scans: crate::detect::scan_memo::ScanMemo::new(scans),
+            scans,
             tls: Arc::new(cfg.detect.tls.clone()),
             batch_created: None,
             // 1 µs to 60 s at 2 significant digits.
@@ -1406,7 +1406,7 @@ impl PacketPath {
                 cfg,
                 shared,
                 false,
-                cfg.runtime.budget.share(Table::Scans),
+                crate::detect::scan_memo::ScanMemo::new(cfg.runtime.budget.share(Table::Scans)),
                 cfg.runtime.budget.share(Table::Decodes),
             ),
         }
@@ -1511,8 +1511,10 @@ struct WorkerIo {
     inputs: usize,
     /// Its shares of the memory budget.
     budget: FlowBudget,
-    /// Workers in all (the memo of response scans takes its share of the budget).
+    /// Workers in all (each memo of content decodings takes its part of the budget).
     workers: usize,
+    /// The memo of response scans, shared by the workers.
+    scans: Arc<crate::detect::scan_memo::Scans>,
 }
 
 fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerIo) -> WorkerResult {
@@ -1525,6 +1527,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         inputs,
         budget,
         workers,
+        scans,
     } = io;
     let mut merger = (inputs > 1).then(|| {
         merge::Merger::new(
@@ -1537,7 +1540,8 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
     rcfg.max_flows = per_worker_flows;
     rcfg.budget = budget;
     let mut table: FlowTable<HttpHandler> = FlowTable::new(rcfg);
-    let scans = cfg.runtime.budget.share_of(Table::Scans, workers);
+    // The first worker reports the shared memo's usage.
+    let scans = crate::detect::scan_memo::ScanMemo::shared(scans, index == 0);
     let decodes = cfg.runtime.budget.share_of(Table::Decodes, workers);
     let mut handler = HttpHandler::new(&cfg, shared, lines_tx.is_some(), scans, decodes);
     let hub = handler.shared.hub.clone();
@@ -1718,6 +1722,7 @@ impl Pipeline {
             streams: b.share_of(Table::Streams, workers),
             http: b.share_of(Table::Http, workers),
         };
+        let scans = crate::detect::scan_memo::Scans::new(b.share(Table::Scans), workers);
         let mut senders = Vec::new();
         let pool = Arc::new(BatchPool::default());
         let mut handles = Vec::new();
@@ -1734,6 +1739,7 @@ impl Pipeline {
                 inputs,
                 budget,
                 workers,
+                scans: Arc::clone(&scans),
             };
             let shared = shared.clone();
             let h = thread::Builder::new()
