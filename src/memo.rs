@@ -46,6 +46,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::mem::size_of;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
@@ -134,7 +135,7 @@ impl<V> Entry<V> {
 
 /// `k`'s placement hash under `hasher` (a memo's is a fixed seed's: see the module
 /// documentation).
-pub fn placement(hasher: &foldhash::fast::FixedState, k: Key<'_>) -> u64 {
+fn placement(hasher: &foldhash::fast::FixedState, k: Key<'_>) -> u64 {
     let mut h = hasher.build_hasher();
     h.write(k.head);
     h.write(k.body);
@@ -242,7 +243,7 @@ impl<V: Clone> Memo<V> {
 
     /// [`Memo::get_with`] for a key whose placement hash the caller made with
     /// [`placement`] and this memo's seed (to pick one of several memos by it first).
-    pub fn get_placed<R>(
+    fn get_placed<R>(
         &mut self,
         k: Key<'_>,
         hash: u64,
@@ -395,6 +396,110 @@ impl<V: Clone> Memo<V> {
             entries: self.entries as u64,
             evictions: self.evictions,
         }
+    }
+}
+
+/// Parts of a [`Shared`] memo used by several threads (a power of two, at most 64).
+const SHARED_PARTS: usize = 16;
+
+/// A [`Memo`] several threads use (the workers of a pipeline: each sees only its own flows,
+/// but a catalogue page goes to clients on all of them). In parts, each behind its own lock
+/// and picked by the top bits of the placement hash (a part's slots and remembered hashes
+/// are picked by the lower ones), so threads seldom wait on each other; one part when one
+/// thread uses it. The lock is not held while a value is made after a miss: two threads
+/// missing the same key meanwhile both make it, and the memo keeps one. Which thread finds
+/// a value kept depends on timing, so hit counts may differ between runs; values never
+/// differ from what making them gives.
+pub struct Shared<V> {
+    parts: Box<[Mutex<Memo<V>>]>,
+    hasher: foldhash::fast::FixedState,
+    max_body: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A memo has no invariant a panic elsewhere could break halfway: at worst it misses.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<V: Clone> Shared<V> {
+    /// A memo for `threads` threads holding at most `limit` bytes in all; the other
+    /// arguments as for [`Memo::new`].
+    pub fn new(
+        threads: usize,
+        limit: usize,
+        bytes_per_slot: usize,
+        max_body: usize,
+        seed: u64,
+        identity: Identity,
+    ) -> Shared<V> {
+        let n = if threads > 1 { SHARED_PARTS } else { 1 };
+        Shared {
+            parts: (0..n)
+                .map(|_| {
+                    Mutex::new(Memo::new(
+                        limit / n,
+                        bytes_per_slot,
+                        max_body,
+                        seed,
+                        identity,
+                    ))
+                })
+                .collect(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+            max_body,
+        }
+    }
+
+    fn part(&self, hash: u64) -> MutexGuard<'_, Memo<V>> {
+        lock(&self.parts[(hash >> 58) as usize & (self.parts.len() - 1)])
+    }
+
+    /// [`Memo::get_with`].
+    pub fn get_with<R>(&self, k: Key<'_>, copy: impl FnOnce(&V) -> R) -> Result<R, Miss> {
+        // Bodies never kept are not hashed (their part answers a miss not to offer).
+        let hash = if k.body.is_empty() || k.body.len() > self.max_body {
+            0
+        } else {
+            placement(&self.hasher, k)
+        };
+        self.part(hash).get_placed(k, hash, copy)
+    }
+
+    /// [`Memo::offer`].
+    pub fn offer(&self, miss: Miss, k: Key<'_>, value_bytes: usize, make: impl FnOnce() -> V) {
+        if miss.keep {
+            self.part(miss.hash).offer(miss, k, value_bytes, make);
+        }
+    }
+
+    /// Forgets every value kept (as in a new run); the counts carry on.
+    pub fn clear(&self) {
+        for p in &*self.parts {
+            lock(p).clear();
+        }
+    }
+
+    /// What the memo holds now and has given up, over all its parts.
+    pub fn usage(&self) -> Usage {
+        self.parts.iter().fold(Usage::default(), |sum, p| {
+            let u = lock(p).usage();
+            Usage {
+                bytes: sum.bytes + u.bytes,
+                limit: sum.limit + u.limit,
+                entries: sum.entries + u.entries,
+                evictions: sum.evictions + u.evictions,
+            }
+        })
+    }
+
+    /// Slots of all its parts.
+    pub fn slots(&self) -> usize {
+        self.parts.iter().map(|p| lock(p).slots()).sum()
+    }
+
+    /// Parts it has.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
     }
 }
 

@@ -24,12 +24,12 @@
 //! of an entry's 1.4), the 2 % share held 5,002 entries and answered 58.7% and 45.0%.
 
 use std::mem::size_of;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use crate::budget::{Table, Usage};
 use crate::detect::exposure::{self, Finding, Scan};
 use crate::http::{Header, header};
-use crate::memo::{Identity, Key, Memo};
+use crate::memo::{Identity, Key, Shared};
 
 /// Largest body kept (a large body is rarely repeated and would crowd out many small ones).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -50,80 +50,26 @@ fn scan_bytes(s: &Scan) -> usize {
         + s.ids.iter().map(|(_, id)| id.len() + 16).sum::<usize>()
 }
 
-/// Parts of a memo several workers share (a power of two, at most 64): each has its own
-/// lock and is picked by the body's placement hash, so workers seldom wait on each other.
-const SHARED_PARTS: usize = 16;
+/// Recent scans, one memo for all the workers of a pipeline: with a memo each (half the
+/// share apiece) two workers scanned 148,549 bodies of the realistic capture where one
+/// scanned 87,865.
+pub type Scans = Shared<Arc<Scan>>;
 
-/// Recent scans, one memo for all the workers of a pipeline: each worker sees only its
-/// flows, but a catalogue page goes to clients on every worker, and with a memo each (half
-/// the share apiece) two workers scanned 148,549 bodies of the realistic capture where one
-/// scanned 87,865. With one worker it is one memo behind one lock nobody else takes.
-pub struct Scans {
-    parts: Box<[Mutex<Memo<Arc<Scan>>>]>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A memo holds no invariant a panic elsewhere could break halfway: its worst is a
-    // missed scan.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Scans {
-    /// Memos holding `limit` bytes in all (none when 0), for `workers` workers.
-    pub fn new(limit: usize, workers: usize) -> Arc<Scans> {
-        let n = if workers > 1 { SHARED_PARTS } else { 1 };
-        Arc::new(Scans {
-            parts: (0..n)
-                .map(|_| {
-                    Mutex::new(Memo::new(
-                        limit / n,
-                        BYTES_PER_SLOT,
-                        MAX_BODY,
-                        SEED,
-                        Identity::Digest,
-                    ))
-                })
-                .collect(),
-        })
-    }
-
-    /// The part a placement hash belongs to (its top bits: a part's slots and remembered
-    /// hashes are picked by the lower ones).
-    fn part(&self, hash: u64) -> MutexGuard<'_, Memo<Arc<Scan>>> {
-        let i = (hash >> 58) as usize & (self.parts.len() - 1);
-        lock(&self.parts[i])
-    }
-
-    /// Forgets every scan kept (as in a new run); the counts carry on.
-    pub fn clear(&self) {
-        for p in &*self.parts {
-            lock(p).clear();
-        }
-    }
-
-    /// What the memo holds now and has evicted, over all its parts.
-    pub fn usage(&self) -> Usage {
-        self.parts.iter().fold(Usage::default(), |mut sum, p| {
-            let u = lock(p).usage();
-            sum.bytes += u.bytes;
-            sum.limit += u.limit;
-            sum.entries += u.entries;
-            sum.evictions += u.evictions;
-            sum
-        })
-    }
-
-    #[cfg(test)]
-    fn slots(&self) -> usize {
-        self.parts.iter().map(|p| lock(p).slots()).sum()
-    }
+/// The memo of scans for `workers` workers, holding at most `limit` bytes (none when 0).
+pub fn scans(limit: usize, workers: usize) -> Arc<Scans> {
+    Arc::new(Shared::new(
+        workers,
+        limit,
+        BYTES_PER_SLOT,
+        MAX_BODY,
+        SEED,
+        Identity::Digest,
+    ))
 }
 
 /// One worker's use of the recent scans. See the module documentation.
 pub struct ScanMemo {
     scans: Arc<Scans>,
-    /// The placement hash's (fixed: see [`crate::memo`]).
-    placement: foldhash::fast::FixedState,
     /// The key's head: the flags byte, then the `Content-Type` value (reused).
     head: Vec<u8>,
     /// This worker's scans answered from the memo, and made.
@@ -136,7 +82,7 @@ pub struct ScanMemo {
 impl ScanMemo {
     /// A memo of its own holding at most `limit` bytes (none at all when 0).
     pub fn new(limit: usize) -> ScanMemo {
-        ScanMemo::shared(Scans::new(limit, 1), true)
+        ScanMemo::shared(scans(limit, 1), true)
     }
 
     /// A worker's use of `scans`; `reports`: its usage is reported as this worker's (by
@@ -144,7 +90,6 @@ impl ScanMemo {
     pub fn shared(scans: Arc<Scans>, reports: bool) -> ScanMemo {
         ScanMemo {
             scans,
-            placement: foldhash::fast::FixedState::with_seed(SEED),
             head: Vec::new(),
             hits: 0,
             misses: 0,
@@ -179,11 +124,9 @@ impl ScanMemo {
             head: &self.head,
             body,
         };
-        let hash = crate::memo::placement(&self.placement, k);
-        // The part's lock is not held while scanning: a worker that misses the same body
+        // The memo's lock is not held while scanning: a worker that misses the same body
         // meanwhile scans it too, and the memo keeps one of the two.
-        let found = self.scans.part(hash).get_placed(k, hash, Arc::clone);
-        match found {
+        match self.scans.get_with(k, Arc::clone) {
             Ok(scan) => {
                 self.hits += 1;
                 scan
@@ -192,7 +135,6 @@ impl ScanMemo {
                 self.misses += 1;
                 let scan = Arc::new(exposure::scan_typed(ctype, shared, body, want_ids));
                 self.scans
-                    .part(hash)
                     .offer(miss, k, scan_bytes(&scan), || Arc::clone(&scan));
                 scan
             }
@@ -392,8 +334,8 @@ mod tests {
     fn workers_share_the_scans_they_keep() {
         // Room for far more than 300 bodies in each part: none is pushed out.
         let limit = 4 << 20;
-        let scans = Scans::new(limit, 2);
-        assert_eq!(scans.parts.len(), SHARED_PARTS);
+        let scans = scans(limit, 2);
+        assert!(scans.parts() > 1);
         let bodies: Vec<Vec<u8>> = (0..300)
             .map(|i| format!(r#"{{"id":{i},"email":"user{i}@example.com"}}"#).into_bytes())
             .collect();
@@ -426,7 +368,7 @@ mod tests {
         assert_eq!(second.hits() + second.misses(), 300);
         let (_, u) = first.usage();
         assert!(u.entries >= 295 && u.bytes <= limit as u64, "{u:?}");
-        assert_eq!(u.limit, (limit / SHARED_PARTS * SHARED_PARTS) as u64);
+        assert_eq!(u.limit, (limit / scans.parts() * scans.parts()) as u64);
         assert_eq!(second.usage().1, Usage::default());
         // Both threads scanning the same bodies at once get the same answers.
         let together: Vec<_> = (0..2)

@@ -10,8 +10,9 @@
 //! lengths and chunk lines are reported to the caller (which flags and resyncs); a body
 //! that does not decode is reported as failed and the caller keeps the raw bytes.
 //!
-//! Each thread keeps a memo of recent decodings ([`decode_memoized`], a [`Memo`] sized by
-//! [`set_decode_memo`]): an API compresses the same page the same way for every client, so
+//! The workers share a memo of recent decodings ([`decode_memoized`], a [`Shared`] memo
+//! made by [`decode_memo`] and handed to each worker's thread by [`set_decode_memo`]): an
+//! API compresses the same page the same way for every client, so
 //! a body met again, byte for byte with the same codings, cut and limits, gets the bytes
 //! decoded the first time instead of being inflated again. Decoding is a pure function of
 //! those, so nothing downstream changes. On the realistic bench capture, 89.7% of the
@@ -21,10 +22,11 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Read;
+use std::sync::Arc;
 
 use super::{Header, HttpConfig};
 use crate::budget::Usage;
-use crate::memo::{Identity, Key, Memo};
+use crate::memo::{Identity, Key, Shared};
 
 /// Most content codings undone on one body (`gzip, br` is two). Deeper stacks are only
 /// seen from attackers multiplying decode work, so they count as unknown.
@@ -268,37 +270,59 @@ const MEMO_SEED: u64 = 0x6465_636f_6465_6d6f;
 /// answered from it rather than 69,880.
 const MEMO_IDENTITY: Identity = Identity::Digest;
 
-thread_local! {
-    /// This thread's memo of decodings (none until [`set_decode_memo`]).
-    static MEMO: RefCell<Memo<Result<Decoded, DecodeFailed>>> =
-        RefCell::new(decode_memo(0));
+/// A memo of decodings, shared by the workers of a pipeline.
+pub(crate) type DecodeMemo = Shared<Result<Decoded, DecodeFailed>>;
+
+/// This thread's memo of decodings, and whether the thread reports its usage.
+struct ThreadMemo {
+    memo: Arc<DecodeMemo>,
+    reports: bool,
 }
 
-/// A memo of decodings holding at most `limit` bytes (none at all when 0).
-fn decode_memo(limit: usize) -> Memo<Result<Decoded, DecodeFailed>> {
-    Memo::new(
+thread_local! {
+    /// This thread's memo of decodings (none until [`set_decode_memo`]).
+    static MEMO: RefCell<ThreadMemo> = RefCell::new(ThreadMemo {
+        memo: decode_memo(0, 1),
+        reports: true,
+    });
+}
+
+/// A memo of decodings for `threads` threads holding at most `limit` bytes in all (none
+/// at all when 0).
+pub(crate) fn decode_memo(limit: usize, threads: usize) -> Arc<DecodeMemo> {
+    Arc::new(Shared::new(
+        threads,
         limit,
         MEMO_BYTES_PER_SLOT,
         MEMO_MAX_BODY,
         MEMO_SEED,
         MEMO_IDENTITY,
-    )
+    ))
 }
 
-/// Gives this thread a new, empty memo of decodings holding at most `limit` bytes (none
-/// at all when 0). A worker calls it as it starts, with its share of table `decodes`.
-pub fn set_decode_memo(limit: usize) {
-    MEMO.with(|m| *m.borrow_mut() = decode_memo(limit));
+/// Gives this thread `memo` to answer its decodings from (a worker, as it starts: each
+/// worker of a pipeline gets the same one); `reports`: [`decode_memo_usage`] on this
+/// thread gives its usage (one of the threads sharing it does), else nothing.
+pub(crate) fn set_decode_memo(memo: Arc<DecodeMemo>, reports: bool) {
+    MEMO.with(|m| *m.borrow_mut() = ThreadMemo { memo, reports });
 }
 
 /// Forgets the decodings this thread's memo keeps (as in a new run).
 pub fn forget_decodes() {
-    MEMO.with(|m| m.borrow_mut().clear());
+    MEMO.with(|m| m.borrow().memo.clear());
 }
 
-/// What this thread's memo of decodings holds now and has given up.
+/// What this thread's memo of decodings holds now and has given up, if this thread
+/// reports it.
 pub fn decode_memo_usage() -> Usage {
-    MEMO.with(|m| m.borrow().usage())
+    MEMO.with(|m| {
+        let m = m.borrow();
+        if m.reports {
+            m.memo.usage()
+        } else {
+            Usage::default()
+        }
+    })
 }
 
 /// [`decode`], answered from this thread's memo when the same input was decoded before
@@ -336,14 +360,14 @@ pub(crate) fn decode_memoized(
         }
         Err(e) => Err(e.clone()),
     };
-    let miss = match MEMO.with(|m| m.borrow_mut().get_with(k, copy)) {
+    let miss = match MEMO.with(|m| m.borrow().memo.get_with(k, copy)) {
         Ok(hit) => return (hit, true),
         Err(miss) => miss,
     };
     let outcome = decode(input, codings, cfg, input_cut);
     // A copy is kept (allocated to its length: decoding grows its buffer by doubling).
     let bytes = outcome.as_ref().map_or(0, |d| d.data.len());
-    MEMO.with(|m| m.borrow_mut().offer(miss, k, bytes, || outcome.clone()));
+    MEMO.with(|m| m.borrow().memo.offer(miss, k, bytes, || outcome.clone()));
     (outcome, false)
 }
 
@@ -714,7 +738,7 @@ mod tests {
     /// only: a body is kept the second time it is met and answered from the third.
     #[test]
     fn the_memo_gives_what_decoding_gives() {
-        set_decode_memo(8 << 20);
+        set_decode_memo(decode_memo(8 << 20, 1), true);
         let default = HttpConfig::default();
         let ratio = HttpConfig {
             max_decompression_ratio: 10,
@@ -758,13 +782,52 @@ mod tests {
         assert!(!decode_memoized(&page, &gz, &default, false).1);
 
         // Off: nothing is kept, and decoding still works.
-        set_decode_memo(0);
+        set_decode_memo(decode_memo(0, 1), true);
         for _ in 0..3 {
             let (got, hit) = decode_memoized(&page, &gz, &default, false);
             assert!(!hit);
             assert_eq!(got.map(|d| d.data), Ok(JSON.to_vec()));
         }
         assert_eq!(decode_memo_usage(), Usage::default());
+    }
+
+    /// Threads sharing a memo (the workers of a pipeline) are answered from what the
+    /// others kept, with what decoding gives; one of them reports the usage.
+    #[test]
+    fn threads_share_a_memo() {
+        let memo = decode_memo(8 << 20, 2);
+        let gz = codings(&[Coding::Gzip]);
+        let cfg = HttpConfig::default();
+        let pages: Vec<Vec<u8>> = (0..50)
+            .map(|i| gzip(format!(r#"{{"page":{i},"items":["lamp","desk"]}}"#).as_bytes()))
+            .collect();
+        let first = {
+            let (memo, pages) = (Arc::clone(&memo), pages.clone());
+            std::thread::spawn(move || {
+                set_decode_memo(memo, true);
+                // Met twice: kept.
+                for p in pages.iter().chain(&pages) {
+                    assert!(!decode_memoized(p, &gz, &HttpConfig::default(), false).1);
+                }
+                decode_memo_usage()
+            })
+            .join()
+            .expect("the first thread finishes")
+        };
+        assert_eq!(first.entries, 50, "{first:?}");
+        set_decode_memo(Arc::clone(&memo), false);
+        for p in &pages {
+            let (got, hit) = decode_memoized(p, &gz, &cfg, false);
+            assert!(hit);
+            assert_eq!(got, decode(p, &gz, &cfg, false));
+        }
+        assert_eq!(
+            decode_memo_usage(),
+            Usage::default(),
+            "not this thread's to report"
+        );
+        assert_eq!(memo.usage(), first);
+        set_decode_memo(decode_memo(0, 1), true);
     }
 
     #[test]

@@ -17,7 +17,8 @@ mod body;
 pub mod h2;
 mod parser;
 
-pub use body::{decode_memo_usage, forget_decodes, set_decode_memo};
+pub(crate) use body::{DecodeMemo, decode_memo, set_decode_memo};
+pub use body::{decode_memo_usage, forget_decodes};
 pub use parser::{HttpConn, HttpStats, METHOD_CLASSES, STATUS_CLASSES};
 
 use crate::capture::Timestamp;

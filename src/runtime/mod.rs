@@ -872,17 +872,17 @@ struct HttpHandler {
 }
 
 impl HttpHandler {
-    /// `scans`: its use of the memo of response scans; `decodes`: the bytes the calling
-    /// thread's memo of content decodings may hold (it is emptied: the handler runs on the
-    /// thread that makes it).
+    /// `scans`: its use of the memo of response scans; `decodes`: the memo of content
+    /// decodings the calling thread uses (the handler runs on the thread that makes it),
+    /// and whether this thread reports its usage.
     fn new(
         cfg: &Config,
         shared: Arc<Shared>,
         write_lines: bool,
         scans: crate::detect::scan_memo::ScanMemo,
-        decodes: usize,
+        decodes: (Arc<crate::http::DecodeMemo>, bool),
     ) -> HttpHandler {
-        crate::http::set_decode_memo(decodes);
+        crate::http::set_decode_memo(decodes.0, decodes.1);
         HttpHandler {
             cfg: cfg.http.clone(),
             shared,
@@ -1407,7 +1407,10 @@ impl PacketPath {
                 shared,
                 false,
                 crate::detect::scan_memo::ScanMemo::new(cfg.runtime.budget.share(Table::Scans)),
-                cfg.runtime.budget.share(Table::Decodes),
+                (
+                    crate::http::decode_memo(cfg.runtime.budget.share(Table::Decodes), 1),
+                    true,
+                ),
             ),
         }
     }
@@ -1511,10 +1514,9 @@ struct WorkerIo {
     inputs: usize,
     /// Its shares of the memory budget.
     budget: FlowBudget,
-    /// Workers in all (each memo of content decodings takes its part of the budget).
-    workers: usize,
-    /// The memo of response scans, shared by the workers.
+    /// The memos of response scans and of content decodings, shared by the workers.
     scans: Arc<crate::detect::scan_memo::Scans>,
+    decodes: Arc<crate::http::DecodeMemo>,
 }
 
 fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerIo) -> WorkerResult {
@@ -1526,8 +1528,8 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         events_tx,
         inputs,
         budget,
-        workers,
         scans,
+        decodes,
     } = io;
     let mut merger = (inputs > 1).then(|| {
         merge::Merger::new(
@@ -1540,9 +1542,9 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
     rcfg.max_flows = per_worker_flows;
     rcfg.budget = budget;
     let mut table: FlowTable<HttpHandler> = FlowTable::new(rcfg);
-    // The first worker reports the shared memo's usage.
+    // The first worker reports the shared memos' usage.
     let scans = crate::detect::scan_memo::ScanMemo::shared(scans, index == 0);
-    let decodes = cfg.runtime.budget.share_of(Table::Decodes, workers);
+    let decodes = (decodes, index == 0);
     let mut handler = HttpHandler::new(&cfg, shared, lines_tx.is_some(), scans, decodes);
     let hub = handler.shared.hub.clone();
     let mut last_publish = Instant::now();
@@ -1722,7 +1724,8 @@ impl Pipeline {
             streams: b.share_of(Table::Streams, workers),
             http: b.share_of(Table::Http, workers),
         };
-        let scans = crate::detect::scan_memo::Scans::new(b.share(Table::Scans), workers);
+        let scans = crate::detect::scan_memo::scans(b.share(Table::Scans), workers);
+        let decodes = crate::http::decode_memo(b.share(Table::Decodes), workers);
         let mut senders = Vec::new();
         let pool = Arc::new(BatchPool::default());
         let mut handles = Vec::new();
@@ -1738,8 +1741,8 @@ impl Pipeline {
                 events_tx: events_tx.clone(),
                 inputs,
                 budget,
-                workers,
                 scans: Arc::clone(&scans),
+                decodes: Arc::clone(&decodes),
             };
             let shared = shared.clone();
             let h = thread::Builder::new()
