@@ -3,8 +3,9 @@
 //! An API sends the same bytes to many clients: a product page, a catalogue page or a
 //! search result to every shopper, compressed the same way each time. Work that is a pure
 //! function of those bytes (inflating them, scanning them) is done once and its result
-//! handed out again. Used per worker, never shared: for response scans
-//! ([`crate::detect::scan_memo`]) and for undoing content codings ([`crate::http`]).
+//! handed out again: for response scans ([`crate::detect::scan_memo`]) and for undoing
+//! content codings ([`crate::http`]), one memo for all the workers of a pipeline
+//! ([`Shared`]: in parts behind their own locks).
 //!
 //! A key is a short `head` (whatever else the result depends on: a content type, flags,
 //! limits) and the `body`. An entry is placed by a fast hash with a fixed seed and told
@@ -34,7 +35,7 @@
 //! scan: a few hundred bytes against a KiB of body), so a memo told apart by digest holds
 //! three to four times the entries in the same share. The digest is SipHash-1-3 with a
 //! 128-bit output under a 128-bit key drawn from the operating system's random source
-//! when the memo is made (per worker and per run), over the head's length, the head and
+//! when the memo is made (per memo, or part of a shared one, and per run), over the head's length, the head and
 //! the body. SipHash is a pseudorandom function: without the key, which never leaves the
 //! process (the digests are in no log, alert, metric or summary), two different keys get
 //! the same digest with probability 2^-128, so even 2^40 crafted bodies against 2^20

@@ -1000,7 +1000,7 @@ impl Engine {
             self.judge_ownership(e, &principal, public, &declared_users);
         }
         // Taken out and put back rather than cloned: the scan may be shared with a
-        // worker's memo, and a count change on its `Arc` would bounce between cores.
+        // workers' memo, and a count change on its `Arc` would bounce between cores.
         if let Some(scan) = e.exposure.take() {
             let route = e.route.clone();
             // Learned first, so the answer that shows a value is everyone's is not itself

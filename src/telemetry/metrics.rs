@@ -664,7 +664,7 @@ impl Collector for Hub {
         )?;
         e.counter(
             "response_scans_memoized",
-            "Response scans answered by a worker's memo of recent scans (the same bytes scanned before).",
+            "Response scans answered by the workers' memo of recent scans (the same bytes scanned before).",
             h.response_scans_memoized,
         )?;
         e.counter(
@@ -674,7 +674,7 @@ impl Collector for Hub {
         )?;
         e.counter(
             "body_decodes_memoized",
-            "Content decodings answered by a worker's memo of recent decodings (the same bytes decoded before).",
+            "Content decodings answered by the workers' memo of recent decodings (the same bytes decoded before).",
             h.body_decodes_memoized,
         )?;
         e.labelled(

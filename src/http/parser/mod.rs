@@ -114,7 +114,7 @@ pub struct HttpStats {
     #[serde(default)]
     pub body_decodes_memoized: u64,
     /// Response bodies scanned for personal data and the inventory, and how many of them
-    /// were answered by the worker's memo of recent scans (the same bytes scanned before).
+    /// were answered by the workers' memo of recent scans (the same bytes scanned before).
     #[serde(default)]
     pub response_scans: u64,
     #[serde(default)]
