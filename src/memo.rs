@@ -27,23 +27,24 @@
 //!   memo), nor is a body over the memo's largest body.
 //!
 //! The placement hash has a fixed seed: a hit never changes a result, and a fixed placement
-//! keeps the counts a summary reports the same from one replay to the next. A crafted
-//! stream of colliding bodies can at worst make the memo miss.
+//! keeps the counts a summary reports the same from one replay to the next with one
+//! worker (with several, which one makes a value depends on timing: see [`Shared`]). A
+//! crafted stream of colliding bodies can at worst make the memo miss.
 //!
 //! ## Digest identity
-//! A copy of the key is most of an entry's bytes when the value is small (a response
-//! scan: a few hundred bytes against a KiB of body), so a memo told apart by digest holds
-//! three to four times the entries in the same share. The digest is SipHash-1-3 with a
-//! 128-bit output under a 128-bit key drawn from the operating system's random source
-//! when the memo is made (per memo, or part of a shared one, and per run), over the
-//! head's length, the head and the body. SipHash is a pseudorandom function: without the
-//! key, which never leaves the process (the digests are in no log, alert, metric or
-//! summary), two different keys get the same digest with probability 2^-128, so even
-//! 2^40 crafted bodies against 2^20 kept ones collide with probability under 2^-68. It is
-//! the keyed hash Rust's own hash tables rely on against crafted collisions. The digest is computed only when an entry's
-//! placement hash matches (a likely hit) or a body is about to be kept, and costs about
-//! 0.25 us per KiB on this project's machines, against the 4 us a scan of that KiB costs.
-//! When the random source fails, the memo falls back to exact bytes.
+//! A copy of the key is most of an entry's bytes when the value is small (a response scan:
+//! a few hundred bytes against a KiB of body), so a memo told apart by digest holds three
+//! to four times the entries in the same share. The digest is SipHash-1-3 with a 128-bit
+//! output under a 128-bit key drawn from the operating system's random source when the memo
+//! is made (per memo, or part of a shared one, and per run), over the head's length, the
+//! head and the body. SipHash is a pseudorandom function: without the key, which never
+//! leaves the process (the digests are in no log, alert, metric or summary), two different
+//! keys get the same digest with probability 2^-128, so even 2^40 crafted bodies against
+//! 2^20 kept ones collide with probability under 2^-68. It is the keyed hash Rust's own
+//! hash tables rely on against crafted collisions. The digest is computed only when an
+//! entry's placement hash matches (a likely hit) or a body is about to be kept, and costs
+//! about 0.25 us per KiB on this project's machines, against the 4 us a scan of that KiB
+//! costs. When the random source fails, the memo falls back to exact bytes.
 
 use std::hash::{BuildHasher, Hasher};
 use std::mem::size_of;
