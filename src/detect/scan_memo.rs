@@ -9,12 +9,12 @@
 //! time (one `Arc`, shared with the events that carry it) instead of being walked,
 //! classified and allocated again.
 //!
-//! Kept in a [`Memo`] (entries told apart by a keyed 128-bit digest of the body, never by
-//! a copy of it; two-way; a body kept the second time it is met; CLOCK eviction), bounded
-//! by the memory budget's share (table `scans`), one for all the workers ([`Scans`]: in
-//! parts, each behind its own lock, when there are several workers). Bodies over
-//! [`MAX_BODY`] are scanned every time and never kept. A hit never changes a result; with
-//! several workers which of them makes a scan depends on timing, so the summary's
+//! Kept in a [`Memo`](crate::memo::Memo) (entries told apart by a keyed 128-bit digest of
+//! the body, never by a copy of it; two-way; a body kept the second time it is met; CLOCK
+//! eviction), bounded by the memory budget's share (table `scans`), one for all the workers
+//! ([`Scans`]: in parts, each behind its own lock, when there are several workers). Bodies
+//! over [`MAX_BODY`] are scanned every time and never kept. A hit never changes a result;
+//! with several workers which of them makes a scan depends on timing, so the summary's
 //! memoized count may differ between replays, the alerts never.
 //!
 //! On the realistic capture, with the default budget (4 % for scans): 84.6% of scans are
