@@ -1091,9 +1091,10 @@ impl Engine {
         self.inventory.to_json()
     }
 
-    /// The actor registry's counters.
+    /// The actor registry's counters, without its memory estimate (published several
+    /// times a second; the summary's [`Engine::actors`] has the estimate).
     pub fn actor_stats(&self) -> crate::actor::registry::RegistryStats {
-        self.registry.stats()
+        self.registry.counts()
     }
 
     /// Keys held across rules, and the most any one rule holds (over all shards).
@@ -1104,7 +1105,7 @@ impl Engine {
     /// What each table of the detect stage holds, for the memory budget's report.
     pub fn memory(&self) -> Vec<(Table, Usage)> {
         let b = self.cfg.budget;
-        let a = self.registry.stats();
+        let a = self.registry.counts();
         let actors = Usage {
             bytes: ((a.addresses + a.devices + a.users) * Registry::PROFILE_BYTES) as u64,
             limit: b.share(Table::Actors) as u64,
@@ -1117,7 +1118,7 @@ impl Engine {
             entries: self.owners.len() as u64,
             evictions: self.owners.evicted,
         };
-        let sh = self.shared.stats(self.now);
+        let sh = self.shared.counts();
         let shared = Usage {
             bytes: (sh.addresses * shared::ADDRESS_BYTES) as u64,
             limit: b.share(Table::Shared) as u64,
