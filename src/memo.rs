@@ -144,6 +144,11 @@ fn placement(hasher: &foldhash::fast::FixedState, k: Key<'_>) -> u64 {
     h.finish()
 }
 
+/// A body a memo keeping bodies up to `max_body` bytes could keep.
+fn keepable(k: Key<'_>, max_body: usize) -> bool {
+    !k.body.is_empty() && k.body.len() <= max_body
+}
+
 /// The two of `slots` (a power of two) a body may sit in (one when there is one slot).
 pub fn pair(slots: usize, hash: u64) -> std::ops::Range<usize> {
     let first = (hash as usize) & (slots - 1) & !1;
@@ -240,7 +245,7 @@ impl<V: Clone> Memo<V> {
 
     /// Whether `k` could be kept at all (the memo has room and the body is within bounds).
     fn may_keep(&self, k: Key<'_>) -> bool {
-        !(self.slots.is_empty() || k.body.len() > self.max_body || k.body.is_empty())
+        !self.slots.is_empty() && keepable(k, self.max_body)
     }
 
     /// [`Memo::get_with`] for a key whose placement hash the caller made with
@@ -459,10 +464,10 @@ impl<V: Clone> Shared<V> {
     /// [`Memo::get_with`].
     pub fn get_with<R>(&self, k: Key<'_>, copy: impl FnOnce(&V) -> R) -> Result<R, Miss> {
         // Bodies never kept are not hashed (their part answers a miss not to offer).
-        let hash = if k.body.is_empty() || k.body.len() > self.max_body {
-            0
-        } else {
+        let hash = if keepable(k, self.max_body) {
             placement(&self.hasher, k)
+        } else {
+            0
         };
         self.part(hash).get_placed(k, hash, copy)
     }
@@ -495,11 +500,13 @@ impl<V: Clone> Shared<V> {
     }
 
     /// Slots of all its parts.
+    #[cfg(test)]
     pub fn slots(&self) -> usize {
         self.parts.iter().map(|p| lock(p).slots()).sum()
     }
 
     /// Parts it has.
+    #[cfg(test)]
     pub fn parts(&self) -> usize {
         self.parts.len()
     }

@@ -430,9 +430,14 @@ struct Flow<S> {
     held_syn: Option<HeldSyn>,
     /// What the handler's state held after the last segment (charged to the table).
     held: usize,
-    /// Either half held out-of-order bytes after the last segment (counted in the table).
-    ooo: bool,
     state: S,
+}
+
+impl<S> Flow<S> {
+    /// Either direction holds out-of-order bytes (charged to table `streams`).
+    fn holds_ooo(&self) -> bool {
+        self.halves.iter().any(|h| h.ooo_bytes > 0)
+    }
 }
 
 /// A held SYN (see [`Flow::held_syn`]); it carries no payload (TCP Fast Open data on a
@@ -620,13 +625,7 @@ impl<H: StreamHandler> FlowTable<H> {
             self.evict_over(0, handler, |t| t.flows.len() * entry, b.flows, |_| true);
         }
         if self.buffered > b.streams {
-            self.evict_over(
-                1,
-                handler,
-                |t| t.buffered,
-                b.streams,
-                |f| f.halves.iter().any(|h| h.ooo_bytes > 0),
-            );
+            self.evict_over(1, handler, |t| t.buffered, b.streams, Flow::holds_ooo);
         }
         if self.held > b.http {
             self.evict_over(2, handler, |t| t.held, b.http, |f| f.held > 0);
@@ -713,7 +712,6 @@ impl<H: StreamHandler> FlowTable<H> {
                     closing_at: None,
                     held_syn: None,
                     held: 0,
-                    ooo: false,
                     state,
                 })
             }
@@ -724,6 +722,8 @@ impl<H: StreamHandler> FlowTable<H> {
         } else {
             Direction::ServerToClient
         };
+        // Only a segment changes what a flow holds: the table's counts follow it here.
+        let held_ooo = flow.holds_ooo();
         let outcome = process_segment(
             &self.cfg,
             &mut self.stats,
@@ -736,23 +736,9 @@ impl<H: StreamHandler> FlowTable<H> {
         );
         let held = handler.held_bytes(&flow.state);
         self.held = self.held - flow.held + held;
-        if (flow.held > 0) != (held > 0) {
-            if held > 0 {
-                self.holding_http += 1;
-            } else {
-                self.holding_http -= 1;
-            }
-        }
+        self.holding_http = self.holding_http + usize::from(held > 0) - usize::from(flow.held > 0);
         flow.held = held;
-        let ooo = flow.halves.iter().any(|h| h.ooo_bytes > 0);
-        if ooo != flow.ooo {
-            if ooo {
-                self.holding_ooo += 1;
-            } else {
-                self.holding_ooo -= 1;
-            }
-            flow.ooo = ooo;
-        }
+        self.holding_ooo = self.holding_ooo + usize::from(flow.holds_ooo()) - usize::from(held_ooo);
         self.stats.buffered_bytes_peak = self.stats.buffered_bytes_peak.max(self.buffered as u64);
         if let Some(reason) = outcome {
             flow.closing_at
@@ -838,7 +824,7 @@ impl<H: StreamHandler> FlowTable<H> {
         };
         self.held -= flow.held;
         self.holding_http -= usize::from(flow.held > 0);
-        self.holding_ooo -= usize::from(flow.ooo);
+        self.holding_ooo -= usize::from(flow.holds_ooo());
         let ts = flow.last_ts.max(
             self.now
                 .min(flow.last_ts.saturating_add(self.cfg.idle_timeout)),
@@ -1683,12 +1669,9 @@ mod tests {
         let mut t = FlowTable::new(cfg);
         let mut h = Holder::default();
         let walked = |t: &FlowTable<Holder>| {
-            let ooo = t
-                .flows
-                .values()
-                .filter(|f| f.halves.iter().any(|x| x.ooo_bytes > 0));
+            let ooo = t.flows.values().filter(|f| f.holds_ooo()).count();
             let held = t.flows.values().filter(|f| f.held > 0).count();
-            (ooo.count() as u64, held as u64)
+            (ooo as u64, held as u64)
         };
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         let mut next = move || {
