@@ -11,17 +11,53 @@ pub fn path_of(target: &str) -> &str {
     target.get(..end).unwrap_or(target)
 }
 
+/// A request target's path and query: `target.split_once('?')`, else the whole target
+/// and no query; found by a byte search (the char searcher `split_once` runs was a
+/// measurable share of the requests' cost where every request is cut).
+pub fn split_query(target: &str) -> (&str, &str) {
+    match memchr::memchr(b'?', target.as_bytes()) {
+        // `?` is ASCII: both sides of it are character boundaries.
+        Some(i) => (
+            target.get(..i).unwrap_or(target),
+            target.get(i + 1..).unwrap_or_default(),
+        ),
+        None => (target, ""),
+    }
+}
+
+/// The `/`-separated segments of `path`, last first: what `path.rsplit('/')` gives, by a
+/// byte search from the end.
+pub fn segments_from_end(path: &str) -> impl Iterator<Item = &str> {
+    let mut end = path.len();
+    memchr::memrchr_iter(b'/', path.as_bytes())
+        .map(Some)
+        .chain(std::iter::once(None))
+        .map(move |slash| {
+            let start = slash.map_or(0, |i| i + 1);
+            // `/` is ASCII: both ends are character boundaries.
+            let seg = path.get(start..end).unwrap_or_default();
+            end = slash.unwrap_or(0);
+            seg
+        })
+}
+
 /// Route template of a path: numeric, UUID, long hex and long base64-ish segments become
 /// `{id}` (a placeholder until route learning lands).
 pub fn route_of(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
-    route_into(path, &mut out);
+    let _ = route_into(path, &mut out);
     out
 }
 
-/// [`route_of`] written into `out` (cleared first): a reused buffer, no allocation.
-pub fn route_into(path: &str, out: &mut String) {
+/// [`route_of`] written into `out` (cleared first): a reused buffer, no allocation. Gives
+/// which segments it found to be ids, for [`crate::detect::objects`] to name the objects
+/// by without judging every segment again.
+pub fn route_into(path: &str, out: &mut String) -> IdSegments {
     out.clear();
+    let mut ids = IdSegments {
+        bits: 0,
+        path_len: path.len(),
+    };
     // `split('/')` by byte search: `str::split` runs a char searcher per segment, a
     // measurable share of every request on short paths.
     let mut start = 0;
@@ -35,9 +71,38 @@ pub fn route_into(path: &str, out: &mut String) {
         }
         if is_id_segment(seg) {
             out.push_str("{id}");
+            if i < 64 {
+                ids.bits |= 1 << i;
+            }
         } else {
             out.push_str(seg);
         }
+    }
+    ids
+}
+
+/// Which segments of a path (as `path.split('/')` numbers them, empty ones counted) are
+/// ids, as [`route_into`] judged them: the first 64 remembered, the rest judged again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdSegments {
+    bits: u64,
+    /// The length of the path judged: a caller holding another cut of the target (one
+    /// without its fragment removed) judges its segments itself.
+    path_len: usize,
+}
+
+impl IdSegments {
+    /// Whether segment `i` of the path judged, `seg`, is an id.
+    pub fn is_id(&self, i: usize, seg: &str) -> bool {
+        match u32::try_from(i) {
+            Ok(i) if i < 64 => self.bits >> i & 1 == 1,
+            _ => is_id_segment(seg),
+        }
+    }
+
+    /// These judgements, if they are of a path of `path`'s length.
+    pub fn of_len(self, path: &str) -> Option<IdSegments> {
+        (self.path_len == path.len()).then_some(self)
     }
 }
 
@@ -86,6 +151,16 @@ mod tests {
     }
 
     proptest! {
+        /// Paths and queries cut, and segments taken from the end, as `split_once` and
+        /// `rsplit` give them, on any text (several `?` and `/`, multi-byte characters).
+        #[test]
+        fn cuts_match_the_char_searchers(t in "[a-z/?=&é0-9]{0,24}") {
+            prop_assert_eq!(split_query(&t), t.split_once('?').unwrap_or((&t, "")));
+            let ours: Vec<&str> = segments_from_end(&t).collect();
+            let theirs: Vec<&str> = t.rsplit('/').collect();
+            prop_assert_eq!(ours, theirs);
+        }
+
         /// Any path (empty segments, leading and trailing slashes, multi-byte characters,
         /// ids of every kind) gets the route `str::split` gives, in a reused buffer.
         #[test]
@@ -104,9 +179,16 @@ mod tests {
         ) {
             let path = segs.join("/");
             let mut out = String::from("stale");
-            route_into(&path, &mut out);
+            let ids = route_into(&path, &mut out);
             prop_assert_eq!(&out, &route_by_split(&path));
             prop_assert_eq!(route_of(&path), out);
+            // The ids remembered are the segments judged ids.
+            for (i, seg) in path.split('/').enumerate() {
+                prop_assert_eq!(ids.is_id(i, seg), is_id_segment(seg));
+            }
+            prop_assert!(ids.of_len(&path).is_some());
+            let longer = format!("{path}#x");
+            prop_assert!(ids.of_len(&longer).is_none());
         }
     }
 }

@@ -86,7 +86,7 @@ pub fn shared_cacheable(headers: &[Header]) -> bool {
     let mut public = false;
     for h in headers
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("cache-control"))
+        .filter(|h| crate::http::same_name(h.name.as_bytes(), b"cache-control"))
     {
         // Directive names are ASCII tokens: compared as bytes, nothing allocated.
         for d in h.value[..].split(|b| *b == b',') {

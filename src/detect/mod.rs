@@ -43,7 +43,7 @@ pub use alert::{Alert, AlertActor, write_alert};
 pub use extract::{LoginConfig, login_route_username, login_username, object_number};
 pub use objects::{
     ObjectRef, OwnersConfig, Ownership, collection as objects_collection, request_objects,
-    returned_from_scan, returned_objects,
+    request_objects_judged, returned_from_scan, returned_objects,
 };
 pub use shard::{ShardHost, ShardMsg, Tagged};
 
@@ -158,16 +158,34 @@ pub struct Event {
 /// The `field_set` key of exposed findings: `path=class` of each, sorted, without
 /// repeats, joined by commas; `None` when nothing is exposed.
 fn field_set(exposed: &[exposure::Finding]) -> Option<String> {
-    if exposed.is_empty() {
-        return None;
+    let mut s = String::new();
+    write_field_set(exposed, &mut s);
+    (!s.is_empty()).then_some(s)
+}
+
+/// [`field_set`] written into `out` (emptied first; left empty when nothing is exposed),
+/// without a string per finding: the findings are sorted as their `path=class` texts
+/// would be, byte by byte.
+fn write_field_set(exposed: &[exposure::Finding], out: &mut String) {
+    out.clear();
+    fn text(f: &exposure::Finding) -> impl Iterator<Item = u8> + '_ {
+        f.path
+            .bytes()
+            .chain(std::iter::once(b'='))
+            .chain(f.class.as_str().bytes())
     }
-    let mut v: Vec<String> = exposed
-        .iter()
-        .map(|f| format!("{}={}", f.path, f.class.as_str()))
-        .collect();
-    v.sort();
-    v.dedup();
-    Some(v.join(","))
+    let mut v: smallvec::SmallVec<[&exposure::Finding; 8]> = exposed.iter().collect();
+    v.sort_by(|a, b| text(a).cmp(text(b)));
+    // Class names hold no `=`: equal texts are equal (path, class) pairs.
+    v.dedup_by(|a, b| a.path == b.path && a.class == b.class);
+    for (i, f) in v.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&f.path);
+        out.push('=');
+        out.push_str(f.class.as_str());
+    }
 }
 
 impl Event {
@@ -670,11 +688,14 @@ pub struct Engine {
     principals: intern::Interner,
     /// Shared `field_set` keys (an endpoint exposes the same few sets).
     field_sets: intern::Interner,
-    principal_buf: String,
+    /// Where the keys made for each event (its principal, its field set) are written
+    /// before they are interned.
+    scratch: String,
     /// Classes that are exposure wherever they appear (`deny_classes`).
     deny: Vec<exposure::Class>,
-    /// The rules (their matchers run here) and how their keys spread over shards.
-    rules: Vec<(Arc<Rule>, shard::Spread)>,
+    /// The rules (their matchers run here), how their keys spread over shards, and the
+    /// gate each event passes before its matcher runs.
+    rules: Vec<(Arc<Rule>, shard::Spread, Gate)>,
     /// What the front counts (events, matches, ownership, shared addresses); shards count
     /// alerts and keys.
     stats: DetectStats,
@@ -751,7 +772,7 @@ impl Engine {
             names: intern::Interner::default(),
             principals: intern::Interner::default(),
             field_sets: intern::Interner::default(),
-            principal_buf: String::new(),
+            scratch: String::new(),
             deny: Vec::new(),
             cfg,
             rules: Vec::new(),
@@ -770,7 +791,7 @@ impl Engine {
         self.rules = set
             .rules
             .iter()
-            .map(|r| (r.clone(), shard::Spread::of(r)))
+            .map(|r| (r.clone(), shard::Spread::of(r), Gate::of(&r.matcher)))
             .collect();
     }
 
@@ -913,8 +934,9 @@ impl Engine {
         self.seq += 1;
         let n = self.shards.count();
         let mut matched = false;
-        for (i, (rule, spread)) in self.rules.iter().enumerate() {
-            if !matcher_matches(&rule.matcher, &ev) {
+        let facts = Facts::of(&ev);
+        for (i, (rule, spread, gate)) in self.rules.iter().enumerate() {
+            if !gate.admits(facts) || !matcher_matches(&rule.matcher, &ev) {
                 continue;
             }
             matched = true;
@@ -992,9 +1014,9 @@ impl Engine {
         if let (Some(m), Some(r)) = (&e.method, &e.route) {
             e.endpoint = Some(self.names.endpoint(m, r));
         }
-        self.principal_buf.clear();
-        e.write_principal(&mut self.principal_buf);
-        let principal = self.principals.name(&self.principal_buf);
+        self.scratch.clear();
+        e.write_principal(&mut self.scratch);
+        let principal = self.principals.name(&self.scratch);
         e.principal_key = Some(principal.clone());
         if !(e.objects.is_empty() && e.returned.is_empty()) {
             self.judge_ownership(e, &principal, public, &declared_users);
@@ -1045,7 +1067,8 @@ impl Engine {
                 .cloned()
                 .collect();
             e.denied = e.exposed.iter().any(|f| self.deny.contains(&f.class));
-            e.field_set = field_set(&e.exposed).map(|s| self.field_sets.name(&s));
+            write_field_set(&e.exposed, &mut self.scratch);
+            e.field_set = (!self.scratch.is_empty()).then(|| self.field_sets.name(&self.scratch));
             if let Some(endpoint) = &e.endpoint {
                 self.inventory.add(endpoint, &scan);
             }
@@ -1193,6 +1216,126 @@ impl Engine {
         }
         self.shards.flush(u64::MAX);
         self.collect(Some(u64::MAX), out);
+    }
+}
+
+/// What an event is, as bits a [`Gate`] tests (see [`Facts::of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// `fact::*` bits.
+    bits: u32,
+    /// The verdict's bit ([`crate::rules::verdict_bit`]).
+    verdict: u32,
+    /// The fingerprint's marks.
+    fingerprint: u8,
+}
+
+/// Bits of [`Facts::bits`].
+mod fact {
+    pub const ATTESTED: u32 = 1;
+    pub const SHARED_ADDRESS: u32 = 1 << 1;
+    pub const DENIED: u32 = 1 << 2;
+    pub const CROSS_USER: u32 = 1 << 3;
+    pub const LOGIN: u32 = 1 << 4;
+    pub const EXPOSED: u32 = 1 << 5;
+    pub const EXPOSURE: u32 = 1 << 6;
+    pub const OWNERSHIP: u32 = 1 << 7;
+    pub const METHOD: u32 = 1 << 8;
+    pub const STATUS: u32 = 1 << 9;
+    pub const FAMILY: u32 = 1 << 10;
+    pub const EXPIRED_FOR: u32 = 1 << 11;
+    pub const ROUTE: u32 = 1 << 12;
+    pub const HOST: u32 = 1 << 13;
+}
+
+impl Facts {
+    pub(crate) fn of(ev: &Event) -> Facts {
+        let flags = [
+            (ev.attested, fact::ATTESTED),
+            (ev.shared_devices > 0, fact::SHARED_ADDRESS),
+            (ev.denied, fact::DENIED),
+            (ev.cross_user, fact::CROSS_USER),
+            (ev.login, fact::LOGIN),
+            (!ev.exposed.is_empty(), fact::EXPOSED),
+            (ev.exposure.is_some(), fact::EXPOSURE),
+            (ev.ownership.is_some(), fact::OWNERSHIP),
+            (ev.method.is_some(), fact::METHOD),
+            (ev.status.is_some(), fact::STATUS),
+            (ev.family.is_some(), fact::FAMILY),
+            (ev.expired_for.is_some(), fact::EXPIRED_FOR),
+            (ev.route.is_some(), fact::ROUTE),
+            (ev.host.is_some(), fact::HOST),
+        ];
+        Facts {
+            bits: flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |b, (_, f)| b | f),
+            verdict: crate::rules::verdict_bit(ev.verdict),
+            fingerprint: ev.fingerprint,
+        }
+    }
+}
+
+/// What a matcher asks of an event's [`Facts`]: its flags as they must be, the fields it
+/// needs present, its verdicts and fingerprint marks. Passing the gate is necessary for
+/// [`matcher_matches`], not sufficient: the engine tests the gate first, in a few
+/// instructions, and runs the matcher only for events it admits (most rules ask for a
+/// verdict, a login route or an exposure most events are not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Gate {
+    mask: u32,
+    want: u32,
+    verdicts: u32,
+    fingerprint: u8,
+}
+
+impl Gate {
+    pub(crate) fn of(m: &Matcher) -> Gate {
+        let mut g = Gate {
+            mask: 0,
+            want: 0,
+            verdicts: m.verdicts.unwrap_or(u32::MAX),
+            fingerprint: m.fingerprint.unwrap_or(0),
+        };
+        let flags = [
+            (m.attested, fact::ATTESTED),
+            (m.shared_address, fact::SHARED_ADDRESS),
+            (m.denied, fact::DENIED),
+            (m.cross_user, fact::CROSS_USER),
+            (m.login, fact::LOGIN),
+        ];
+        for (want, bit) in flags {
+            if let Some(on) = want {
+                g.mask |= bit;
+                g.want |= if on { bit } else { 0 };
+            }
+        }
+        let present = [
+            (m.exposed_classes.is_some(), fact::EXPOSED),
+            (m.min_records.is_some(), fact::EXPOSURE),
+            (m.ownership.is_some(), fact::OWNERSHIP),
+            (m.methods.is_some(), fact::METHOD),
+            (m.status.is_some(), fact::STATUS),
+            (m.families.is_some(), fact::FAMILY),
+            (m.expired_beyond_secs.is_some(), fact::EXPIRED_FOR),
+            (m.routes.is_some(), fact::ROUTE),
+            (m.hosts.is_some(), fact::HOST),
+        ];
+        for (needed, bit) in present {
+            if needed {
+                g.mask |= bit;
+                g.want |= bit;
+            }
+        }
+        g
+    }
+
+    /// Whether an event with these facts may match (false: it cannot).
+    pub(crate) fn admits(&self, f: Facts) -> bool {
+        f.bits & self.mask == self.want
+            && f.verdict & self.verdicts != 0
+            && (self.fingerprint == 0 || f.fingerprint & self.fingerprint != 0)
     }
 }
 

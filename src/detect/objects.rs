@@ -18,6 +18,7 @@ use thin_vec::ThinVec;
 use super::json_fields::{self, Scalar};
 use crate::capture::Timestamp;
 use crate::http::{Header, header};
+use crate::route::IdSegments;
 
 /// Most object references taken from one request or response.
 const MAX_REFS: usize = 64;
@@ -31,20 +32,40 @@ fn is_json(headers: &[Header], body: &[u8]) -> bool {
         || matches!(body.first(), Some(b'{' | b'['))
 }
 
-/// The literal segments of a path and its id-shaped segments, in order.
-fn segments(path: &str) -> impl Iterator<Item = (&str, bool)> {
+/// The non-empty segments of a path, each with whether it is id-shaped (as `ids`, the
+/// route's judgement of this path, says when given), in order.
+fn segments(path: &str, ids: Option<IdSegments>) -> impl Iterator<Item = (&str, bool)> {
     path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| (s, crate::route::is_id_segment(s)))
+        .enumerate()
+        .filter(|(_, s)| !s.is_empty())
+        .map(move |(i, s)| {
+            let id = match ids {
+                Some(m) => m.is_id(i, s),
+                None => crate::route::is_id_segment(s),
+            };
+            (s, id)
+        })
 }
 
 /// Objects a request names: id segments of its path (collection: the literal before),
 /// `id` / `*_id` query parameters, and `id` / `*_id` fields of a JSON body.
 pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec<ObjectRef> {
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    request_objects_judged(target, None, headers, body)
+}
+
+/// [`request_objects`] with the id segments the request's route found (a worker templated
+/// the route first): used when they are of this target's path.
+pub fn request_objects_judged(
+    target: &str,
+    ids: Option<IdSegments>,
+    headers: &[Header],
+    body: &[u8],
+) -> ThinVec<ObjectRef> {
+    let (path, query) = crate::route::split_query(target);
+    let ids = ids.and_then(|m| m.of_len(path));
     let mut out = ThinVec::new();
     let mut last_literal: Option<&str> = None;
-    for (s, is_id) in segments(path) {
+    for (s, is_id) in segments(path, ids) {
         if is_id {
             if let Some(c) = last_literal {
                 out.push(ObjectRef {
@@ -117,9 +138,8 @@ pub fn returned_from_scan(target: &str, scan: &super::exposure::Scan) -> ThinVec
     if scan.ids.is_empty() {
         return ThinVec::new();
     }
-    let path = target.split('?').next().unwrap_or(target);
-    let last = path
-        .rsplit('/')
+    let (path, _) = crate::route::split_query(target);
+    let last = crate::route::segments_from_end(path)
         .find(|s| !s.is_empty() && !crate::route::is_id_segment(s))
         .unwrap_or("item");
     // Lists repeat one field name: its collection is made once.
@@ -426,6 +446,37 @@ impl Owners {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Objects named with the route's judgement of the path are the objects named by
+        /// judging every segment again, whatever the target: ids of every shape, more
+        /// than 64 segments, queries, fragments (where the route's path is cut shorter).
+        #[test]
+        fn the_routes_judgement_names_the_same_objects(
+            segs in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(String::new()),
+                    "[0-9]{1,6}",
+                    "(users|orders|items)",
+                    "[0-9a-f]{16}",
+                    "[a-z]{1,5}@[a-z]{2,4}\\.com",
+                ],
+                0..70,
+            ),
+            tail in proptest::option::of("[#?](id|user_id|x)=[0-9]{1,3}"),
+        ) {
+            let mut target = format!("/{}", segs.join("/"));
+            if let Some(t) = &tail {
+                target.push_str(t);
+            }
+            let mut route = String::new();
+            let ids = crate::route::route_into(crate::route::path_of(&target), &mut route);
+            proptest::prop_assert_eq!(
+                request_objects_judged(&target, Some(ids), &[], b""),
+                request_objects(&target, &[], b"")
+            );
+        }
+    }
 
     fn json_hdr() -> Vec<Header> {
         vec![Header {

@@ -1030,3 +1030,175 @@ fn concurrent_use_names_the_copy_not_the_holder() {
         }
     }
 }
+
+/// Events with every fact a gate tests, in every combination proptest finds, against the
+/// built-in rules and matchers that ask for each condition: an event whose matcher matches
+/// always passes the gate (the gate only ever saves running a matcher that would say no).
+mod gates {
+    use super::*;
+    use crate::exposure_class::Class;
+    use crate::object::Ownership;
+    use proptest::prelude::*;
+
+    /// Compiled once: every case tests them all.
+    static MATCHERS: std::sync::LazyLock<Vec<Matcher>> = std::sync::LazyLock::new(matchers);
+
+    fn matchers() -> Vec<Matcher> {
+        let mut ms: Vec<Matcher> = rules::builtin()
+            .unwrap()
+            .rules
+            .iter()
+            .map(|r| r.matcher.clone())
+            .collect();
+        let yaml = "rules:\n  - id: every-condition\n    description: d\n    category: bot\n    severity: low\n    match:\n      methods: [GET]\n      routes: [\"/x\"]\n      hosts: [\"api.example\"]\n      status: [200]\n      verdicts: [expired]\n      families: [approov]\n      expired_beyond_secs: 5\n      login: false\n      ownership: [other]\n      cross_user: true\n      exposed_classes: [email]\n      min_records: 2\n      denied: false\n      attested: false\n      shared_address: true\n      fingerprint: [scripting]\n    detector:\n      kind: threshold\n      group_by: ip\n      threshold: 1\n      window_secs: 60\n    summary: s\n";
+        ms.push(set(yaml).rules[0].matcher.clone());
+        ms
+    }
+
+    fn finding(class: Class) -> exposure::Finding {
+        exposure::Finding {
+            path: "$.a".into(),
+            class,
+            masked: "*".into(),
+            digests: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_login_rule_gate_turns_away_other_requests() {
+        let set = rules::builtin().unwrap();
+        let login = set
+            .rules
+            .iter()
+            .find(|r| r.id.as_str() == "stuffing.failed-logins")
+            .unwrap();
+        let gate = Gate::of(&login.matcher);
+        let mut e = ev(0.0, "10.0.0.1");
+        assert!(!gate.admits(Facts::of(&e)));
+        e.login = true;
+        e.method = Some("POST".into());
+        e.status = Some(401);
+        assert!(gate.admits(Facts::of(&e)));
+        assert!(matcher_matches(&login.matcher, &e));
+    }
+
+    /// The matcher asking for every condition: an event meeting them all passes it and its
+    /// gate; taking away any one fact the gate tests makes both refuse.
+    #[test]
+    fn each_fact_the_gate_tests_can_close_it() {
+        let m = MATCHERS.last().unwrap();
+        let gate = Gate::of(m);
+        let mut e = ev(0.0, "10.0.0.1");
+        e.host = Some("api.example".into());
+        e.verdict = Verdict::Expired;
+        e.expired_for = Some(6.0);
+        e.ownership = Some(Ownership::Other);
+        e.cross_user = true;
+        e.exposed.push(finding(Class::Email));
+        e.exposure = Some(Arc::new(exposure::Scan {
+            records: 2,
+            ..Default::default()
+        }));
+        e.shared_devices = 2;
+        e.fingerprint = fingerprint::SCRIPTING;
+        assert!(matcher_matches(m, &e));
+        assert!(gate.admits(Facts::of(&e)));
+        type Change = Box<dyn Fn(&mut Event)>;
+        let changes: Vec<(&str, Change)> = vec![
+            ("attested", Box::new(|e| e.attested = true)),
+            ("shared", Box::new(|e| e.shared_devices = 0)),
+            ("denied", Box::new(|e| e.denied = true)),
+            ("cross_user", Box::new(|e| e.cross_user = false)),
+            ("login", Box::new(|e| e.login = true)),
+            ("exposed", Box::new(|e| e.exposed.clear())),
+            ("exposure", Box::new(|e| e.exposure = None)),
+            ("ownership", Box::new(|e| e.ownership = None)),
+            ("method", Box::new(|e| e.method = None)),
+            ("status", Box::new(|e| e.status = None)),
+            ("family", Box::new(|e| e.family = None)),
+            ("expired_for", Box::new(|e| e.expired_for = None)),
+            ("route", Box::new(|e| e.route = None)),
+            ("host", Box::new(|e| e.host = None)),
+            ("verdict", Box::new(|e| e.verdict = Verdict::Valid)),
+            (
+                "fingerprint",
+                Box::new(|e| e.fingerprint = fingerprint::APP),
+            ),
+        ];
+        for (what, change) in changes {
+            let mut x = e.clone();
+            change(&mut x);
+            assert!(!matcher_matches(m, &x), "{what}");
+            assert!(!gate.admits(Facts::of(&x)), "{what}");
+        }
+    }
+
+    proptest! {
+        /// The field set written without a string per finding is the text the sorted,
+        /// deduplicated `path=class` strings make (paths with the bytes that sort around
+        /// `=`: `.`, `[`, digits, letters).
+        #[test]
+        fn field_sets_sort_as_their_texts(
+            found in proptest::collection::vec(("[a-c.=\\[0-9]{0,4}", 0..Class::ALL.len()), 0..8)
+        ) {
+            let exposed: Vec<exposure::Finding> = found
+                .iter()
+                .map(|(p, c)| exposure::Finding { path: format!("$.{p}").into(), ..finding(Class::ALL[*c]) })
+                .collect();
+            let mut texts: Vec<String> = exposed
+                .iter()
+                .map(|f| format!("{}={}", f.path, f.class.as_str()))
+                .collect();
+            texts.sort();
+            texts.dedup();
+            let want = (!texts.is_empty()).then(|| texts.join(","));
+            prop_assert_eq!(field_set(&exposed), want);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn a_matching_event_always_passes_the_gate(
+            flags in proptest::collection::vec(any::<bool>(), 14),
+            verdict in 0..Verdict::ALL.len(),
+            status in prop_oneof![Just(None), Just(Some(200u16)), Just(Some(401)), Just(Some(404))],
+            class in 0..Class::ALL.len(),
+            records in 0u32..4,
+            ownership in 0..4usize,
+            expired in 0.0f64..20.0,
+            fingerprint in 0u8..16,
+        ) {
+            let mut e = ev(0.0, "10.0.0.1");
+            let f = |i: usize| flags[i];
+            e.attested = f(0);
+            e.shared_devices = u32::from(f(1)) * 3;
+            e.denied = f(2);
+            e.cross_user = f(3);
+            e.login = f(4);
+            if f(5) {
+                e.exposed.push(finding(Class::ALL[class]));
+            }
+            if f(6) {
+                e.exposure = Some(Arc::new(exposure::Scan { records, ..Default::default() }));
+            }
+            e.ownership = f(7).then(|| {
+                [Ownership::None, Ownership::Own, Ownership::Public, Ownership::Other][ownership]
+            });
+            e.method = if f(8) { Some("GET".into()) } else { None };
+            e.status = status;
+            e.family = if f(9) { Some("approov".into()) } else { None };
+            e.expired_for = f(10).then_some(expired);
+            e.route = if f(11) { Some("/x".into()) } else { None };
+            e.host = if f(12) { Some("api.example".into()) } else { None };
+            e.verdict = Verdict::ALL[verdict];
+            e.fingerprint = if f(13) { fingerprint } else { 0 };
+            let facts = Facts::of(&e);
+            for m in MATCHERS.iter() {
+                if matcher_matches(m, &e) {
+                    prop_assert!(Gate::of(m).admits(facts), "{m:?} matches {e:?} but its gate refuses");
+                }
+            }
+        }
+    }
+}

@@ -139,11 +139,11 @@ pub(crate) fn framing_headers(headers: &[Header]) -> FramingHeaders {
         if !matches!(name.len(), 14 | 16 | 17) {
             continue;
         }
-        if name.eq_ignore_ascii_case("content-length") {
+        if crate::http::same_name(name.as_bytes(), b"content-length") {
             for part in h.value.split(|&b| b == b',') {
                 cl = merge_length(cl, parse_decimal(part.trim_ascii()));
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if crate::http::same_name(name.as_bytes(), b"transfer-encoding") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.is_empty() {
@@ -159,7 +159,7 @@ pub(crate) fn framing_headers(headers: &[Header]) -> FramingHeaders {
                     transfer.add_list(token);
                 }
             }
-        } else if name.eq_ignore_ascii_case("content-encoding") {
+        } else if crate::http::same_name(name.as_bytes(), b"content-encoding") {
             content.add_list(&h.value);
         }
     }

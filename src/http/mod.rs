@@ -270,8 +270,44 @@ pub fn recycle(tx: &mut Transaction) {
 pub fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
     headers
         .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .find(|h| same_name(h.name.as_bytes(), name.as_bytes()))
         .map(|h| h.value.as_slice())
+}
+
+/// `a` and `b` are equal but for ASCII case ([`<[u8]>::eq_ignore_ascii_case`]), compared
+/// eight bytes at a time: every request's headers are searched by name several times (the
+/// tokens, the binding, the host), and byte by byte that was 1% of the whole pipeline.
+pub fn same_name(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (wa.remainder(), wb.remainder());
+    wa.zip(wb).all(|(x, y)| fold_word(x) == fold_word(y)) && fold_short(ra) == fold_short(rb)
+}
+
+/// [`fold_word`] of fewer than eight bytes, padded with zeros.
+fn fold_short(w: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    for (d, s) in b.iter_mut().zip(w) {
+        *d = *s;
+    }
+    fold_word(&b)
+}
+
+/// Eight bytes with `A`..=`Z` made lower case and every other byte (including those over
+/// 0x7f) as it was.
+fn fold_word(w: &[u8]) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let x = u64::from_le_bytes(w.try_into().unwrap_or_default());
+    let low = x & LOW7;
+    // A byte's high bit: at least `A` (0x41), past `Z` (0x5a), and not over 0x7f. Adding
+    // to seven bits never carries into the next byte.
+    let from_a = low + 0x3f3f_3f3f_3f3f_3f3f;
+    let past_z = low + 0x2525_2525_2525_2525;
+    let upper = from_a & !past_z & !x & HIGH;
+    x | (upper >> 2)
 }
 
 /// A content type naming JSON (`application/json`, `application/problem+json`), in any case.
@@ -351,6 +387,47 @@ impl AnomalySet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Names compared a word at a time agree with the standard library on any bytes:
+        /// the same name in another case, a byte changed, every byte value (the letters'
+        /// neighbours `@`, `[`, `` ` ``, `{` and bytes over 0x7f among them).
+        #[test]
+        fn same_name_is_eq_ignore_ascii_case(
+            a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+            flips in proptest::collection::vec(0u8..4, 40),
+            other in proptest::prelude::any::<u8>(),
+        ) {
+            let b: Vec<u8> = a
+                .iter()
+                .zip(&flips)
+                .map(|(&c, &f)| match f {
+                    0 => c.to_ascii_uppercase(),
+                    1 => c.to_ascii_lowercase(),
+                    2 => c ^ 0x20,
+                    _ if c % 7 == 0 => other,
+                    _ => c,
+                })
+                .collect();
+            proptest::prop_assert_eq!(same_name(&a, &b), a.eq_ignore_ascii_case(&b));
+            proptest::prop_assert_eq!(same_name(&b, &a), b.eq_ignore_ascii_case(&a));
+            proptest::prop_assert!(same_name(&a, &a.to_ascii_uppercase()));
+        }
+    }
+
+    #[test]
+    fn same_name_folds_only_letters() {
+        assert!(same_name(b"Approov-Token", b"approov-token"));
+        assert!(same_name(b"AUTHORIZATION", b"authorization"));
+        assert!(!same_name(b"Approov-Token", b"Approov-Tokens"));
+        // `@` and `` ` ``, `[` and `{` differ by the case bit but are not letters.
+        assert!(!same_name(b"abcdefg@", b"abcdefg`"));
+        assert!(!same_name(b"abcdefg[", b"abcdefg{"));
+        assert!(!same_name(
+            b"x-\xc3\x89tat-xx".as_slice(),
+            b"x-\xe3\xa9tat-xx".as_slice()
+        ));
+    }
 
     fn tx(headers: usize) -> Transaction {
         let h = |i: usize| Header {

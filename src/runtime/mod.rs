@@ -47,7 +47,7 @@ use crate::capture::{
 use crate::config::Config;
 use crate::decode::{Decoded, Decoder, LinkType, TcpFlags, TcpSegment, TunnelId};
 use crate::detect::{
-    Alert, Event, LoginConfig, login_route_username, object_number, request_objects,
+    Alert, Event, LoginConfig, login_route_username, object_number, request_objects_judged,
     returned_from_scan,
 };
 use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
@@ -1028,8 +1028,9 @@ impl HttpHandler {
             // The route, templated once; a template pinned by the rules names it and its
             // parameters.
             let path = tx.request.as_ref().map(|r| path_of(&r.target));
+            let mut ids = None;
             let route = path.map(|p| {
-                crate::route::route_into(p, &mut route_buf);
+                ids = Some(crate::route::route_into(p, &mut route_buf));
                 route_buf.as_str()
             });
             let names = &mut self.names;
@@ -1053,7 +1054,7 @@ impl HttpHandler {
                 &self.tls,
                 client,
                 &tx,
-                seen,
+                (seen, ids),
                 att.as_ref(),
                 user.as_ref(),
                 call.as_ref(),
@@ -1149,7 +1150,7 @@ fn event(
     tls: &crate::detect::fingerprint::TlsConfig,
     client: SocketAddr,
     tx: &Transaction,
-    (route_name, login_route): (Arc<str>, bool),
+    ((route_name, login_route), ids): ((Arc<str>, bool), Option<crate::route::IdSegments>),
     att: Option<&Attestation>,
     user: Option<&UserId>,
     call: Option<&grpc::Call>,
@@ -1161,7 +1162,7 @@ fn event(
     let objects = match (&grpc_object, call) {
         (Some((o, _)), _) => thin_vec::thin_vec![o.clone()],
         (None, Some(_)) => ThinVec::new(),
-        (None, None) => request_objects(&req.target, &req.headers, &req.body.data),
+        (None, None) => request_objects_judged(&req.target, ids, &req.headers, &req.body.data),
     };
     let want_ids = req.method == "POST" || !objects.is_empty();
     // Every response body is scanned once: for exposure, the inventory, and returned ids.

@@ -405,7 +405,10 @@ impl Family {
         let Ok(text) = simdutf8::basic::from_utf8(token) else {
             return Judgement::bare(Verdict::Malformed, self.binding_shape(None));
         };
-        if !text.contains('.')
+        // A status value holds no `.`; most deployments list none, and then a token is not
+        // searched for one.
+        if !self.cfg.status_values.is_empty()
+            && !text.contains('.')
             && let Some(status) = self.cfg.status_values.iter().find(|s| ***s == *text)
         {
             let mut j = Judgement::bare(Verdict::StatusValue, self.binding_shape(None));
