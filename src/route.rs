@@ -25,20 +25,45 @@ pub fn split_query(target: &str) -> (&str, &str) {
     }
 }
 
+/// The `/`-separated segments of `path`: what `path.split('/')` gives, by a plain byte
+/// loop (paths are short: `str::split` runs a char searcher per segment over the standard
+/// library's generic `memchr`, and a vectorised search costs more to set up than a path's
+/// few dozen bytes take to walk).
+pub fn segments(path: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(path);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|b| b == b'/') {
+            // `/` is ASCII: both sides of it are character boundaries.
+            Some(i) => {
+                rest = r.get(i + 1..);
+                r.get(..i)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
 /// The `/`-separated segments of `path`, last first: what `path.rsplit('/')` gives, by a
-/// byte search from the end.
+/// plain byte loop from the end.
 pub fn segments_from_end(path: &str) -> impl Iterator<Item = &str> {
-    let mut end = path.len();
-    memchr::memrchr_iter(b'/', path.as_bytes())
-        .map(Some)
-        .chain(std::iter::once(None))
-        .map(move |slash| {
-            let start = slash.map_or(0, |i| i + 1);
-            // `/` is ASCII: both ends are character boundaries.
-            let seg = path.get(start..end).unwrap_or_default();
-            end = slash.unwrap_or(0);
-            seg
-        })
+    let mut rest = Some(path);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().rposition(|b| b == b'/') {
+            Some(i) => {
+                rest = r.get(..i);
+                r.get(i + 1..)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// Route template of a path: numeric, UUID, long hex and long base64-ish segments become
@@ -58,14 +83,7 @@ pub fn route_into(path: &str, out: &mut String) -> IdSegments {
         bits: 0,
         path_len: path.len(),
     };
-    // `split('/')` by byte search: `str::split` runs a char searcher per segment, a
-    // measurable share of every request on short paths.
-    let mut start = 0;
-    let ends = memchr::memchr_iter(b'/', path.as_bytes()).chain(std::iter::once(path.len()));
-    for (i, end) in ends.enumerate() {
-        // `/` is ASCII: both ends are character boundaries.
-        let seg = path.get(start..end).unwrap_or_default();
-        start = end + 1;
+    for (i, seg) in segments(path).enumerate() {
         if i > 0 {
             out.push('/');
         }
@@ -158,6 +176,9 @@ mod tests {
             prop_assert_eq!(split_query(&t), t.split_once('?').unwrap_or((&t, "")));
             let ours: Vec<&str> = segments_from_end(&t).collect();
             let theirs: Vec<&str> = t.rsplit('/').collect();
+            prop_assert_eq!(ours, theirs);
+            let ours: Vec<&str> = segments(&t).collect();
+            let theirs: Vec<&str> = t.split('/').collect();
             prop_assert_eq!(ours, theirs);
         }
 

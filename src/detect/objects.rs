@@ -35,7 +35,7 @@ fn is_json(headers: &[Header], body: &[u8]) -> bool {
 /// The non-empty segments of a path, each with whether it is id-shaped (as `ids`, the
 /// route's judgement of this path, says when given), in order.
 fn segments(path: &str, ids: Option<IdSegments>) -> impl Iterator<Item = (&str, bool)> {
-    path.split('/')
+    crate::route::segments(path)
         .enumerate()
         .filter(|(_, s)| !s.is_empty())
         .map(move |(i, s)| {

@@ -527,7 +527,7 @@ pub struct PinnedMatch {
 impl PinnedRoute {
     /// Whether `path` is this route (no allocation: workers test every request).
     pub fn is_match(&self, path: &str) -> bool {
-        let mut segs = path.split('/').filter(|s| !s.is_empty());
+        let mut segs = crate::route::segments(path).filter(|s| !s.is_empty());
         for t in &self.segments {
             match (segs.next(), t) {
                 (None, _) => return false,
@@ -544,7 +544,9 @@ impl PinnedRoute {
         }
         Some(PinnedMatch {
             owner: self.owner.as_ref().and_then(|(i, c)| {
-                let id = path.split('/').filter(|s| !s.is_empty()).nth(*i)?;
+                let id = crate::route::segments(path)
+                    .filter(|s| !s.is_empty())
+                    .nth(*i)?;
                 Some(crate::object::ObjectRef {
                     collection: c.clone(),
                     id: Arc::from(id),
