@@ -200,7 +200,7 @@ pub fn path(p: &str) -> std::borrow::Cow<'_, str> {
         return std::borrow::Cow::Borrowed(p);
     }
     let personal = is_email_or_card;
-    if !crate::route::segments(p).any(personal) {
+    if !p.split('/').any(personal) {
         return std::borrow::Cow::Borrowed(p);
     }
     let masked: Vec<String> = p

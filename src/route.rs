@@ -118,7 +118,9 @@ impl IdSegments {
         }
     }
 
-    /// These judgements, if they are of a path of `path`'s length.
+    /// These judgements, if they are of a path of `path`'s length: for a `path` cut from
+    /// the same target as the path judged (both start where the target starts, so the
+    /// same length is the same path).
     pub fn of_len(self, path: &str) -> Option<IdSegments> {
         (self.path_len == path.len()).then_some(self)
     }
