@@ -18,8 +18,8 @@ const MAX_USERNAME: usize = 256;
 /// numeric `page`/`offset`/`id`/`start`/`p` query parameter.
 pub fn object_number(target: &str) -> Option<u64> {
     let (path, query) = crate::route::split_query(target);
-    // By byte searches (`str::rsplit` runs a reverse char searcher per segment: it was
-    // most of this function's cost). Nineteen digits always fit in a u64.
+    // Over the bytes, from the end (`str::rsplit` runs a reverse char searcher per
+    // segment: it was most of this function's cost). Nineteen digits always fit in a u64.
     let from_path = crate::route::segments_from_end(path)
         .find(|s| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
         .map(|s| s.bytes().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
