@@ -1028,11 +1028,8 @@ impl HttpHandler {
             // The route, templated once; a template pinned by the rules names it and its
             // parameters.
             let path = tx.request.as_ref().map(|r| path_of(&r.target));
-            let mut ids = None;
-            let route = path.map(|p| {
-                ids = Some(crate::route::route_into(p, &mut route_buf));
-                route_buf.as_str()
-            });
+            let ids = path.map(|p| crate::route::route_into(p, &mut route_buf));
+            let route = path.map(|_| route_buf.as_str());
             let names = &mut self.names;
             let pinned: Option<Arc<str>> = path.and_then(|path| {
                 rules
