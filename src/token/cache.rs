@@ -91,9 +91,28 @@ impl Near {
     fn touch(&mut self, token: &[u8]) -> (std::ops::Range<usize>, u64) {
         use std::hash::BuildHasher;
         self.uses += 1;
-        let pair = crate::memo::pair(NEAR_SLOTS, self.hasher.hash_one(token));
+        let pair = crate::memo::pair(NEAR_SLOTS, self.hasher.hash_one(slot_part(token)));
         (pair, self.uses)
     }
+}
+
+/// Bytes at the end of a token that pick its slots, with its length.
+const SLOT_TAIL: usize = 32;
+
+/// What picks a token's slots: its length and its last [`SLOT_TAIL`] bytes, not all of its
+/// few hundred. A JWS ends with its signature, where two tokens differ (their headers, and
+/// often most of their claims, are alike), so real tokens spread as well as when the whole
+/// token was hashed. Crafted tokens sharing an ending share a pair and evict each other;
+/// one made to end like a real token can push it out of a near table, sending that token
+/// to the shared cache, as a flood of crafted tokens could before. A hit still needs the
+/// exact bytes.
+fn slot_part(token: &[u8]) -> (usize, &[u8]) {
+    (
+        token.len(),
+        token
+            .get(token.len().saturating_sub(SLOT_TAIL)..)
+            .unwrap_or(token),
+    )
 }
 
 impl NearEntry {
@@ -451,7 +470,8 @@ mod tests {
     fn colliding(n: usize) -> Vec<String> {
         use std::hash::BuildHasher;
         let low = |t: &str| {
-            NEAR.with(|m| m.borrow().hasher.hash_one(t.as_bytes())) as usize & (NEAR_SLOTS - 1)
+            NEAR.with(|m| m.borrow().hasher.hash_one(slot_part(t.as_bytes()))) as usize
+                & (NEAR_SLOTS - 1)
         };
         let first = low("tok-0");
         (0..)
@@ -496,6 +516,47 @@ mod tests {
                 assert_eq!(
                     cache.lookup(t[1].as_bytes(), 0).1.map(|e| e.facts.exp),
                     Some(2001.0)
+                );
+            });
+        });
+    }
+
+    /// Tokens that end alike (a forged payload under a real token's signature) share a
+    /// pair of near slots, each is still found only by its exact bytes, and the ones
+    /// pushed out are still in the shared cache.
+    #[test]
+    fn tokens_ending_alike_share_slots_but_never_answers() {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let cache = VerdictCache::new(100, u64::MAX);
+                let sig = "x".repeat(SLOT_TAIL);
+                let t: Vec<String> = (0..3).map(|i| format!("eyJ.payload-{i}.{sig}")).collect();
+                let slots = |t: &str| NEAR.with(|n| n.borrow_mut().touch(t.as_bytes()).0);
+                assert_eq!(slots(&t[0]), slots(&t[1]));
+                assert_eq!(slots(&t[0]), slots(&t[2]));
+                // The length picks too: of tokens ending alike but of eight other
+                // lengths, some sit elsewhere (all eight agree once in 4,096^8).
+                assert!(
+                    (10..18)
+                        .map(|i| format!("eyJ.payload-{}.{sig}", "y".repeat(i)))
+                        .any(|o| slots(&o) != slots(&t[0]))
+                );
+                let near =
+                    |t: &str| near_get(cache.id, t.as_bytes()).map(|(d, e, _)| (d, e.facts.exp));
+                for (i, tok) in t.iter().enumerate() {
+                    put(&cache, tok.as_bytes(), 2000.0 + i as f64);
+                }
+                // The pair holds the two latest, each with its own facts and digest.
+                assert_eq!(near(&t[0]), None);
+                for (i, tok) in t.iter().enumerate().skip(1) {
+                    assert_eq!(
+                        near(tok),
+                        Some((super::super::sha256(tok.as_bytes()), 2000.0 + i as f64))
+                    );
+                }
+                assert_eq!(
+                    cache.lookup(t[0].as_bytes(), 0).1.map(|e| e.facts.exp),
+                    Some(2000.0)
                 );
             });
         });
