@@ -269,6 +269,8 @@ const MEMO_SEED: u64 = 0x6465_636f_6465_6d6f;
 /// then holds 3,582 decodings rather than 2,599 and 73,475 of 108,155 decodings are
 /// answered from it rather than 69,880.
 const MEMO_IDENTITY: Identity = Identity::Digest;
+/// The share of the memo's bytes that keeps bodies met once (see [`crate::memo`]).
+const MEMO_WINDOW_PERMILLE: usize = 0;
 
 /// A memo of decodings, shared by the workers of a pipeline.
 pub(crate) type DecodeMemo = Shared<Result<Decoded, DecodeFailed>>;
@@ -297,6 +299,7 @@ pub(crate) fn decode_memo(limit: usize, threads: usize) -> Arc<DecodeMemo> {
         MEMO_MAX_BODY,
         MEMO_SEED,
         MEMO_IDENTITY,
+        MEMO_WINDOW_PERMILLE,
     ))
 }
 
