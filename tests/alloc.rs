@@ -150,8 +150,9 @@ fn packet_path_allocations_per_transaction() {
     );
 }
 
-/// Measured 10.8 on this sample with the memos of response scans and decodings emptied
-/// before the counted pass, with room: 12.0 before body buffers were reused, 13.7 before
+/// Measured 9.2 on this sample with the memos of response scans and decodings emptied
+/// before the counted pass, with room: 10.8 before the scan memo's window (a body met
+/// twice in the pass was scanned twice; now its second meeting is answered), 12.0 before body buffers were reused, 13.7 before
 /// the buffers of long header values were reused, 14.5 before the memo of decodings (a body decoded again allocated flate2's
 /// inflate state and window), 13.9 before the memo kept a body only the second time it is
 /// met (a body met twice in the pass is now scanned twice); 17.3 before the memo (34.6
@@ -167,7 +168,7 @@ fn packet_path_allocations_per_transaction() {
 ///   gzip reader allocates its inflate state and window per body (it takes no reusable
 ///   `Decompress`); a body decoded before costs one copy of the decoded bytes instead.
 /// - the response scan (about 9 for a body not scanned before, none for one the memo
-///   holds): the `Scan` the event shares (one `Arc`), its field list (one copy at its
+///   holds or has waiting in its window): the `Scan` the event shares (one `Arc`), its field list (one copy at its
 ///   final size), findings (masked samples) and returned ids, which the detect thread
 ///   keeps; field paths and array names are interned. A body the memo keeps costs one
 ///   more, its key.
