@@ -197,6 +197,17 @@ pub struct Miss {
     digest: Option<u128>,
 }
 
+impl Miss {
+    /// A miss whose value is not to be kept.
+    pub fn never() -> Miss {
+        Miss {
+            hash: 0,
+            keep: false,
+            digest: None,
+        }
+    }
+}
+
 impl<V: Clone> Memo<V> {
     /// A memo holding at most `limit` bytes (none at all when 0), with a slot per
     /// `bytes_per_slot` of the limit, keeping bodies up to `max_body` bytes; `seed` picks

@@ -9,6 +9,15 @@
 //! time (one `Arc`, shared with the events that carry it) instead of being walked,
 //! classified and allocated again.
 //!
+//! A compressed answer is found by its bytes as sent: the parser leaves an HTTP/1.x
+//! response's content codings for its scan ([`crate::http::HttpConfig::defer_response_decoding`]),
+//! and the key holds the codings, the decode limits and whether the body was cut besides
+//! the coded bytes ([`ScanMemo::lookup_coded`]); the entry keeps what decoding gave (its
+//! length, the cap that stopped it, or its failure), so a body met again is neither
+//! inflated nor scanned, and is counted and flagged as decoding it would be. A miss is
+//! decoded (through the memo of decodings), scanned and offered ([`ScanMemo::scan_coded`]).
+//! The same answer sent plain to one client and compressed to another is two entries.
+//!
 //! Kept in a [`Memo`](crate::memo::Memo) (entries told apart by a keyed 128-bit digest of
 //! the body, never by a copy of it; two-way; a body kept the second time it is met; CLOCK
 //! eviction), bounded by the memory budget's share (table `scans`), one for all the workers
@@ -17,11 +26,13 @@
 //! with several workers which of them makes a scan depends on timing, so the summary's
 //! memoized count may differ between replays, the alerts never.
 //!
-//! On the realistic capture, with the default budget (4 % for scans, a fifth of it the
-//! memo's window for bodies met once): 89.1% of scans are answered from the memo with one
-//! worker (345,594; 19,882 entries) and 89.0% with two. Before the window, 84.6% (17,455
-//! entries, the share never full) and 84.4%: every body was scanned twice before the
-//! memo answered it. Before that:
+//! On the realistic capture, with the default budget (4.5 % for scans, a fifth of it the
+//! memo's window for bodies met once, and 1 % for decodings): 46,931 bodies are scanned
+//! and 14,627 decoded of 387,797 responses and 108,155 compressed ones with one worker.
+//! With the scans keyed by decoded bytes (4 % and 1.5 %), 42,203 were scanned and 34,680
+//! decoded: 89.1% of scans were answered (19,882 entries) and 89.0% with two workers.
+//! Before the window, 84.6% (17,455 entries, the share never full) and 84.4%: every body
+//! was scanned twice before the memo answered it. Before that:
 //! with a 2 % share, 77.3% with one worker (11,216 entries); with a memo per worker (half
 //! the share each), 61.7% with two; and when entries kept a copy of the body (about a KiB
 //! of an entry's 1.4), the 2 % share held 5,002 entries and answered 58.7% and 45.0%.
@@ -44,6 +55,8 @@ const BYTES_PER_SLOT: usize = 384;
 const SEED: u64 = 0x7363_616e_6d65_6d6f;
 /// The share of the memo's bytes that keeps bodies met once (see [`crate::memo`]).
 const WINDOW_PERMILLE: usize = 200;
+/// The flag of a key made from a body's coded bytes.
+const CODED: u8 = 4;
 
 /// Bytes a scan holds (its findings, their masked samples and the returned ids; the field
 /// list is shared per response shape and not counted here).
@@ -58,7 +71,20 @@ fn scan_bytes(s: &Scan) -> usize {
 /// Recent scans, one memo for all the workers of a pipeline: with a memo each (half the
 /// share apiece) two workers scanned 148,549 bodies of the realistic capture where one
 /// scanned 87,865.
-pub type Scans = Shared<Arc<Scan>>;
+pub type Scans = Shared<Memoized>;
+
+/// A memo entry: the scan, and for a body found by its coded bytes, what decoding it gave
+/// (to settle the body as decoding it would).
+#[derive(Clone)]
+pub struct Memoized {
+    scan: Arc<Scan>,
+    decoded: Option<crate::http::DecodedSummary>,
+}
+
+/// A lookup of a coded body that found nothing: scan the decoded bytes and offer them
+/// with [`ScanMemo::offer_coded`].
+#[must_use]
+pub(crate) struct CodedMiss(crate::memo::Miss);
 
 /// The memo of scans for `workers` workers, holding at most `limit` bytes (none when 0).
 pub fn scans(limit: usize, workers: usize) -> Arc<Scans> {
@@ -132,7 +158,7 @@ impl ScanMemo {
         };
         // The memo's lock is not held while scanning: a worker that misses the same body
         // meanwhile scans it too, and the memo keeps one of the two.
-        match self.scans.get_with(k, Arc::clone) {
+        match self.scans.get_with(k, |m| Arc::clone(&m.scan)) {
             Ok(scan) => {
                 self.hits += 1;
                 scan
@@ -140,11 +166,87 @@ impl ScanMemo {
             Err(miss) => {
                 self.misses += 1;
                 let scan = Arc::new(exposure::scan_typed(ctype, shared, body, want_ids));
-                self.scans
-                    .offer(miss, k, scan_bytes(&scan), || Arc::clone(&scan));
+                self.scans.offer(miss, k, scan_bytes(&scan), || Memoized {
+                    scan: Arc::clone(&scan),
+                    decoded: None,
+                });
                 scan
             }
         }
+    }
+
+    /// The key's head for a response body still coded ([`crate::http::Body::coded`]): the
+    /// flags (with the coded bit), the `Content-Type` value, then what decoding depends on
+    /// ([`crate::http::decode_key_head`], fixed length, so heads never run into each other).
+    fn coded_head(&mut self, headers: &[Header], decode_head: &[u8], want_ids: bool) {
+        let ctype = header(headers, "content-type").unwrap_or_default();
+        let shared = exposure::shared_cacheable(headers);
+        self.head.clear();
+        self.head
+            .push(u8::from(want_ids) | u8::from(shared) << 1 | CODED);
+        self.head.extend_from_slice(ctype);
+        self.head.extend_from_slice(decode_head);
+    }
+
+    /// The scan of a response body found by its bytes as sent (`coded`, still holding its
+    /// content codings) and what decoding them gave, made before for the same bytes,
+    /// headers that matter, decoding and `want_ids`; else a miss: decode, then
+    /// [`ScanMemo::offer_coded`]. A hit needs neither decoding nor scanning.
+    pub(crate) fn lookup_coded(
+        &mut self,
+        headers: &[Header],
+        coded: &[u8],
+        decode_head: &[u8],
+        want_ids: bool,
+    ) -> Result<(Arc<Scan>, crate::http::DecodedSummary), CodedMiss> {
+        self.coded_head(headers, decode_head, want_ids);
+        let k = Key {
+            head: &self.head,
+            body: coded,
+        };
+        let found = self
+            .scans
+            .get_with(k, |m| m.decoded.map(|d| (Arc::clone(&m.scan), d)));
+        match found {
+            Ok(Some(hit)) => {
+                self.hits += 1;
+                Ok(hit)
+            }
+            // Coded keys always keep what decoding gave (see `offer_coded`).
+            Ok(None) => Err(CodedMiss(crate::memo::Miss::never())),
+            Err(miss) => Err(CodedMiss(miss)),
+        }
+    }
+
+    /// After [`ScanMemo::lookup_coded`] missed: the scan of `decoded` (the body's bytes
+    /// after decoding, or as sent when decoding failed; not empty), found by those bytes
+    /// when met before (the same answer coded otherwise: a gzip header carries its time)
+    /// else made, offered with `summary` under the coded bytes' key too.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn scan_coded(
+        &mut self,
+        miss: CodedMiss,
+        headers: &[Header],
+        coded: &[u8],
+        decode_head: &[u8],
+        decoded: &[u8],
+        want_ids: bool,
+        summary: crate::http::DecodedSummary,
+    ) -> Arc<Scan> {
+        self.misses += 1;
+        let ctype = header(headers, "content-type").unwrap_or_default();
+        let shared = exposure::shared_cacheable(headers);
+        let scan = Arc::new(exposure::scan_typed(ctype, shared, decoded, want_ids));
+        self.coded_head(headers, decode_head, want_ids);
+        let k = Key {
+            head: &self.head,
+            body: coded,
+        };
+        self.scans.offer(miss.0, k, scan_bytes(&scan), || Memoized {
+            scan: Arc::clone(&scan),
+            decoded: Some(summary),
+        });
+        scan
     }
 
     /// What the memo holds now and has evicted (table `scans`), from the worker that

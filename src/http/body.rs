@@ -18,6 +18,12 @@
 //! those, so nothing downstream changes. On the realistic bench capture, 89.7% of the
 //! first 100,000 bodies decoded are bytes decoded before (10,324 distinct), and inflating
 //! was 7% of all cycles.
+//!
+//! The workers that scan responses have the parser leave an HTTP/1.x response's codings
+//! ([`super::Body::coded`], [`super::HttpConfig::defer_response_decoding`]): the memo of
+//! response scans finds a compressed answer by its bytes as sent, and only the bodies it
+//! has not met are decoded ([`decode_deferred`], or by the scan on a miss), with the same
+//! outcome recorded ([`apply_decoded`]) as when the parser decodes.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -255,8 +261,84 @@ pub(crate) struct Decoded {
 }
 
 /// The body did not decode (corrupt, or wrong coding named).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DecodeFailed;
+
+/// What undoing a body's codings gave, without the bytes: the decoded length and the limit
+/// that stopped it, or the failure. What a memo of work done on the decoded bytes keeps,
+/// to settle a body met again as decoding it would ([`apply_decoded`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DecodedSummary(Result<(usize, Option<DecodeLimit>), DecodeFailed>);
+
+impl DecodedSummary {
+    pub(crate) fn of(outcome: &Result<Decoded, DecodeFailed>) -> DecodedSummary {
+        DecodedSummary(
+            outcome
+                .as_ref()
+                .map(|d| (d.data.len(), d.limit))
+                .map_err(|e| *e),
+        )
+    }
+}
+
+/// Records a decoding's outcome on its body, its transaction's anomalies and the stats,
+/// as the parser does for a body it decodes (the body's bytes are the caller's to swap).
+pub(crate) fn apply_decoded(
+    s: DecodedSummary,
+    memoized: bool,
+    body: &mut super::Body,
+    anomalies: &mut super::AnomalySet,
+    stats: &mut super::HttpStats,
+) {
+    use super::Anomaly;
+    stats.body_decodes += 1;
+    stats.body_decodes_memoized += u64::from(memoized);
+    match s.0 {
+        Ok((len, limit)) => {
+            stats.body_bytes_decoded += len as u64;
+            body.decoded = true;
+            if let Some(limit) = limit {
+                body.truncated = true;
+                *stats.cap_hits.entry(limit.cap_name()).or_default() += 1;
+                anomalies.insert(match limit {
+                    DecodeLimit::Body => Anomaly::BodyCap,
+                    DecodeLimit::Decoded | DecodeLimit::Ratio => Anomaly::DecodeCap,
+                });
+            }
+        }
+        Err(DecodeFailed) => anomalies.insert(Anomaly::DecodeFailed),
+    }
+}
+
+/// Undoes `codings` on a body's kept bytes (through this thread's memo): the decoded
+/// bytes replace them, and the outcome is recorded ([`apply_decoded`]).
+pub(crate) fn decode_into(
+    body: &mut super::Body,
+    codings: &Codings,
+    anomalies: &mut super::AnomalySet,
+    cfg: &HttpConfig,
+    stats: &mut super::HttpStats,
+) {
+    let (decoded, memoized) = decode_memoized(&body.data, codings, cfg, body.truncated);
+    let summary = DecodedSummary::of(&decoded);
+    if let Ok(d) = decoded {
+        crate::http::recycle_body(std::mem::replace(&mut body.data, d.data));
+    }
+    apply_decoded(summary, memoized, body, anomalies, stats);
+}
+
+/// Settles a body whose decoding the parser deferred ([`super::Body::coded`]): decodes it
+/// now, as the parser would have. Nothing to do for other bodies.
+pub(crate) fn decode_deferred(
+    body: &mut super::Body,
+    anomalies: &mut super::AnomalySet,
+    cfg: &HttpConfig,
+    stats: &mut super::HttpStats,
+) {
+    if let Some(c) = body.coded.take() {
+        decode_into(body, &c, anomalies, cfg, stats);
+    }
+}
 
 /// Largest encoded body the memo keeps.
 const MEMO_MAX_BODY: usize = 16 * 1024;
@@ -328,15 +410,12 @@ pub fn decode_memo_usage() -> Usage {
     })
 }
 
-/// [`decode`], answered from this thread's memo when the same input was decoded before
-/// with the same codings, cut and limits; true when it was.
-pub(crate) fn decode_memoized(
-    input: &[u8],
-    codings: &Codings,
-    cfg: &HttpConfig,
-    input_cut: bool,
-) -> (Result<Decoded, DecodeFailed>, bool) {
-    // What the result depends on besides the input.
+/// What a decoding depends on besides the input (the codings, the cut and the limits), as
+/// bytes: the head of a memo key for work done on the decoded bytes.
+pub(crate) type DecodeHead = [u8; 2 + MAX_CODINGS + 4 + 8 + 8];
+
+/// The [`DecodeHead`] of a decoding.
+pub(crate) fn decode_key_head(codings: &Codings, cfg: &HttpConfig, input_cut: bool) -> DecodeHead {
     let mut head = [0u8; 2 + MAX_CODINGS + 4 + 8 + 8];
     head[0] = u8::from(input_cut);
     head[1] = codings.len as u8;
@@ -347,6 +426,18 @@ pub(crate) fn decode_memoized(
     limits[..4].copy_from_slice(&cfg.max_decompression_ratio.to_le_bytes());
     limits[4..12].copy_from_slice(&(cfg.max_decoded_bytes as u64).to_le_bytes());
     limits[12..].copy_from_slice(&(cfg.max_body_bytes as u64).to_le_bytes());
+    head
+}
+
+/// [`decode`], answered from this thread's memo when the same input was decoded before
+/// with the same codings, cut and limits; true when it was.
+pub(crate) fn decode_memoized(
+    input: &[u8],
+    codings: &Codings,
+    cfg: &HttpConfig,
+    input_cut: bool,
+) -> (Result<Decoded, DecodeFailed>, bool) {
+    let head = decode_key_head(codings, cfg, input_cut);
     let k = Key {
         head: &head,
         body: input,
@@ -361,7 +452,7 @@ pub(crate) fn decode_memoized(
                 limit: d.limit,
             })
         }
-        Err(e) => Err(e.clone()),
+        Err(e) => Err(*e),
     };
     let miss = match MEMO.with(|m| m.borrow().memo.get_with(k, copy)) {
         Ok(hit) => return (hit, true),

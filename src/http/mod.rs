@@ -17,7 +17,10 @@ mod body;
 pub mod h2;
 mod parser;
 
-pub(crate) use body::{DecodeMemo, decode_memo, set_decode_memo};
+pub(crate) use body::{
+    DecodeMemo, DecodedSummary, apply_decoded, decode_deferred, decode_key_head, decode_memo,
+    decode_memoized, set_decode_memo,
+};
 pub use body::{decode_memo_usage, forget_decodes};
 pub use parser::{HttpConn, HttpStats, METHOD_CLASSES, STATUS_CLASSES};
 
@@ -61,6 +64,11 @@ pub struct HttpConfig {
     pub max_pending_bytes: usize,
     /// Decode gzip / deflate / br bodies.
     pub decode_bodies: bool,
+    /// HTTP/1.x responses keep their coded bytes ([`Body::coded`]) for the reader to
+    /// decode: a worker that answers a body met before from its memo of response scans
+    /// (keyed by the bytes as sent) then neither decodes nor scans it. Set by the runtime
+    /// (not a config key); the parser's own default decodes as a message completes.
+    pub defer_response_decoding: bool,
 }
 
 impl Default for HttpConfig {
@@ -74,6 +82,7 @@ impl Default for HttpConfig {
             max_pending_requests: 4096,
             max_pending_bytes: 4 * 1024 * 1024,
             decode_bodies: true,
+            defer_response_decoding: false,
         }
     }
 }
@@ -107,6 +116,11 @@ pub struct Body {
     /// Trailer fields after a chunked body. Kept apart from the head's fields: a trailer
     /// must not be able to override a header a detector trusts (RFC 9110 §6.5.1).
     pub trailers: Vec<Header>,
+    /// The content codings `data` still holds, when the parser left undoing them to the
+    /// one who reads the body ([`HttpConfig::defer_response_decoding`]): `data` is then
+    /// as sent, and [`decode_deferred`] or a memo of what was made from these bytes
+    /// settles the body as decoding it in the parser would have.
+    pub(crate) coded: Option<body::Codings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

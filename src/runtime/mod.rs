@@ -884,7 +884,12 @@ impl HttpHandler {
     ) -> HttpHandler {
         crate::http::set_decode_memo(decodes.0, decodes.1);
         HttpHandler {
-            cfg: cfg.http.clone(),
+            // Responses scanned through the memo keep their coded bytes until the scan: a
+            // body met before is then neither decoded nor scanned again.
+            cfg: HttpConfig {
+                defer_response_decoding: cfg.detect.scan_responses,
+                ..cfg.http.clone()
+            },
             shared,
             txs: Vec::new(),
             stats: HttpStats::default(),
@@ -1043,19 +1048,35 @@ impl HttpHandler {
             let seen = self
                 .routes
                 .get(names, &self.login, route.unwrap_or_default());
-            if let Some(mut ev) = event(
+            let ev = event(
                 names,
                 &judges.attribution,
                 &self.login,
                 self.scan_responses.then_some(&mut self.scans),
+                (&self.cfg, &mut self.stats),
                 &self.tls,
                 client,
-                &tx,
+                &mut tx,
                 (seen, ids),
                 att.as_ref(),
                 user.as_ref(),
                 call.as_ref(),
-            ) {
+            );
+            // A coded response the event did not scan (no request) is decoded as the
+            // parser would have, for its record and counts.
+            if let Some(r) = tx.response.as_mut()
+                && r.body.coded.is_some()
+            {
+                let before = tx.anomalies;
+                crate::http::decode_deferred(
+                    &mut r.body,
+                    &mut tx.anomalies,
+                    &self.cfg,
+                    &mut self.stats,
+                );
+                count_new_anomalies(before, tx.anomalies, &mut self.stats);
+            }
+            if let Some(mut ev) = ev {
                 if let Some(p) = &pinned {
                     ev.route = Some(p.clone());
                 }
@@ -1137,6 +1158,71 @@ impl RouteNames {
     }
 }
 
+/// A response body's scan through the memo. A body the parser left coded
+/// ([`crate::http::Body::coded`]) is looked up by its bytes as sent: met before, it is
+/// neither decoded nor scanned, and the decoding's outcome (flags, counts) is recorded as
+/// decoding it would have; else it is decoded here (through the memo of decodings), then
+/// scanned. `None` when the decoded body is empty, as for an empty body.
+fn scan_response(
+    memo: &mut crate::detect::scan_memo::ScanMemo,
+    r: &mut crate::http::Response,
+    anomalies: &mut crate::http::AnomalySet,
+    want_ids: bool,
+    http: &HttpConfig,
+    stats: &mut HttpStats,
+) -> Option<Arc<crate::detect::exposure::Scan>> {
+    let Some(codings) = r.body.coded.take() else {
+        return Some(memo.scan(&r.headers, &r.body.data, want_ids));
+    };
+    let before = *anomalies;
+    let head = crate::http::decode_key_head(&codings, http, r.body.truncated);
+    let scan = match memo.lookup_coded(&r.headers, &r.body.data, &head, want_ids) {
+        Ok((scan, summary)) => {
+            crate::http::apply_decoded(summary, true, &mut r.body, anomalies, stats);
+            Some(scan)
+        }
+        Err(miss) => {
+            let (decoded, memoized) =
+                crate::http::decode_memoized(&r.body.data, &codings, http, r.body.truncated);
+            let summary = crate::http::DecodedSummary::of(&decoded);
+            let bytes: &[u8] = match &decoded {
+                Ok(d) => &d.data,
+                Err(_) => &r.body.data,
+            };
+            let scan = (!bytes.is_empty()).then(|| {
+                memo.scan_coded(
+                    miss,
+                    &r.headers,
+                    &r.body.data,
+                    &head,
+                    bytes,
+                    want_ids,
+                    summary,
+                )
+            });
+            if let Ok(d) = decoded {
+                crate::http::recycle_body(std::mem::replace(&mut r.body.data, d.data));
+            }
+            crate::http::apply_decoded(summary, memoized, &mut r.body, anomalies, stats);
+            scan
+        }
+    };
+    count_new_anomalies(before, *anomalies, stats);
+    scan
+}
+
+/// Counts the anomalies `after` has and `before` had not: a transaction's are counted as
+/// the parser hands it over, and a deferred decoding adds its own later.
+fn count_new_anomalies(
+    before: crate::http::AnomalySet,
+    after: crate::http::AnomalySet,
+    stats: &mut HttpStats,
+) {
+    for a in after.iter().filter(|a| !before.contains(*a)) {
+        *stats.anomalies_by_kind.entry(a.as_str()).or_default() += 1;
+    }
+}
+
 /// What detection sees of a transaction that has a request.
 #[allow(clippy::too_many_arguments)]
 fn event(
@@ -1144,15 +1230,22 @@ fn event(
     attribution: &Attribution,
     login: &LoginConfig,
     scans: Option<&mut crate::detect::scan_memo::ScanMemo>,
+    (http, stats): (&HttpConfig, &mut HttpStats),
     tls: &crate::detect::fingerprint::TlsConfig,
     client: SocketAddr,
-    tx: &Transaction,
+    tx: &mut Transaction,
     ((route_name, login_route), ids): ((Arc<str>, bool), Option<crate::route::IdSegments>),
     att: Option<&Attestation>,
     user: Option<&UserId>,
     call: Option<&grpc::Call>,
 ) -> Option<Event> {
-    let req = tx.request.as_ref()?;
+    let Transaction {
+        request,
+        response,
+        anomalies,
+        ..
+    } = tx;
+    let req = request.as_ref()?;
     let path = path_of(&req.target);
     // A gRPC call names its object in the request message, not the path.
     let grpc_object = call.and_then(|c| grpc::object(path, &req.body.data, c));
@@ -1164,18 +1257,19 @@ fn event(
     let want_ids = req.method == "POST" || !objects.is_empty();
     // Every response body is scanned once: for exposure, the inventory, and returned ids.
     // A body scanned before (the same product page for every shopper) is not scanned again.
-    let scan = match (&tx.response, scans) {
-        (Some(r), Some(memo)) if !r.body.data.is_empty() => Some(match call {
-            Some(c) => Arc::new(crate::detect::exposure::scan_grpc(
+    let scan = match (response.as_mut(), scans) {
+        (Some(r), Some(memo)) if !r.body.data.is_empty() => match call {
+            Some(c) => Some(Arc::new(crate::detect::exposure::scan_grpc(
                 &r.headers,
                 &r.body.data,
                 c.output.as_ref(),
                 want_ids,
-            )),
-            None => memo.scan(&r.headers, &r.body.data, want_ids),
-        }),
+            ))),
+            None => scan_response(memo, r, anomalies, want_ids, http, stats),
+        },
         _ => None,
     };
+    let response = response.as_ref();
     let route: &str = &route_name;
     // Login methods are named in CamelCase (`/auth.v1.Auth/Login`).
     let login_route =
@@ -1192,8 +1286,8 @@ fn event(
         method: Some(method_name(&req.method)),
         host,
         status: match call {
-            Some(c) => grpc::status(c, tx.response.as_ref().map(|r| r.status)),
-            None => tx.response.as_ref().map(|r| r.status),
+            Some(c) => grpc::status(c, response.map(|r| r.status)),
+            None => response.map(|r| r.status),
         },
         family: att.map(|a| a.family.clone()),
         verdict: att.map_or(Verdict::Missing, |a| a.verdict),
@@ -1235,10 +1329,7 @@ fn event(
         route: Some(Arc::clone(&route_name)),
         endpoint: None,
         principal_key: None,
-        body_bytes: tx
-            .response
-            .as_ref()
-            .map(|r| u32::try_from(r.body.wire_len).unwrap_or(u32::MAX)),
+        body_bytes: response.map(|r| u32::try_from(r.body.wire_len).unwrap_or(u32::MAX)),
         ja4: edge_ja4(tls, &req.headers),
         viewer: tls
             .viewer_address_header
@@ -1421,6 +1512,18 @@ impl PacketPath {
         if let Ok(Decoded::Tcp(seg)) = self.decoder.decode(link, f.data, f.ts) {
             self.table.process(&seg, f.ts, &mut self.handler);
         }
+    }
+
+    /// Has the parser undo every body's content codings as its message completes, rather
+    /// than leave a response's for its scan to find by the bytes as sent (the two must
+    /// give the same events and counts).
+    pub fn decode_in_parser(&mut self) {
+        self.handler.cfg.defer_response_decoding = false;
+    }
+
+    /// The HTTP counters so far.
+    pub fn http_stats(&self) -> &HttpStats {
+        &self.handler.stats
     }
 
     /// Forgets the response scans and content decodings made so far (the memos start

@@ -101,7 +101,9 @@ pub(super) fn length_framing(
     }
 }
 
-/// Undoes content codings on a finished body (kept bytes only), under the decode caps.
+/// Undoes content codings on a finished body (kept bytes only), under the decode caps; an
+/// HTTP/1.x response's are left for the reader when the runtime asks
+/// ([`HttpConfig::defer_response_decoding`](crate::http::HttpConfig)).
 pub(super) fn decode_body(m: &mut InFlight, cx: &mut Ctx<'_>) {
     let InFlight {
         msg,
@@ -109,11 +111,22 @@ pub(super) fn decode_body(m: &mut InFlight, cx: &mut Ctx<'_>) {
         codings,
         ..
     } = m;
-    let body = match msg {
-        Message::Request(r) => &mut r.body,
-        Message::Response(r) => &mut r.body,
+    let (body, response) = match msg {
+        Message::Request(r) => (&mut r.body, false),
+        Message::Response(r) => (&mut r.body, true),
     };
+    if response && cx.cfg.defer_response_decoding {
+        if decodes(body, codings, cx) {
+            body.coded = Some(*codings);
+        }
+        return;
+    }
     decode_kept(body, codings, anomalies, cx);
+}
+
+/// Whether the body has codings to undo (and decoding is on).
+fn decodes(body: &Body, codings: &Codings, cx: &Ctx<'_>) -> bool {
+    cx.cfg.decode_bodies && !codings.unknown && !codings.is_empty() && !body.data.is_empty()
 }
 
 /// Undoes `codings` on a body's kept bytes under the decode caps (HTTP/1.x and HTTP/2):
@@ -124,26 +137,7 @@ pub(in crate::http) fn decode_kept(
     anomalies: &mut AnomalySet,
     cx: &mut Ctx<'_>,
 ) {
-    if !cx.cfg.decode_bodies || codings.unknown || codings.is_empty() || body.data.is_empty() {
-        return;
-    }
-    let (decoded, memoized) = body::decode_memoized(&body.data, codings, cx.cfg, body.truncated);
-    cx.stats.body_decodes += 1;
-    cx.stats.body_decodes_memoized += u64::from(memoized);
-    match decoded {
-        Ok(d) => {
-            cx.stats.body_bytes_decoded += d.data.len() as u64;
-            crate::http::recycle_body(std::mem::replace(&mut body.data, d.data));
-            body.decoded = true;
-            if let Some(limit) = d.limit {
-                body.truncated = true;
-                bump(&mut cx.stats.cap_hits, limit.cap_name());
-                anomalies.insert(match limit {
-                    body::DecodeLimit::Body => Anomaly::BodyCap,
-                    body::DecodeLimit::Decoded | body::DecodeLimit::Ratio => Anomaly::DecodeCap,
-                });
-            }
-        }
-        Err(body::DecodeFailed) => anomalies.insert(Anomaly::DecodeFailed),
+    if decodes(body, codings, cx) {
+        crate::http::body::decode_into(body, codings, anomalies, cx.cfg, cx.stats);
     }
 }
