@@ -27,7 +27,11 @@
 # BASELINE (a second binary to compare against: each replay runs with both, back to back,
 # the order alternating between runs, and the table adds candidate/baseline ratios of CPU
 # seconds, per thread and of peak RSS over the pairs; use RUNS=3 or more. A VM's speed
-# drifts by 10% or more within an hour, so builds measured an hour apart do not compare).
+# drifts by 10% or more within an hour, so builds measured an hour apart do not compare),
+# INSTRUCTIONS=1 (each replay runs under valgrind's cachegrind, tens of times slower: the
+# table adds instructions per transaction over all threads and, with BASELINE, their
+# candidate/baseline ratio, which a host's drifting speed does not blur; its seconds and
+# peak RSS are valgrind's, not shieldtap's).
 # Exit status: 0; 1 when a tool is missing, a capture cannot be made or a replay fails;
 # 3 when alerts differ between worker counts.
 set -euo pipefail
@@ -46,6 +50,8 @@ command -v python3 >/dev/null || die "python3 is not installed (apt-get install 
 [[ -z $baseline || -x $baseline ]] || die "BASELINE=$baseline is not an executable"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$runs'"
 [[ -r /proc/self/task ]] || die "/proc is not mounted: per-thread CPU cannot be read"
+instructions=${INSTRUCTIONS:-}
+[[ -z $instructions ]] || command -v valgrind >/dev/null || die "INSTRUCTIONS=1 needs valgrind (apt-get install -y valgrind)"
 
 if [[ -n ${KEEP_RESULTS:-} ]]; then
     out=$KEEP_RESULTS
@@ -102,11 +108,15 @@ EOF
             for entry in "${order[@]}"; do
                 build=${entry%%:*} exe=${entry#*:}
                 tag=${s}x-w$w-r$r${baseline:+-$build}
+                counting=()
+                if [[ -n $instructions ]]; then
+                    counting=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out/$tag.cg")
+                fi
                 python3 "$root/benches/realistic_run.py" run --label "${s}x" --capture-dir "$dir" --workers "$w" \
-                    ${baseline:+--build "$build"} --run "$r" \
+                    ${baseline:+--build "$build"} --run "$r" ${instructions:+--cachegrind "$out/$tag.cg"} \
                     --summary "$out/$tag.summary.json" --alerts "$out/$tag.alerts.jsonl" --stderr "$out/$tag.stderr" \
                     --out "$out/results.jsonl" -- \
-                    "$exe" replay "$dir/capture.pcap" --config "$dir/shieldtap.toml" --no-progress \
+                    "${counting[@]}" "$exe" replay "$dir/capture.pcap" --config "$dir/shieldtap.toml" --no-progress \
                     --alerts-out "$out/$tag.alerts.jsonl" --summary-json "$out/$tag.summary.json" \
                     --metrics-listen off --workers "$w" || {
                     cat "$out/$tag.stderr" >&2

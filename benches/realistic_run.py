@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Helper of benches/realistic.sh: measures one shieldtap run, and prints the table.
 
-    realistic_run.py run --label L --capture-dir D --workers W [--build B --run N] --summary S --alerts A --out RESULTS.jsonl -- CMD...
+    realistic_run.py run --label L --capture-dir D --workers W [--build B --run N] [--cachegrind F] --summary S --alerts A --out RESULTS.jsonl -- CMD...
     realistic_run.py table RESULTS.jsonl
 
 `run` starts CMD, polls /proc/PID/task/*/stat every 100 ms (the last utime+stime seen per
@@ -17,6 +17,13 @@ runs of the same capture, worker count and run number (run back to back, so the 
 speed, which drifts by 10% or more within an hour on a VM, is alike for both): the
 median over pairs of candidate/baseline CPU seconds, per thread too, and of peak RSS,
 and whether both builds wrote the same alerts.
+
+With `--cachegrind F` (realistic.sh's INSTRUCTIONS=1: CMD runs under `valgrind
+--tool=cachegrind --cache-sim=no --cachegrind-out-file=F`), the run also records the
+instructions executed over all threads (F's `summary:` line). The table then shows
+instructions per transaction, and the comparison their candidate/baseline ratio: on a
+host whose speed drifts, a count of instructions separates two builds where seconds
+cannot (its times are valgrind's, tens of times slower, and only the counts matter).
 """
 
 from __future__ import annotations
@@ -52,6 +59,14 @@ def thread_times(pid: int) -> dict[int, tuple[str, float]]:
         utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
         out[int(tid)] = (name, (utime + stime) / TICK)
     return out
+
+
+def cachegrind_instructions(path: str) -> int:
+    """Instructions over all threads from a cachegrind output file (`summary: N`)."""
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise ValueError(f"{path}: no summary line")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -107,6 +122,12 @@ def cmd_run(a: argparse.Namespace) -> int:
         "approov_verdicts": {k: v for fam in tok.get("verdicts", {}).values() for k, v in fam.items() if v},
         "user_verdicts": {k: v for k, v in tok.get("identity_verdicts", {}).items() if v},
     }
+    if a.cachegrind:
+        try:
+            rec["instructions"] = cachegrind_instructions(a.cachegrind)
+        except (OSError, ValueError) as e:
+            print(f"no instruction count: {e}", file=sys.stderr)
+            return 1
     with open(a.out, "a") as f:
         f.write(json.dumps(rec) + "\n")
     return 0
@@ -146,8 +167,10 @@ def cmd_table(a: argparse.Namespace) -> int:
     def med(rs: list[dict], k: str) -> float:
         return statistics.median(r[k] for r in rs)
 
+    counted = all("instructions" in r for r in recs)
     build_col = f"{'build':10} " if ab else ""
-    print(f"{'capture':8} {'W':>2} {build_col}{'transactions':>12} {'wall s':>7} {'CPU s':>7} {'tx/CPU s':>9} "
+    instr_col = f"{'instr/tx':>9} " if counted else ""
+    print(f"{'capture':8} {'W':>2} {build_col}{'transactions':>12} {instr_col}{'wall s':>7} {'CPU s':>7} {'tx/CPU s':>9} "
           f"{'tx/wall s':>9} {'peak RSS MiB':>12}  CPU s per thread")
     rows: dict[tuple[str, int, str], dict] = {}
     for (label, w, build), rs in groups.items():
@@ -157,7 +180,8 @@ def cmd_table(a: argparse.Namespace) -> int:
         rows[(label, w, build)] = row
         runs = f" (median of {len(rs)})" if len(rs) > 1 else ""
         cell = f"{build:10} " if ab else ""
-        print(f"{label:8} {w:>2} {cell}{row['tx']:>12,} {row['wall']:>7.2f} {row['cpu']:>7.2f} "
+        instr = f"{med(rs, 'instructions') / row['tx']:>9,.0f} " if counted else ""
+        print(f"{label:8} {w:>2} {cell}{row['tx']:>12,} {instr}{row['wall']:>7.2f} {row['cpu']:>7.2f} "
               f"{row['tx'] / row['cpu']:>9,.0f} {row['tx'] / row['wall']:>9,.0f} {row['rss']:>12.0f}  "
               f"{fmt_threads(best['threads'])}{runs}")
     print()
@@ -212,7 +236,10 @@ def compare(recs: list[dict]) -> None:
                     ratios.append(tc / tb)
             if ratios:
                 per_thread.append(f"{t} {statistics.median(ratios):.3f}")
-        print(f"{label} W{w}: candidate/baseline over {len(ps)} pair(s): CPU s {statistics.median(cpu):.3f} "
+        instr = [c["instructions"] / b["instructions"] for b, c in ps if "instructions" in b and "instructions" in c]
+        counted = (f"instructions {statistics.median(instr):.3f} (pairs {min(instr):.3f} to {max(instr):.3f}), "
+                   if instr else "")
+        print(f"{label} W{w}: candidate/baseline over {len(ps)} pair(s): {counted}CPU s {statistics.median(cpu):.3f} "
               f"(pairs {min(cpu):.3f} to {max(cpu):.3f}), peak RSS {statistics.median(rss):.3f}; "
               f"per thread: {', '.join(per_thread)}")
 
@@ -229,6 +256,7 @@ def main() -> int:
     r.add_argument("--summary", required=True)
     r.add_argument("--alerts", required=True)
     r.add_argument("--stderr")
+    r.add_argument("--cachegrind", help="cachegrind output file of the run (instructions executed)")
     r.add_argument("--out", required=True)
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     t = sub.add_parser("table")

@@ -93,6 +93,117 @@ fn two_builds_are_compared_pair_by_pair() {
     assert!(out.contains("alerts over all runs, worker counts and builds: identical"));
 }
 
+/// Runs counted by cachegrind (`INSTRUCTIONS=1`): the table shows instructions per
+/// transaction and the comparison their candidate/baseline ratio over the pairs, besides
+/// the seconds.
+#[test]
+fn counted_instructions_are_shown_and_compared() {
+    let counted = |build: &str, run: u32, cpu: f64, instructions: u64| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&record(build, run, cpu, 6.0, 900.0, "a")).expect("json");
+        v["instructions"] = instructions.into();
+        v.to_string()
+    };
+    // Per transaction: baseline 25,000 M / 400,000 = 62,500; candidate 58,100 (23,240 M).
+    // Pairs: 23,240 / 25,000 = 0.9296 and 23,000 / 25,000 = 0.92.
+    let lines = vec![
+        counted("baseline", 1, 300.0, 25_000_000_000),
+        counted("candidate", 1, 310.0, 23_240_000_000),
+        counted("baseline", 2, 300.0, 25_000_000_000),
+        counted("candidate", 2, 290.0, 23_000_000_000),
+    ];
+    let (code, out) = table(&lines);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines().next().is_some_and(|h| h.contains("instr/tx")),
+        "{out}"
+    );
+    let row = |b: &str| {
+        out.lines()
+            .find(|l| l.starts_with("1x") && l.contains(b) && l.contains("400,000"))
+            .unwrap_or_else(|| panic!("no {b} row in:\n{out}"))
+            .to_string()
+    };
+    assert!(row("baseline").contains(" 62,500 "), "{}", row("baseline"));
+    // The candidate's median: (23,240 M + 23,000 M) / 2 / 400,000 = 57,800.
+    assert!(
+        row("candidate").contains(" 57,800 "),
+        "{}",
+        row("candidate")
+    );
+    let cmp = out
+        .lines()
+        .find(|l| l.starts_with("1x W1: candidate/baseline"))
+        .unwrap_or_else(|| panic!("no comparison line in:\n{out}"));
+    assert!(
+        cmp.contains("instructions 0.925 (pairs 0.920 to 0.930)"),
+        "{cmp}"
+    );
+    assert!(cmp.contains("CPU s 1.000"), "{cmp}");
+    // Runs not counted keep the plain table.
+    let (_, plain) = table(&[record("", 1, 9.0, 6.0, 140.0, "a")]);
+    assert!(!plain.contains("instr/tx"), "{plain}");
+}
+
+/// `run --cachegrind F` records the instructions of F's `summary:` line; a file without
+/// one fails the run rather than record nothing.
+#[test]
+fn a_counted_run_records_the_instructions_of_its_cachegrind_file() {
+    let dir = tempfile_dir().join("counted");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let summary = dir.join("summary.json");
+    std::fs::write(
+        &summary,
+        r#"{"http": {"transactions": 10}, "alerts_written": 0}"#,
+    )
+    .expect("summary");
+    let alerts = dir.join("alerts.jsonl");
+    std::fs::write(&alerts, "").expect("alerts");
+    let run = |cg: &str| {
+        let file = dir.join("out.cg");
+        std::fs::write(&file, cg).expect("cachegrind file");
+        let results = dir.join("results.jsonl");
+        let _ = std::fs::remove_file(&results);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/realistic_run.py");
+        let ok = Command::new("python3")
+            .arg(script)
+            .args([
+                "run",
+                "--label",
+                "1x",
+                "--capture-dir",
+                "/nonexistent",
+                "--workers",
+                "1",
+            ])
+            .arg("--cachegrind")
+            .arg(&file)
+            .arg("--summary")
+            .arg(&summary)
+            .arg("--alerts")
+            .arg(&alerts)
+            .arg("--out")
+            .arg(&results)
+            .args(["--", "true"])
+            .output()
+            .expect("python3 runs")
+            .status
+            .success();
+        let rec = std::fs::read_to_string(&results)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(t.trim()).ok());
+        (ok, rec)
+    };
+    let (ok, rec) = run("desc: --cache-sim=no\nevents: Ir\nfl=x\n1 5\nsummary: 23244272209\n");
+    assert!(ok);
+    let rec = rec.expect("a result line");
+    assert_eq!(rec["instructions"], 23_244_272_209u64);
+    assert_eq!(rec["transactions"], 10);
+    let (ok, rec) = run("events: Ir\n");
+    assert!(!ok && rec.is_none(), "{rec:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn builds_that_alert_differently_fail_the_table() {
     let lines = vec![
