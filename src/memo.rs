@@ -305,7 +305,7 @@ impl<V: Clone> Memo<V> {
             if let Some(e) = self.window.remove(hash) {
                 match self.room(hash, e.bytes) {
                     Some(i) => self.put(i, e),
-                    None => self.window.put_back(hash, e),
+                    None => self.window.push(hash, e),
                 }
             }
             return Ok(answer);
@@ -349,18 +349,20 @@ impl<V: Clone> Memo<V> {
         }
         let b = ((hash >> 32) as usize) & (self.seen.len() - 1);
         let recent = &mut self.seen[b];
-        let again = recent.contains(&hash);
-        if !again {
+        // Met again: a slot, or nothing. Met once: remembered, and the window.
+        let slot = if recent.contains(&hash) {
+            match self.room(hash, bytes) {
+                Some(i) => Some(i),
+                None => return,
+            }
+        } else {
             recent.rotate_right(1);
             recent[0] = hash;
             if !self.window.admits(bytes) {
                 return;
             }
-        }
-        let slot = if again { self.room(hash, bytes) } else { None };
-        if again && slot.is_none() {
-            return;
-        }
+            None
+        };
         let check = match self.secret {
             Some(s) => Check::Digest(d.unwrap_or_else(|| digest(&s, k))),
             None => {
@@ -531,11 +533,6 @@ impl<V> Window<V> {
         let (e, _) = self.entries.remove(&hash)?;
         self.held -= Window::<V>::cost(e.bytes);
         Some(e)
-    }
-
-    /// Puts back an entry [`Window::remove`] took, as the newest.
-    fn put_back(&mut self, hash: u64, e: Entry<V>) {
-        self.push(hash, e);
     }
 
     /// Keeps `e` as the newest entry, pushing out the oldest to make room (none when the

@@ -16,30 +16,48 @@ use shieldtap::config::Config;
 use shieldtap::runtime::{PacketPath, Shared};
 use shieldtap::telemetry::metrics::Hub;
 
-/// Every frame of `dir`'s capture through a fresh packet path; the events as JSON lines,
-/// the (scans, memoized) and (decodes, memoized) counts.
-fn events(dir: &Path, memo: bool) -> (Vec<String>, (u64, u64), (u64, u64)) {
-    let cfg = Config::load(&dir.join("shieldtap.toml")).expect("sample config");
+/// Feeds every frame of a capture to the callback it is given.
+type Frames<'a> = dyn FnMut(&mut dyn FnMut(Frame<'_>)) + 'a;
+
+/// The frames of `dir`'s recorded capture.
+fn sample(dir: &Path) -> impl FnMut(&mut dyn FnMut(Frame<'_>)) + '_ {
+    move |each: &mut dyn FnMut(Frame<'_>)| {
+        let mut stats = CaptureStats::default();
+        capture::read_file(
+            &dir.join("capture.pcap"),
+            &Progress::default(),
+            &mut stats,
+            &mut |f: Frame<'_>| each(f),
+        )
+        .expect("the sample capture reads");
+    }
+}
+
+/// Frames through a fresh packet path (`eager`: the parser decodes every body as its
+/// message completes, else responses stay coded until their scan; `forget`: the memos are
+/// emptied after every frame): the events as JSON lines, and the path for its counts.
+fn run(
+    cfg: &Config,
+    frames: &mut Frames<'_>,
+    eager: bool,
+    forget: bool,
+) -> (Vec<String>, PacketPath) {
     let rules = shieldtap::rules::builtin().expect("built-in rules");
-    let shared = Shared::new(&cfg, rules, Arc::new(Hub::default())).expect("judges");
-    let mut path = PacketPath::new(&cfg, shared);
+    let shared = Shared::new(cfg, rules, Arc::new(Hub::default())).expect("judges");
+    let mut path = PacketPath::new(cfg, shared);
+    if eager {
+        path.decode_in_parser();
+    }
     let mut out = Vec::new();
-    let mut stats = CaptureStats::default();
     let mut last = None;
-    capture::read_file(
-        &dir.join("capture.pcap"),
-        &Progress::default(),
-        &mut stats,
-        &mut |f: Frame<'_>| {
-            last = Some(f.ts);
-            path.frame(f);
-            if !memo {
-                path.forget_scans();
-            }
-            out.extend(path.events());
-        },
-    )
-    .expect("the sample capture reads");
+    frames(&mut |f: Frame<'_>| {
+        last = Some(f.ts);
+        path.frame(f);
+        if forget {
+            path.forget_scans();
+        }
+        out.extend(path.events());
+    });
     // Connections still open are flushed as the end of a capture flushes them.
     if let Some(ts) = last {
         path.advance(shieldtap::capture::Timestamp(ts.0 + 3_600_000_000_000));
@@ -49,6 +67,14 @@ fn events(dir: &Path, memo: bool) -> (Vec<String>, (u64, u64), (u64, u64)) {
         .iter()
         .map(|e| serde_json::to_string(e).expect("events serialize"))
         .collect();
+    (lines, path)
+}
+
+/// Every frame of `dir`'s capture through a fresh packet path; the events as JSON lines,
+/// the (scans, memoized) and (decodes, memoized) counts.
+fn events(dir: &Path, memo: bool) -> (Vec<String>, (u64, u64), (u64, u64)) {
+    let cfg = Config::load(&dir.join("shieldtap.toml")).expect("sample config");
+    let (lines, path) = run(&cfg, &mut sample(dir), false, !memo);
     (lines, path.response_scans(), path.body_decodes())
 }
 
@@ -95,39 +121,15 @@ fn the_memo_changes_no_event() {
     );
 }
 
-/// Feeds every frame of a capture to the callback it is given.
-type Frames<'a> = dyn FnMut(&mut dyn FnMut(Frame<'_>)) + 'a;
-
-/// Frames through a fresh packet path (`eager`: the parser decodes every body as its
-/// message completes; else responses stay coded until their scan, which finds a body met
-/// before by its bytes as sent): the events as JSON lines and the HTTP counters as JSON,
-/// without the counts of answers from the memos (which are what differs).
+/// [`run`] compared across `eager`: the events as JSON lines and the HTTP counters as
+/// JSON, without the counts of answers from the memos (which are what differs), and those
+/// counts (decodings, scans).
 fn through(
     cfg: &Config,
     frames: &mut Frames<'_>,
     eager: bool,
 ) -> (Vec<String>, serde_json::Value, (u64, u64)) {
-    let rules = shieldtap::rules::builtin().expect("built-in rules");
-    let shared = Shared::new(cfg, rules, Arc::new(Hub::default())).expect("judges");
-    let mut path = PacketPath::new(cfg, shared);
-    if eager {
-        path.decode_in_parser();
-    }
-    let mut out = Vec::new();
-    let mut last = None;
-    frames(&mut |f: Frame<'_>| {
-        last = Some(f.ts);
-        path.frame(f);
-        out.extend(path.events());
-    });
-    if let Some(ts) = last {
-        path.advance(shieldtap::capture::Timestamp(ts.0 + 3_600_000_000_000));
-    }
-    out.extend(path.events());
-    let lines = out
-        .iter()
-        .map(|e| serde_json::to_string(e).expect("events serialize"))
-        .collect();
+    let (lines, path) = run(cfg, frames, eager, false);
     let mut stats = serde_json::to_value(path.http_stats()).expect("stats serialize");
     let memoized = (
         stats["body_decodes_memoized"].as_u64().unwrap_or(0),
@@ -155,16 +157,7 @@ fn responses_left_coded_give_what_decoding_in_the_parser_gives() {
     ] {
         let dir = root.join(name);
         let cfg = Config::load(&dir.join("shieldtap.toml")).expect("sample config");
-        let mut frames = |each: &mut dyn FnMut(Frame<'_>)| {
-            let mut stats = CaptureStats::default();
-            capture::read_file(
-                &dir.join("capture.pcap"),
-                &Progress::default(),
-                &mut stats,
-                &mut |f: Frame<'_>| each(f),
-            )
-            .expect("the sample capture reads");
-        };
+        let mut frames = sample(&dir);
         let (coded, coded_stats, coded_memo) = through(&cfg, &mut frames, false);
         let (eager, eager_stats, eager_memo) = through(&cfg, &mut frames, true);
         assert_eq!(coded_stats, eager_stats, "{name}: the same counts");

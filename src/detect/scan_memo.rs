@@ -81,8 +81,8 @@ pub struct Memoized {
     decoded: Option<crate::http::DecodedSummary>,
 }
 
-/// A lookup of a coded body that found nothing: scan the decoded bytes and offer them
-/// with [`ScanMemo::offer_coded`].
+/// A lookup of a coded body that found nothing: decode it, then hand the decoded bytes to
+/// [`ScanMemo::scan_coded`].
 #[must_use]
 pub(crate) struct CodedMiss(crate::memo::Miss);
 
@@ -147,11 +147,7 @@ impl ScanMemo {
     /// The scan of a response body: the one made before for the same bytes, headers that
     /// matter and `want_ids`, else a new one (kept for next time).
     pub fn scan(&mut self, headers: &[Header], body: &[u8], want_ids: bool) -> Arc<Scan> {
-        let ctype = header(headers, "content-type").unwrap_or_default();
-        let shared = exposure::shared_cacheable(headers);
-        self.head.clear();
-        self.head.push(u8::from(want_ids) | u8::from(shared) << 1);
-        self.head.extend_from_slice(ctype);
+        let (ctype, shared) = self.make_head(headers, want_ids, None);
         let k = Key {
             head: &self.head,
             body,
@@ -175,23 +171,32 @@ impl ScanMemo {
         }
     }
 
-    /// The key's head for a response body still coded ([`crate::http::Body::coded`]): the
-    /// flags (with the coded bit), the `Content-Type` value, then what decoding depends on
-    /// ([`crate::http::decode_key_head`], fixed length, so heads never run into each other).
-    fn coded_head(&mut self, headers: &[Header], decode_head: &[u8], want_ids: bool) {
+    /// Writes the key's head into `self.head`: the flags, the `Content-Type` value and, for
+    /// a response body still coded ([`crate::http::Body::coded`]), the coded flag and what
+    /// decoding depends on ([`crate::http::decode_key_head`], fixed length, so heads never
+    /// run into each other). Returns the `Content-Type` value and whether a shared cache
+    /// may serve the response, which the scan takes too.
+    fn make_head<'h>(
+        &mut self,
+        headers: &'h [Header],
+        want_ids: bool,
+        decode_head: Option<&[u8]>,
+    ) -> (&'h [u8], bool) {
         let ctype = header(headers, "content-type").unwrap_or_default();
         let shared = exposure::shared_cacheable(headers);
+        let coded = if decode_head.is_some() { CODED } else { 0 };
         self.head.clear();
         self.head
-            .push(u8::from(want_ids) | u8::from(shared) << 1 | CODED);
+            .push(u8::from(want_ids) | u8::from(shared) << 1 | coded);
         self.head.extend_from_slice(ctype);
-        self.head.extend_from_slice(decode_head);
+        self.head.extend_from_slice(decode_head.unwrap_or_default());
+        (ctype, shared)
     }
 
     /// The scan of a response body found by its bytes as sent (`coded`, still holding its
     /// content codings) and what decoding them gave, made before for the same bytes,
     /// headers that matter, decoding and `want_ids`; else a miss: decode, then
-    /// [`ScanMemo::offer_coded`]. A hit needs neither decoding nor scanning.
+    /// [`ScanMemo::scan_coded`]. A hit needs neither decoding nor scanning.
     pub(crate) fn lookup_coded(
         &mut self,
         headers: &[Header],
@@ -199,7 +204,7 @@ impl ScanMemo {
         decode_head: &[u8],
         want_ids: bool,
     ) -> Result<(Arc<Scan>, crate::http::DecodedSummary), CodedMiss> {
-        self.coded_head(headers, decode_head, want_ids);
+        self.make_head(headers, want_ids, Some(decode_head));
         let k = Key {
             head: &self.head,
             body: coded,
@@ -212,16 +217,15 @@ impl ScanMemo {
                 self.hits += 1;
                 Ok(hit)
             }
-            // Coded keys always keep what decoding gave (see `offer_coded`).
+            // Coded keys always keep what decoding gave (see `scan_coded`).
             Ok(None) => Err(CodedMiss(crate::memo::Miss::never())),
             Err(miss) => Err(CodedMiss(miss)),
         }
     }
 
     /// After [`ScanMemo::lookup_coded`] missed: the scan of `decoded` (the body's bytes
-    /// after decoding, or as sent when decoding failed; not empty), found by those bytes
-    /// when met before (the same answer coded otherwise: a gzip header carries its time)
-    /// else made, offered with `summary` under the coded bytes' key too.
+    /// after decoding, or as sent when decoding failed; not empty), offered with `summary`
+    /// under the coded bytes' key.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn scan_coded(
         &mut self,
@@ -234,10 +238,8 @@ impl ScanMemo {
         summary: crate::http::DecodedSummary,
     ) -> Arc<Scan> {
         self.misses += 1;
-        let ctype = header(headers, "content-type").unwrap_or_default();
-        let shared = exposure::shared_cacheable(headers);
+        let (ctype, shared) = self.make_head(headers, want_ids, Some(decode_head));
         let scan = Arc::new(exposure::scan_typed(ctype, shared, decoded, want_ids));
-        self.coded_head(headers, decode_head, want_ids);
         let k = Key {
             head: &self.head,
             body: coded,

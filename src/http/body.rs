@@ -320,6 +320,18 @@ pub(crate) fn decode_into(
     stats: &mut super::HttpStats,
 ) {
     let (decoded, memoized) = decode_memoized(&body.data, codings, cfg, body.truncated);
+    settle_decoded(body, decoded, memoized, anomalies, stats);
+}
+
+/// Puts a decoding of the body's kept bytes on the body: the decoded bytes replace them
+/// (kept as sent when decoding failed), and the outcome is recorded ([`apply_decoded`]).
+pub(crate) fn settle_decoded(
+    body: &mut super::Body,
+    decoded: Result<Decoded, DecodeFailed>,
+    memoized: bool,
+    anomalies: &mut super::AnomalySet,
+    stats: &mut super::HttpStats,
+) {
     let summary = DecodedSummary::of(&decoded);
     if let Ok(d) = decoded {
         crate::http::recycle_body(std::mem::replace(&mut body.data, d.data));

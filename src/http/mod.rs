@@ -19,7 +19,7 @@ mod parser;
 
 pub(crate) use body::{
     DecodeMemo, DecodedSummary, apply_decoded, decode_deferred, decode_key_head, decode_memo,
-    decode_memoized, set_decode_memo,
+    decode_memoized, set_decode_memo, settle_decoded,
 };
 pub use body::{decode_memo_usage, forget_decodes};
 pub use parser::{HttpConn, HttpStats, METHOD_CLASSES, STATUS_CLASSES};

@@ -1200,10 +1200,7 @@ fn scan_response(
                     summary,
                 )
             });
-            if let Ok(d) = decoded {
-                crate::http::recycle_body(std::mem::replace(&mut r.body.data, d.data));
-            }
-            crate::http::apply_decoded(summary, memoized, &mut r.body, anomalies, stats);
+            crate::http::settle_decoded(&mut r.body, decoded, memoized, anomalies, stats);
             scan
         }
     };
