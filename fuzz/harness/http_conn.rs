@@ -3,7 +3,9 @@
 //! what it holds must stay within the configured caps (HTTP/1.x's, or HTTP/2's once the
 //! connection is HTTP/2).
 //!
-//! Input layout: byte 0 picks how many control bytes follow (1..=16); the control bytes are
+//! Input layout: byte 0 picks how many control bytes follow (1..=16), whether bodies are
+//! decoded (bit 7 clear) and whether responses are left coded for the caller (bit 6 set,
+//! decoded by `Transaction::decode_deferred` as a scan would); the control bytes are
 //! used in turn, one per call (bit 7: direction; low 7 bits: 0..=119 feed that many bytes
 //! plus one, 120..=127 report a gap of 16..=128 bytes); the rest is the stream payload.
 
@@ -49,6 +51,7 @@ pub fn run(data: &[u8], preface: bool) {
         max_pending_requests: MAX_PENDING,
         max_pending_bytes: MAX_PENDING_BYTES,
         decode_bodies: first & 0x80 == 0,
+        defer_response_decoding: first & 0x40 != 0,
     };
     let mut conn = HttpConn::new();
     let mut out = Vec::new();
@@ -95,17 +98,19 @@ pub fn run(data: &[u8], preface: bool) {
             "{} > {bound}",
             conn.buffered_bytes()
         );
-        check(&out);
+        check(&cfg, &mut out, &mut stats);
         out.clear();
     }
     conn.close(&cfg, Timestamp(u64::MAX), &mut out, &mut stats);
-    check(&out);
+    check(&cfg, &mut out, &mut stats);
     assert_eq!(conn.buffered_bytes(), 0);
     assert!(conn.opaque() || stats.transactions >= out.len() as u64);
 }
 
-fn check(out: &[shieldtap::http::Transaction]) {
+/// Settles any response left coded (as a scan would), then checks the caps.
+fn check(cfg: &HttpConfig, out: &mut [shieldtap::http::Transaction], stats: &mut HttpStats) {
     for t in out {
+        t.decode_deferred(cfg, stats);
         for body in [
             t.request.as_ref().map(|r| &r.body),
             t.response.as_ref().map(|r| &r.body),

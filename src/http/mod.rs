@@ -18,8 +18,8 @@ pub mod h2;
 mod parser;
 
 pub(crate) use body::{
-    DecodeMemo, DecodedSummary, apply_decoded, decode_deferred, decode_key_head, decode_memo,
-    decode_memoized, set_decode_memo, settle_decoded,
+    DecodeMemo, DecodedSummary, apply_decoded, decode_key_head, decode_memo, decode_memoized,
+    set_decode_memo, settle_decoded,
 };
 pub use body::{decode_memo_usage, forget_decodes};
 pub use parser::{HttpConn, HttpStats, METHOD_CLASSES, STATUS_CLASSES};
@@ -118,7 +118,7 @@ pub struct Body {
     pub trailers: Vec<Header>,
     /// The content codings `data` still holds, when the parser left undoing them to the
     /// one who reads the body ([`HttpConfig::defer_response_decoding`]): `data` is then
-    /// as sent, and [`decode_deferred`] or a memo of what was made from these bytes
+    /// as sent, and [`Transaction::decode_deferred`] or a memo of what was made from these bytes
     /// settles the body as decoding it in the parser would have.
     pub(crate) coded: Option<body::Codings>,
 }
@@ -165,6 +165,16 @@ pub struct Transaction {
 impl Transaction {
     pub fn paired(&self) -> bool {
         self.request.is_some() && self.response.is_some()
+    }
+
+    /// Decodes a response body the parser left coded
+    /// ([`HttpConfig::defer_response_decoding`]) as the parser would have: the decoded
+    /// bytes replace the coded ones, and the outcome lands on the body, the transaction's
+    /// anomalies and `stats`. Nothing to do for any other transaction.
+    pub fn decode_deferred(&mut self, cfg: &HttpConfig, stats: &mut HttpStats) {
+        if let Some(r) = self.response.as_mut() {
+            body::decode_deferred(&mut r.body, &mut self.anomalies, cfg, stats);
+        }
     }
 }
 

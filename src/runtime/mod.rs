@@ -1064,16 +1064,9 @@ impl HttpHandler {
             );
             // A coded response the event did not scan (no request) is decoded as the
             // parser would have, for its record and counts.
-            if let Some(r) = tx.response.as_mut()
-                && r.body.coded.is_some()
-            {
+            if tx.response.as_ref().is_some_and(|r| r.body.coded.is_some()) {
                 let before = tx.anomalies;
-                crate::http::decode_deferred(
-                    &mut r.body,
-                    &mut tx.anomalies,
-                    &self.cfg,
-                    &mut self.stats,
-                );
+                tx.decode_deferred(&self.cfg, &mut self.stats);
                 count_new_anomalies(before, tx.anomalies, &mut self.stats);
             }
             if let Some(mut ev) = ev {
