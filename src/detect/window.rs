@@ -1069,8 +1069,9 @@ impl KeyState {
         Some(episode)
     }
 
-    /// A baseline window that has ended by `now` with no event since: its sample.
-    pub fn closed_sample(&mut self, now: Timestamp, det: &Detector) -> Option<Sample> {
+    /// A baseline window that has ended by `now` with no event since: its sample (a
+    /// window's request count, learned for the key's endpoint).
+    pub fn closed_sample(&mut self, now: Timestamp, det: &Detector) -> Option<(&KeyValue, u32)> {
         let (_, window_ns) = spans(det);
         let Track::Tumble {
             index,
@@ -1084,11 +1085,7 @@ impl KeyState {
             return None;
         }
         let sample = match (&self.endpoint, *fired) {
-            (Some(e), false) => Some(Sample {
-                endpoint: e.clone(),
-                count: *count,
-                wide: false,
-            }),
+            (Some(e), false) => Some((e, *count)),
             _ => None,
         };
         *count = 0;
