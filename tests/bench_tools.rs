@@ -42,6 +42,21 @@ fn table(lines: &[String]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// The table's candidate/baseline line for 1x with one worker.
+fn comparison(out: &str) -> &str {
+    out.lines()
+        .find(|l| l.starts_with("1x W1: candidate/baseline"))
+        .unwrap_or_else(|| panic!("no comparison line in:\n{out}"))
+}
+
+/// The table's 1x row of `build`.
+fn row(out: &str, build: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with("1x") && l.contains(build) && l.contains("400,000"))
+        .unwrap_or_else(|| panic!("no {build} row in:\n{out}"))
+        .to_string()
+}
+
 fn tempfile_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!(
         "shieldtap-bench-tools-{}-{:?}",
@@ -66,10 +81,7 @@ fn two_builds_are_compared_pair_by_pair() {
     ];
     let (code, out) = table(&lines);
     assert_eq!(code, 0, "{out}");
-    let cmp = out
-        .lines()
-        .find(|l| l.starts_with("1x W1: candidate/baseline"))
-        .unwrap_or_else(|| panic!("no comparison line in:\n{out}"));
+    let cmp = comparison(&out);
     assert!(
         cmp.contains("over 3 pair(s): CPU s 0.900 (pairs 0.800 to 1.000)"),
         "{cmp}"
@@ -77,12 +89,7 @@ fn two_builds_are_compared_pair_by_pair() {
     assert!(cmp.contains("peak RSS 1.000"), "{cmp}");
     assert!(cmp.contains("worker 0.833"), "{cmp}");
     // Each build has its own row: the candidate's median CPU is 9 s, the baseline's 10.
-    let row = |b: &str| {
-        out.lines()
-            .find(|l| l.starts_with("1x") && l.contains(b) && l.contains("400,000"))
-            .unwrap_or_else(|| panic!("no {b} row in:\n{out}"))
-            .to_string()
-    };
+    let row = |b: &str| row(&out, b);
     assert!(row("candidate").contains(" 9.00 "), "{}", row("candidate"));
     assert!(row("baseline").contains(" 10.00 "), "{}", row("baseline"));
     assert!(
@@ -118,12 +125,7 @@ fn counted_instructions_are_shown_and_compared() {
         out.lines().next().is_some_and(|h| h.contains("instr/tx")),
         "{out}"
     );
-    let row = |b: &str| {
-        out.lines()
-            .find(|l| l.starts_with("1x") && l.contains(b) && l.contains("400,000"))
-            .unwrap_or_else(|| panic!("no {b} row in:\n{out}"))
-            .to_string()
-    };
+    let row = |b: &str| row(&out, b);
     assert!(row("baseline").contains(" 62,500 "), "{}", row("baseline"));
     // The candidate's median: (23,240 M + 23,000 M) / 2 / 400,000 = 57,800.
     assert!(
@@ -131,10 +133,7 @@ fn counted_instructions_are_shown_and_compared() {
         "{}",
         row("candidate")
     );
-    let cmp = out
-        .lines()
-        .find(|l| l.starts_with("1x W1: candidate/baseline"))
-        .unwrap_or_else(|| panic!("no comparison line in:\n{out}"));
+    let cmp = comparison(&out);
     assert!(
         cmp.contains("instructions 0.925 (pairs 0.920 to 0.930)"),
         "{cmp}"

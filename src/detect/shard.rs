@@ -1156,25 +1156,16 @@ mod tests {
                     shard.handle(ShardMsg::Event { seq, event, rules }, out);
                 }
             };
+            let sweep = |shard: &mut Shard, seq: u64, now: Timestamp, out: &mut Vec<Tagged>| {
+                shard.handle(ShardMsg::Sweep { seq, now }, out);
+            };
             feed(&mut shard, &first, &mut out);
             // Window 0 closed, window 1 not yet.
             let mid = first[0].ts.saturating_add(Duration::from_secs(29));
-            shard.handle(
-                ShardMsg::Sweep {
-                    seq: 1_000_000,
-                    now: mid,
-                },
-                &mut out,
-            );
+            sweep(&mut shard, 1_000_000, mid, &mut out);
             feed(&mut shard, &second, &mut out);
             let end = second[0].ts.saturating_add(Duration::from_secs(61));
-            shard.handle(
-                ShardMsg::Sweep {
-                    seq: 2_000_000,
-                    now: end,
-                },
-                &mut out,
-            );
+            sweep(&mut shard, 2_000_000, end, &mut out);
             let st = &shard.rules[0];
             let mut learned: Vec<(String, u64)> = st
                 .baselines
