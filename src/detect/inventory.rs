@@ -36,7 +36,9 @@ struct Route {
     /// first), each with the places of those of its paths that are held: an endpoint
     /// answers with the same few shapes, response after response, and a repeat then costs
     /// a pointer comparison (workers share one copy per shape, and `Arc<str>`'s `==`
-    /// compares pointers first) and a count per field, not a map probe per path.
+    /// compares pointers first) and one count, not a map probe per path: the shape counts
+    /// its repeats, and they reach its paths' counts when it is given up or the inventory
+    /// is read.
     shapes: Vec<Shape>,
 }
 
@@ -47,6 +49,10 @@ struct Shape {
     /// Places in the route's `stats` (under [`MAX_FIELDS`]).
     held: Vec<u16>,
     refused: u64,
+    /// Repeats of this shape not yet in its paths' `seen` nor the route's
+    /// `fields_over_cap` (a count per held path per response was a cache miss each, on
+    /// every response scanned).
+    repeats: u64,
 }
 
 impl Shape {
@@ -62,7 +68,44 @@ impl Shape {
             fields: Arc::from(""),
             held: Vec::new(),
             refused: 0,
+            repeats: 0,
         }
+    }
+
+    /// Its repeats, counted into `stats` and `over_cap` (and no longer its own).
+    fn settle(&mut self, stats: &mut [Field], over_cap: &mut u64) {
+        let n = std::mem::take(&mut self.repeats);
+        if n == 0 {
+            return;
+        }
+        for &i in &self.held {
+            if let Some(f) = stats.get_mut(usize::from(i)) {
+                f.seen += n;
+            }
+        }
+        *over_cap += self.refused * n;
+    }
+}
+
+impl Route {
+    /// A path's `seen`, with the repeats its remembered shapes hold.
+    fn seen(&self, i: usize) -> u64 {
+        let held = self
+            .shapes
+            .iter()
+            .map(|s| s.repeats * s.held.iter().filter(|&&h| usize::from(h) == i).count() as u64)
+            .sum::<u64>();
+        self.stats.get(i).map_or(0, |f| f.seen) + held
+    }
+
+    /// Paths the caps refused, with the repeats its remembered shapes hold.
+    fn over_cap(&self) -> u64 {
+        self.fields_over_cap
+            + self
+                .shapes
+                .iter()
+                .map(|s| s.refused * s.repeats)
+                .sum::<u64>()
     }
 }
 
@@ -132,11 +175,7 @@ impl Inventory {
         // Paths held stay held, and paths refused stay refused (the caps only fill), so a
         // shape met before counts as it did then.
         if let Some(at) = r.shapes.iter().position(|s| s.fields == scan.fields) {
-            let s = &r.shapes[at];
-            for &i in &s.held {
-                r.stats[usize::from(i)].seen += 1;
-            }
-            r.fields_over_cap += s.refused;
+            r.shapes[at].repeats += 1;
             if at > 0 {
                 r.shapes[..=at].rotate_right(1);
             }
@@ -146,7 +185,8 @@ impl Inventory {
                 n if n >= SHAPES_KEPT => r.shapes.pop(),
                 _ => None,
             }
-            .map_or_else(Shape::empty, |old| {
+            .map_or_else(Shape::empty, |mut old| {
+                old.settle(&mut r.stats, &mut r.fields_over_cap);
                 self.shape_bytes = self.shape_bytes.saturating_sub(old.bytes());
                 old
             });
@@ -205,19 +245,18 @@ impl Inventory {
                     .fields
                     .iter()
                     .map(|(p, &i)| {
-                        let f = &r.stats[i];
                         let classes: serde_json::Map<String, Value> = Class::ALL
                             .iter()
-                            .zip(f.classes)
+                            .zip(r.stats.get(i).map_or([0; Class::ALL.len()], |f| f.classes))
                             .filter(|(_, n)| *n > 0)
                             .map(|(c, n)| (c.as_str().to_string(), n.into()))
                             .collect();
-                        (p.to_string(), json!({"seen": f.seen, "classes": classes}))
+                        (p.to_string(), json!({"seen": r.seen(i), "classes": classes}))
                     })
                     .collect();
                 (
                     k.to_string(),
-                    json!({"responses": r.responses, "fields": fields, "fields_over_cap": r.fields_over_cap}),
+                    json!({"responses": r.responses, "fields": fields, "fields_over_cap": r.over_cap()}),
                 )
             })
             .collect();
