@@ -88,14 +88,18 @@ impl Shape {
 }
 
 impl Route {
-    /// A path's `seen`, with the repeats its remembered shapes hold.
-    fn seen(&self, i: usize) -> u64 {
-        let held = self
-            .shapes
-            .iter()
-            .map(|s| s.repeats * s.held.iter().filter(|&&h| usize::from(h) == i).count() as u64)
-            .sum::<u64>();
-        self.stats.get(i).map_or(0, |f| f.seen) + held
+    /// Every path's `seen` (by place in `stats`), with the repeats its remembered shapes
+    /// hold: one pass over the shapes, not one per path.
+    fn seen(&self) -> Vec<u64> {
+        let mut seen: Vec<u64> = self.stats.iter().map(|f| f.seen).collect();
+        for s in &self.shapes {
+            for &i in &s.held {
+                if let Some(n) = seen.get_mut(usize::from(i)) {
+                    *n += s.repeats;
+                }
+            }
+        }
+        seen
     }
 
     /// Paths the caps refused, with the repeats its remembered shapes hold.
@@ -241,6 +245,7 @@ impl Inventory {
             .routes
             .iter()
             .map(|(k, r)| {
+                let seen = r.seen();
                 let fields: serde_json::Map<String, Value> = r
                     .fields
                     .iter()
@@ -251,7 +256,8 @@ impl Inventory {
                             .filter(|(_, n)| *n > 0)
                             .map(|(c, n)| (c.as_str().to_string(), n.into()))
                             .collect();
-                        (p.to_string(), json!({"seen": r.seen(i), "classes": classes}))
+                        let seen = seen.get(i).copied().unwrap_or(0);
+                        (p.to_string(), json!({"seen": seen, "classes": classes}))
                     })
                     .collect();
                 (
