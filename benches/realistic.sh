@@ -31,7 +31,11 @@
 # INSTRUCTIONS=1 (each replay runs under valgrind's cachegrind, tens of times slower: the
 # table adds instructions per transaction over all threads and, with BASELINE, their
 # candidate/baseline ratio, which a host's drifting speed does not blur; its seconds and
-# peak RSS are valgrind's, not shieldtap's).
+# peak RSS are valgrind's, not shieldtap's), INSTRUCTIONS=cache (the same with cachegrind's
+# cache simulator set to this host's L1 data cache and its L2 as the last level, from
+# sysfs: the table adds L1d and L2 misses per transaction and their ratios; slower still.
+# Counts of misses are the same run after run, where timing a change of 1 to 3% is lost in
+# this host's drift and in the layout of the code).
 # Exit status: 0; 1 when a tool is missing, a capture cannot be made or a replay fails;
 # 3 when alerts differ between worker counts.
 set -euo pipefail
@@ -51,7 +55,37 @@ command -v python3 >/dev/null || die "python3 is not installed (apt-get install 
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$runs'"
 [[ -r /proc/self/task ]] || die "/proc is not mounted: per-thread CPU cannot be read"
 instructions=${INSTRUCTIONS:-}
-[[ -z $instructions ]] || command -v valgrind >/dev/null || die "INSTRUCTIONS=1 needs valgrind (apt-get install -y valgrind)"
+[[ -z $instructions ]] || command -v valgrind >/dev/null || die "INSTRUCTIONS=$instructions needs valgrind (apt-get install -y valgrind)"
+
+# This host's cache at LEVEL of TYPE as cachegrind takes it (bytes,ways,line bytes), from
+# sysfs; empty when sysfs does not say.
+cache_of() {
+    local d size
+    for d in /sys/devices/system/cpu/cpu0/cache/index*; do
+        [[ $(cat "$d/level" 2>/dev/null) == "$1" && $(cat "$d/type" 2>/dev/null) == "$2" ]] || continue
+        size=$(cat "$d/size")
+        case $size in
+            *K) size=$((${size%K} * 1024)) ;;
+            *M) size=$((${size%M} * 1024 * 1024)) ;;
+        esac
+        echo "$size,$(cat "$d/ways_of_associativity"),$(cat "$d/coherency_line_size")"
+        return
+    done
+}
+
+cachesim=(--cache-sim=no)
+case $instructions in
+    "" | 1) ;;
+    cache)
+        # Misses of this host's L1 data cache and of its L2 as the last level: a VM's L3
+        # is shared with other guests, and what misses the L2 is what costs.
+        d1=$(cache_of 1 Data) ll=$(cache_of 2 Unified)
+        [[ -n $d1 && -n $ll ]] || die "INSTRUCTIONS=cache: sysfs does not give this host's L1d and L2"
+        cachesim=(--cache-sim=yes "--D1=$d1" "--LL=$ll")
+        echo "cache simulated: D1 $d1, LL (this host's L2) $ll (bytes, ways, line bytes)"
+        ;;
+    *) die "INSTRUCTIONS must be 1 or cache, not '$instructions'" ;;
+esac
 
 if [[ -n ${KEEP_RESULTS:-} ]]; then
     out=$KEEP_RESULTS
@@ -110,7 +144,7 @@ EOF
                 tag=${s}x-w$w-r$r${baseline:+-$build}
                 counting=()
                 if [[ -n $instructions ]]; then
-                    counting=(valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$out/$tag.cg")
+                    counting=(valgrind --tool=cachegrind "${cachesim[@]}" --cachegrind-out-file="$out/$tag.cg")
                 fi
                 python3 "$root/benches/realistic_run.py" run --label "${s}x" --capture-dir "$dir" --workers "$w" \
                     ${baseline:+--build "$build"} --run "$r" ${instructions:+--cachegrind "$out/$tag.cg"} \

@@ -20,7 +20,9 @@ and whether both builds wrote the same alerts.
 
 With `--cachegrind F` (realistic.sh's INSTRUCTIONS=1: CMD runs under `valgrind
 --tool=cachegrind --cache-sim=no --cachegrind-out-file=F`), the run also records the
-instructions executed over all threads (F's `summary:` line). The table then shows
+instructions executed over all threads (F's `summary:` line); with the cache simulator on
+(INSTRUCTIONS=cache), the first-level data and last-level misses too, which the table
+shows per transaction and compares like the instructions. The table then shows
 instructions per transaction, and the comparison their candidate/baseline ratio: on a
 host whose speed drifts, a count of instructions separates two builds where seconds
 cannot (its times are valgrind's, tens of times slower, and only the counts matter).
@@ -61,11 +63,22 @@ def thread_times(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
-def cachegrind_instructions(path: str) -> int:
-    """Instructions over all threads from a cachegrind output file (`summary: N`)."""
+def cachegrind_counts(path: str) -> dict[str, int]:
+    """Counts over all threads from a cachegrind output file: `instructions` (its
+    `summary:` line's first event, Ir), and with the cache simulator on (`events:` then
+    names D1mr, D1mw, DLmr, DLmw), `d1_misses` and `ll_misses`, reads and writes."""
+    events: list[str] = []
     for line in Path(path).read_text().splitlines():
-        if line.startswith("summary:"):
-            return int(line.split()[1])
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith("summary:"):
+            values = [int(v) for v in line.split()[1:]]
+            named = dict(zip(events or ["Ir"], values))
+            out = {"instructions": values[0]}
+            if all(k in named for k in ("D1mr", "D1mw", "DLmr", "DLmw")):
+                out["d1_misses"] = named["D1mr"] + named["D1mw"]
+                out["ll_misses"] = named["DLmr"] + named["DLmw"]
+            return out
     raise ValueError(f"{path}: no summary line")
 
 
@@ -124,7 +137,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     }
     if a.cachegrind:
         try:
-            rec["instructions"] = cachegrind_instructions(a.cachegrind)
+            rec.update(cachegrind_counts(a.cachegrind))
         except (OSError, ValueError) as e:
             print(f"no instruction count: {e}", file=sys.stderr)
             return 1
@@ -168,8 +181,11 @@ def cmd_table(a: argparse.Namespace) -> int:
         return statistics.median(r[k] for r in rs)
 
     counted = all("instructions" in r for r in recs)
+    missed = all("ll_misses" in r for r in recs)
     build_col = f"{'build':10} " if ab else ""
     instr_col = f"{'instr/tx':>9} " if counted else ""
+    if missed:
+        instr_col += f"{'D1 miss/tx':>10} {'LL miss/tx':>10} "
     print(f"{'capture':8} {'W':>2} {build_col}{'transactions':>12} {instr_col}{'wall s':>7} {'CPU s':>7} {'tx/CPU s':>9} "
           f"{'tx/wall s':>9} {'peak RSS MiB':>12}  CPU s per thread")
     rows: dict[tuple[str, int, str], dict] = {}
@@ -181,6 +197,8 @@ def cmd_table(a: argparse.Namespace) -> int:
         runs = f" (median of {len(rs)})" if len(rs) > 1 else ""
         cell = f"{build:10} " if ab else ""
         instr = f"{med(rs, 'instructions') / row['tx']:>9,.0f} " if counted else ""
+        if missed:
+            instr += f"{med(rs, 'd1_misses') / row['tx']:>10,.1f} {med(rs, 'll_misses') / row['tx']:>10,.1f} "
         print(f"{label:8} {w:>2} {cell}{row['tx']:>12,} {instr}{row['wall']:>7.2f} {row['cpu']:>7.2f} "
               f"{row['tx'] / row['cpu']:>9,.0f} {row['tx'] / row['wall']:>9,.0f} {row['rss']:>12.0f}  "
               f"{fmt_threads(best['threads'])}{runs}")
@@ -239,6 +257,10 @@ def compare(recs: list[dict]) -> None:
         instr = [c["instructions"] / b["instructions"] for b, c in ps if "instructions" in b and "instructions" in c]
         counted = (f"instructions {statistics.median(instr):.3f} (pairs {min(instr):.3f} to {max(instr):.3f}), "
                    if instr else "")
+        for key, name in (("d1_misses", "D1 misses"), ("ll_misses", "LL misses")):
+            m = [c[key] / b[key] for b, c in ps if b.get(key) and key in c]
+            if m:
+                counted += f"{name} {statistics.median(m):.3f} (pairs {min(m):.3f} to {max(m):.3f}), "
         print(f"{label} W{w}: candidate/baseline over {len(ps)} pair(s): {counted}CPU s {statistics.median(cpu):.3f} "
               f"(pairs {min(cpu):.3f} to {max(cpu):.3f}), peak RSS {statistics.median(rss):.3f}; "
               f"per thread: {', '.join(per_thread)}")

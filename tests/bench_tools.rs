@@ -200,7 +200,68 @@ fn a_counted_run_records_the_instructions_of_its_cachegrind_file() {
     assert_eq!(rec["transactions"], 10);
     let (ok, rec) = run("events: Ir\n");
     assert!(!ok && rec.is_none(), "{rec:?}");
+    // With the cache simulator (INSTRUCTIONS=cache): the misses by name, reads and
+    // writes summed (a real file's events and summary, from this host's L1d and L2).
+    let (ok, rec) = run("desc: D1 cache: 49152 B, 64 B, 12-way associative\n\
+         events: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw \n\
+         fl=x\n1 5 0 0 0 0 0 0 0 0\n\
+         summary: 23277345439 207810016 5206676 5858737923 145159112 71414022 3501469241 39027121 23986160\n");
+    assert!(ok);
+    let rec = rec.expect("a result line");
+    assert_eq!(rec["instructions"], 23_277_345_439u64);
+    assert_eq!(rec["d1_misses"], 145_159_112u64 + 39_027_121);
+    assert_eq!(rec["ll_misses"], 71_414_022u64 + 23_986_160);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs counted with the cache simulator: the table adds L1d and last-level misses per
+/// transaction, and the comparison their ratios over the pairs.
+#[test]
+fn simulated_misses_are_shown_and_compared() {
+    let counted = |build: &str, run: u32, d1: u64, ll: u64| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&record(build, run, 300.0, 6.0, 900.0, "a")).expect("json");
+        v["instructions"] = 23_000_000_000u64.into();
+        v["d1_misses"] = d1.into();
+        v["ll_misses"] = ll.into();
+        v.to_string()
+    };
+    // Per transaction (400,000): baseline LL 250.0, candidate 240.0 and 235.0 (median
+    // 237.5); pairs 0.96 and 0.94.
+    let lines = vec![
+        counted("baseline", 1, 184_000_000, 100_000_000),
+        counted("candidate", 1, 185_000_000, 96_000_000),
+        counted("baseline", 2, 184_000_000, 100_000_000),
+        counted("candidate", 2, 183_000_000, 94_000_000),
+    ];
+    let (code, out) = table(&lines);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|h| h.contains("D1 miss/tx") && h.contains("LL miss/tx")),
+        "{out}"
+    );
+    assert!(
+        row(&out, "baseline").contains(" 460.0      250.0 "),
+        "{out}"
+    );
+    assert!(
+        row(&out, "candidate").contains(" 460.0      237.5 "),
+        "{out}"
+    );
+    let cmp = comparison(&out);
+    assert!(
+        cmp.contains("LL misses 0.950 (pairs 0.940 to 0.960)"),
+        "{cmp}"
+    );
+    assert!(
+        cmp.contains("D1 misses 1.000 (pairs 0.995 to 1.005)"),
+        "{cmp}"
+    );
+    // Counted without the simulator: no miss columns.
+    let (_, plain) = table(&[counted("", 1, 1, 1).replace("\"ll_misses\":1", "\"x\":1")]);
+    assert!(!plain.contains("LL miss/tx"), "{plain}");
 }
 
 #[test]
