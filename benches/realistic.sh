@@ -78,7 +78,8 @@ case $instructions in
     "" | 1) ;;
     cache)
         # Misses of this host's L1 data cache and of its L2 as the last level: a VM's L3
-        # is shared with other guests, and what misses the L2 is what costs.
+        # is shared with other guests, its share unknown. Most L2 misses hit the L3 and
+        # cost far less than DRAM, so the L2 count is an upper bound on what misses cost.
         d1=$(cache_of 1 Data) ll=$(cache_of 2 Unified)
         [[ -n $d1 && -n $ll ]] || die "INSTRUCTIONS=cache: sysfs does not give this host's L1d and L2"
         cachesim=(--cache-sim=yes "--D1=$d1" "--LL=$ll")
