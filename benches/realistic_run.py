@@ -254,10 +254,8 @@ def compare(recs: list[dict]) -> None:
                     ratios.append(tc / tb)
             if ratios:
                 per_thread.append(f"{t} {statistics.median(ratios):.3f}")
-        instr = [c["instructions"] / b["instructions"] for b, c in ps if "instructions" in b and "instructions" in c]
-        counted = (f"instructions {statistics.median(instr):.3f} (pairs {min(instr):.3f} to {max(instr):.3f}), "
-                   if instr else "")
-        for key, name in (("d1_misses", "D1 misses"), ("ll_misses", "LL misses")):
+        counted = ""
+        for key, name in (("instructions", "instructions"), ("d1_misses", "D1 misses"), ("ll_misses", "LL misses")):
             m = [c[key] / b[key] for b, c in ps if b.get(key) and key in c]
             if m:
                 counted += f"{name} {statistics.median(m):.3f} (pairs {min(m):.3f} to {max(m):.3f}), "
