@@ -494,8 +494,14 @@ impl Walker {
         let wire_ip_payload = match &ip {
             LaxIpSlice::Ipv4(v4) => {
                 let h = v4.header();
+                // Summed over the header's bytes as sent, its checksum field included: a
+                // correct header sums to all ones. (Rebuilding the header to recompute the
+                // field cost a copy of it per packet, and dropped the reserved flag bit.)
                 if self.cfg.checksums != Checksums::Never
-                    && h.to_header().calc_header_checksum() != h.header_checksum()
+                    && etherparse::checksum::Sum16BitWords::new()
+                        .add_slice(h.slice())
+                        .ones_complement()
+                        != 0
                 {
                     self.stats.bad_ipv4_checksum += 1;
                 }
@@ -1525,6 +1531,43 @@ mod tests {
         let (_, _, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &f);
         assert_eq!(p, b"offload");
         assert_eq!(d.stats().bad_tcp_checksum, 1);
+        assert_eq!(d.stats().bad_ipv4_checksum, 1);
+    }
+
+    /// RFC 1071's checksum, word by word: the test's own oracle.
+    fn rfc1071(header: &[u8]) -> u16 {
+        let mut sum: u32 = header
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn ipv4_checksum_covers_options_and_every_flag_as_sent() {
+        // A 24-byte header (one option word: three NOPs and an end) with the reserved
+        // flag bit set, checksummed over its bytes as they are on the wire.
+        let plain = eth_tcp(b"opts");
+        let mut f = plain[..14 + 20].to_vec();
+        f.extend_from_slice(&[1, 1, 1, 0]);
+        f.extend_from_slice(&plain[14 + 20..]);
+        f[14] = 0x46;
+        let total = u16::from_be_bytes([f[16], f[17]]) + 4;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[14 + 6] |= 0x80;
+        f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let sum = rfc1071(&f[14..14 + 24]);
+        f[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+        let mut d = dec();
+        let (_, _, _, p, _) = tcp_of(&mut d, LinkType::Ethernet, &f);
+        assert_eq!(p, b"opts");
+        assert_eq!(d.stats().bad_ipv4_checksum, 0);
+        // A byte of the option changed: the sum no longer holds.
+        f[14 + 21] = 0x02;
+        tcp_of(&mut d, LinkType::Ethernet, &f);
         assert_eq!(d.stats().bad_ipv4_checksum, 1);
     }
 
