@@ -20,7 +20,7 @@ pub use checkpoint::{CHECKPOINT_VERSION, CheckpointError, RestoreNote};
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
 
-use super::window::{Episode, KeyState, Observed, Sample};
+use super::window::{self, Episode, KeyState, Observed, Sample};
 use super::{Alert, DetectStats, Event, KeyField, KeyValue, alert, matcher_matches};
 use crate::budget::{Table, Usage};
 use crate::capture::Timestamp;
@@ -343,8 +343,9 @@ impl RuleState {
 const MAX_BASELINES: usize = 4096;
 
 /// Runs one event through a key's detector and learns the baseline sample it gave (a
-/// closed window, or a response that did not stand out). One at most per event: kept
-/// inline, as outlier rules give one for nearly every response.
+/// closed window, or a response that did not stand out). One at most per event, handed
+/// back in an `Option`: outlier rules give one for nearly every response, and a buffer of
+/// samples cost its setup and drop on every rule update.
 fn observe_learning(
     ks: &mut KeyState,
     rule: &Rule,
@@ -354,9 +355,9 @@ fn observe_learning(
     room: bool,
     stats: &mut DetectStats,
 ) -> Option<Box<Episode>> {
-    let mut samples = smallvec::SmallVec::<[Sample; 1]>::new();
-    let fired = ks.observe(rule, o, stats, &mut |s| samples.push(s));
-    for s in samples {
+    let mut sample = None;
+    let fired = ks.observe(rule, o, stats, &mut sample);
+    if let Some(s) = sample {
         learn(
             baselines,
             baseline_bytes,
@@ -712,6 +713,23 @@ impl Shard {
             let fresh_outlier =
                 matches!(det.kind, DetectorKind::Outlier { .. }) && !st.keys.contains_key(&key);
             if fresh_outlier {
+                // Nearly every response: judged and learned from without a state made and
+                // dropped for it (what `observe` would do for a fresh key).
+                if let Some(judged) = window::outlier(det, ev, o.level)
+                    && judged.stands_out.is_none()
+                {
+                    if let Some(endpoint) = baseline_endpoint(det, ev) {
+                        learn(
+                            &mut st.baselines,
+                            &mut st.baseline_bytes,
+                            room,
+                            judged.sample(endpoint),
+                            rule_quantile(&st.rule),
+                            &mut self.stats,
+                        );
+                    }
+                    continue;
+                }
                 let mut ks = KeyState::new(det, baseline_endpoint(det, ev));
                 let fired = observe_learning(
                     &mut ks,

@@ -599,6 +599,48 @@ pub(super) struct Sample {
     pub wide: bool,
 }
 
+/// An outlier detector's judgement of one response.
+pub(super) struct Outlier {
+    /// What it measures: records listed, or body bytes.
+    pub size: u32,
+    wide: bool,
+    /// The endpoint's level, when the response stands out against it.
+    pub stands_out: Option<f64>,
+}
+
+impl Outlier {
+    /// The sample a response that did not stand out teaches its endpoint's baseline.
+    pub fn sample(&self, endpoint: KeyValue) -> Sample {
+        Sample {
+            endpoint,
+            count: self.size,
+            wide: self.wide,
+        }
+    }
+}
+
+/// Judges one response for an outlier detector against its endpoint's `level` (`None`
+/// while the baseline is still learning); `None` for other detectors. A key's state needs
+/// no more than this: the shard judges responses of keys it does not hold without one.
+pub(super) fn outlier(det: &Detector, ev: &Event, level: Option<f64>) -> Option<Outlier> {
+    let DetectorKind::Outlier {
+        factor, measure, ..
+    } = &det.kind
+    else {
+        return None;
+    };
+    let size = match measure {
+        Measure::Records => ev.exposure.as_ref().map_or(0, |s| s.records),
+        Measure::Bytes => ev.body_bytes.unwrap_or(0),
+    };
+    let stands_out = level.filter(|l| size >= det.threshold && f64::from(size) > factor * l);
+    Some(Outlier {
+        size,
+        wide: *measure == Measure::Bytes,
+        stands_out,
+    })
+}
+
 /// State of one key under one rule. Serializable for shard checkpoints; the window sizes
 /// are the rule's ([`spans`]), never kept per key.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -714,13 +756,14 @@ impl KeyState {
     /// Takes one matching event; `Some` when the detector fires (the episode to alert on,
     /// in its box: moved out by value, the few hundred bytes of an `Option<Episode>` were
     /// copied through each caller for every event, fired or not).
-    /// A baseline window that closed is handed to `learn`.
+    /// The sample to learn, when a baseline window closed or an outlier did not stand out,
+    /// is left in `learn` (one at most: a key's track is one kind or the other).
     pub fn observe(
         &mut self,
         rule: &Rule,
         o: Observed<'_>,
         stats: &mut DetectStats,
-        learn: &mut dyn FnMut(Sample),
+        learn: &mut Option<Sample>,
     ) -> Option<Box<Episode>> {
         let ev = o.ev;
         let (bucket_ns, window_ns) = spans(&rule.detector);
@@ -738,7 +781,7 @@ impl KeyState {
                     && !*fired
                     && let Some(e) = &self.endpoint
                 {
-                    learn(Sample {
+                    *learn = Some(Sample {
                         endpoint: e.clone(),
                         count: *count,
                         wide: false,
@@ -926,33 +969,24 @@ impl KeyState {
                     extra = Extra::Baseline(level, *count);
                 }
             }
-            (
-                DetectorKind::Outlier {
-                    factor, measure, ..
-                },
-                Track::Outlier,
-            ) => {
-                let size = match measure {
-                    Measure::Records => ev.exposure.as_ref().map_or(0, |s| s.records),
-                    Measure::Bytes => ev.body_bytes.unwrap_or(0),
-                };
+            (DetectorKind::Outlier { .. }, Track::Outlier) => {
                 restart(&mut self.episode);
-                if size >= threshold
-                    && let Some(level) = o.level
-                    && f64::from(size) > factor * level
-                {
-                    fired = true;
-                    extra = Extra::Baseline(level, size);
-                } else {
-                    // Learned from what did not stand out; no episode is kept for it.
-                    if let Some(e) = &self.endpoint {
-                        learn(Sample {
-                            endpoint: e.clone(),
-                            count: size,
-                            wide: *measure == Measure::Bytes,
-                        });
+                match outlier(det, ev, o.level) {
+                    Some(Outlier {
+                        size,
+                        stands_out: Some(level),
+                        ..
+                    }) => {
+                        fired = true;
+                        extra = Extra::Baseline(level, size);
                     }
-                    return None;
+                    judged => {
+                        // Learned from what did not stand out; no episode is kept for it.
+                        if let (Some(e), Some(j)) = (&self.endpoint, judged) {
+                            *learn = Some(j.sample(e.clone()));
+                        }
+                        return None;
+                    }
                 }
             }
             (
