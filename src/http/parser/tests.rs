@@ -1528,6 +1528,23 @@ fn build(p: &PairSpec) -> (Vec<u8>, Vec<u8>) {
 }
 
 proptest! {
+    /// `fill` writes what the bytes of `a` then `b` give, as far as `dst` holds them.
+    #[test]
+    fn fill_copies_the_pair_as_far_as_it_fits(
+        a in prop::collection::vec(any::<u8>(), 0..30),
+        b in prop::collection::vec(any::<u8>(), 0..30),
+        room in 0usize..40,
+    ) {
+        let mut dst = vec![0xAAu8; room];
+        let n = fill(&mut dst, &a, &b);
+        let want: Vec<u8> = a.iter().chain(&b).copied().take(room).collect();
+        prop_assert_eq!(n, want.len());
+        prop_assert_eq!(&dst[..n], &want[..]);
+        prop_assert!(dst[n..].iter().all(|&x| x == 0xAA));
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
