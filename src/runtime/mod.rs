@@ -616,8 +616,13 @@ impl Dispatcher {
         } = self;
         let full = match decoder.decode(link, f.data, f.ts) {
             Ok(Decoded::Tcp(seg)) => 'seg: {
-                let key = FlowKey::new(seg.tunnel, seg.src, seg.dst);
-                let h = hasher.hash_one(key);
+                // The flow's hash picks its worker and, under overload, whether it is
+                // shed; one worker and no shedding need none (a hash a packet).
+                let h = if batches.len() > 1 || *lossy {
+                    hasher.hash_one(FlowKey::new(seg.tunnel, seg.src, seg.dst))
+                } else {
+                    0
+                };
                 let w = (h % batches.len() as u64) as usize;
                 let shed = if *lossy {
                     shedding.segment(w, h, seg.flags, f.ts, &mut side.queue)
