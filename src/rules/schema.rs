@@ -552,7 +552,8 @@ fn compile_match(ctx: &mut Ctx<'_>, m: &RawMatch) -> Matcher {
         out.methods = Some(v);
     }
     if let Some(rs) = &m.routes {
-        out.routes = compile_patterns(ctx, "routes", &rs.value, '/', false);
+        out.routes = compile_patterns(ctx, "routes", &rs.value, '/', false)
+            .map(|set| super::RoutePatterns::new(set, rs.value.iter().map(|p| p.value.as_str())));
     }
     if let Some(hs) = &m.hosts {
         out.hosts = compile_patterns(ctx, "hosts", &hs.value, '.', true);
