@@ -835,7 +835,7 @@ impl RoutePatterns {
             Some(ps) => ps.iter().any(|p| {
                 route
                     .strip_prefix(p.as_str())
-                    .is_some_and(|rest| !rest.contains('\n'))
+                    .is_some_and(|rest| memchr::memchr(b'\n', rest.as_bytes()).is_none())
             }),
             None => self.set.is_match(route),
         }
