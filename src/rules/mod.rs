@@ -802,8 +802,6 @@ pub fn compile(
     }
 }
 
-/// Compiles a route glob: `*` matches one path segment, `**` any number of segments,
-/// `{id}` matches itself (routes are templated before matching).
 /// A rule's route patterns: the compiled set, and when every pattern is a glob that is a
 /// literal prefix followed by `**` (`/**`, `/api/v1/**`), those prefixes. A route matches
 /// such a glob exactly when it starts with the prefix and the rest holds no line feed
@@ -842,6 +840,8 @@ impl RoutePatterns {
     }
 }
 
+/// Compiles a route glob: `*` matches one path segment, `**` any number of segments,
+/// `{id}` matches itself (routes are templated before matching).
 pub fn glob_to_regex(glob: &str, segment_sep: char) -> String {
     let mut re = String::from("^");
     let mut chars = glob.chars().peekable();
