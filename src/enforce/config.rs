@@ -9,7 +9,7 @@ use std::time::Duration;
 use regex::RegexSet;
 use serde::Deserialize;
 
-use crate::rules::{BanKey, BanSpec, MAX_BAN_SECS, Severity, glob_to_regex};
+use crate::rules::{BanKey, BanSpec, MAX_BAN_SECS, Severity, pattern_regex};
 use crate::token::{Cidr, Verdict};
 
 /// Default listen address of the check endpoint and decisions API.
@@ -297,11 +297,8 @@ fn globs(k: &str, v: &[String], sep: char) -> Result<RegexSet, KeyError> {
     if v.is_empty() {
         return Err(key_err(k, "an empty list matches nothing"));
     }
-    RegexSet::new(v.iter().map(|g| match g.strip_prefix("re:") {
-        Some(re) => re.to_string(),
-        None => glob_to_regex(g, sep),
-    }))
-    .map_err(|e| key_err(k, format!("bad pattern: {e}")))
+    RegexSet::new(v.iter().map(|g| pattern_regex(g, sep, false)))
+        .map_err(|e| key_err(k, format!("bad pattern: {e}")))
 }
 
 fn cidrs(k: &str, v: &Option<Vec<String>>) -> Result<Vec<Cidr>, KeyError> {

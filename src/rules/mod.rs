@@ -840,6 +840,16 @@ impl RoutePatterns {
     }
 }
 
+/// The regex a pattern of a rule or the enforce config stands for: `re:...` as written,
+/// else a glob ([`glob_to_regex`]), in ASCII lower case first with `lower` (host globs).
+pub fn pattern_regex(pattern: &str, segment_sep: char, lower: bool) -> String {
+    match pattern.strip_prefix("re:") {
+        Some(re) => re.to_string(),
+        None if lower => glob_to_regex(&pattern.to_ascii_lowercase(), segment_sep),
+        None => glob_to_regex(pattern, segment_sep),
+    }
+}
+
 /// Compiles a route glob: `*` matches one path segment, `**` any number of segments,
 /// `{id}` matches itself (routes are templated before matching).
 pub fn glob_to_regex(glob: &str, segment_sep: char) -> String {
@@ -1072,10 +1082,7 @@ mod tests {
     ) -> Result<(), proptest::test_runner::TestCaseError> {
         let res: Vec<String> = patterns
             .iter()
-            .map(|p| match p.strip_prefix("re:") {
-                Some(re) => re.to_string(),
-                None => glob_to_regex(p, '/'),
-            })
+            .map(|p| pattern_regex(p, '/', false))
             .collect();
         let set = RegexSet::new(&res).unwrap();
         let fast = RoutePatterns::new(set.clone(), patterns.iter().map(String::as_str));

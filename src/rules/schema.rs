@@ -12,8 +12,7 @@ use serde_saphyr::Location;
 use super::{
     BanKey, BanSpec, Category, DETECTOR_KINDS, Detector, DetectorKind, EvidenceField, KeyField,
     MAX_BAN_SECS, MAX_BYTES_THRESHOLD, MAX_THRESHOLD, MAX_WINDOW_SECS, Matcher, Measure, Rule,
-    RuleError, RuleId, RuleTest, S, Severity, StatusMatch, TestInput, glob_to_regex,
-    parse_template, secs,
+    RuleError, RuleId, RuleTest, S, Severity, StatusMatch, TestInput, parse_template, secs,
 };
 use crate::token::Verdict;
 
@@ -469,17 +468,7 @@ fn compile_patterns(
 ) -> Option<RegexSet> {
     let mut res = Vec::new();
     for p in pats {
-        let re = match p.value.strip_prefix("re:") {
-            Some(re) => re.to_string(),
-            None => {
-                let g = if lower {
-                    p.value.to_ascii_lowercase()
-                } else {
-                    p.value.clone()
-                };
-                glob_to_regex(&g, sep)
-            }
-        };
+        let re = super::pattern_regex(&p.value, sep, lower);
         match regex::Regex::new(&re) {
             Ok(_) => res.push(re),
             Err(e) => ctx.error(
