@@ -203,6 +203,17 @@ impl Event {
             + scan
     }
 
+    /// Drops what the engine made for the event from its own tables: the shared endpoint,
+    /// principal and field-set keys, and the judged lists (exposed findings, others'
+    /// objects). What the worker made, and the engine's flags and counts, stay.
+    pub fn shed_enrichment(&mut self) {
+        self.endpoint = None;
+        self.principal_key = None;
+        self.field_set = None;
+        self.exposed = ThinVec::new();
+        self.foreign = ThinVec::new();
+    }
+
     /// Who acts: the user when known, else the device, else the address.
     pub fn principal(&self) -> String {
         let mut s = String::new();
@@ -853,7 +864,23 @@ impl Engine {
 
     /// [`Engine::observe_owned`] for an event already in the `Arc` the shards are sent:
     /// the engine enriches it in place (it is not shared yet, so nothing is copied).
-    pub fn observe_shared(&mut self, mut shared: Arc<Event>, out: &mut Vec<Alert>) {
+    pub fn observe_shared(&mut self, shared: Arc<Event>, out: &mut Vec<Alert>) {
+        drop(self.observe_returning(shared, out));
+    }
+
+    /// [`Engine::observe_shared`] that gives the event back once the engine and its shards
+    /// are done with it (`None` while a shard in another thread still holds it), without
+    /// what the engine set on it ([`Event::shed_enrichment`]: those were dropped here). The
+    /// pipeline hands it back to the worker that made it, so that the worker, not this
+    /// thread, drops the rest: the reference counts of the strings, scans and objects it
+    /// shares across its events, and the event's own memory, stay in its core's cache.
+    /// Dropped here, every count went back and forth between the two cores on each event
+    /// (the worker's next copy of the same scan or route waited for the line).
+    pub fn observe_returning(
+        &mut self,
+        mut shared: Arc<Event>,
+        out: &mut Vec<Alert>,
+    ) -> Option<Arc<Event>> {
         let ev = Arc::make_mut(&mut shared);
         ev.attested = match ev.verdict {
             Verdict::Valid => true,
@@ -888,10 +915,12 @@ impl Engine {
             ev.verdict == Verdict::Valid,
         );
         self.judge_objects(ev);
-        self.route(shared);
+        self.route(&shared);
         if self.shards.inline() {
             self.settle(out);
         }
+        Arc::get_mut(&mut shared)?.shed_enrichment();
+        Some(shared)
     }
 
     /// The place of the next event in the packet-time order (shard hosts that carry events
@@ -923,7 +952,7 @@ impl Engine {
 
     /// Sends the event to the shards owning the keys of the rules it matched (after a
     /// sweep, when one is due).
-    fn route(&mut self, ev: Arc<Event>) {
+    fn route(&mut self, ev: &Arc<Event>) {
         if ev.ts > self.now {
             self.now = ev.ts;
         }
@@ -934,13 +963,13 @@ impl Engine {
         self.seq += 1;
         let n = self.shards.count();
         let mut matched = false;
-        let facts = Facts::of(&ev);
+        let facts = Facts::of(ev);
         for (i, (rule, spread, gate)) in self.rules.iter().enumerate() {
-            if !gate.admits(facts) || !matcher_matches(&rule.matcher, &ev) {
+            if !gate.admits(facts) || !matcher_matches(&rule.matcher, ev) {
                 continue;
             }
             matched = true;
-            if let Some(s) = shard::shard_of(*spread, rule, &ev, n)
+            if let Some(s) = shard::shard_of(*spread, rule, ev, n)
                 && let Some(list) = self.routed.get_mut(s)
             {
                 list.push(i as u16);

@@ -1202,3 +1202,45 @@ mod gates {
         }
     }
 }
+
+/// An event comes back from the engine once its shards are done with it, without what the
+/// engine made for it from its own tables (dropped on the detect thread) but with what the
+/// worker made and the engine's judgement; alerts are the same as when the engine drops
+/// it.
+#[test]
+fn a_spent_event_comes_back_without_the_engines_keys() {
+    let s = set(&rule("threshold", "", 2, 10, 0));
+    let mut returning = Engine::new(DetectConfig::default(), &s);
+    let mut dropping = Engine::new(DetectConfig::default(), &s);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut back = Vec::new();
+    for t in [0.0, 1.0, 2.0] {
+        let e = ev(t, "10.0.0.1");
+        dropping.observe(&e, &mut b);
+        back.push(returning.observe_returning(Arc::new(e), &mut a));
+    }
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        serde_json::to_value(&a).unwrap(),
+        serde_json::to_value(&b).unwrap()
+    );
+    for e in back {
+        let e = e.expect("the engine was the only holder");
+        // Enriched while observed (the endpoint keyed the rule), shed before it came back.
+        assert_eq!(e.endpoint, None);
+        assert_eq!(e.principal_key, None);
+        assert!(e.exposed.is_empty() && e.foreign.is_empty());
+        // The worker's fields and the engine's verdict stay.
+        assert_eq!(e.route.as_deref(), Some("/x"));
+        assert_eq!(e.actor.user.as_deref(), Some("u"));
+        assert!(e.attested);
+    }
+    // An event someone else holds is copied before it is enriched: the copy comes back,
+    // and theirs is as it was.
+    let held = Arc::new(ev(3.0, "10.0.0.1"));
+    let copy = returning
+        .observe_returning(Arc::clone(&held), &mut a)
+        .expect("the engine's own copy");
+    assert!(!Arc::ptr_eq(&copy, &held));
+    assert!(copy.attested && !held.attested);
+}

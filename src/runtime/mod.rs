@@ -990,6 +990,7 @@ impl HttpHandler {
                     server,
                     seq: st.seq,
                     bytes: 64 + ja4.len(),
+                    worker: 0,
                     item: ordering::Item::Hello(Arc::from(ja4)),
                 });
             }
@@ -1086,6 +1087,7 @@ impl HttpHandler {
                     server,
                     seq: st.seq,
                     bytes: ev.bytes(),
+                    worker: 0,
                     item: ordering::Item::Event(Arc::new(ev)),
                 });
             }
@@ -1613,6 +1615,8 @@ struct WorkerIo {
     /// The memos of response scans and of content decodings, shared by the workers.
     scans: Arc<crate::detect::scan_memo::Scans>,
     decodes: Arc<crate::http::DecodeMemo>,
+    /// Events detection is done with, for this worker to drop ([`ordering::Returns`]).
+    spent: Receiver<Vec<Arc<crate::detect::Event>>>,
 }
 
 fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerIo) -> WorkerResult {
@@ -1626,6 +1630,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         budget,
         scans,
         decodes,
+        spent,
     } = io;
     let mut merger = (inputs > 1).then(|| {
         merge::Merger::new(
@@ -1696,6 +1701,11 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
     };
     loop {
         let batch = rx.recv();
+        // The events detection has finished with go here, where their memory and shared
+        // counts were last touched.
+        while let Ok(events) = spent.try_recv() {
+            drop(events);
+        }
         let done = batch.is_err();
         let now = match (&mut merger, batch) {
             (None, Ok(batch)) => {
@@ -1792,6 +1802,10 @@ impl Pipeline {
             None => (None, None),
         };
         let (events_tx, events_rx) = sync_channel::<ordering::EventBatch>(workers * 16);
+        let (returns, mut spent): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| sync_channel(ordering::RETURN_BATCHES))
+            .unzip();
+        let returns = ordering::Returns::new(returns);
         let detect = {
             let shared = shared.clone();
             let cfg = cfg.detect.clone();
@@ -1808,7 +1822,7 @@ impl Pipeline {
                         decisions,
                         export,
                     };
-                    ordering::run(cfg, shared, workers, events_rx, to, live)
+                    ordering::run(cfg, shared, workers, events_rx, to, live, returns)
                 })
                 .map_err(|e| tracing::error!(error = %e, "cannot start detect thread"))
                 .ok()
@@ -1839,6 +1853,7 @@ impl Pipeline {
                 budget,
                 scans: Arc::clone(&scans),
                 decodes: Arc::clone(&decodes),
+                spent: spent.remove(0),
             };
             let shared = shared.clone();
             let h = thread::Builder::new()

@@ -13,7 +13,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use super::{AlertSink, Shared};
 use crate::budget::{Table, Usage};
@@ -39,6 +39,9 @@ pub(super) struct Ordered {
     pub seq: u64,
     /// What the event holds ([`Event::bytes`]), charged to the ordering buffer.
     pub bytes: usize,
+    /// The worker that sent it (set by the detect thread on arrival), which the event goes
+    /// back to once detection is done with it ([`Returns`]).
+    pub worker: u16,
     /// Behind a pointer: the buffer moves entries on every push and pop (and the spill
     /// heap on every sift step), and an event is several hundred bytes (a busy port holds
     /// seconds of them).
@@ -52,6 +55,43 @@ pub(super) enum Item {
     /// A TLS ClientHello: the client sent this JA4 fingerprint (joined with transactions
     /// behind an edge that names the client's address and port).
     Hello(Arc<str>),
+}
+
+/// Events detection is done with, on their way back to the workers that made them, which
+/// drop them (see [`Engine::observe_returning`] for why). Sent once per batch of events
+/// taken in; when a worker's queue is full (it is busy, or has finished), its events are
+/// dropped here, as they always were before.
+pub(super) struct Returns {
+    to: Vec<SyncSender<Vec<Arc<Event>>>>,
+    held: Vec<Vec<Arc<Event>>>,
+}
+
+/// Batches of spent events a worker's return queue holds: a worker drains it before each
+/// batch of packets, so more would only wait there.
+pub(super) const RETURN_BATCHES: usize = 4;
+
+impl Returns {
+    pub fn new(to: Vec<SyncSender<Vec<Arc<Event>>>>) -> Returns {
+        let held = to.iter().map(|_| Vec::new()).collect();
+        Returns { to, held }
+    }
+
+    /// Holds `ev` for its worker (an event of an unknown worker is dropped here).
+    fn keep(&mut self, worker: u16, ev: Arc<Event>) {
+        if let Some(v) = self.held.get_mut(usize::from(worker)) {
+            v.push(ev);
+        }
+    }
+
+    /// Sends each worker what is held for it.
+    fn send(&mut self) {
+        for (tx, held) in self.to.iter().zip(&mut self.held) {
+            if !held.is_empty() {
+                // A full or closed queue hands the batch back in the error: dropped here.
+                let _ = tx.try_send(std::mem::take(held));
+            }
+        }
+    }
 }
 
 /// The full ordering key: completion time, request time, client, server, sequence.
@@ -232,6 +272,7 @@ pub(super) fn run(
     rx: Receiver<EventBatch>,
     to: AlertOutputs,
     live: bool,
+    mut returns: Returns,
 ) -> std::io::Result<DetectResult> {
     let AlertOutputs {
         sink,
@@ -297,28 +338,33 @@ pub(super) fn run(
         });
     };
     publish(&engine, &rules, &ordering);
-    let release =
-        |o: Ordered, engine: &mut Engine, last: &mut Option<_>, alerts: &mut Vec<Alert>| {
-            let k = o.key();
-            if last.as_ref().is_some_and(|l| k < *l) {
-                engine.note_late(1);
-            } else {
-                *last = Some(k);
-            }
-            match o.item {
-                Item::Event(ev) => {
-                    engine.note_order(&crate::detect::StreamOrder {
-                        at: o.at,
-                        ts: o.ts,
-                        client: o.client,
-                        server: o.server,
-                        seq: o.seq,
-                    });
-                    engine.observe_shared(ev, alerts)
+    let release = |o: Ordered,
+                   engine: &mut Engine,
+                   last: &mut Option<_>,
+                   alerts: &mut Vec<Alert>,
+                   returns: &mut Returns| {
+        let k = o.key();
+        if last.as_ref().is_some_and(|l| k < *l) {
+            engine.note_late(1);
+        } else {
+            *last = Some(k);
+        }
+        match o.item {
+            Item::Event(ev) => {
+                engine.note_order(&crate::detect::StreamOrder {
+                    at: o.at,
+                    ts: o.ts,
+                    client: o.client,
+                    server: o.server,
+                    seq: o.seq,
+                });
+                if let Some(ev) = engine.observe_returning(ev, alerts) {
+                    returns.keep(o.worker, ev);
                 }
-                Item::Hello(ja4) => engine.hello(o.client, ja4, o.ts),
             }
-        };
+            Item::Hello(ja4) => engine.hello(o.client, ja4, o.ts),
+        }
+    };
     while let Ok(batch) = rx.recv() {
         let current = shared.rules.load_full();
         if !Arc::ptr_eq(&current, &rules) {
@@ -328,7 +374,9 @@ pub(super) fn run(
         if let Some(m) = marks.get_mut(batch.worker) {
             *m = (*m).max(batch.watermark);
         }
-        for o in batch.events {
+        let worker = u16::try_from(batch.worker).unwrap_or(u16::MAX);
+        for mut o in batch.events {
+            o.worker = worker;
             held += o.bytes;
             waiting.push(o);
         }
@@ -348,7 +396,7 @@ pub(super) fn run(
             }
             let Some(o) = waiting.take(least) else { break };
             held = held.saturating_sub(o.bytes);
-            release(o, &mut engine, &mut last, &mut alerts);
+            release(o, &mut engine, &mut last, &mut alerts, &mut returns);
         }
         // Live: follow-up alerts fall due with the clock even when an actor falls silent.
         // Replay sweeps only on event time, so the result never depends on batching.
@@ -356,6 +404,7 @@ pub(super) fn run(
             engine.sweep(ready, &mut alerts);
         }
         engine.settle(&mut alerts);
+        returns.send();
         if let Some(h) = &hooks {
             h.submit(&alerts);
         }
@@ -376,8 +425,10 @@ pub(super) fn run(
         }
     }
     while let Some(o) = waiting.pop() {
-        release(o, &mut engine, &mut last, &mut alerts);
+        release(o, &mut engine, &mut last, &mut alerts, &mut returns);
     }
+    // The workers have finished: what is left is dropped here.
+    drop(returns);
     if let Some(p) = &fingerprints_file {
         let body = engine.save_fingerprints().to_string();
         let tmp = p.with_extension("tmp");
@@ -427,6 +478,7 @@ mod tests {
             server: SocketAddr::from(([10, 0, 0, 2], 443)),
             seq,
             bytes: 0,
+            worker: 0,
             item: Item::Hello(Arc::from("t")),
         }
     }
@@ -491,6 +543,43 @@ mod tests {
             last = Some(o.key());
         }
         assert_eq!(held.len(), 0);
+    }
+
+    /// Spent events go to the worker that sent them, a batch per send; a worker whose
+    /// queue is full or gone gets nothing (its events are dropped here) and nothing waits.
+    #[test]
+    fn spent_events_go_back_to_their_worker() {
+        let (to, from): (Vec<_>, Vec<_>) = (0..3).map(|_| std::sync::mpsc::sync_channel(1)).unzip();
+        let mut returns = Returns::new(to);
+        let ev = |secs: f64| Arc::new(crate::detect::tests::ev(secs, "10.0.0.1"));
+        let (a, b) = (ev(1.0), ev(2.0));
+        returns.keep(0, Arc::clone(&a));
+        returns.keep(1, Arc::clone(&b));
+        returns.keep(0, ev(3.0));
+        // Not a worker of this run: dropped at once.
+        returns.keep(7, ev(4.0));
+        returns.send();
+        let got = from[0].try_recv().unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(Arc::ptr_eq(&got[0], &a));
+        drop(got);
+        assert!(Arc::ptr_eq(&from[1].try_recv().unwrap()[0], &b));
+        // Nothing held for the third worker: no empty batch is sent.
+        assert!(from[2].try_recv().is_err());
+        // Worker 1's queue is full (one batch not taken), so the next is dropped here.
+        returns.keep(0, ev(5.0));
+        returns.keep(1, Arc::clone(&b));
+        returns.send();
+        returns.keep(1, Arc::clone(&b));
+        returns.send();
+        assert_eq!(Arc::strong_count(&b), 2, "one sent, one dropped, ours");
+        assert_eq!(from[1].try_recv().unwrap().len(), 1);
+        assert!(from[1].try_recv().is_err());
+        // A worker that has finished: its events are dropped, not kept.
+        drop(from);
+        returns.keep(0, Arc::clone(&a));
+        returns.send();
+        assert_eq!(Arc::strong_count(&a), 1);
     }
 
     #[test]
