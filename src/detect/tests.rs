@@ -1244,3 +1244,65 @@ fn a_spent_event_comes_back_without_the_engines_keys() {
     assert!(!Arc::ptr_eq(&copy, &held));
     assert!(copy.attested && !held.attested);
 }
+
+/// A distinct or ratio key keeps what its detector measured only once it fires: below its
+/// threshold the episode has no `measured` box (no store to it on each request, no bytes
+/// for it on each key), and the alert still reports the measure at the request that fired.
+#[test]
+fn what_a_detector_measured_is_kept_when_it_fires() {
+    let events: Vec<Event> = ["a", "b", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let mut x = ev(i as f64, "10.0.0.9");
+            x.actor.user = Some((*user).into());
+            x
+        })
+        .collect();
+    for (kind, extra, evidence) in [
+        ("distinct", "      distinct: user\n", "distinct_user"),
+        (
+            "ratio",
+            "      ratio: 0.5\n      when: {verdicts: [valid]}\n",
+            "share",
+        ),
+    ] {
+        let s = set(&rule(kind, extra, 3, 60, 0));
+        let r = &s.rules[0];
+        let when = match &r.detector.kind {
+            crate::rules::DetectorKind::Ratio { when, .. } => Some(when),
+            _ => None,
+        };
+        let mut ks = window::KeyState::new(&r.detector, None);
+        let mut stats = DetectStats::default();
+        let mut fired = None;
+        for x in &events {
+            let o = window::Observed {
+                ev: x,
+                distinct: x.key(KeyField::User),
+                when: when.is_some_and(|w| matcher_matches(w, x)),
+                level: None,
+            };
+            fired = ks.observe(r, o, &mut stats, &mut None);
+            if fired.is_some() {
+                break;
+            }
+            let ep = ks.episode().expect("an episode builds");
+            assert!(
+                ep.measured.is_none(),
+                "{kind}: measured kept below the threshold"
+            );
+        }
+        let ep = fired.unwrap_or_else(|| panic!("{kind} did not fire"));
+        match kind {
+            "distinct" => assert_eq!(ep.measured().distinct, Some(3)),
+            _ => assert_eq!(ep.measured().share, Some((3, 3))),
+        }
+        let alerts = run(&mut Engine::new(DetectConfig::default(), &s), &events);
+        assert_eq!(alerts.len(), 1, "{kind}");
+        assert!(
+            alerts[0].evidence.contains_key(evidence),
+            "{kind}: {alerts:?}"
+        );
+    }
+}

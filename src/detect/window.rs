@@ -738,6 +738,12 @@ impl KeyState {
         std::mem::discriminant(&self.track) == std::mem::discriminant(&fresh.track)
     }
 
+    /// The episode building towards an alert.
+    #[cfg(test)]
+    pub fn episode(&self) -> Option<&Episode> {
+        self.episode.as_deref()
+    }
+
     /// Whether the key has an episode building towards an alert, and an open aggregate
     /// (requests folded while suppressed), with their request counts.
     #[cfg(test)]
@@ -1071,6 +1077,13 @@ impl KeyState {
             .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));
         let since = ev.ts.0.saturating_sub(window_ns);
         record(episode, &self.track, since, ev, &rule.evidence);
+        if !fired {
+            return None;
+        }
+        // What the detector measured is read by the alert alone, so it is written when the
+        // detector fires. Written on every request, it was a store to the episode's boxed
+        // `measured` (one more cache line per request of every ratio, mixed, distinct and
+        // concurrent rule) and kept that box for every such key.
         match extra {
             Extra::Nothing => {}
             Extra::Share(h, n) => episode.measured_mut().share = Some((h, n)),
@@ -1083,9 +1096,6 @@ impl KeyState {
                 m.distinct = Some(values);
                 m.returns = Some(returns);
             }
-        }
-        if !fired {
-            return None;
         }
         let episode = self.episode.take()?;
         match &mut self.track {
