@@ -1226,7 +1226,8 @@ fn a_spent_event_comes_back_without_the_engines_keys() {
     );
     for e in back {
         let e = e.expect("the engine was the only holder");
-        // Enriched while observed (the endpoint keyed the rule), shed before it came back.
+        // Enriched while observed (every event gets its endpoint and principal keys), shed
+        // before it came back.
         assert_eq!(e.endpoint, None);
         assert_eq!(e.principal_key, None);
         assert!(e.exposed.is_empty() && e.foreign.is_empty());
