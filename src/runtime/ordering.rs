@@ -59,36 +59,50 @@ pub(super) enum Item {
 
 /// Events detection is done with, on their way back to the workers that made them, which
 /// drop them (see [`Engine::observe_returning`] for why). Sent once per batch of events
-/// taken in; when a worker's queue is full (it is busy, or has finished), its events are
-/// dropped here, as they always were before.
+/// taken in. Bounded like every other queue of the pipeline: a worker's queue holds
+/// [`RETURN_BATCHES`] batches of at most [`RETURN_BATCH_BYTES`] of events
+/// ([`Event::bytes`]), 4 MiB a worker, so a burst released from the ordering buffer at once
+/// is not held twice. What does not fit (past a batch's bytes, or a worker whose queue is
+/// full because it is busy, or gone because it has finished) is dropped here, as every
+/// event was before.
 pub(super) struct Returns {
     to: Vec<SyncSender<Vec<Arc<Event>>>>,
-    held: Vec<Vec<Arc<Event>>>,
+    /// Per worker: the events held for it, and their bytes.
+    held: Vec<(Vec<Arc<Event>>, usize)>,
 }
 
 /// Batches of spent events a worker's return queue holds: a worker drains it before each
 /// batch of packets, so more would only wait there.
 pub(super) const RETURN_BATCHES: usize = 4;
 
+/// Event bytes one batch of spent events holds at most: a packet batch's events are tens
+/// of KiB on the realistic capture.
+pub(super) const RETURN_BATCH_BYTES: usize = 1 << 20;
+
 impl Returns {
     pub fn new(to: Vec<SyncSender<Vec<Arc<Event>>>>) -> Returns {
-        let held = to.iter().map(|_| Vec::new()).collect();
+        let held = to.iter().map(|_| (Vec::new(), 0)).collect();
         Returns { to, held }
     }
 
-    /// Holds `ev` for its worker (an event of an unknown worker is dropped here).
-    fn keep(&mut self, worker: u16, ev: Arc<Event>) {
-        if let Some(v) = self.held.get_mut(usize::from(worker)) {
-            v.push(ev);
+    /// Holds `ev` (of `bytes`) for its worker; dropped here when the worker's batch is full
+    /// or the worker is not one of this run's.
+    fn keep(&mut self, worker: u16, ev: Arc<Event>, bytes: usize) {
+        if let Some((events, held)) = self.held.get_mut(usize::from(worker))
+            && *held + bytes <= RETURN_BATCH_BYTES
+        {
+            events.push(ev);
+            *held += bytes;
         }
     }
 
     /// Sends each worker what is held for it.
     fn send(&mut self) {
-        for (tx, held) in self.to.iter().zip(&mut self.held) {
-            if !held.is_empty() {
+        for (tx, (events, bytes)) in self.to.iter().zip(&mut self.held) {
+            if !events.is_empty() {
+                *bytes = 0;
                 // A full or closed queue hands the batch back in the error: dropped here.
-                let _ = tx.try_send(std::mem::take(held));
+                let _ = tx.try_send(std::mem::take(events));
             }
         }
     }
@@ -359,7 +373,7 @@ pub(super) fn run(
                     seq: o.seq,
                 });
                 if let Some(ev) = engine.observe_returning(ev, alerts) {
-                    returns.keep(o.worker, ev);
+                    returns.keep(o.worker, ev, o.bytes);
                 }
             }
             Item::Hello(ja4) => engine.hello(o.client, ja4, o.ts),
@@ -553,11 +567,11 @@ mod tests {
         let mut returns = Returns::new(to);
         let ev = |secs: f64| Arc::new(crate::detect::tests::ev(secs, "10.0.0.1"));
         let (a, b) = (ev(1.0), ev(2.0));
-        returns.keep(0, Arc::clone(&a));
-        returns.keep(1, Arc::clone(&b));
-        returns.keep(0, ev(3.0));
+        returns.keep(0, Arc::clone(&a), 100);
+        returns.keep(1, Arc::clone(&b), 100);
+        returns.keep(0, ev(3.0), 100);
         // Not a worker of this run: dropped at once.
-        returns.keep(7, ev(4.0));
+        returns.keep(7, ev(4.0), 100);
         returns.send();
         let got = from[0].try_recv().unwrap();
         assert_eq!(got.len(), 2);
@@ -567,17 +581,29 @@ mod tests {
         // Nothing held for the third worker: no empty batch is sent.
         assert!(from[2].try_recv().is_err());
         // Worker 1's queue is full (one batch not taken), so the next is dropped here.
-        returns.keep(0, ev(5.0));
-        returns.keep(1, Arc::clone(&b));
+        returns.keep(0, ev(5.0), 100);
+        returns.keep(1, Arc::clone(&b), 100);
         returns.send();
-        returns.keep(1, Arc::clone(&b));
+        returns.keep(1, Arc::clone(&b), 100);
         returns.send();
         assert_eq!(Arc::strong_count(&b), 2, "one sent, one dropped, ours");
         assert_eq!(from[1].try_recv().unwrap().len(), 1);
         assert!(from[1].try_recv().is_err());
+        // A batch holds at most RETURN_BATCH_BYTES of events: past them, dropped here; a
+        // sent batch starts the count again.
+        let half = RETURN_BATCH_BYTES / 2;
+        returns.keep(1, Arc::clone(&b), half);
+        returns.keep(1, Arc::clone(&b), half);
+        returns.keep(1, Arc::clone(&b), 1);
+        assert_eq!(Arc::strong_count(&b), 3, "two held, one dropped, ours");
+        returns.send();
+        assert_eq!(from[1].try_recv().unwrap().len(), 2);
+        returns.keep(1, Arc::clone(&b), half);
+        returns.send();
+        assert_eq!(from[1].try_recv().unwrap().len(), 1);
         // A worker that has finished: its events are dropped, not kept.
         drop(from);
-        returns.keep(0, Arc::clone(&a));
+        returns.keep(0, Arc::clone(&a), 100);
         returns.send();
         assert_eq!(Arc::strong_count(&a), 1);
     }
