@@ -494,3 +494,44 @@ fn a_panicking_test_leaves_no_server_behind() {
     }
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
+
+/// A node that dies on its own (here SIGKILL from outside the lab, as a crash of the broker
+/// itself would end it) is restarted by `revive_crashed`, with its port and store; a node
+/// the test stopped is not, and nothing is restarted while every node runs.
+#[test]
+fn a_node_that_dies_on_its_own_is_revived_and_a_stopped_one_is_not() {
+    let opts = NatsOpts {
+        nodes: 1,
+        ..Default::default()
+    };
+    let Some(mut lab) = NatsCluster::start(&opts) else {
+        return;
+    };
+    assert!(lab.revive_crashed().is_empty(), "nothing to revive");
+    let urls = lab.urls();
+    let pid = lab.pid(0).expect("running");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let revived = loop {
+        let r = lab.revive_crashed();
+        if !r.is_empty() || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(revived, vec![lab.node_name(0).to_owned()]);
+    assert!(lab.is_running(0));
+    assert_ne!(lab.pid(0), Some(pid), "a new process");
+    assert_eq!(lab.urls(), urls, "the same port");
+    assert!(lab.jsz(0).is_some(), "it serves again");
+    lab.stop(0);
+    assert!(
+        lab.revive_crashed().is_empty(),
+        "a stopped node stays stopped"
+    );
+    assert!(!lab.is_running(0));
+}

@@ -275,10 +275,12 @@ impl Lab {
         std::fs::read_to_string(self.path(&format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// Waits for a process to exit successfully.
-    fn wait_ok(&self, mut c: Child, name: &str) {
+    /// Waits for a process to exit successfully. A broker node that crashed on its own
+    /// meanwhile is restarted ([`NatsCluster::revive_crashed`]).
+    fn wait_ok(&mut self, mut c: Child, name: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
+            self.cluster.revive_crashed();
             if let Some(st) = c.try_wait().unwrap() {
                 assert!(st.success(), "{name} exited {st}:\n{}", self.log(name));
                 return;
@@ -416,8 +418,8 @@ impl Lab {
 
 #[test]
 fn two_sensors_two_correlators_give_one_process_alerts() {
-    let Some(lab) = Lab::start(3) else { return };
-    split_run(&lab);
+    let Some(mut lab) = Lab::start(3) else { return };
+    split_run(&mut lab);
     // What a sensor published is on record.
     let s: serde_json::Value =
         serde_json::from_slice(&std::fs::read(lab.path("a.summary.json")).unwrap()).unwrap();
@@ -454,7 +456,7 @@ fn summary(lab: &Lab, name: &str) -> serde_json::Value {
 
 #[test]
 fn a_correlator_killed_mid_stream_resumes_from_its_checkpoint_without_loss_or_repeat() {
-    let Some(lab) = Lab::start(3) else { return };
+    let Some(mut lab) = Lab::start(3) else { return };
     let (a, b) = lab.split();
     let c2 = lab.correlator("c2", "2,3");
     let mut c1 = Some(lab.correlator("c1", "0,1"));
@@ -570,7 +572,7 @@ fn a_replaying_sensor_rides_out_a_broker_outage_without_loss() {
 }
 
 /// Runs the split sample through two sensors and two correlators and checks the alerts.
-fn split_run(lab: &Lab) {
+fn split_run(lab: &mut Lab) {
     let (a, b) = lab.split();
     let c1 = lab.correlator("c1", "0,1");
     let c2 = lab.correlator("c2", "2,3");
@@ -585,7 +587,7 @@ fn split_run(lab: &Lab) {
 
 #[test]
 fn sensors_and_correlators_log_in_over_tls_and_messages_carry_no_secret_or_personal_value() {
-    let Some(lab) = Lab::with(&NatsOpts {
+    let Some(mut lab) = Lab::with(&NatsOpts {
         nodes: 1,
         user: Some(("shieldtap".into(), "a-long-nats-password-0123".into())),
         tls: true,
@@ -594,7 +596,7 @@ fn sensors_and_correlators_log_in_over_tls_and_messages_carry_no_secret_or_perso
         return;
     };
     assert!(lab.cluster.urls()[0].starts_with("tls://"));
-    split_run(&lab);
+    split_run(&mut lab);
     // What went over the wire: every event and alert message, raw.
     let raw = lab.raw_messages(&["SHIELDTAP_EVENTS", "SHIELDTAP_ALERTS"]);
     assert!(raw.len() > 20, "{} messages", raw.len());
@@ -654,14 +656,14 @@ fn sensors_and_correlators_log_in_over_tls_and_messages_carry_no_secret_or_perso
 #[test]
 fn nkey_users_log_in() {
     let seed = nkeys::KeyPair::new_user().seed().unwrap();
-    let Some(lab) = Lab::with(&NatsOpts {
+    let Some(mut lab) = Lab::with(&NatsOpts {
         nodes: 1,
         nkey_seed: Some(seed),
         ..Default::default()
     }) else {
         return;
     };
-    split_run(&lab);
+    split_run(&mut lab);
 }
 
 #[test]

@@ -523,6 +523,39 @@ impl NatsCluster {
         }
     }
 
+    /// Restarts every node whose process has exited without the test stopping or killing
+    /// it, after printing how it ended. That is the broker crashing on its own: Debian's
+    /// nats-server 2.9.10 once panicked in `processServiceImport` as a sensor's first
+    /// JetStream requests came in, and the sensor then retried a dead broker until its test
+    /// gave up. A service manager would restart it, and shieldtap riding out the outage is
+    /// what the tests check. Returns the names of the nodes restarted.
+    pub fn revive_crashed(&mut self) -> Vec<String> {
+        let mut revived = Vec::new();
+        for i in 0..self.nodes.len() {
+            let node = &mut self.nodes[i];
+            let Some(status) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            else {
+                continue;
+            };
+            node.child = None;
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let end = log.rfind("panic:").map_or_else(
+                || log_tail(&node.log, 20),
+                |at| log[at..].lines().take(12).collect::<Vec<_>>().join("\n"),
+            );
+            eprintln!(
+                "note: NATS lab: {} exited on its own ({status}); restarting it. It ended:\n{end}",
+                node.name
+            );
+            revived.push(node.name.clone());
+            self.restart(i);
+        }
+        revived
+    }
+
     /// SIGKILL to node `i` (a crash: no clean shutdown of its store or its raft groups).
     pub fn kill(&mut self, i: usize) {
         let node = &mut self.nodes[i];
