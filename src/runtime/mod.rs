@@ -1802,7 +1802,7 @@ impl Pipeline {
             None => (None, None),
         };
         let (events_tx, events_rx) = sync_channel::<ordering::EventBatch>(workers * 16);
-        let (returns, mut spent): (Vec<_>, Vec<_>) = (0..workers)
+        let (returns, spent): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| sync_channel(ordering::RETURN_BATCHES))
             .unzip();
         let returns = ordering::Returns::new(returns);
@@ -1839,7 +1839,7 @@ impl Pipeline {
         let mut senders = Vec::new();
         let pool = Arc::new(BatchPool::default());
         let mut handles = Vec::new();
-        for i in 0..workers {
+        for (i, spent) in spent.into_iter().enumerate() {
             let (tx, rx) = sync_channel::<Batch>(cfg.runtime.queue_batches(live));
             senders.push(tx);
             let cfg = cfg.clone();
@@ -1853,7 +1853,7 @@ impl Pipeline {
                 budget,
                 scans: Arc::clone(&scans),
                 decodes: Arc::clone(&decodes),
-                spent: spent.remove(0),
+                spent,
             };
             let shared = shared.clone();
             let h = thread::Builder::new()
