@@ -89,15 +89,7 @@ fn mirror_lab(tag: &str) -> Lab {
     run(&[
         "ip", "link", "add", &vm, "netns", &s, "type", "veth", "peer", "name", &vo, "netns", &m,
     ]);
-    ns(&c, &["ip", "addr", "add", "10.77.0.1/24", "dev", &vc]);
-    let mut last: Vec<u8> = vec![10, 11, 12, 30, 40, 60];
-    last.extend(50..60);
-    for l in last {
-        ns(
-            &c,
-            &["ip", "addr", "add", &format!("10.77.0.{l}/24"), "dev", &vc],
-        );
-    }
+    client_addresses(&c, &vc);
     ns(&s, &["ip", "addr", "add", "10.77.0.2/24", "dev", &vs]);
     ns(&c, &["ip", "link", "set", &vc, "up"]);
     ns(&s, &["ip", "link", "set", &vs, "up"]);
@@ -602,15 +594,50 @@ fn a_stalled_capture_thread_loses_nothing_the_ring_can_hold() {
     assert_eq!(s["http"]["paired"], manifest["transactions"], "{s}");
 }
 
+/// Gives the client's link the sample's client addresses (and the probe's `.1`); returns
+/// their last bytes.
+fn client_addresses(c: &str, vc: &str) -> Vec<u8> {
+    let clients: Vec<u8> = [1, 10, 11, 12, 30, 40, 60]
+        .into_iter()
+        .chain(50..60)
+        .collect();
+    for &l in &clients {
+        ns(
+            c,
+            &["ip", "addr", "add", &format!("10.77.0.{l}/24"), "dev", vc],
+        );
+    }
+    clients
+}
+
 /// A passive tap in the lab: the client-to-server direction of the server's link mirrored to
 /// one monitor interface (`voa`), the server-to-client direction to another (`vob`), and
 /// both to a third (`voc`) as a SPAN port would, for the reference run.
+///
+/// The link is quiet: no IPv6 (no router solicitations or listener reports) and permanent
+/// neighbour entries (no ARP), so the response port's first frame is the first SYN-ACK, as
+/// on a tap whose capture starts after the link's chatter (CI's cold start took 14 s). The
+/// merge must wait for a port that has carried nothing yet.
 fn split_tap_lab(tag: &str) -> Lab {
     let lab = namespaces(tag);
     let (c, s, m) = (lab.ns("c"), lab.ns("s"), lab.ns("m"));
     let (vc, vs) = (lab.dev("vc"), lab.dev("vs"));
+    for n in [&c, &s, &m] {
+        for key in ["all", "default"] {
+            ns(
+                n,
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+                ],
+            );
+        }
+    }
+    let (mac_c, mac_s) = ("02:77:00:00:00:01", "02:77:00:00:00:02");
     run(&[
-        "ip", "link", "add", &vc, "netns", &c, "type", "veth", "peer", "name", &vs, "netns", &s,
+        "ip", "link", "add", &vc, "address", mac_c, "netns", &c, "type", "veth", "peer", "name",
+        &vs, "address", mac_s, "netns", &s,
     ]);
     for port in ["a", "b", "c"] {
         let (vm, vo) = (lab.dev(&format!("vm{port}")), lab.dev(&format!("vo{port}")));
@@ -620,18 +647,31 @@ fn split_tap_lab(tag: &str) -> Lab {
         ns(&s, &["ip", "link", "set", &vm, "up"]);
         ns(&m, &["ip", "link", "set", &vo, "up"]);
     }
-    ns(&c, &["ip", "addr", "add", "10.77.0.1/24", "dev", &vc]);
-    let mut last: Vec<u8> = vec![10, 11, 12, 30, 40, 60];
-    last.extend(50..60);
-    for l in last {
-        ns(
-            &c,
-            &["ip", "addr", "add", &format!("10.77.0.{l}/24"), "dev", &vc],
-        );
-    }
+    let clients = client_addresses(&c, &vc);
     ns(&s, &["ip", "addr", "add", "10.77.0.2/24", "dev", &vs]);
     ns(&c, &["ip", "link", "set", &vc, "up"]);
     ns(&s, &["ip", "link", "set", &vs, "up"]);
+    let permanent = |n: &str, dev: &str, addr: &str, mac: &str| {
+        ns(
+            n,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ],
+        );
+    };
+    permanent(&c, &vc, "10.77.0.2", mac_s);
+    for l in clients {
+        permanent(&s, &vs, &format!("10.77.0.{l}"), mac_c);
+    }
     ns(&s, &["tc", "qdisc", "add", "dev", &vs, "clsact"]);
     // Frames into the server (requests) go to tap port A, frames out of it (responses) to
     // tap port B; every frame also goes to C.

@@ -80,8 +80,11 @@ pub struct SplitStats {
     /// `split_window_ms` of packet time behind the most advanced one.
     pub held_too_long: u64,
     /// Segments that arrived behind segments already released (their input lagged past the
-    /// window, or was silent until then): processed out of packet-time order.
+    /// window, or its port stamped packets out of order): processed out of packet-time order.
     pub arrived_late: u64,
+    /// How far (microseconds of packet time) the latest of those was behind the release
+    /// point: the reordering a wider `split_reorder_ms` would have absorbed.
+    pub arrived_late_by_max_us: u64,
     /// Segments released early because held payload reached `split_hold_max_mib`.
     pub hold_cap_hits: u64,
     /// Most payload bytes one worker held for ordering.
@@ -93,6 +96,7 @@ impl SplitStats {
         self.segments += o.segments;
         self.held_too_long += o.held_too_long;
         self.arrived_late += o.arrived_late;
+        self.arrived_late_by_max_us = self.arrived_late_by_max_us.max(o.arrived_late_by_max_us);
         self.hold_cap_hits += o.hold_cap_hits;
         self.held_bytes_peak = self.held_bytes_peak.max(o.held_bytes_peak);
     }

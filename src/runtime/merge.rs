@@ -91,8 +91,11 @@ impl Merger {
             input.clock = batch.now;
         }
         // Segments behind what was already released can no longer be put in order.
-        let late = batch.segs.iter().filter(|m| m.ts < self.released).count() as u64;
-        self.stats.arrived_late += late;
+        for m in batch.segs.iter().filter(|m| m.ts < self.released) {
+            self.stats.arrived_late += 1;
+            let behind = (self.released.0 - m.ts.0) / 1_000;
+            self.stats.arrived_late_by_max_us = self.stats.arrived_late_by_max_us.max(behind);
+        }
         self.stats.segments += batch.segs.len() as u64;
         if batch.segs.is_empty() {
             return;
@@ -103,7 +106,9 @@ impl Merger {
     }
 
     /// Released bound: the clock every input that has ever spoken has passed. An input
-    /// that never delivered anything (an idle or dead port) is not waited for.
+    /// that never reported a clock is not waited for; live capture threads report the
+    /// wall clock (less the delivery lag) from their start, so this is only an input whose
+    /// capture thread has not opened its port yet.
     fn bound(&self) -> Timestamp {
         self.inputs
             .iter()
@@ -285,6 +290,10 @@ mod tests {
         // Input 0's segment from 50 ms finally arrives: behind the release point.
         m.push(batch(0, 60, &[(50, b'f')]));
         assert_eq!(m.stats.arrived_late, 1);
+        assert_eq!(
+            m.stats.arrived_late_by_max_us, 850_000,
+            "behind 'd' at 900 ms"
+        );
         assert_eq!(run(&mut m, false), b"f");
         // It caught up: the rest is in order again.
         m.push(batch(0, 2100, &[(1400, b'g')]));

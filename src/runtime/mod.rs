@@ -658,6 +658,30 @@ impl Dispatcher {
         self.maybe_publish(false);
     }
 
+    /// Split taps: this capture thread's clock starts from the wall clock (the kernel
+    /// stamps live packets with it), so until its port delivers a first packet its idle
+    /// clock already follows the wall clock, less the delivery lag. The workers' merge
+    /// then waits for a port that has been silent so far as for one that has gone idle:
+    /// at most the delivery lag. Without it a silent port was not waited for at all, and
+    /// the first response it carried (a SYN-ACK in a block the kernel hands over after its
+    /// twin's) arrived behind requests already released.
+    fn start_clock_at_wall(&mut self) {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // `idle` moves an arrival's clock by the time since, less the lag, but never back
+        // behind the arrival itself (its packet was delivered). No packet was: the lag is
+        // taken off here, with the instant moved back to match, so the clock is the wall
+        // clock less the lag from the start.
+        let wall = wall.saturating_sub(self.idle_lag);
+        let ts = Timestamp::from_secs_nanos(wall.as_secs(), u64::from(wall.subsec_nanos()));
+        let now = Instant::now();
+        self.last_arrival = Some(match now.checked_sub(self.idle_lag) {
+            Some(then) => (ts, then),
+            None => (ts, now),
+        });
+    }
+
     /// Live capture with no packets: packet time follows the wall clock from the last
     /// kernel timestamp, so idle workers expire flows and held events are released.
     fn idle(&mut self) {
@@ -2058,6 +2082,7 @@ pub fn run_live(
         HEARTBEAT_NANOS
     };
     let mut captures = Vec::new();
+    let interfaces_n = interfaces.len();
     for (index, iface) in interfaces.iter().enumerate() {
         let senders = pipeline.senders.clone();
         let pool = pipeline.pool.clone();
@@ -2073,6 +2098,9 @@ pub fn run_live(
                     Dispatcher::new(&cfg, senders, pool, true, index, hub, progress.clone());
                 d.heartbeat_nanos = heartbeat_nanos;
                 d.idle_lag = capture::delivery_lag(&cfg.capture);
+                if interfaces_n > 1 {
+                    d.start_clock_at_wall();
+                }
                 let mut stats = CaptureStats::default();
                 let r = {
                     // Both callbacks need the dispatcher; they never run at the same time.
@@ -2181,6 +2209,82 @@ mod tests {
         assert_eq!(sh.segment(0, inside(1), ack, t, &mut q), Shed::Yes);
         sh.relax(Timestamp(t.0 + 61_000_000_000));
         assert_eq!(sh.segment(0, inside(1), ack, t, &mut q), Shed::No);
+    }
+
+    /// Split taps: a capture thread whose port has delivered nothing yet still reports a
+    /// clock, the wall clock less the delivery lag, so the workers' merge waits for it;
+    /// without the wall-clock start it reports none and the merge does not wait.
+    #[test]
+    fn a_silent_split_tap_port_reports_the_wall_clock_less_the_lag() {
+        let wall = || {
+            let d = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970");
+            Timestamp::from_secs_nanos(d.as_secs(), u64::from(d.subsec_nanos()))
+        };
+        let lag = Duration::from_millis(150);
+        let dispatcher = |tx| {
+            let mut d = Dispatcher::new(
+                &Config::default(),
+                vec![tx],
+                Arc::new(BatchPool::default()),
+                true,
+                1,
+                Arc::new(Hub::default()),
+                Progress::default(),
+            );
+            d.idle_lag = lag;
+            d.heartbeat_nanos = 10_000_000;
+            d
+        };
+        let (tx, rx) = sync_channel(4);
+        let mut silent = dispatcher(tx);
+        silent.idle();
+        assert!(
+            rx.try_recv().is_err(),
+            "no clock to report without the start"
+        );
+        let (tx, rx) = sync_channel(4);
+        let mut silent = dispatcher(tx);
+        let before = wall();
+        silent.start_clock_at_wall();
+        std::thread::sleep(Duration::from_millis(20));
+        silent.idle();
+        let after = wall();
+        let beat = rx.try_recv().expect("a heartbeat");
+        assert!(beat.segs.is_empty());
+        assert_eq!(beat.source, 1);
+        assert!(
+            beat.now.0 >= before.0 + 20_000_000 - 150_000_000
+                && beat.now.0 <= after.0 - 150_000_000,
+            "{:?} within [{before:?}, {after:?}] less the lag",
+            beat.now
+        );
+        // The merge holds a segment of the other port that is newer than that clock.
+        let mut m = merge::Merger::new(2, Duration::from_secs(1), 1 << 20);
+        m.push(beat);
+        let mut other = Batch {
+            now: after,
+            ..Batch::default()
+        };
+        other.segs.push(SegMeta {
+            ts: after,
+            tunnel: crate::decode::TunnelId(0),
+            src: "10.0.0.1:40000".parse().expect("addr"),
+            dst: "10.0.0.2:80".parse().expect("addr"),
+            seq: 1,
+            ack: 0,
+            flags: TcpFlags(TcpFlags::ACK),
+            window: 0,
+            wire_payload_len: 0,
+            start: 0,
+            len: 0,
+            cut: false,
+        });
+        m.push(other);
+        let mut released = 0;
+        m.release(false, &BatchPool::default(), &mut |_, _| released += 1);
+        assert_eq!(released, 0, "held until the silent port's clock passes it");
     }
 
     /// The edge's JA4 header is taken when it is a JA4 (36 characters of its alphabet), in
