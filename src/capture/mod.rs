@@ -82,8 +82,8 @@ pub struct SplitStats {
     /// Segments that arrived behind segments already released (their input lagged past the
     /// window, or its port stamped packets out of order): processed out of packet-time order.
     pub arrived_late: u64,
-    /// How far (microseconds of packet time) the latest of those was behind the release
-    /// point: the reordering a wider `split_reorder_ms` would have absorbed.
+    /// How far (microseconds of packet time) the worst of those was behind the release
+    /// point: how much longer the merge would have had to hold segments to order it.
     pub arrived_late_by_max_us: u64,
     /// Segments released early because held payload reached `split_hold_max_mib`.
     pub hold_cap_hits: u64,
