@@ -650,7 +650,8 @@ fn split_tap_lab(tag: &str) -> Lab {
         "ip", "link", "add", &vc, "address", mac_c, "netns", &c, "type", "veth", "peer", "name",
         &vs, "address", mac_s, "netns", &s,
     ]);
-    for port in ["a", "b", "c"] {
+    // Port D is cabled and up but nothing is mirrored to it: a dead tap port.
+    for port in ["a", "b", "c", "d"] {
         let (vm, vo) = (lab.dev(&format!("vm{port}")), lab.dev(&format!("vo{port}")));
         run(&[
             "ip", "link", "add", &vm, "netns", &s, "type", "veth", "peer", "name", &vo, "netns", &m,
@@ -700,6 +701,23 @@ fn split_tap_lab(tag: &str) -> Lab {
     lab
 }
 
+/// `shieldtap_http_transactions_total` of the daemon serving metrics on `addr` in namespace
+/// `ns` (0 while it does not answer).
+fn transactions_counted(ns: &str, addr: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "2"])
+        .arg(format!("http://{addr}/metrics"))
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find_map(|l| l.strip_prefix("shieldtap_http_transactions_total "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Transactions as comparable rows: client, method, path, status, body sizes, anomalies.
 fn transaction_rows(path: &Path) -> Vec<String> {
     let mut rows: Vec<String> = lines(path)
@@ -731,7 +749,7 @@ fn split_tap_one_direction_per_interface_pairs_like_a_span_port() {
     let lab = split_tap_lab("t");
     let dir = tempfile::tempdir().expect("temp dir");
     let _server = start_server(&lab);
-    let start = |name: &'static str, ifaces: &[String]| {
+    let start = |name: &'static str, ifaces: &[String], metrics: &str| {
         let (tx, summary, log) = (
             dir.path().join(format!("{name}.jsonl")),
             dir.path().join(format!("{name}.summary.json")),
@@ -745,7 +763,7 @@ fn split_tap_one_direction_per_interface_pairs_like_a_span_port() {
             ("--transactions-out", tx.to_str().expect("utf-8")),
             ("--summary-json", summary.to_str().expect("utf-8")),
             ("--alerts-out", "/dev/null"),
-            ("--metrics-listen", "off"),
+            ("--metrics-listen", metrics),
             ("--workers", "2"),
         ] {
             args.extend([k.into(), v.into()]);
@@ -758,12 +776,22 @@ fn split_tap_one_direction_per_interface_pairs_like_a_span_port() {
         });
         (p, tx, summary, log)
     };
-    let mut split = start("split", &[lab.dev("voa"), lab.dev("vob")]);
-    let mut single = start("single", &[lab.dev("voc")]);
+    let mut split = start("split", &[lab.dev("voa"), lab.dev("vob")], "off");
+    let mut single = start("single", &[lab.dev("voc")], "off");
+    // The SPAN copy merged with a dead port: the dead port's capture thread reports the
+    // wall clock from its start, so the merge holds the live port's segments for the
+    // delivery lag, not until shutdown, and never past the window.
+    let dead_metrics = "127.0.0.1:19464";
+    let mut dead = start("dead", &[lab.dev("voc"), lab.dev("vod")], dead_metrics);
     std::thread::sleep(Duration::from_millis(500));
     run_clients(&lab);
+    wait_until(
+        "the run with a dead port analysing every transaction while it runs",
+        Duration::from_secs(20),
+        || transactions_counted(&lab.ns("m"), dead_metrics) >= 194,
+    );
     std::thread::sleep(Duration::from_millis(2500));
-    for p in [&mut split, &mut single] {
+    for p in [&mut split, &mut single, &mut dead] {
         p.0.signal("-TERM");
         let status = p.0.wait(Duration::from_secs(20));
         assert!(
@@ -782,10 +810,15 @@ fn split_tap_one_direction_per_interface_pairs_like_a_span_port() {
         s_single["http"]["transactions"],
         s_single["http"]["paired"],
     );
-    for s in [&s_split, &s_single] {
+    let s_dead = json(&dead.2);
+    for s in [&s_split, &s_single, &s_dead] {
         assert_eq!(s["capture"]["kernel_dropped"], 0, "{s}");
         assert_eq!(s["queue"]["dropped_segments"], 0, "{s}");
     }
+    for key in ["held_too_long", "arrived_late", "hold_cap_hits"] {
+        assert_eq!(s_dead["split"][key], 0, "with a dead port: {s_dead}");
+    }
+    assert!(s_dead["http"]["paired"].as_u64() >= Some(193), "{s_dead}");
     // The kernel's mirrors themselves may, rarely, deliver a response ahead of its request
     // on one monitor port (ingress and egress mirroring run on different paths): no
     // passive tool can pair that one exchange. At most one such exchange per port is
