@@ -198,7 +198,7 @@ impl Merger {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::decode::{TcpFlags, TunnelId};
 
@@ -219,7 +219,8 @@ mod tests {
         }
     }
 
-    fn batch(source: usize, now_ms: u64, segs: &[(u64, u8)]) -> Batch {
+    /// A batch from capture thread `source` at clock `now_ms`, of segments (ms, tag).
+    pub(in crate::runtime) fn batch(source: usize, now_ms: u64, segs: &[(u64, u8)]) -> Batch {
         Batch {
             segs: segs.iter().map(|&(t, tag)| meta(t, tag)).collect(),
             arena: vec![0; segs.len() * 100],

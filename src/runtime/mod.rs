@@ -1727,9 +1727,7 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         let batch = rx.recv();
         // The events detection has finished with go here, where their memory and shared
         // counts were last touched.
-        while let Ok(events) = spent.try_recv() {
-            drop(events);
-        }
+        spent.try_iter().for_each(drop);
         let done = batch.is_err();
         let now = match (&mut merger, batch) {
             (None, Ok(batch)) => {
@@ -2075,14 +2073,14 @@ pub fn run_live(
     let pipeline = Pipeline::start(cfg, shared, workers, outputs, true, interfaces.len());
     // Split taps: workers merge the inputs by packet time up to the clock every input has
     // passed, so each capture thread reports its clock several times per merge window.
-    let heartbeat_nanos = if interfaces.len() > 1 {
+    let split = interfaces.len() > 1;
+    let heartbeat_nanos = if split {
         let window = u64::try_from(cfg.capture.split_window.as_nanos()).unwrap_or(u64::MAX);
         (window / 4).clamp(10_000_000, HEARTBEAT_NANOS)
     } else {
         HEARTBEAT_NANOS
     };
     let mut captures = Vec::new();
-    let interfaces_n = interfaces.len();
     for (index, iface) in interfaces.iter().enumerate() {
         let senders = pipeline.senders.clone();
         let pool = pipeline.pool.clone();
@@ -2098,7 +2096,7 @@ pub fn run_live(
                     Dispatcher::new(&cfg, senders, pool, true, index, hub, progress.clone());
                 d.heartbeat_nanos = heartbeat_nanos;
                 d.idle_lag = capture::delivery_lag(&cfg.capture);
-                if interfaces_n > 1 {
+                if split {
                     d.start_clock_at_wall();
                 }
                 let mut stats = CaptureStats::default();
@@ -2263,25 +2261,8 @@ mod tests {
         // The merge holds a segment of the other port that is newer than that clock.
         let mut m = merge::Merger::new(2, Duration::from_secs(1), 1 << 20);
         m.push(beat);
-        let mut other = Batch {
-            now: after,
-            ..Batch::default()
-        };
-        other.segs.push(SegMeta {
-            ts: after,
-            tunnel: crate::decode::TunnelId(0),
-            src: "10.0.0.1:40000".parse().expect("addr"),
-            dst: "10.0.0.2:80".parse().expect("addr"),
-            seq: 1,
-            ack: 0,
-            flags: TcpFlags(TcpFlags::ACK),
-            window: 0,
-            wire_payload_len: 0,
-            start: 0,
-            len: 0,
-            cut: false,
-        });
-        m.push(other);
+        let after_ms = after.0.div_ceil(1_000_000);
+        m.push(merge::tests::batch(0, after_ms, &[(after_ms, b'x')]));
         let mut released = 0;
         m.release(false, &BatchPool::default(), &mut |_, _| released += 1);
         assert_eq!(released, 0, "held until the silent port's clock passes it");
