@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use shieldtap::detect::exposure::scan;
-use shieldtap::http::Header;
+use shieldtap::http::Headers;
 
 fn profile() -> Vec<u8> {
     br#"{"id":2001,"name":"Alice Liddell","avatar_url":"https://cdn.example.com/a/2001.png",
@@ -34,14 +34,8 @@ fn orders() -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let json = vec![Header {
-        name: "Content-Type".into(),
-        value: b"application/json".as_slice().into(),
-    }];
-    let text = vec![Header {
-        name: "Content-Type".into(),
-        value: b"text/html".as_slice().into(),
-    }];
+    let json = Headers::from_iter([("Content-Type", "application/json")]);
+    let text = Headers::from_iter([("Content-Type", "text/html")]);
     let html = b"<html><body><p>Order confirmed. We will write to you soon.</p><footer>support@example.com</footer></body></html>".repeat(8);
     let mut g = c.benchmark_group("exposure");
     g.throughput(Throughput::Elements(1));

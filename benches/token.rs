@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header as JwtHeader};
-use shieldtap::http::Header;
+use shieldtap::http::Headers;
 use shieldtap::token::{RawAttestation, TokenConfig, Verifier};
 
 const NOW: f64 = 1_795_000_000.0;
@@ -30,25 +30,15 @@ fn verifier(raw: RawAttestation, cache_entries: u64) -> Verifier {
     Verifier::new(TokenConfig::from_raw(&[raw], None).expect("config")).expect("verifier")
 }
 
-fn request(token: &str) -> Vec<Header> {
-    vec![
-        Header {
-            name: "Host".into(),
-            value: b"api.example".as_slice().into(),
-        },
-        Header {
-            name: "User-Agent".into(),
-            value: b"okhttp/4.12.0".as_slice().into(),
-        },
-        Header {
-            name: "Approov-Token".into(),
-            value: token.as_bytes().into(),
-        },
-        Header {
-            name: "Accept".into(),
-            value: b"application/json".as_slice().into(),
-        },
+fn request(token: &str) -> Headers {
+    [
+        ("Host", "api.example"),
+        ("User-Agent", "okhttp/4.12.0"),
+        ("Approov-Token", token),
+        ("Accept", "application/json"),
     ]
+    .into_iter()
+    .collect()
 }
 
 fn bench_family(c: &mut Criterion, name: &str, raw: RawAttestation, tokens: Vec<String>) {
@@ -68,7 +58,7 @@ fn bench_family(c: &mut Criterion, name: &str, raw: RawAttestation, tokens: Vec<
     });
 
     let cold = verifier(raw, 1_000);
-    let requests: Vec<Vec<Header>> = tokens.iter().map(|t| request(t)).collect();
+    let requests: Vec<Headers> = tokens.iter().map(|t| request(t)).collect();
     let mut i = 0;
     group.bench_function("cold", |b| {
         b.iter(|| {

@@ -161,8 +161,9 @@ fn packet_path_allocations_per_transaction() {
 /// recycled). What stays, per transaction:
 /// - HTTP (about 3): a target longer than 24 bytes, a decoded body not decoded before,
 ///   and a body buffer grown past the one it reused: the transaction owns its messages
-///   until the event is built, then its header vectors, the buffers of values too long to
-///   sit inline (tokens, Authorization, User-Agent) and its bodies' buffers go back to the
+///   until the event is built, then its header buffers (one copy of each head and a span
+///   per field; 9.2 per transaction as when each value too long to sit inline had a
+///   pooled buffer of its own) and its bodies' buffers go back to the
 ///   parser (`http::recycle`).
 /// - content decoding (0.4 before the memo of decodings, but most of the bytes): flate2's
 ///   gzip reader allocates its inflate state and window per body (it takes no reusable

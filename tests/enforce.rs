@@ -339,16 +339,9 @@ fn a_flood_of_random_tokens_keeps_the_genuine_verdict_cached_and_memory_bounded(
     let auth = "Bearer abc";
     let good = token("device-1", auth);
     let check = |tok: &str| {
-        let hs = vec![
-            shieldtap::http::Header {
-                name: "Authorization".into(),
-                value: auth.as_bytes().into(),
-            },
-            shieldtap::http::Header {
-                name: "Approov-Token".into(),
-                value: tok.as_bytes().into(),
-            },
-        ];
+        let hs: shieldtap::http::Headers = [("Authorization", auth), ("Approov-Token", tok)]
+            .into_iter()
+            .collect();
         let input = CheckInput {
             method: "GET",
             uri: Some("/api/v1/me"),

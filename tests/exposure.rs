@@ -203,11 +203,8 @@ fn password_hash_vectors() -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn json_headers() -> Vec<shieldtap::http::Header> {
-    vec![shieldtap::http::Header {
-        name: "Content-Type".into(),
-        value: b"application/json".as_slice().into(),
-    }]
+fn json_headers() -> shieldtap::http::Headers {
+    [("Content-Type", "application/json")].into_iter().collect()
 }
 
 /// The classes `scan` names in a JSON body, by field path.

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use shieldtap::config::Config;
-use shieldtap::http::Header;
+use shieldtap::http::Headers;
 use shieldtap::token::{TokenConfig, TokenHash, Verdict, Verifier, verify_command};
 
 #[derive(Deserialize)]
@@ -62,14 +62,8 @@ fn config(case: &Case) -> TokenConfig {
         .token
 }
 
-fn headers(pairs: &[(String, String)]) -> Vec<Header> {
-    pairs
-        .iter()
-        .map(|(n, v)| Header {
-            name: n.as_str().into(),
-            value: v.as_bytes().into(),
-        })
-        .collect()
+fn headers(pairs: &[(String, String)]) -> Headers {
+    pairs.iter().map(|(n, v)| (n, v)).collect()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 mod common;
 use common::test_pki;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use shieldtap::http::Header;
+
 use shieldtap::token::{RawAttestation, TokenConfig, Verdict, Verifier};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tokens");
@@ -147,10 +147,7 @@ fn rotation() -> Rotation {
 
 fn judge(v: &Verifier, token: &str, now: f64) -> Verdict {
     v.attest(
-        &[Header {
-            name: "Approov-Token".into(),
-            value: token.as_bytes().into(),
-        }],
+        &shieldtap::http::Headers::from_iter([("Approov-Token", token.as_bytes())]),
         "/",
         now,
     )
@@ -171,10 +168,7 @@ fn jwks_over_https_is_fetched_refreshed_and_kept() {
     let v = verifier(server.url(), Some(ca_path), 1);
     assert_eq!(judge(&v, &rot.token_a, rot.now), Verdict::Valid);
     let a = v.attest(
-        &[Header {
-            name: "Approov-Token".into(),
-            value: rot.token_a.as_bytes().into(),
-        }],
+        &shieldtap::http::Headers::from_iter([("Approov-Token", rot.token_a.as_bytes())]),
         "/",
         rot.now,
     );

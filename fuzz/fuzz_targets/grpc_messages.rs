@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
         let s = grpc::walk_with(msg, md.as_ref(), limits, &mut |_, _| {});
         assert!(s.nodes <= limits.max_nodes);
     }
-    let _ = scan_grpc(&[], &m.data, md.as_ref(), true);
+    let _ = scan_grpc(&shieldtap::http::Headers::new(), &m.data, md.as_ref(), true);
     // Arbitrary bytes taken as an already normalised buffer must be safe too.
-    let _ = scan_grpc(&[], body, None, true);
+    let _ = scan_grpc(&shieldtap::http::Headers::new(), body, None, true);
 });

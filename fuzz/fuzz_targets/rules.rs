@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
             number: Some(i as u64),
             username: Some("jane@example.com".into()),
             login: i % 2 == 0,
-            objects: shieldtap::detect::request_objects("/api/v1/users/7", &[], b""),
+            objects: shieldtap::detect::request_objects("/api/v1/users/7", &shieldtap::http::Headers::new(), b""),
             returned: Default::default(),
             ownership: None,
             cross_user: false,

@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shieldtap::detect::exposure::{oracle, scan_with};
-use shieldtap::http::{Header, HeaderValue};
+use shieldtap::http::Headers;
 
 const CTYPES: [&str; 6] = [
     "application/json",
@@ -21,23 +21,16 @@ const CTYPES: [&str; 6] = [
     "APPLICATION/JSON",
 ];
 
-fn header(name: &str, value: &str) -> Header {
-    Header {
-        name: name.into(),
-        value: HeaderValue::from_slice(value.as_bytes()),
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((&first, body)) = data.split_first() else {
         return;
     };
-    let mut headers = Vec::new();
+    let mut headers = Headers::new();
     if let Some(ct) = CTYPES.get(usize::from(first & 7)) {
-        headers.push(header("Content-Type", ct));
+        headers.push("Content-Type", ct.as_bytes());
     }
     if first & 0x10 != 0 {
-        headers.push(header("Cache-Control", "public, max-age=60"));
+        headers.push("Cache-Control", b"public, max-age=60");
     }
     let want_ids = first & 0x08 != 0;
     let walked = scan_with(&headers, body, want_ids);

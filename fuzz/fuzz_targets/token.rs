@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use shieldtap::config::Config;
-use shieldtap::http::Header;
+use shieldtap::http::Headers;
 use shieldtap::token::Verifier;
 
 #[path = "../harness/jws.rs"]
@@ -96,16 +96,13 @@ fuzz_target!(|data: &[u8]| {
     let now = NOW + OFFSETS[usize::from(first & 7)];
     let mut lines = rest.split(|b| *b == b'\n');
     let target = String::from_utf8_lossy(lines.next().unwrap_or_default());
-    let headers: Vec<Header> = lines
+    let headers: Headers = lines
         .take(MAX_HEADERS)
         .filter_map(|line| {
             let colon = line.iter().position(|b| *b == b':')?;
             let (name, value) = line.split_at(colon);
             let value = value[1..].strip_prefix(b" ").unwrap_or(&value[1..]);
-            Some(Header {
-                name: String::from_utf8_lossy(name).as_ref().into(),
-                value: value.into(),
-            })
+            Some((String::from_utf8_lossy(name).into_owned(), value))
         })
         .collect();
 

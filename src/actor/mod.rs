@@ -12,7 +12,7 @@ pub mod registry;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::http::Header;
+use crate::http::Headers;
 use crate::token::{Attestation, Cidr, UserId, Verdict};
 
 /// Most addresses read from one forwarding header: an attacker controls its length.
@@ -38,7 +38,7 @@ impl Attribution {
     /// The client address: the connection's peer, unless it is a trusted proxy, in which
     /// case the right-most address of the first forwarding header that is not itself a
     /// trusted proxy (the left part of the header is client-controlled and ignored).
-    pub fn client_ip(&self, peer: IpAddr, headers: &[Header]) -> IpAddr {
+    pub fn client_ip(&self, peer: IpAddr, headers: &Headers) -> IpAddr {
         if self.trusted_proxies.is_empty() || !self.is_trusted(peer) {
             return peer;
         }
@@ -48,7 +48,7 @@ impl Attribution {
     /// The client a proxy (`peer`, trusted by the caller) names: the right-most address of
     /// the first forwarding header present that is not a trusted proxy; `peer` when there
     /// is none or the chain is malformed.
-    pub fn forwarded_client(&self, peer: IpAddr, headers: &[Header]) -> IpAddr {
+    pub fn forwarded_client(&self, peer: IpAddr, headers: &Headers) -> IpAddr {
         for name in &self.client_ip_headers {
             let Some(h) = headers
                 .iter()
@@ -56,7 +56,7 @@ impl Attribution {
             else {
                 continue;
             };
-            let Ok(text) = std::str::from_utf8(&h.value) else {
+            let Ok(text) = std::str::from_utf8(h.value) else {
                 return peer;
             };
             let forwarded = name.eq_ignore_ascii_case("forwarded");
@@ -117,7 +117,7 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 pub fn actor(
     attribution: &Attribution,
     peer: IpAddr,
-    headers: &[Header],
+    headers: &Headers,
     attestation: Option<&Attestation>,
     user: Option<&UserId>,
 ) -> Actor {
@@ -134,13 +134,6 @@ pub fn actor(
 mod tests {
     use super::*;
 
-    fn hdr(name: &str, value: &str) -> Header {
-        Header {
-            name: name.into(),
-            value: value.as_bytes().into(),
-        }
-    }
-
     fn attribution(proxies: &[&str]) -> Attribution {
         Attribution {
             client_ip_headers: vec!["x-forwarded-for".into()],
@@ -155,7 +148,7 @@ mod tests {
     #[test]
     fn untrusted_peers_are_the_client_whatever_they_claim() {
         let a = attribution(&["10.0.0.0/8"]);
-        let h = [hdr("X-Forwarded-For", "1.1.1.1")];
+        let h = crate::http::Headers::from_iter([("X-Forwarded-For", "1.1.1.1")]);
         assert_eq!(a.client_ip(ip("192.0.2.7"), &h), ip("192.0.2.7"));
         // No proxies configured: headers are never read.
         assert_eq!(
@@ -168,9 +161,12 @@ mod tests {
     fn trusted_proxy_chain_is_walked_from_the_right() {
         let a = attribution(&["10.0.0.0/8"]);
         // The client forged the left-most entry; the proxies appended the rest.
-        let h = [hdr("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.1.1")];
+        let h = crate::http::Headers::from_iter([(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.9, 10.1.1.1",
+        )]);
         assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("203.0.113.9"));
-        let h = [hdr("X-Forwarded-For", "[2001:db8::1]:443")];
+        let h = crate::http::Headers::from_iter([("X-Forwarded-For", "[2001:db8::1]:443")]);
         assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("2001:db8::1"));
     }
 
@@ -180,25 +176,28 @@ mod tests {
             client_ip_headers: vec!["Forwarded".into(), "X-Real-IP".into()],
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
         };
-        let h = [hdr(
+        let h = crate::http::Headers::from_iter([(
             "Forwarded",
             "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.1.1.1",
-        )];
+        )]);
         assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("2001:db8::7"));
-        let h = [hdr("X-Real-IP", "198.51.100.4")];
+        let h = crate::http::Headers::from_iter([("X-Real-IP", "198.51.100.4")]);
         assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("198.51.100.4"));
         // Obfuscated identifiers (`for=_hidden`) are not addresses: the chain ends there.
-        let h = [hdr("Forwarded", "for=_hidden")];
+        let h = crate::http::Headers::from_iter([("Forwarded", "for=_hidden")]);
         assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("10.2.2.2"));
     }
 
     #[test]
     fn malformed_or_missing_headers_fall_back_to_the_peer() {
         let a = attribution(&["10.0.0.0/8"]);
-        let h = [hdr("X-Forwarded-For", "203.0.113.9, not-an-ip")];
+        let h = crate::http::Headers::from_iter([("X-Forwarded-For", "203.0.113.9, not-an-ip")]);
         assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("10.2.2.2"));
-        assert_eq!(a.client_ip(ip("10.2.2.2"), &[]), ip("10.2.2.2"));
-        let h = [hdr("X-Forwarded-For", "10.3.3.3")];
+        assert_eq!(
+            a.client_ip(ip("10.2.2.2"), &crate::http::Headers::new()),
+            ip("10.2.2.2")
+        );
+        let h = crate::http::Headers::from_iter([("X-Forwarded-For", "10.3.3.3")]);
         assert_eq!(a.client_ip(ip("10.2.2.2"), &h), ip("10.2.2.2"));
     }
 }

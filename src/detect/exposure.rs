@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 
 use regex::Regex;
 
-use crate::http::{Header, header};
+use crate::http::{Headers, header};
 use crate::redact;
 
 /// Largest body scanned.
@@ -82,7 +82,7 @@ pub struct Scan {
 }
 
 /// Whether `Cache-Control` lets shared caches serve the response to every client.
-pub fn shared_cacheable(headers: &[Header]) -> bool {
+pub fn shared_cacheable(headers: &Headers) -> bool {
     let mut public = false;
     for h in headers
         .iter()
@@ -1370,13 +1370,13 @@ fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
 }
 
 /// Scans a response body: JSON by field paths, other text by value patterns.
-pub fn scan(headers: &[Header], body: &[u8]) -> Scan {
+pub fn scan(headers: &Headers, body: &[u8]) -> Scan {
     scan_with(headers, body, true)
 }
 
 /// [`scan`], collecting returned ids only when `want_ids` (a POST, or a request naming an
 /// object: the only ones ownership can learn from).
-pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
+pub fn scan_with(headers: &Headers, body: &[u8], want_ids: bool) -> Scan {
     let ctype = header(headers, "content-type").unwrap_or_default();
     scan_typed(ctype, shared_cacheable(headers), body, want_ids)
 }
@@ -1417,7 +1417,7 @@ pub(crate) fn scan_typed(ctype: &[u8], shared_cache: bool, body: &[u8], want_ids
 /// streamed response when larger; ids are the `id` of each message (`None` field) and of
 /// the elements of repeated messages (the field's name), as for JSON.
 pub fn scan_grpc(
-    headers: &[Header],
+    headers: &Headers,
     body: &[u8],
     desc: Option<&prost_reflect::MessageDescriptor>,
     want_ids: bool,
@@ -1755,7 +1755,7 @@ pub mod oracle {
 
     /// [`scan`], collecting returned ids only when `want_ids` (a POST, or a request naming an
     /// object: the only ones ownership can learn from).
-    pub fn scan_with(headers: &[Header], body: &[u8], want_ids: bool) -> Scan {
+    pub fn scan_with(headers: &Headers, body: &[u8], want_ids: bool) -> Scan {
         let mut out = Scan {
             shared_cache: shared_cacheable(headers),
             ..Scan::default()
@@ -1829,20 +1829,14 @@ pub mod oracle {
 mod tests {
     #[test]
     fn shared_cacheable_responses() {
-        use crate::http::Header;
-        let h = |v: &str| {
-            vec![Header {
-                name: "Cache-Control".into(),
-                value: v.as_bytes().into(),
-            }]
-        };
+        let h = |v: &str| crate::http::Headers::from_iter([("Cache-Control", v.as_bytes())]);
         assert!(super::shared_cacheable(&h("public, max-age=600")));
         assert!(super::shared_cacheable(&h("max-age=60, S-MAXAGE=600")));
         assert!(!super::shared_cacheable(&h("private, max-age=600")));
         assert!(!super::shared_cacheable(&h("public, no-store")));
         assert!(!super::shared_cacheable(&h("max-age=600")));
         assert!(!super::shared_cacheable(&h("no-cache")));
-        assert!(!super::shared_cacheable(&[]));
+        assert!(!super::shared_cacheable(&crate::http::Headers::new()));
     }
 
     use super::*;
@@ -1853,10 +1847,7 @@ mod tests {
 
     #[test]
     fn the_top_level_owner_field_names_whose_object_is_answered() {
-        let h = [Header {
-            name: "Content-Type".into(),
-            value: b"application/json".as_slice().into(),
-        }];
+        let h = crate::http::Headers::from_iter([("Content-Type", b"application/json".as_slice())]);
         let json = |b: &str, ids: bool| scan_with(&h, b.as_bytes(), ids).owner;
         let order = r#"{"id":500123,"user_id":100521,"items":[{"id":1,"owner_id":7}]}"#;
         assert_eq!(json(order, true).as_deref(), Some("100521"));
@@ -2206,11 +2197,8 @@ mod tests {
         assert_eq!(c("label", "$1$ shipping"), None);
     }
 
-    fn json() -> Vec<Header> {
-        vec![Header {
-            name: "Content-Type".into(),
-            value: b"application/json".as_slice().into(),
-        }]
+    fn json() -> Headers {
+        crate::http::Headers::from_iter([("Content-Type", b"application/json".as_slice())])
     }
 
     #[test]
@@ -2256,7 +2244,10 @@ mod tests {
 
     #[test]
     fn text_bodies_are_scanned_by_value_and_caps_hold() {
-        let s = scan(&[], b"Contact: jane@example.com, card 4111 1111 1111 1111.");
+        let s = scan(
+            &crate::http::Headers::new(),
+            b"Contact: jane@example.com, card 4111 1111 1111 1111.",
+        );
         let classes: Vec<&str> = s.findings.iter().map(|f| f.class.as_str()).collect();
         assert_eq!(classes, vec!["email", "payment-card"]);
         let deep = "[".repeat(100) + &"]".repeat(100);
@@ -2276,14 +2267,11 @@ mod walker_equivalence {
 
     use super::*;
 
-    fn ct(v: &str) -> Vec<Header> {
+    fn ct(v: &str) -> Headers {
         if v.is_empty() {
-            return Vec::new();
+            return Headers::new();
         }
-        vec![Header {
-            name: "Content-Type".into(),
-            value: v.as_bytes().into(),
-        }]
+        crate::http::Headers::from_iter([("Content-Type", v.as_bytes())])
     }
 
     fn same(body: &[u8]) {
@@ -2623,7 +2611,12 @@ mod grpc_tests {
     #[test]
     fn profile_with_schema_names_the_personal_fields_as_json_would() {
         let b = body("profile.gzip.grpc", Some("gzip"));
-        let s = scan_grpc(&[], &b, Some(&output("/shop.v1.Shop/GetProfile")), true);
+        let s = scan_grpc(
+            &crate::http::Headers::new(),
+            &b,
+            Some(&output("/shop.v1.Shop/GetProfile")),
+            true,
+        );
         has(
             &s,
             &[
@@ -2659,7 +2652,7 @@ mod grpc_tests {
     #[test]
     fn profile_without_schema_names_them_by_number() {
         let b = body("profile.gzip.grpc", Some("gzip"));
-        let s = scan_grpc(&[], &b, None, true);
+        let s = scan_grpc(&crate::http::Headers::new(), &b, None, true);
         has(
             &s,
             &[
@@ -2680,7 +2673,12 @@ mod grpc_tests {
     #[test]
     fn order_lists_give_records_ids_and_cards() {
         let b = body("orders.deflate.grpc", Some("deflate"));
-        let s = scan_grpc(&[], &b, Some(&output("/shop.v1.Shop/ListOrders")), true);
+        let s = scan_grpc(
+            &crate::http::Headers::new(),
+            &b,
+            Some(&output("/shop.v1.Shop/ListOrders")),
+            true,
+        );
         has(
             &s,
             &[
@@ -2707,16 +2705,26 @@ mod grpc_tests {
         );
         no_values(&s);
         // Ids only when asked for.
-        let s = scan_grpc(&[], &b, Some(&output("/shop.v1.Shop/ListOrders")), false);
+        let s = scan_grpc(
+            &crate::http::Headers::new(),
+            &b,
+            Some(&output("/shop.v1.Shop/ListOrders")),
+            false,
+        );
         assert!(s.ids.is_empty());
-        let s = scan_grpc(&[], &b, None, true);
+        let s = scan_grpc(&crate::http::Headers::new(), &b, None, true);
         has(&s, &[("$.1.4", Class::PaymentCard)]);
     }
 
     #[test]
     fn a_server_stream_counts_its_messages_as_records() {
         let b = body("stream_orders.grpc", None);
-        let s = scan_grpc(&[], &b, Some(&output("/shop.v1.Shop/StreamOrders")), true);
+        let s = scan_grpc(
+            &crate::http::Headers::new(),
+            &b,
+            Some(&output("/shop.v1.Shop/StreamOrders")),
+            true,
+        );
         assert_eq!(s.records, 3);
         has(&s, &[("$.card_number", Class::PaymentCard)]);
         let ids: Vec<(Option<&str>, &str)> =
@@ -2730,7 +2738,12 @@ mod grpc_tests {
     fn a_login_request_shows_its_password_field() {
         let d = Descriptors::load(&[dir().join("shop.protoset")]).expect("protoset");
         let input = d.method("/shop.v1.Shop/Login").expect("login").0;
-        let s = scan_grpc(&[], &body("login.grpc", None), Some(&input), false);
+        let s = scan_grpc(
+            &crate::http::Headers::new(),
+            &body("login.grpc", None),
+            Some(&input),
+            false,
+        );
         has(
             &s,
             &[
@@ -2744,19 +2757,19 @@ mod grpc_tests {
     #[test]
     fn caps_and_cache_headers_apply_as_for_json() {
         let b = body("profile.gzip.grpc", Some("gzip"));
-        let h = [Header {
-            name: "cache-control".into(),
-            value: smallvec::SmallVec::from_slice(b"public, max-age=60"),
-        }];
+        let h = crate::http::Headers::from_iter([("cache-control", b"public, max-age=60")]);
         assert!(scan_grpc(&h, &b, None, false).shared_cache);
         let big = vec![0u8; MAX_SCAN_BYTES + 1];
-        let s = scan_grpc(&[], &big, None, false);
+        let s = scan_grpc(&crate::http::Headers::new(), &big, None, false);
         assert!(s.truncated && s.findings.is_empty());
-        assert_eq!(scan_grpc(&[], &[], None, false), Scan::default());
+        assert_eq!(
+            scan_grpc(&crate::http::Headers::new(), &[], None, false),
+            Scan::default()
+        );
         // Many messages: the node cap stops the walk.
         let one: Vec<u8> = [0u8, 0, 0, 0, 2, 0x08, 0x01].to_vec();
         let many: Vec<u8> = (0..MAX_NODES + 10).flat_map(|_| one.clone()).collect();
-        let s = scan_grpc(&[], &many, None, false);
+        let s = scan_grpc(&crate::http::Headers::new(), &many, None, false);
         assert!(s.truncated);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use regex::RegexSet;
 
-use crate::http::{Header, header};
+use crate::http::{Headers, header};
 
 /// Query parameters that number a page or an object.
 const NUMBER_PARAMS: &[&str] = &["page", "offset", "id", "start", "p"];
@@ -59,7 +59,7 @@ impl Default for LoginConfig {
 pub fn login_username(
     cfg: &LoginConfig,
     route: &str,
-    headers: &[Header],
+    headers: &Headers,
     body: &[u8],
 ) -> Option<Arc<str>> {
     if !cfg.routes.is_match(route) {
@@ -69,11 +69,7 @@ pub fn login_username(
 }
 
 /// [`login_username`] of a request whose route the caller already knows is a login route.
-pub fn login_route_username(
-    cfg: &LoginConfig,
-    headers: &[Header],
-    body: &[u8],
-) -> Option<Arc<str>> {
+pub fn login_route_username(cfg: &LoginConfig, headers: &Headers, body: &[u8]) -> Option<Arc<str>> {
     if body.is_empty() {
         return None;
     }
@@ -151,13 +147,6 @@ mod tests {
         }
     }
 
-    fn hdr(n: &str, v: &str) -> Header {
-        Header {
-            name: n.into(),
-            value: v.as_bytes().into(),
-        }
-    }
-
     #[test]
     fn numbers_from_paths_and_queries() {
         assert_eq!(object_number("/api/v1/users/42"), Some(42));
@@ -172,7 +161,7 @@ mod tests {
     #[test]
     fn usernames_from_json_and_form_logins_only() {
         let cfg = LoginConfig::default();
-        let json = [hdr("Content-Type", "application/json")];
+        let json = crate::http::Headers::from_iter([("Content-Type", "application/json")]);
         let body = br#"{"username":"victim01@example.com","password":"x"}"#;
         assert_eq!(
             login_username(&cfg, "/api/v1/login", &json, body).as_deref(),
@@ -180,7 +169,10 @@ mod tests {
         );
         // Not a login route: bodies are not read.
         assert_eq!(login_username(&cfg, "/api/v1/orders", &json, body), None);
-        let form = [hdr("Content-Type", "application/x-www-form-urlencoded")];
+        let form = crate::http::Headers::from_iter([(
+            "Content-Type",
+            "application/x-www-form-urlencoded",
+        )]);
         assert_eq!(
             login_username(
                 &cfg,

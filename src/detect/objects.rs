@@ -17,7 +17,7 @@ use thin_vec::ThinVec;
 
 use super::json_fields::{self, Scalar};
 use crate::capture::Timestamp;
-use crate::http::{Header, header};
+use crate::http::{Headers, header};
 use crate::route::IdSegments;
 
 /// Most object references taken from one request or response.
@@ -27,7 +27,7 @@ const MAX_JSON_BYTES: usize = 256 * 1024;
 use crate::object::USER_COLLECTIONS;
 pub use crate::object::{ObjectRef, collection, is_user_collection};
 
-fn is_json(headers: &[Header], body: &[u8]) -> bool {
+fn is_json(headers: &Headers, body: &[u8]) -> bool {
     header(headers, "content-type").is_some_and(crate::http::mentions_json)
         || matches!(body.first(), Some(b'{' | b'['))
 }
@@ -49,7 +49,7 @@ fn segments(path: &str, ids: Option<IdSegments>) -> impl Iterator<Item = (&str, 
 
 /// Objects a request names: id segments of its path (collection: the literal before),
 /// `id` / `*_id` query parameters, and `id` / `*_id` fields of a JSON body.
-pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec<ObjectRef> {
+pub fn request_objects(target: &str, headers: &Headers, body: &[u8]) -> ThinVec<ObjectRef> {
     request_objects_judged(target, None, headers, body)
 }
 
@@ -58,7 +58,7 @@ pub fn request_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec
 pub fn request_objects_judged(
     target: &str,
     ids: Option<IdSegments>,
-    headers: &[Header],
+    headers: &Headers,
     body: &[u8],
 ) -> ThinVec<ObjectRef> {
     let (path, query) = crate::route::split_query(target);
@@ -125,7 +125,7 @@ fn names_id(k: &str) -> bool {
 
 /// Ids a JSON response returns: its own `id`, and the `id`s of objects in its arrays
 /// (collection: the array's field name, or the path's last literal segment).
-pub fn returned_objects(target: &str, headers: &[Header], body: &[u8]) -> ThinVec<ObjectRef> {
+pub fn returned_objects(target: &str, headers: &Headers, body: &[u8]) -> ThinVec<ObjectRef> {
     if body.is_empty() || body.len() > MAX_JSON_BYTES || !is_json(headers, body) {
         return ThinVec::new();
     }
@@ -472,17 +472,14 @@ mod tests {
             let mut route = String::new();
             let ids = crate::route::route_into(crate::route::path_of(&target), &mut route);
             proptest::prop_assert_eq!(
-                request_objects_judged(&target, Some(ids), &[], b""),
-                request_objects(&target, &[], b"")
+                request_objects_judged(&target, Some(ids), &crate::http::Headers::new(), b""),
+                request_objects(&target, &crate::http::Headers::new(), b"")
             );
         }
     }
 
-    fn json_hdr() -> Vec<Header> {
-        vec![Header {
-            name: "Content-Type".into(),
-            value: b"application/json".as_slice().into(),
-        }]
+    fn json_hdr() -> Headers {
+        crate::http::Headers::from_iter([("Content-Type", b"application/json".as_slice())])
     }
 
     fn r(c: &str, id: &str) -> ObjectRef {
@@ -618,13 +615,17 @@ mod tests {
     #[test]
     fn request_objects_from_path_query_and_body() {
         assert_eq!(
-            request_objects("/api/v1/users/1001/orders/5001?page=2", &[], b""),
+            request_objects(
+                "/api/v1/users/1001/orders/5001?page=2",
+                &crate::http::Headers::new(),
+                b""
+            ),
             vec![r("user", "1001"), r("order", "5001")]
         );
         assert_eq!(
             request_objects(
                 "/api/v2/accounts/3f2b8c1e-9d4a-4b5e-8f6a-1c2d3e4f5a6b/cards?card_id=77",
-                &[],
+                &crate::http::Headers::new(),
                 b""
             ),
             vec![

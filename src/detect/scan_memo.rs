@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use crate::budget::{Table, Usage};
 use crate::detect::exposure::{self, Finding, Scan};
-use crate::http::{Header, header};
+use crate::http::{Headers, header};
 use crate::memo::{Identity, Key, Shared};
 
 /// Largest body kept (a large body is rarely repeated and would crowd out many small ones).
@@ -146,7 +146,7 @@ impl ScanMemo {
 
     /// The scan of a response body: the one made before for the same bytes, headers that
     /// matter and `want_ids`, else a new one (kept for next time).
-    pub fn scan(&mut self, headers: &[Header], body: &[u8], want_ids: bool) -> Arc<Scan> {
+    pub fn scan(&mut self, headers: &Headers, body: &[u8], want_ids: bool) -> Arc<Scan> {
         let (ctype, shared) = self.make_head(headers, want_ids, None);
         let k = Key {
             head: &self.head,
@@ -178,7 +178,7 @@ impl ScanMemo {
     /// may serve the response, which the scan takes too.
     fn make_head<'h>(
         &mut self,
-        headers: &'h [Header],
+        headers: &'h Headers,
         want_ids: bool,
         decode_head: Option<&[u8]>,
     ) -> (&'h [u8], bool) {
@@ -199,7 +199,7 @@ impl ScanMemo {
     /// [`ScanMemo::scan_coded`]. A hit needs neither decoding nor scanning.
     pub(crate) fn lookup_coded(
         &mut self,
-        headers: &[Header],
+        headers: &Headers,
         coded: &[u8],
         decode_head: &[u8],
         want_ids: bool,
@@ -230,7 +230,7 @@ impl ScanMemo {
     pub(crate) fn scan_coded(
         &mut self,
         miss: CodedMiss,
-        headers: &[Header],
+        headers: &Headers,
         coded: &[u8],
         decode_head: &[u8],
         decoded: &[u8],
@@ -267,15 +267,8 @@ impl ScanMemo {
 mod tests {
     use super::*;
 
-    fn h(name: &str, value: &str) -> Header {
-        Header {
-            name: name.into(),
-            value: value.as_bytes().into(),
-        }
-    }
-
-    fn json() -> Vec<Header> {
-        vec![h("Content-Type", "application/json")]
+    fn json() -> Headers {
+        crate::http::Headers::from_iter([("Content-Type", "application/json")])
     }
 
     const PROFILE: &[u8] =
@@ -308,16 +301,16 @@ mod tests {
         assert!(!Arc::ptr_eq(&first, &no_ids));
         assert_eq!(*no_ids, exposure::scan_with(&json(), PROFILE, false));
 
-        let public = vec![
-            h("Content-Type", "application/json"),
-            h("Cache-Control", "public, max-age=60"),
-        ];
+        let public = crate::http::Headers::from_iter([
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "public, max-age=60"),
+        ]);
         let p = m.scan(&public, PROFILE, true);
         assert!(p.shared_cache && !first.shared_cache);
         assert_eq!(*p, exposure::scan_with(&public, PROFILE, true));
 
         // The same bytes as text are not walked as JSON's fields.
-        let text = vec![h("Content-Type", "text/plain")];
+        let text = crate::http::Headers::from_iter([("Content-Type", "text/plain")]);
         let t = m.scan(
             &text,
             b"call +44 7700 900123 or mail ann.lee@example.com",

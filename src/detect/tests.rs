@@ -414,7 +414,7 @@ fn bola_event(secs: f64, user: &str, path: &str, status: u16) -> Event {
     x.actor.device = None;
     x.route = Some(crate::route::route_of(path).into());
     x.object = Some(path.into());
-    x.objects = crate::detect::request_objects(path, &[], b"");
+    x.objects = crate::detect::request_objects(path, &crate::http::Headers::new(), b"");
     x.status = Some(status);
     x
 }
@@ -806,10 +806,7 @@ fn deny_classes_override_expose_only_and_drive_denied_rules() {
         ))
     };
     let body = br#"{"ssn":"219-09-9999","email":"jo@example.com"}"#;
-    let hdr = [crate::http::Header {
-        name: "Content-Type".into(),
-        value: b"application/json".as_slice().into(),
-    }];
+    let hdr = crate::http::Headers::from_iter([("Content-Type", b"application/json".as_slice())]);
     let resp = |secs: f64| {
         let mut e = ev(secs, "192.0.2.1");
         e.route = Some("/api/v1/tax/{id}".into());

@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::config::{EnforceConfig, Mode};
 use super::decisions::{Hit, Store};
 use super::stats::{CheckResult, EnforceStats, Reason};
-use crate::http::Header;
+use crate::http::Headers;
 use crate::token::{Verdict, Verifier};
 
 /// Where the check gets the current verifier (swapped on reload).
@@ -26,7 +26,7 @@ pub struct CheckInput<'a> {
     pub host: Option<&'a str>,
     /// The gateway's address.
     pub peer: IpAddr,
-    pub headers: &'a [Header],
+    pub headers: &'a Headers,
 }
 
 /// The answer.
@@ -74,7 +74,7 @@ impl Checker {
     /// The client: the right-most address of the first client header present that is not
     /// a trusted proxy; the gateway itself when no header names one.
     /// The gateway is always believed: it is the one asking.
-    pub fn client(&self, peer: IpAddr, headers: &[Header]) -> IpAddr {
+    pub fn client(&self, peer: IpAddr, headers: &Headers) -> IpAddr {
         self.attribution.forwarded_client(peer, headers)
     }
 

@@ -32,7 +32,7 @@ use super::check::{CheckInput, Checker};
 use super::decisions::{Ban, Decision, DecisionError, Scope, canonical, go_duration, rfc3339};
 use super::stats::{CheckResult, Reason};
 use super::unix_now;
-use crate::http::Header;
+use crate::http::Headers;
 
 /// Largest request head accepted (hyper's buffer; at least 8 KiB).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -253,12 +253,9 @@ async fn serve(
     }
 }
 
-fn headers_of(map: &HeaderMap) -> Vec<Header> {
+fn headers_of(map: &HeaderMap) -> Headers {
     map.iter()
-        .map(|(n, v)| Header {
-            name: n.as_str().into(),
-            value: v.as_bytes().into(),
-        })
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .collect()
 }
 

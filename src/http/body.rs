@@ -30,7 +30,7 @@ use std::cell::RefCell;
 use std::io::Read;
 use std::sync::Arc;
 
-use super::{Header, HttpConfig};
+use super::{Headers, HttpConfig};
 use crate::budget::Usage;
 use crate::memo::{Identity, Key, Shared};
 
@@ -133,7 +133,7 @@ pub(crate) struct FramingHeaders {
 }
 
 /// Reads Content-Length, Transfer-Encoding and Content-Encoding from `headers`.
-pub(crate) fn framing_headers(headers: &[Header]) -> FramingHeaders {
+pub(crate) fn framing_headers(headers: &Headers) -> FramingHeaders {
     let mut cl = ContentLength::Absent;
     let mut content = Codings::default();
     let mut transfer = Codings::default();
@@ -141,7 +141,7 @@ pub(crate) fn framing_headers(headers: &[Header]) -> FramingHeaders {
     let mut te_last_chunked = false;
     for h in headers {
         // Told apart by length first: most headers are none of the three.
-        let name = h.name.as_str();
+        let name = h.name;
         if !matches!(name.len(), 14 | 16 | 17) {
             continue;
         }
@@ -166,7 +166,7 @@ pub(crate) fn framing_headers(headers: &[Header]) -> FramingHeaders {
                 }
             }
         } else if crate::http::same_name(name.as_bytes(), b"content-encoding") {
-            content.add_list(&h.value);
+            content.add_list(h.value);
         }
     }
     for c in transfer.iter() {
@@ -639,11 +639,8 @@ mod tests {
 
     use super::*;
 
-    fn header(name: &str, value: &str) -> Header {
-        Header {
-            name: name.into(),
-            value: value.as_bytes().into(),
-        }
+    fn header(name: &str, value: &str) -> (String, String) {
+        (name.to_owned(), value.to_owned())
     }
 
     fn codings(list: &[Coding]) -> Codings {
@@ -682,7 +679,7 @@ mod tests {
     #[test]
     fn content_length_forms() {
         let f = |vals: &[&str]| {
-            let hs: Vec<Header> = vals.iter().map(|v| header("Content-Length", v)).collect();
+            let hs: Headers = vals.iter().map(|v| header("Content-Length", v)).collect();
             framing_headers(&hs).content_length
         };
         assert_eq!(f(&[]), ContentLength::Absent);
@@ -699,22 +696,31 @@ mod tests {
 
     #[test]
     fn transfer_and_content_codings() {
-        let fh = framing_headers(&[header("Transfer-Encoding", "chunked")]);
+        let fh = framing_headers(&crate::http::Headers::from_iter([(
+            "Transfer-Encoding",
+            "chunked",
+        )]));
         assert_eq!(fh.transfer_encoding, TransferEncoding::Chunked);
         assert!(fh.codings.is_empty());
 
-        let fh = framing_headers(&[header("transfer-encoding", "gzip, Chunked")]);
+        let fh = framing_headers(&crate::http::Headers::from_iter([(
+            "transfer-encoding",
+            "gzip, Chunked",
+        )]));
         assert_eq!(fh.transfer_encoding, TransferEncoding::Chunked);
         assert_eq!(fh.codings.iter().collect::<Vec<_>>(), vec![Coding::Gzip]);
 
-        let fh = framing_headers(&[header("Transfer-Encoding", "chunked, gzip")]);
+        let fh = framing_headers(&crate::http::Headers::from_iter([(
+            "Transfer-Encoding",
+            "chunked, gzip",
+        )]));
         assert_eq!(fh.transfer_encoding, TransferEncoding::NotChunked);
         assert!(fh.codings.unknown);
 
-        let fh = framing_headers(&[
-            header("Content-Encoding", "gzip, br"),
-            header("Content-Encoding", "identity"),
-        ]);
+        let fh = framing_headers(&crate::http::Headers::from_iter([
+            ("Content-Encoding", "gzip, br"),
+            ("Content-Encoding", "identity"),
+        ]));
         assert_eq!(fh.transfer_encoding, TransferEncoding::Absent);
         assert_eq!(
             fh.codings.iter().collect::<Vec<_>>(),
@@ -722,9 +728,15 @@ mod tests {
         );
         assert!(!fh.codings.unknown);
 
-        let fh = framing_headers(&[header("Content-Encoding", "zstd")]);
+        let fh = framing_headers(&crate::http::Headers::from_iter([(
+            "Content-Encoding",
+            "zstd",
+        )]));
         assert!(fh.codings.unknown);
-        let fh = framing_headers(&[header("Content-Encoding", "gzip,gzip,gzip,gzip,gzip")]);
+        let fh = framing_headers(&crate::http::Headers::from_iter([(
+            "Content-Encoding",
+            "gzip,gzip,gzip,gzip,gzip",
+        )]));
         assert!(fh.codings.unknown, "more than MAX_CODINGS stacked");
     }
 

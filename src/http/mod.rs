@@ -15,6 +15,7 @@
 
 mod body;
 pub mod h2;
+mod headers;
 mod parser;
 
 pub(crate) use body::{
@@ -22,6 +23,7 @@ pub(crate) use body::{
     set_decode_memo, settle_decoded,
 };
 pub use body::{decode_memo_usage, forget_decodes};
+pub use headers::{Header, Headers, Name as HeaderName};
 pub use parser::{HttpConn, HttpStats, METHOD_CLASSES, STATUS_CLASSES};
 
 use crate::capture::Timestamp;
@@ -87,21 +89,6 @@ impl Default for HttpConfig {
     }
 }
 
-/// One header field as received. Names keep their case; compare case-insensitively.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
-    /// Names are short: kept inline, no allocation.
-    pub name: compact_str::CompactString,
-    /// Most values fit inline too; long ones (tokens, user agents) go to the heap.
-    pub value: HeaderValue,
-}
-
-/// A header value's bytes.
-pub type HeaderValue = smallvec::SmallVec<[u8; HEADER_VALUE_INLINE]>;
-
-/// Header value bytes kept inline.
-const HEADER_VALUE_INLINE: usize = 32;
-
 /// A message body as kept for detectors.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Body {
@@ -115,7 +102,7 @@ pub struct Body {
     pub truncated: bool,
     /// Trailer fields after a chunked body. Kept apart from the head's fields: a trailer
     /// must not be able to override a header a detector trusts (RFC 9110 §6.5.1).
-    pub trailers: Vec<Header>,
+    pub trailers: Headers,
     /// The content codings `data` still holds, when the parser left undoing them to the
     /// one who reads the body ([`HttpConfig::defer_response_decoding`]): `data` is then
     /// as sent, and [`Transaction::decode_deferred`] or a memo of what was made from these bytes
@@ -134,7 +121,7 @@ pub struct Request {
     /// Minor version: 0 for HTTP/1.0 and for a request line without a version (HTTP/0.9
     /// style, flagged `request-line-no-version`), 1 for HTTP/1.1.
     pub version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     pub body: Body,
     /// Packet time of the first byte of the request.
     pub ts: Timestamp,
@@ -146,7 +133,7 @@ pub struct Response {
     /// head at all (`response-no-head`).
     pub status: u16,
     pub version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     pub body: Body,
     /// Packet time of the first byte of the response head.
     pub ts: Timestamp,
@@ -178,19 +165,13 @@ impl Transaction {
     }
 }
 
-/// Header vectors handed back by transactions that are done with (see [`recycle`]),
-/// for the next heads parsed on this thread: each message allocated one.
+/// Header buffers handed back by transactions that are done with (see [`recycle`]),
+/// for the next heads parsed on this thread: each message allocated them.
 const RECYCLED_KEPT: usize = 64;
-/// Vectors grown past this many headers (a hostile head) are freed, not kept.
-const RECYCLED_MAX_CAPACITY: usize = 64;
-
-/// Heap buffers of header values too long to sit inline (tokens, `Authorization`,
-/// `User-Agent`: a few per request), kept per thread for the next heads' long values, at
-/// most this many...
-const RECYCLED_VALUES_KEPT: usize = 128;
-/// ...and none larger than this (a hostile value is freed, not kept): at most 512 KiB
-/// per thread, about 100 KiB on an API's traffic.
-const RECYCLED_VALUE_MAX_CAPACITY: usize = 4096;
+/// Buffers grown past this many fields or bytes (a hostile head) are freed, not kept: at
+/// most about 1 MiB per thread, about 100 KiB on an API's traffic.
+const RECYCLED_MAX_FIELDS: usize = 64;
+const RECYCLED_MAX_BYTES: usize = 16 * 1024;
 
 /// Body buffers of transactions done with, kept per thread for the next bodies kept or
 /// decoded (a body grown segment by segment reallocated several times), at most this
@@ -205,9 +186,7 @@ type Pool<T> = std::thread::LocalKey<std::cell::RefCell<Vec<T>>>;
 thread_local! {
     static RECYCLED_BODIES: std::cell::RefCell<Vec<Vec<u8>>> =
         const { std::cell::RefCell::new(Vec::new()) };
-    static RECYCLED: std::cell::RefCell<Vec<Vec<Header>>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-    static RECYCLED_VALUES: std::cell::RefCell<Vec<Vec<u8>>> =
+    static RECYCLED: std::cell::RefCell<Vec<Headers>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -246,27 +225,13 @@ pub(crate) fn recycle_body(mut buf: Vec<u8>) {
     give_pooled(&RECYCLED_BODIES, buf, RECYCLED_BODIES_KEPT);
 }
 
-/// A header value's bytes, in a heap buffer this thread used before when they are too
-/// long to sit inline.
-pub(crate) fn header_value(bytes: &[u8]) -> HeaderValue {
-    if bytes.len() <= HEADER_VALUE_INLINE {
-        return HeaderValue::from_slice(bytes);
-    }
-    let mut buf = take_pooled(&RECYCLED_VALUES);
-    buf.clear();
-    buf.extend_from_slice(bytes);
-    // Longer than the inline size: `from_vec` keeps the buffer rather than copying.
-    HeaderValue::from_vec(buf)
-}
-
-/// An empty header vector, reused when this thread has one.
-pub(crate) fn recycled_headers() -> Vec<Header> {
+/// Empty header buffers, reused when this thread has some.
+pub(crate) fn recycled_headers() -> Headers {
     take_pooled(&RECYCLED)
 }
 
-/// Takes back the header vectors of a transaction that is done with (kept per thread, at
-/// most [`RECYCLED_KEPT`], their headers dropped), the buffers of its long header values
-/// (at most [`RECYCLED_VALUES_KEPT`]) and its bodies' buffers (at most
+/// Takes back the header buffers of a transaction that is done with (kept per thread, at
+/// most [`RECYCLED_KEPT`], emptied) and its bodies' buffers (at most
 /// [`RECYCLED_BODIES_KEPT`]), for the next messages parsed on this thread.
 pub fn recycle(tx: &mut Transaction) {
     let parts = [
@@ -276,13 +241,8 @@ pub fn recycle(tx: &mut Transaction) {
     for (headers, body) in parts.into_iter().flatten() {
         recycle_body(std::mem::take(&mut body.data));
         let mut v = std::mem::take(headers);
-        for h in &mut v {
-            if h.value.spilled() && h.value.capacity() <= RECYCLED_VALUE_MAX_CAPACITY {
-                let buf = std::mem::take(&mut h.value).into_vec();
-                give_pooled(&RECYCLED_VALUES, buf, RECYCLED_VALUES_KEPT);
-            }
-        }
-        if v.capacity() == 0 || v.capacity() > RECYCLED_MAX_CAPACITY {
+        let (fields, bytes) = v.capacity();
+        if fields == 0 || fields > RECYCLED_MAX_FIELDS || bytes > RECYCLED_MAX_BYTES {
             continue;
         }
         v.clear();
@@ -290,12 +250,9 @@ pub fn recycle(tx: &mut Transaction) {
     }
 }
 
-/// Request/response header lookup helpers.
-pub fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
-    headers
-        .iter()
-        .find(|h| same_name(h.name.as_bytes(), name.as_bytes()))
-        .map(|h| h.value.as_slice())
+/// The value of the first header field named `name` (in any case).
+pub fn header<'h>(headers: &'h Headers, name: &str) -> Option<&'h [u8]> {
+    headers.get(name)
 }
 
 /// `a` and `b` are equal but for ASCII case ([`<[u8]>::eq_ignore_ascii_case`]), compared
@@ -465,10 +422,7 @@ mod tests {
     }
 
     fn tx(headers: usize) -> Transaction {
-        let h = |i: usize| Header {
-            name: format!("x-h{i}").into(),
-            value: HeaderValue::from_slice(b"v"),
-        };
+        let h = |i: usize| (format!("x-h{i}"), "v");
         Transaction {
             request: Some(Request {
                 method: "GET".into(),
@@ -487,15 +441,20 @@ mod tests {
     #[test]
     fn header_vectors_come_back_empty_and_the_pool_stays_bounded() {
         // Each test runs on its own thread: the pool starts empty.
-        assert_eq!(recycled_headers().capacity(), 0);
+        assert_eq!(recycled_headers().capacity(), (0, 0));
         let mut t = tx(5);
         recycle(&mut t);
         assert!(t.request.as_ref().is_some_and(|r| r.headers.is_empty()));
         let v = recycled_headers();
-        assert!(v.is_empty() && v.capacity() >= 5, "reused, emptied: {v:?}");
-        // A vector grown past the cap is freed, not kept.
-        recycle(&mut tx(RECYCLED_MAX_CAPACITY + 1));
-        assert_eq!(recycled_headers().capacity(), 0);
+        assert!(
+            v.is_empty() && v.capacity().0 >= 5,
+            "reused, emptied: {v:?}"
+        );
+        // Buffers grown past the caps are freed, not kept.
+        recycle(&mut tx(RECYCLED_MAX_FIELDS + 1));
+        assert_eq!(recycled_headers().capacity(), (0, 0));
+        recycle(&mut tx_with(&[&vec![b'h'; RECYCLED_MAX_BYTES + 1]]));
+        assert_eq!(recycled_headers().capacity(), (0, 0));
         for _ in 0..RECYCLED_KEPT + 10 {
             recycle(&mut tx(3));
         }
@@ -507,13 +466,7 @@ mod tests {
     fn tx_with(values: &[&[u8]]) -> Transaction {
         let mut t = tx(0);
         if let Some(r) = t.request.as_mut() {
-            r.headers = values
-                .iter()
-                .map(|v| Header {
-                    name: "x-v".into(),
-                    value: HeaderValue::from_slice(v),
-                })
-                .collect();
+            r.headers = values.iter().map(|v| ("x-v", v)).collect();
         }
         t
     }
@@ -544,38 +497,5 @@ mod tests {
             recycle(&mut with_body(100));
         }
         assert_eq!(pooled(), RECYCLED_BODIES_KEPT);
-    }
-
-    #[test]
-    fn long_header_values_reuse_the_buffers_of_done_transactions() {
-        let pooled = || RECYCLED_VALUES.with(|r| r.borrow().len());
-        let token = vec![b't'; 700];
-        // Short values sit inline and never touch the pool.
-        let short = header_value(b"application/json");
-        assert!(!short.spilled());
-        assert_eq!(&short[..], b"application/json");
-        // A long value's buffer comes back with its transaction and is the next long
-        // value's, whatever its bytes.
-        let mut t = tx_with(&[&token, b"short"]);
-        let first = t.request.as_ref().map(|r| r.headers[0].value.as_ptr());
-        recycle(&mut t);
-        assert_eq!(pooled(), 1, "only the spilled value's buffer is kept");
-        let other = vec![b'u'; 650];
-        let v = header_value(&other);
-        assert_eq!(Some(v.as_ptr()), first, "the same buffer");
-        assert_eq!(&v[..], &other[..], "with only the new bytes");
-        assert_eq!(pooled(), 0);
-        // Just past the inline size is a long value too.
-        assert!(header_value(&[b'x'; HEADER_VALUE_INLINE + 1]).spilled());
-        // A huge value's buffer is freed, not kept; the pool stays bounded.
-        recycle(&mut tx_with(&[&vec![
-            b'h';
-            RECYCLED_VALUE_MAX_CAPACITY + 1
-        ]]));
-        assert_eq!(pooled(), 0);
-        for _ in 0..RECYCLED_VALUES_KEPT + 10 {
-            recycle(&mut tx_with(&[&token, &token]));
-        }
-        assert_eq!(pooled(), RECYCLED_VALUES_KEPT);
     }
 }

@@ -96,7 +96,7 @@ fn test_event(tx: &TestTransaction) -> Event {
         )))),
         number: crate::detect::object_number(&tx.path),
         username: tx.username.as_deref().map(Arc::from),
-        objects: crate::detect::request_objects(&tx.path, &[], b""),
+        objects: crate::detect::request_objects(&tx.path, &crate::http::Headers::new(), b""),
         returned: tx
             .returns
             .iter()
@@ -112,10 +112,8 @@ fn test_event(tx: &TestTransaction) -> Event {
         ownership: None,
         cross_user: false,
         exposure: tx.body.as_ref().map(|b| {
-            let hdr = [crate::http::Header {
-                name: "Content-Type".into(),
-                value: b"application/json".as_slice().into(),
-            }];
+            let hdr: crate::http::Headers =
+                [("Content-Type", "application/json")].into_iter().collect();
             Arc::new(crate::detect::exposure::scan(
                 &hdr,
                 b.to_string().as_bytes(),

@@ -68,7 +68,7 @@ pub(super) fn call(
 
 fn decode(
     body: &mut crate::http::Body,
-    headers: &[crate::http::Header],
+    headers: &crate::http::Headers,
     caps: &grpc::Caps,
     stats: &mut HttpStats,
 ) -> u32 {

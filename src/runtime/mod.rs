@@ -1366,7 +1366,7 @@ fn event(
 /// characters of the JA4 alphabet, else ignored.
 pub(crate) fn edge_ja4(
     tls: &crate::detect::fingerprint::TlsConfig,
-    headers: &[crate::http::Header],
+    headers: &crate::http::Headers,
 ) -> Option<Arc<str>> {
     tls.ja4_headers.iter().find_map(|h| {
         let v = std::str::from_utf8(header(headers, h)?).ok()?.trim();
@@ -2165,13 +2165,6 @@ pub fn run_live(
 mod tests {
     use super::*;
 
-    fn h(name: &str, value: &str) -> crate::http::Header {
-        crate::http::Header {
-            name: name.into(),
-            value: value.as_bytes().into(),
-        }
-    }
-
     /// Load shedding tells a connection it cuts past its opening apart from the rest: the
     /// first of its shed segments becomes a cut marker for its worker (it may be under
     /// analysis), later ones are shed silently; a connection shed at its SYN never
@@ -2274,9 +2267,15 @@ mod tests {
     fn the_edge_ja4_header_is_read_and_checked() {
         let tls = crate::detect::fingerprint::TlsConfig::default();
         let ja4 = "t13d1516h2_8daaf6152771_e5627efa2ab1";
-        let got = edge_ja4(&tls, &[h("cloudfront-viewer-ja4-fingerprint", ja4)]);
+        let got = edge_ja4(
+            &tls,
+            &crate::http::Headers::from_iter([("cloudfront-viewer-ja4-fingerprint", ja4)]),
+        );
         assert_eq!(got.as_deref(), Some(ja4));
-        let got = edge_ja4(&tls, &[h("X-JA4", &format!(" {ja4} "))]);
+        let got = edge_ja4(
+            &tls,
+            &crate::http::Headers::from_iter([("X-JA4", &format!(" {ja4} "))]),
+        );
         assert_eq!(got.as_deref(), Some(ja4));
         for bad in [
             "",
@@ -2284,9 +2283,16 @@ mod tests {
             "t13d1516h2_8daaf6152771_e5627efa2ab1x",
             "<script>alert(1)</script>.......",
         ] {
-            assert_eq!(edge_ja4(&tls, &[h("X-JA4", bad)]), None, "{bad:?}");
+            assert_eq!(
+                edge_ja4(&tls, &crate::http::Headers::from_iter([("X-JA4", bad)])),
+                None,
+                "{bad:?}"
+            );
         }
-        assert_eq!(edge_ja4(&tls, &[h("X-Other", ja4)]), None);
+        assert_eq!(
+            edge_ja4(&tls, &crate::http::Headers::from_iter([("X-Other", ja4)])),
+            None
+        );
     }
 
     /// A route's login flag is the login globs' answer, worked out once: the default globs

@@ -31,7 +31,7 @@ use serde::Serialize;
 use serde::ser::SerializeStruct;
 use serde_json::{Value, json};
 
-use crate::http::{Header, header};
+use crate::http::{Headers, header};
 
 pub use config::{
     APPROOV_STATUS_VALUES, Cidr, FamilyConfig, IdentityConfig, MissingBinding, OneOrMany,
@@ -345,7 +345,7 @@ impl Family {
     }
 
     /// Where this family's token is in the request, if anywhere: `(bytes, from_header)`.
-    fn source<'a>(&self, headers: &'a [Header], target: &'a str) -> Option<(Cow<'a, [u8]>, bool)> {
+    fn source<'a>(&self, headers: &'a Headers, target: &'a str) -> Option<(Cow<'a, [u8]>, bool)> {
         if let Some(name) = &self.cfg.header
             && let Some(v) = header(headers, name)
             && !trim(v).is_empty()
@@ -394,7 +394,7 @@ impl Family {
     fn judge_token(
         &self,
         token: &[u8],
-        headers: &[Header],
+        headers: &Headers,
         now: f64,
         decoded: Option<&mut Decoded>,
     ) -> Judgement {
@@ -445,7 +445,7 @@ impl Family {
     }
 
     /// The per-request part: validity window on packet time, then binding.
-    fn evaluate(&self, facts: &Inspected, headers: &[Header], now: f64) -> (Verdict, BindingState) {
+    fn evaluate(&self, facts: &Inspected, headers: &Headers, now: f64) -> (Verdict, BindingState) {
         let shape = self.binding_shape(Some(facts.pay));
         if !matches!(facts.verdict, Verdict::Valid | Verdict::Unverified) {
             return (facts.verdict, shape);
@@ -519,7 +519,7 @@ thread_local! {
 /// [`binding_digest_of`], remembered per thread for single-header bindings (found by the
 /// value's exact bytes). A set's first slot holds the value used last: a hit in the second
 /// swaps them, and a new value goes first, pushing the first into the second.
-fn binding_digest(headers: &[Header], names: &[String]) -> [u8; 32] {
+fn binding_digest(headers: &Headers, names: &[String]) -> [u8; 32] {
     let [name] = names else {
         return binding_digest_of(headers, names);
     };
@@ -548,7 +548,7 @@ fn binding_digest(headers: &[Header], names: &[String]) -> [u8; 32] {
 
 /// SHA-256 over the binding headers' values in order, without separators; a header that is
 /// absent contributes nothing. Streamed, so no buffer is built per request.
-fn binding_digest_of(headers: &[Header], names: &[String]) -> [u8; 32] {
+fn binding_digest_of(headers: &Headers, names: &[String]) -> [u8; 32] {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for name in names {
         if let Some(v) = header(headers, name) {
@@ -661,7 +661,7 @@ impl Verifier {
     /// Judges one request: the first family (in config order) whose header or query
     /// parameter is present decides; with none present the verdict is `missing` for the
     /// first family. `now_unix_secs` is packet time.
-    pub fn attest(&self, headers: &[Header], target: &str, now_unix_secs: f64) -> Attestation {
+    pub fn attest(&self, headers: &Headers, target: &str, now_unix_secs: f64) -> Attestation {
         for fam in &self.families {
             if let Some((raw, from_header)) = fam.source(headers, target) {
                 let j = match fam.token_text(&raw, from_header) {
@@ -680,7 +680,7 @@ impl Verifier {
 
     /// The user behind the request, from a JWT in the identity header. `None` when there is
     /// none, when the bearer token is opaque (not a JWT), or when the claim is absent.
-    pub fn identify(&self, headers: &[Header], now_unix_secs: f64) -> Option<UserId> {
+    pub fn identify(&self, headers: &Headers, now_unix_secs: f64) -> Option<UserId> {
         let fam = self.identity.as_ref()?;
         let raw = header(headers, fam.cfg.header.as_deref()?)?;
         let token = fam.token_text(raw, true).ok()?;
@@ -759,13 +759,7 @@ pub fn verify_command(
         Ok(v) => v,
         Err(e) => return (json!({ "error": e.to_string() }), 2),
     };
-    let headers: Vec<Header> = headers
-        .iter()
-        .map(|(n, v)| Header {
-            name: n.trim().into(),
-            value: v.trim().as_bytes().into(),
-        })
-        .collect();
+    let headers: Headers = headers.iter().map(|(n, v)| (n.trim(), v.trim())).collect();
     let token = token.trim().as_bytes();
     let results: Vec<(&Family, Judgement, Decoded)> = verifier
         .families
@@ -859,10 +853,10 @@ mod tests {
         let two = vec!["Authorization".to_string(), "X-Session".to_string()];
         for round in 0..2 {
             for i in 0..(3 * BINDING_SLOTS) {
-                let hs = [
-                    h("Authorization", &format!("Bearer user-{i}")),
-                    h("X-Session", &format!("s{}", i % 7)),
-                ];
+                let hs = crate::http::Headers::from_iter([
+                    ("Authorization", &format!("Bearer user-{i}")),
+                    ("X-Session", &format!("s{}", i % 7)),
+                ]);
                 assert_eq!(
                     binding_digest(&hs, &one),
                     binding_digest_of(&hs, &one),
@@ -871,7 +865,7 @@ mod tests {
                 assert_eq!(binding_digest(&hs, &two), binding_digest_of(&hs, &two));
             }
         }
-        let absent = [h("X-Other", "1")];
+        let absent = crate::http::Headers::from_iter([("X-Other", "1")]);
         assert_eq!(
             binding_digest(&absent, &one),
             binding_digest_of(&absent, &one)
@@ -882,13 +876,6 @@ mod tests {
             out.copy_from_slice(d.as_ref());
             out
         });
-    }
-
-    fn h(name: &str, value: &str) -> Header {
-        Header {
-            name: name.into(),
-            value: value.as_bytes().into(),
-        }
     }
 
     #[test]
@@ -925,7 +912,7 @@ mod tests {
             &format!(r#"{{"exp":{},"did":"d1"}}"#, NOW + 60.0),
             SECRET,
         );
-        let hdrs = [h("approov-token", &t)];
+        let hdrs = crate::http::Headers::from_iter([("approov-token", &t)]);
         let a = v.attest(&hdrs, "/", NOW);
         assert_eq!(a.verdict, Verdict::Valid);
         assert_eq!(a.device.as_deref(), Some("d1"));
@@ -957,7 +944,10 @@ mod tests {
             SECRET,
         );
         let a = v.attest(
-            &[h("Approov-Token", &bound), h("Authorization", auth)],
+            &crate::http::Headers::from_iter([
+                ("Approov-Token", bound.as_str()),
+                ("Authorization", auth),
+            ]),
             "/",
             NOW,
         );
@@ -966,10 +956,10 @@ mod tests {
             (Verdict::Valid, BindingState::Checked)
         );
         let a = v.attest(
-            &[
-                h("Approov-Token", &bound),
-                h("Authorization", "Bearer other"),
-            ],
+            &crate::http::Headers::from_iter([
+                ("Approov-Token", bound.as_str()),
+                ("Authorization", "Bearer other"),
+            ]),
             "/",
             NOW,
         );
@@ -982,7 +972,11 @@ mod tests {
             &format!(r#"{{"exp":{}}}"#, NOW + 60.0),
             SECRET,
         );
-        let a = v.attest(&[h("Approov-Token", &unbound)], "/", NOW);
+        let a = v.attest(
+            &crate::http::Headers::from_iter([("Approov-Token", &unbound)]),
+            "/",
+            NOW,
+        );
         assert_eq!(
             (a.verdict, a.binding),
             (Verdict::BindingAbsent, BindingState::Absent)
@@ -999,35 +993,69 @@ mod tests {
             SECRET,
         );
         assert_eq!(
-            v.attest(&[h("authorization", &format!("bearer {t}"))], "/", NOW)
-                .verdict,
+            v.attest(
+                &crate::http::Headers::from_iter([("authorization", &format!("bearer {t}"))]),
+                "/",
+                NOW
+            )
+            .verdict,
             Verdict::Valid
         );
         assert_eq!(
-            v.attest(&[h("Authorization", &format!("Basic {t}"))], "/", NOW)
-                .verdict,
+            v.attest(
+                &crate::http::Headers::from_iter([("Authorization", &format!("Basic {t}"))]),
+                "/",
+                NOW
+            )
+            .verdict,
             Verdict::Malformed
         );
         assert_eq!(
-            v.attest(&[h("Authorization", "Bearer")], "/", NOW).verdict,
+            v.attest(
+                &crate::http::Headers::from_iter([("Authorization", "Bearer")]),
+                "/",
+                NOW
+            )
+            .verdict,
             Verdict::Missing
         );
         assert_eq!(
-            v.attest(&[], &format!("/ws?x=1&token={t}"), NOW).verdict,
+            v.attest(
+                &crate::http::Headers::new(),
+                &format!("/ws?x=1&token={t}"),
+                NOW
+            )
+            .verdict,
             Verdict::Valid
         );
-        assert_eq!(v.attest(&[], "/ws?x=1", NOW).verdict, Verdict::Missing);
-        let a = v.attest(&[h("Authorization", "Bearer NO_NETWORK")], "/", NOW);
+        assert_eq!(
+            v.attest(&crate::http::Headers::new(), "/ws?x=1", NOW)
+                .verdict,
+            Verdict::Missing
+        );
+        let a = v.attest(
+            &crate::http::Headers::from_iter([("Authorization", "Bearer NO_NETWORK")]),
+            "/",
+            NOW,
+        );
         assert_eq!(
             (a.verdict, a.status_value.as_deref(), a.token_hash),
             (Verdict::StatusValue, Some("NO_NETWORK"), None)
         );
-        let a = v.attest(&[h("Authorization", "Bearer SOMETHING_ELSE")], "/", NOW);
+        let a = v.attest(
+            &crate::http::Headers::from_iter([("Authorization", "Bearer SOMETHING_ELSE")]),
+            "/",
+            NOW,
+        );
         assert_eq!((a.verdict, a.status_value), (Verdict::Malformed, None));
         let big = "a".repeat(9000);
         assert_eq!(
-            v.attest(&[h("Authorization", &format!("Bearer {big}"))], "/", NOW)
-                .verdict,
+            v.attest(
+                &crate::http::Headers::from_iter([("Authorization", &format!("Bearer {big}"))]),
+                "/",
+                NOW
+            )
+            .verdict,
             Verdict::Malformed
         );
         assert_eq!(v.stats().oversize_tokens, 1);
@@ -1050,9 +1078,9 @@ mod tests {
             &format!(r#"{{"exp":{}}}"#, NOW + 60.0),
             SECRET,
         );
-        let a = v.attest(&[h("X-B", &t)], "/", NOW);
+        let a = v.attest(&crate::http::Headers::from_iter([("X-B", &t)]), "/", NOW);
         assert_eq!((&*a.family, a.verdict), ("b", Verdict::Valid));
-        let a = v.attest(&[], "/", NOW);
+        let a = v.attest(&crate::http::Headers::new(), "/", NOW);
         assert_eq!(
             (&*a.family, a.verdict, a.binding),
             ("a", Verdict::Missing, BindingState::NotConfigured)
@@ -1068,23 +1096,35 @@ mod tests {
             b"whatever",
         );
         let u = v
-            .identify(&[h("Authorization", &format!("Bearer {user}"))], NOW)
+            .identify(
+                &crate::http::Headers::from_iter([("Authorization", &format!("Bearer {user}"))]),
+                NOW,
+            )
             .unwrap();
         assert_eq!(
             (&*u.id, u.verified, u.verdict),
             ("u-42", false, Verdict::Unverified)
         );
         assert!(
-            v.identify(&[h("Authorization", "Bearer opaque-token")], NOW)
-                .is_none()
+            v.identify(
+                &crate::http::Headers::from_iter([("Authorization", "Bearer opaque-token")]),
+                NOW
+            )
+            .is_none()
         );
         // Not three parts (one dot, or five parts like a JWE's): not judged, not counted.
         for not_jws in ["Bearer a.b", &format!("Bearer {user}.x.y")] {
-            assert!(v.identify(&[h("Authorization", not_jws)], NOW).is_none());
+            assert!(
+                v.identify(
+                    &crate::http::Headers::from_iter([("Authorization", not_jws)]),
+                    NOW
+                )
+                .is_none()
+            );
         }
         let judged: u64 = v.stats().identity_verdicts.values().sum();
         assert_eq!(judged, 1, "only the JWT was judged");
-        assert!(v.identify(&[], NOW).is_none());
+        assert!(v.identify(&crate::http::Headers::new(), NOW).is_none());
         // Default family without key: unverified, but expiry still judged.
         let t = hs256(
             r#"{"alg":"HS256"}"#,
@@ -1092,7 +1132,12 @@ mod tests {
             b"x",
         );
         assert_eq!(
-            v.attest(&[h("Approov-Token", &t)], "/", NOW).verdict,
+            v.attest(
+                &crate::http::Headers::from_iter([("Approov-Token", &t)]),
+                "/",
+                NOW
+            )
+            .verdict,
             Verdict::Expired
         );
         let t = hs256(
@@ -1100,7 +1145,11 @@ mod tests {
             &format!(r#"{{"exp":{},"did":"d"}}"#, NOW + 1.0),
             b"x",
         );
-        let a = v.attest(&[h("Approov-Token", &t)], "/", NOW);
+        let a = v.attest(
+            &crate::http::Headers::from_iter([("Approov-Token", &t)]),
+            "/",
+            NOW,
+        );
         assert_eq!(
             (a.verdict, a.device.as_deref()),
             (Verdict::Unverified, Some("d"))
@@ -1147,9 +1196,9 @@ mod tests {
             let v = verifier("binding_headers = [\"X-B\"]\nquery_param = \"t\"");
             let joined = parts.join(".");
             for hdrs in [
-                vec![Header { name: "Approov-Token".into(), value: value.as_slice().into() }],
-                vec![h("Approov-Token", &joined), Header { name: "X-B".into(), value: value.as_slice().into() }],
-                vec![h("Authorization", &format!("Bearer {joined}"))],
+                crate::http::Headers::from_iter([("Approov-Token", value.as_slice())]),
+                crate::http::Headers::from_iter([("Approov-Token", joined.as_bytes()), ("X-B", value.as_slice())]),
+                crate::http::Headers::from_iter([("Authorization", &format!("Bearer {joined}"))]),
             ] {
                 let a = v.attest(&hdrs, &format!("/?t={joined}"), NOW);
                 proptest::prop_assert!(a.verdict != Verdict::Valid);

@@ -520,10 +520,8 @@ mod tests {
         }
         out.push(report(700.0, "203.0.113.50", 5_000, 8 << 20));
         out.push(report(710.0, "203.0.113.50", 4_000, 6 << 20));
-        let hdr = [crate::http::Header {
-            name: "Content-Type".into(),
-            value: b"application/json".as_slice().into(),
-        }];
+        let hdr =
+            crate::http::Headers::from_iter([("Content-Type", b"application/json".as_slice())]);
         for k in 0..27u64 {
             let body = format!(r#"{{"id":{k},"email":"jo{k}@example.com","name":"Jo"}}"#);
             let mut e = ev(

@@ -33,7 +33,7 @@ mod tests;
 use std::collections::VecDeque;
 
 use super::parser::{Ctx, decode_kept, emit_h2};
-use super::{Anomaly, AnomalySet, Body, Header, HeaderValue, Request, Response};
+use super::{Anomaly, AnomalySet, Body, Headers, Request, Response};
 use crate::capture::Timestamp;
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -281,9 +281,9 @@ pub struct H2Conn {
 struct Fields {
     method: Option<String>,
     path: Option<String>,
-    authority: Option<HeaderValue>,
+    authority: Option<Vec<u8>>,
     status: Option<u16>,
-    headers: Vec<Header>,
+    headers: Headers,
     unknown: u16,
     /// Most regular fields kept (`max_headers`); the rest are dropped and flagged.
     max: usize,
@@ -828,9 +828,7 @@ impl H2Conn {
             Some(r) => {
                 // Trailers after the body.
                 let room = cx.cfg.max_headers.saturating_sub(r.body.trailers.len());
-                r.body
-                    .trailers
-                    .extend(fields.headers.into_iter().take(room));
+                r.body.trailers.extend(fields.headers.iter().take(room));
             }
         }
         if end_stream {
@@ -867,9 +865,7 @@ impl H2Conn {
             }
             Some(r) => {
                 let room = cx.cfg.max_headers.saturating_sub(r.body.trailers.len());
-                r.body
-                    .trailers
-                    .extend(fields.headers.into_iter().take(room));
+                r.body.trailers.extend(fields.headers.iter().take(room));
             }
         }
         if end_stream {
@@ -1030,7 +1026,7 @@ fn finish(s: Stream, cx: &mut Ctx<'_>) {
 }
 
 /// Undoes content codings on a finished body under the HTTP/1.x caps.
-fn decode_body(headers: &[Header], body: &mut Body, anomalies: &mut AnomalySet, cx: &mut Ctx<'_>) {
+fn decode_body(headers: &Headers, body: &mut Body, anomalies: &mut AnomalySet, cx: &mut Ctx<'_>) {
     let codings = super::body::framing_headers(headers).codings;
     if codings.unknown && cx.cfg.decode_bodies && !body.data.is_empty() {
         anomalies.insert(Anomaly::UnknownEncoding);
@@ -1046,7 +1042,7 @@ impl Fields {
         match name {
             b":method" => self.method = Some(String::from_utf8_lossy(value).into_owned()),
             b":path" => self.path = Some(String::from_utf8_lossy(value).into_owned()),
-            b":authority" => self.authority = Some(HeaderValue::from_slice(value)),
+            b":authority" => self.authority = Some(value.to_vec()),
             b":status" => {
                 self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
             }
@@ -1059,10 +1055,7 @@ impl Fields {
                 let Ok(n) = std::str::from_utf8(name) else {
                     return;
                 };
-                self.headers.push(Header {
-                    name: n.into(),
-                    value: crate::http::header_value(value),
-                });
+                self.headers.push(n, value);
             }
         }
     }
@@ -1071,19 +1064,14 @@ impl Fields {
     fn request(self, ts: Timestamp) -> Request {
         let mut headers = self.headers;
         if let Some(a) = self.authority
-            && !headers.iter().any(|h| h.name.eq_ignore_ascii_case("host"))
+            && !headers.iter().any(|h| h.name.is("host"))
         {
-            if headers.len() >= self.max {
-                // Host counts against the field cap like any other field.
-                headers.pop();
-            }
-            headers.insert(
-                0,
-                Header {
-                    name: "host".into(),
-                    value: a,
-                },
-            );
+            let mut with_host = Headers::new();
+            with_host.push("host", &a);
+            // Host counts against the field cap like any other field.
+            let room = self.max.saturating_sub(1);
+            with_host.extend(headers.iter().take(room));
+            headers = with_host;
         }
         Request {
             method: self.method.unwrap_or_default().into(),

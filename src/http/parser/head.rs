@@ -46,7 +46,7 @@ pub(super) fn parser_config(lenient: bool) -> httparse::ParserConfig {
 #[derive(Debug)]
 pub(super) struct ParsedHead {
     pub(super) line: StartLine,
-    pub(super) headers: Vec<Header>,
+    pub(super) headers: Headers,
     pub(super) anomalies: AnomalySet,
     /// Bytes of the input it spans (less than all for a request line without a version).
     pub(super) len: usize,
@@ -75,7 +75,7 @@ pub(super) fn parse_head(
     if odd.alone {
         return Ok(ParsedHead {
             line: odd.line,
-            headers: Vec::new(),
+            headers: Headers::new(),
             anomalies: odd.anomalies,
             len: first.len(),
         });
@@ -105,7 +105,7 @@ pub(super) fn parse_head_httparse(
     role: Role,
     head: &[u8],
     max_headers: usize,
-) -> Result<(StartLine, Vec<Header>, AnomalySet), Unparsable> {
+) -> Result<(StartLine, Headers, AnomalySet), Unparsable> {
     let mut anomalies = AnomalySet::default();
     let mut lenient = false;
     let mut shortened: Option<Vec<u8>> = None;
@@ -138,12 +138,10 @@ pub(super) fn first_lines(head: &[u8], lines: usize) -> Vec<u8> {
     v
 }
 
-pub(super) fn owned_headers(parsed: &[httparse::Header<'_>]) -> Vec<Header> {
+/// The fields httparse parsed from `head`, kept with one copy of the bytes they span.
+pub(super) fn owned_headers(head: &[u8], parsed: &[httparse::Header<'_>]) -> Headers {
     let mut out = crate::http::recycled_headers();
-    out.extend(parsed.iter().map(|h| Header {
-        name: h.name.into(),
-        value: crate::http::header_value(h.value),
-    }));
+    out.extend_parsed(head, parsed);
     out
 }
 
@@ -152,7 +150,7 @@ pub(super) fn parse_once(
     head: &[u8],
     max_headers: usize,
     lenient: bool,
-) -> Result<(StartLine, Vec<Header>), HeadError> {
+) -> Result<(StartLine, Headers), HeadError> {
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADER_SLOTS];
     let mut heap = Vec::new();
     let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max_headers <= STACK_HEADER_SLOTS {
@@ -172,7 +170,7 @@ pub(super) fn parse_once(
                     target: req.path.unwrap_or_default().into(),
                     version: req.version.unwrap_or(1),
                 };
-                return Ok((line, owned_headers(req.headers)));
+                return Ok((line, owned_headers(head, req.headers)));
             }
             status
         }
@@ -184,7 +182,7 @@ pub(super) fn parse_once(
                     status: resp.code.unwrap_or(0),
                     version: resp.version.unwrap_or(1),
                 };
-                return Ok((line, owned_headers(resp.headers)));
+                return Ok((line, owned_headers(head, resp.headers)));
             }
             status
         }
@@ -396,14 +394,14 @@ pub(super) fn start_line_only(role: Role, partial: &[u8]) -> Option<(StartLine, 
 }
 
 /// Trailer fields (`section` ends with the empty line). Bad trailers are dropped, flagged.
-pub(super) fn parse_trailers(section: &[u8], max_headers: usize) -> (Vec<Header>, Option<Anomaly>) {
+pub(super) fn parse_trailers(section: &[u8], max_headers: usize) -> (Headers, Option<Anomaly>) {
     if section.len() <= 2 {
-        return (Vec::new(), None);
+        return (Headers::new(), None);
     }
     let mut slots = vec![httparse::EMPTY_HEADER; max_headers];
     match httparse::parse_headers(section, &mut slots) {
-        Ok(httparse::Status::Complete((_, parsed))) => (owned_headers(parsed), None),
-        Err(httparse::Error::TooManyHeaders) => (Vec::new(), Some(Anomaly::TooManyHeaders)),
-        _ => (Vec::new(), Some(Anomaly::BadHead)),
+        Ok(httparse::Status::Complete((_, parsed))) => (owned_headers(section, parsed), None),
+        Err(httparse::Error::TooManyHeaders) => (Headers::new(), Some(Anomaly::TooManyHeaders)),
+        _ => (Headers::new(), Some(Anomaly::BadHead)),
     }
 }

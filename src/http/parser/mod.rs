@@ -33,7 +33,7 @@ use memchr::{memchr, memchr_iter, memchr3};
 
 use super::body::{self, Codings, ContentLength, TransferEncoding};
 use super::h2::{self, H2Conn};
-use super::{Anomaly, AnomalySet, Body, Dir, Header, HttpConfig, Request, Response, Transaction};
+use super::{Anomaly, AnomalySet, Body, Dir, Headers, HttpConfig, Request, Response, Transaction};
 use crate::capture::Timestamp;
 
 mod framing;
@@ -612,11 +612,11 @@ impl Side {
                             status: 0,
                             version: 0,
                         },
-                        headers: Vec::new(),
+                        headers: Headers::new(),
                         anomalies,
                         len: 0,
                     };
-                    let framing = body::framing_headers(&[]);
+                    let framing = body::framing_headers(&Headers::new());
                     self.begin_message(sh, head, Some(framing), cx);
                     if let Some(m) = self.msg.as_mut() {
                         m.push_body(&held, cx);
@@ -756,7 +756,7 @@ impl Side {
                 anomalies.insert(Anomaly::HeadTooLarge);
                 let head = ParsedHead {
                     line,
-                    headers: Vec::new(),
+                    headers: Headers::new(),
                     anomalies,
                     // Cut: not a size to learn typical responses from.
                     len: 0,

@@ -100,24 +100,9 @@ pub(super) fn push_pending(
     id
 }
 
-/// Heap bytes of a header field beyond its inline storage.
-pub(super) fn header_heap_bytes(h: &Header) -> usize {
-    let name = if h.name.is_heap_allocated() {
-        h.name.capacity()
-    } else {
-        0
-    };
-    let value = if h.value.spilled() {
-        h.value.capacity()
-    } else {
-        0
-    };
-    name + value
-}
-
 /// Bytes a kept message holds: head fields, body, trailers.
-pub(super) fn message_weight(headers: &[Header], body: &Body, strings: usize) -> usize {
-    let fields = |hs: &[Header]| size_of_val(hs) + hs.iter().map(header_heap_bytes).sum::<usize>();
+pub(super) fn message_weight(headers: &Headers, body: &Body, strings: usize) -> usize {
+    let fields = |hs: &Headers| size_of_val(hs) + hs.heap_bytes();
     strings + fields(headers) + body.data.capacity() + fields(&body.trailers)
 }
 
