@@ -28,6 +28,12 @@ impl TokenHash {
         out.copy_from_slice(d.as_ref());
         TokenHash::of_digest(&out)
     }
+
+    /// The six bytes as one number (for hashing: equal hashes give equal numbers).
+    pub fn as_u64(self) -> u64 {
+        let [a, b, c, d, e, f] = self.0;
+        u64::from_le_bytes([a, b, c, d, e, f, 0, 0])
+    }
 }
 
 impl fmt::Display for TokenHash {
