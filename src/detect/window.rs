@@ -335,11 +335,11 @@ impl Episode {
 
     /// Adds a request; lists the rule's evidence does not show are not kept (this runs for
     /// every rule a request matches).
-    fn add(&mut self, ev: &Event, evidence: &[EvidenceField]) {
-        // One bit per field the evidence shows: this runs for every matching rule of every
-        // request, and a mask is one test where the list is a scan.
-        let mask = evidence.iter().fold(0u32, |m, f| m | 1 << (*f as u32));
-        let wants = |f: EvidenceField| mask & (1 << (f as u32)) != 0;
+    /// `mask`: the rule's evidence fields, one bit each (`Rule::evidence_mask`): this runs
+    /// for every matching rule of every request, and a mask is one test where the list is
+    /// a scan.
+    fn add(&mut self, ev: &Event, mask: u32) {
+        let wants = |f: EvidenceField| mask & f.bit() != 0;
         if self.count == 0 {
             // A new or restarted episode starts at its first request.
             self.first = ev.ts;
@@ -550,7 +550,7 @@ fn from_pairs<'de, D: serde::Deserializer<'de>>(
 /// Adds a request to an episode. Concurrent detectors over addresses also note the address
 /// the key was first seen at among those seen since `since` (ns), and the one other
 /// address its requests came from, so the episode can tell the holder from a copy.
-fn record(ep: &mut Episode, track: &Track, since: u64, ev: &Event, evidence: &[EvidenceField]) {
+fn record(ep: &mut Episode, track: &Track, since: u64, ev: &Event, evidence: u32) {
     ep.add(ev, evidence);
     // Only concurrent tracks have an origin: other episodes never read their `measured`
     // box here (a cache miss per request when it was read for every episode).
@@ -823,7 +823,7 @@ impl KeyState {
             // seen. (Only those within the window counted before, and once suppression
             // outlasted the window the follow-up knew no holder: it named no copy, and an
             // `auto` ban fell back to the token, the genuine holder's.)
-            record(pending, &self.track, 0, ev, &rule.evidence);
+            record(pending, &self.track, 0, ev, rule.evidence_mask);
             stats.aggregated_events += 1;
             return None;
         }
@@ -1076,7 +1076,7 @@ impl KeyState {
             .episode
             .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));
         let since = ev.ts.0.saturating_sub(window_ns);
-        record(episode, &self.track, since, ev, &rule.evidence);
+        record(episode, &self.track, since, ev, rule.evidence_mask);
         if !fired {
             return None;
         }

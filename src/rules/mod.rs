@@ -179,6 +179,16 @@ pub enum EvidenceField {
     Fingerprints,
 }
 
+// `Fingerprints` is the last field.
+const _: () = assert!((EvidenceField::Fingerprints as u32) < 32);
+
+impl EvidenceField {
+    /// The field's bit in a rule's evidence mask (there are fewer than 32 fields).
+    pub fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
 /// Response status condition: an exact code or a class (`4xx`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StatusMatch {
@@ -409,6 +419,9 @@ pub struct Rule {
     pub suppress: Duration,
     pub summary: Vec<Piece>,
     pub evidence: Vec<EvidenceField>,
+    /// `evidence` as one bit per field ([`EvidenceField::bit`]): episodes test it for
+    /// every request a rule matches.
+    pub evidence_mask: u32,
     /// `file:line` where the rule is defined.
     pub origin: String,
     /// Changes when anything that affects detection changes; a reload keeps detector

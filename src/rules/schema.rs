@@ -399,6 +399,7 @@ pub(super) fn compile_rule(ctx: &mut Ctx<'_>, r: RawRule) -> Option<(Rule, bool)
             detector,
             suppress,
             summary,
+            evidence_mask: r.evidence.iter().fold(0, |m, f| m | f.bit()),
             evidence: r.evidence,
             origin: format!("{}:{}", ctx.file, r.id.referenced.line()),
             fingerprint,
