@@ -163,11 +163,6 @@ impl Headers {
         self.fields.is_empty()
     }
 
-    /// The `i`th field.
-    pub fn get_index(&self, i: usize) -> Option<Header<'_>> {
-        self.fields.get(i).map(|f| self.field(*f))
-    }
-
     fn field(&self, f: Field) -> Header<'_> {
         Header {
             name: Name(self.bytes.get(f.name.range()).unwrap_or_default()),
@@ -194,13 +189,6 @@ impl Headers {
                 )
             })
             .map(|f| self.bytes.get(f.value.range()).unwrap_or_default())
-    }
-
-    /// The values of every field named `name` (in any case), in order.
-    pub fn get_all<'h>(&'h self, name: &'h str) -> impl Iterator<Item = &'h [u8]> + 'h {
-        self.iter()
-            .filter(move |h| h.name.is(name))
-            .map(|h| h.value)
     }
 
     /// Removes every field, keeping the buffers.
@@ -363,7 +351,6 @@ mod tests {
             ["X-First", "Content-Type", "X-Other"]
         );
         assert_eq!(h.get("x-other"), Some(&b"v"[..]));
-        assert_eq!(h.get_all("x-first").count(), 1);
         h.clear();
         assert!(h.is_empty() && h.heap_bytes() > 0, "emptied, buffers kept");
     }
