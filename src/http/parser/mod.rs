@@ -378,18 +378,29 @@ enum Step {
     Replay(usize, Vec<u8>),
 }
 
-/// End of a head (index after the empty line) searching line breaks from `from`.
+/// End of a head (index after the empty line): the first line break from `from` that is
+/// followed by another (`\n\n` or `\n\r\n`).
+///
+/// Searched for as those two strings rather than line by line: a search per line (nine
+/// of them for a typical request head) was 1.8% of the pipeline's instructions. `\n\r\n`
+/// ends nearly every head; `\n\n` (bare line feeds) is then looked for only before it.
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    static CRLF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\r\n"));
+    static LF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
     let tail = buf.get(from..)?;
-    for i in memchr_iter(b'\n', tail) {
-        let at = from + i;
-        match (buf.get(at + 1), buf.get(at + 2)) {
-            (Some(b'\n'), _) => return Some(at + 2),
-            (Some(b'\r'), Some(b'\n')) => return Some(at + 3),
-            _ => {}
-        }
+    let crlf = CRLF.find(tail);
+    // A `\n\n` ending the head earlier starts before the `\n\r\n`'s `\r`.
+    let before = match crlf {
+        Some(i) => tail.get(..=i).unwrap_or(tail),
+        None => tail,
+    };
+    match (LF.find(before), crlf) {
+        (Some(j), _) => Some(from + j + 2),
+        (None, Some(i)) => Some(from + i + 3),
+        (None, None) => None,
     }
-    None
 }
 
 /// Copies `a` then `b` into `dst` as far as it fits; returns the length written. Two

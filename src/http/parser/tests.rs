@@ -1527,7 +1527,47 @@ fn build(p: &PairSpec) -> (Vec<u8>, Vec<u8>) {
     (q, r)
 }
 
+/// The head end as found line by line: the first `\n` from `from` followed by `\n` or
+/// `\r\n` (what `find_head_end` did before it searched for the two strings).
+fn head_end_line_by_line(buf: &[u8], from: usize) -> Option<usize> {
+    let tail = buf.get(from..)?;
+    memchr_iter(b'\n', tail).find_map(|i| {
+        let at = from + i;
+        match (buf.get(at + 1), buf.get(at + 2)) {
+            (Some(b'\n'), _) => Some(at + 2),
+            (Some(b'\r'), Some(b'\n')) => Some(at + 3),
+            _ => None,
+        }
+    })
+}
+
+#[test]
+fn head_ends_at_the_first_empty_line_of_either_kind() {
+    let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\n\n";
+    assert_eq!(find_head_end(head, 0), Some(27));
+    assert_eq!(
+        find_head_end(b"GET / HTTP/1.1\nHost: a\n\n\r\n", 0),
+        Some(24)
+    );
+    // A bare empty line before a CRLF one ends the head first.
+    assert_eq!(find_head_end(b"A: b\n\nC: d\r\n\r\n", 0), Some(6));
+    assert_eq!(find_head_end(b"A: b\r\n\n", 0), Some(7));
+    assert_eq!(find_head_end(b"A: b\r\nC: d\r\n", 0), None);
+    assert_eq!(find_head_end(b"\n\r", 0), None);
+    assert_eq!(find_head_end(head, head.len() + 1), None);
+}
+
 proptest! {
+    /// The search for `\n\r\n` and `\n\n` ends a head exactly where the walk over its
+    /// line breaks does, from any resume point, on bytes dense in line breaks.
+    #[test]
+    fn head_end_search_agrees_with_the_walk_over_line_breaks(
+        buf in prop::collection::vec(prop::sample::select(b"ab:\r\n \n\r".to_vec()), 0..64),
+        from in 0usize..70,
+    ) {
+        prop_assert_eq!(find_head_end(&buf, from), head_end_line_by_line(&buf, from));
+    }
+
     /// `fill` writes what the bytes of `a` then `b` give, as far as `dst` holds them.
     #[test]
     fn fill_copies_the_pair_as_far_as_it_fits(
