@@ -50,13 +50,10 @@ impl Attribution {
     /// is none or the chain is malformed.
     pub fn forwarded_client(&self, peer: IpAddr, headers: &Headers) -> IpAddr {
         for name in &self.client_ip_headers {
-            let Some(h) = headers
-                .iter()
-                .find(|h| crate::http::same_name(h.name.as_bytes(), name.as_bytes()))
-            else {
+            let Some(value) = headers.get(name) else {
                 continue;
             };
-            let Ok(text) = std::str::from_utf8(h.value) else {
+            let Ok(text) = std::str::from_utf8(value) else {
                 return peer;
             };
             let forwarded = name.eq_ignore_ascii_case("forwarded");

@@ -84,10 +84,7 @@ pub struct Scan {
 /// Whether `Cache-Control` lets shared caches serve the response to every client.
 pub fn shared_cacheable(headers: &Headers) -> bool {
     let mut public = false;
-    for h in headers
-        .iter()
-        .filter(|h| crate::http::same_name(h.name.as_bytes(), b"cache-control"))
-    {
+    for h in headers.iter().filter(|h| h.name.is("cache-control")) {
         // Directive names are ASCII tokens: compared as bytes, nothing allocated.
         for d in h.value[..].split(|b| *b == b',') {
             let name = d

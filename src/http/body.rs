@@ -145,11 +145,11 @@ pub(crate) fn framing_headers(headers: &Headers) -> FramingHeaders {
         if !matches!(name.len(), 14 | 16 | 17) {
             continue;
         }
-        if crate::http::same_name(name.as_bytes(), b"content-length") {
+        if name.is("content-length") {
             for part in h.value.split(|&b| b == b',') {
                 cl = merge_length(cl, parse_decimal(part.trim_ascii()));
             }
-        } else if crate::http::same_name(name.as_bytes(), b"transfer-encoding") {
+        } else if name.is("transfer-encoding") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.is_empty() {
@@ -165,7 +165,7 @@ pub(crate) fn framing_headers(headers: &Headers) -> FramingHeaders {
                     transfer.add_list(token);
                 }
             }
-        } else if crate::http::same_name(name.as_bytes(), b"content-encoding") {
+        } else if name.is("content-encoding") {
             content.add_list(h.value);
         }
     }

@@ -1066,7 +1066,7 @@ impl Fields {
         if let Some(a) = self.authority
             && !headers.iter().any(|h| h.name.is("host"))
         {
-            let mut with_host = Headers::new();
+            let mut with_host = crate::http::recycled_headers();
             with_host.push("host", &a);
             // Host counts against the field cap like any other field.
             let room = self.max.saturating_sub(1);
