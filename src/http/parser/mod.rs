@@ -649,8 +649,12 @@ impl Side {
         }
         let cap = Self::head_cap(cx.cfg);
         if self.buf.is_empty() {
-            // Fast path: the whole head is in this input; parse it in place.
+            // Fast path: the whole head is in this input; parse it in place, in one pass
+            // when httparse takes it as it is.
             let window = src.get(..cap).unwrap_or(src);
+            if let Some(parsed) = parse_whole_head(self.role, window, cx.cfg.max_headers) {
+                return Step::Consumed(self.on_parsed(sh, parsed, cx));
+            }
             if let Some(end) = find_head_end(window, 0) {
                 let head = window.get(..end).unwrap_or(window);
                 return match self.on_head(sh, head, cx) {
@@ -788,6 +792,12 @@ impl Side {
         cx: &mut Ctx<'_>,
     ) -> Result<usize, Unparsable> {
         let mut parsed = parse_head(self.role, head, cx.cfg.max_headers)?;
+        parsed.len = parsed.len.min(head.len());
+        Ok(self.on_parsed(sh, parsed, cx))
+    }
+
+    /// A head parsed: starts its message. Returns the bytes it spans.
+    fn on_parsed(&mut self, sh: &mut Shared, mut parsed: ParsedHead, cx: &mut Ctx<'_>) -> usize {
         if parsed.anomalies.contains(Anomaly::TooManyHeaders) {
             bump(&mut cx.stats.cap_hits, "headers");
         }
@@ -795,10 +805,9 @@ impl Side {
         if fh.codings.unknown {
             parsed.anomalies.insert(Anomaly::UnknownEncoding);
         }
-        parsed.len = parsed.len.min(head.len());
         let used = parsed.len;
         self.begin_message(sh, parsed, Some(fh), cx);
-        Ok(used)
+        used
     }
 
     /// Sets up the message a head starts: pairing, framing, and either the body phase or

@@ -1557,6 +1557,74 @@ fn head_ends_at_the_first_empty_line_of_either_kind() {
     assert_eq!(find_head_end(head, head.len() + 1), None);
 }
 
+#[test]
+fn one_pass_head_takes_whole_heads_and_leaves_the_rest_to_the_search() {
+    let head = b"GET /v1/me HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer x\r\n\r\n";
+    let mut input = head.to_vec();
+    input.extend_from_slice(b"GET /next HTTP/1.1\r\n");
+    let one = parse_whole_head(Role::Request, &input, 64).expect("a whole head");
+    assert_eq!(one.len, head.len());
+    assert_eq!(one.headers.get("authorization"), Some(&b"Bearer x"[..]));
+    assert_eq!(
+        one.headers,
+        parse_head(Role::Request, head, 64).unwrap().headers
+    );
+    // Cut short, an empty line first, a lenient-only head, too many fields: the search.
+    assert!(parse_whole_head(Role::Request, &head[..head.len() - 1], 64).is_none());
+    assert!(parse_whole_head(Role::Request, &[b"\r\n", &head[..]].concat(), 64).is_none());
+    assert!(
+        parse_whole_head(
+            Role::Response,
+            b"HTTP/1.1 200 OK\r\nBad Name: v\r\n\r\n",
+            64
+        )
+        .is_none()
+    );
+    assert!(parse_whole_head(Role::Request, head, 1).is_none());
+}
+
+proptest! {
+    // Cheap cases; about one in eight is a head httparse takes whole.
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// A head that strict httparse takes whole in one pass (no search for its end first)
+    /// is the head the search for the empty line finds, parsed as that head is: the same
+    /// length, start line, fields and anomalies. Heads are built from real lines and
+    /// stray bytes, with either line break, a cap on the fields, and bytes after the head.
+    #[test]
+    fn one_pass_head_is_the_head_the_search_finds(
+        first in prop::sample::select(vec![
+            "GET /a?b=1 HTTP/1.1", "HTTP/1.1 200 OK", "HTTP/1.0 404 Not Found", "POST / HTTP/1.0",
+            "GET  / HTTP/1.1", "HTTP/1.1 200", "get / http/1.1", "", " GET / HTTP/1.1",
+        ]),
+        lines in prop::collection::vec(prop::sample::select(vec![
+            "Host: a", "Content-Length: 3", "X-Y:  b c ", "A:", "Host: a", "User-Agent: okhttp/4.12",
+            "Bad Name: v", " folded", ":x",
+            "Approov-Token: e30.e30.c2ln", "\tT: v", "K: \u{e9}", "K: a\rb", "",
+        ]), 0..6),
+        breaks in prop::collection::vec(prop::sample::select(vec!["\r\n", "\r\n", "\n", "\n", "\r", "\n\r"]), 0..12),
+        after in prop::sample::select(vec!["", "\r\n", "body", "\n\nx"]),
+        swap_role in prop::sample::select(vec![false, false, false, true]),
+        max_headers in prop::sample::select(vec![2usize, 64, 64]),
+    ) {
+        let mut buf = first.as_bytes().to_vec();
+        for (i, l) in lines.iter().enumerate() {
+            buf.extend_from_slice(breaks.get(i).copied().unwrap_or("\r\n").as_bytes());
+            buf.extend_from_slice(l.as_bytes());
+        }
+        buf.extend_from_slice(b"\r\n\r\n");
+        buf.extend_from_slice(after.as_bytes());
+        let response = first.starts_with("HTTP") != swap_role;
+        let role = if response { Role::Response } else { Role::Request };
+        if let Some(one) = parse_whole_head(role, &buf, max_headers) {
+            prop_assert_eq!(find_head_end(&buf, 0), Some(one.len));
+            let found = parse_head(role, &buf[..one.len], max_headers);
+            prop_assert!(found.is_ok());
+            prop_assert_eq!(format!("{:?}", Some(one)), format!("{:?}", found.ok()));
+        }
+    }
+}
+
 proptest! {
     /// The search for `\n\r\n` and `\n\n` ends a head exactly where the walk over its
     /// line breaks does, from any resume point, on bytes dense in line breaks.
