@@ -451,10 +451,40 @@ impl NameFlags {
     }
 }
 
-/// Field names' [`NameFlags`], kept per thread: a JSON API has a few hundred names, so the
-/// memo stays small; a body inventing names by the thousand only makes it start over.
+/// What a JSON key says about the value under it, worked out from its lower-case name once
+/// per name: records in a list repeat the same keys, and these tests (a lower-case copy of
+/// the name, the coordinate names, the owner fields, the name's [`NameFlags`]) were a third
+/// of what walking a key cost.
+#[derive(Clone, Copy, Default)]
+struct KeyFacts {
+    flags: NameFlags,
+    /// `id`: a returned object's id.
+    id: bool,
+    /// One of [`OWNER_FIELDS`].
+    owner: bool,
+    /// A latitude's or a longitude's name ([`LAT`], [`LON`]).
+    lat: bool,
+    lon: bool,
+}
+
+impl KeyFacts {
+    /// The facts of a key named `lower` (in ASCII lower case).
+    fn of(lower: &str) -> KeyFacts {
+        KeyFacts {
+            flags: NameFlags::of(lower),
+            id: lower == "id",
+            owner: OWNER_FIELDS.contains(&lower),
+            lat: is_any(lower, LAT),
+            lon: is_any(lower, LON),
+        }
+    }
+}
+
+/// Keys' [`KeyFacts`] by their names as sent, kept per thread: a JSON API has a few
+/// hundred names, so the memo stays small; a body inventing names by the thousand only
+/// makes it start over.
 #[derive(Default)]
-struct NameMemo(std::collections::HashMap<Box<str>, NameFlags, foldhash::fast::RandomState>);
+struct NameMemo(std::collections::HashMap<Box<str>, KeyFacts, foldhash::fast::RandomState>);
 
 /// Names the memo holds before it starts over.
 const NAME_MEMO_MAX: usize = 4096;
@@ -463,14 +493,20 @@ const NAME_MEMO_MAX: usize = 4096;
 const NAME_MEMO_MAX_LEN: usize = 64;
 
 impl NameMemo {
-    fn get(&mut self, name: &str) -> NameFlags {
+    /// The facts of the key `name` (as sent, in any case).
+    fn get(&mut self, name: &str) -> KeyFacts {
         if name.len() > NAME_MEMO_MAX_LEN {
-            return NameFlags::of(name);
+            return KeyFacts::of(&name.to_ascii_lowercase());
         }
         if let Some(f) = self.0.get(name) {
             return *f;
         }
-        let f = NameFlags::of(name);
+        let mut lower = [0u8; NAME_MEMO_MAX_LEN];
+        let lower = lower.get_mut(..name.len()).unwrap_or_default();
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        // ASCII case changes keep UTF-8 valid.
+        let f = KeyFacts::of(std::str::from_utf8(lower).unwrap_or_default());
         if self.0.len() >= NAME_MEMO_MAX {
             self.0.clear();
         }
@@ -695,11 +731,11 @@ impl Walker<'_> {
         }
     }
 
-    /// A field at `path` named `name` (lower-cased) holding `v`, one level down (callers
-    /// skip deeper values, a cheap first cut): the response's owner when it is a top-level
-    /// field (`$.name`), the name is one of [`OWNER_FIELDS`] and none came before.
-    fn owner_field(&mut self, path: &str, name: &str, v: &str) {
-        if !self.want_ids || self.scan.owner.is_some() || !OWNER_FIELDS.contains(&name) {
+    /// A field at `path` holding `v`, one level down (callers skip deeper values, a cheap
+    /// first cut): the response's owner when it is a top-level field (`$.name`), its name
+    /// is one of [`OWNER_FIELDS`] (`owner`) and none came before.
+    fn owner_field(&mut self, path: &str, owner: bool, v: &str) {
+        if !self.want_ids || self.scan.owner.is_some() || !owner {
             return;
         }
         match path.strip_prefix("$.") {
@@ -777,8 +813,7 @@ fn precise(f: f64) -> bool {
 struct Scratch {
     /// The field path being walked (`$.orders[].id`).
     path: String,
-    /// `path` in ASCII lower case: same length and offsets, so a key's lower-case name is
-    /// a range of it.
+    /// A gRPC field's name in ASCII lower case (JSON keys' facts come from `memo`).
     lower: String,
     /// Hashes of the field paths listed so far.
     seen: SeenPaths,
@@ -818,7 +853,6 @@ struct Json<'b, 'w, 'a> {
     i: usize,
     w: Walker<'a>,
     path: &'w mut String,
-    lower: &'w mut String,
     text: &'w mut String,
     frames: &'w mut Vec<u8>,
     memo: &'w mut NameMemo,
@@ -828,10 +862,6 @@ struct Json<'b, 'w, 'a> {
     /// it, as their quotes are ASCII).
     utf8: Option<&'b str>,
 }
-
-/// A key's lower-case name: a range of `lower`.
-#[derive(Clone, Copy)]
-struct Name(usize, usize);
 
 const fn hex_val(c: u8) -> Option<u16> {
     match c {
@@ -852,6 +882,35 @@ fn hex4(b: &[u8], i: &mut usize) -> Walked<u16> {
         .ok_or(NotJson)
 }
 
+/// Where the first byte from `from` on is that a JSON string's contents cannot simply
+/// hold: its closing quote, an escape, or a control character.
+///
+/// Eight bytes at a time, in a register: a JSON string is a few to a few dozen bytes, and
+/// a search for the quote and the escape followed by a pass for control characters (two
+/// calls and a second read) cost three times as much per string. Each test marks the
+/// lowest matching byte of a word exactly (a borrow only runs upwards from a match).
+fn string_stop(b: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut at = from;
+    while let Some(word) = b.get(at..at + 8) {
+        let v = u64::from_le_bytes(word.try_into().ok()?);
+        let quote = zero_byte(v ^ (ONES * u64::from(b'"')));
+        let escape = zero_byte(v ^ (ONES * u64::from(b'\\')));
+        let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
+        let stops = quote | escape | control;
+        if stops != 0 {
+            return Some(at + (stops.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    b.get(at..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .map(|j| at + j)
+}
+
 /// Scans a string whose opening quote was consumed; `*i` ends after the closing quote.
 /// Returns the raw contents and whether they hold escapes. `strict` is serde_json's
 /// `parse_str` (UTF-8, paired surrogates), otherwise its `ignore_str` (escapes checked
@@ -860,19 +919,13 @@ fn json_str<'b>(b: &'b [u8], i: &mut usize, strict: bool, utf8: bool) -> Walked<
     let start = *i;
     let mut escaped = false;
     loop {
-        let rest = b.get(*i..).unwrap_or_default();
-        let at = memchr::memchr2(b'"', b'\\', rest).ok_or(NotJson)?;
-        // Not short-circuiting, so it vectorises: strings are short and rarely hold one.
-        if rest[..at]
-            .iter()
-            .fold(0u8, |bad, &c| bad | u8::from(c < 0x20))
-            != 0
-        {
-            return Err(NotJson);
-        }
-        *i += at + 1;
-        if rest[at] == b'"' {
-            break;
+        let at = string_stop(b, *i).ok_or(NotJson)?;
+        *i = at + 1;
+        match b.get(at) {
+            Some(b'"') => break,
+            Some(b'\\') => {}
+            // A control character inside a string.
+            _ => return Err(NotJson),
         }
         escaped = true;
         let c = *b.get(*i).ok_or(NotJson)?;
@@ -1096,8 +1149,8 @@ impl<'b> Json<'b, '_, '_> {
         Ok((start, raw, escaped))
     }
 
-    /// One value at `depth` under the key `name` (serde's `Stream::deserialize`).
-    fn value(&mut self, name: Name, depth: usize) -> Walked {
+    /// One value at `depth` under a key with `facts` (serde's `Stream::deserialize`).
+    fn value(&mut self, facts: KeyFacts, depth: usize) -> Walked {
         self.w.nodes += 1;
         if depth > MAX_DEPTH || self.w.nodes > MAX_NODES {
             self.w.scan.truncated = true;
@@ -1117,17 +1170,16 @@ impl<'b> Json<'b, '_, '_> {
                 } else {
                     self.text_at(self.i - 1 - raw.len(), raw)?
                 };
-                let name = &self.lower[name.0..name.1];
                 self.w.field(self.path);
                 if !v.is_empty() && v.len() <= 128 {
-                    if name == "id" {
+                    if facts.id {
                         self.w.returned_id(self.path, v);
                     }
                     if depth == 1 {
-                        self.w.owner_field(self.path, name, v);
+                        self.w.owner_field(self.path, facts.owner, v);
                     }
                 }
-                if let Some(c) = classify_named(self.memo.get(name), v) {
+                if let Some(c) = classify_named(facts.flags, v) {
                     self.w.add(self.path, c, v);
                 }
                 return Ok(());
@@ -1139,16 +1191,15 @@ impl<'b> Json<'b, '_, '_> {
                 }
                 self.w.field(self.path);
                 if let (Some(v), Ok(t)) = (n.unsigned, std::str::from_utf8(n.text)) {
-                    let name = &self.lower[name.0..name.1];
-                    if name == "id" && self.w.want_ids {
+                    if facts.id && self.w.want_ids {
                         self.w.returned_id(self.path, t);
                     }
                     if depth == 1 {
-                        self.w.owner_field(self.path, name, t);
+                        self.w.owner_field(self.path, facts.owner, t);
                     }
                     // Only long integers can be sensitive (cards, national ids, phones).
                     if v >= 1_000_000
-                        && let Some(c) = classify_named(self.memo.get(name), t)
+                        && let Some(c) = classify_named(facts.flags, t)
                     {
                         self.w.add(self.path, c, t);
                     }
@@ -1159,15 +1210,13 @@ impl<'b> Json<'b, '_, '_> {
                 self.enter()?;
                 let len = self.path.len();
                 self.path.push_str("[]");
-                self.lower.push_str("[]");
                 let mut n: u32 = 0;
                 let mut first = true;
                 while self.next(b']', &mut first)? {
-                    self.value(name, depth + 1)?;
+                    self.value(facts, depth + 1)?;
                     n = n.saturating_add(1);
                 }
                 self.path.truncate(len);
-                self.lower.truncate(len);
                 self.w.scan.records = self.w.scan.records.max(n);
                 self.remaining += 1;
                 return Ok(());
@@ -1198,14 +1247,9 @@ impl<'b> Json<'b, '_, '_> {
             } else {
                 self.path.push_str(self.text_at(start, raw)?);
             }
-            self.lower.push_str(&self.path[len..]);
-            if let Some(k) = self.lower.get_mut(len + 1..) {
-                k.make_ascii_lowercase();
-            }
-            let name = Name(len + 1, self.lower.len());
-            let lk = &self.lower[name.0..name.1];
-            let is_lat = is_any(lk, LAT);
-            if is_lat || is_any(lk, LON) {
+            let facts = self.memo.get(self.path.get(len + 1..).unwrap_or_default());
+            let is_lat = facts.lat;
+            if is_lat || facts.lon {
                 let f = self.strict()?;
                 self.w.field(self.path);
                 if let Some(f) = f.filter(|f| precise(*f)) {
@@ -1213,10 +1257,9 @@ impl<'b> Json<'b, '_, '_> {
                     *slot = Some((self.path.clone(), f));
                 }
             } else {
-                self.value(name, depth + 1)?;
+                self.value(facts, depth + 1)?;
             }
             self.path.truncate(len);
-            self.lower.truncate(len);
         }
         if let (Some((pa, a)), Some((po, o))) = (lat, lon)
             && a.abs() <= 90.0
@@ -1335,8 +1378,6 @@ fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
         };
         s.path.clear();
         s.path.push('$');
-        s.lower.clear();
-        s.lower.push('$');
         s.seen.clear();
         s.fields.clear();
         let mut j = Json {
@@ -1352,14 +1393,14 @@ fn walk_json(out: &mut Scan, body: &[u8], want_ids: bool) -> Walked {
                 id_field: None,
             },
             path: &mut s.path,
-            lower: &mut s.lower,
             text: &mut s.text,
             frames: &mut s.frames,
             memo: &mut s.memo,
             remaining: SERDE_DEPTH,
             utf8: simdutf8::basic::from_utf8(body).ok(),
         };
-        let walked = j.value(Name(0, 0), 0);
+        let root = j.memo.get("");
+        let walked = j.value(root, 0);
         // The field list is built in scratch; the scan shares the shape's one copy.
         out.fields = s.names.name(&s.fields);
         walked
@@ -1641,7 +1682,8 @@ pub mod oracle {
                     self.w.returned_id(self.path, v);
                 }
                 if self.depth == 1 {
-                    self.w.owner_field(self.path, self.name, v);
+                    self.w
+                        .owner_field(self.path, OWNER_FIELDS.contains(&self.name), v);
                 }
             }
             if let Some(c) = classify(self.name, v) {
@@ -1658,7 +1700,8 @@ pub mod oracle {
                 self.w.returned_id(self.path, t);
             }
             if self.depth == 1 {
-                self.w.owner_field(self.path, self.name, t);
+                self.w
+                    .owner_field(self.path, OWNER_FIELDS.contains(&self.name), t);
             }
             // Only long integers can be sensitive (cards, national ids, phone numbers).
             if v >= 1_000_000
@@ -2107,7 +2150,7 @@ mod tests {
         for n in names {
             // Worked out, then read back from the memo.
             for _ in 0..2 {
-                assert_eq!(memo.get(n).0, NameFlags::of(n).0, "{n}");
+                assert_eq!(memo.get(n).flags.0, NameFlags::of(n).0, "{n}");
             }
         }
         for (n, v) in [
@@ -2118,11 +2161,31 @@ mod tests {
             ("title", "07700 900123"),
         ] {
             assert!(classify(n, v).is_some() || n == "title", "{n}");
-            assert_eq!(classify_named(memo.get(n), v), classify(n, v), "{n}");
+            assert_eq!(classify_named(memo.get(n).flags, v), classify(n, v), "{n}");
         }
+        // Keys are remembered as sent; their facts are their lower-case name's.
+        for n in [
+            "Password", "PHONE", "ID", "Latitude", "LNG", "User_Id", "Title",
+        ] {
+            let lower = n.to_ascii_lowercase();
+            let (got, want) = (memo.get(n), KeyFacts::of(&lower));
+            assert_eq!(got.flags.0, NameFlags::of(&lower).0, "{n}");
+            assert_eq!(
+                (got.id, got.owner, got.lat, got.lon),
+                (want.id, want.owner, want.lat, want.lon),
+                "{n}"
+            );
+        }
+        assert!(memo.get("ID").id && memo.get("User_Id").owner);
+        assert!(memo.get("Latitude").lat && memo.get("LNG").lon && !memo.get("Title").lat);
         // A hostile body's long keys are judged but never kept.
         let long = "password".repeat(1000);
-        assert!(memo.get(&long).has(NameFlags::PASSWORD_HEX));
+        assert!(memo.get(&long).flags.has(NameFlags::PASSWORD_HEX));
+        assert!(
+            memo.get(&"PASSWORD".repeat(1000))
+                .flags
+                .has(NameFlags::PASSWORD_HEX)
+        );
         assert!(!memo.0.contains_key(long.as_str()));
         for i in 0..NAME_MEMO_MAX + 10 {
             memo.get(&format!("field_{i}"));
@@ -2425,6 +2488,26 @@ mod walker_equivalence {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The word-at-a-time search stops where a byte-by-byte one does, from any start,
+        /// on bytes dense in quotes, escapes, control characters and UTF-8.
+        #[test]
+        fn string_stop_is_the_first_quote_escape_or_control_byte(
+            b in prop::collection::vec(
+                prop_oneof![
+                    4 => prop::sample::select(b"ab \"\\\x1f\x20\x7f\x80\xe9\xff\x00\n".to_vec()),
+                    1 => any::<u8>(),
+                ],
+                0..40,
+            ),
+            from in 0usize..44,
+        ) {
+            let naive = b
+                .get(from..)
+                .and_then(|r| r.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20))
+                .map(|j| from + j);
+            prop_assert_eq!(string_stop(&b, from), naive);
+        }
 
         #[test]
         fn generated_bodies(v in value(), lead in ws(), tail in ws()) {
