@@ -179,6 +179,21 @@ fn near_put(cache: u64, token: &[u8], digest: &Digest, entry: &Arc<Entry>) {
     });
 }
 
+/// A token found in this thread's near table ([`VerdictCache::near`]).
+pub struct NearHit {
+    digest: Digest,
+    entry: Arc<Entry>,
+    /// This hit should also be a read of the shared cache.
+    touch: bool,
+}
+
+impl NearHit {
+    /// The token was judged with key generation `generation`: the lookup will hit.
+    pub fn answers(&self, generation: u64) -> bool {
+        self.entry.generation == generation
+    }
+}
+
 /// What the cache keeps per token.
 #[derive(Debug)]
 pub struct Entry {
@@ -287,11 +302,41 @@ impl VerdictCache {
 
     /// The digest of `token`, and its entry if present and judged with key generation
     /// `generation`. A token this thread used lately is found by its bytes, without
-    /// hashing it again.
+    /// hashing it again. (The verifier looks at [`Self::near`] first and then calls
+    /// [`Self::lookup_from`].)
+    #[cfg(test)]
     pub fn lookup(&self, token: &[u8], generation: u64) -> (Digest, Option<Arc<Entry>>) {
-        let near = self.inner.as_ref().and_then(|_| near_get(self.id, token));
+        self.lookup_from(token, generation, self.near(token))
+    }
+
+    /// `token` as this thread used it lately, found by its bytes: what [`Self::lookup`]
+    /// looks at first, for callers that want to know before they look the token up (a
+    /// token found here was judged, so its form was checked). Each result is to be
+    /// passed to [`Self::lookup_from`], which counts it.
+    pub fn near(&self, token: &[u8]) -> Option<NearHit> {
+        self.inner
+            .as_ref()
+            .and_then(|_| near_get(self.id, token))
+            .map(|(digest, entry, touch)| NearHit {
+                digest,
+                entry,
+                touch,
+            })
+    }
+
+    /// [`Self::lookup`], given what [`Self::near`] found for `token`.
+    pub fn lookup_from(
+        &self,
+        token: &[u8],
+        generation: u64,
+        near: Option<NearHit>,
+    ) -> (Digest, Option<Arc<Entry>>) {
         let (digest, hit) = match near {
-            Some((digest, e, touch)) => {
+            Some(NearHit {
+                digest,
+                entry: e,
+                touch,
+            }) => {
                 let part = if trusted(e.facts.verdict) {
                     &self.inner
                 } else {

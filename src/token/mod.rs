@@ -398,9 +398,38 @@ impl Family {
         now: f64,
         decoded: Option<&mut Decoded>,
     ) -> Judgement {
+        let near = match decoded {
+            None => self.cache.near(token),
+            Some(_) => None,
+        };
+        self.judge_token_near(token, headers, now, decoded, near)
+    }
+
+    /// [`Self::judge_token`], given what the cache's near table holds for `token`
+    /// ([`VerdictCache::near`]; `None` with `decoded`). A token found there that answers
+    /// for the current keys was judged before, its form checked then: nearly every request
+    /// goes straight to the per-request checks, skipping the UTF-8 and status-value tests
+    /// of the token's few hundred bytes.
+    fn judge_token_near(
+        &self,
+        token: &[u8],
+        headers: &Headers,
+        now: f64,
+        decoded: Option<&mut Decoded>,
+        near: Option<cache::NearHit>,
+    ) -> Judgement {
         if token.len() > self.cfg.max_token_bytes {
             self.oversize.fetch_add(1, Ordering::Relaxed);
             return Judgement::bare(Verdict::Malformed, self.binding_shape(None));
+        }
+        let generation = self.generation();
+        if decoded.is_none() && near.as_ref().is_some_and(|n| n.answers(generation)) {
+            let (digest, hit) = self.cache.lookup_from(token, generation, near);
+            if let Some(entry) = hit {
+                return self.judged(entry, digest, headers, now);
+            }
+            // Not reached (a near hit that answers is a hit); judged in full below.
+            return self.judge_token_near(token, headers, now, decoded, None);
         }
         let Ok(text) = simdutf8::basic::from_utf8(token) else {
             return Judgement::bare(Verdict::Malformed, self.binding_shape(None));
@@ -415,11 +444,10 @@ impl Family {
             j.status_value = Some(Arc::clone(status));
             return j;
         }
-        let generation = self.generation();
         let (digest, hit) = match &decoded {
             // Decoding for display bypasses the cache.
             Some(_) => (sha256(token), None),
-            None => self.cache.lookup(token, generation),
+            None => self.cache.lookup_from(token, generation, near),
         };
         let entry = match (&decoded, hit) {
             (None, Some(hit)) => hit,
@@ -434,6 +462,18 @@ impl Family {
                     .insert(token, digest, facts, generation, now, self.cfg.leeway_secs)
             }
         };
+        self.judged(entry, digest, headers, now)
+    }
+
+    /// The judgement of a token whose facts are `entry`: its validity at `now` and its
+    /// binding to this request's `headers`.
+    fn judged(
+        &self,
+        entry: Arc<cache::Entry>,
+        digest: cache::Digest,
+        headers: &Headers,
+        now: f64,
+    ) -> Judgement {
         let (verdict, binding) = self.evaluate(&entry.facts, headers, now);
         Judgement {
             verdict,
@@ -685,11 +725,13 @@ impl Verifier {
         let raw = header(headers, fam.cfg.header.as_deref()?)?;
         let token = fam.token_text(raw, true).ok()?;
         // Opaque bearer tokens are common and carry no user id: not judged, not counted.
-        // Two dots, counted no further than a third (a token is several hundred bytes).
-        if memchr::memchr_iter(b'.', token).take(3).count() != 2 {
+        // Two dots, counted no further than a third (a token is several hundred bytes);
+        // a token this thread judged lately had them.
+        let near = fam.cache.near(token);
+        if near.is_none() && memchr::memchr_iter(b'.', token).take(3).count() != 2 {
             return None;
         }
-        let j = fam.judge_token(token, headers, now_unix_secs, None);
+        let j = fam.judge_token_near(token, headers, now_unix_secs, None, near);
         fam.count(j.verdict);
         let id = j.facts.as_ref()?.facts.subject.clone()?;
         Some(UserId {
@@ -1155,6 +1197,35 @@ mod tests {
             (Verdict::Unverified, Some("d"))
         );
         assert_eq!(v.stats().identity_verdicts["unverified"], 1);
+    }
+
+    /// A user token met again is found by its bytes and skips the form checks, never the
+    /// per-request ones: the same user and verdict, counted as cache hits; expiry still
+    /// on packet time. Opaque tokens stay unjudged and uncounted however often they come.
+    #[test]
+    fn identity_repeats_are_near_hits_judged_per_request() {
+        let v = Verifier::new(TokenConfig::default()).unwrap();
+        let user = hs256(
+            r#"{"alg":"HS256"}"#,
+            &format!(r#"{{"exp":{},"sub":"u-7"}}"#, NOW + 60.0),
+            b"whatever",
+        );
+        let hdrs = crate::http::Headers::from_iter([("Authorization", &format!("Bearer {user}"))]);
+        let opaque = crate::http::Headers::from_iter([("Authorization", "Bearer opaque-token")]);
+        for _ in 0..3 {
+            let u = v.identify(&hdrs, NOW).unwrap();
+            assert_eq!((&*u.id, u.verdict), ("u-7", Verdict::Unverified));
+            assert!(v.identify(&opaque, NOW).is_none());
+        }
+        assert_eq!(
+            v.identify(&hdrs, NOW + 61.0).unwrap().verdict,
+            Verdict::Expired
+        );
+        let s = v.stats();
+        assert_eq!((s.cache_misses, s.cache_hits), (1, 3));
+        assert_eq!(s.identity_verdicts["unverified"], 3);
+        assert_eq!(s.identity_verdicts["expired"], 1);
+        assert_eq!(s.identity_verdicts.values().sum::<u64>(), 4);
     }
 
     #[test]
