@@ -676,6 +676,9 @@ impl Shard {
                 when: false,
                 level: None,
             };
+            // An outlier detector's endpoint baseline, found for its level: a response that
+            // does not stand out is learned into it without a second look-up.
+            let mut endpoint_baseline = None;
             match &det.kind {
                 DetectorKind::Distinct(field) | DetectorKind::Concurrent { field, .. } => {
                     match ev.key(*field) {
@@ -698,11 +701,18 @@ impl Shard {
                     learn_min,
                     ..
                 } => {
-                    o.level = ev
+                    let b = ev
                         .key(KeyField::Endpoint)
-                        .and_then(|e| st.baselines.get_mut(&e))
-                        .filter(|b| b.hist.len() >= u64::from(*learn_min))
-                        .map(|b| b.level(*quantile) as f64);
+                        .and_then(|e| st.baselines.get_mut(&e));
+                    o.level = match b {
+                        Some(b) => {
+                            let level = (b.hist.len() >= u64::from(*learn_min))
+                                .then(|| b.level(*quantile) as f64);
+                            endpoint_baseline = Some(b);
+                            level
+                        }
+                        None => None,
+                    };
                 }
                 _ => {}
             }
@@ -718,7 +728,18 @@ impl Shard {
                 if let Some(judged) = window::outlier(det, ev, o.level)
                     && judged.stands_out.is_none()
                 {
-                    if let Some(endpoint) = baseline_endpoint(det, ev) {
+                    if let Some(b) = endpoint_baseline {
+                        // What `learn` does for an endpoint it has learned.
+                        record_sample(
+                            b,
+                            false,
+                            &mut st.baseline_bytes,
+                            judged.size,
+                            judged.wide,
+                            rule_quantile(&st.rule),
+                            &mut self.stats,
+                        );
+                    } else if let Some(endpoint) = baseline_endpoint(det, ev) {
                         learn(
                             &mut st.baselines,
                             &mut st.baseline_bytes,

@@ -603,7 +603,8 @@ pub(super) struct Sample {
 pub(super) struct Outlier {
     /// What it measures: records listed, or body bytes.
     pub size: u32,
-    wide: bool,
+    /// Measures body bytes (learned over a wider range than counts).
+    pub wide: bool,
     /// The endpoint's level, when the response stands out against it.
     pub stands_out: Option<f64>,
 }
