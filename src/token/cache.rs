@@ -309,10 +309,10 @@ impl VerdictCache {
         self.lookup_from(token, generation, self.near(token))
     }
 
-    /// `token` as this thread used it lately, found by its bytes: what [`Self::lookup`]
-    /// looks at first, for callers that want to know before they look the token up (a
-    /// token found here was judged, so its form was checked). Each result is to be
-    /// passed to [`Self::lookup_from`], which counts it.
+    /// `token` as this thread used it lately, found by its bytes: what a lookup looks at
+    /// first, for callers that want to know before they look the token up (a token found
+    /// here was judged, so its form was checked). Each result is to be passed to
+    /// [`Self::lookup_from`], which counts it.
     pub fn near(&self, token: &[u8]) -> Option<NearHit> {
         self.inner
             .as_ref()
@@ -324,7 +324,9 @@ impl VerdictCache {
             })
     }
 
-    /// [`Self::lookup`], given what [`Self::near`] found for `token`.
+    /// The digest of `token`, and its entry if present and judged with key generation
+    /// `generation`, given what [`Self::near`] found for it (a near hit is not hashed
+    /// again).
     pub fn lookup_from(
         &self,
         token: &[u8],
