@@ -501,12 +501,7 @@ impl NameMemo {
         if let Some(f) = self.0.get(name) {
             return *f;
         }
-        let mut lower = [0u8; NAME_MEMO_MAX_LEN];
-        let lower = lower.get_mut(..name.len()).unwrap_or_default();
-        lower.copy_from_slice(name.as_bytes());
-        lower.make_ascii_lowercase();
-        // ASCII case changes keep UTF-8 valid.
-        let f = KeyFacts::of(std::str::from_utf8(lower).unwrap_or_default());
+        let f = KeyFacts::of(&name.to_ascii_lowercase());
         if self.0.len() >= NAME_MEMO_MAX {
             self.0.clear();
         }
@@ -813,8 +808,6 @@ fn precise(f: f64) -> bool {
 struct Scratch {
     /// The field path being walked (`$.orders[].id`).
     path: String,
-    /// A gRPC field's name in ASCII lower case (JSON keys' facts come from `memo`).
-    lower: String,
     /// Hashes of the field paths listed so far.
     seen: SeenPaths,
     /// A string value with escapes, unescaped.
@@ -826,7 +819,7 @@ struct Scratch {
     fields: String,
     /// Shared field paths (bounded: see [`crate::intern`]).
     names: crate::intern::Interner,
-    /// What the field names seen say about their values.
+    /// What the field names seen say about their values (JSON keys and gRPC fields).
     memo: NameMemo,
 }
 
@@ -1489,7 +1482,7 @@ pub fn scan_grpc(
             want_ids,
             id_field: None,
         };
-        let (path, lower) = (&mut s.path, &mut s.lower);
+        let (path, memo) = (&mut s.path, &mut s.memo);
         let mut count: u32 = 0;
         let mut records: u32 = 0;
         for msg in crate::grpc::messages(body) {
@@ -1515,17 +1508,13 @@ pub fn scan_grpc(
                 path.push_str(p);
                 w.field(path);
                 let name = path.rsplit('.').next().unwrap_or_default();
-                let name = name.strip_suffix("[]").unwrap_or(name);
-                lower.clear();
-                lower.push_str(name);
-                lower.make_ascii_lowercase();
-                let name = lower.as_str();
+                let facts = memo.get(name.strip_suffix("[]").unwrap_or(name));
                 match v {
                     crate::grpc::Scalar::Str(v) => {
-                        if name == "id" && !v.is_empty() && v.len() <= 128 {
+                        if facts.id && !v.is_empty() && v.len() <= 128 {
                             w.returned_id(path, v);
                         }
-                        if let Some(c) = classify(name, v) {
+                        if let Some(c) = classify_named(facts.flags, v) {
                             w.add(path, c, v);
                         }
                     }
@@ -1536,17 +1525,17 @@ pub fn scan_grpc(
                             crate::grpc::Scalar::Uint(u) => (digits.format(u), u >= 1_000_000),
                             _ => return,
                         };
-                        if name == "id" && w.want_ids {
+                        if facts.id && w.want_ids {
                             w.returned_id(path, n);
                         }
                         // Only long integers can be sensitive (cards, national ids, phones).
-                        if big && let Some(c) = classify(name, n) {
+                        if big && let Some(c) = classify_named(facts.flags, n) {
                             w.add(path, c, n);
                         }
                     }
                     crate::grpc::Scalar::Float(f) => {
-                        let is_lat = is_any(name, LAT);
-                        if (is_lat || is_any(name, LON)) && precise(f) {
+                        let is_lat = facts.lat;
+                        if (is_lat || facts.lon) && precise(f) {
                             let parent = path.rsplit_once('.').map_or("", |(a, _)| a);
                             let (mine, other) = if is_lat {
                                 (&mut lat, &mut lon)

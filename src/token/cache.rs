@@ -324,6 +324,28 @@ impl VerdictCache {
             })
     }
 
+    /// What a near hit that answers for the current keys ([`NearHit::answers`]) gives a
+    /// lookup: its digest and entry, counted as a hit.
+    pub fn near_hit(&self, near: NearHit) -> (Digest, Arc<Entry>) {
+        self.touch(&near);
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        (near.digest, near.entry)
+    }
+
+    /// Every [`TOUCH_EVERY`]th near hit is also a read of the shared cache holding it.
+    fn touch(&self, near: &NearHit) {
+        let part = if trusted(near.entry.facts.verdict) {
+            &self.inner
+        } else {
+            &self.failed
+        };
+        if near.touch
+            && let Some(c) = part
+        {
+            let _ = c.get(&near.digest);
+        }
+    }
+
     /// The digest of `token`, and its entry if present and judged with key generation
     /// `generation`, given what [`Self::near`] found for it (a near hit is not hashed
     /// again).
@@ -334,20 +356,9 @@ impl VerdictCache {
         near: Option<NearHit>,
     ) -> (Digest, Option<Arc<Entry>>) {
         let (digest, hit) = match near {
-            Some(NearHit {
-                digest,
-                entry: e,
-                touch,
-            }) => {
-                let part = if trusted(e.facts.verdict) {
-                    &self.inner
-                } else {
-                    &self.failed
-                };
-                if touch && let Some(c) = part {
-                    let _ = c.get(&digest);
-                }
-                (digest, Some(e))
+            Some(near) => {
+                self.touch(&near);
+                (near.digest, Some(near.entry))
             }
             None => {
                 let digest = super::sha256(token);

@@ -423,14 +423,13 @@ impl Family {
             return Judgement::bare(Verdict::Malformed, self.binding_shape(None));
         }
         let generation = self.generation();
-        if decoded.is_none() && near.as_ref().is_some_and(|n| n.answers(generation)) {
-            let (digest, hit) = self.cache.lookup_from(token, generation, near);
-            if let Some(entry) = hit {
+        let near = match near {
+            Some(n) if decoded.is_none() && n.answers(generation) => {
+                let (digest, entry) = self.cache.near_hit(n);
                 return self.judged(entry, digest, headers, now);
             }
-            // Not reached (a near hit that answers is a hit); judged in full below.
-            return self.judge_token_near(token, headers, now, decoded, None);
-        }
+            other => other,
+        };
         let Ok(text) = simdutf8::basic::from_utf8(token) else {
             return Judgement::bare(Verdict::Malformed, self.binding_shape(None));
         };
@@ -1129,14 +1128,20 @@ mod tests {
         );
     }
 
+    /// A user token for `sub`, valid for a minute from `NOW`, under a key the default
+    /// identity family does not hold (so judged `unverified`).
+    fn unkeyed_user_token(sub: &str) -> String {
+        hs256(
+            r#"{"alg":"HS256"}"#,
+            &format!(r#"{{"exp":{},"sub":"{sub}"}}"#, NOW + 60.0),
+            b"whatever",
+        )
+    }
+
     #[test]
     fn identity_verified_and_unverified() {
         let v = Verifier::new(TokenConfig::default()).unwrap();
-        let user = hs256(
-            r#"{"alg":"HS256"}"#,
-            &format!(r#"{{"exp":{},"sub":"u-42"}}"#, NOW + 60.0),
-            b"whatever",
-        );
+        let user = unkeyed_user_token("u-42");
         let u = v
             .identify(
                 &crate::http::Headers::from_iter([("Authorization", &format!("Bearer {user}"))]),
@@ -1205,11 +1210,7 @@ mod tests {
     #[test]
     fn identity_repeats_are_near_hits_judged_per_request() {
         let v = Verifier::new(TokenConfig::default()).unwrap();
-        let user = hs256(
-            r#"{"alg":"HS256"}"#,
-            &format!(r#"{{"exp":{},"sub":"u-7"}}"#, NOW + 60.0),
-            b"whatever",
-        );
+        let user = unkeyed_user_token("u-7");
         let hdrs = crate::http::Headers::from_iter([("Authorization", &format!("Bearer {user}"))]);
         let opaque = crate::http::Headers::from_iter([("Authorization", "Bearer opaque-token")]);
         for _ in 0..3 {
