@@ -306,6 +306,7 @@ impl Event {
     fn lookup_key(&self, fields: &[KeyField]) -> Option<Lookup<'_>> {
         match fields {
             [one] => self.key_ref(*one).map(Lookup::One),
+            [a, b] => Some(Lookup::Two(self.key_ref(*a)?, self.key_ref(*b)?)),
             many => many
                 .iter()
                 .map(|f| self.key_ref(*f))
@@ -368,6 +369,9 @@ impl From<&KeyRef<'_>> for KeyValue {
 /// compares exactly as the [`KeyValue`] it stands for.
 enum Lookup<'a> {
     One(KeyRef<'a>),
+    /// A pair (every tuple the built-in rules group by): built and dropped without the
+    /// length and spill checks of a small vector, for each of a few million lookups.
+    Two(KeyRef<'a>, KeyRef<'a>),
     Many(smallvec::SmallVec<[KeyRef<'a>; 3]>),
 }
 
@@ -375,6 +379,12 @@ impl std::hash::Hash for Lookup<'_> {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         match self {
             Lookup::One(k) => k.hash(h),
+            Lookup::Two(a, b) => {
+                // As `hash_tuple` hashes the two parts of a stored tuple.
+                h.write_u8(4);
+                a.hash(h);
+                b.hash(h);
+            }
             Lookup::Many(parts) => hash_tuple(parts, h),
         }
     }
@@ -384,6 +394,11 @@ impl hashbrown::Equivalent<KeyValue> for Lookup<'_> {
     fn equivalent(&self, key: &KeyValue) -> bool {
         match (self, key) {
             (Lookup::One(a), b) => a.equivalent(b),
+            (Lookup::Two(a, b), KeyValue::Tuple(t)) => match &t[..] {
+                [x, y] => a.equivalent(x) && b.equivalent(y),
+                _ => false,
+            },
+            (Lookup::Two(..), _) => false,
             (Lookup::Many(parts), KeyValue::Tuple(t)) => {
                 parts.len() == t.len() && parts.iter().zip(t.iter()).all(|(a, b)| a.equivalent(b))
             }
@@ -396,6 +411,7 @@ impl From<&Lookup<'_>> for KeyValue {
     fn from(l: &Lookup<'_>) -> KeyValue {
         match l {
             Lookup::One(k) => k.into(),
+            Lookup::Two(a, b) => KeyValue::Tuple(Arc::from([a.into(), b.into()])),
             Lookup::Many(parts) => KeyValue::Tuple(parts.iter().map(KeyValue::from).collect()),
         }
     }

@@ -320,7 +320,7 @@ fn rule_quantile(rule: &Rule) -> f64 {
     }
 }
 
-type Baselines = HashMap<KeyValue, Baseline, foldhash::fast::RandomState>;
+type Baselines = hashbrown::HashMap<KeyValue, Baseline, foldhash::fast::RandomState>;
 
 impl RuleState {
     fn new(rule: Arc<Rule>) -> RuleState {
@@ -328,7 +328,7 @@ impl RuleState {
             rule,
             keys: hashbrown::HashMap::default(),
             heap: 0,
-            baselines: HashMap::default(),
+            baselines: hashbrown::HashMap::default(),
             baseline_bytes: 0,
         }
     }
@@ -384,13 +384,13 @@ fn learn(
     let baselines_len = baselines.len();
     // One probe: a known endpoint (nearly every sample) is found by the entry itself.
     match baselines.entry(s.endpoint) {
-        std::collections::hash_map::Entry::Vacant(_) if baselines_len >= MAX_BASELINES || !room => {
+        hashbrown::hash_map::Entry::Vacant(_) if baselines_len >= MAX_BASELINES || !room => {
             stats.baselines_over_cap += 1;
         }
-        std::collections::hash_map::Entry::Occupied(o) => {
+        hashbrown::hash_map::Entry::Occupied(o) => {
             record_sample(o.into_mut(), false, bytes, s.count, s.wide, quantile, stats);
         }
-        std::collections::hash_map::Entry::Vacant(v) => {
+        hashbrown::hash_map::Entry::Vacant(v) => {
             // Auto-resizing at 2 significant digits: memory follows the largest value
             // learned (well under a KiB for typical counts), not the whole range, since a
             // rule may learn thousands of endpoints.
@@ -701,8 +701,10 @@ impl Shard {
                     learn_min,
                     ..
                 } => {
+                    // Borrowed, as the key itself is: no reference count of the shared
+                    // endpoint string changed twice per event.
                     let b = ev
-                        .key(KeyField::Endpoint)
+                        .key_ref(KeyField::Endpoint)
                         .and_then(|e| st.baselines.get_mut(&e));
                     o.level = match b {
                         Some(b) => {

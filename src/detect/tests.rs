@@ -521,9 +521,36 @@ fn looked_up_keys_hash_and_compare_as_stored_keys() {
             .collect(),
     );
     assert_eq!(table.get(&single), None);
+    // A pair is looked up inline (`Lookup::Two`): it hashes and finds exactly as the same
+    // pair in the general form does, and a longer tuple it begins is another key.
+    let pair = e.lookup_key(&[KeyField::Ip, KeyField::Endpoint]).unwrap();
+    assert!(matches!(pair, Lookup::Two(..)));
+    let general = Lookup::Many(
+        [
+            KeyRef::Ip("10.0.0.7".parse().unwrap()),
+            KeyRef::Str(e.endpoint.as_ref().unwrap()),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    assert_eq!(
+        table.hasher().hash_one(&pair),
+        table.hasher().hash_one(&general)
+    );
+    assert_eq!(table.get(&general), Some(&1));
+    let longer = KeyValue::from(
+        &e.lookup_key(&[KeyField::Ip, KeyField::Endpoint, KeyField::User])
+            .unwrap(),
+    );
+    table.insert(longer, 9);
+    assert_eq!(table.get(&pair), Some(&1));
+    table.remove(&pair);
+    assert_eq!(table.get(&pair), None, "the triple is not the pair");
+    drop((pair, general));
     // A missing field gives no key.
     e.actor.device = None;
     assert!(e.lookup_key(&[KeyField::Ip, KeyField::Device]).is_none());
+    assert!(e.lookup_key(&[KeyField::Device, KeyField::Ip]).is_none());
 }
 
 /// Every field a rule can group by, alone and in tuples, looked up from an event whose
