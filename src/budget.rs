@@ -87,7 +87,7 @@ impl Table {
     fn permille(self) -> usize {
         match self {
             Table::Flows => 120,
-            Table::Streams => 100,
+            Table::Streams => 110,
             Table::Http => 100,
             Table::Tokens => 40,
             Table::Ordering => 80,
@@ -104,12 +104,13 @@ impl Table {
             // (about 40,000 instructions) and the memo of decodings serves what is left
             // (requests, HTTP/2, scan misses): 4.5 % and 1 % decoded 14,627 bodies and
             // scanned 46,931, 4 % and 1.5 % 16,080 and 51,327, 5 % and 0.5 % (twice the
-            // slots, a power of two, for the same entries) 17,631 and 48,156. 7 % and 1 %
-            // (the 2.5 % taken from `streams`, out-of-order bytes held by reassembly, which
-            // no capture here comes near) decode 11,308 and scan 33,502: 4.2 % fewer
-            // instructions and 2.4 % less CPU with one worker than 4.5 %, for 4 MiB more
-            // peak RSS (151 MiB; 159 with two workers).
-            Table::Scans => 70,
+            // slots, a power of two, for the same entries) 17,631 and 48,156. 6 % and 1 %
+            // (the 1.5 % taken from `streams`, out-of-order bytes held by reassembly, which
+            // no capture here comes near) decode 12,563 and scan 36,310: 2.2 % fewer
+            // instructions than 4.5 %, for 3 MiB more peak RSS (150 MiB with one worker,
+            // 158 with two). 7 % scanned 33,502 (3.1 % fewer instructions) but took two
+            // workers to 159 to 161 MiB.
+            Table::Scans => 60,
             Table::Decodes => 10,
         }
     }
