@@ -30,8 +30,9 @@
 //! memo's window for bodies met once, and 1 % for decodings): 36,310 bodies are scanned
 //! and 12,563 decoded of 387,797 responses and 108,155 compressed ones with one worker
 //! (90.6% of scans answered, 23,663 entries). With 4.5 % for scans, 46,931 and 14,627
-//! (87.9%, 21,360 entries, the share full). With the scans keyed by decoded bytes (4 % and 1.5 %), 42,203 were scanned and 34,680
-//! decoded: 89.1% of scans were answered (19,882 entries) and 89.0% with two workers.
+//! (87.9%, 21,360 entries, the share full). With the scans keyed by decoded bytes (4 %
+//! and 1.5 %), 42,203 were scanned and 34,680 decoded: 89.1% of scans were answered
+//! (19,882 entries) and 89.0% with two workers.
 //! Before the window, 84.6% (17,455 entries, the share never full) and 84.4%: every body
 //! was scanned twice before the memo answered it. Before that:
 //! with a 2 % share, 77.3% with one worker (11,216 entries); with a memo per worker (half
