@@ -379,12 +379,7 @@ impl std::hash::Hash for Lookup<'_> {
     fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
         match self {
             Lookup::One(k) => k.hash(h),
-            Lookup::Two(a, b) => {
-                // As `hash_tuple` hashes the two parts of a stored tuple.
-                h.write_u8(4);
-                a.hash(h);
-                b.hash(h);
-            }
+            Lookup::Two(a, b) => hash_tuple(&[a, b], h),
             Lookup::Many(parts) => hash_tuple(parts, h),
         }
     }

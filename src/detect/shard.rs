@@ -703,18 +703,14 @@ impl Shard {
                 } => {
                     // Borrowed, as the key itself is: no reference count of the shared
                     // endpoint string changed twice per event.
-                    let b = ev
+                    if let Some(b) = ev
                         .key_ref(KeyField::Endpoint)
-                        .and_then(|e| st.baselines.get_mut(&e));
-                    o.level = match b {
-                        Some(b) => {
-                            let level = (b.hist.len() >= u64::from(*learn_min))
-                                .then(|| b.level(*quantile) as f64);
-                            endpoint_baseline = Some(b);
-                            level
-                        }
-                        None => None,
-                    };
+                        .and_then(|e| st.baselines.get_mut(&e))
+                    {
+                        o.level = (b.hist.len() >= u64::from(*learn_min))
+                            .then(|| b.level(*quantile) as f64);
+                        endpoint_baseline = Some(b);
+                    }
                 }
                 _ => {}
             }
