@@ -260,8 +260,8 @@ impl Episode {
     }
 
     /// Empties the episode in place, as [`Episode::new`] would make it (its first request
-    /// sets its times): a key whose window emptied keeps its box, what it measured (reset)
-    /// and its lists' buffers of up to [`KEPT_SLOTS`] slots, instead of freeing them to
+    /// sets its times): a key whose window emptied keeps what it measured (reset, in its
+    /// box) and its lists' buffers of up to [`KEPT_SLOTS`] slots, instead of freeing them to
     /// allocate them again on its next request (over a million times on the realistic
     /// capture).
     fn restart(&mut self) {
@@ -493,7 +493,7 @@ impl Episode {
 }
 
 /// A key's window emptied: its episode starts again (in place, see [`Episode::restart`]).
-fn restart(episode: &mut Option<Box<Episode>>) {
+fn restart(episode: &mut Option<Episode>) {
     if let Some(e) = episode {
         e.restart();
     }
@@ -674,14 +674,18 @@ pub(super) fn outlier(det: &Detector, ev: &Event, level: Option<f64>) -> Option<
 
 /// State of one key under one rule. Serializable for shard checkpoints; the window sizes
 /// are the rule's ([`spans`]), never kept per key.
+///
+/// A key table holds it boxed (see the shard's `RuleState`), so its size costs one
+/// allocation per key, not a slot of every empty bucket too.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct KeyState {
     track: Track,
     /// Baseline detectors: the endpoint part of the key, to learn per endpoint.
     endpoint: Option<KeyValue>,
-    /// Boxed: most keys never fire, and a key's inline state stays small (the budget
-    /// charges every key).
-    episode: Option<Box<Episode>>,
+    /// Inline, next to the window it counts: nearly every key held has one (each request
+    /// a key observes adds to it), and a box of its own was one more cache line to miss on
+    /// every request of every rule (saved the same way: serde writes a box as its value).
+    episode: Option<Episode>,
     suppressed_until: Option<Timestamp>,
     pending: Option<Box<Episode>>,
     last_seen: Timestamp,
@@ -772,7 +776,7 @@ impl KeyState {
     /// The episode building towards an alert.
     #[cfg(test)]
     pub fn episode(&self) -> Option<&Episode> {
-        self.episode.as_deref()
+        self.episode.as_ref()
     }
 
     /// Whether the key has an episode building towards an alert, and an open aggregate
@@ -791,8 +795,8 @@ impl KeyState {
     }
 
     /// Takes one matching event; `Some` when the detector fires (the episode to alert on,
-    /// in its box: moved out by value, the few hundred bytes of an `Option<Episode>` were
-    /// copied through each caller for every event, fired or not).
+    /// moved into a box: returned by value, the few hundred bytes of an `Option<Episode>`
+    /// were copied through each caller for every event, fired or not).
     /// The sample to learn, when a baseline window closed or an outlier did not stand out,
     /// is left in `learn` (one at most: a key's track is one kind or the other).
     pub fn observe(
@@ -1103,9 +1107,7 @@ impl KeyState {
             // Kinds and tracks are built together; a mismatch cannot happen.
             _ => return None,
         }
-        let episode = self
-            .episode
-            .get_or_insert_with(|| Box::new(Episode::new(ev.ts)));
+        let episode = self.episode.get_or_insert_with(|| Episode::new(ev.ts));
         let since = ev.ts.0.saturating_sub(window_ns);
         record(episode, &self.track, since, ev, rule.evidence_mask);
         if !fired {
@@ -1128,7 +1130,7 @@ impl KeyState {
                 m.returns = Some(returns);
             }
         }
-        let episode = self.episode.take()?;
+        let episode = Box::new(self.episode.take()?);
         match &mut self.track {
             Track::Count(b) => b.clear(),
             Track::Two(two) => {
@@ -1224,7 +1226,11 @@ impl KeyState {
         };
         size_of::<KeyState>()
             + track
-            + self.episode.as_deref().map_or(0, Episode::bytes)
+            // The episode's own bytes are inline (in `KeyState`): its lists' buffers.
+            + self
+                .episode
+                .as_ref()
+                .map_or(0, |e| e.bytes() - size_of::<Episode>())
             + self.pending.as_deref().map_or(0, Episode::bytes)
     }
 

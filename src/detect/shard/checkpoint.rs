@@ -202,7 +202,8 @@ impl Shard {
             .rules
             .iter()
             .map(|st| {
-                let mut keys: Vec<(&KeyValue, &KeyState)> = st.keys.iter().collect();
+                let mut keys: Vec<(&KeyValue, &KeyState)> =
+                    st.keys.iter().map(|(k, v)| (k, &**v)).collect();
                 keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 let mut baselines: Vec<(&KeyValue, &Histogram<u64>)> =
                     st.baselines.iter().map(|(k, b)| (k, &b.hist)).collect();
@@ -351,7 +352,7 @@ fn rule_state(rule: &Arc<Rule>, saved: SavedRule) -> Result<RuleState, Checkpoin
             return Err(invalid(id, "a key weighs more than any key can"));
         }
         st.heap = st.heap.saturating_add(ks.charged);
-        if st.keys.insert(k, ks).is_some() {
+        if st.keys.insert(k, Box::new(ks)).is_some() {
             return Err(invalid(id, "a key is saved twice"));
         }
     }
