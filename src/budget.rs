@@ -87,7 +87,7 @@ impl Table {
     fn permille(self) -> usize {
         match self {
             Table::Flows => 120,
-            Table::Streams => 110,
+            Table::Streams => 100,
             Table::Http => 100,
             Table::Tokens => 40,
             Table::Ordering => 80,
@@ -108,9 +108,11 @@ impl Table {
             // (the 1.5 % taken from `streams`, out-of-order bytes held by reassembly, which
             // no capture here comes near) decode 12,563 and scan 36,310: 2.2 % fewer
             // instructions than 4.5 %, for 3 MiB more peak RSS (150 MiB with one worker,
-            // 158 with two). 7 % scanned 33,502 (3.1 % fewer instructions) but took two
-            // workers to 159 to 161 MiB.
-            Table::Scans => 60,
+            // 158 with two). 7 % (another 1 % from `streams`) scans 33,502 (3.1 % fewer
+            // instructions than 4.5 %): it took two workers to 159 to 161 MiB while each key's
+            // state sat inline in its table; with the states boxed (5 to 6 MiB less), 147
+            // and 157 MiB, for CPU 0.975x with one worker and 0.964x with two.
+            Table::Scans => 70,
             Table::Decodes => 10,
         }
     }
