@@ -1234,6 +1234,33 @@ impl KeyState {
             + self.pending.as_deref().map_or(0, Episode::bytes)
     }
 
+    /// The packet time before which a sweep leaves this key as it is: its follow-up is
+    /// not due ([`Self::due_follow_up`]), its baseline window not closed
+    /// ([`Self::closed_sample`]), and it is not idle ([`Self::idle`]). Between sweeps only
+    /// an event of the key changes what this returns (its times only move later, its
+    /// suppression starts or moves on), so the least over a rule's keys stays a bound
+    /// when the shard lowers it by each key an event reached.
+    pub fn quiet_until(&self, rule: &Rule) -> Timestamp {
+        // Idle once `last_seen + window < now`: a nanosecond past that sum.
+        let idle = Timestamp(
+            self.last_seen
+                .saturating_add(rule.detector.window)
+                .0
+                .saturating_add(1),
+        );
+        let due = self.suppressed_until.unwrap_or(Timestamp(u64::MAX));
+        let closes = match self.track {
+            // Closed by the first sweep in a later window (`index` is never ahead of the
+            // shard's time: it is an event's).
+            Track::Tumble { index, count, .. } if count > 0 => {
+                let (_, window_ns) = spans(&rule.detector);
+                Timestamp(index.saturating_add(1).saturating_mul(window_ns))
+            }
+            _ => Timestamp(u64::MAX),
+        };
+        idle.min(due).min(closes)
+    }
+
     /// Nothing pending or suppressed, and no event inside the window: safe to forget.
     pub fn idle(&self, now: Timestamp, window: std::time::Duration) -> bool {
         self.pending.is_none()
