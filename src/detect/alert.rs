@@ -318,7 +318,7 @@ pub(super) fn build(rule: &Rule, key: &KeyValue, ep: Episode, follow_up: bool) -
             ),
             EvidenceField::Endpoints => {
                 // A list, busiest first (a JSON object's keys would be sorted by name).
-                let mut eps = ep.endpoints.clone();
+                let mut eps: Vec<&(std::sync::Arc<str>, u32)> = ep.endpoints.iter().collect();
                 eps.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 let mut v: Vec<Value> = eps
                     .iter()
