@@ -1391,6 +1391,16 @@ impl KeyState {
 mod tests {
     use super::*;
 
+    /// A key's state is one allocation (its table holds it boxed) of at most 512 bytes,
+    /// a size class of the allocator's: the next is 640, and a state 24 bytes over the
+    /// line (the ratio detectors' buckets inline) took the realistic capture's peak RSS
+    /// from 146 to 154 MiB. Grow it past 512 only for a measured gain.
+    #[test]
+    fn a_key_state_fits_its_allocation_class() {
+        let size = std::mem::size_of::<KeyState>();
+        assert!(size <= 512, "KeyState is {size} bytes");
+    }
+
     /// A listing holds its first value inline and the rest on the heap, lists and counts
     /// as a thin list does, restarts as one does, and saves to the same bytes as the thin
     /// list of its values (a checkpoint's format does not change).
