@@ -1111,6 +1111,26 @@ mod tests {
         Baseline::new(Histogram::new(2).expect("histogram"))
     }
 
+    /// The rules of one rule file's text.
+    fn rule_set(yaml: &str) -> RuleSet {
+        crate::rules::compile(
+            &[("t.yaml".to_string(), yaml.to_string())],
+            std::path::Path::new("."),
+            "test",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// One shard whose key and baseline tables are never full.
+    fn unbounded() -> ShardConfig {
+        ShardConfig {
+            index: 0,
+            max_keys_per_rule: 100_000,
+            keys_limit: usize::MAX,
+            baselines_limit: usize::MAX,
+        }
+    }
+
     #[test]
     fn level_steps_with_each_sample_as_the_walk_gives_it() {
         // Hand-picked: a flat run, a jump into a far bucket, values past the first range
@@ -1206,18 +1226,8 @@ mod tests {
     suppress_secs: 15
     summary: s
 ";
-        let set = crate::rules::compile(
-            &[("t.yaml".to_string(), yaml.to_string())],
-            std::path::Path::new("."),
-            "test",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let cfg = ShardConfig {
-            index: 0,
-            max_keys_per_rule: 100_000,
-            keys_limit: usize::MAX,
-            baselines_limit: usize::MAX,
-        };
+        let set = rule_set(yaml);
+        let cfg = unbounded();
         // 240 s of packet time at 10 requests a second from 12 addresses: each active
         // for its own stretch (then idle), some in bursts that fire and keep coming while
         // suppressed, on a few routes and objects.
@@ -1319,21 +1329,10 @@ mod tests {
         use std::time::Duration;
         const KNOWN: usize = 100;
         const NEW: usize = MAX_BASELINES + 900;
-        let set = crate::rules::compile(
-            &[(
-                "t.yaml".to_string(),
-                "rules:\n  - id: b\n    description: d\n    category: scraping\n    severity: low\n    detector:\n      kind: baseline\n      group_by: [ip, endpoint]\n      threshold: 30\n      window_secs: 60\n    suppress_secs: 60\n    summary: s\n".to_string(),
-            )],
-            std::path::Path::new("."),
-            "test",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let cfg = ShardConfig {
-            index: 0,
-            max_keys_per_rule: 100_000,
-            keys_limit: usize::MAX,
-            baselines_limit: usize::MAX,
-        };
+        let set = rule_set(
+            "rules:\n  - id: b\n    description: d\n    category: scraping\n    severity: low\n    detector:\n      kind: baseline\n      group_by: [ip, endpoint]\n      threshold: 30\n      window_secs: 60\n    suppress_secs: 60\n    summary: s\n",
+        );
+        let cfg = unbounded();
         let event = |secs: f64, ip: &str, route: String| {
             let mut e = crate::detect::tests::ev(secs, ip);
             e.route = Some(route.into());
