@@ -630,47 +630,55 @@ fn idle_run_exports_every_dashboard_family_from_the_first_scrape() {
         ),
     )
     .expect("writes config");
-    let port = free_port();
-    let log = dir.path().join("shieldtap.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_shieldtap"))
-        .args([
-            "run",
-            "--interface",
-            "lo",
-            "--bpf",
-            "udp port 9",
-            "--config",
-        ])
-        .arg(&config)
-        .args(["--alerts-out", "/dev/null", "--metrics-listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("starts shieldtap run");
-    let mut st = Guard {
-        name: "shieldtap run",
-        child,
-        signal: "-INT",
-        log,
-    };
-    let start = Instant::now();
-    let text = loop {
-        if let Some(e) = st.exited() {
-            panic!("{e}");
+    // A port found free can be taken (by the other test's processes) before the run binds
+    // it: a run that could not bind starts again on another, three times at most.
+    let mut attempts = 0;
+    let text = 'run: loop {
+        attempts += 1;
+        let port = free_port();
+        let log = dir.path().join("shieldtap.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_shieldtap"))
+            .args([
+                "run",
+                "--interface",
+                "lo",
+                "--bpf",
+                "udp port 9",
+                "--config",
+            ])
+            .arg(&config)
+            .args(["--alerts-out", "/dev/null", "--metrics-listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starts shieldtap run");
+        let mut st = Guard {
+            name: "shieldtap run",
+            child,
+            signal: "-INT",
+            log,
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(e) = st.exited() {
+                if attempts < 3 && e.contains("Address already in use") {
+                    continue 'run;
+                }
+                panic!("{e}");
+            }
+            if let Ok((200, body)) = http_get(port, "/metrics") {
+                break 'run body;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "no /metrics on {port} after {WAIT:?}; its log:\n{}",
+                tail(&st.log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        if let Ok((200, body)) = http_get(port, "/metrics") {
-            break body;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "no /metrics on {port} after {WAIT:?}; its log:\n{}",
-            tail(&st.log)
-        );
-        std::thread::sleep(Duration::from_millis(100));
     };
-    drop(st);
     let (declared, sampled) = exposition(&text);
     let wanted = dashboard_families();
     assert!(wanted.len() >= 30, "{wanted:?}");
