@@ -246,6 +246,11 @@ impl Lab {
 
     /// A sensor replaying `capture`, or reading stdin when it is `None`.
     fn sensor(&self, name: &str, capture: Option<&Path>) -> Child {
+        self.sensor_with(name, capture, &self.config(name, ""))
+    }
+
+    /// A sensor as [`Lab::sensor`], with config file `config`.
+    fn sensor_with(&self, name: &str, capture: Option<&Path>, config: &Path) -> Child {
         let mut c = Command::new(BIN);
         c.args([
             "replay",
@@ -257,7 +262,7 @@ impl Lab {
         ])
         .arg(capture.map_or_else(|| PathBuf::from("-"), Path::to_path_buf))
         .arg("--config")
-        .arg(self.config(name, ""))
+        .arg(config)
         .args(["--alerts-out", "/dev/null"])
         .arg("--summary-json")
         .arg(self.path(&format!("{name}.summary.json")))
@@ -569,6 +574,91 @@ fn a_replaying_sensor_rides_out_a_broker_outage_without_loss() {
     // It did meet the outage (its client lost the connection and came back).
     let log = lab.log("a");
     assert!(log.contains("NATS connection lost"), "{log}");
+}
+
+/// Every sensor and correlator makes sure the streams exist when it starts. One that finds
+/// the events stream with its settings sends the broker no update (nats-server 2.9.10 crashed
+/// on concurrent updates), keeps what an operator tuned on the broker, and applies a setting
+/// of its own that changed.
+#[test]
+fn a_starting_sensor_updates_the_stream_only_for_a_setting_of_its_own_that_changed() {
+    let Some(mut lab) = Lab::start(1) else {
+        return;
+    };
+    let (a, _) = lab.split();
+    let s = lab.sensor("a", Some(&a));
+    lab.wait_ok(s, "a");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let js = rt.block_on(async { async_nats::jetstream::new(lab.cluster.connect().await) });
+    let config = |js: &async_nats::jetstream::Context| {
+        rt.block_on(async {
+            let mut s = js.get_stream("SHIELDTAP_EVENTS").await.unwrap();
+            s.info().await.unwrap().config.clone()
+        })
+    };
+    let first = config(&js);
+    assert_eq!(first.max_bytes, 64 << 20);
+    // The operator keeps events a day on the broker.
+    let day = Duration::from_secs(24 * 3600);
+    rt.block_on(js.update_stream(async_nats::jetstream::stream::Config {
+        max_age: day,
+        ..first.clone()
+    }))
+    .unwrap();
+    let updates = rt.block_on(async {
+        let client = lab.cluster.connect().await;
+        let sub = client
+            .subscribe("$JS.EVENT.ADVISORY.STREAM.UPDATED.SHIELDTAP_EVENTS")
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        (client, sub)
+    });
+    let (_client, mut updates) = updates;
+    let mut advisories = || {
+        rt.block_on(async {
+            use futures_util::StreamExt;
+            let mut n = 0;
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(500), updates.next()).await
+            {
+                n += 1;
+            }
+            n
+        })
+    };
+    // The same settings: no update, and the operator's retention stays.
+    let s = lab.sensor("a", Some(&a));
+    lab.wait_ok(s, "a");
+    assert_eq!(
+        advisories(),
+        0,
+        "a sensor with unchanged settings updated the stream"
+    );
+    let second = config(&js);
+    assert_eq!(second.max_age, day);
+    assert_eq!(second.max_bytes, 64 << 20);
+    // A smaller `max_stream_mib`: updated, the operator's retention still kept.
+    let text = std::fs::read_to_string(lab.config("a", "")).unwrap();
+    assert!(text.contains("max_stream_mib = 64"));
+    let smaller = lab.path("a-32.toml");
+    std::fs::write(
+        &smaller,
+        text.replace("max_stream_mib = 64", "max_stream_mib = 32"),
+    )
+    .unwrap();
+    let s = lab.sensor_with("a", Some(&a), &smaller);
+    lab.wait_ok(s, "a");
+    assert_eq!(advisories(), 1);
+    let third = config(&js);
+    assert_eq!(third.max_bytes, 32 << 20);
+    assert_eq!(third.max_age, day);
+    assert_eq!(third.subjects, first.subjects);
+    assert_eq!(third.duplicate_window, first.duplicate_window);
 }
 
 /// Runs the split sample through two sensors and two correlators and checks the alerts.

@@ -21,11 +21,8 @@ pub enum ConnectError {
         servers: String,
         source: async_nats::ConnectError,
     },
-    #[error("JetStream stream {name}: {source}")]
-    Stream {
-        name: String,
-        source: async_nats::error::Error<jetstream::context::CreateStreamErrorKind>,
-    },
+    #[error("JetStream stream {name}: {message}")]
+    Stream { name: String, message: String },
     #[error("JetStream object store {name}: {message}")]
     Bucket { name: String, message: String },
 }
@@ -107,22 +104,86 @@ pub async fn alerts_stream(js: &jetstream::Context, cfg: &NatsConfig) -> Result<
     .await
 }
 
-async fn ensure_stream(js: &jetstream::Context, c: stream::Config) -> Result<(), ConnectError> {
-    let name = c.name.clone();
+/// Makes sure the stream exists with the fields shieldtap sets. A stream that already has
+/// them is left alone: every sensor and correlator runs this at start, and sending the broker
+/// an update it does not need is what crashed nats-server 2.9 (a nil dereference in
+/// `updateWithAdvisory` when two clients updated a stream at once; Debian bookworm ships
+/// 2.9.10). An update is sent only when a field differs (an operator changed
+/// `max_stream_bytes` or `replicas`), and fields shieldtap does not set (limits an operator
+/// tuned on the broker) are kept from the broker's copy.
+async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<(), ConnectError> {
+    let name = want.name.clone();
     // A cluster that is still electing answers with errors for a moment: retry briefly.
-    let mut last = None;
+    let mut last = String::new();
     for attempt in 0..20u64 {
-        match js.create_or_update_stream(c.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1).min(10))).await;
-            }
+        match ensure_stream_once(js, &want).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
         }
+        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1).min(10))).await;
     }
     Err(ConnectError::Stream {
         name,
-        source: last.expect("at least one attempt"),
+        message: last,
+    })
+}
+
+async fn ensure_stream_once(js: &jetstream::Context, want: &stream::Config) -> Result<(), String> {
+    match js.get_stream(&want.name).await {
+        Ok(s) => {
+            let have = &s.cached_info().config;
+            match stream_update(have, want) {
+                None => Ok(()),
+                Some(update) => {
+                    tracing::info!(stream = %want.name, "updating the JetStream stream's settings");
+                    js.update_stream(&update)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        }
+        Err(e) if is_stream_not_found(&e) => match js.create_stream(want.clone()).await {
+            Ok(_) => Ok(()),
+            // Another sensor or correlator created it first: read it on the next turn.
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// The update to send when the broker's stream differs from what shieldtap wants in a field
+/// shieldtap sets; `None` when it does not. The update starts from the broker's copy, so
+/// settings shieldtap leaves at their defaults keep whatever the operator gave them.
+fn stream_update(have: &stream::Config, want: &stream::Config) -> Option<stream::Config> {
+    let same = have.subjects == want.subjects
+        && have.num_replicas == want.num_replicas
+        && have.max_bytes == want.max_bytes
+        && have.duplicate_window == want.duplicate_window
+        && have.storage == want.storage
+        && have.discard == want.discard
+        && have.description == want.description;
+    if same {
+        return None;
+    }
+    Some(stream::Config {
+        subjects: want.subjects.clone(),
+        num_replicas: want.num_replicas,
+        max_bytes: want.max_bytes,
+        duplicate_window: want.duplicate_window,
+        // The broker refuses to change storage; sending the old one keeps the error out.
+        storage: have.storage,
+        discard: want.discard,
+        description: want.description.clone(),
+        ..have.clone()
     })
 }
 
