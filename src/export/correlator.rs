@@ -692,6 +692,14 @@ async fn start(
     Ok((store, part, sent))
 }
 
+/// The longest pull request the correlator's consumers make. async-nats sets the idle
+/// heartbeat to half of it (at most 15 s by default) and recreates an ordered consumer after
+/// two heartbeat periods without one, twice: with the defaults a consumer whose node died
+/// (it is one ephemeral replica on one node) stalled for a minute, past `max_wait_secs`, and
+/// the merge released other sensors' messages ahead of the stalled ones. At 2 s the stall
+/// lasts about 4 s, at the cost of one pull request per 2 s on an idle partition.
+const CONSUMER_MAX_EXPIRES: Duration = Duration::from_secs(2);
+
 /// An ordered consumer of the partition's subject from the message after `after` (retried
 /// until the broker answers).
 async fn subscribe(
@@ -718,6 +726,7 @@ async fn subscribe(
                 .create_consumer(consumer::pull::OrderedConfig {
                     filter_subject: nats.events_subject(p),
                     deliver_policy: deliver,
+                    max_expires: CONSUMER_MAX_EXPIRES,
                     ..Default::default()
                 })
                 .await
@@ -879,6 +888,7 @@ async fn published_since(
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: after + 1,
             },
+            max_expires: CONSUMER_MAX_EXPIRES,
             ..Default::default()
         })
         .await
