@@ -23,38 +23,13 @@ const MAX_LINKS: usize = 8;
 const CATEGORIES: usize = 9;
 
 /// A bounded list of distinct linked values, with a count of those that did not fit.
-/// Each value is listed with its [`Linked::Tag`], compared first: ids are strings of one
-/// length (a device id is a UUID), so comparing them whole read every listed id's string,
-/// a cache line each, for every request; now only a value whose tag matches is read.
 #[derive(Clone, Debug)]
-struct Links<T: Linked> {
-    items: Vec<(T::Tag, T)>,
+struct Links<T> {
+    items: Vec<T>,
     more: u32,
 }
 
-/// A value actors link to: its tag tells most other values apart without reading them.
-trait Linked: PartialEq + Clone {
-    type Tag: Copy + Eq + std::fmt::Debug;
-    fn tag(&self) -> Self::Tag;
-}
-
-impl Linked for IpAddr {
-    /// Addresses compare inline: no tag.
-    type Tag = ();
-    fn tag(&self) {}
-}
-
-impl Linked for Arc<str> {
-    /// 32 bits of a fixed-seed hash of the string: equal values have equal tags (a
-    /// collision only costs a compare).
-    type Tag = u32;
-    fn tag(&self) -> u32 {
-        use std::hash::BuildHasher;
-        foldhash::fast::FixedState::with_seed(0).hash_one(&**self) as u32
-    }
-}
-
-impl<T: Linked> Default for Links<T> {
+impl<T> Default for Links<T> {
     fn default() -> Self {
         Links {
             items: Vec::new(),
@@ -63,21 +38,16 @@ impl<T: Linked> Default for Links<T> {
     }
 }
 
-impl<T: Linked> Links<T> {
-    /// Adds `v`, whose tag is `tag` (taken once per request for every list it joins).
+impl<T: PartialEq + Clone> Links<T> {
     /// Cloned only when listed: ids are shared strings another thread also counts.
-    fn add(&mut self, v: &T, tag: T::Tag) {
-        if !self.items.iter().any(|(t, x)| *t == tag && x == v) {
+    fn add(&mut self, v: &T) {
+        if !self.items.contains(v) {
             if self.items.len() < MAX_LINKS {
-                self.items.push((tag, v.clone()));
+                self.items.push(v.clone());
             } else {
                 self.more = self.more.saturating_add(1);
             }
         }
-    }
-
-    fn values(&self) -> impl Iterator<Item = &T> {
-        self.items.iter().map(|(_, v)| v)
     }
 }
 
@@ -239,8 +209,7 @@ impl Registry {
     /// string (devices and users).
     pub const PROFILE_BYTES: usize = std::mem::size_of::<(Arc<str>, Profile)>()
         + 1
-        + MAX_LINKS / 2
-            * (std::mem::size_of::<((), IpAddr)>() + 2 * std::mem::size_of::<(u32, Arc<str>)>())
+        + MAX_LINKS / 2 * (std::mem::size_of::<IpAddr>() + 2 * std::mem::size_of::<Arc<str>>())
         + 48;
 
     pub fn new(max_actors: usize) -> Registry {
@@ -263,30 +232,28 @@ impl Registry {
         attested: bool,
     ) {
         let (max, evicted) = (self.max, &mut self.evicted);
-        let device = device.map(|d| (d, d.tag()));
-        let user = user.map(|u| (u, u.tag()));
         let p = profile(&mut self.ips, &ip, max, evicted);
         p.touch(ts, attested);
-        if let Some((d, t)) = device {
-            p.devices.add(d, t);
+        if let Some(d) = device {
+            p.devices.add(d);
         }
-        if let Some((u, t)) = user {
-            p.users.add(u, t);
+        if let Some(u) = user {
+            p.users.add(u);
         }
-        if let Some((d, _)) = device {
+        if let Some(d) = device {
             let p = profile(&mut self.devices, d, max, evicted);
             p.touch(ts, attested);
-            p.addresses.add(&ip, ());
-            if let Some((u, t)) = user {
-                p.users.add(u, t);
+            p.addresses.add(&ip);
+            if let Some(u) = user {
+                p.users.add(u);
             }
         }
-        if let Some((u, _)) = user {
+        if let Some(u) = user {
             let p = profile(&mut self.users, u, max, evicted);
             p.touch(ts, attested);
-            p.addresses.add(&ip, ());
-            if let Some((d, t)) = device {
-                p.devices.add(d, t);
+            p.addresses.add(&ip);
+            if let Some(d) = device {
+                p.devices.add(d);
             }
         }
     }
@@ -335,9 +302,8 @@ impl Registry {
     /// [`Registry::counts`] and the memory the profiles hold (a walk over them all).
     pub fn stats(&self) -> RegistryStats {
         let links = |p: &Profile| {
-            p.addresses.items.len() * std::mem::size_of::<((), IpAddr)>()
-                + (p.devices.items.len() + p.users.items.len())
-                    * std::mem::size_of::<(u32, Arc<str>)>()
+            p.addresses.items.len() * std::mem::size_of::<IpAddr>()
+                + (p.devices.items.len() + p.users.items.len()) * std::mem::size_of::<Arc<str>>()
         };
         let entry = std::mem::size_of::<Profile>() + 16;
         let bytes = self
@@ -376,9 +342,14 @@ impl Registry {
             } else {
                 (p.attested as f64 / p.requests as f64 * 1000.0).round() / 1000.0
             },
-            addresses: p.addresses.values().map(ToString::to_string).collect(),
-            devices: p.devices.values().map(|d| d.to_string()).collect(),
-            users: p.users.values().map(|u| redact::identifier(u)).collect(),
+            addresses: p.addresses.items.iter().map(ToString::to_string).collect(),
+            devices: p.devices.items.iter().map(|d| d.to_string()).collect(),
+            users: p
+                .users
+                .items
+                .iter()
+                .map(|u| redact::identifier(u))
+                .collect(),
             first_seen: p.first.rfc3339(),
             last_seen: p.last.rfc3339(),
         };
@@ -421,51 +392,6 @@ mod tests {
 
     fn t(s: u64) -> Timestamp {
         Timestamp(s * 1_000_000_000)
-    }
-
-    /// A value whose tag is the same for all: only the compare tells values apart.
-    #[derive(Clone, Debug, PartialEq)]
-    struct Colliding(u8);
-
-    impl Linked for Colliding {
-        type Tag = u32;
-        fn tag(&self) -> u32 {
-            7
-        }
-    }
-
-    #[test]
-    fn links_list_each_value_once_whatever_its_tag() {
-        // Equal ids in separate allocations are one link; different ids of one length
-        // (UUIDs) are two.
-        let mut l = Links::<Arc<str>>::default();
-        for id in [
-            "0b9c7f4e-2f7d-4c55-9a43-3c1d2f6e8a10",
-            "0b9c7f4e-2f7d-4c55-9a43-3c1d2f6e8a10",
-            "0b9c7f4e-2f7d-4c55-9a43-3c1d2f6e8a11",
-        ] {
-            let v: Arc<str> = id.into();
-            l.add(&v, v.tag());
-        }
-        let listed: Vec<&str> = l.values().map(|v| &**v).collect();
-        assert_eq!(
-            listed,
-            [
-                "0b9c7f4e-2f7d-4c55-9a43-3c1d2f6e8a10",
-                "0b9c7f4e-2f7d-4c55-9a43-3c1d2f6e8a11"
-            ]
-        );
-        // Colliding tags: values still compared whole; past the cap, counted.
-        let mut c = Links::<Colliding>::default();
-        for i in (0..12u8).chain(0..12) {
-            let v = Colliding(i);
-            c.add(&v, v.tag());
-        }
-        assert_eq!(
-            c.values().cloned().collect::<Vec<_>>(),
-            (0..8).map(Colliding).collect::<Vec<_>>()
-        );
-        assert_eq!(c.more, 8);
     }
 
     #[test]
