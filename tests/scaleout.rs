@@ -635,7 +635,7 @@ fn a_starting_sensor_updates_the_stream_only_for_a_setting_of_its_own_that_chang
         ..first.clone()
     }))
     .unwrap();
-    let updates = rt.block_on(async {
+    let (_client, mut updates) = rt.block_on(async {
         let client = lab.cluster.connect().await;
         let sub = client
             .subscribe("$JS.EVENT.ADVISORY.STREAM.UPDATED.SHIELDTAP_EVENTS")
@@ -644,7 +644,6 @@ fn a_starting_sensor_updates_the_stream_only_for_a_setting_of_its_own_that_chang
         client.flush().await.unwrap();
         (client, sub)
     });
-    let (_client, mut updates) = updates;
     let mut advisories = || {
         rt.block_on(async {
             use futures_util::StreamExt;

@@ -112,20 +112,27 @@ pub async fn alerts_stream(js: &jetstream::Context, cfg: &NatsConfig) -> Result<
 /// `max_stream_bytes` or `replicas`), and fields shieldtap does not set (limits an operator
 /// tuned on the broker) are kept from the broker's copy.
 async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<(), ConnectError> {
-    let name = want.name.clone();
-    // A cluster that is still electing answers with errors for a moment: retry briefly.
+    retry_briefly(async || ensure_stream_once(js, &want).await)
+        .await
+        .map_err(|message| ConnectError::Stream {
+            name: want.name.clone(),
+            message,
+        })
+}
+
+/// Runs `op` until it succeeds, 20 times at most with growing pauses (about 15 s in all):
+/// a cluster that is still electing answers with errors for a moment. The last error when
+/// every attempt failed.
+async fn retry_briefly<T>(mut op: impl AsyncFnMut() -> Result<T, String>) -> Result<T, String> {
     let mut last = String::new();
     for attempt in 0..20u64 {
-        match ensure_stream_once(js, &want).await {
-            Ok(()) => return Ok(()),
+        match op().await {
+            Ok(v) => return Ok(v),
             Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(100 * (attempt + 1).min(10))).await;
     }
-    Err(ConnectError::Stream {
-        name,
-        message: last,
-    })
+    Err(last)
 }
 
 async fn ensure_stream_once(js: &jetstream::Context, want: &stream::Config) -> Result<(), String> {
@@ -143,11 +150,12 @@ async fn ensure_stream_once(js: &jetstream::Context, want: &stream::Config) -> R
                 }
             }
         }
-        Err(e) if is_stream_not_found(&e) => match js.create_stream(want.clone()).await {
-            Ok(_) => Ok(()),
-            // Another sensor or correlator created it first: read it on the next turn.
-            Err(e) => Err(e.to_string()),
-        },
+        // When another sensor or correlator created it first, it is read on the next turn.
+        Err(e) if is_stream_not_found(&e) => js
+            .create_stream(want.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -163,12 +171,13 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
 /// The update to send when the broker's stream differs from what shieldtap wants in a field
 /// shieldtap sets; `None` when it does not. The update starts from the broker's copy, so
 /// settings shieldtap leaves at their defaults keep whatever the operator gave them.
+/// Storage is not compared: the broker refuses to change it, so a stream made with other
+/// storage would be sent a useless update at every start.
 fn stream_update(have: &stream::Config, want: &stream::Config) -> Option<stream::Config> {
     let same = have.subjects == want.subjects
         && have.num_replicas == want.num_replicas
         && have.max_bytes == want.max_bytes
         && have.duplicate_window == want.duplicate_window
-        && have.storage == want.storage
         && have.discard == want.discard
         && have.description == want.description;
     if same {
@@ -179,8 +188,6 @@ fn stream_update(have: &stream::Config, want: &stream::Config) -> Option<stream:
         num_replicas: want.num_replicas,
         max_bytes: want.max_bytes,
         duplicate_window: want.duplicate_window,
-        // The broker refuses to change storage; sending the old one keeps the error out.
-        storage: have.storage,
         discard: want.discard,
         description: want.description.clone(),
         ..have.clone()
@@ -200,19 +207,17 @@ pub async fn checkpoint_store(
         storage: stream::StorageType::File,
         ..Default::default()
     };
-    let mut last = String::new();
-    for attempt in 0..20u64 {
+    retry_briefly(async || {
         if let Ok(s) = js.get_object_store(&cfg.checkpoint_bucket).await {
             return Ok(s);
         }
-        match js.create_object_store(c.clone()).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1).min(10))).await;
-    }
-    Err(ConnectError::Bucket {
+        js.create_object_store(c.clone())
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|message| ConnectError::Bucket {
         name: cfg.checkpoint_bucket.clone(),
-        message: last,
+        message,
     })
 }
