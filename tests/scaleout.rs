@@ -385,6 +385,83 @@ impl Lab {
         })
     }
 
+    /// Every envelope on the events stream with its stream sequence, in stream order.
+    fn envelopes(&self) -> Vec<(u64, Result<shieldtap::export::wire::Envelope, String>)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use futures_util::StreamExt;
+            let js = async_nats::jetstream::new(self.cluster.connect().await);
+            let Ok(stream) = js.get_stream("SHIELDTAP_EVENTS").await else {
+                return Vec::new();
+            };
+            let n = stream
+                .get_info()
+                .await
+                .map_or(0, |i| i.state.messages as usize);
+            let Ok(consumer) = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+                .await
+            else {
+                return Vec::new();
+            };
+            let mut out = Vec::new();
+            let mut msgs = consumer.messages().await.unwrap().take(n);
+            while let Some(Ok(m)) = msgs.next().await {
+                let seq = m.info().map_or(0, |i| i.stream_sequence);
+                let env = shieldtap::export::wire::Envelope::decode(&m.payload);
+                out.push((seq, env.map_err(|e| e.to_string())));
+            }
+            out
+        })
+    }
+
+    /// The events stream, one line an envelope: stream sequence, partition, sensor, run,
+    /// batch, clock, finished, messages. What a failed comparison needs to tell a batch
+    /// the broker stored late from one a correlator never took.
+    fn events_table(&self) -> String {
+        let mut out = String::new();
+        for (seq, env) in self.envelopes() {
+            out.push_str(&match env {
+                Ok(e) => format!(
+                    "{seq} p{} {} run {} batch {} clock {:?} finished {} msgs {}\n",
+                    e.partition,
+                    e.sensor,
+                    e.run,
+                    e.batch,
+                    e.clock,
+                    e.finished,
+                    e.msgs.len()
+                ),
+                Err(e) => format!("{seq} undecodable: {e}\n"),
+            });
+        }
+        out
+    }
+
+    /// Per partition, the batch numbers missing between 1 and the highest that `sensor`
+    /// has on the events stream.
+    fn holes(&self, sensor: &str) -> std::collections::BTreeMap<u32, Vec<u64>> {
+        let mut seen: std::collections::BTreeMap<u32, std::collections::BTreeSet<u64>> =
+            Default::default();
+        for (_, env) in self.envelopes() {
+            if let Ok(e) = env
+                && e.sensor == sensor
+            {
+                seen.entry(e.partition).or_default().insert(e.batch);
+            }
+        }
+        seen.into_iter()
+            .filter_map(|(p, b)| {
+                let top = b.last().copied().unwrap_or(0);
+                let missing: Vec<u64> = (1..top).filter(|n| !b.contains(n)).collect();
+                (!missing.is_empty()).then_some((p, missing))
+            })
+            .collect()
+    }
+
     /// What a failed comparison shows: each correlator's and sensor's summary and log.
     fn diagnostics(&self, correlators: &[&str]) -> String {
         let mut out = String::new();
@@ -396,6 +473,7 @@ impl Lab {
                 self.log(name)
             ));
         }
+        out.push_str(&format!("--- events stream:\n{}", self.events_table()));
         out
     }
 
@@ -435,6 +513,22 @@ impl Lab {
         assert_same(&canon(&lines), &want, "correlators' JSON lines", || {
             self.diagnostics(files)
         });
+        // Every envelope a sensor had acknowledged reached its correlator in time: none
+        // skipped as missing, no sensor given up on.
+        for f in files {
+            let Ok(bytes) = std::fs::read(self.path(&format!("{f}.summary.json"))) else {
+                continue; // killed: no summary
+            };
+            let s: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            for (p, part) in s["partitions"].as_object().unwrap() {
+                if part["batches_missing"] != 0 || part["waits_expired"] != 0 {
+                    panic!(
+                        "{f} partition {p} skipped a batch or gave up on a sensor: {part}\n{}",
+                        self.diagnostics(files)
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -581,14 +675,13 @@ fn a_replaying_sensor_rides_out_a_broker_outage_without_loss() {
     lab.wait_ok(s2, "b");
     let s1 = lab.sensor("a", None);
     let s1 = feed(s1, &a, 8, |k| {
-        let c = &mut lab.cluster;
         // Parts 4 and 5 reach the sensor while the broker is away (3 s and more).
         if k == 3 {
-            c.stop(0);
+            lab.cluster.stop(0);
         }
         if k == 5 {
             std::thread::sleep(Duration::from_secs(2));
-            c.restart(0);
+            lab.cluster.restart(0);
         }
     });
     lab.wait_ok(s1, "a");
@@ -600,6 +693,56 @@ fn a_replaying_sensor_rides_out_a_broker_outage_without_loss() {
     // It did meet the outage (its client lost the connection and came back).
     let log = lab.log("a");
     assert!(log.contains("NATS connection lost"), "{log}");
+}
+
+/// A publish the broker lost without a word (it hung with the envelopes in its socket and
+/// was killed) is sent again while the sensor waits for input: not only when its window of
+/// pending publishes fills or its run ends, long after the correlators, holding those
+/// partitions for it, skipped it as missing.
+#[test]
+fn a_publish_the_broker_lost_is_sent_again_while_the_sensor_waits_for_input() {
+    let Some(mut lab) = Lab::start(1) else {
+        return;
+    };
+    let (a, b) = lab.split();
+    let c1 = lab.correlator("c1", "0,1");
+    let c2 = lab.correlator("c2", "2,3");
+    let s2 = lab.sensor("b", Some(&b));
+    lab.wait_ok(s2, "b");
+    let s1 = lab.sensor("a", None);
+    let s1 = feed(s1, &a, 8, |k| {
+        if k == 3 {
+            lab.cluster.freeze(0);
+        }
+        if k == 4 {
+            // Part 4's envelopes went to the hung broker; it dies with them.
+            std::thread::sleep(Duration::from_secs(1));
+            lab.cluster.kill(0);
+            lab.cluster.restart(0);
+        }
+        if k == 5 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let holes = lab.holes("a");
+                if holes.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "batches still missing 30 s after the broker came back: {holes:?}\n{}",
+                    lab.events_table()
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    });
+    lab.wait_ok(s1, "a");
+    lab.wait_ok(c1, "c1");
+    lab.wait_ok(c2, "c2");
+    lab.assert_golden(&["c1", "c2"]);
+    let s = summary(&lab, "a");
+    assert_eq!(s["export"]["events_dropped"], 0, "{s}");
+    assert!(s["export"]["publish_retries"].as_u64().unwrap() > 0, "{s}");
 }
 
 /// Every sensor and correlator makes sure the streams exist when it starts. One that finds

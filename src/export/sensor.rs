@@ -5,9 +5,11 @@
 //! bounded queue (replay waits when it is full; live capture drops the batch and counts it).
 //! The publisher numbers each partition's envelopes, encodes them (split when one would be
 //! near the broker's message size cap), publishes with a message id (JetStream drops a
-//! republished copy) and keeps up to `max_in_flight` acknowledgements pending. A publish
-//! that fails or is not acknowledged (the broker is away) is retried until it is; retries
-//! can reorder envelopes, which the correlator puts back in order by their numbers. At the
+//! republished copy) and keeps up to `max_in_flight` acknowledgements pending, awaiting
+//! them when the window is full or the publisher has had nothing to send for 50 ms. A
+//! publish that fails or is not acknowledged (the broker is away) is retried until it is;
+//! retries can reorder envelopes, which the correlator puts back in order by their
+//! numbers (it holds the partition for a missing one up to `max_wait_secs`). At the
 //! end of a replay the sensor publishes a finished envelope to every partition and waits
 //! for every acknowledgement.
 
@@ -339,6 +341,10 @@ struct Outgoing {
     events: u64,
 }
 
+/// How long the publisher waits for another batch before it awaits the acknowledgements
+/// pending (see [`Publisher::run`]).
+const SETTLE_WHEN_IDLE: Duration = Duration::from_millis(50);
+
 struct Publisher {
     abandon: Arc<AtomicBool>,
     js: jetstream::Context,
@@ -353,7 +359,25 @@ struct Publisher {
 
 impl Publisher {
     async fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Job>) {
-        while let Some(job) = rx.recv().await {
+        loop {
+            // Acknowledgements are awaited when the window is full, or once no batch has
+            // come for `SETTLE_WHEN_IDLE`: a publish the broker never acknowledged (one
+            // sent as a route or a node went away) is then retried within the
+            // acknowledgement timeout. Awaited only when the window filled, it waited for
+            // `max_in_flight` more envelopes (at a quiet sensor, the end of the run) while
+            // the correlator held the partition for it and then skipped it as missing.
+            let job = if self.in_flight.is_empty() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(SETTLE_WHEN_IDLE, rx.recv()).await {
+                    Ok(job) => job,
+                    Err(_) => {
+                        self.settle(0).await;
+                        continue;
+                    }
+                }
+            };
+            let Some(job) = job else { break };
             match job {
                 Job::Batch {
                     partition,

@@ -556,6 +556,18 @@ impl NatsCluster {
         revived
     }
 
+    /// SIGSTOP to node `i`: it hangs with its connections open, so what clients publish
+    /// meanwhile waits in its sockets and is lost if it is then killed.
+    pub fn freeze(&mut self, i: usize) {
+        let node = &self.nodes[i];
+        let Some(child) = &node.child else {
+            panic!("NATS lab: freeze {}: not running", node.name);
+        };
+        let _ = Command::new("kill")
+            .args(["-STOP", &child.id().to_string()])
+            .status();
+    }
+
     /// SIGKILL to node `i` (a crash: no clean shutdown of its store or its raft groups).
     pub fn kill(&mut self, i: usize) {
         let node = &mut self.nodes[i];
