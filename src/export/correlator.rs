@@ -45,10 +45,13 @@ use crate::detect::{Alert, DetectConfig, ShardMsg, StreamOrder, Tagged, write_al
 use crate::output::webhook::Webhooks;
 use crate::rules::RuleSet;
 
-/// Version of the checkpoint layout.
-const CHECKPOINT_VERSION: u16 = 1;
+/// Version of the checkpoint layout (2: the batches given up as missing are kept).
+const CHECKPOINT_VERSION: u16 = 2;
 /// Out-of-order envelopes held per sensor before the gap is given up.
 const MAX_EARLY: usize = 4096;
+/// Batch numbers given up as missing that a sensor's merge remembers (the latest), so that
+/// one arriving after all is applied rather than taken for a repeat.
+const MAX_SKIPPED: u64 = 4096;
 /// Messages a partition's merge holds at most while it waits for a lagging sensor; past it
 /// the oldest go on without waiting (counted `merge_forced`).
 const MAX_QUEUED: usize = 1 << 20;
@@ -93,6 +96,8 @@ struct SensorQ {
     run: u64,
     next_batch: u64,
     early: BTreeMap<u64, Envelope>,
+    /// Batch numbers of this run given up as missing and not come since.
+    skipped: std::collections::BTreeSet<u64>,
     queue: VecDeque<Msg>,
     clock: Timestamp,
     finished: bool,
@@ -269,8 +274,28 @@ impl Part {
             s.run = env.run;
             s.next_batch = 1;
             s.early.clear();
+            s.skipped.clear();
             s.finished = false;
             s.gap_since = None;
+        }
+        if s.skipped.remove(&env.batch) {
+            // Given up as missing and come after all (a publish the broker lost was sent
+            // again): applied now, ahead of what this sensor has queued since (its messages
+            // precede them), so they count as late rather than being dropped as a repeat.
+            self.stats.batches_recovered += 1;
+            s.clock = s.clock.max(env.clock);
+            s.finished |= env.finished;
+            let name = env.sensor.clone();
+            let rejected = if env.rules == self.rules {
+                for m in env.msgs.into_iter().rev() {
+                    s.queue.push_front(m);
+                }
+                0
+            } else {
+                1
+            };
+            self.note_rejected(&name, rejected);
+            return;
         }
         if env.batch < s.next_batch || s.early.contains_key(&env.batch) {
             self.stats.redelivered += 1;
@@ -302,9 +327,15 @@ impl Part {
         }
     }
 
-    /// Gives up waiting for the missing envelope: jumps to the first held one.
+    /// Gives up waiting for the missing envelopes: jumps to the first held one, remembering
+    /// the numbers skipped (the latest `MAX_SKIPPED`).
     fn skip_gap(s: &mut SensorQ) {
         if let Some((&first, _)) = s.early.iter().next() {
+            let from = s.next_batch.max(first.saturating_sub(MAX_SKIPPED));
+            s.skipped.extend(from..first);
+            while s.skipped.len() as u64 > MAX_SKIPPED {
+                s.skipped.pop_first();
+            }
             s.next_batch = first;
         }
         s.gap_since = None;
@@ -984,6 +1015,46 @@ mod tests {
         assert!(back.finished && back.stats.restored);
         assert!(Part::restore(&bytes, 1, 1, cfg, &set).is_err());
         assert!(Part::restore(&bytes[..bytes.len() / 2], 0, 1, cfg, &set).is_err());
+    }
+
+    #[test]
+    fn a_batch_given_up_as_missing_is_applied_late_when_it_comes_not_dropped() {
+        let set = crate::rules::builtin().unwrap();
+        let cfg = crate::detect::shard::configs(&DetectConfig::default(), 1)[0];
+        let digest = rules_digest(&set);
+        let mut part = Part::fresh(0, Shard::new(cfg, &set), digest);
+        let start = Instant::now();
+        let expected = ["a".to_string()];
+        let wait = Duration::from_secs(5);
+        part.tick(&expected, wait, start, start);
+        let mut out = Vec::new();
+        // Batch 1 is lost for now; 2 is held for it.
+        part.take(env("a", 2, &[3, 4], false, digest), start);
+        part.release(&mut out);
+        assert_eq!(part.stats.sweeps, 0);
+        // Past max_wait the gap is given up and 2 goes on.
+        part.tick(&expected, wait, start + Duration::from_secs(6), start);
+        part.release(&mut out);
+        assert_eq!(part.stats.batches_missing, 1);
+        assert_eq!(part.stats.sweeps, 2);
+        // The checkpoint keeps what was skipped.
+        let bytes = part.checkpoint(1).unwrap();
+        let mut part = Part::restore(&bytes, 0, 1, cfg, &set).unwrap();
+        // 1 comes after all: applied (behind the release point: late), not a repeat.
+        part.take(env("a", 1, &[1, 2], false, digest), start);
+        part.release(&mut out);
+        assert_eq!(part.stats.batches_recovered, 1);
+        assert_eq!(part.stats.redelivered, 0);
+        assert_eq!(part.stats.late, 2);
+        // Once more it is a repeat.
+        part.take(env("a", 1, &[1, 2], false, digest), start);
+        assert_eq!(part.stats.redelivered, 1);
+        assert_eq!(part.stats.batches_recovered, 1);
+        // A new run of the sensor forgets the old run's numbers.
+        let mut next = env("a", 3, &[9], false, digest);
+        next.run = 2;
+        part.take(next, start);
+        assert!(part.sensors["a"].skipped.is_empty());
     }
 
     #[test]

@@ -47,8 +47,12 @@ pub struct PartitionStats {
     pub rejected: BTreeMap<String, u64>,
     /// Times a silent sensor stopped being waited for.
     pub waits_expired: u64,
-    /// Batches given up as missing (a gap in a sensor's numbering that never filled).
+    /// Batches given up as missing (a gap in a sensor's numbering that did not fill within
+    /// `max_wait_secs`).
     pub batches_missing: u64,
+    /// Batches given up as missing that came after all: applied then (their messages
+    /// counted `late`), not dropped.
+    pub batches_recovered: u64,
     /// Messages released without waiting for a lagging sensor: the merge held too many.
     pub merge_forced: u64,
     pub alerts: u64,

@@ -134,6 +134,7 @@ pub const NAMES: &[&str] = &[
     "correlator_rejected",
     "correlator_waits_expired",
     "correlator_batches_missing",
+    "correlator_batches_recovered",
     "correlator_merge_forced",
 ];
 
@@ -1136,6 +1137,7 @@ fn encode_scale(
     let mut rejected: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut waits = 0;
     let mut missing = 0;
+    let mut recovered = 0;
     let mut forced = 0;
     for s in parts.values() {
         for (r, n) in &s.rejected {
@@ -1147,6 +1149,7 @@ fn encode_scale(
         }
         waits += s.waits_expired;
         missing += s.batches_missing;
+        recovered += s.batches_recovered;
         forced += s.merge_forced;
     }
     e.labelled(
@@ -1168,6 +1171,11 @@ fn encode_scale(
         "correlator_batches_missing",
         "Gaps in a sensor's envelope numbering given up after max_wait_secs.",
         missing,
+    )?;
+    e.counter(
+        "correlator_batches_recovered",
+        "Batches given up as missing that came later and were applied then (late), not dropped.",
+        recovered,
     )?;
     e.counter(
         "correlator_merge_forced",
