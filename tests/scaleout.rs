@@ -28,6 +28,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_shieldtap");
 /// Upper bound of every wait.
 const WAIT: Duration = Duration::from_secs(90);
 
+/// An envelope read back from the events stream, or why it would not decode.
+type Decoded = Result<shieldtap::export::wire::Envelope, String>;
+
 fn sample() -> PathBuf {
     Path::new(ROOT).join("samples/bots-and-stuffing")
 }
@@ -357,8 +360,8 @@ impl Lab {
         })
     }
 
-    /// Every message of the given streams, raw.
-    fn raw_messages(&self, streams: &[&str]) -> Vec<Vec<u8>> {
+    /// Every message of stream `name` with its stream sequence, in stream order.
+    fn stream_messages(&self, name: &str) -> Result<Vec<(u64, Vec<u8>)>, String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -366,64 +369,58 @@ impl Lab {
         rt.block_on(async {
             use futures_util::StreamExt;
             let js = async_nats::jetstream::new(self.cluster.connect().await);
+            let stream = js.get_stream(name).await.map_err(|e| e.to_string())?;
+            let info = stream.get_info().await.map_err(|e| e.to_string())?;
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut msgs = consumer
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?
+                .take(info.state.messages as usize);
             let mut out = Vec::new();
-            for name in streams {
-                let stream = js.get_stream(*name).await.unwrap();
-                let n = stream.get_info().await.unwrap().state.messages as usize;
-                let consumer = stream
-                    .create_consumer(
-                        async_nats::jetstream::consumer::pull::OrderedConfig::default(),
-                    )
-                    .await
-                    .unwrap();
-                let mut msgs = consumer.messages().await.unwrap().take(n);
-                while let Some(m) = msgs.next().await {
-                    out.push(m.unwrap().payload.to_vec());
-                }
+            while let Some(m) = msgs.next().await {
+                let m = m.map_err(|e| e.to_string())?;
+                let seq = m.info().map_or(0, |i| i.stream_sequence);
+                out.push((seq, m.payload.to_vec()));
             }
-            out
+            Ok(out)
         })
     }
 
+    /// Every message of the given streams, raw.
+    fn raw_messages(&self, streams: &[&str]) -> Vec<Vec<u8>> {
+        streams
+            .iter()
+            .flat_map(|name| self.stream_messages(name).unwrap())
+            .map(|(_, m)| m)
+            .collect()
+    }
+
     /// Every envelope on the events stream with its stream sequence, in stream order.
-    fn envelopes(&self) -> Vec<(u64, Result<shieldtap::export::wire::Envelope, String>)> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            use futures_util::StreamExt;
-            let js = async_nats::jetstream::new(self.cluster.connect().await);
-            let Ok(stream) = js.get_stream("SHIELDTAP_EVENTS").await else {
-                return Vec::new();
-            };
-            let n = stream
-                .get_info()
-                .await
-                .map_or(0, |i| i.state.messages as usize);
-            let Ok(consumer) = stream
-                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-                .await
-            else {
-                return Vec::new();
-            };
-            let mut out = Vec::new();
-            let mut msgs = consumer.messages().await.unwrap().take(n);
-            while let Some(Ok(m)) = msgs.next().await {
-                let seq = m.info().map_or(0, |i| i.stream_sequence);
-                let env = shieldtap::export::wire::Envelope::decode(&m.payload);
-                out.push((seq, env.map_err(|e| e.to_string())));
-            }
-            out
-        })
+    fn envelopes(&self) -> Result<Vec<(u64, Decoded)>, String> {
+        Ok(self
+            .stream_messages("SHIELDTAP_EVENTS")?
+            .into_iter()
+            .map(|(seq, m)| {
+                let env = shieldtap::export::wire::Envelope::decode(&m);
+                (seq, env.map_err(|e| e.to_string()))
+            })
+            .collect())
     }
 
     /// The events stream, one line an envelope: stream sequence, partition, sensor, run,
     /// batch, clock, finished, messages. What a failed comparison needs to tell a batch
     /// the broker stored late from one a correlator never took.
     fn events_table(&self) -> String {
+        let envelopes = match self.envelopes() {
+            Ok(v) => v,
+            Err(e) => return format!("(cannot read the events stream: {e})\n"),
+        };
         let mut out = String::new();
-        for (seq, env) in self.envelopes() {
+        for (seq, env) in envelopes {
             out.push_str(&match env {
                 Ok(e) => format!(
                     "{seq} p{} {} run {} batch {} clock {:?} finished {} msgs {}\n",
@@ -442,24 +439,25 @@ impl Lab {
     }
 
     /// Per partition, the batch numbers missing between 1 and the highest that `sensor`
-    /// has on the events stream.
-    fn holes(&self, sensor: &str) -> std::collections::BTreeMap<u32, Vec<u64>> {
+    /// has on the events stream (an error when the stream cannot be read).
+    fn holes(&self, sensor: &str) -> Result<std::collections::BTreeMap<u32, Vec<u64>>, String> {
         let mut seen: std::collections::BTreeMap<u32, std::collections::BTreeSet<u64>> =
             Default::default();
-        for (_, env) in self.envelopes() {
+        for (_, env) in self.envelopes()? {
             if let Ok(e) = env
                 && e.sensor == sensor
             {
                 seen.entry(e.partition).or_default().insert(e.batch);
             }
         }
-        seen.into_iter()
+        Ok(seen
+            .into_iter()
             .filter_map(|(p, b)| {
                 let top = b.last().copied().unwrap_or(0);
                 let missing: Vec<u64> = (1..top).filter(|n| !b.contains(n)).collect();
                 (!missing.is_empty()).then_some((p, missing))
             })
-            .collect()
+            .collect())
     }
 
     /// What a failed comparison shows: each correlator's and sensor's summary and log.
@@ -663,18 +661,29 @@ fn a_nats_node_stopped_mid_run_stops_nothing() {
     }
 }
 
-#[test]
-fn a_replaying_sensor_rides_out_a_broker_outage_without_loss() {
-    let Some(mut lab) = Lab::start(1) else {
-        return;
-    };
+/// Sensor `b` replays its half first; sensor `a` then reads its half from stdin in 8 parts,
+/// `between(lab, k)` after part `k`; two correlators. The deployment's alerts are the
+/// golden ones.
+fn fed_after_b(lab: &mut Lab, mut between: impl FnMut(&mut Lab, usize)) {
     let (a, b) = lab.split();
     let c1 = lab.correlator("c1", "0,1");
     let c2 = lab.correlator("c2", "2,3");
     let s2 = lab.sensor("b", Some(&b));
     lab.wait_ok(s2, "b");
     let s1 = lab.sensor("a", None);
-    let s1 = feed(s1, &a, 8, |k| {
+    let s1 = feed(s1, &a, 8, |k| between(lab, k));
+    lab.wait_ok(s1, "a");
+    lab.wait_ok(c1, "c1");
+    lab.wait_ok(c2, "c2");
+    lab.assert_golden(&["c1", "c2"]);
+}
+
+#[test]
+fn a_replaying_sensor_rides_out_a_broker_outage_without_loss() {
+    let Some(mut lab) = Lab::start(1) else {
+        return;
+    };
+    fed_after_b(&mut lab, |lab, k| {
         // Parts 4 and 5 reach the sensor while the broker is away (3 s and more).
         if k == 3 {
             lab.cluster.stop(0);
@@ -684,10 +693,6 @@ fn a_replaying_sensor_rides_out_a_broker_outage_without_loss() {
             lab.cluster.restart(0);
         }
     });
-    lab.wait_ok(s1, "a");
-    lab.wait_ok(c1, "c1");
-    lab.wait_ok(c2, "c2");
-    lab.assert_golden(&["c1", "c2"]);
     let s = summary(&lab, "a");
     assert_eq!(s["export"]["events_dropped"], 0, "{s}");
     // It did meet the outage (its client lost the connection and came back).
@@ -704,13 +709,7 @@ fn a_publish_the_broker_lost_is_sent_again_while_the_sensor_waits_for_input() {
     let Some(mut lab) = Lab::start(1) else {
         return;
     };
-    let (a, b) = lab.split();
-    let c1 = lab.correlator("c1", "0,1");
-    let c2 = lab.correlator("c2", "2,3");
-    let s2 = lab.sensor("b", Some(&b));
-    lab.wait_ok(s2, "b");
-    let s1 = lab.sensor("a", None);
-    let s1 = feed(s1, &a, 8, |k| {
+    fed_after_b(&mut lab, |lab, k| {
         if k == 3 {
             lab.cluster.freeze(0);
         }
@@ -721,10 +720,11 @@ fn a_publish_the_broker_lost_is_sent_again_while_the_sensor_waits_for_input() {
             lab.cluster.restart(0);
         }
         if k == 5 {
+            // Polled until no batch is missing; a stream not readable yet counts as not.
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let holes = lab.holes("a");
-                if holes.is_empty() {
+                if holes.as_ref().is_ok_and(|h| h.is_empty()) {
                     break;
                 }
                 assert!(
@@ -736,10 +736,6 @@ fn a_publish_the_broker_lost_is_sent_again_while_the_sensor_waits_for_input() {
             }
         }
     });
-    lab.wait_ok(s1, "a");
-    lab.wait_ok(c1, "c1");
-    lab.wait_ok(c2, "c2");
-    lab.assert_golden(&["c1", "c2"]);
     let s = summary(&lab, "a");
     assert_eq!(s["export"]["events_dropped"], 0, "{s}");
     assert!(s["export"]["publish_retries"].as_u64().unwrap() > 0, "{s}");

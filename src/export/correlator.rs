@@ -116,15 +116,28 @@ impl SensorQ {
         let mut rejected = 0;
         while let Some(e) = self.early.remove(&self.next_batch) {
             self.next_batch += 1;
-            self.clock = self.clock.max(e.clock);
-            self.finished |= e.finished;
-            if e.rules == rules {
-                self.queue.extend(e.msgs);
-            } else {
-                rejected += 1;
-            }
+            rejected += u64::from(!self.admit(e, rules, false));
         }
         rejected
+    }
+
+    /// Takes an envelope's watermark and finish and queues its messages: behind what is
+    /// queued, or `ahead` of it (a batch given up as missing that came after all precedes
+    /// what was queued since). `false` when it was routed under other rules: refused.
+    fn admit(&mut self, e: Envelope, rules: u64, ahead: bool) -> bool {
+        self.clock = self.clock.max(e.clock);
+        self.finished |= e.finished;
+        if e.rules != rules {
+            return false;
+        }
+        if ahead {
+            for m in e.msgs.into_iter().rev() {
+                self.queue.push_front(m);
+            }
+        } else {
+            self.queue.extend(e.msgs);
+        }
+        true
     }
 }
 
@@ -283,17 +296,8 @@ impl Part {
             // again): applied now, ahead of what this sensor has queued since (its messages
             // precede them), so they count as late rather than being dropped as a repeat.
             self.stats.batches_recovered += 1;
-            s.clock = s.clock.max(env.clock);
-            s.finished |= env.finished;
             let name = env.sensor.clone();
-            let rejected = if env.rules == self.rules {
-                for m in env.msgs.into_iter().rev() {
-                    s.queue.push_front(m);
-                }
-                0
-            } else {
-                1
-            };
+            let rejected = u64::from(!s.admit(env, self.rules, true));
             self.note_rejected(&name, rejected);
             return;
         }
@@ -975,12 +979,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sensors_merge_in_packet_time_whatever_the_arrival_order() {
+    /// A fresh partition 0 of 1 under the built-in rules, with the rules, shard config and
+    /// rules digest that envelopes and a restore need.
+    fn fresh() -> (Part, RuleSet, ShardConfig, u64) {
         let set = crate::rules::builtin().unwrap();
         let cfg = crate::detect::shard::configs(&DetectConfig::default(), 1)[0];
         let digest = rules_digest(&set);
-        let mut part = Part::fresh(0, Shard::new(cfg, &set), digest);
+        (
+            Part::fresh(0, Shard::new(cfg, &set), digest),
+            set,
+            cfg,
+            digest,
+        )
+    }
+
+    #[test]
+    fn sensors_merge_in_packet_time_whatever_the_arrival_order() {
+        let (mut part, set, cfg, digest) = fresh();
         let now = Instant::now();
         let expected = ["a".to_string(), "b".to_string()];
         part.tick(&expected, Duration::from_secs(60), now, now);
@@ -1019,10 +1034,7 @@ mod tests {
 
     #[test]
     fn a_batch_given_up_as_missing_is_applied_late_when_it_comes_not_dropped() {
-        let set = crate::rules::builtin().unwrap();
-        let cfg = crate::detect::shard::configs(&DetectConfig::default(), 1)[0];
-        let digest = rules_digest(&set);
-        let mut part = Part::fresh(0, Shard::new(cfg, &set), digest);
+        let (mut part, set, cfg, digest) = fresh();
         let start = Instant::now();
         let expected = ["a".to_string()];
         let wait = Duration::from_secs(5);
@@ -1059,10 +1071,7 @@ mod tests {
 
     #[test]
     fn a_silent_sensor_stops_holding_the_merge_after_max_wait() {
-        let set = crate::rules::builtin().unwrap();
-        let cfg = crate::detect::shard::configs(&DetectConfig::default(), 1)[0];
-        let digest = rules_digest(&set);
-        let mut part = Part::fresh(0, Shard::new(cfg, &set), digest);
+        let (mut part, _, _, digest) = fresh();
         let start = Instant::now();
         let expected = ["a".to_string(), "b".to_string()];
         part.tick(&expected, Duration::from_secs(5), start, start);
