@@ -110,7 +110,7 @@ pub struct Body {
     pub(crate) coded: Option<body::Codings>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Request {
     /// Inline (no allocation), as is a target of up to 24 bytes.
     pub method: compact_str::CompactString,
@@ -127,7 +127,7 @@ pub struct Request {
     pub ts: Timestamp,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Response {
     /// 0 when the status line had no numeric status (`status-non-numeric`) or there was no
     /// head at all (`response-no-head`).

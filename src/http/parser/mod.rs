@@ -1368,7 +1368,7 @@ impl HttpConn {
             .iter()
             .map(|p| {
                 p.request.as_ref().map_or(0, |r| r.body.data.len())
-                    + p.response.as_ref().map_or(0, |(r, _)| r.body.data.len())
+                    + p.response.as_ref().map_or(0, |r| r.0.body.data.len())
             })
             .sum();
         self.req.buffered_bytes()
@@ -1689,7 +1689,7 @@ impl HttpConn {
         let lost_before = self.shared.hole.take().map_or(0, |h| h.before_event);
         while let Some(p) = self.shared.pending.pop_front() {
             let mut an = p.request_anomalies;
-            match (p.request, p.response) {
+            match (p.request.map(unpark), p.response.map(unpark)) {
                 (Some(req), Some((resp, resp_an))) => {
                     emit(&mut cx, Some(req), Some(resp), AnomalySet(an.0 | resp_an.0))
                 }

@@ -5,19 +5,23 @@
 //! finishing a message into a [`Transaction`] (`finish`, `emit`).
 
 use super::*;
+use std::cell::RefCell;
 
-/// A request whose head was seen, waiting for (or holding) its response.
+/// A request whose head was seen, waiting for (or holding) its response. The messages it
+/// holds are parked out of line ([`park`]): an entry is a cache line, where the request
+/// and response inline made it 424 bytes, written into each connection's queue (memory no
+/// other connection touches, so cold by the connection's next request) for every request.
 #[derive(Debug)]
 pub(super) struct Pending {
     pub(super) id: u64,
     /// `None` while its body is still arriving.
-    pub(super) request: Option<Request>,
+    pub(super) request: Option<Box<Request>>,
     pub(super) request_anomalies: AnomalySet,
     pub(super) method: MethodKind,
     /// A response head was matched to it.
     pub(super) claimed: bool,
     /// A complete response that arrived before the request finished.
-    pub(super) response: Option<(Response, AnomalySet)>,
+    pub(super) response: Option<Box<(Response, AnomalySet)>>,
     /// First request after lost request bytes: responses that started before it arrived
     /// answer lost requests, not this one.
     pub(super) after_gap: bool,
@@ -27,6 +31,62 @@ pub(super) struct Pending {
     pub(super) http09: bool,
     /// Bytes charged to `Shared::pending_bytes` for what it holds.
     pub(super) weight: usize,
+}
+
+/// Boxes this thread keeps for parked messages of each kind, once taken out: about as many
+/// as its connections have waiting at once (the rest are freed).
+pub(super) const PARKED_BOXES: usize = 256;
+
+// The boxes are what is kept (allocations to reuse), not the values: `vec_box` does not apply.
+thread_local! {
+    #[allow(clippy::vec_box)]
+    static PARKED_REQUESTS: RefCell<Vec<Box<Request>>> = const { RefCell::new(Vec::new()) };
+    #[allow(clippy::vec_box)]
+    static PARKED_RESPONSES: RefCell<Vec<Box<(Response, AnomalySet)>>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// A message that can wait in the pairing queue, boxed, with its thread's spare boxes.
+pub(super) trait Parkable: Default + Sized + 'static {
+    fn spare() -> &'static std::thread::LocalKey<RefCell<Vec<Box<Self>>>>;
+}
+
+impl Parkable for Request {
+    fn spare() -> &'static std::thread::LocalKey<RefCell<Vec<Box<Self>>>> {
+        &PARKED_REQUESTS
+    }
+}
+
+impl Parkable for (Response, AnomalySet) {
+    fn spare() -> &'static std::thread::LocalKey<RefCell<Vec<Box<Self>>>> {
+        &PARKED_RESPONSES
+    }
+}
+
+/// Parks a finished message for the queue, in a box this thread used last when one is
+/// spare: a box recently written and emptied is in cache, and no allocation is made per
+/// request in steady state.
+pub(super) fn park<T: Parkable>(v: T) -> Box<T> {
+    match T::spare().try_with(|s| s.borrow_mut().pop()).ok().flatten() {
+        Some(mut b) => {
+            *b = v;
+            b
+        }
+        None => Box::new(v),
+    }
+}
+
+/// Takes a parked message out; its emptied box (holding no heap memory) is kept for the
+/// next.
+pub(super) fn unpark<T: Parkable>(mut b: Box<T>) -> T {
+    let v = std::mem::take(&mut *b);
+    let _ = T::spare().try_with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < PARKED_BOXES {
+            s.push(b);
+        }
+    });
+    v
 }
 
 /// State both directions share.
@@ -156,7 +216,7 @@ pub(super) fn evict_oldest(sh: &mut Shared, cx: &mut Ctx<'_>, cap: &'static str)
     let mut an = p.request_anomalies;
     an.insert(Anomaly::PendingCap);
     an.insert(Anomaly::RequestWithoutResponse);
-    emit(cx, p.request, None, an);
+    emit(cx, p.request.map(unpark), None, an);
     true
 }
 
@@ -249,7 +309,7 @@ pub(super) fn settle_hole(sh: &mut Shared, skipped_now: u64, cx: &mut Ctx<'_>) {
         let mut an = p.request_anomalies;
         an.insert(Anomaly::Gap);
         an.insert(Anomaly::RequestWithoutResponse);
-        emit(cx, p.request, None, an);
+        emit(cx, p.request.map(unpark), None, an);
     }
 }
 
@@ -286,13 +346,13 @@ pub(super) fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
                     if p.response.is_some() {
                         // Answered before it finished (early response).
                         if let Some(p) = take_pending(sh, pos) {
-                            let (resp, resp_an) = p.response.unzip();
+                            let (resp, resp_an) = p.response.map(unpark).unzip();
                             let an = AnomalySet(anomalies.0 | resp_an.map_or(0, |a| a.0));
                             emit(cx, Some(req), resp, an);
                         }
                     } else {
-                        let weight = request_weight(&req);
-                        p.request = Some(req);
+                        let weight = request_weight(&req) + size_of::<Request>();
+                        p.request = Some(park(req));
                         p.request_anomalies = anomalies;
                         charge(sh, pos, weight, cx);
                     }
@@ -311,7 +371,7 @@ pub(super) fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
                     if p.request.is_some() {
                         if let Some(p) = take_pending(sh, pos) {
                             let an = AnomalySet(anomalies.0 | p.request_anomalies.0);
-                            match p.request {
+                            match p.request.map(unpark) {
                                 Some(req) if opaque_after && upgrades_to_h2c(&resp) => {
                                     let mut an = an;
                                     an.0 &= !(1 << (Anomaly::Upgrade as u8));
@@ -321,8 +381,8 @@ pub(super) fn finish(sh: &mut Shared, cx: &mut Ctx<'_>, mut m: InFlight) {
                             }
                         }
                     } else {
-                        let weight = response_weight(&resp);
-                        p.response = Some((resp, anomalies));
+                        let weight = response_weight(&resp) + size_of::<(Response, AnomalySet)>();
+                        p.response = Some(park((resp, anomalies)));
                         charge(sh, pos, weight, cx);
                     }
                 }

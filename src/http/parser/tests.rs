@@ -1877,3 +1877,35 @@ fn a_connection_cut_by_shedding_reports_only_whole_transactions() {
     );
     assert!(stats.anomalies_by_kind.contains_key("truncated-body"));
 }
+
+/// A message parked in the pairing queue takes the box the last one taken out left, and a
+/// thread keeps at most `PARKED_BOXES` spare boxes, emptied.
+#[test]
+fn a_parked_message_takes_the_box_the_last_one_left() {
+    let request = |target: &str| Request {
+        method: "GET".into(),
+        target: target.into(),
+        ..Request::default()
+    };
+    let a = park(request("/a"));
+    let first: *const Request = &*a;
+    let back = unpark(a);
+    assert_eq!(back.target, "/a");
+    assert_eq!(back.method, "GET");
+    let b = park(request("/b"));
+    assert_eq!(&*b as *const Request, first, "the spare box was reused");
+    assert_eq!(b.target, "/b");
+    assert_eq!(unpark(b).target, "/b");
+    let many: Vec<Box<Request>> = (0..PARKED_BOXES + 10)
+        .map(|i| park(request(&format!("/{i}"))))
+        .collect();
+    for b in many {
+        unpark(b);
+    }
+    let (spare, empty) = <Request as Parkable>::spare().with(|s| {
+        let s = s.borrow();
+        (s.len(), s.iter().all(|b| **b == Request::default()))
+    });
+    assert_eq!(spare, PARKED_BOXES);
+    assert!(empty, "spare boxes hold no message");
+}
