@@ -29,10 +29,10 @@
 //! Determinism after restore: the restored maps iterate in another order (random seeds),
 //! and nothing emitted depends on it (sweeps, flushes and evictions sort by time and key).
 //! One thing does differ: a key's weight for the memory budget counts its buffers'
-//! capacities, and restored buffers are allocated to fit, so once the next exact weighing
-//! runs a restored shard weighs its keys a little lighter than the uninterrupted one; only
-//! under memory-budget pressure (the keys at their share) can that change which keys are
-//! evicted, and so the alerts.
+//! capacities, and restored buffers are allocated to fit, so as its keys are weighed again
+//! (at their next request or sweep) a restored shard weighs them a little lighter than the
+//! uninterrupted one; only under memory-budget pressure (the keys at their share) can that
+//! change which keys are evicted, and so the alerts.
 
 use std::sync::Arc;
 
@@ -55,8 +55,8 @@ pub const CHECKPOINT_VERSION: u16 = 4;
 const VERSION_BYTES: usize = 2;
 const DIGEST_BYTES: usize = 8;
 
-/// The most a saved key may weigh (its charged bytes): far above any real key (the sweep
-/// weighs keys in kilobytes), low enough that sums over millions of keys cannot overflow.
+/// The most a saved key may weigh (its charged bytes): far above any real key (keys
+/// weigh kilobytes), low enough that sums over millions of keys cannot overflow.
 const MAX_KEY_WEIGHT: usize = 1 << 30;
 
 /// Why a checkpoint was not restored.
