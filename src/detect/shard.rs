@@ -192,7 +192,8 @@ fn baseline_endpoint(det: &crate::rules::Detector, ev: &Event) -> Option<KeyValu
 /// change. Keys are weighed where their state changes, while it is in cache: after each
 /// request they observe and at each sweep that walks them. An exact weighing of every key
 /// of every rule every tenth sweep (a walk of states in no cache, whose lists' capacities
-/// sat in their own buffers) was a sixth of the realistic capture's last-level misses.
+/// sat in their own buffers) took a sixth of the realistic capture's last-level read
+/// misses.
 fn reweigh(k_heap: usize, ks: &mut KeyState, heap: &mut usize) {
     // What the key costs beyond its slot.
     let w = k_heap + ks.bytes() - std::mem::size_of::<KeyState>();

@@ -118,7 +118,7 @@ pub(super) struct Episode {
 
 /// An episode's lists' heap bytes, kept as the lists change so that weighing a key (every
 /// tenth sweep weighs every key of every rule) reads none of its lists: a thin list's
-/// capacity is in its heap buffer, a cache line to miss per list of each key (about 5 of
+/// capacity is in its heap buffer, a cache line to miss per list of each key (about 3 of
 /// the 58 last-level misses per transaction went to it on the realistic capture). Unknown,
 /// and counted from the lists, for an episode restored from a checkpoint or cloned (a
 /// clone's buffers need not have the same capacity) until its next restart. Two bytes,
