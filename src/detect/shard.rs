@@ -1164,14 +1164,13 @@ mod tests {
         }
     }
 
-    /// A sweep that skips the rules whose keys cannot change yet (before their
-    /// `quiet_until`) leaves exactly what a walk of every key leaves: the same alerts
-    /// (follow-ups of suppressed keys, baseline windows learned, idle keys forgotten) and
-    /// the same saved state after every sweep, over minutes of packet time with keys going
-    /// idle, firing, folding requests while suppressed and closing baseline windows.
-    #[test]
-    fn skipped_sweeps_leave_what_walking_every_key_leaves() {
-        let yaml = "rules:
+    /// A threshold rule by address, a baseline rule by address and endpoint and a distinct
+    /// rule by address (short windows and suppressions, so that keys fire, fold requests
+    /// while suppressed, close baseline windows and go idle within minutes), the first and
+    /// the last listing the given evidence.
+    fn burst_volume_breadth(burst_evidence: &str, breadth_evidence: &str) -> RuleSet {
+        rule_set(&format!(
+            "rules:
   - id: t.burst
     description: d
     category: scraping
@@ -1183,7 +1182,7 @@ mod tests {
       window_secs: 30
     suppress_secs: 20
     summary: s
-    evidence: [addresses, statuses]
+    evidence: [{burst_evidence}]
   - id: t.volume
     description: d
     category: scraping
@@ -1210,8 +1209,19 @@ mod tests {
       window_secs: 20
     suppress_secs: 15
     summary: s
-";
-        let set = rule_set(yaml);
+    evidence: [{breadth_evidence}]
+"
+        ))
+    }
+
+    /// A sweep that skips the rules whose keys cannot change yet (before their
+    /// `quiet_until`) leaves exactly what a walk of every key leaves: the same alerts
+    /// (follow-ups of suppressed keys, baseline windows learned, idle keys forgotten) and
+    /// the same saved state after every sweep, over minutes of packet time with keys going
+    /// idle, firing, folding requests while suppressed and closing baseline windows.
+    #[test]
+    fn skipped_sweeps_leave_what_walking_every_key_leaves() {
+        let set = burst_volume_breadth("addresses, statuses", "");
         let cfg = unbounded();
         // 240 s of packet time at 10 requests a second from 12 addresses: each active
         // for its own stretch (then idle), some in bursts that fire and keep coming while
@@ -1309,48 +1319,10 @@ mod tests {
     /// intervals, so the budget never works from stale weights.
     #[test]
     fn a_rules_key_bytes_are_its_keys_weighed_after_every_request_and_sweep() {
-        let yaml = "rules:
-  - id: t.burst
-    description: d
-    category: scraping
-    severity: low
-    detector:
-      kind: threshold
-      group_by: ip
-      threshold: 5
-      window_secs: 30
-    suppress_secs: 20
-    summary: s
-    evidence: [addresses, devices, users, statuses, objects, endpoints]
-  - id: t.volume
-    description: d
-    category: scraping
-    severity: low
-    detector:
-      kind: baseline
-      group_by: [ip, endpoint]
-      threshold: 3
-      window_secs: 7
-      factor: 2
-      quantile: 0.9
-      learn_min_windows: 5
-    suppress_secs: 10
-    summary: s
-  - id: t.breadth
-    description: d
-    category: scraping
-    severity: low
-    detector:
-      kind: distinct
-      group_by: ip
-      distinct: object
-      threshold: 4
-      window_secs: 20
-    suppress_secs: 15
-    summary: s
-    evidence: [objects, users]
-";
-        let set = rule_set(yaml);
+        let set = burst_volume_breadth(
+            "addresses, devices, users, statuses, objects, endpoints",
+            "objects, users",
+        );
         let mut shard = Shard::new(unbounded(), &set);
         let weighed = |shard: &Shard| -> Vec<(usize, usize)> {
             shard
