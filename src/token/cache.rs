@@ -106,7 +106,7 @@ const SLOT_TAIL: usize = 32;
 /// one made to end like a real token can push it out of a near table, sending that token
 /// to the shared cache, as a flood of crafted tokens could before. A hit still needs the
 /// exact bytes.
-fn slot_part(token: &[u8]) -> (usize, &[u8]) {
+pub(crate) fn slot_part(token: &[u8]) -> (usize, &[u8]) {
     (
         token.len(),
         token
