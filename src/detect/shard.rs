@@ -195,10 +195,14 @@ fn baseline_endpoint(det: &crate::rules::Detector, ev: &Event) -> Option<KeyValu
 /// sat in their own buffers) took a sixth of the realistic capture's last-level read
 /// misses.
 fn reweigh(k_heap: usize, ks: &mut KeyState, heap: &mut usize) {
-    // What the key costs beyond its slot.
-    let w = k_heap + ks.bytes() - std::mem::size_of::<KeyState>();
+    let w = key_weight(k_heap, ks);
     *heap = heap.saturating_sub(ks.charged).saturating_add(w);
     ks.charged = w;
+}
+
+/// What a key costs beyond its slot (`k_heap`: its [`key_heap`]).
+fn key_weight(k_heap: usize, ks: &KeyState) -> usize {
+    k_heap + ks.bytes() - std::mem::size_of::<KeyState>()
 }
 
 /// Makes room for one more key of a rule at its cap: idle keys are swept first, then
@@ -1332,7 +1336,7 @@ mod tests {
                     let exact = st
                         .keys
                         .iter()
-                        .map(|(k, ks)| key_heap(k) + ks.bytes() - std::mem::size_of::<KeyState>())
+                        .map(|(k, ks)| key_weight(key_heap(k), ks))
                         .sum();
                     (st.heap, exact)
                 })

@@ -116,14 +116,14 @@ pub(super) struct Episode {
     lists: ListBytes,
 }
 
-/// An episode's lists' heap bytes, kept as the lists change so that weighing a key (every
-/// tenth sweep weighs every key of every rule) reads none of its lists: a thin list's
-/// capacity is in its heap buffer, a cache line to miss per list of each key (about 3 of
-/// the 58 last-level misses per transaction went to it on the realistic capture). Unknown,
-/// and counted from the lists, for an episode restored from a checkpoint or cloned (a
-/// clone's buffers need not have the same capacity) until its next restart. Two bytes,
-/// which the episode's layout had spare (lists past 64 KiB, far beyond their caps, would
-/// count as unknown).
+/// An episode's lists' heap bytes, kept as the lists change so that weighing a key (after
+/// each request it observes and each sweep that walks it) reads none of its lists: a thin
+/// list's capacity is in its heap buffer, a cache line to miss per list of each key
+/// (about 3 of the 58 last-level misses per transaction went to it on the realistic
+/// capture). Unknown, and counted from the lists, for an episode restored from a
+/// checkpoint or cloned (a clone's buffers need not have the same capacity) until its next
+/// restart. Two bytes, which the episode's layout had spare (lists past 64 KiB, far beyond
+/// their caps, would count as unknown).
 #[derive(Debug)]
 struct ListBytes(u16);
 
@@ -374,7 +374,7 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Listing<T> {
 }
 
 /// Lists `x` (cloned only when new) unless listed; past the cap, notes truncation.
-/// Lists `x` unless listed; returns how many bytes the list's heap buffer grew by.
+/// Returns how many bytes the list's heap buffer grew by.
 fn push_distinct<T: Listed>(v: &mut impl List<T>, x: &T, truncated: &mut bool) -> isize {
     // A full list of an episode already marked truncated has nothing left to learn: a busy
     // key skips the scan.

@@ -46,7 +46,8 @@ thread_local! {
         const { RefCell::new(Vec::new()) };
 }
 
-/// A message that can wait in the pairing queue, boxed, with its thread's spare boxes.
+/// A message that can wait boxed (in the pairing queue, or in its side while its body is
+/// read), with its thread's spare boxes.
 pub(super) trait Parkable: Default + Sized + 'static {
     fn spare() -> &'static std::thread::LocalKey<RefCell<Vec<Box<Self>>>>;
 }
@@ -63,9 +64,9 @@ impl Parkable for (Response, AnomalySet) {
     }
 }
 
-/// Parks a finished message for the queue, in a box this thread used last when one is
-/// spare: a box recently written and emptied is in cache, and no allocation is made per
-/// request in steady state.
+/// Boxes a message that is to wait (a finished one for the queue, or one reading its body
+/// in its side), in a box this thread used last when one is spare: a box recently written
+/// and emptied is in cache, and no allocation is made per request in steady state.
 pub(super) fn park<T: Parkable>(v: T) -> Box<T> {
     match T::spare().try_with(|s| s.borrow_mut().pop()).ok().flatten() {
         Some(mut b) => {
