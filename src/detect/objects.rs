@@ -292,6 +292,14 @@ impl Owners {
         self.map.len()
     }
 
+    /// [`Owners::room`] when `o` would be a new entry: below the cap (nearly always) without
+    /// looking `o` up.
+    fn room_for(&mut self, o: &ObjectRef) {
+        if self.map.len() >= self.cfg.max_objects && !self.map.contains_key(o) {
+            self.room();
+        }
+    }
+
     fn room(&mut self) {
         if self.map.len() < self.cfg.max_objects {
             return;
@@ -328,7 +336,9 @@ impl Owners {
         let answered_as_own =
             ok && objects.len() == 1 && user_id.is_some() && response_owner == user_id;
         let mut j = Judged::default();
-        let mut classes = Vec::with_capacity(objects.len());
+        // Inline: a request names a handful of objects at most, and an allocation per
+        // judged request was one of the detect thread's most frequent.
+        let mut classes: smallvec::SmallVec<[Ownership; 4]> = smallvec::SmallVec::new();
         for o in objects {
             let declared = declared_user_record(o);
             let user_record = USER_COLLECTIONS.contains(&&*o.collection) || declared;
@@ -349,11 +359,13 @@ impl Owners {
                 // A user's record belongs to that user, whether or not they were seen, where
                 // records are known to be keyed by user id.
                 let keyed_by_user = declared || self.user_id_space.contains(&o.collection);
-                // Objects in use stay: eviction takes the least recently seen.
-                if let Some(e) = self.map.get_mut(o) {
+                // Objects in use stay: eviction takes the least recently seen. One look-up
+                // marks the entry and reads it.
+                let held = self.map.get_mut(o).map(|e| {
                     e.last = e.last.max(ts);
-                }
-                match self.map.get(o) {
+                    &*e
+                });
+                match held {
                     Some(e) if e.public => Ownership::Public,
                     Some(e) if e.owner.as_deref() == Some(principal) => Ownership::Own,
                     Some(Entry { owner: Some(_), .. }) => Ownership::Other,
@@ -392,9 +404,7 @@ impl Owners {
             {
                 c.readers.push(ph);
             }
-            if !self.map.contains_key(o) {
-                self.room();
-            }
+            self.room_for(o);
             let public_readers = self.cfg.public_readers;
             let e = self.map.entry(o.clone()).or_insert_with(|| Entry {
                 owner: None,
@@ -423,9 +433,7 @@ impl Owners {
                 if objects.contains(o) {
                     continue;
                 }
-                if !self.map.contains_key(o) {
-                    self.room();
-                }
+                self.room_for(o);
                 let e = self.map.entry(o.clone()).or_insert_with(|| Entry {
                     owner: None,
                     readers: Vec::new(),
