@@ -1754,10 +1754,13 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         table.advance(now, &mut handler);
         flush(&mut handler, false);
         // Every event this worker emits from now on is at or after `now` (give or take
-        // the ordering lateness): the detect thread may release events up to it.
+        // the ordering lateness): the detect thread may release events up to it. The next
+        // batch's list starts at this one's size: grown from empty, each batch's list was
+        // reallocated and copied about five times.
+        let n = handler.events.len();
         let _ = events_tx.send(ordering::EventBatch {
             worker: index,
-            events: std::mem::take(&mut handler.events),
+            events: std::mem::replace(&mut handler.events, Vec::with_capacity(n)),
             watermark: now,
         });
         if last_publish.elapsed() >= PUBLISH_EVERY {

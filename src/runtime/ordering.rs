@@ -101,8 +101,10 @@ impl Returns {
         for (tx, (events, bytes)) in self.to.iter().zip(&mut self.held) {
             if !events.is_empty() {
                 *bytes = 0;
+                // The next batch's list starts at this one's size (not grown from empty).
+                let n = events.len();
                 // A full or closed queue hands the batch back in the error: dropped here.
-                let _ = tx.try_send(std::mem::take(events));
+                let _ = tx.try_send(std::mem::replace(events, Vec::with_capacity(n)));
             }
         }
     }
