@@ -982,7 +982,7 @@ impl Engine {
         let mut matched = false;
         let facts = Facts::of(ev);
         for (i, (rule, spread, gate)) in self.rules.iter().enumerate() {
-            if !gate.admits(facts) || !matcher_matches(&rule.matcher, ev) {
+            if !gate.matches(facts, &rule.matcher, ev) {
                 continue;
             }
             matched = true;
@@ -1325,24 +1325,60 @@ impl Facts {
 
 /// What a matcher asks of an event's [`Facts`]: its flags as they must be, the fields it
 /// needs present, its verdicts and fingerprint marks. Passing the gate is necessary for
-/// [`matcher_matches`], not sufficient: the engine tests the gate first, in a few
-/// instructions, and runs the matcher only for events it admits (most rules ask for a
-/// verdict, a login route or an exposure most events are not).
+/// [`matcher_matches`], and sufficient for a matcher that asks nothing else (see
+/// `complete`): the engine tests the gate first, in a few instructions, and runs the
+/// matcher only for events it admits (most rules ask for a verdict, a login route or an
+/// exposure most events are not) and only when the gate cannot decide alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Gate {
     mask: u32,
     want: u32,
     verdicts: u32,
     fingerprint: u8,
+    /// The matcher asks nothing the gate does not test exactly (flags, verdicts,
+    /// fingerprint marks): the gate's answer is the matcher's, which is not run. Most of
+    /// the built-in rules' matchers are of this kind, and running them read a few cache
+    /// lines of each rule for each request.
+    complete: bool,
 }
 
 impl Gate {
     pub(crate) fn of(m: &Matcher) -> Gate {
+        // Every condition named, so that one added to `Matcher` is weighed here.
+        let Matcher {
+            methods,
+            routes,
+            hosts,
+            status,
+            verdicts: _,
+            families,
+            expired_beyond_secs,
+            login: _,
+            ownership,
+            cross_user: _,
+            exposed_classes,
+            min_records,
+            denied: _,
+            attested: _,
+            shared_address: _,
+            fingerprint,
+        } = m;
         let mut g = Gate {
             mask: 0,
             want: 0,
             verdicts: m.verdicts.unwrap_or(u32::MAX),
             fingerprint: m.fingerprint.unwrap_or(0),
+            // The gate reads no marks as "any": marks asked for must be some.
+            complete: methods.is_none()
+                && routes.is_none()
+                && hosts.is_none()
+                && status.is_none()
+                && families.is_none()
+                && expired_beyond_secs.is_none()
+                && ownership.is_none()
+                && exposed_classes.is_none()
+                && min_records.is_none()
+                && *fingerprint != Some(0),
         };
         let flags = [
             (m.attested, fact::ATTESTED),
@@ -1375,6 +1411,12 @@ impl Gate {
             }
         }
         g
+    }
+
+    /// Whether `ev` (whose facts are `f`) meets matcher `m` (this gate's): the gate, then
+    /// the matcher unless the gate decides alone.
+    pub(crate) fn matches(&self, f: Facts, m: &Matcher, ev: &Event) -> bool {
+        self.admits(f) && (self.complete || matcher_matches(m, ev))
     }
 
     /// Whether an event with these facts may match (false: it cannot).

@@ -1219,9 +1219,13 @@ mod gates {
             e.fingerprint = if f(13) { fingerprint } else { 0 };
             let facts = Facts::of(&e);
             for m in MATCHERS.iter() {
-                if matcher_matches(m, &e) {
-                    prop_assert!(Gate::of(m).admits(facts), "{m:?} matches {e:?} but its gate refuses");
+                let gate = Gate::of(m);
+                let matches = matcher_matches(m, &e);
+                if matches {
+                    prop_assert!(gate.admits(facts), "{m:?} matches {e:?} but its gate refuses");
                 }
+                // What the engine decides is the matcher's answer, whether or not it ran.
+                prop_assert_eq!(gate.matches(facts, m, &e), matches, "{:?} on {:?}", m, e);
             }
         }
     }
