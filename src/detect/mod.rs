@@ -1350,42 +1350,32 @@ impl Gate {
             routes,
             hosts,
             status,
-            verdicts: _,
+            verdicts,
             families,
             expired_beyond_secs,
-            login: _,
+            login,
             ownership,
-            cross_user: _,
+            cross_user,
             exposed_classes,
             min_records,
-            denied: _,
-            attested: _,
-            shared_address: _,
+            denied,
+            attested,
+            shared_address,
             fingerprint,
         } = m;
         let mut g = Gate {
             mask: 0,
             want: 0,
-            verdicts: m.verdicts.unwrap_or(u32::MAX),
-            fingerprint: m.fingerprint.unwrap_or(0),
-            // The gate reads no marks as "any": marks asked for must be some.
-            complete: methods.is_none()
-                && routes.is_none()
-                && hosts.is_none()
-                && status.is_none()
-                && families.is_none()
-                && expired_beyond_secs.is_none()
-                && ownership.is_none()
-                && exposed_classes.is_none()
-                && min_records.is_none()
-                && *fingerprint != Some(0),
+            verdicts: verdicts.unwrap_or(u32::MAX),
+            fingerprint: fingerprint.unwrap_or(0),
+            complete: false,
         };
         let flags = [
-            (m.attested, fact::ATTESTED),
-            (m.shared_address, fact::SHARED_ADDRESS),
-            (m.denied, fact::DENIED),
-            (m.cross_user, fact::CROSS_USER),
-            (m.login, fact::LOGIN),
+            (*attested, fact::ATTESTED),
+            (*shared_address, fact::SHARED_ADDRESS),
+            (*denied, fact::DENIED),
+            (*cross_user, fact::CROSS_USER),
+            (*login, fact::LOGIN),
         ];
         for (want, bit) in flags {
             if let Some(on) = want {
@@ -1393,16 +1383,17 @@ impl Gate {
                 g.want |= if on { bit } else { 0 };
             }
         }
+        // Conditions the gate tests only for presence: the matcher reads their values.
         let present = [
-            (m.exposed_classes.is_some(), fact::EXPOSED),
-            (m.min_records.is_some(), fact::EXPOSURE),
-            (m.ownership.is_some(), fact::OWNERSHIP),
-            (m.methods.is_some(), fact::METHOD),
-            (m.status.is_some(), fact::STATUS),
-            (m.families.is_some(), fact::FAMILY),
-            (m.expired_beyond_secs.is_some(), fact::EXPIRED_FOR),
-            (m.routes.is_some(), fact::ROUTE),
-            (m.hosts.is_some(), fact::HOST),
+            (exposed_classes.is_some(), fact::EXPOSED),
+            (min_records.is_some(), fact::EXPOSURE),
+            (ownership.is_some(), fact::OWNERSHIP),
+            (methods.is_some(), fact::METHOD),
+            (status.is_some(), fact::STATUS),
+            (families.is_some(), fact::FAMILY),
+            (expired_beyond_secs.is_some(), fact::EXPIRED_FOR),
+            (routes.is_some(), fact::ROUTE),
+            (hosts.is_some(), fact::HOST),
         ];
         for (needed, bit) in present {
             if needed {
@@ -1410,6 +1401,9 @@ impl Gate {
                 g.want |= bit;
             }
         }
+        // None of those, and marks (if any) that are some: the gate reads no marks as
+        // "any", where the matcher would refuse every event.
+        g.complete = present.iter().all(|(needed, _)| !needed) && *fingerprint != Some(0);
         g
     }
 

@@ -292,16 +292,10 @@ impl Owners {
         self.map.len()
     }
 
-    /// [`Owners::room`] when `o` would be a new entry: below the cap (nearly always) without
-    /// looking `o` up.
+    /// Makes room for `o` when it would be a new entry at the cap: the least recently seen
+    /// tenth goes. Below the cap (nearly always) `o` is not looked up.
     fn room_for(&mut self, o: &ObjectRef) {
-        if self.map.len() >= self.cfg.max_objects && !self.map.contains_key(o) {
-            self.room();
-        }
-    }
-
-    fn room(&mut self) {
-        if self.map.len() < self.cfg.max_objects {
+        if self.map.len() < self.cfg.max_objects || self.map.contains_key(o) {
             return;
         }
         let ages = self.map.iter().map(|(k, e)| (e.last, k.clone())).collect();
