@@ -57,8 +57,7 @@ impl Attribution {
                 return peer;
             };
             let forwarded = name.eq_ignore_ascii_case("forwarded");
-            let hops: Vec<&str> = text.rsplit(',').take(MAX_FORWARDED_HOPS).collect();
-            for hop in hops {
+            for hop in text.rsplit(',').take(MAX_FORWARDED_HOPS) {
                 let hop = if forwarded {
                     // RFC 7239: `for=192.0.2.60;proto=https`, `for="[2001:db8::1]:4711"`.
                     match forwarded_for(hop) {

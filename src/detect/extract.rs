@@ -73,29 +73,28 @@ pub fn login_route_username(cfg: &LoginConfig, headers: &Headers, body: &[u8]) -
     if body.is_empty() {
         return None;
     }
-    let ctype = header(headers, "content-type")
-        .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
-        .unwrap_or_default();
-    let found = if ctype.contains("json") || body.first() == Some(&b'{') {
-        // The first configured field whose value (its last, if repeated) is a string.
-        let named = super::json_fields::top_level(body, |k| cfg.fields.iter().any(|f| f == k))?;
-        let named = super::json_fields::last_of_each(named);
-        cfg.fields.iter().find_map(|f| {
-            named.iter().find_map(|(k, v)| match v {
-                super::json_fields::Scalar::Str(s) if k == f => Some(s.to_string()),
-                _ => None,
+    let ctype = header(headers, "content-type").unwrap_or_default();
+    // Read where it lies (borrowed unless escaped or percent-encoded): the username is the
+    // only copy made.
+    let found: std::borrow::Cow<'_, str> =
+        if contains_ignore_case(ctype, b"json") || body.first() == Some(&b'{') {
+            // The first configured field whose value (its last, if repeated) is a string.
+            let named = super::json_fields::top_level(body, |k| cfg.fields.iter().any(|f| f == k))?;
+            let named = super::json_fields::last_of_each(named);
+            cfg.fields.iter().find_map(|f| {
+                named.iter().find_map(|(k, v)| match v {
+                    super::json_fields::Scalar::Str(s) if k == f => Some(s.clone()),
+                    _ => None,
+                })
             })
-        })
-    } else if ctype.contains("x-www-form-urlencoded") {
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(body)
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        cfg.fields
-            .iter()
-            .find_map(|f| pairs.iter().find(|(k, _)| k == f).map(|(_, v)| v.clone()))
-    } else {
-        None
-    }?;
+        } else if contains_ignore_case(ctype, b"x-www-form-urlencoded") {
+            // The first configured field present, at its first occurrence.
+            cfg.fields.iter().find_map(|f| {
+                form_urlencoded::parse(body).find_map(|(k, v)| (k == f.as_str()).then_some(v))
+            })
+        } else {
+            None
+        }?;
     let trimmed = found.trim();
     if trimmed.is_empty() {
         return None;
@@ -105,6 +104,12 @@ pub fn login_route_username(cfg: &LoginConfig, headers: &Headers, body: &[u8]) -
         .nth(MAX_USERNAME)
         .map_or(trimmed.len(), |(i, _)| i);
     Some(Arc::from(&trimmed[..end]))
+}
+
+/// `hay` contains `needle` (ASCII lower case) in any case.
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
@@ -214,5 +219,35 @@ mod tests {
             login_username(&cfg, "/login", &json, br#"{"password":"x"}"#),
             None
         );
+        // Escapes are undone; the value is trimmed.
+        assert_eq!(
+            login_username(&cfg, "/login", &json, br#"{"username":" v\u0040x.co "}"#).as_deref(),
+            Some("v@x.co")
+        );
+        // Content types in any case; in a form, the first configured field present (in the
+        // configuration's order), at its first occurrence.
+        let form = crate::http::Headers::from_iter([(
+            "Content-Type",
+            "Application/X-WWW-Form-URLEncoded; charset=UTF-8",
+        )]);
+        assert_eq!(
+            login_username(
+                &cfg,
+                "/login",
+                &form,
+                b"email=e%40x.co&username=first&username=second"
+            )
+            .as_deref(),
+            Some("first")
+        );
+        assert_eq!(login_username(&cfg, "/login", &form, b"password=p"), None);
+        let upper_json = crate::http::Headers::from_iter([("content-type", "APPLICATION/JSON")]);
+        assert_eq!(
+            login_username(&cfg, "/login", &upper_json, br#"  {"email":"e@x.co"}"#).as_deref(),
+            Some("e@x.co")
+        );
+        // Neither JSON nor a form: not read.
+        let text = crate::http::Headers::from_iter([("Content-Type", "text/plain")]);
+        assert_eq!(login_username(&cfg, "/login", &text, b"username=u"), None);
     }
 }

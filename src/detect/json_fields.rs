@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// A field's value, as far as a wanted field needs it.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(super) enum Scalar<'de> {
     Str(Cow<'de, str>),
     Num(serde_json::Number),
@@ -20,12 +20,13 @@ pub(super) enum Scalar<'de> {
     Other,
 }
 
+/// Wanted fields as read: inline up to four (a request names an object or a username in
+/// one or two), so reading them allocates nothing.
+pub(super) type Named<'de> = smallvec::SmallVec<[(Cow<'de, str>, Scalar<'de>); 4]>;
+
 /// The wanted fields of the JSON object `body` in document order; `None` when it is not
 /// one valid JSON object.
-pub(super) fn top_level<'de>(
-    body: &'de [u8],
-    wanted: impl Fn(&str) -> bool,
-) -> Option<Vec<(Cow<'de, str>, Scalar<'de>)>> {
+pub(super) fn top_level<'de>(body: &'de [u8], wanted: impl Fn(&str) -> bool) -> Option<Named<'de>> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let fields = Fields(&wanted).deserialize(&mut de).ok()?;
     de.end().ok()?;
@@ -35,7 +36,7 @@ pub(super) fn top_level<'de>(
 struct Fields<'w, W>(&'w W);
 
 impl<'de, W: Fn(&str) -> bool> DeserializeSeed<'de> for Fields<'_, W> {
-    type Value = Vec<(Cow<'de, str>, Scalar<'de>)>;
+    type Value = Named<'de>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -43,14 +44,14 @@ impl<'de, W: Fn(&str) -> bool> DeserializeSeed<'de> for Fields<'_, W> {
 }
 
 impl<'de, W: Fn(&str) -> bool> Visitor<'de> for Fields<'_, W> {
-    type Value = Vec<(Cow<'de, str>, Scalar<'de>)>;
+    type Value = Named<'de>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::new();
+        let mut out = Named::new();
         // A key is read as a value would be: JSON keys are strings, borrowed from the body
         // unless they hold escapes.
         while let Some(k) = map.next_key::<Scalar<'de>>()? {
@@ -113,9 +114,7 @@ impl<'de> serde::Deserialize<'de> for Scalar<'de> {
 
 /// Of fields read in document order, each name's last value (as a parsed map holds
 /// them), in name order.
-pub(super) fn last_of_each<'de>(
-    mut fields: Vec<(Cow<'de, str>, Scalar<'de>)>,
-) -> Vec<(Cow<'de, str>, Scalar<'de>)> {
+pub(super) fn last_of_each(mut fields: Named<'_>) -> Named<'_> {
     fields.reverse();
     fields.sort_by(|a, b| a.0.cmp(&b.0));
     fields.dedup_by(|later, first| later.0 == first.0);
@@ -135,7 +134,7 @@ mod tests {
         let body = br#"{"b":1,"a":"x","skip":{"a":2},"a":[1],"c":true,"b":1.5,"d":null}"#;
         let got = top_level(body, |k| k != "skip").expect("an object");
         assert_eq!(
-            got,
+            got.clone().into_vec(),
             vec![
                 ("b".into(), Scalar::Num(1u64.into())),
                 ("a".into(), s("x")),
@@ -157,7 +156,7 @@ mod tests {
         );
         // Escaped names and values are unescaped.
         assert_eq!(
-            top_level(br#"{"us\u0065r":"b\u00e9"}"#, |_| true),
+            top_level(br#"{"us\u0065r":"b\u00e9"}"#, |_| true).map(|f| f.into_vec()),
             Some(vec![("user".into(), Scalar::Str(Cow::Owned("bé".into())))])
         );
         // Not one valid JSON object.
@@ -178,7 +177,7 @@ mod tests {
             "]".repeat(5000)
         );
         assert_eq!(
-            top_level(deep.as_bytes(), |k| k == "a"),
+            top_level(deep.as_bytes(), |k| k == "a").map(|f| f.into_vec()),
             Some(vec![("a".into(), s("x"))])
         );
     }
