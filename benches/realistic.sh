@@ -28,6 +28,12 @@
 # the order alternating between runs, and the table adds candidate/baseline ratios of CPU
 # seconds, per thread and of peak RSS over the pairs; use RUNS=3 or more. A VM's speed
 # drifts by 10% or more within an hour, so builds measured an hour apart do not compare),
+# SIDE_BY_SIDE=1 (with BASELINE: the two replays of a pair run at the same time instead of
+# one after the other, so that both see the host as it is in that moment: on this 2-core
+# VM the pairs' CPU ratios spread over a few percent where back-to-back pairs spread over
+# tens of percent. Each build then has about half the cores: its wall seconds, transactions
+# per wall second and 1 -> 2 worker scaling are not what it makes alone; its CPU seconds,
+# per thread and in all, and its peak RSS are),
 # INSTRUCTIONS=1 (each replay runs under valgrind's cachegrind, tens of times slower: the
 # table adds instructions per transaction over all threads and, with BASELINE, their
 # candidate/baseline ratio, which a host's drifting speed does not blur; its seconds and
@@ -47,11 +53,13 @@ runs=${RUNS:-1}
 scales=${SCALES:-1 3}
 workers_list=${WORKERS:-1 2}
 baseline=${BASELINE:-}
+side_by_side=${SIDE_BY_SIDE:-}
 
 die() { echo "$0: $*" >&2; exit 1; }
 command -v python3 >/dev/null || die "python3 is not installed (apt-get install -y python3)"
 [[ -x $bin ]] || die "no $bin: run cargo build --release first (or set SHIELDTAP)"
 [[ -z $baseline || -x $baseline ]] || die "BASELINE=$baseline is not an executable"
+[[ -z $side_by_side || -n $baseline ]] || die "SIDE_BY_SIDE=1 compares two builds: set BASELINE too"
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer, not '$runs'"
 [[ -r /proc/self/task ]] || die "/proc is not mounted: per-thread CPU cannot be read"
 instructions=${INSTRUCTIONS:-}
@@ -115,8 +123,35 @@ for s in $scales; do
     }
 done
 
+# One replay of capture directory DIR (scale S) with W workers, run R, by ENTRY
+# (build:executable), appended to results.jsonl.
+replay_once() {
+    local dir=$1 s=$2 w=$3 r=$4 entry=$5
+    local build=${entry%%:*} exe=${entry#*:}
+    local tag=${s}x-w$w-r$r${baseline:+-$build}
+    local counting=()
+    if [[ -n $instructions ]]; then
+        counting=(valgrind --tool=cachegrind "${cachesim[@]}" --cachegrind-out-file="$out/$tag.cg")
+    fi
+    python3 "$root/benches/realistic_run.py" run --label "${s}x" --capture-dir "$dir" --workers "$w" \
+        ${baseline:+--build "$build"} --run "$r" ${instructions:+--cachegrind "$out/$tag.cg"} \
+        --summary "$out/$tag.summary.json" --alerts "$out/$tag.alerts.jsonl" --stderr "$out/$tag.stderr" \
+        --out "$out/results.jsonl" -- \
+        "${counting[@]}" "$exe" replay "$dir/capture.pcap" --config "$dir/shieldtap.toml" --no-progress \
+        --alerts-out "$out/$tag.alerts.jsonl" --summary-json "$out/$tag.summary.json" \
+        --metrics-listen off --workers "$w" || {
+        cat "$out/$tag.stderr" >&2
+        die "replay of $dir with $w worker(s) by $exe failed"
+    }
+}
+
 echo "shieldtap: $bin ($("$bin" --version 2>/dev/null || echo '?'))"
-[[ -z $baseline ]] || echo "baseline: $baseline (runs alternate with the candidate above)"
+if [[ -n $side_by_side ]]; then
+    echo "baseline: $baseline (each run side by side with the candidate above: both at once;" \
+        "compare CPU seconds and peak RSS, not wall seconds)"
+elif [[ -n $baseline ]]; then
+    echo "baseline: $baseline (runs alternate with the candidate above)"
+fi
 echo "host: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 for s in $scales; do
     dir=$bench_dir/${s}x
@@ -140,23 +175,17 @@ EOF
             else
                 order=("candidate:$bin" "baseline:$baseline")
             fi
+            pids=()
             for entry in "${order[@]}"; do
-                build=${entry%%:*} exe=${entry#*:}
-                tag=${s}x-w$w-r$r${baseline:+-$build}
-                counting=()
-                if [[ -n $instructions ]]; then
-                    counting=(valgrind --tool=cachegrind "${cachesim[@]}" --cachegrind-out-file="$out/$tag.cg")
+                if [[ -n $side_by_side ]]; then
+                    replay_once "$dir" "$s" "$w" "$r" "$entry" &
+                    pids+=($!)
+                else
+                    replay_once "$dir" "$s" "$w" "$r" "$entry"
                 fi
-                python3 "$root/benches/realistic_run.py" run --label "${s}x" --capture-dir "$dir" --workers "$w" \
-                    ${baseline:+--build "$build"} --run "$r" ${instructions:+--cachegrind "$out/$tag.cg"} \
-                    --summary "$out/$tag.summary.json" --alerts "$out/$tag.alerts.jsonl" --stderr "$out/$tag.stderr" \
-                    --out "$out/results.jsonl" -- \
-                    "${counting[@]}" "$exe" replay "$dir/capture.pcap" --config "$dir/shieldtap.toml" --no-progress \
-                    --alerts-out "$out/$tag.alerts.jsonl" --summary-json "$out/$tag.summary.json" \
-                    --metrics-listen off --workers "$w" || {
-                    cat "$out/$tag.stderr" >&2
-                    die "replay of $dir with $w worker(s) by $exe failed"
-                }
+            done
+            for pid in "${pids[@]}"; do
+                wait "$pid" || die "a side-by-side replay of $dir with $w worker(s) failed"
             done
         done
     done

@@ -83,6 +83,7 @@ def cachegrind_counts(path: str) -> dict[str, int]:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    started = time.time()
     t0 = time.monotonic()
     proc = subprocess.Popen(a.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=open(a.stderr, "w") if a.stderr else subprocess.DEVNULL)
@@ -124,6 +125,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         "capture_dir": a.capture_dir,
         "workers": a.workers,
         "transactions": summary["http"]["transactions"],
+        "started": round(started, 3),
         "wall_secs": round(wall, 3),
         "user_secs": round(rusage.ru_utime, 3),
         "sys_secs": round(rusage.ru_stime, 3),

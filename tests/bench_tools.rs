@@ -2,7 +2,8 @@
 //! worker count and run number, and reports the median of the pairs' ratios.
 //!
 //! The inputs are result lines as `realistic_run.py run` writes them (hand-written here:
-//! the arithmetic under test is the table's, and real replays take minutes).
+//! the arithmetic under test is the table's, and real replays take minutes), except for
+//! one run of `benches/realistic.sh` itself on a small sample capture (side-by-side pairs).
 
 use std::path::Path;
 use std::process::Command;
@@ -349,6 +350,79 @@ fn pgo_build_refuses_a_profdata_of_another_llvm() {
         "stderr: {err}"
     );
     assert!(!err.contains("instrumented build"), "built anyway: {err}");
+}
+
+/// `benches/realistic.sh` end to end on a small capture (the mobile-network sample laid out
+/// as a bench directory): with `SIDE_BY_SIDE=1` the two builds of a pair replay at the same
+/// time, and the table compares them; without a baseline the mode is refused.
+#[test]
+fn side_by_side_pairs_replay_at_once() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bench = tempfile_dir().join("side-by-side");
+    let dir = bench.join("1x");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let sample = root.join("samples/mobile-network");
+    std::fs::copy(sample.join("capture.pcap"), dir.join("capture.pcap")).expect("capture");
+    std::fs::copy(sample.join("shieldtap.toml"), dir.join("shieldtap.toml")).expect("config");
+    let manifest = r#"{"transactions": 2801, "packets": 9000, "capture_bytes": 4000000,
+        "packet_time": {"span_secs": 60}, "client_addresses": 50, "devices": 50, "users": 50,
+        "gzip_share": 0.2, "chunked_share": 0.2, "ipv6_share": 0.0}"#;
+    std::fs::write(dir.join("manifest.json"), manifest).expect("manifest");
+    let kept = bench.join("results");
+    let bin = env!("CARGO_BIN_EXE_shieldtap");
+    let script = |side: &str, baseline: &str| {
+        Command::new("bash")
+            .arg(root.join("benches/realistic.sh"))
+            .env("SHIELDTAP", bin)
+            .env("BASELINE", baseline)
+            .env("SIDE_BY_SIDE", side)
+            .env("SHIELDTAP_BENCH_DIR", &bench)
+            .env("SCALES", "1")
+            .env("WORKERS", "1")
+            .env("RUNS", "2")
+            .env("KEEP_RESULTS", &kept)
+            .output()
+            .expect("bash runs")
+    };
+    let out = script("1", bin);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("side by side"), "{text}");
+    assert!(text.contains("candidate/baseline over 2 pair(s)"), "{text}");
+    assert!(
+        text.contains("alerts over all runs, worker counts and builds: identical"),
+        "{text}"
+    );
+    // Each pair's two replays overlap in time.
+    let runs: Vec<serde_json::Value> = std::fs::read_to_string(kept.join("results.jsonl"))
+        .expect("results")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a result line"))
+        .collect();
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    for r in [1, 2] {
+        let pair: Vec<&serde_json::Value> = runs.iter().filter(|x| x["run"] == r).collect();
+        let (a, b) = (pair[0], pair[1]);
+        let span = |x: &serde_json::Value| {
+            let s = x["started"].as_f64().expect("started");
+            (s, s + x["wall_secs"].as_f64().expect("wall"))
+        };
+        let ((a0, a1), (b0, b1)) = (span(a), span(b));
+        assert!(a0 < b1 && b0 < a1, "run {r} did not overlap: {a} {b}");
+    }
+    // The mode compares two builds.
+    let out = script("1", "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("set BASELINE too"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&bench);
 }
 
 /// Every shell script of the benches and scripts parses (`bash -n`): most of them need
