@@ -106,10 +106,13 @@ pub fn login_route_username(cfg: &LoginConfig, headers: &Headers, body: &[u8]) -
     Some(Arc::from(&trimmed[..end]))
 }
 
-/// `hay` contains `needle` (ASCII lower case) in any case.
+/// `hay` contains `needle` (ASCII lower case) in any case; an empty `needle` is in any
+/// `hay` (as `str::contains` has it).
 fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    needle.is_empty()
+        || hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
@@ -246,6 +249,9 @@ mod tests {
             login_username(&cfg, "/login", &upper_json, br#"  {"email":"e@x.co"}"#).as_deref(),
             Some("e@x.co")
         );
+        assert!(contains_ignore_case(b"Application/JSON", b"json"));
+        assert!(contains_ignore_case(b"", b""));
+        assert!(!contains_ignore_case(b"js", b"json"));
         // Neither JSON nor a form: not read.
         let text = crate::http::Headers::from_iter([("Content-Type", "text/plain")]);
         assert_eq!(login_username(&cfg, "/login", &text, b"username=u"), None);
