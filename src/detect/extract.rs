@@ -77,7 +77,7 @@ pub fn login_route_username(cfg: &LoginConfig, headers: &Headers, body: &[u8]) -
     // Read where it lies (borrowed unless escaped or percent-encoded): the username is the
     // only copy made.
     let found: std::borrow::Cow<'_, str> =
-        if contains_ignore_case(ctype, b"json") || body.first() == Some(&b'{') {
+        if crate::http::mentions_json(ctype) || body.first() == Some(&b'{') {
             // The first configured field whose value (its last, if repeated) is a string.
             let named = super::json_fields::top_level(body, |k| cfg.fields.iter().any(|f| f == k))?;
             let named = super::json_fields::last_of_each(named);
@@ -87,7 +87,7 @@ pub fn login_route_username(cfg: &LoginConfig, headers: &Headers, body: &[u8]) -
                     _ => None,
                 })
             })
-        } else if contains_ignore_case(ctype, b"x-www-form-urlencoded") {
+        } else if crate::http::mentions(ctype, b"x-www-form-urlencoded") {
             // The first configured field present, at its first occurrence.
             cfg.fields.iter().find_map(|f| {
                 form_urlencoded::parse(body).find_map(|(k, v)| (k == f.as_str()).then_some(v))
@@ -104,15 +104,6 @@ pub fn login_route_username(cfg: &LoginConfig, headers: &Headers, body: &[u8]) -
         .nth(MAX_USERNAME)
         .map_or(trimmed.len(), |(i, _)| i);
     Some(Arc::from(&trimmed[..end]))
-}
-
-/// `hay` contains `needle` (ASCII lower case) in any case; an empty `needle` is in any
-/// `hay` (as `str::contains` has it).
-fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty()
-        || hay
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
@@ -249,9 +240,9 @@ mod tests {
             login_username(&cfg, "/login", &upper_json, br#"  {"email":"e@x.co"}"#).as_deref(),
             Some("e@x.co")
         );
-        assert!(contains_ignore_case(b"Application/JSON", b"json"));
-        assert!(contains_ignore_case(b"", b""));
-        assert!(!contains_ignore_case(b"js", b"json"));
+        assert!(crate::http::mentions(b"Application/JSON", b"json"));
+        assert!(crate::http::mentions(b"", b""));
+        assert!(!crate::http::mentions(b"js", b"json"));
         // Neither JSON nor a form: not read.
         let text = crate::http::Headers::from_iter([("Content-Type", "text/plain")]);
         assert_eq!(login_username(&cfg, "/login", &text, b"username=u"), None);

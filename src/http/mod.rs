@@ -323,9 +323,16 @@ fn fold(x: u64) -> u64 {
 
 /// A content type naming JSON (`application/json`, `application/problem+json`), in any case.
 pub fn mentions_json(content_type: &[u8]) -> bool {
-    content_type
-        .windows(4)
-        .any(|w| w.eq_ignore_ascii_case(b"json"))
+    mentions(content_type, b"json")
+}
+
+/// `content_type` holds `word` (lower case) in any case, without a lower-cased copy; an
+/// empty `word` is in every content type (as `str::contains` has it).
+pub fn mentions(content_type: &[u8], word: &[u8]) -> bool {
+    word.is_empty()
+        || content_type
+            .windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 macro_rules! anomalies {
