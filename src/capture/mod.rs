@@ -200,6 +200,7 @@ pub fn read_file(
     let mut legacy_nanos = false;
     let mut interfaces: Vec<(u32, u64, i64)> = Vec::new();
     loop {
+        let at = reader.consumed() as u64;
         match reader.next() {
             Ok((offset, block)) => {
                 match block {
@@ -273,7 +274,7 @@ pub fn read_file(
                 }
                 if let Err(e) = reader.refill() {
                     stats.corrupt_files += 1;
-                    return Ok(FileEnd::Corrupt(e.to_string()));
+                    return Ok(FileEnd::Corrupt(corrupt(&e, at)));
                 }
             }
             Err(PcapError::UnexpectedEof) => {
@@ -282,9 +283,25 @@ pub fn read_file(
             }
             Err(e) => {
                 stats.corrupt_files += 1;
-                return Ok(FileEnd::Corrupt(e.to_string()));
+                return Ok(FileEnd::Corrupt(corrupt(&e, at)));
             }
         }
+    }
+}
+
+/// Why a file stopped at a corrupt block that starts at byte `offset` of the file: where,
+/// and the parser's words without the bytes it was given (pcap-parser's message ends with
+/// the input it failed on, as a list of numbers, or `input []`).
+fn corrupt(e: &PcapError<&[u8]>, offset: u64) -> String {
+    match e {
+        PcapError::NomError(_, kind) | PcapError::OwnedNomError(_, kind) => {
+            format!("block at byte {offset} does not parse ({kind:?})")
+        }
+        PcapError::BufferTooSmall => format!(
+            "record at byte {offset} is larger than {} MiB",
+            READ_BUFFER >> 20
+        ),
+        e => format!("{e} at byte {offset}"),
     }
 }
 
@@ -659,8 +676,47 @@ mod tests {
         let (r, frames, stats) = read_bytes(&v);
         assert_eq!(frames.len(), 1);
         let end = r.expect("reads");
-        assert_ne!(end, FileEnd::Complete);
-        assert_eq!(stats.truncated_files + stats.corrupt_files, 1);
+        // The record starts after the 24-byte header and the 18-byte first record.
+        assert_eq!(
+            end,
+            FileEnd::Corrupt("record at byte 42 is larger than 1 MiB".into())
+        );
+        assert_eq!(stats.corrupt_files, 1);
+    }
+
+    #[test]
+    fn corrupt_block_is_named_by_offset_without_its_bytes() {
+        // A real pcapng recording (Python's http.client over IPv6); the fifth block's
+        // trailing length made to disagree with its leading one.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/samples/httpclient-ipv6-any/capture.pcapng"
+        );
+        let mut v = std::fs::read(path).expect("sample");
+        let mut starts = Vec::new();
+        let mut at = 0;
+        while at + 8 <= v.len() {
+            starts.push(at);
+            let len = u32::from_le_bytes(v[at + 4..at + 8].try_into().expect("4 bytes"));
+            at += len as usize;
+        }
+        assert!(starts.len() > 10, "{} blocks", starts.len());
+        let (at, next) = (starts[4], starts[5]);
+        let wrong = (next - at + 4) as u32;
+        v[next - 4..next].copy_from_slice(&wrong.to_le_bytes());
+        let (r, frames, stats) = read_bytes(&v);
+        let FileEnd::Corrupt(reason) = r.expect("reads") else {
+            panic!("not corrupt");
+        };
+        assert_eq!(stats.corrupt_files, 1);
+        assert_eq!(
+            reason,
+            format!("block at byte {at} does not parse (Verify)")
+        );
+        // The blocks before it: section, interface and the packets among the first four.
+        let (_, all, _) = read_bytes(&std::fs::read(path).expect("sample"));
+        assert!(frames.len() < all.len());
+        assert_eq!(frames[..], all[..frames.len()]);
     }
 
     #[test]
