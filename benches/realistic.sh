@@ -12,7 +12,7 @@
 # and reused afterwards (delete a directory to record it again). Each directory holds
 # capture.pcap, shieldtap.toml (every token's key), user_jwks.json and manifest.json.
 #
-# For each capture, after reading it once to warm the page cache, and for W = 1 and 2, runs
+# For each capture and for W = 1 and 2, after reading the capture to warm the page cache, runs
 #   shieldtap replay CAP --config DIR/shieldtap.toml --no-progress --alerts-out FILE \
 #       --summary-json FILE --metrics-listen off --workers W
 # (the built-in rules; tokens verified) and prints: transactions (from the summary), wall
@@ -163,9 +163,13 @@ print(f"{sys.argv[2]}: {m['transactions']:,} transactions, {m['packets']:,} pack
       f"{m['users']:,} users; gzip {m['gzip_share']:.0%}, chunked {m['chunked_share']:.0%}, IPv6 {m['ipv6_share']:.0%}; "
       f"{m['transactions'] / m['packet_time']['span_secs']:,.0f} transactions per packet-time second")
 EOF
-    cat "$dir/capture.pcap" >/dev/null # warm the page cache
     for w in $workers_list; do
         for ((r = 1; r <= runs; r++)); do
+            # Warm the page cache before every replay (pair), not once: this VM gives page
+            # cache back to the host at a few MB/s, and a replay that reads part of its
+            # capture from disk costs more CPU (1x, one worker: 1.0 to 2.4 CPU s more
+            # of about 7 for a file read cold).
+            cat "$dir/capture.pcap" >/dev/null
             # With a baseline, the two builds run back to back, the first of the pair
             # alternating from run to run.
             if [[ -z $baseline ]]; then
