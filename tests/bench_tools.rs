@@ -369,7 +369,25 @@ fn side_by_side_pairs_replay_at_once() {
         "gzip_share": 0.2, "chunked_share": 0.2, "ipv6_share": 0.0}"#;
     std::fs::write(dir.join("manifest.json"), manifest).expect("manifest");
     let kept = bench.join("results");
-    let bin = env!("CARGO_BIN_EXE_shieldtap");
+    // Each replay of this small capture takes a tenth of a second, less than two replays'
+    // start-up can differ by on a busy machine: the binary is reached through a wrapper
+    // that waits a second first, so that replays started together overlap and replays
+    // run one after the other do not.
+    let bin = bench.join("slow-shieldtap");
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\nsleep 1\nexec '{}' \"$@\"\n",
+            env!("CARGO_BIN_EXE_shieldtap")
+        ),
+    )
+    .expect("wrapper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
+            .expect("wrapper mode");
+    }
+    let bin = bin.to_str().expect("a UTF-8 temporary path");
     let script = |side: &str, baseline: &str| {
         Command::new("bash")
             .arg(root.join("benches/realistic.sh"))
