@@ -308,16 +308,22 @@ fn one_build_keeps_the_plain_table() {
     assert!(out.contains(" 11.00 "), "median of 10, 11, 11: {out}");
 }
 
+/// Writes an executable `/bin/sh` script with `body` at `path`: fake tools and wrappers.
+fn shell_script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).expect("write a shell script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .expect("make it executable");
+}
+
 /// `scripts/pgo-build.sh` checks, before building anything, that `llvm-profdata` is of
 /// rustc's LLVM: another version's profile format would fail late or train nothing.
 #[test]
 fn pgo_build_refuses_a_profdata_of_another_llvm() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile_dir();
     let tool = |name: &str, script: &str| {
         let p = dir.join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{script}")).expect("write fake tool");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        shell_script(&p, script);
         p
     };
     let fake = tool(
@@ -374,19 +380,13 @@ fn side_by_side_pairs_replay_at_once() {
     // that waits a second first, so that replays started together overlap and replays
     // run one after the other do not.
     let bin = bench.join("slow-shieldtap");
-    std::fs::write(
+    shell_script(
         &bin,
-        format!(
-            "#!/bin/sh\nsleep 1\nexec '{}' \"$@\"\n",
+        &format!(
+            "sleep 1\nexec '{}' \"$@\"\n",
             env!("CARGO_BIN_EXE_shieldtap")
         ),
-    )
-    .expect("wrapper");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))
-            .expect("wrapper mode");
-    }
+    );
     let bin = bin.to_str().expect("a UTF-8 temporary path");
     let script = |side: &str, baseline: &str| {
         Command::new("bash")
