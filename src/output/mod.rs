@@ -9,6 +9,7 @@
 pub use crate::redact;
 pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -203,12 +204,77 @@ pub struct Summary {
     pub webhooks: Vec<webhook::WebhookSnapshot>,
     /// The memory budget: bytes accounted and evictions per table.
     pub memory: crate::budget::MemoryReport,
+    /// What the run cost: CPU seconds over all threads and by thread, transactions per CPU
+    /// second, peak RSS (informational, like `elapsed_secs`).
+    pub resources: Resources,
     /// The field inventory per route (written with `--inventory-out`, not in the summary).
     #[serde(skip)]
     pub inventory: serde_json::Value,
     /// Sensors of a scale-out deployment (`[export]`): what was published to NATS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<serde_json::Value>,
+}
+
+/// What a run cost the host ([`crate::telemetry::process`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Resources {
+    /// User and system CPU seconds over all threads.
+    pub cpu_secs: f64,
+    pub user_secs: f64,
+    pub system_secs: f64,
+    /// CPU seconds by thread: `capture` (in `replay`, the main thread: reading the file, and
+    /// the run's set-up), `workers`, `detect`, `shards`, `writer`, `other`.
+    pub cpu_secs_by_thread: BTreeMap<&'static str, f64>,
+    /// Transactions (paired or not) per CPU second over all threads: this project's
+    /// measure of speed (`benches/realistic.sh`).
+    pub transactions_per_cpu_sec: f64,
+    /// Peak resident set of the process, in bytes (`VmHWM`).
+    pub peak_rss_bytes: u64,
+}
+
+impl Resources {
+    pub fn of(u: &crate::telemetry::process::Usage, summary: &Summary) -> Resources {
+        use crate::telemetry::process::Role;
+        let cpu = u.cpu().as_secs_f64();
+        Resources {
+            cpu_secs: cpu,
+            user_secs: u.user.as_secs_f64(),
+            system_secs: u.system.as_secs_f64(),
+            cpu_secs_by_thread: Role::ALL
+                .iter()
+                .map(|r| (r.label(), u.role(*r).as_secs_f64()))
+                .collect(),
+            transactions_per_cpu_sec: if cpu > 0.0 {
+                summary.http.transactions as f64 / cpu
+            } else {
+                0.0
+            },
+            peak_rss_bytes: u.peak_rss_bytes,
+        }
+    }
+
+    /// `  cpu 6.93 s (user 6.54, system 0.39): capture 0.45, workers 3.31, detect 2.92,
+    /// other 0.25; 57700 transactions per CPU second; peak RSS 142 MiB`: roles that took
+    /// no time are left out.
+    fn human(&self) -> String {
+        let threads: Vec<String> = crate::telemetry::process::Role::ALL
+            .iter()
+            .filter_map(|r| {
+                let secs = self.cpu_secs_by_thread.get(r.label()).copied()?;
+                (secs >= 0.005).then(|| format!("{} {secs:.2}", r.label()))
+            })
+            .collect();
+        format!(
+            "  cpu {:.2} s (user {:.2}, system {:.2}): {}; {:.0} transactions per CPU second; \
+             peak RSS {} MiB\n",
+            self.cpu_secs,
+            self.user_secs,
+            self.system_secs,
+            threads.join(", "),
+            self.transactions_per_cpu_sec,
+            self.peak_rss_bytes >> 20
+        )
+    }
 }
 
 /// Reloads of config and rules (`run`: SIGHUP or a change in the rules folder).
@@ -302,6 +368,9 @@ impl Summary {
             h.requests,
             h.responses
         ));
+        if self.resources.cpu_secs > 0.0 {
+            s.push_str(&self.resources.human());
+        }
         if !h.h2_connections.is_empty() {
             let how: Vec<String> = h
                 .h2_connections

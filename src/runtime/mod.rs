@@ -52,7 +52,7 @@ use crate::detect::{
 };
 use crate::http::{Dir, HttpConfig, HttpConn, HttpStats, Transaction, header};
 use crate::output::webhook::Webhooks;
-use crate::output::{QueueStats, ReloadStats, Summary, path_of, write_transaction};
+use crate::output::{QueueStats, ReloadStats, Resources, Summary, path_of, write_transaction};
 use crate::reassembly::{
     CloseReason, ConnInfo, Direction, FlowBudget, FlowKey, FlowTable, ReassemblyStats,
     StreamHandler,
@@ -61,6 +61,7 @@ use crate::rules::RuleSet;
 use crate::telemetry::metrics::{
     CaptureSnapshot, Hub, MemorySource, PUBLISH_EVERY, WorkerSnapshot,
 };
+use crate::telemetry::process::{Role, ThreadCpu, Usage as ProcessUsage};
 use crate::token::{Attestation, UserId, Verdict, Verifier};
 
 /// Segments per batch handed to a worker.
@@ -1819,6 +1820,7 @@ impl Pipeline {
                 let h = thread::Builder::new()
                     .name("shieldtap-writer".into())
                     .spawn(move || -> std::io::Result<()> {
+                        let _cpu = ThreadCpu::start(Role::Writer);
                         while let Ok(buf) = rx.recv() {
                             w.write_all(&buf)?;
                         }
@@ -1844,6 +1846,7 @@ impl Pipeline {
             thread::Builder::new()
                 .name("shieldtap-detect".into())
                 .spawn(move || {
+                    let _cpu = ThreadCpu::start(Role::Detect);
                     let to = ordering::AlertOutputs {
                         sink,
                         hooks,
@@ -1886,7 +1889,10 @@ impl Pipeline {
             let shared = shared.clone();
             let h = thread::Builder::new()
                 .name(format!("shieldtap-worker-{i}"))
-                .spawn(move || worker(cfg, shared, per_worker_flows, io));
+                .spawn(move || {
+                    let _cpu = ThreadCpu::start(Role::Worker);
+                    worker(cfg, shared, per_worker_flows, io)
+                });
             match h {
                 Ok(h) => handles.push(h),
                 Err(e) => tracing::error!(error = %e, "cannot start worker thread"),
@@ -1993,6 +1999,9 @@ pub fn replay(
     progress: &Progress,
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
+    // The binary replays on its main thread, which reads the capture (its CPU time in the
+    // summary and the metrics is the capture's).
+    crate::telemetry::process::main_thread_is(Role::Capture);
     let shared = Shared::new(cfg, rules, outputs.metrics.clone())?;
     let hub = outputs.metrics.clone();
     let pipeline = Pipeline::start(cfg, shared, workers, outputs, false, 1);
@@ -2033,6 +2042,7 @@ pub fn replay(
     pipeline.join(&mut summary)?;
     finish_summary(&mut summary, side);
     summary.elapsed_secs = started.elapsed().as_secs_f64();
+    summary.resources = Resources::of(&ProcessUsage::now(), &summary);
     match first_error {
         Some(e) => Err(e.into()),
         None => Ok(summary),
@@ -2097,6 +2107,7 @@ pub fn run_live(
         let h = thread::Builder::new()
             .name(format!("shieldtap-capture-{iface}"))
             .spawn(move || -> (CaptureSide, Result<(), CaptureError>) {
+                let _cpu = ThreadCpu::start(Role::Capture);
                 let progress = Progress::default();
                 let mut d =
                     Dispatcher::new(&cfg, senders, pool, true, index, hub, progress.clone());
@@ -2161,6 +2172,7 @@ pub fn run_live(
         e.stop();
     }
     summary.elapsed_secs = started.elapsed().as_secs_f64();
+    summary.resources = Resources::of(&ProcessUsage::now(), &summary);
     match first_error {
         Some(e) => Err(e.into()),
         None => Ok(summary),

@@ -12,6 +12,7 @@ use crate::budget::{Table, Usage};
 use crate::detect::shard::{Shard, ShardConfig, sum_memory};
 use crate::detect::{DetectStats, ShardHost, ShardMsg, Tagged};
 use crate::rules::RuleSet;
+use crate::telemetry::process::{Role, ThreadCpu};
 
 /// Messages queued for a shard before they are handed over without waiting for a flush.
 const BATCH: usize = 1024;
@@ -58,7 +59,10 @@ impl ShardThreads {
             let report = report_tx.clone();
             let h = thread::Builder::new()
                 .name(format!("shieldtap-shard-{i}"))
-                .spawn(move || run(i, shard, rx, report))?;
+                .spawn(move || {
+                    let _cpu = ThreadCpu::start(Role::Shard);
+                    run(i, shard, rx, report)
+                })?;
             t.inputs.push(tx);
             t.pending.push(Vec::with_capacity(BATCH));
             t.handles.push(h);

@@ -92,6 +92,9 @@ pub const NAMES: &[&str] = &[
     "memory_limit_bytes",
     "memory_entries",
     "memory_evictions",
+    "process_cpu_seconds",
+    "process_resident_memory_bytes",
+    "process_resident_memory_peak_bytes",
     "shed_flows",
     "shed_packets",
     "shed_level",
@@ -963,6 +966,32 @@ impl Collector for Hub {
             "Entries evicted because their table reached its share of the memory budget.",
             MetricType::Counter,
             rows(|u| u.evictions),
+        )?;
+        // The process itself: CPU by thread and resident memory, to set against the
+        // budget's accounted bytes above.
+        let p = crate::telemetry::process::Usage::now();
+        {
+            let mut m = e.e.encode_descriptor(
+                "process_cpu_seconds",
+                "CPU seconds (user and system) of the process, by thread: capture, workers, \
+                 detect, shards, writer, other.",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in crate::telemetry::process::Role::ALL {
+                let labels = one("thread", r.label());
+                ConstCounter::new(p.role(r).as_secs_f64()).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        e.gauge(
+            "process_resident_memory_bytes",
+            "Resident set of the process now, in bytes.",
+            i64::try_from(p.rss_bytes).unwrap_or(i64::MAX),
+        )?;
+        e.gauge(
+            "process_resident_memory_peak_bytes",
+            "Highest resident set of the process so far, in bytes.",
+            i64::try_from(p.peak_rss_bytes).unwrap_or(i64::MAX),
         )?;
         // Packet to transaction: from a segment's arrival at the capture thread to the
         // transaction it completed leaving the worker (wall clock).

@@ -4,6 +4,7 @@
 //! (`RUST_LOG` overrides). Per-packet events are never logged at info or above.
 
 pub mod metrics;
+pub mod process;
 pub mod server;
 
 use tracing_subscriber::EnvFilter;
