@@ -155,6 +155,18 @@ fn live_capture_on_loopback_then_sigterm() {
         serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary")).expect("json");
     assert!(s["capture"]["kernel_received"].as_u64().unwrap_or(0) > 0);
     assert_eq!(s["capture"]["kernel_dropped"], 0);
+    // What the run cost: its capture thread (live capture runs on a thread of its own) and
+    // the whole process counted, the parts adding up.
+    let r = &s["resources"];
+    let cpu = r["cpu_secs"].as_f64().expect("cpu_secs");
+    let by = r["cpu_secs_by_thread"].as_object().expect("by thread");
+    assert!(
+        cpu > 0.0 && by["capture"].as_f64().is_some_and(|c| c > 0.0),
+        "{r}"
+    );
+    let parts: f64 = by.values().filter_map(|v| v.as_f64()).sum();
+    assert!((parts - cpu).abs() < 0.05, "{r}");
+    assert!(r["peak_rss_bytes"].as_u64().unwrap_or(0) > 0, "{r}");
 }
 
 fn rule_file(id: &str, kind: &str) -> String {
