@@ -139,7 +139,10 @@ fn micros(secs: i64, us: i64) -> u64 {
 pub struct Usage {
     pub user: Duration,
     pub system: Duration,
-    /// CPU time by [`Role::index`]; `Other` is the total less the others.
+    /// CPU time by [`Role::index`]; `Other` is the total less the others. Each role's
+    /// figure only grows, so while threads run and end they may add up to a little more
+    /// than the total (a live thread's time is read in whole clock ticks); at the end of a
+    /// run, every pipeline thread counted exactly, they add up to it.
     pub by_role: [Duration; Role::ALL.len()],
     /// Resident set now and at its peak, in bytes (0 when unreadable).
     pub rss_bytes: u64,
@@ -153,6 +156,13 @@ impl Usage {
         let mut u = Usage::default();
         let me = rustix::thread::gettid().as_raw_nonzero().get();
         let pid = rustix::process::getpid().as_raw_nonzero().get();
+        // RSS first: the peak read after it is at least as high (the kernel keeps the
+        // high-water mark), where read before it a growing process could show a peak below
+        // its RSS.
+        u.rss_bytes = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| status_kib(&s, "VmRSS:"))
+            .map_or(0, |k| k * 1024);
         if let Ok(r) = getrusage(UsageWho::RUSAGE_SELF) {
             u.user = Duration::from_micros(micros(r.user_time().tv_sec(), r.user_time().tv_usec()));
             u.system =
@@ -160,10 +170,7 @@ impl Usage {
             // Linux reports the peak in KiB.
             u.peak_rss_bytes = u64::try_from(r.max_rss()).unwrap_or(0) * 1024;
         }
-        u.rss_bytes = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| status_kib(&s, "VmRSS:"))
-            .map_or(0, |k| k * 1024);
+        u.peak_rss_bytes = u.peak_rss_bytes.max(u.rss_bytes);
         let mut us = [0u64; Role::ALL.len()];
         for (r, ended) in us.iter_mut().zip(&ENDED_US) {
             *r = ended.load(Ordering::Relaxed);
@@ -348,11 +355,8 @@ mod tests {
             after.peak_rss_bytes >= after.rss_bytes && after.rss_bytes > 0,
             "{after:?}"
         );
-        let parts: Duration = after.by_role.iter().sum();
-        // The parts never exceed the whole by more than the ticks' rounding.
-        assert!(
-            parts <= after.cpu() + Duration::from_millis(50),
-            "{after:?}"
-        );
+        // How the roles add up to the whole is checked in a process of its own
+        // (`tests/resources.rs`): here other tests' threads run and end meanwhile, and the
+        // roles only grow, so they may add up to more than the total of this moment.
     }
 }
