@@ -28,6 +28,8 @@ pub mod secret;
 
 pub mod memo;
 
+pub mod resources;
+
 // Flow order (blank lines keep rustfmt from sorting them).
 pub mod config;
 

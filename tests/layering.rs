@@ -19,6 +19,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("intern", 0),
     ("budget", 0),
     ("secret", 0),
+    ("resources", 0),
     // 1 parsers.
     ("capture", 1),
     ("decode", 1),

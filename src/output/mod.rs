@@ -215,7 +215,7 @@ pub struct Summary {
     pub export: Option<serde_json::Value>,
 }
 
-/// What a run cost the host ([`crate::telemetry::process`]).
+/// What a run cost the host ([`crate::resources`]).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Resources {
     /// User and system CPU seconds over all threads.
@@ -233,8 +233,8 @@ pub struct Resources {
 }
 
 impl Resources {
-    pub fn of(u: &crate::telemetry::process::Usage, summary: &Summary) -> Resources {
-        use crate::telemetry::process::Role;
+    pub fn of(u: &crate::resources::Usage, summary: &Summary) -> Resources {
+        use crate::resources::Role;
         let cpu = u.cpu().as_secs_f64();
         Resources {
             cpu_secs: cpu,
@@ -257,7 +257,7 @@ impl Resources {
     /// other 0.25; 57700 transactions per CPU second; peak RSS 142 MiB`: roles that took
     /// no time are left out.
     fn human(&self) -> String {
-        let threads: Vec<String> = crate::telemetry::process::Role::ALL
+        let threads: Vec<String> = crate::resources::Role::ALL
             .iter()
             .filter_map(|r| {
                 let secs = self.cpu_secs_by_thread.get(r.label()).copied()?;

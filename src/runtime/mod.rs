@@ -57,11 +57,11 @@ use crate::reassembly::{
     CloseReason, ConnInfo, Direction, FlowBudget, FlowKey, FlowTable, ReassemblyStats,
     StreamHandler,
 };
+use crate::resources::{Role, ThreadCpu, Usage as ProcessUsage};
 use crate::rules::RuleSet;
 use crate::telemetry::metrics::{
     CaptureSnapshot, Hub, MemorySource, PUBLISH_EVERY, WorkerSnapshot,
 };
-use crate::telemetry::process::{Role, ThreadCpu, Usage as ProcessUsage};
 use crate::token::{Attestation, UserId, Verdict, Verifier};
 
 /// Segments per batch handed to a worker.
@@ -2001,7 +2001,7 @@ pub fn replay(
     let started = Instant::now();
     // The binary replays on its main thread, which reads the capture (its CPU time in the
     // summary and the metrics is the capture's).
-    crate::telemetry::process::main_thread_is(Role::Capture);
+    crate::resources::main_thread_is(Role::Capture);
     let shared = Shared::new(cfg, rules, outputs.metrics.clone())?;
     let hub = outputs.metrics.clone();
     let pipeline = Pipeline::start(cfg, shared, workers, outputs, false, 1);

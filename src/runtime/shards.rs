@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::budget::{Table, Usage};
 use crate::detect::shard::{Shard, ShardConfig, sum_memory};
 use crate::detect::{DetectStats, ShardHost, ShardMsg, Tagged};
+use crate::resources::{Role, ThreadCpu};
 use crate::rules::RuleSet;
-use crate::telemetry::process::{Role, ThreadCpu};
 
 /// Messages queued for a shard before they are handed over without waiting for a flush.
 const BATCH: usize = 1024;

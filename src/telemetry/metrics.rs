@@ -969,7 +969,7 @@ impl Collector for Hub {
         )?;
         // The process itself: CPU by thread and resident memory, to set against the
         // budget's accounted bytes above.
-        let p = crate::telemetry::process::Usage::now();
+        let p = crate::resources::Usage::now();
         {
             let mut m = e.e.encode_descriptor(
                 "process_cpu_seconds",
@@ -978,7 +978,7 @@ impl Collector for Hub {
                 None,
                 MetricType::Counter,
             )?;
-            for r in crate::telemetry::process::Role::ALL {
+            for r in crate::resources::Role::ALL {
                 let labels = one("thread", r.label());
                 ConstCounter::new(p.role(r).as_secs_f64()).encode(m.encode_family(&labels)?)?;
             }

@@ -4,7 +4,6 @@
 //! (`RUST_LOG` overrides). Per-packet events are never logged at info or above.
 
 pub mod metrics;
-pub mod process;
 pub mod server;
 
 use tracing_subscriber::EnvFilter;
