@@ -175,7 +175,7 @@ impl Usage {
         for (r, ended) in us.iter_mut().zip(&ENDED_US) {
             *r = ended.load(Ordering::Relaxed);
         }
-        let tick_us = 1_000_000 / rustix::param::clock_ticks_per_second().max(1);
+        let tick_us = tick_us();
         if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
             for t in tasks.flatten() {
                 let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -230,6 +230,20 @@ impl Usage {
     }
 }
 
+/// Microseconds per clock tick of `/proc`'s times (`sysconf(_SC_CLK_TCK)` through libc:
+/// rustix reads it from the auxiliary vector, which ended the process with SIGSEGV under
+/// valgrind, whose instruction counts `benches/realistic.sh` relies on).
+fn tick_us() -> u64 {
+    use nix::unistd::{SysconfVar, sysconf};
+    let per_sec = sysconf(SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(100);
+    1_000_000 / per_sec
+}
+
 /// A `Vm*:` line of `/proc/self/status`, in KiB.
 fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
@@ -279,6 +293,12 @@ mod tests {
         assert_eq!(task_stat(odd), Some(("a) b (c", 12)));
         assert_eq!(task_stat("7 (cut"), None);
         assert_eq!(task_stat("7 (x) R 1 2"), None);
+    }
+
+    #[test]
+    fn clock_ticks_are_this_hosts() {
+        // Linux's USER_HZ: 100 ticks a second on every architecture this project builds for.
+        assert_eq!(tick_us(), 10_000);
     }
 
     #[test]
