@@ -399,6 +399,16 @@ fn outputs(common: &Common, cfg: &Config, append: bool) -> anyhow::Result<Output
 }
 
 /// Starts the metrics endpoint when asked (or by default for `run`).
+/// The loaded rules' alert counters, from zero, before `/metrics` answers: the detect
+/// thread publishes them as it starts, and a first scrape could come before that (an idle
+/// `run` then lacked `shieldtap_alerts_total` on it: `tests/dashboards.rs` under load).
+fn publish_rules(hub: &Hub, rules: &shieldtap::rules::RuleSet) {
+    hub.publish_detect(shieldtap::telemetry::metrics::DetectSnapshot {
+        rules: shieldtap::telemetry::metrics::rule_labels(rules),
+        ..Default::default()
+    });
+}
+
 fn metrics_server(
     listen: Option<&str>,
     default: Option<&str>,
@@ -812,6 +822,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .then(|| spawn_progress(&progress, total));
             let mut outputs = outputs(&common, &cfg, false)?;
             let scale = sensor(&cfg, &rules, false, &mut outputs)?;
+            publish_rules(&outputs.metrics, &rules);
             let server = metrics_server(common.metrics_listen.as_deref(), None, &outputs.metrics)?;
             let hooks = outputs.webhooks.clone();
             let result = runtime::replay(&cfg, rules, &captures, workers, outputs, &progress);
@@ -875,6 +886,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(source = %rules.source, rules = rules.rules.len(), "rules loaded");
             let mut outputs = outputs(&common, &cfg, true)?;
             let scale = sensor(&cfg, &rules, true, &mut outputs)?;
+            publish_rules(&outputs.metrics, &rules);
             let server = metrics_server(
                 common.metrics_listen.as_deref(),
                 Some("127.0.0.1:9477"),
