@@ -156,9 +156,9 @@ impl Usage {
         let mut u = Usage::default();
         let me = rustix::thread::gettid().as_raw_nonzero().get();
         let pid = rustix::process::getpid().as_raw_nonzero().get();
-        // RSS first: the peak read after it is at least as high (the kernel keeps the
-        // high-water mark), where read before it a growing process could show a peak below
-        // its RSS.
+        // RSS now is `VmRSS`, from per-CPU counters the kernel sums approximately (off by
+        // up to a few hundred KiB); the peak is the kernel's exact high-water mark, what
+        // `wait4` reports at exit. Read in this order, the two agree within that error.
         u.rss_bytes = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| status_kib(&s, "VmRSS:"))
@@ -170,7 +170,6 @@ impl Usage {
             // Linux reports the peak in KiB.
             u.peak_rss_bytes = u64::try_from(r.max_rss()).unwrap_or(0) * 1024;
         }
-        u.peak_rss_bytes = u.peak_rss_bytes.max(u.rss_bytes);
         let mut us = [0u64; Role::ALL.len()];
         for (r, ended) in us.iter_mut().zip(&ENDED_US) {
             *r = ended.load(Ordering::Relaxed);
@@ -371,8 +370,9 @@ mod tests {
         // At least the spin (other tests of this binary may end writer threads meanwhile).
         assert!(spun >= Duration::from_millis(200), "writer time {spun:?}");
         assert!(after.cpu() >= after.role(Role::Writer), "{after:?}");
+        // `VmRSS` is summed from per-CPU counters, a few hundred KiB off at most.
         assert!(
-            after.peak_rss_bytes >= after.rss_bytes && after.rss_bytes > 0,
+            after.peak_rss_bytes + (1 << 20) >= after.rss_bytes && after.rss_bytes > 0,
             "{after:?}"
         );
         // How the roles add up to the whole is checked in a process of its own
