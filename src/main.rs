@@ -398,7 +398,6 @@ fn outputs(common: &Common, cfg: &Config, append: bool) -> anyhow::Result<Output
     })
 }
 
-/// Starts the metrics endpoint when asked (or by default for `run`).
 /// The loaded rules' alert counters, from zero, before `/metrics` answers: the detect
 /// thread publishes them as it starts, and a first scrape could come before that (an idle
 /// `run` then lacked `shieldtap_alerts_total` on it: `tests/dashboards.rs` under load).
@@ -409,6 +408,7 @@ fn publish_rules(hub: &Hub, rules: &shieldtap::rules::RuleSet) {
     });
 }
 
+/// Starts the metrics endpoint when asked (or by default for `run`).
 fn metrics_server(
     listen: Option<&str>,
     default: Option<&str>,
