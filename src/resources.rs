@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::time::{TimeVal, TimeValLike};
 
 /// What a thread of the pipeline does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,14 +125,12 @@ impl Drop for ThreadCpu {
 
 /// The calling thread's CPU time (user and system), in microseconds; 0 if unreadable.
 fn this_thread_us() -> u64 {
-    getrusage(UsageWho::RUSAGE_THREAD).map_or(0, |u| {
-        micros(u.user_time().tv_sec(), u.user_time().tv_usec())
-            + micros(u.system_time().tv_sec(), u.system_time().tv_usec())
-    })
+    getrusage(UsageWho::RUSAGE_THREAD)
+        .map_or(0, |u| micros(u.user_time()) + micros(u.system_time()))
 }
 
-fn micros(secs: i64, us: i64) -> u64 {
-    u64::try_from(secs.saturating_mul(1_000_000).saturating_add(us)).unwrap_or(0)
+fn micros(t: TimeVal) -> u64 {
+    u64::try_from(t.num_microseconds()).unwrap_or(0)
 }
 
 /// The process's CPU time and memory at one moment.
@@ -164,9 +163,8 @@ impl Usage {
             .and_then(|s| status_kib(&s, "VmRSS:"))
             .map_or(0, |k| k * 1024);
         if let Ok(r) = getrusage(UsageWho::RUSAGE_SELF) {
-            u.user = Duration::from_micros(micros(r.user_time().tv_sec(), r.user_time().tv_usec()));
-            u.system =
-                Duration::from_micros(micros(r.system_time().tv_sec(), r.system_time().tv_usec()));
+            u.user = Duration::from_micros(micros(r.user_time()));
+            u.system = Duration::from_micros(micros(r.system_time()));
             // Linux reports the peak in KiB.
             u.peak_rss_bytes = u64::try_from(r.max_rss()).unwrap_or(0) * 1024;
         }
