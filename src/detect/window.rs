@@ -896,6 +896,18 @@ pub(super) struct KeyState {
     last_seen: Timestamp,
     /// Bytes the key table charged this key (beyond its slot) when it last weighed it.
     pub charged: usize,
+    /// The sweep (second of packet time) under which the key table's sweep schedule files
+    /// the key ([`UNFILED`] while it is filed nowhere). Made again from the state, never
+    /// saved: a restored rule files its keys anew.
+    #[serde(skip, default = "unfiled")]
+    pub filed: u64,
+}
+
+/// [`KeyState::filed`] of a key filed under no sweep yet.
+pub(super) const UNFILED: u64 = u64::MAX;
+
+fn unfiled() -> u64 {
+    UNFILED
 }
 
 fn prune(b: &mut Buckets, horizon: u64) {
@@ -967,6 +979,7 @@ impl KeyState {
             pending: None,
             last_seen: Timestamp::ZERO,
             charged: 0,
+            filed: UNFILED,
         }
     }
 

@@ -369,6 +369,7 @@ fn rule_state(rule: &Arc<Rule>, saved: SavedRule) -> Result<RuleState, Checkpoin
             return Err(invalid(id, "a baseline is saved twice"));
         }
     }
+    st.file_all();
     Ok(st)
 }
 
