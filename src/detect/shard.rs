@@ -1343,6 +1343,54 @@ mod tests {
         ))
     }
 
+    /// A flood of new keys at the cap (each seen once; a tenth evicted at a time) leaves
+    /// every rule's schedule bounded: the entries of evicted keys, whose buckets come a
+    /// window later, are dropped by rebuilding the schedule once they outnumber the keys.
+    #[test]
+    fn a_flood_of_keys_at_the_cap_keeps_the_schedules_bounded() {
+        let set = burst_volume_breadth("addresses", "");
+        let cap = 200;
+        let cfg = ShardConfig {
+            max_keys_per_rule: cap,
+            ..unbounded()
+        };
+        let mut shard = Shard::new(cfg, &set);
+        let mut out = Vec::new();
+        let all = RuleList::from_slice(&[0, 1, 2]);
+        let mut seq = 0;
+        let mut most = 0;
+        // 50 s of packet time, 1,000 new addresses a second, windows of 7 to 30 s.
+        for i in 0..50_000u32 {
+            let mut e = crate::detect::tests::ev(
+                f64::from(i) / 1000.0,
+                &format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+            );
+            e.route = Some("/r".into());
+            e.object = Some(format!("/o/{i}").into());
+            let event = Arc::new(e);
+            if i % 1000 == 0 {
+                seq += 1;
+                shard.handle(ShardMsg::Sweep { seq, now: event.ts }, &mut out);
+            }
+            seq += 1;
+            let rules = all.clone();
+            shard.handle(ShardMsg::Event { seq, event, rules }, &mut out);
+            for st in &shard.rules {
+                assert!(st.keys.len() <= cap);
+                most = most.max(st.schedule.entries);
+                assert!(
+                    st.schedule.entries <= 3 * cap + 1024,
+                    "{}: {} schedule entries for {} keys",
+                    st.rule.id,
+                    st.schedule.entries,
+                    st.keys.len()
+                );
+            }
+        }
+        assert!(shard.stats.keys_evicted_full > 40_000, "{:?}", shard.stats);
+        assert!(most > 2 * cap, "stale entries did pile up: {most}");
+    }
+
     /// A sweep that visits only the keys its schedule has due (those whose
     /// `quiet_until` has come) leaves exactly what a walk of every key leaves: the same
     /// alerts (follow-ups of suppressed keys, baseline windows learned, idle keys
