@@ -209,8 +209,8 @@ impl Schedule {
             .is_some_and(|(s, _)| *s <= second(now))
     }
 
-    /// Takes the buckets due at `now`, earliest first.
-    fn take_due(&mut self, now: Timestamp) -> Vec<(u64, Vec<KeyValue>)> {
+    /// Takes the buckets due at `now` (in order, earliest first).
+    fn take_due(&mut self, now: Timestamp) -> std::collections::BTreeMap<u64, Vec<KeyValue>> {
         let later = match second(now).checked_add(1) {
             Some(next) => self.buckets.split_off(&next),
             None => std::collections::BTreeMap::new(),
@@ -218,7 +218,7 @@ impl Schedule {
         let due = std::mem::replace(&mut self.buckets, later);
         let taken: usize = due.values().map(Vec::len).sum();
         self.entries -= taken;
-        due.into_iter().collect()
+        due
     }
 
     fn clear(&mut self) {
