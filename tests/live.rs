@@ -276,8 +276,8 @@ fn rules_reload_keeps_old_rules_on_error_and_applies_fixed_ones() {
         .spawn()
         .expect("shieldtap run");
     wait_capturing(&log);
-    // Each phase waits past the ordering delay (3 s of packet time) so its requests are
-    // judged by the rules of that phase.
+    // Each phase waits well past the ordering delay (about 1 s of packet time, plus a
+    // heartbeat) so its requests are judged by the rules of that phase.
     let settle = Duration::from_millis(5000);
     curl_hello(port, 2);
     std::thread::sleep(settle);

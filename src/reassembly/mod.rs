@@ -519,6 +519,8 @@ pub struct FlowTable<H: StreamHandler> {
     next_id: u64,
     now: Timestamp,
     next_sweep: Timestamp,
+    /// Packet time of the last timeout sweep ([`FlowTable::swept`]).
+    swept: Timestamp,
 }
 
 /// Well-known service ports: the side holding one is the server when no SYN was seen.
@@ -543,6 +545,7 @@ impl<H: StreamHandler> FlowTable<H> {
             next_id: 0,
             now: Timestamp::ZERO,
             next_sweep: Timestamp::ZERO,
+            swept: Timestamp::ZERO,
         }
     }
 
@@ -796,6 +799,17 @@ impl<H: StreamHandler> FlowTable<H> {
         }
         let step = (self.cfg.close_linger).max(Duration::from_millis(100));
         self.next_sweep = now.saturating_add(step);
+        self.swept = now;
+    }
+
+    /// Packet time of the last timeout sweep: the low watermark of what this table hands
+    /// its handler from now on. A connection closed by a later sweep (idle, or lingering
+    /// after its FIN) or evicted is stamped no earlier than its deadline, which is after
+    /// this sweep (else this sweep would have closed it), and data is stamped with its
+    /// segment's time, at or after the table's clock (captures whose timestamps step back
+    /// aside). Zero before the first sweep.
+    pub fn swept(&self) -> Timestamp {
+        self.swept
     }
 
     /// Evicts the least recently active sixteenth of the table (at least one flow), so a
