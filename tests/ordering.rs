@@ -115,6 +115,42 @@ fn cut_capture(dir: &Path) -> (PathBuf, usize) {
     (path, cut.len())
 }
 
+/// Writes the sample with the packets of one phone's connection stamped `back` seconds
+/// earlier than recorded (file order unchanged), as a tap that merges queues or interfaces
+/// with skewed clocks shows them; returns the path.
+fn skewed_capture(dir: &Path, back: f64) -> PathBuf {
+    let (global, records) = read_pcap(&Path::new(ROOT).join("samples/mobile-network/capture.pcap"));
+    let mut skewed_port = None;
+    let mut skewed = 0;
+    let mut out = global.to_vec();
+    for r in &records {
+        let mut header = r.header;
+        if let Some((client, port, _, _)) = tcp_of(&r.data)
+            && client[..3] == [127, 40, 0]
+            && *skewed_port.get_or_insert(port) == port
+        {
+            let micros = (r.secs * 1e6).round() as u64 - (back * 1e6) as u64;
+            header[..4].copy_from_slice(
+                &u32::try_from(micros / 1_000_000)
+                    .expect("secs")
+                    .to_le_bytes(),
+            );
+            header[4..8].copy_from_slice(
+                &u32::try_from(micros % 1_000_000)
+                    .expect("micros")
+                    .to_le_bytes(),
+            );
+            skewed += 1;
+        }
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&r.data);
+    }
+    assert!(skewed > 100, "a busy connection skewed: {skewed} packets");
+    let path = dir.join(format!("skewed-{back}.pcap"));
+    std::fs::write(&path, out).expect("write capture");
+    path
+}
+
 fn replay(capture: &Path, config: &Path, workers: &str, dir: &Path) -> (String, Value) {
     let summary = dir.join(format!("summary-{workers}.json"));
     let o = Command::new(env!("CARGO_BIN_EXE_shieldtap"))
@@ -176,6 +212,42 @@ fn timeouts_far_behind_the_clock_are_never_late() {
         assert!(
             !alerts.is_empty(),
             "the sample's attackers are still flagged"
+        );
+        match &first {
+            None => first = Some(alerts),
+            Some(one) => assert_eq!(&alerts, one, "alerts with {workers} workers"),
+        }
+    }
+}
+
+/// `[runtime] ordering_lateness_ms` is what lets timestamps that step back reach detection
+/// in order: a connection stamped 1.5 s behind the rest comes in late with the default
+/// (0.5 s), counted, and in order with 3 s.
+#[test]
+fn a_longer_ordering_lateness_takes_in_timestamps_that_step_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let capture = skewed_capture(dir.path(), 1.5);
+    let sample =
+        std::fs::read_to_string(Path::new(ROOT).join("samples/mobile-network/shieldtap.toml"))
+            .expect("sample config");
+    let default = dir.path().join("default.toml");
+    std::fs::write(&default, &sample).expect("write config");
+    let (_, summary) = replay(&capture, &default, "1", dir.path());
+    let late = summary["detect"]["late_events"].as_u64().unwrap_or(0);
+    assert!(late > 0, "with the default lateness: {}", summary["detect"]);
+    let longer = dir.path().join("longer.toml");
+    std::fs::write(
+        &longer,
+        format!("{sample}\n[runtime]\nordering_lateness_ms = 3000\n"),
+    )
+    .expect("write config");
+    let mut first: Option<String> = None;
+    for workers in ["1", "2", "4"] {
+        let (alerts, summary) = replay(&capture, &longer, workers, dir.path());
+        assert_eq!(
+            summary["detect"]["late_events"], 0,
+            "{workers} workers, 3 s of lateness: {}",
+            summary["detect"]
         );
         match &first {
             None => first = Some(alerts),

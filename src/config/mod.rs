@@ -58,6 +58,9 @@ pub struct RuntimeConfig {
     pub budget: crate::budget::Budget,
     /// Detect shards: threads the rules' key state is spread over (`detect_shards`).
     pub detect_shards: usize,
+    /// Packet time events wait beyond the workers' watermark for packet-time order
+    /// (`ordering_lateness_ms`; see [`crate::detect::DetectConfig::ordering_lateness`]).
+    pub ordering_lateness: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -68,9 +71,14 @@ impl Default for RuntimeConfig {
             max_flows: 1_000_000,
             budget: crate::budget::Budget::default(),
             detect_shards: 1,
+            ordering_lateness: crate::detect::DEFAULT_ORDERING_LATENESS,
         }
     }
 }
+
+/// The most `[runtime] ordering_lateness_ms` may ask for: events are held (in the
+/// ordering buffer's share of the memory budget) and live alerts delayed by as much.
+const MAX_ORDERING_LATENESS_MS: u64 = 60_000;
 
 /// Worker queue depth live: a burst on the mirror is absorbed here before load is shed.
 pub const LIVE_QUEUE_BATCHES: usize = 64;
@@ -341,6 +349,7 @@ struct RawRuntime {
     max_flows: Option<usize>,
     memory_budget_mib: Option<usize>,
     detect_shards: Option<usize>,
+    ordering_lateness_ms: Option<u64>,
 }
 
 impl Config {
@@ -555,6 +564,15 @@ impl Config {
                 return Err(err("runtime.detect_shards", "expected 1 to 64"));
             }
             c.runtime.detect_shards = n;
+        }
+        if let Some(ms) = rt.ordering_lateness_ms {
+            if ms > MAX_ORDERING_LATENESS_MS {
+                return Err(err(
+                    "runtime.ordering_lateness_ms",
+                    "expected 0 to 60000 milliseconds",
+                ));
+            }
+            c.runtime.ordering_lateness = Duration::from_millis(ms);
         }
 
         c.token = TokenConfig::from_raw(&raw.attestation, raw.identity.as_ref()).map_err(|m| {
@@ -825,6 +843,7 @@ impl Config {
         }
         c.detect.budget = c.runtime.budget;
         c.detect.shards = c.runtime.detect_shards;
+        c.detect.ordering_lateness = c.runtime.ordering_lateness;
         Ok(c)
     }
 }
@@ -910,6 +929,26 @@ mod tests {
         assert_eq!(c.runtime.queue_batches(false), 3);
         let e = Config::parse("[runtime]\nqueue_batches = 0\n", "x.toml").expect_err("zero");
         assert!(e.to_string().contains("runtime.queue_batches"), "{e}");
+    }
+
+    #[test]
+    fn ordering_lateness_defaults_to_half_a_second_and_bad_values_are_named() {
+        let c = Config::parse("", "x.toml").expect("valid");
+        assert_eq!(c.detect.ordering_lateness, Duration::from_millis(500));
+        let c = Config::parse("[runtime]\nordering_lateness_ms = 2500\n", "x.toml").expect("valid");
+        assert_eq!(c.runtime.ordering_lateness, Duration::from_millis(2500));
+        assert_eq!(c.detect.ordering_lateness, Duration::from_millis(2500));
+        let c = Config::parse("[runtime]\nordering_lateness_ms = 0\n", "x.toml").expect("valid");
+        assert_eq!(c.detect.ordering_lateness, Duration::ZERO);
+        let e = Config::parse("[runtime]\nordering_lateness_ms = 60001\n", "x.toml")
+            .expect_err("too long");
+        assert_eq!(
+            e.to_string(),
+            "x.toml:2:24: runtime.ordering_lateness_ms: expected 0 to 60000 milliseconds"
+        );
+        let e = Config::parse("[runtime]\nordering_lateness_ms = -1\n", "x.toml")
+            .expect_err("negative");
+        assert!(e.to_string().starts_with("x.toml:2:"), "{e}");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! change the alerts, so events are held (in a few sorted runs, [`Held`]) and released in
 //! (emission time, request time, client, server, per-connection sequence) order once every
 //! worker has reported a watermark ([`EventBatch::watermark`]) past them by the ordering
-//! lateness. The buffer is capped; beyond it the oldest events are released early and
-//! counted as late.
+//! lateness ([`DetectConfig::ordering_lateness`]). The buffer is capped; beyond it the
+//! oldest events are released early and counted as late.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
@@ -23,14 +23,6 @@ use crate::output::webhook::Webhooks;
 use crate::rules::RuleSet;
 use crate::telemetry::metrics::{DetectSnapshot, MemorySource, PUBLISH_EVERY};
 
-/// Packet time an event may trail its worker's watermark. The watermark is the worker's
-/// last timeout sweep, so transactions closed by timeouts (stamped with their deadlines,
-/// after that sweep) are never behind it; what this allows for is capture timestamps that
-/// step back (a multi-queue NIC's or a mirror's reordering). Events wait about this plus a
-/// sweep interval (0.5 s by default): three seconds of them, when the watermark was the
-/// worker's clock and this allowed for deadlines up to a heartbeat behind it, held
-/// 14 MB on the realistic capture and were cold in cache by the time detection read them.
-const LATENESS_NANOS: u64 = 500_000_000;
 /// Events held for ordering at most (about 3 s of a very busy port).
 const MAX_HELD: usize = 1_000_000;
 
@@ -305,6 +297,7 @@ pub(super) fn run(
     } = to;
     let mut rules = shared.rules.load_full();
     let held_limit = cfg.budget.share(Table::Ordering);
+    let lateness = u64::try_from(cfg.ordering_lateness.as_nanos()).unwrap_or(u64::MAX);
     // Live: the TLS fingerprints learned before a restart (replay always starts afresh,
     // so a replay's alerts depend on the capture alone).
     let fingerprints_file = cfg.tls.state_file.clone().filter(|_| live);
@@ -408,7 +401,7 @@ pub(super) fn run(
             ordering.entries = waiting.len() as u64;
         }
         let low = marks.iter().copied().min().unwrap_or_default();
-        let ready = Timestamp(low.0.saturating_sub(LATENESS_NANOS));
+        let ready = Timestamp(low.0.saturating_sub(lateness));
         while let Some((least, (top_at, ..))) = waiting.least() {
             let full = waiting.len() > MAX_HELD || held > held_limit;
             if top_at > ready && !full {
