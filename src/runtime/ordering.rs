@@ -23,7 +23,7 @@ use crate::output::webhook::Webhooks;
 use crate::rules::RuleSet;
 use crate::telemetry::metrics::{DetectSnapshot, MemorySource, PUBLISH_EVERY};
 
-/// Events held for ordering at most (about 3 s of a very busy port).
+/// Events held for ordering at most (about a second of a very busy port).
 const MAX_HELD: usize = 1_000_000;
 
 /// One event with its ordering key.
