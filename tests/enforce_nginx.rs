@@ -561,9 +561,8 @@ fn nginx_auth_request_enforces_attestation_and_the_mirror_bans_a_stolen_token() 
     );
     // Bounded: the capture thread hands each worker its batch at least once a heartbeat
     // (0.25 s of packet time), and detection releases events once every worker's watermark
-    // (its clock, or an earlier idle deadline of its connections) is past them by the
-    // ordering lateness (0.5 s): 0.75 s and the ring's delivery lag, 0.84 s measured here
-    // (1.9 s with a 1 s heartbeat and the last sweep as the watermark, 3.5 to 3.8 s when
+    // (its last timeout sweep, every 0.5 s) is past them by the ordering lateness (0.5 s):
+    // 1.25 s at most, 1.0 s measured here (1.9 s with a 1 s heartbeat, 3.5 to 3.8 s when
     // the lateness was 3 s); the check path sees a decision at the scraper's next request.
     assert!(
         (0.0..2.5).contains(&(decided_at - alert_at)),

@@ -3,15 +3,15 @@
 //!
 //! A connection closed by a timeout sweep is stamped with its deadline (its last packet
 //! plus `idle_timeout_secs`), which can be a whole sweep interval (`close_linger_secs`)
-//! behind the worker's clock by the time the sweep runs. Workers report as their watermark
-//! their clock or, when it is earlier, the least idle deadline of their connections, so
-//! the detect thread never releases an event that such a close could precede. Here the recorded `samples/mobile-network` capture is cut so that
+//! behind the worker's clock by the time the sweep runs. Workers report the time of their
+//! last sweep as their watermark, so the detect thread never releases an event that such a
+//! close could precede. Here the recorded `samples/mobile-network` capture is cut so that
 //! several connections stop dead right after a request (a server that hung, or a tap that
 //! lost the rest): each such request is answered by nobody and comes out when its
 //! connection times out, stamped seconds behind the clock of a worker that sweeps every
-//! 10 s, while the other connections' traffic goes on. When the watermark was the worker's
-//! clock (with 3 s of lateness), this replay handed detection 4, 2 and 3 late events with
-//! 1, 2 and 4 workers; with the clock and 0.5 s it fails too.
+//! 10 s, while the other connections' traffic goes on. Before the watermark was the sweep's
+//! (it was the worker's clock, with 3 s of lateness), this replay handed detection 4, 2
+//! and 3 late events with 1, 2 and 4 workers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -680,12 +680,12 @@ pub struct DetectConfig {
     /// TLS fingerprints (`[tls]`): learning the app's, joining handshakes.
     pub tls: fingerprint::TlsConfig,
     /// Packet time an event may trail the workers' watermark and still reach detection in
-    /// order (`[runtime] ordering_lateness_ms`). A worker's watermark is its clock, or the
-    /// least idle deadline of its connections when a sweep has yet to close one past it,
-    /// so connections it closes by timeout are never behind it; what this allows for is
-    /// capture timestamps that step back (a multi-queue NIC, a mirror that reorders).
-    /// Events wait about this long before the rules see them; one later than that is
-    /// handled out of order and counted (`late_events`).
+    /// order (`[runtime] ordering_lateness_ms`). A worker's watermark is its last timeout
+    /// sweep, so connections it closes by timeout are never behind it; what this allows
+    /// for is capture timestamps that step back (a multi-queue NIC, a mirror that
+    /// reorders). Events wait about this plus a sweep interval (`close_linger_secs`) before
+    /// the rules see them; one later than that is handled out of order and counted
+    /// (`late_events`).
     pub ordering_lateness: Duration,
 }
 

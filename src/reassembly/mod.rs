@@ -519,10 +519,8 @@ pub struct FlowTable<H: StreamHandler> {
     next_id: u64,
     now: Timestamp,
     next_sweep: Timestamp,
-    /// At or before every tracked connection's idle deadline (its last segment plus the
-    /// idle timeout): made exact by each sweep, lowered by each segment between them
-    /// ([`FlowTable::watermark`]).
-    min_deadline: Timestamp,
+    /// Packet time of the last timeout sweep ([`FlowTable::swept`]).
+    swept: Timestamp,
 }
 
 /// Well-known service ports: the side holding one is the server when no SYN was seen.
@@ -547,7 +545,7 @@ impl<H: StreamHandler> FlowTable<H> {
             next_id: 0,
             now: Timestamp::ZERO,
             next_sweep: Timestamp::ZERO,
-            min_deadline: Timestamp(u64::MAX),
+            swept: Timestamp::ZERO,
         }
     }
 
@@ -664,11 +662,6 @@ impl<H: StreamHandler> FlowTable<H> {
 
     /// Applies one segment: port reuse first, then the flow's own reassembly.
     fn apply(&mut self, seg: &TcpSegment<'_>, ts: Timestamp, handler: &mut H) {
-        // The connection this segment lands on (or opens) times out no earlier than this.
-        let deadline = ts.saturating_add(self.cfg.idle_timeout);
-        if deadline < self.min_deadline {
-            self.min_deadline = deadline;
-        }
         let key = FlowKey::new(seg.tunnel, seg.src, seg.dst);
         if seg.flags.has(TcpFlags::SYN)
             && let Some(flow) = self.flows.get_mut(&key)
@@ -788,23 +781,15 @@ impl<H: StreamHandler> FlowTable<H> {
     fn sweep(&mut self, handler: &mut H) {
         let now = self.now;
         let idle = self.cfg.idle_timeout;
-        // The least idle deadline of the connections that stay open, found in the same walk.
-        let mut min_deadline = Timestamp(u64::MAX);
         let mut expired: Vec<(Timestamp, u64, FlowKey, CloseReason)> = self
             .flows
             .iter()
-            .filter_map(|(k, f)| {
-                let deadline = f.last_ts.saturating_add(idle);
-                match f.closing_at {
-                    Some((at, reason)) if at <= now => Some((f.last_ts, f.info.id, *k, reason)),
-                    _ if deadline <= now => {
-                        Some((f.last_ts, f.info.id, *k, CloseReason::IdleTimeout))
-                    }
-                    _ => {
-                        min_deadline = min_deadline.min(deadline);
-                        None
-                    }
+            .filter_map(|(k, f)| match f.closing_at {
+                Some((at, reason)) if at <= now => Some((f.last_ts, f.info.id, *k, reason)),
+                _ if f.last_ts.saturating_add(idle) <= now => {
+                    Some((f.last_ts, f.info.id, *k, CloseReason::IdleTimeout))
                 }
+                _ => None,
             })
             .collect();
         // Close in a deterministic order whatever the hash map's iteration order.
@@ -814,18 +799,17 @@ impl<H: StreamHandler> FlowTable<H> {
         }
         let step = (self.cfg.close_linger).max(Duration::from_millis(100));
         self.next_sweep = now.saturating_add(step);
-        self.min_deadline = min_deadline;
+        self.swept = now;
     }
 
-    /// The low watermark of what this table hands its handler from now on: its clock, or
-    /// the least idle deadline of its connections when that is earlier (a connection past
-    /// its deadline that no sweep has closed yet). Data is stamped with its segment's
-    /// time, at or after the clock (captures whose timestamps step back aside); a
-    /// connection closed when idle is stamped with its deadline; one closed after its FIN
-    /// lingered is stamped with the sweep's clock; one evicted, with its deadline or the
-    /// clock, whichever is earlier.
-    pub fn watermark(&self) -> Timestamp {
-        self.now.min(self.min_deadline)
+    /// Packet time of the last timeout sweep: the low watermark of what this table hands
+    /// its handler from now on. A connection closed by a later sweep (idle, or lingering
+    /// after its FIN) or evicted is stamped no earlier than its deadline, which is after
+    /// this sweep (else this sweep would have closed it), and data is stamped with its
+    /// segment's time, at or after the table's clock (captures whose timestamps step back
+    /// aside). Zero before the first sweep.
+    pub fn swept(&self) -> Timestamp {
+        self.swept
     }
 
     /// Evicts the least recently active sixteenth of the table (at least one flow), so a

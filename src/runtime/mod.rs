@@ -1761,18 +1761,19 @@ fn worker(cfg: Config, shared: Arc<Shared>, per_worker_flows: usize, io: WorkerI
         };
         table.advance(now, &mut handler);
         flush(&mut handler, false);
-        // Every event this worker emits from now on is at or after its table's watermark
-        // (the clock, or an earlier idle deadline a sweep has yet to act on: a connection
-        // timed out is stamped with its deadline, up to a sweep interval behind the
-        // clock): the detect thread may release events up to it, give or take the
-        // ordering lateness (capture timestamps that step back). The next batch's list
-        // starts at this one's size: grown from empty, each batch's list was reallocated
-        // and copied about five times.
+        // Every event this worker emits from now on is at or after its table's last
+        // timeout sweep (connections closed by later sweeps are stamped with deadlines
+        // after it; data with its segment's time): the detect thread may release events up
+        // to it, give or take the ordering lateness (capture timestamps that step back).
+        // The sweep, not `now`: a connection timed out is stamped with its deadline, up to
+        // a sweep interval (`close_linger`, or a heartbeat) behind the clock. The next
+        // batch's list starts at this one's size: grown from empty, each batch's list was
+        // reallocated and copied about five times.
         let n = handler.events.len();
         let _ = events_tx.send(ordering::EventBatch {
             worker: index,
             events: std::mem::replace(&mut handler.events, Vec::with_capacity(n)),
-            watermark: now.min(table.watermark()),
+            watermark: now.min(table.swept()),
         });
         if last_publish.elapsed() >= PUBLISH_EVERY {
             last_publish = Instant::now();

@@ -223,8 +223,8 @@ pub(super) struct EventBatch {
     pub worker: usize,
     pub events: Vec<Ordered>,
     /// The worker's low watermark: no event it sends later is stamped before it (its
-    /// table's [`crate::reassembly::FlowTable::watermark`]; capture timestamps that step
-    /// back aside). `u64::MAX` when it has finished.
+    /// table's last timeout sweep; capture timestamps that step back aside). `u64::MAX`
+    /// when it has finished.
     pub watermark: Timestamp,
 }
 
