@@ -54,7 +54,7 @@ fn read_pcap(path: &Path) -> ([u8; 24], Vec<Record>) {
     (global, records)
 }
 
-/// (client address, client port, server side's payload bytes, client's payload bytes) of an
+/// (client address, client port, whether the server sent it, TCP payload bytes) of an
 /// Ethernet/IPv4/TCP frame to or from the sample's API port.
 fn tcp_of(frame: &[u8]) -> Option<([u8; 4], u16, bool, usize)> {
     let ip = frame.get(14..)?;
@@ -78,21 +78,39 @@ fn tcp_of(frame: &[u8]) -> Option<([u8; 4], u16, bool, usize)> {
     }
 }
 
+/// Writes `samples/mobile-network/capture.pcap` again as `dir/name`, each record with the
+/// header `edit` gives it (`None` leaves the record out); returns the path.
+fn rewrite_sample(
+    dir: &Path,
+    name: &str,
+    mut edit: impl FnMut(&Record) -> Option<[u8; 16]>,
+) -> PathBuf {
+    let (global, records) = read_pcap(&Path::new(ROOT).join("samples/mobile-network/capture.pcap"));
+    let mut out = global.to_vec();
+    for r in &records {
+        if let Some(header) = edit(r) {
+            out.extend_from_slice(&header);
+            out.extend_from_slice(&r.data);
+        }
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, out).expect("write capture");
+    path
+}
+
 /// Writes the sample with every connection of the `127.40.0.x` phones cut dead right after
 /// its third request; returns the path and how many connections were cut.
 fn cut_capture(dir: &Path) -> (PathBuf, usize) {
-    let (global, records) = read_pcap(&Path::new(ROOT).join("samples/mobile-network/capture.pcap"));
     let mut requests: std::collections::HashMap<u16, usize> = Default::default();
     let mut cut: std::collections::HashMap<u16, f64> = Default::default();
-    let mut out = global.to_vec();
     let mut last = 0.0f64;
-    for r in &records {
+    let path = rewrite_sample(dir, "cut.pcap", |r| {
         last = last.max(r.secs);
         if let Some((client, port, from_server, payload)) = tcp_of(&r.data)
             && client[..3] == [127, 40, 0]
         {
             if cut.get(&port).is_some_and(|at| r.secs > *at) {
-                continue;
+                return None;
             }
             if !from_server && payload > 0 {
                 let n = requests.entry(port).or_default();
@@ -102,16 +120,13 @@ fn cut_capture(dir: &Path) -> (PathBuf, usize) {
                 }
             }
         }
-        out.extend_from_slice(&r.header);
-        out.extend_from_slice(&r.data);
-    }
+        Some(r.header)
+    });
     // The cuts leave traffic behind them: the other connections go on for minutes.
     assert!(
         cut.values().all(|at| last - at > 30.0),
         "cut well before the end: {cut:?}"
     );
-    let path = dir.join("cut.pcap");
-    std::fs::write(&path, out).expect("write capture");
     (path, cut.len())
 }
 
@@ -119,11 +134,9 @@ fn cut_capture(dir: &Path) -> (PathBuf, usize) {
 /// earlier than recorded (file order unchanged), as a tap that merges queues or interfaces
 /// with skewed clocks shows them; returns the path.
 fn skewed_capture(dir: &Path, back: f64) -> PathBuf {
-    let (global, records) = read_pcap(&Path::new(ROOT).join("samples/mobile-network/capture.pcap"));
     let mut skewed_port = None;
     let mut skewed = 0;
-    let mut out = global.to_vec();
-    for r in &records {
+    let path = rewrite_sample(dir, &format!("skewed-{back}.pcap"), |r| {
         let mut header = r.header;
         if let Some((client, port, _, _)) = tcp_of(&r.data)
             && client[..3] == [127, 40, 0]
@@ -142,12 +155,19 @@ fn skewed_capture(dir: &Path, back: f64) -> PathBuf {
             );
             skewed += 1;
         }
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&r.data);
-    }
+        Some(header)
+    });
     assert!(skewed > 100, "a busy connection skewed: {skewed} packets");
-    let path = dir.join(format!("skewed-{back}.pcap"));
-    std::fs::write(&path, out).expect("write capture");
+    path
+}
+
+/// Writes the sample's config with `extra` appended as `dir/name`; returns the path.
+fn sample_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let toml =
+        std::fs::read_to_string(Path::new(ROOT).join("samples/mobile-network/shieldtap.toml"))
+            .expect("sample config");
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{toml}\n{extra}")).expect("write config");
     path
 }
 
@@ -175,6 +195,36 @@ fn replay(capture: &Path, config: &Path, workers: &str, dir: &Path) -> (String, 
     (String::from_utf8(o.stdout).expect("utf-8"), summary)
 }
 
+/// Replays `capture` with 1, 2 and 4 workers: no event reaches detection after a later
+/// one, and the alerts (flagging the sample's attackers) are the same with each. Returns
+/// the summaries, by worker count.
+fn in_order_with_any_worker_count(
+    capture: &Path,
+    config: &Path,
+    dir: &Path,
+) -> Vec<(&'static str, Value)> {
+    let mut first: Option<String> = None;
+    let mut summaries = Vec::new();
+    for workers in ["1", "2", "4"] {
+        let (alerts, summary) = replay(capture, config, workers, dir);
+        assert_eq!(
+            summary["detect"]["late_events"], 0,
+            "{workers} workers: events reached detection after later ones: {}",
+            summary["detect"]
+        );
+        assert!(
+            !alerts.is_empty(),
+            "the sample's attackers are still flagged"
+        );
+        match &first {
+            None => first = Some(alerts),
+            Some(one) => assert_eq!(&alerts, one, "alerts with {workers} workers"),
+        }
+        summaries.push((workers, summary));
+    }
+    summaries
+}
+
 #[test]
 fn timeouts_far_behind_the_clock_are_never_late() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -182,20 +232,12 @@ fn timeouts_far_behind_the_clock_are_never_late() {
     assert!(cut >= 5, "connections cut: {cut}");
     // Connections idle for 2 s time out, swept every 10 s: a timeout is stamped up to 10 s
     // behind the clock of the worker that sweeps it.
-    let config = dir.path().join("shieldtap.toml");
-    let mut toml =
-        std::fs::read_to_string(Path::new(ROOT).join("samples/mobile-network/shieldtap.toml"))
-            .expect("sample config");
-    toml.push_str("\n[reassembly]\nidle_timeout_secs = 2\nclose_linger_secs = 10\n");
-    std::fs::write(&config, toml).expect("write config");
-    let mut first: Option<String> = None;
-    for workers in ["1", "2", "4"] {
-        let (alerts, summary) = replay(&capture, &config, workers, dir.path());
-        assert_eq!(
-            summary["detect"]["late_events"], 0,
-            "{workers} workers: events reached detection after later ones: {}",
-            summary["detect"]
-        );
+    let config = sample_config(
+        dir.path(),
+        "shieldtap.toml",
+        "[reassembly]\nidle_timeout_secs = 2\nclose_linger_secs = 10\n",
+    );
+    for (workers, summary) in in_order_with_any_worker_count(&capture, &config, dir.path()) {
         let timed_out = summary["reassembly"]["flows_closed"]["idle-timeout"]
             .as_u64()
             .unwrap_or(0);
@@ -209,14 +251,6 @@ fn timeouts_far_behind_the_clock_are_never_late() {
         let unanswered =
             http["transactions"].as_u64().unwrap_or(0) - http["paired"].as_u64().unwrap_or(0);
         assert_eq!(unanswered, cut as u64, "{workers} workers: {http}");
-        assert!(
-            !alerts.is_empty(),
-            "the sample's attackers are still flagged"
-        );
-        match &first {
-            None => first = Some(alerts),
-            Some(one) => assert_eq!(&alerts, one, "alerts with {workers} workers"),
-        }
     }
 }
 
@@ -227,31 +261,14 @@ fn timeouts_far_behind_the_clock_are_never_late() {
 fn a_longer_ordering_lateness_takes_in_timestamps_that_step_back() {
     let dir = tempfile::tempdir().expect("temp dir");
     let capture = skewed_capture(dir.path(), 1.5);
-    let sample =
-        std::fs::read_to_string(Path::new(ROOT).join("samples/mobile-network/shieldtap.toml"))
-            .expect("sample config");
-    let default = dir.path().join("default.toml");
-    std::fs::write(&default, &sample).expect("write config");
+    let default = sample_config(dir.path(), "default.toml", "");
     let (_, summary) = replay(&capture, &default, "1", dir.path());
     let late = summary["detect"]["late_events"].as_u64().unwrap_or(0);
     assert!(late > 0, "with the default lateness: {}", summary["detect"]);
-    let longer = dir.path().join("longer.toml");
-    std::fs::write(
-        &longer,
-        format!("{sample}\n[runtime]\nordering_lateness_ms = 3000\n"),
-    )
-    .expect("write config");
-    let mut first: Option<String> = None;
-    for workers in ["1", "2", "4"] {
-        let (alerts, summary) = replay(&capture, &longer, workers, dir.path());
-        assert_eq!(
-            summary["detect"]["late_events"], 0,
-            "{workers} workers, 3 s of lateness: {}",
-            summary["detect"]
-        );
-        match &first {
-            None => first = Some(alerts),
-            Some(one) => assert_eq!(&alerts, one, "alerts with {workers} workers"),
-        }
-    }
+    let longer = sample_config(
+        dir.path(),
+        "longer.toml",
+        "[runtime]\nordering_lateness_ms = 3000\n",
+    );
+    in_order_with_any_worker_count(&capture, &longer, dir.path());
 }
